@@ -1,0 +1,1 @@
+//! The `flannel` CNI plugin.
