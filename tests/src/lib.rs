@@ -1,1 +1,8 @@
-//! Test harness.
+//! Test harness shared by twill's integration, conformance and end-to-end tests, and by the benchmarks:
+//! real network namespaces, plugins exec'd the way runtimes do, the real libcni driver, and a real etcd.
+
+pub mod bins;
+pub mod etcd;
+pub mod exec;
+pub mod libcni;
+pub mod netns;
