@@ -1,0 +1,197 @@
+//! Verb dispatch, the part every plugin binary shares (spec §4, checklist §13): read the environment and
+//! stdin, validate them in the order the reference skel does (so errors and codes match), call the plugin,
+//! print its result in the request's version or the error object, and choose the exit code.
+
+use crate::config::NetConf;
+use crate::env::{Command, Env};
+use crate::error::{code, Error, Result};
+use crate::names::{ContainerId, IfName};
+use crate::result::CniResult;
+use crate::version::{Version, SUPPORTED};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// One invocation, validated: verb, environment and configuration.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub command: Command,
+    pub env: Env,
+    pub config: NetConf,
+    pub stdin: Vec<u8>,
+}
+
+impl Request {
+    pub fn container_id(&self) -> Result<&ContainerId> {
+        self.env
+            .container_id
+            .as_ref()
+            .ok_or_else(|| Error::invalid_env("required env variables [CNI_CONTAINERID] missing"))
+    }
+
+    pub fn ifname(&self) -> Result<&IfName> {
+        self.env
+            .ifname
+            .as_ref()
+            .ok_or_else(|| Error::invalid_env("required env variables [CNI_IFNAME] missing"))
+    }
+
+    pub fn netns(&self) -> Result<&Path> {
+        self.env
+            .netns
+            .as_deref()
+            .ok_or_else(|| Error::invalid_env("required env variables [CNI_NETNS] missing"))
+    }
+
+    pub fn version(&self) -> Version {
+        self.config.version
+    }
+}
+
+pub trait Plugin {
+    fn add(&self, req: &Request) -> Result<CniResult>;
+    fn del(&self, req: &Request) -> Result<()>;
+    fn check(&self, req: &Request) -> Result<()>;
+    /// STATUS (1.1): ready to service ADD. Plugins with a delegate must forward it.
+    fn status(&self, _req: &Request) -> Result<()> {
+        Ok(())
+    }
+    /// GC (1.1): release what belongs to attachments outside `cni.dev/valid-attachments`.
+    fn gc(&self, _req: &Request) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// `{"cniVersion","supportedVersions"}`: skel answers with its own latest version and so do we.
+pub fn version_info() -> Value {
+    let versions: Vec<&str> = SUPPORTED.iter().map(|v| v.as_str()).collect();
+    json!({ "cniVersion": Version::LATEST.as_str(), "supportedVersions": versions })
+}
+
+/// Run the plugin for this process's environment and stdin; returns the process exit code.
+pub fn run<P: Plugin>(plugin: &P, about: &str) -> ExitCode {
+    install_panic_hook();
+    let verb = std::env::var("CNI_COMMAND").unwrap_or_default();
+    if verb.is_empty() {
+        let versions: Vec<&str> = SUPPORTED.iter().map(|v| v.as_str()).collect();
+        eprintln!(
+            "{about}\nCNI protocol versions supported: {}",
+            versions.join(", ")
+        );
+        return ExitCode::SUCCESS;
+    }
+    let mut version = Version::LATEST;
+    match dispatch(plugin, &verb, &mut version) {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(out)) => {
+            print_json(&out);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_json(&e.to_json(version.as_str()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch<P: Plugin>(plugin: &P, verb: &str, version: &mut Version) -> Result<Option<Value>> {
+    let command = Command::parse(verb)?;
+    if command == Command::Version {
+        return Ok(Some(version_info()));
+    }
+    let env = Env::from_process(command)?;
+    let mut stdin = Vec::new();
+    std::io::stdin().read_to_end(&mut stdin).map_err(|e| {
+        Error::new(
+            code::IO_FAILURE,
+            format!("error reading from stdin: {e}"),
+            "",
+        )
+    })?;
+    let config = NetConf::parse(&stdin)?;
+    *version = config.version;
+    check_verb_allowed(command, config.version)?;
+    if matches!(command, Command::Add | Command::Check) {
+        if let Some(ns) = &env.netns {
+            check_netns(ns)?;
+        }
+    }
+    let req = Request {
+        command,
+        env,
+        config,
+        stdin,
+    };
+    match command {
+        Command::Add => Ok(Some(plugin.add(&req)?.to_json(req.version()))),
+        Command::Del => plugin.del(&req).map(|_| None),
+        Command::Check => plugin.check(&req).map(|_| None),
+        Command::Status => plugin.status(&req).map(|_| None),
+        Command::Gc => plugin.gc(&req).map(|_| None),
+        Command::Version => Ok(Some(version_info())),
+    }
+}
+
+/// CHECK exists from 0.4.0, STATUS and GC from 1.1.0; libcni and skel refuse them for older configs (code 1).
+fn check_verb_allowed(command: Command, v: Version) -> Result<()> {
+    let allowed = match command {
+        Command::Check => v.supports_check(),
+        Command::Status | Command::Gc => v.supports_status_and_gc(),
+        _ => true,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(Error::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("config version {v} does not allow {}", command.as_str()),
+            "",
+        ))
+    }
+}
+
+/// `CNI_NETNS` must name a network namespace (nsfs, or procfs for `/proc/<pid>/ns/net` on old kernels).
+/// Checked before ADD/CHECK touch anything so a wrong path is a clear code-4 error, not a confusing netlink one.
+pub fn check_netns(path: &Path) -> Result<()> {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::invalid_env(format!("CNI_NETNS {path:?} contains a NUL byte")))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c_path is a valid NUL-terminated string and st a properly sized out-parameter.
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(Error::invalid_env(format!(
+            "CNI_NETNS {}: {e}",
+            path.display()
+        )));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
+        return Err(Error::invalid_env(format!(
+            "CNI_NETNS {} is not a network namespace",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+fn print_json(v: &Value) {
+    let mut out = std::io::stdout().lock();
+    // A runtime that closed our stdout cannot be told anything more; ignore write errors.
+    let _ = serde_json::to_writer(&mut out, v);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
+/// A bug must still produce a CNI error object rather than a bare Rust panic message the runtime cannot parse.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = format!("internal error (please report): {info}");
+        eprintln!("{msg}");
+        print_json(&Error::failed(msg).to_json(Version::LATEST.as_str()));
+    }));
+}
