@@ -1,1 +1,49 @@
-//! Kernel operations.
+//! Synchronous kernel operations shared by every twill plugin binary and the tests: network
+//! namespaces, links (bridge, veth, vxlan), addresses, routes, neighbours/FDB and sysctls, over
+//! one NETLINK_ROUTE socket per namespace. No async runtime: plugins are short-lived processes.
+//!
+//! ```no_run
+//! use twill_kernel::{Handle, NetNs, VethSpec};
+//! # fn main() -> twill_kernel::Result<()> {
+//! let pod = NetNs::open("/run/netns/pod")?;
+//! let host = Handle::current()?;
+//! let veth = host.create_veth(&VethSpec {
+//!     name: twill_kernel::random_veth_name().expect("getrandom"),
+//!     peer_name: "eth0".into(),
+//!     peer_netns: Some(&pod),
+//!     up: true,
+//!     ..Default::default()
+//! })?;
+//! let container = Handle::in_netns(&pod)?;
+//! container.add_address(veth.peer_index.unwrap(), "10.244.1.5/24".parse().unwrap())?;
+//! # Ok(()) }
+//! ```
+
+pub mod address;
+pub mod error;
+pub mod floor;
+pub mod handle;
+pub mod link;
+pub mod mac;
+pub mod names;
+pub mod neighbour;
+pub mod netns;
+pub mod route;
+pub mod sysctl;
+
+pub use address::{Address, AddressOptions, Family};
+pub use error::{Error, Result};
+pub use floor::{measure_kernel_floor, FloorReport};
+pub use handle::Handle;
+pub use link::{
+    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethSpec, VlanOn,
+    VxlanSpec,
+};
+pub use mac::MacAddr;
+pub use names::random_veth_name;
+pub use neighbour::{FdbEntry, Neighbour};
+pub use netns::NetNs;
+pub use route::{Route, RouteFilter, RouteProtocol, RouteScope, TABLE_MAIN};
+
+/// The IP network type of the API (address with prefix length).
+pub use ipnet::IpNet;

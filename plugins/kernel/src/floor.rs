@@ -1,0 +1,88 @@
+//! The "kernel floor": the time the kernel work of one pod ADD takes on this machine, measured
+//! with this crate, so the bridge benchmark can report how far above it the plugin is.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::error::Result;
+use crate::handle::Handle;
+use crate::link::VethSpec;
+use crate::names::random_veth_name;
+use crate::netns::NetNs;
+use crate::route::Route;
+
+/// Timings of [`measure_kernel_floor`].
+#[derive(Debug, Clone)]
+pub struct FloorReport {
+    /// One duration per iteration, in run order.
+    pub samples: Vec<Duration>,
+}
+
+impl FloorReport {
+    fn sorted(&self) -> Vec<Duration> {
+        let mut s = self.samples.clone();
+        s.sort();
+        s
+    }
+
+    /// The `q`-quantile (0.0..=1.0), nearest rank.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let s = self.sorted();
+        if s.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * (s.len() - 1) as f64).round()) as usize;
+        s[rank]
+    }
+
+    pub fn min(&self) -> Duration {
+        self.quantile(0.0)
+    }
+
+    pub fn median(&self) -> Duration {
+        self.quantile(0.5)
+    }
+
+    pub fn p90(&self) -> Duration {
+        self.quantile(0.9)
+    }
+}
+
+/// Per iteration, in a fresh pod namespace (created outside the timed part), times what a bridge
+/// ADD must ask of the kernel: open a netlink socket inside the pod namespace, create a veth with
+/// both ends up and the peer `eth0` directly in the pod namespace, add 10.99.0.2/24 to it and a
+/// default route via 10.99.0.1. The host ends live in one unnamed "node" namespace, so nothing
+/// touches the host. Needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
+pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
+    let node = NetNs::create_unnamed()?;
+    let host = Handle::in_netns(&node)?;
+    let pod_net = IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 99, 0, 2), 24).unwrap_or_default());
+    let gateway = IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1));
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let pod = NetNs::create_unnamed()?;
+        let host_name = random_veth_name()
+            .map_err(|e| crate::Error::new("generate veth name", "", host.netns(), e))?;
+        let start = Instant::now();
+        let pod_handle = Handle::in_netns(&pod)?;
+        let veth = host.create_veth(&VethSpec {
+            name: host_name,
+            peer_name: "eth0".to_string(),
+            peer_netns: Some(&pod),
+            up: true,
+            peer_up: true,
+            ..Default::default()
+        })?;
+        let eth0 = match veth.peer_index {
+            Some(i) => i,
+            None => pod_handle.link_by_name("eth0")?.index,
+        };
+        pod_handle.add_address(eth0, pod_net)?;
+        pod_handle.add_route(&Route::default_via(gateway).dev(eth0))?;
+        samples.push(start.elapsed());
+        host.delete_link(veth.index)?;
+    }
+    Ok(FloorReport { samples })
+}

@@ -1,0 +1,587 @@
+//! Network devices: lookup, state, and creation of the kinds CNI needs (bridge, veth, vxlan).
+
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
+    InfoData, InfoKind, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask,
+    LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+
+pub use netlink_packet_route::link::State as OperState;
+
+use crate::error::{Error, Result};
+use crate::handle::Handle;
+use crate::mac::MacAddr;
+use crate::netns::NetNs;
+
+/// `IFLA_BRPORT_MODE` (hairpin) and `IFLA_BRPORT_ISOLATED` from linux/if_link.h.
+const IFLA_BRPORT_MODE: u16 = 4;
+const IFLA_BRPORT_ISOLATED: u16 = 33;
+
+/// A network device as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND`: "bridge", "veth", "vxlan", ...; `None` for devices without one (loopback).
+    pub kind: Option<String>,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    /// Administratively up (IFF_UP).
+    pub up: bool,
+    pub oper_state: OperState,
+    /// Index of the bridge (or other master) this device is enslaved to.
+    pub master: Option<u32>,
+    pub promisc: bool,
+    /// `IFLA_LINK`: for a veth, the peer's ifindex, in the namespace named by `link_netnsid` when set.
+    pub peer_index: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the peer namespace's id as seen from this namespace.
+    pub link_netnsid: Option<i32>,
+    /// For a bridge: whether VLAN filtering is on.
+    pub vlan_filtering: Option<bool>,
+    /// For a bridge port: its port flags.
+    pub bridge_port: Option<BridgePort>,
+}
+
+/// Flags of a device enslaved to a bridge, as reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BridgePort {
+    pub hairpin: bool,
+    pub isolated: bool,
+}
+
+/// Bridge-port flags to change; `None` leaves a flag as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BridgePortFlags {
+    pub hairpin: Option<bool>,
+    pub isolated: Option<bool>,
+}
+
+/// A bridge to create.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeSpec {
+    pub name: String,
+    pub mtu: Option<u32>,
+    pub vlan_filtering: bool,
+    pub mac: Option<MacAddr>,
+    /// Bring it up in the same request.
+    pub up: bool,
+}
+
+/// A veth pair to create: `name` in the handle's namespace, `peer_name` in `peer_netns` (or the
+/// same namespace when `None`).
+#[derive(Debug, Default)]
+pub struct VethSpec<'a> {
+    pub name: String,
+    pub peer_name: String,
+    pub peer_netns: Option<&'a NetNs>,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub peer_mac: Option<MacAddr>,
+    /// Bring this end up in the same request.
+    pub up: bool,
+    /// Bring the peer up in the same request.
+    pub peer_up: bool,
+}
+
+/// A VXLAN device to create.
+#[derive(Debug, Clone, Default)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    /// UDP destination port (flannel: 8472; IANA: 4789).
+    pub port: u16,
+    pub local: Option<IpAddr>,
+    /// Underlay device index.
+    pub underlay: Option<u32>,
+    pub learning: bool,
+    pub mtu: Option<u32>,
+    pub mac: Option<MacAddr>,
+    pub up: bool,
+}
+
+/// A VLAN on a bridge port (or on the bridge itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BridgeVlan {
+    pub vid: u16,
+    /// Untagged ingress frames are assigned this VLAN.
+    pub pvid: bool,
+    /// Frames leave untagged.
+    pub untagged: bool,
+}
+
+/// Where a bridge VLAN entry lives: on a port (the usual case) or on the bridge device itself
+/// (`bridge vlan add ... self`, needed for the gateway address on a VLAN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VlanOn {
+    Port,
+    BridgeItself,
+}
+
+fn new_link_message(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg
+}
+
+fn up_flags(msg: &mut LinkMessage, up: bool) {
+    if up {
+        msg.header.flags |= LinkFlags::Up;
+        msg.header.change_mask |= LinkFlags::Up;
+    }
+}
+
+impl Link {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            mac: None,
+            mtu: 0,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            oper_state: OperState::Unknown,
+            master: None,
+            promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            peer_index: None,
+            link_netnsid: None,
+            vlan_filtering: None,
+            bridge_port: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(a) => link.mac = MacAddr::from_slice(a),
+                LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::OperState(s) => link.oper_state = *s,
+                LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
+                LinkAttribute::Link(l) if *l != 0 => link.peer_index = Some(*l),
+                LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::Data(InfoData::Bridge(opts)) => {
+                                for opt in opts {
+                                    if let InfoBridge::VlanFiltering(v) = opt {
+                                        link.vlan_filtering = Some(*v);
+                                    }
+                                }
+                            }
+                            LinkInfo::PortData(InfoPortData::BridgePort(opts)) => {
+                                let mut port = BridgePort::default();
+                                for opt in opts {
+                                    match opt {
+                                        InfoBridgePort::HairpinMode(v) => port.hairpin = *v,
+                                        InfoBridgePort::Isolated(v) => port.isolated = *v,
+                                        _ => {}
+                                    }
+                                }
+                                link.bridge_port = Some(port);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+fn first_link(msgs: Vec<RouteNetlinkMessage>) -> Option<Link> {
+    msgs.into_iter().find_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(&l)),
+        _ => None,
+    })
+}
+
+impl Handle {
+    /// The device named `name`; not found is [`Error::is_not_found`].
+    pub fn link_by_name(&self, name: &str) -> Result<Link> {
+        let mut msg = new_link_message(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let msgs = self.request(RouteNetlinkMessage::GetLink(msg), 0, "get link", || {
+            name.to_string()
+        })?;
+        first_link(msgs).ok_or_else(|| self.missing_reply("get link", name.to_string()))
+    }
+
+    /// The device with index `index`; not found is [`Error::is_not_found`].
+    pub fn link_by_index(&self, index: u32) -> Result<Link> {
+        let mut msg = new_link_message(index);
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let msgs = self.request(RouteNetlinkMessage::GetLink(msg), 0, "get link", || {
+            format!("index {index}")
+        })?;
+        first_link(msgs).ok_or_else(|| self.missing_reply("get link", format!("index {index}")))
+    }
+
+    /// Every device in the namespace.
+    pub fn links(&self) -> Result<Vec<Link>> {
+        let mut msg = new_link_message(0);
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        let msgs = self.dump(RouteNetlinkMessage::GetLink(msg), "list links", String::new)?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn missing_reply(&self, op: &'static str, object: String) -> Error {
+        Error::new(
+            op,
+            object,
+            self.netns(),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "kernel sent no link"),
+        )
+    }
+
+    fn set_link(
+        &self,
+        msg: LinkMessage,
+        op: &'static str,
+        object: impl FnOnce() -> String,
+    ) -> Result<()> {
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, op, object)
+            .map(|_| ())
+    }
+
+    /// Sets the device administratively up.
+    pub fn set_link_up(&self, index: u32) -> Result<()> {
+        let mut msg = new_link_message(index);
+        up_flags(&mut msg, true);
+        self.set_link(msg, "set link up", || format!("index {index}"))
+    }
+
+    /// Sets the device administratively down.
+    pub fn set_link_down(&self, index: u32) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.header.change_mask |= LinkFlags::Up;
+        self.set_link(msg, "set link down", || format!("index {index}"))
+    }
+
+    /// Enslaves the device to `master` (a bridge index), or releases it with `None`.
+    pub fn set_link_master(&self, index: u32, master: Option<u32>) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.attributes
+            .push(LinkAttribute::Controller(master.unwrap_or(0)));
+        self.set_link(msg, "set master of link", || match master {
+            Some(m) => format!("index {index} to index {m}"),
+            None => format!("index {index} to none"),
+        })
+    }
+
+    /// Sets the MTU.
+    pub fn set_link_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.set_link(msg, "set mtu of link", || format!("index {index} to {mtu}"))
+    }
+
+    /// Sets the MAC address.
+    pub fn set_link_mac(&self, index: u32, mac: MacAddr) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        self.set_link(msg, "set mac of link", || format!("index {index} to {mac}"))
+    }
+
+    /// Turns promiscuous mode on or off (the bridge plugin's `promiscMode`).
+    pub fn set_link_promisc(&self, index: u32, on: bool) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.header.change_mask |= LinkFlags::Promisc;
+        if on {
+            msg.header.flags |= LinkFlags::Promisc;
+        }
+        self.set_link(msg, "set promisc of link", || {
+            format!("index {index} to {on}")
+        })
+    }
+
+    /// Deletes the device (a veth takes its peer with it). Not found is [`Error::is_not_found`].
+    pub fn delete_link(&self, index: u32) -> Result<()> {
+        let msg = new_link_message(index);
+        self.request(RouteNetlinkMessage::DelLink(msg), 0, "delete link", || {
+            format!("index {index}")
+        })
+        .map(|_| ())
+    }
+
+    /// Deletes the device named `name` in one round trip. Not found is [`Error::is_not_found`].
+    pub fn delete_link_by_name(&self, name: &str) -> Result<()> {
+        let mut msg = new_link_message(0);
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.request(RouteNetlinkMessage::DelLink(msg), 0, "delete link", || {
+            name.to_string()
+        })
+        .map(|_| ())
+    }
+
+    /// Creates a link (with NLM_F_ECHO, so the kernel returns it in the same round trip on kernels
+    /// that honour echo for RTM_NEWLINK, 6.1+; older ones cost one lookup).
+    fn create_link(&self, msg: LinkMessage, name: &str, op: &'static str) -> Result<Link> {
+        let msgs = self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+            op,
+            || name.to_string(),
+        )?;
+        match first_link(msgs) {
+            Some(link) if link.name == name => Ok(link),
+            _ => self.link_by_name(name),
+        }
+    }
+
+    /// Creates a bridge, or returns the existing one when a bridge of that name already exists
+    /// (several plugin processes race to create `cni0`). An existing non-bridge device of that name
+    /// is an error.
+    pub fn create_bridge(&self, spec: &BridgeSpec) -> Result<Link> {
+        let mut msg = new_link_message(0);
+        up_flags(&mut msg, spec.up);
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.clone()));
+        if let Some(mtu) = spec.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = spec.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
+        if spec.vlan_filtering {
+            info.push(LinkInfo::Data(InfoData::Bridge(vec![
+                InfoBridge::VlanFiltering(true),
+            ])));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(info));
+        match self.create_link(msg, &spec.name, "create bridge") {
+            Err(e) if e.is_exists() => {
+                let existing = self.link_by_name(&spec.name)?;
+                if existing.kind.as_deref() == Some("bridge") {
+                    Ok(existing)
+                } else {
+                    Err(e.with_detail(Some(format!(
+                        "existing device is a {}, not a bridge",
+                        existing.kind.as_deref().unwrap_or("device without kind")
+                    ))))
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Turns VLAN filtering on or off on an existing bridge.
+    pub fn set_bridge_vlan_filtering(&self, index: u32, on: bool) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bridge),
+            LinkInfo::Data(InfoData::Bridge(vec![InfoBridge::VlanFiltering(on)])),
+        ]));
+        self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            0,
+            "set vlan_filtering of bridge",
+            || format!("index {index} to {on}"),
+        )
+        .map(|_| ())
+    }
+
+    /// Creates a veth pair in one request: `spec.name` here, `spec.peer_name` directly inside
+    /// `spec.peer_netns` (IFLA_NET_NS_FD in the peer message), so no device ever has to be moved.
+    /// Returns this end; its `peer_index` is the peer's ifindex in the peer namespace.
+    pub fn create_veth(&self, spec: &VethSpec<'_>) -> Result<Link> {
+        let mut peer = new_link_message(0);
+        up_flags(&mut peer, spec.peer_up);
+        peer.attributes
+            .push(LinkAttribute::IfName(spec.peer_name.clone()));
+        if let Some(mtu) = spec.mtu {
+            peer.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = spec.peer_mac {
+            peer.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        if let Some(ns) = spec.peer_netns {
+            peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
+        }
+        let mut msg = new_link_message(0);
+        up_flags(&mut msg, spec.up);
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.clone()));
+        if let Some(mtu) = spec.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = spec.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        let peer_where = match spec.peer_netns {
+            Some(ns) => format!(" in {}", ns.path().display()),
+            None => String::new(),
+        };
+        let object = format!("{} with peer {}{}", spec.name, spec.peer_name, peer_where);
+        let msgs = self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
+            "create veth",
+            || object,
+        )?;
+        match first_link(msgs) {
+            Some(link) if link.name == spec.name => Ok(link),
+            _ => self.link_by_name(&spec.name),
+        }
+    }
+
+    /// Creates a VXLAN device.
+    pub fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
+        let mut msg = new_link_message(0);
+        up_flags(&mut msg, spec.up);
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.clone()));
+        if let Some(mtu) = spec.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = spec.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        let mut data = vec![InfoVxlan::Id(spec.vni), InfoVxlan::Port(spec.port)];
+        match spec.local {
+            Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
+            Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
+            None => {}
+        }
+        if let Some(dev) = spec.underlay {
+            data.push(InfoVxlan::Link(dev));
+        }
+        data.push(InfoVxlan::Learning(spec.learning));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        self.create_link(msg, &spec.name, "create vxlan")
+    }
+
+    /// Sets bridge-port flags (hairpin, isolated) on a bridge port, via IFLA_PROTINFO in an
+    /// AF_BRIDGE RTM_SETLINK, as `bridge link set` does.
+    pub fn set_bridge_port_flags(&self, index: u32, flags: BridgePortFlags) -> Result<()> {
+        let mut protinfo = Vec::new();
+        if let Some(h) = flags.hairpin {
+            protinfo.push(LinkProtoInfoBridge::Other(DefaultNla::new(
+                IFLA_BRPORT_MODE,
+                vec![h as u8],
+            )));
+        }
+        if let Some(i) = flags.isolated {
+            protinfo.push(LinkProtoInfoBridge::Other(DefaultNla::new(
+                IFLA_BRPORT_ISOLATED,
+                vec![i as u8],
+            )));
+        }
+        if protinfo.is_empty() {
+            return Ok(());
+        }
+        let mut msg = new_link_message(index);
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.attributes
+            .push(LinkAttribute::ProtoInfoBridge(protinfo));
+        self.set_link(msg, "set bridge port flags of link", || {
+            format!("index {index} ({flags:?})")
+        })
+    }
+
+    fn bridge_vlan_message(index: u32, vlan: BridgeVlan, on: VlanOn) -> LinkMessage {
+        let mut flags = BridgeVlanInfoFlags::empty();
+        if vlan.pvid {
+            flags |= BridgeVlanInfoFlags::Pvid;
+        }
+        if vlan.untagged {
+            flags |= BridgeVlanInfoFlags::Untagged;
+        }
+        let mut spec = Vec::new();
+        if on == VlanOn::BridgeItself {
+            spec.push(AfSpecBridge::Flags(BridgeFlag::LowerDev));
+        }
+        spec.push(AfSpecBridge::VlanInfo(BridgeVlanInfo {
+            flags,
+            vid: vlan.vid,
+        }));
+        let mut msg = new_link_message(index);
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.attributes.push(LinkAttribute::AfSpecBridge(spec));
+        msg
+    }
+
+    /// Adds (or updates the flags of) a VLAN on a bridge port or the bridge itself.
+    pub fn add_bridge_vlan(&self, index: u32, vlan: BridgeVlan, on: VlanOn) -> Result<()> {
+        let msg = Self::bridge_vlan_message(index, vlan, on);
+        self.set_link(msg, "add bridge vlan", || {
+            format!("{} to index {index}", vlan.vid)
+        })
+    }
+
+    /// Removes a VLAN from a bridge port or the bridge itself.
+    pub fn delete_bridge_vlan(&self, index: u32, vid: u16, on: VlanOn) -> Result<()> {
+        let vlan = BridgeVlan {
+            vid,
+            pvid: false,
+            untagged: false,
+        };
+        let msg = Self::bridge_vlan_message(index, vlan, on);
+        self.request(
+            RouteNetlinkMessage::DelLink(msg),
+            0,
+            "delete bridge vlan",
+            || format!("{vid} from index {index}"),
+        )
+        .map(|_| ())
+    }
+
+    /// The VLANs configured on a bridge port (or on the bridge itself, for the bridge's index).
+    pub fn bridge_vlans(&self, index: u32) -> Result<Vec<BridgeVlan>> {
+        let mut msg = new_link_message(0);
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.attributes
+            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::Brvlan]));
+        let msgs = self.dump(
+            RouteNetlinkMessage::GetLink(msg),
+            "list bridge vlans of",
+            || format!("index {index}"),
+        )?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewLink(l) = m else {
+                continue;
+            };
+            if l.header.index != index {
+                continue;
+            }
+            for attr in &l.attributes {
+                if let LinkAttribute::AfSpecBridge(spec) = attr {
+                    for s in spec {
+                        if let AfSpecBridge::VlanInfo(info) = s {
+                            out.push(BridgeVlan {
+                                vid: info.vid,
+                                pvid: info.flags.contains(BridgeVlanInfoFlags::Pvid),
+                                untagged: info.flags.contains(BridgeVlanInfoFlags::Untagged),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
