@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Benchmarks twill against the reference CNI plugins in /usr/lib/cni (Debian's
+# containernetworking-plugins), interleaved in one run; prints medians, p90, the ratio and floors.
+#
+#   scripts/bench.sh                          list scenarios
+#   scripts/bench.sh loopback [--rounds N] [--warmup N]
+#
+# Rust scenarios are tests/src/bench/<name>.rs (run by the twill-bench binary); shell scenarios are
+# scripts/bench/<name>.sh and get the same options. Builds release binaries first. Needs root.
+set -euo pipefail
+# shellcheck source=lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+cd "$TWILL_ROOT"
+
+ensure_cargo
+scenarios=()
+options=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds|--warmup|--ours|--reference)
+      [ $# -ge 2 ] || die "$1 needs a value"; options+=("$1" "$2"); shift 2 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *) scenarios+=("$1"); shift ;;
+  esac
+done
+
+log "building release binaries"
+cargo build --release --workspace --bins
+release="$TWILL_TARGET_DIR/release"
+bench=("$release/twill-bench" --ours "$release" --reference /usr/lib/cni)
+
+if [ "${#scenarios[@]}" -eq 0 ]; then
+  echo "scenarios:"
+  "${bench[@]}" --help | sed -n '/^scenarios:/,$p' | tail -n +2
+  for f in scripts/bench/*.sh; do
+    [ -e "$f" ] || continue
+    printf '  %-12s (shell) %s\n' "$(basename "$f" .sh)" "$(sed -n '2s/^# *//p' "$f")"
+  done
+  exit 0
+fi
+
+need_root "scripts/bench.sh"
+rc=0
+for s in "${scenarios[@]}"; do
+  if [ -f "scripts/bench/$s.sh" ]; then
+    TWILL_BIN_DIR="$release" bash "scripts/bench/$s.sh" "${options[@]+"${options[@]}"}" || rc=1
+  else
+    TWILL_BIN_DIR="$release" "${bench[@]}" "${options[@]+"${options[@]}"}" "$s" || rc=1
+  fi
+done
+exit "$rc"

@@ -1,0 +1,100 @@
+# Shared helpers for twill's scripts. Source it after `set -euo pipefail`.
+
+TWILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+TWILL_TARGET_DIR="${CARGO_TARGET_DIR:-$TWILL_ROOT/target}"
+case "$TWILL_TARGET_DIR" in /*) ;; *) TWILL_TARGET_DIR="$TWILL_ROOT/$TWILL_TARGET_DIR" ;; esac
+
+# Everything twill needs on a Debian 12 machine: kernel tools, the Go toolchain and libcni sources
+# for the libcni driver, the reference plugins (the oracle the tests and benches compare against),
+# protobuf for etcd-client's build, etcd for the overlay daemon's tests, and tools for benches/demos.
+TWILL_DEBIAN_PACKAGES=(
+  iproute2 nftables iptables
+  golang-go golang-github-appc-cni-dev
+  containernetworking-plugins
+  protobuf-compiler libprotobuf-dev
+  etcd-server etcd-client
+  conntrack iperf3 hyperfine procps psmisc
+)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" -eq 0 ] || die "$1 needs root (network namespaces, links, netfilter); run it as root"
+}
+
+# Puts rustup's cargo on PATH when it is not there yet.
+ensure_cargo() {
+  if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+  fi
+  command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+}
+
+# Adds rustfmt/clippy when rustup manages the toolchain and they are missing.
+ensure_rust_components() {
+  local missing=()
+  cargo fmt --version >/dev/null 2>&1 || missing+=(rustfmt)
+  cargo clippy --version >/dev/null 2>&1 || missing+=(clippy)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    command -v rustup >/dev/null 2>&1 || die "cargo ${missing[*]} missing and rustup not available"
+    log "adding rust components: ${missing[*]}"
+    rustup component add "${missing[@]}"
+  fi
+}
+
+package_installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# Installs the missing ones among the given Debian packages (one apt-get update, no recommends,
+# no prompts, and no services started by maintainer scripts while installing).
+ensure_packages() {
+  local missing=() p
+  for p in "$@"; do
+    package_installed "$p" || missing+=("$p")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  need_root "installing ${missing[*]}"
+  log "installing Debian packages: ${missing[*]}"
+  local policy=/usr/sbin/policy-rc.d made_policy=0
+  if [ ! -e "$policy" ]; then
+    # A packaged etcd starting on 127.0.0.1:2379 would only get in the tests' way.
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+  fi
+  local rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get update -q || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" || rc=$?
+  fi
+  [ "$made_policy" -eq 1 ] && rm -f "$policy"
+  [ "$rc" -eq 0 ] || die "apt-get failed installing: ${missing[*]}"
+}
+
+# Builds the cnitool-compatible libcni driver where the tests look for it (twill_tests::libcni),
+# so the first test does not pay for it and a Go problem shows up as its own step.
+build_cnitool() {
+  local dir="$TWILL_TARGET_DIR/cnitool"
+  mkdir -p "$dir"
+  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS= \
+    go build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go"
+  mv -f "$dir/cnitool.tmp.$$" "$dir/cnitool"
+}
+
+# `ip netns add` needs /run/netns; prove namespaces work before any test relies on them.
+ensure_netns() {
+  mkdir -p /run/netns
+  local probe="twill-probe-$$"
+  ip netns add "$probe" || die "cannot create network namespaces (ip netns add failed)"
+  ip netns delete "$probe"
+}
+
+# Best effort: modules the tests use; they may be built in, and a container may not load modules.
+load_modules() {
+  command -v modprobe >/dev/null 2>&1 || return 0
+  local m
+  for m in veth bridge vxlan nf_tables nft_chain_nat nf_nat nf_conntrack br_netfilter; do
+    modprobe -q "$m" 2>/dev/null || true
+  done
+}

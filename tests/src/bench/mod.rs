@@ -1,0 +1,177 @@
+//! Benchmark scenarios: our binaries against the reference plugins in `/usr/lib/cni`, measured in
+//! one run with interleaved rounds (ours, reference, ours, ...) so machine noise hits both sides
+//! alike; warm-up rounds are discarded. Each scenario is one file here, registered in [`scenarios`].
+//! Shell-only scenarios live in `scripts/bench/<name>.sh` and are dispatched by `scripts/bench.sh`.
+
+pub mod loopback;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Settings shared by every scenario.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Measured rounds per side.
+    pub rounds: usize,
+    /// Rounds per side run first and discarded (page cache, dynamic loader, kernel caches).
+    pub warmup: usize,
+    /// Directory of our binaries.
+    pub ours: PathBuf,
+    /// Directory of the reference plugins.
+    pub reference: PathBuf,
+}
+
+/// A named scenario.
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub run: fn(&Options) -> Report,
+}
+
+/// Every Rust scenario, in the order `--list` prints them. Add new ones here.
+pub fn scenarios() -> Vec<Scenario> {
+    vec![Scenario {
+        name: "loopback",
+        about: "loopback ADD+DEL on a fresh namespace; floor: lo up+down in-process via netlink",
+        run: loopback::run,
+    }]
+}
+
+/// Summary statistics of one series of timings.
+#[derive(Debug, Clone, Copy)]
+pub struct Stats {
+    pub n: usize,
+    pub min: Duration,
+    pub median: Duration,
+    pub p90: Duration,
+    pub mean: Duration,
+}
+
+impl Stats {
+    /// Statistics of `samples`; panics on an empty series (a scenario that measured nothing is a bug).
+    pub fn of(samples: &[Duration]) -> Stats {
+        assert!(!samples.is_empty(), "no samples");
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+        Stats {
+            n: sorted.len(),
+            min: sorted[0],
+            median: at(0.5),
+            p90: at(0.9),
+            mean: sorted.iter().sum::<Duration>() / sorted.len() as u32,
+        }
+    }
+}
+
+/// One line of a report.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    pub stats: Stats,
+}
+
+/// A scenario's result: ours, the reference, and optional floors (the least the kernel or the
+/// process model needs for the same work).
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scenario: String,
+    pub what: String,
+    pub ours: Row,
+    pub reference: Row,
+    pub floors: Vec<Row>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    /// Median of ours divided by median of the reference (< 1 means we are faster).
+    pub fn ratio(&self) -> f64 {
+        self.ours.stats.median.as_secs_f64() / self.reference.stats.median.as_secs_f64()
+    }
+
+    /// The table printed by `twill-bench`.
+    pub fn render(&self) -> String {
+        let mut out = format!("scenario {}: {}\n", self.scenario, self.what);
+        out.push_str(&format!(
+            "  {:<38} {:>6} {:>10} {:>10} {:>10} {:>10}\n",
+            "", "n", "median", "p90", "min", "mean"
+        ));
+        for row in [&self.ours, &self.reference]
+            .into_iter()
+            .chain(self.floors.iter())
+        {
+            let s = row.stats;
+            out.push_str(&format!(
+                "  {:<38} {:>6} {:>10} {:>10} {:>10} {:>10}\n",
+                row.label,
+                s.n,
+                fmt(s.median),
+                fmt(s.p90),
+                fmt(s.min),
+                fmt(s.mean)
+            ));
+        }
+        out.push_str(&format!(
+            "  ratio ours/reference (median): {:.2}  (p90: {:.2})\n",
+            self.ratio(),
+            self.ours.stats.p90.as_secs_f64() / self.reference.stats.p90.as_secs_f64()
+        ));
+        for note in &self.notes {
+            out.push_str(&format!("  note: {note}\n"));
+        }
+        out
+    }
+}
+
+/// Formats a duration in the unit that keeps 3 significant digits readable.
+pub fn fmt(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+/// Runs `warmup` + `rounds` rounds of A then B (alternating which goes first every round, so
+/// neither side always runs right after the other's cleanup) and returns the measured timings of each.
+/// Each closure performs one operation and returns its duration (so set-up can stay untimed).
+pub fn interleaved(
+    options: &Options,
+    mut a: impl FnMut() -> Duration,
+    mut b: impl FnMut() -> Duration,
+) -> (Vec<Duration>, Vec<Duration>) {
+    let mut ta = Vec::with_capacity(options.rounds);
+    let mut tb = Vec::with_capacity(options.rounds);
+    for round in 0..options.warmup + options.rounds {
+        let (da, db) = if round % 2 == 0 {
+            let da = a();
+            (da, b())
+        } else {
+            let db = b();
+            (a(), db)
+        };
+        if round >= options.warmup {
+            ta.push(da);
+            tb.push(db);
+        }
+    }
+    (ta, tb)
+}
+
+/// Runs `f` `warmup` + `rounds` times and returns the measured timings.
+pub fn series(options: &Options, mut f: impl FnMut() -> Duration) -> Vec<Duration> {
+    (0..options.warmup + options.rounds)
+        .map(|_| f())
+        .skip(options.warmup)
+        .collect()
+}
+
+/// Times `f`.
+pub fn timed(f: impl FnOnce()) -> Duration {
+    let start = Instant::now();
+    f();
+    start.elapsed()
+}

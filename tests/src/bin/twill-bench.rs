@@ -1,0 +1,100 @@
+//! `twill-bench`: runs named benchmark scenarios (ours vs the reference plugins) and prints a table
+//! per scenario. Called by `scripts/bench.sh`, which builds release binaries first.
+//!
+//! Usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR] <scenario>...
+//!        twill-bench --list
+
+#[path = "../bench/mod.rs"]
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bench::{scenarios, Options};
+use twill_tests::bins::{bin_dir, ref_dir, require_root};
+
+fn usage() -> String {
+    let mut text = String::from(
+        "usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR] <scenario>...\n\
+         \x20      twill-bench --list\n\nscenarios:\n",
+    );
+    for s in scenarios() {
+        text.push_str(&format!("  {:<12} {}\n", s.name, s.about));
+    }
+    text
+}
+
+fn main() -> ExitCode {
+    let mut options = Options {
+        rounds: 200,
+        warmup: 10,
+        ours: bin_dir(),
+        reference: ref_dir(),
+    };
+    let mut wanted = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().ok_or_else(|| format!("{flag} needs a value"));
+        let parsed: Result<(), String> = match arg.as_str() {
+            "--list" | "-l" => {
+                for s in scenarios() {
+                    println!("{}", s.name);
+                }
+                return ExitCode::SUCCESS;
+            }
+            "--help" | "-h" => {
+                print!("{}", usage());
+                return ExitCode::SUCCESS;
+            }
+            "--rounds" => value("--rounds")
+                .and_then(|v| v.parse().map_err(|e| format!("--rounds {v}: {e}")))
+                .map(|n| options.rounds = n),
+            "--warmup" => value("--warmup")
+                .and_then(|v| v.parse().map_err(|e| format!("--warmup {v}: {e}")))
+                .map(|n| options.warmup = n),
+            "--ours" => value("--ours").map(|v| options.ours = PathBuf::from(v)),
+            "--reference" => value("--reference").map(|v| options.reference = PathBuf::from(v)),
+            s if s.starts_with('-') => Err(format!("unknown option {s}")),
+            s => {
+                wanted.push(s.to_string());
+                Ok(())
+            }
+        };
+        if let Err(e) = parsed {
+            eprint!("twill-bench: {e}\n\n{}", usage());
+            return ExitCode::from(2);
+        }
+    }
+    if options.rounds == 0 {
+        eprintln!("twill-bench: --rounds must be at least 1");
+        return ExitCode::from(2);
+    }
+    if wanted.is_empty() {
+        print!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let all = scenarios();
+    let mut chosen = Vec::new();
+    for name in &wanted {
+        match all.iter().find(|s| s.name == name) {
+            Some(s) => chosen.push(s),
+            None => {
+                eprint!("twill-bench: unknown scenario {name}\n\n{}", usage());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    require_root();
+    println!(
+        "ours: {}  reference: {}  rounds: {} (+{} warm-up, interleaved)",
+        options.ours.display(),
+        options.reference.display(),
+        options.rounds,
+        options.warmup
+    );
+    for scenario in chosen {
+        let report = (scenario.run)(&options);
+        println!("\n{}", report.render());
+    }
+    ExitCode::SUCCESS
+}
