@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --rounds|--warmup|--ours|--reference)
       [ $# -ge 2 ] || die "$1 needs a value"; options+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) scenarios+=("$1"); shift ;;
   esac

@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --bindir) [ $# -ge 2 ] || die "--bindir needs a directory"; bindir="$2"; shift 2 ;;
     --bindir=*) bindir="${1#*=}"; shift ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) die "unknown argument: $1 (see --help)" ;;
   esac
 done
@@ -50,13 +50,13 @@ install_atomic() {
     log "unchanged: $dir/$name"
     return 0
   fi
+  # Same directory as the target, so the rename below is atomic (one filesystem).
   tmp="$(mktemp "$dir/.$name.XXXXXX")"
-  # Remove the temporary file if anything below fails.
-  trap 'rm -f "$tmp"' RETURN
-  cp "$src" "$tmp"
-  chmod 0755 "$tmp"
-  sync -f "$tmp" 2>/dev/null || true
-  mv -f "$tmp" "$dir/$name"
+  if ! { cp "$src" "$tmp" && chmod 0755 "$tmp" && { sync -f "$tmp" 2>/dev/null || true; } \
+      && mv -f "$tmp" "$dir/$name"; }; then
+    rm -f "$tmp"
+    die "installing $dir/$name failed"
+  fi
   log "installed: $dir/$name"
 }
 
