@@ -51,8 +51,8 @@ impl FloorReport {
 }
 
 /// Per iteration, in a fresh pod namespace (created outside the timed part), times what a bridge
-/// ADD must ask of the kernel: open a netlink socket inside the pod namespace, create a veth with
-/// both ends up and the peer `eth0` directly in the pod namespace, add 10.99.0.2/24 to it and a
+/// ADD must ask of the kernel: open a netlink socket inside the pod namespace, create a veth (host end
+/// up) with the peer `eth0` directly in the pod namespace, set `eth0` up, add 10.99.0.2/24 to it and a
 /// default route via 10.99.0.1. The host ends live in one unnamed "node" namespace, so nothing
 /// touches the host. Needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
 pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
@@ -72,13 +72,13 @@ pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
             peer_name: "eth0".to_string(),
             peer_netns: Some(&pod),
             up: true,
-            peer_up: true,
             ..Default::default()
         })?;
         let eth0 = match veth.peer_index {
             Some(i) => i,
             None => pod_handle.link_by_name("eth0")?.index,
         };
+        pod_handle.set_link_up(eth0)?;
         pod_handle.add_address(eth0, pod_net)?;
         pod_handle.add_route(&Route::default_via(gateway).dev(eth0))?;
         samples.push(start.elapsed());

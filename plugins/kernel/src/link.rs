@@ -82,10 +82,9 @@ pub struct VethSpec<'a> {
     pub mtu: Option<u32>,
     pub mac: Option<MacAddr>,
     pub peer_mac: Option<MacAddr>,
-    /// Bring this end up in the same request.
+    /// Bring this end up in the same request. (The peer cannot be: the kernel opens it before
+    /// the pair is linked, and veth_open refuses with ENOTCONN; set it up from its namespace.)
     pub up: bool,
-    /// Bring the peer up in the same request.
-    pub peer_up: bool,
 }
 
 /// A VXLAN device to create.
@@ -402,7 +401,6 @@ impl Handle {
     /// Returns this end; its `peer_index` is the peer's ifindex in the peer namespace.
     pub fn create_veth(&self, spec: &VethSpec<'_>) -> Result<Link> {
         let mut peer = new_link_message(0);
-        up_flags(&mut peer, spec.peer_up);
         peer.attributes
             .push(LinkAttribute::IfName(spec.peer_name.clone()));
         if let Some(mtu) = spec.mtu {
