@@ -1,0 +1,272 @@
+//! The CNI protocol layer seen from outside (cni-spec.md §2, §6, §7): a table of bad inputs, each
+//! checked for the right error object and code on stdout, a non-zero exit, no panic and no partial
+//! state. The table runs against every plugin binary listed in `PLUGINS`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use twill_tests::bins::{bin, require_root};
+use twill_tests::exec::{Invocation, ALL_VERSIONS};
+use twill_tests::netns::Netns;
+
+/// Plugin binaries the bad-input table runs against. Add a binary here when it exists; its minimal
+/// config must pass the plugin's own validation so only the injected fault is under test.
+const PLUGINS: &[&str] = &["loopback"];
+
+/// What a row expects.
+#[derive(Debug, Clone, Copy)]
+enum Expect {
+    /// Exit 0 with an "about" text on stderr and nothing on stdout (unset `CNI_COMMAND`, skel).
+    About,
+    /// A CNI error object with this code.
+    Code(u64),
+    /// Any CNI error object: the spec fixes no code (e.g. a netns path that is not a namespace).
+    AnyError,
+}
+
+/// Turns a valid ADD (libcni-style env, fresh pod namespace) and its config into the faulty request.
+type Fault = Box<dyn Fn(Invocation, &Value) -> Invocation>;
+
+struct Case {
+    name: &'static str,
+    expect: Expect,
+    fault: Fault,
+}
+
+fn case(
+    name: &'static str,
+    expect: Expect,
+    fault: impl Fn(Invocation, &Value) -> Invocation + 'static,
+) -> Case {
+    Case {
+        name,
+        expect,
+        fault: Box::new(fault),
+    }
+}
+
+/// The bad-input table of issue 2.
+fn cases() -> Vec<Case> {
+    use Expect::*;
+    let without = |key: &'static str| {
+        move |inv: Invocation, conf: &Value| {
+            let mut conf = conf.clone();
+            conf.as_object_mut().map(|o| o.remove(key));
+            inv.stdin_json(&conf)
+        }
+    };
+    let with = |key: &'static str, value: Value| {
+        move |inv: Invocation, conf: &Value| {
+            let mut conf = conf.clone();
+            conf[key] = value.clone();
+            inv.stdin_json(&conf)
+        }
+    };
+    let ifname = |name: &'static str| move |inv: Invocation, _: &Value| inv.ifname(Some(name));
+    let id = |id: &'static str| move |inv: Invocation, _: &Value| inv.container_id(Some(id));
+    vec![
+        case("no CNI_COMMAND", About, |inv, _| inv.command(None)),
+        case("unknown verb", Code(4), |inv, _| inv.command(Some("FROB"))),
+        case("stdin not JSON", Code(6), |inv, _| {
+            inv.stdin_bytes("{not json")
+        }),
+        case("missing name", Code(7), without("name")),
+        case(
+            "unsupported cniVersion",
+            Code(1),
+            with("cniVersion", json!("9.9.9")),
+        ),
+        case("empty container id", Code(4), id("")),
+        case("container id unset", Code(4), |inv, _| {
+            inv.container_id(None)
+        }),
+        case("container id with /", Code(4), id("abc/def")),
+        case("container id starting with -", Code(4), id("-abc")),
+        case(
+            "ifname longer than 15 bytes",
+            Code(4),
+            ifname("abcdefghijklmnop"),
+        ),
+        case("ifname .", Code(4), ifname(".")),
+        case("ifname ..", Code(4), ifname("..")),
+        case("ifname with /", Code(4), ifname("et/h0")),
+        case("ifname with :", Code(4), ifname("eth0:1")),
+        case("ifname with space", Code(4), ifname("eth 0")),
+        case("ADD without CNI_NETNS", Code(4), |inv, _| {
+            inv.netns_str(None)
+        }),
+        case("CNI_NETNS missing file", AnyError, |inv, _| {
+            inv.netns_str(Some("/run/netns/twill-no-such-namespace"))
+        }),
+        case("CNI_NETNS not a namespace", AnyError, |inv, _| {
+            inv.netns_str(Some("/proc/self/status"))
+        }),
+        case("CNI_NETNS a directory", AnyError, |inv, _| {
+            inv.netns_str(Some("/run"))
+        }),
+        case("DEL with empty container id", Code(4), |inv, _| {
+            inv.command(Some("DEL")).container_id(Some(""))
+        }),
+        case("CHECK with bad ifname", Code(4), |inv, _| {
+            inv.command(Some("CHECK")).ifname(Some("eth 0"))
+        }),
+    ]
+}
+
+fn minimal_config(plugin: &str) -> Value {
+    json!({"cniVersion": "1.0.0", "name": "twill-protocol", "type": plugin})
+}
+
+/// Runs one row against one plugin; returns a description of what went wrong, if anything.
+fn check_case(plugin: &str, path: &Path, case: &Case) -> Result<(), String> {
+    let node = Netns::new("node");
+    let pod = Netns::new("pod");
+    let (node_before, pod_before) = (node.state(), pod.state());
+    let conf = minimal_config(plugin);
+    let valid = Invocation::new(path, "ADD")
+        .libcni_style()
+        .container_id(Some("twill-protocol"))
+        .netns(Some(pod.path()))
+        .stdin_json(&conf)
+        .in_netns(node.path());
+    let invocation = (case.fault)(valid, &conf);
+    let outcome = invocation.run();
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        match case.expect {
+            Expect::About => {
+                outcome.assert_no_panic();
+                assert!(outcome.success(), "expected exit 0: {}", outcome.describe());
+                assert!(
+                    !outcome.stderr.trim().is_empty(),
+                    "expected an about text on stderr: {}",
+                    outcome.describe()
+                );
+                assert!(
+                    outcome.stdout.trim().is_empty(),
+                    "expected no stdout: {}",
+                    outcome.describe()
+                );
+            }
+            Expect::Code(code) => {
+                outcome.assert_error(code);
+            }
+            Expect::AnyError => {
+                outcome.assert_any_error();
+            }
+        }
+        node.state().assert_nothing_added_since(&node_before);
+        pod.state().assert_nothing_added_since(&pod_before);
+        assert!(
+            !pod.link_is_up("lo"),
+            "a failed request left lo up in the pod namespace"
+        );
+    }));
+    checked.map_err(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".to_string());
+        format!("{plugin}: {}: {msg}", case.name)
+    })
+}
+
+/// Runs the whole table against `plugin` and reports every failing row at once.
+fn run_table(plugin: &str) {
+    let path: PathBuf = bin(plugin);
+    let failures: Vec<String> = cases()
+        .iter()
+        .filter_map(|case| check_case(plugin, &path, case).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} bad-input rows failed:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn bad_input_gets_the_right_cni_error_from_every_plugin() {
+    require_root();
+    for plugin in PLUGINS {
+        run_table(plugin);
+    }
+}
+
+#[test]
+fn version_answers_1_1_0_with_every_supported_version() {
+    require_root();
+    for plugin in PLUGINS {
+        // skel answers VERSION from its own state and ignores stdin (cni-spec.md §4 VERSION), so
+        // neither libcni's probe nor an empty stdin may change the answer.
+        for stdin in [r#"{"cniVersion":"1.0.0"}"#, "", "{not json"] {
+            let answer = Invocation::bare(bin(plugin))
+                .command(Some("VERSION"))
+                .stdin_bytes(stdin)
+                .run()
+                .assert_success();
+            assert_eq!(
+                answer,
+                json!({"cniVersion": "1.1.0", "supportedVersions": ALL_VERSIONS}),
+                "{plugin} VERSION with stdin {stdin:?}"
+            );
+        }
+        let probe = twill_tests::exec::version(bin(plugin)).assert_success();
+        assert_eq!(
+            probe["supportedVersions"],
+            json!(ALL_VERSIONS),
+            "{plugin} libcni-style probe"
+        );
+    }
+}
+
+/// Malformed or hostile stdin for every verb: whatever happens, no panic, and a failure is always a
+/// proper CNI error object (cni-spec.md §6).
+#[test]
+fn no_input_makes_a_plugin_panic() {
+    require_root();
+    let long_name = "n".repeat(10_000);
+    let corpus: Vec<String> = vec![
+        String::new(),
+        "null".into(),
+        "[]".into(),
+        "42".into(),
+        "\"string\"".into(),
+        r#"{"cniVersion": 5, "name": "x", "type": "t"}"#.into(),
+        r#"{"cniVersion": "", "name": "x", "type": "t"}"#.into(),
+        r#"{"cniVersion": "1.0", "name": "x", "type": "t"}"#.into(),
+        r#"{"cniVersion": "1.0.0", "name": "bad name/..", "type": "t"}"#.into(),
+        format!(r#"{{"cniVersion": "1.0.0", "name": "{long_name}", "type": "t"}}"#),
+        r#"{"cniVersion": "1.0.0", "name": "x", "type": "t", "prevResult": 7}"#.into(),
+        r#"{"cniVersion": "1.0.0", "name": "x", "type": "t", "prevResult": {"ips": [{"address": "nope"}]}}"#.into(),
+        r#"{"cniVersion": "0.4.0", "name": "x", "type": "t", "prevResult": {"cniVersion": "0.2.0", "ip4": {"ip": "1.2.3.4"}}}"#.into(),
+        r#"{"cniVersion": "1.1.0", "name": "x", "type": "t", "cni.dev/valid-attachments": "all"}"#.into(),
+        r#"{"cniVersion": "1.0.0", "name": "x", "type": "t", "runtimeConfig": [], "args": 1, "capabilities": "x"}"#.into(),
+        "{\"cniVersion\": \"1.0.0\", \"name\": \"\u{1F600}\"}".into(),
+        "\u{0}\u{1}\u{2}binary".into(),
+    ];
+    for plugin in PLUGINS {
+        for verb in ["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"] {
+            for stdin in &corpus {
+                let pod = Netns::new("pod");
+                let outcome = Invocation::new(bin(plugin), verb)
+                    .libcni_style()
+                    .netns(Some(pod.path()))
+                    .stdin_bytes(stdin.as_bytes())
+                    .run();
+                let shown: String = stdin.chars().take(120).collect();
+                outcome.assert_no_panic();
+                if !outcome.success() {
+                    let err = outcome.json.clone().unwrap_or(Value::Null);
+                    assert!(
+                        err.get("code").and_then(Value::as_u64).is_some()
+                            && err.get("msg").and_then(Value::as_str).is_some_and(|m| !m.is_empty()),
+                        "{plugin} {verb} with stdin {shown:?} failed without a CNI error object: {}",
+                        outcome.describe()
+                    );
+                }
+            }
+        }
+    }
+}
