@@ -1,0 +1,178 @@
+//! Lease records in flannel's etcd layout (flannel.md §3): key `<prefix>/subnets/<a.b.c.d>-<len>`, value
+//! `{"PublicIP":..,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":..,"VtepMAC":..}}`.
+//!
+//! We add one field, `NodeName`, so a node keeps its subnet when its address changes (flannel.md §16 item 7);
+//! flanneld's Go decoder ignores unknown fields, so both daemons still read each other's leases.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// A VXLAN tunnel endpoint MAC address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VtepMac(pub [u8; 6]);
+
+impl fmt::Display for VtepMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl std::str::FromStr for VtepMac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 6];
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!("{s:?} is not a MAC address"));
+        }
+        for (o, p) in out.iter_mut().zip(parts) {
+            *o = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
+        }
+        Ok(VtepMac(out))
+    }
+}
+
+impl VtepMac {
+    /// A stable, locally administered unicast MAC derived from the node name and VNI (flannel.md §16 item 3):
+    /// the same node gets the same VTEP MAC after a daemon restart or a reboot that wiped /run, so peers need
+    /// no update. FNV-1a is used because its output is fixed forever, unlike std's hasher.
+    pub fn derive(node_name: &str, vni: u32) -> VtepMac {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in node_name.bytes().chain(vni.to_be_bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        let b = h.to_be_bytes();
+        let mut m = [b[0], b[1], b[2], b[3], b[4], b[5]];
+        m[0] = (m[0] | 0x02) & 0xfe;
+        VtepMac(m)
+    }
+}
+
+/// The JSON value of a lease key. Field names are flannel's `LeaseAttrs` JSON keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<String>,
+    #[serde(rename = "BackendType", default)]
+    pub backend_type: String,
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_data: Option<serde_json::Value>,
+    #[serde(rename = "NodeName", default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+impl LeaseAttrs {
+    pub fn vxlan(public_ip: Ipv4Addr, vni: u32, mac: VtepMac, node_name: &str) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(serde_json::json!({"VNI": vni, "VtepMAC": mac.to_string()})),
+            node_name: Some(node_name.to_string()),
+        }
+    }
+
+    /// The VTEP MAC of a vxlan lease, if the lease is a usable vxlan lease (flannel.md §6.2: only leases with
+    /// `BackendType == "vxlan"` are considered).
+    pub fn vtep_mac(&self) -> Option<VtepMac> {
+        if self.backend_type != "vxlan" {
+            return None;
+        }
+        self.backend_data
+            .as_ref()?
+            .get("VtepMAC")?
+            .as_str()?
+            .parse()
+            .ok()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// `10.244.2.0/24` <-> `10.244.2.0-24`.
+pub fn subnet_key(subnet: Ipv4Net) -> String {
+    format!("{}-{}", subnet.network(), subnet.prefix_len())
+}
+
+/// Parses the last path element of a subnets key; dual-stack keys (`...&v6-len`) yield their v4 half.
+/// Anything else is not a lease (flannel.md §3: ignored with a warning by the caller).
+pub fn parse_subnet_key(key: &str) -> Option<Ipv4Net> {
+    let last = key.rsplit('/').next()?;
+    let v4 = last.split('&').next()?;
+    let (addr, len) = v4.split_once('-')?;
+    let net = Ipv4Net::new(addr.parse().ok()?, len.parse().ok()?).ok()?;
+    (net.network() == net.addr()).then_some(net)
+}
+
+/// A lease as read from etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub subnet: Ipv4Net,
+    pub attrs: LeaseAttrs,
+    /// The etcd lease id; 0 = a key without lease, i.e. a permanent reservation (flannel.md §3, §16 item 12).
+    pub lease_id: i64,
+}
+
+impl Lease {
+    pub fn is_reservation(&self) -> bool {
+        self.lease_id == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_keys_round_trip_and_reject_garbage() {
+        let n: Ipv4Net = "10.5.52.0/24".parse().unwrap();
+        assert_eq!(subnet_key(n), "10.5.52.0-24");
+        assert_eq!(
+            parse_subnet_key("/coreos.com/network/subnets/10.5.52.0-24"),
+            Some(n)
+        );
+        assert_eq!(
+            parse_subnet_key("/x/subnets/10.5.52.0-24&fd00:42::-64"),
+            Some(n)
+        );
+        assert_eq!(parse_subnet_key("/x/subnets/10.5.52.1-24"), None);
+        assert_eq!(parse_subnet_key("/x/subnets/hello"), None);
+    }
+
+    #[test]
+    fn lease_json_matches_flannel() {
+        let mac: VtepMac = "c6:d2:32:6f:8f:44".parse().unwrap();
+        let a = LeaseAttrs::vxlan("192.168.64.3".parse().unwrap(), 1, mac, "n1");
+        let j = a.to_json();
+        assert!(j.starts_with(r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}"#), "{j}");
+        let flannel = r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}"#;
+        let b: LeaseAttrs = serde_json::from_str(flannel).unwrap();
+        assert_eq!(b.vtep_mac(), Some(mac));
+        assert_eq!(b.node_name, None);
+    }
+
+    #[test]
+    fn derived_mac_is_stable_unicast_and_local() {
+        let a = VtepMac::derive("node-a", 1);
+        assert_eq!(a, VtepMac::derive("node-a", 1));
+        assert_ne!(a, VtepMac::derive("node-b", 1));
+        assert_eq!(a.0[0] & 0x03, 0x02);
+    }
+}

@@ -1,0 +1,208 @@
+//! Health state and Prometheus metrics shared between the daemon's tasks (flanneld has none; we do).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Why the node is or is not ready (flannel.md §11: ready = lease, device, rules and subnet.env in place).
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    pub lease: bool,
+    pub lease_lost: bool,
+    pub device: bool,
+    pub rules: bool,
+    pub subnet_env: bool,
+    pub etcd_ok: bool,
+    pub last_etcd_error: Option<String>,
+}
+
+impl Readiness {
+    /// etcd being unreachable alone does not make a programmed node unready: its data plane keeps working
+    /// (the problem is still reported, as a warning).
+    pub fn is_ready(&self) -> bool {
+        self.problems()
+            .iter()
+            .all(|p| p.starts_with("etcd unreachable"))
+    }
+
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.lease_lost {
+            p.push(
+                "subnet lease lost: this node's subnet is no longer registered as ours in etcd"
+                    .to_string(),
+            );
+        } else if !self.lease {
+            p.push("no subnet lease yet".to_string());
+        }
+        if !self.device {
+            p.push("vxlan device not ready".to_string());
+        }
+        if !self.rules {
+            p.push("traffic rules not installed".to_string());
+        }
+        if !self.subnet_env {
+            p.push("subnet.env not written".to_string());
+        }
+        if !self.etcd_ok {
+            p.push(format!(
+                "etcd unreachable: {}",
+                self.last_etcd_error
+                    .as_deref()
+                    .unwrap_or("not connected yet")
+            ));
+        }
+        p
+    }
+}
+
+const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub readiness: Mutex<Readiness>,
+    pub peers: AtomicU64,
+    pub lease_expiry_unix: AtomicU64,
+    pub reconcile_runs: AtomicU64,
+    pub reconcile_repairs: AtomicU64,
+    pub rules_repairs: AtomicU64,
+    pub etcd_errors: AtomicU64,
+    pub netlink_errors: AtomicU64,
+    pub lease_events: AtomicU64,
+    pub device_recreated: AtomicU64,
+    latency: Mutex<([u64; BUCKETS.len()], u64, f64)>,
+}
+
+impl Metrics {
+    pub fn set_ready(&self, f: impl FnOnce(&mut Readiness)) {
+        if let Ok(mut r) = self.readiness.lock() {
+            f(&mut r);
+        }
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    pub fn etcd_error(&self, e: &str) {
+        self.etcd_errors.fetch_add(1, Relaxed);
+        self.set_ready(|r| {
+            r.etcd_ok = false;
+            r.last_etcd_error = Some(e.to_string());
+        });
+    }
+
+    pub fn etcd_ok(&self) {
+        self.set_ready(|r| r.etcd_ok = true);
+    }
+
+    pub fn observe_event_latency(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        if let Ok(mut h) = self.latency.lock() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                if s <= *b {
+                    h.0[i] += 1;
+                }
+            }
+            h.1 += 1;
+            h.2 += s;
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let r = self.readiness();
+        let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        gauge(
+            &mut o,
+            "twilld_ready",
+            "1 when lease, device, rules and subnet.env are in place",
+            f64::from(u8::from(r.is_ready())),
+        );
+        gauge(
+            &mut o,
+            "twilld_peers",
+            "Remote nodes in the desired peer table",
+            self.peers.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut o,
+            "twilld_lease_expiry_timestamp_seconds",
+            "Unix time our subnet lease expires (0 = reservation)",
+            self.lease_expiry_unix.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut o,
+            "twilld_lease_lost",
+            "1 when our subnet is no longer registered as ours",
+            f64::from(u8::from(r.lease_lost)),
+        );
+        gauge(
+            &mut o,
+            "twilld_etcd_up",
+            "1 when the last etcd operation succeeded",
+            f64::from(u8::from(r.etcd_ok)),
+        );
+        counter(
+            &mut o,
+            "twilld_reconcile_runs_total",
+            "Full reconciliations of the kernel against the peer table",
+            self.reconcile_runs.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "twilld_reconcile_repairs_total",
+            "Kernel entries added or removed by full reconciliations",
+            self.reconcile_repairs.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "twilld_rules_repairs_total",
+            "Times the traffic rules were found damaged and reinstalled",
+            self.rules_repairs.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "twilld_device_recreated_total",
+            "Times the vxlan device had to be (re)created",
+            self.device_recreated.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "twilld_etcd_errors_total",
+            "Failed etcd operations",
+            self.etcd_errors.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "twilld_netlink_errors_total",
+            "Failed netlink operations",
+            self.netlink_errors.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "twilld_lease_events_total",
+            "Lease events received from the etcd watch",
+            self.lease_events.load(Relaxed),
+        );
+        if let Ok(h) = self.latency.lock() {
+            let name = "twilld_event_to_programmed_seconds";
+            let _ = writeln!(o, "# HELP {name} Time from a lease event's arrival to its kernel state being programmed\n# TYPE {name} histogram");
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(o, "{name}_bucket{{le=\"{b}\"}} {}", h.0[i]);
+            }
+            let _ = writeln!(
+                o,
+                "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+                h.1, h.2, h.1
+            );
+        }
+        o
+    }
+}

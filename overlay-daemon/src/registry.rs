@@ -1,0 +1,269 @@
+//! The etcd subnet manager (flannel.md §3–§5): reads the network config, lists, creates, renews and watches
+//! leases under `<prefix>/subnets/`. One narrow interface, like flannel's `subnet.Manager`; the daemon never
+//! talks to etcd except through it.
+
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
+};
+use ipnet::Ipv4Net;
+
+use crate::flags::Options;
+use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs};
+
+#[derive(Debug)]
+pub enum RegistryError {
+    /// `<prefix>/config` does not exist (yet).
+    ConfigMissing(String),
+    Etcd(String),
+}
+
+impl std::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegistryError::ConfigMissing(k) => {
+                write!(f, "network config key {k} not found in etcd")
+            }
+            RegistryError::Etcd(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+fn etcd(what: &str) -> impl Fn(etcd_client::Error) -> RegistryError + '_ {
+    move |e| RegistryError::Etcd(format!("etcd {what}: {e}"))
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+/// One change seen on `<prefix>/subnets/`.
+#[derive(Debug, Clone)]
+pub enum LeaseEvent {
+    /// A full listing (start-up, or after a compacted watch revision): replaces everything known.
+    Snapshot(Vec<Lease>),
+    Added(Lease),
+    /// etcd delete events carry no value (flannel.md §5): only the subnet is known.
+    Removed(Ipv4Net),
+}
+
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    prefix: String,
+}
+
+impl Registry {
+    /// Connects (lazily: the channel reconnects by itself once etcd is back).
+    pub async fn connect(opts: &Options) -> Result<Self> {
+        let mut co = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let (Some(user), Some(pass)) = (&opts.etcd_username, &opts.etcd_password) {
+            co = co.with_user(user.clone(), pass.clone());
+        }
+        // As flanneld: TLS only when both a client certificate and key are given (flannel.md §12).
+        match (&opts.etcd_certfile, &opts.etcd_keyfile) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &std::path::Path| {
+                    std::fs::read(p)
+                        .map_err(|e| RegistryError::Etcd(format!("reading {}: {e}", p.display())))
+                };
+                let mut tls =
+                    TlsOptions::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+                if let Some(ca) = &opts.etcd_cafile {
+                    tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+                }
+                co = co.with_tls(tls);
+            }
+            _ if opts.etcd_cafile.is_some() => {
+                eprintln!("twilld: warning: --etcd-cafile given without --etcd-certfile/--etcd-keyfile: not using TLS")
+            }
+            _ => {}
+        }
+        let client = Client::connect(&opts.etcd_endpoints, Some(co))
+            .await
+            .map_err(etcd("connect"))?;
+        Ok(Registry {
+            client,
+            prefix: opts.etcd_prefix.clone(),
+        })
+    }
+
+    fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix)
+    }
+
+    pub fn lease_key(&self, subnet: Ipv4Net) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    }
+
+    pub async fn config(&mut self) -> Result<String> {
+        let key = format!("{}/config", self.prefix);
+        let resp = self
+            .client
+            .get(key.as_str(), None)
+            .await
+            .map_err(etcd("get config"))?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(String::from_utf8_lossy(kv.value()).into_owned()),
+            None => Err(RegistryError::ConfigMissing(key)),
+        }
+    }
+
+    /// All leases and the revision of the listing. The lease id comes with the key, so unlike flannel no
+    /// `TimeToLive` RPC per key is needed (flannel.md §16 item 13), and a key without lease is a reservation
+    /// that is kept, not skipped (flannel#1329).
+    pub async fn list(&mut self) -> Result<(Vec<Lease>, i64)> {
+        let resp = self
+            .client
+            .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(etcd("list leases"))?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let leases = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| decode(kv.key(), kv.value(), kv.lease()))
+            .collect();
+        Ok((leases, revision))
+    }
+
+    /// Grants an etcd lease of `ttl` and creates the key only if it does not exist (flannel.md §3). Returns
+    /// the lease id, or `None` if someone else holds the subnet (the granted lease is revoked then).
+    pub async fn create(
+        &mut self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<i64>> {
+        let grant = self
+            .client
+            .lease_grant(ttl.as_secs() as i64, None)
+            .await
+            .map_err(etcd("grant lease"))?;
+        let key = self.lease_key(subnet);
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(grant.id())),
+            )]);
+        let resp = self.client.txn(txn).await.map_err(etcd("create lease"))?;
+        if resp.succeeded() {
+            Ok(Some(grant.id()))
+        } else {
+            let _ = self.client.lease_revoke(grant.id()).await;
+            Ok(None)
+        }
+    }
+
+    /// Renewal as flannel does it: a fresh etcd lease and a re-put of the key (flannel.md §3). The old etcd
+    /// lease no longer holds the key, so it is revoked instead of being left to expire.
+    pub async fn renew(
+        &mut self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+        old: i64,
+    ) -> Result<i64> {
+        let grant = self
+            .client
+            .lease_grant(ttl.as_secs() as i64, None)
+            .await
+            .map_err(etcd("grant lease"))?;
+        self.client
+            .put(
+                self.lease_key(subnet),
+                attrs.to_json(),
+                Some(PutOptions::new().with_lease(grant.id())),
+            )
+            .await
+            .map_err(etcd("renew lease"))?;
+        if old != 0 {
+            let _ = self.client.lease_revoke(old).await;
+        }
+        Ok(grant.id())
+    }
+
+    /// Updates the value of a reservation (a key without lease) and keeps it lease-less.
+    pub async fn put_reservation(&mut self, subnet: Ipv4Net, attrs: &LeaseAttrs) -> Result<()> {
+        self.client
+            .put(self.lease_key(subnet), attrs.to_json(), None)
+            .await
+            .map_err(etcd("update reservation"))?;
+        Ok(())
+    }
+
+    pub async fn delete(&mut self, subnet: Ipv4Net) -> Result<()> {
+        self.client
+            .delete(self.lease_key(subnet), None)
+            .await
+            .map_err(etcd("delete lease"))?;
+        Ok(())
+    }
+
+    /// Watches `<prefix>/subnets/` from `revision` (inclusive).
+    pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        self.client
+            .watch(self.subnets_prefix(), Some(opts))
+            .await
+            .map_err(etcd("watch"))
+    }
+}
+
+fn decode(key: &[u8], value: &[u8], lease_id: i64) -> Option<Lease> {
+    let key = String::from_utf8_lossy(key);
+    let Some(subnet) = parse_subnet_key(&key) else {
+        eprintln!("twilld: warning: ignoring {key}: not a subnet lease key");
+        return None;
+    };
+    match serde_json::from_slice::<LeaseAttrs>(value) {
+        Ok(attrs) => Some(Lease {
+            subnet,
+            attrs,
+            lease_id,
+        }),
+        Err(e) => {
+            eprintln!("twilld: warning: ignoring lease {key}: bad value: {e}");
+            None
+        }
+    }
+}
+
+/// What one watch response means for the lease table.
+pub enum WatchOutcome {
+    Events(Vec<LeaseEvent>, i64),
+    /// The start revision was compacted away (or the watch was cancelled): re-list (flannel.md §5).
+    Relist,
+}
+
+pub fn interpret(resp: &etcd_client::WatchResponse, mut next_revision: i64) -> WatchOutcome {
+    if resp.compact_revision() > 0 || resp.canceled() {
+        return WatchOutcome::Relist;
+    }
+    let mut out = Vec::new();
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        next_revision = next_revision.max(kv.mod_revision() + 1);
+        match ev.event_type() {
+            EventType::Put => {
+                if let Some(lease) = decode(kv.key(), kv.value(), kv.lease()) {
+                    out.push(LeaseEvent::Added(lease));
+                }
+            }
+            EventType::Delete => {
+                if let Some(subnet) = parse_subnet_key(&String::from_utf8_lossy(kv.key())) {
+                    out.push(LeaseEvent::Removed(subnet));
+                }
+            }
+        }
+    }
+    WatchOutcome::Events(out, next_revision)
+}
