@@ -1,0 +1,265 @@
+//! The saved delegate configs in `dataDir`: one file per attachment, written before the delegate's ADD runs,
+//! so DEL can run the delegate with exactly the config ADD used even when `subnet.env` is gone or the node's
+//! subnet changed (flannel.md §13). The reference keys the file by container id alone, so two interfaces of
+//! one container overwrite each other's; ours is `<containerID>:<ifname>` (neither may contain `:`, so the
+//! name splits back unambiguously for GC). A file named by the container id alone is the reference's and is
+//! still honoured by DEL, so a node can switch plugins without stranding addresses.
+
+use serde_json::{Map, Value};
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use twill_cni::{ContainerId, Context, Error, IfName, Result};
+
+const SEPARATOR: char = ':';
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// One saved file found by [`Store::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    pub container_id: String,
+    /// `None` for a file the reference plugin wrote (keyed by container id only).
+    pub ifname: Option<String>,
+    pub path: PathBuf,
+}
+
+impl Store {
+    pub fn new(dir: impl Into<PathBuf>) -> Store {
+        Store { dir: dir.into() }
+    }
+
+    pub fn path(&self, id: &ContainerId, ifname: &IfName) -> PathBuf {
+        self.dir.join(format!("{id}{SEPARATOR}{ifname}"))
+    }
+
+    fn legacy_path(&self, id: &ContainerId) -> PathBuf {
+        self.dir.join(id.as_str())
+    }
+
+    /// Writes the attachment's delegate config atomically and durably: a temporary file (0600) is written
+    /// and fsynced, renamed over the final name, and the directory (0700: the configs may carry secrets from
+    /// runtimeConfig) fsynced, so a crash leaves either the old file or the new one, never a torn one.
+    pub fn save(
+        &self,
+        id: &ContainerId,
+        ifname: &IfName,
+        config: &Map<String, Value>,
+    ) -> Result<PathBuf> {
+        let bytes = serde_json::to_vec(config).context("serialise delegate config")?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("create data directory {}", self.dir.display()))?;
+        let path = self.path(id, ifname);
+        let tmp = self.dir.join(format!(
+            ".{id}{SEPARATOR}{ifname}.{}.tmp",
+            std::process::id()
+        ));
+        let written = write_synced(&tmp, &bytes).and_then(|()| {
+            std::fs::rename(&tmp, &path)
+                .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsync data directory {}", self.dir.display()))?;
+        Ok(path)
+    }
+
+    /// The saved config of an attachment: ours, else the reference's file for the container, else `None`.
+    pub fn load(
+        &self,
+        id: &ContainerId,
+        ifname: &IfName,
+    ) -> Result<Option<(PathBuf, Map<String, Value>)>> {
+        for path in [self.path(id, ifname), self.legacy_path(id)] {
+            if let Some(conf) = read_config(&path)? {
+                return Ok(Some((path, conf)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes a saved file; one that is already gone is fine (DEL is idempotent).
+    pub fn remove(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::failed(format!("remove {}: {e}", path.display()))),
+        }
+    }
+
+    /// Every saved file (temporary files of ADDs in progress excluded); an absent directory is empty.
+    pub fn list(&self) -> Result<Vec<Saved>> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::failed(format!("list {}: {e}", self.dir.display()))),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("list {}", self.dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !entry.file_type().is_ok_and(|t| t.is_file()) {
+                continue;
+            }
+            let (container_id, ifname) = match name.split_once(SEPARATOR) {
+                Some((id, ifname)) => (id.to_string(), Some(ifname.to_string())),
+                None => (name.clone(), None),
+            };
+            if ContainerId::parse(&container_id).is_err() {
+                continue;
+            }
+            out.push(Saved {
+                container_id,
+                ifname,
+                path: entry.path(),
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+}
+
+/// Reads a saved config; `None` when the file does not exist. A file that is not a JSON object is an error
+/// naming it: running the delegate with a guessed config could release the wrong thing.
+pub fn read_config(path: &Path) -> Result<Option<Map<String, Value>>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == ErrorKind::IsADirectory => return Ok(None),
+        Err(e) => {
+            return Err(Error::failed(format!(
+                "read saved delegate config {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(Some(m)),
+        Ok(_) => Err(Error::failed(format!(
+            "saved delegate config {} is not a JSON object",
+            path.display()
+        ))),
+        Err(e) => Err(Error::failed(format!(
+            "saved delegate config {} is corrupt: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    // The umask only ever narrows 0600, but a leftover temporary file from a crashed run keeps its old mode.
+    f.set_permissions(Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::os::unix::fs::MetadataExt;
+
+    fn ids(id: &str, ifname: &str) -> (ContainerId, IfName) {
+        (
+            ContainerId::parse(id).unwrap(),
+            IfName::parse(ifname).unwrap(),
+        )
+    }
+
+    #[test]
+    fn saves_atomically_with_private_modes_and_loads_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path().join("flannel"));
+        let (id, ifname) = ids("c-1.2", "eth0");
+        let conf = json!({"name": "cbr0", "type": "bridge"});
+        let path = store.save(&id, &ifname, conf.as_object().unwrap()).unwrap();
+        assert_eq!(path, tmp.path().join("flannel/c-1.2:eth0"));
+        assert_eq!(
+            std::fs::metadata(tmp.path().join("flannel"))
+                .unwrap()
+                .mode()
+                & 0o777,
+            0o700
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let (p, loaded) = store.load(&id, &ifname).unwrap().unwrap();
+        assert_eq!((p, Value::Object(loaded)), (path.clone(), conf));
+        let names: Vec<_> = std::fs::read_dir(tmp.path().join("flannel"))
+            .unwrap()
+            .collect();
+        assert_eq!(names.len(), 1, "no temporary file left behind");
+        store.remove(&path).unwrap();
+        store.remove(&path).unwrap();
+        assert!(store.load(&id, &ifname).unwrap().is_none());
+    }
+
+    #[test]
+    fn two_interfaces_of_one_container_do_not_collide() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        let (id, eth0) = ids("c1", "eth0");
+        let net1 = IfName::parse("net1.x-y").unwrap();
+        store
+            .save(&id, &eth0, json!({"n": 0}).as_object().unwrap())
+            .unwrap();
+        store
+            .save(&id, &net1, json!({"n": 1}).as_object().unwrap())
+            .unwrap();
+        assert_eq!(store.load(&id, &eth0).unwrap().unwrap().1["n"], 0);
+        assert_eq!(store.load(&id, &net1).unwrap().unwrap().1["n"], 1);
+        let listed = store.list().unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|s| s.container_id == "c1"));
+        assert_eq!(listed[1].ifname.as_deref(), Some("net1.x-y"));
+    }
+
+    #[test]
+    fn reference_files_are_found_by_container_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        std::fs::write(tmp.path().join("abc"), r#"{"name":"cbr0"}"#).unwrap();
+        std::fs::write(tmp.path().join(".abc:eth0.1.tmp"), "{").unwrap();
+        let (id, ifname) = ids("abc", "eth0");
+        let (path, conf) = store.load(&id, &ifname).unwrap().unwrap();
+        assert_eq!(path, tmp.path().join("abc"));
+        assert_eq!(conf["name"], "cbr0");
+        assert_eq!(
+            store.list().unwrap(),
+            vec![Saved {
+                container_id: "abc".into(),
+                ifname: None,
+                path: tmp.path().join("abc")
+            }]
+        );
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        std::fs::write(tmp.path().join("c:eth0"), "{not json").unwrap();
+        let (id, ifname) = ids("c", "eth0");
+        let e = store.load(&id, &ifname).unwrap_err();
+        assert!(e.msg.contains("c:eth0"), "{}", e.msg);
+    }
+}
