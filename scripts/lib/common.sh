@@ -78,8 +78,8 @@ build_cnitool() {
   local dir="$TWILL_TARGET_DIR/cnitool"
   mkdir -p "$dir"
   GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS= \
-    go build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go"
-  mv -f "$dir/cnitool.tmp.$$" "$dir/cnitool"
+    go build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go" \
+    && mv -f "$dir/cnitool.tmp.$$" "$dir/cnitool"
 }
 
 # `ip netns add` needs /run/netns; prove namespaces work before any test relies on them.

@@ -48,6 +48,8 @@ pub struct Invocation {
     /// Namespace file the plugin process is moved into before exec (its "host" namespace).
     pub host_netns: Option<PathBuf>,
     pub timeout: Duration,
+    /// Command-line arguments: none for CNI plugins; for wrapped helpers in tests.
+    pub argv: Vec<String>,
 }
 
 impl Invocation {
@@ -69,6 +71,7 @@ impl Invocation {
             unset_vars: UnsetVars::Absent,
             host_netns: None,
             timeout: DEFAULT_TIMEOUT,
+            argv: Vec::new(),
         }
     }
 
@@ -153,11 +156,17 @@ impl Invocation {
         self
     }
 
+    /// Command-line arguments (CNI plugins take none; useful for helpers run like plugins).
+    pub fn argv(mut self, args: &[&str]) -> Self {
+        self.argv = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// Executes the plugin and collects its outcome. Panics only when the harness itself cannot
     /// run it (missing binary, unopenable namespace), never because of what the plugin did.
     pub fn run(&self) -> Outcome {
         let mut cmd = Command::new(&self.plugin);
-        cmd.env_clear();
+        cmd.args(&self.argv).env_clear();
         // Plugins may exec helpers (iptables, nft) found through PATH, like under a real runtime.
         cmd.env(
             "PATH",
@@ -408,4 +417,53 @@ pub fn supported_versions(plugin: impl Into<PathBuf>) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_else(|| panic!("VERSION answer without supportedVersions: {answer}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::Netns;
+
+    #[test]
+    fn hung_plugin_is_killed_at_the_timeout() {
+        let outcome = Invocation::bare("/bin/sleep")
+            .timeout(Duration::from_millis(200))
+            .env("IGNORED", "1")
+            .argv(&["30"])
+            .run();
+        assert!(outcome.timed_out, "{}", outcome.describe());
+        assert!(outcome.elapsed < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn env_and_stdin_reach_the_plugin_like_a_runtime_sends_them() {
+        let outcome = Invocation::new("/bin/sh", "ADD")
+            .libcni_style()
+            .stdin_bytes("{\"a\":1}")
+            .argv(&[
+                "-c",
+                "printf '{\"cmd\":\"%s\",\"netns\":\"%s\",\"netns_set\":\"%s\",\"stdin\":%s}' \
+                 \"$CNI_COMMAND\" \"$CNI_NETNS\" \"${CNI_NETNS+yes}\" \"$(cat)\"",
+            ])
+            .run();
+        let json = outcome.assert_success();
+        assert_eq!(json["cmd"], "ADD");
+        assert_eq!(json["netns"], "");
+        assert_eq!(
+            json["netns_set"], "yes",
+            "libcni style sets unused variables to empty"
+        );
+        assert_eq!(json["stdin"]["a"], 1);
+    }
+
+    #[test]
+    fn plugin_runs_in_the_given_host_namespace() {
+        let node = Netns::new("fx");
+        Invocation::bare("/bin/ip")
+            .in_netns(node.path())
+            .argv(&["link", "add", "twbr2", "type", "bridge"])
+            .run()
+            .assert_success();
+        assert!(node.link_flags("twbr2").is_some());
+    }
 }

@@ -273,3 +273,64 @@ fn check_output(what: &str, out: Output) -> String {
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_is_removed_on_drop_even_after_a_panic() {
+        let path = std::panic::catch_unwind(|| {
+            let ns = Netns::new("fx");
+            let path = ns.path().to_path_buf();
+            assert!(path.exists());
+            std::panic::panic_any(path);
+        })
+        .expect_err("the closure panics");
+        let path = path
+            .downcast::<PathBuf>()
+            .expect("panic payload is the path");
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+
+    #[test]
+    fn run_in_works_inside_the_namespace_without_moving_the_caller() {
+        let ns = Netns::new("fx");
+        let before = std::fs::read_link("/proc/thread-self/ns/net").expect("own netns");
+        ns.run_in(|| {
+            let out = Command::new("ip")
+                .args(["link", "add", "twbr0", "type", "bridge"])
+                .output()
+                .expect("run ip");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+        assert_eq!(
+            std::fs::read_link("/proc/thread-self/ns/net").expect("own netns"),
+            before
+        );
+        assert!(
+            ns.link_flags("twbr0").is_some(),
+            "link created inside the namespace"
+        );
+    }
+
+    #[test]
+    fn state_reports_what_was_added() {
+        let ns = Netns::new("fx");
+        let before = ns.state();
+        ns.ip(&["link", "add", "twbr1", "type", "bridge"]);
+        ns.ip(&["rule", "add", "fwmark", "0x42", "table", "42"]);
+        let added = ns.state().added_since(&before);
+        assert!(added.iter().any(|l| l == "link: twbr1"), "{added:?}");
+        assert!(
+            added
+                .iter()
+                .any(|l| l.starts_with("rule:") && l.contains("0x42")),
+            "{added:?}"
+        );
+    }
+}
