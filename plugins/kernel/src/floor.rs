@@ -18,9 +18,27 @@ use crate::route::Route;
 pub struct FloorReport {
     /// One duration per iteration, in run order.
     pub samples: Vec<Duration>,
+    /// Per iteration, the time of each step, in the order of [`FloorReport::STEPS`].
+    pub steps: Vec<[Duration; 5]>,
 }
 
 impl FloorReport {
+    /// Names of the timed steps.
+    pub const STEPS: [&'static str; 5] = [
+        "open socket in pod netns",
+        "create veth (peer in pod netns)",
+        "set eth0 up",
+        "add address",
+        "add default route",
+    ];
+
+    /// Median time of step `i` (see [`FloorReport::STEPS`]).
+    pub fn step_median(&self, i: usize) -> Duration {
+        let mut s: Vec<Duration> = self.steps.iter().map(|st| st[i]).collect();
+        s.sort();
+        s.get(s.len() / 2).copied().unwrap_or_default()
+    }
+
     fn sorted(&self) -> Vec<Duration> {
         let mut s = self.samples.clone();
         s.sort();
@@ -54,19 +72,28 @@ impl FloorReport {
 /// ADD must ask of the kernel: open a netlink socket inside the pod namespace, create a veth (host end
 /// up) with the peer `eth0` directly in the pod namespace, set `eth0` up, add 10.99.0.2/24 to it and a
 /// default route via 10.99.0.1. The host ends live in one unnamed "node" namespace, so nothing
-/// touches the host. Needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
+/// touches the host; all namespaces are unnamed and vanish when the function returns. Not timed:
+/// namespace creation and teardown (the runtime's job). Needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
+///
+/// Run it with `cargo run --release -p twill-kernel --example kernel_floor -- 200`.
 pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
     let node = NetNs::create_unnamed()?;
     let host = Handle::in_netns(&node)?;
     let pod_net = IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 99, 0, 2), 24).unwrap_or_default());
     let gateway = IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1));
     let mut samples = Vec::with_capacity(iterations);
+    let mut steps = Vec::with_capacity(iterations);
+    // Dropped only at the end: tearing a namespace down runs in a kernel worker that takes the
+    // rtnl lock, which would otherwise land inside the next iteration's timing.
+    let mut pods = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let pod = NetNs::create_unnamed()?;
         let host_name = random_veth_name()
             .map_err(|e| crate::Error::new("generate veth name", "", host.netns(), e))?;
         let start = Instant::now();
+        let mut marks = [start; 6];
         let pod_handle = Handle::in_netns(&pod)?;
+        marks[1] = Instant::now();
         let veth = host.create_veth(&VethSpec {
             name: host_name,
             peer_name: "eth0".to_string(),
@@ -78,11 +105,17 @@ pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
             Some(i) => i,
             None => pod_handle.link_by_name("eth0")?.index,
         };
+        marks[2] = Instant::now();
         pod_handle.set_link_up(eth0)?;
+        marks[3] = Instant::now();
         pod_handle.add_address(eth0, pod_net)?;
+        marks[4] = Instant::now();
         pod_handle.add_route(&Route::default_via(gateway).dev(eth0))?;
-        samples.push(start.elapsed());
-        host.delete_link(veth.index)?;
+        marks[5] = Instant::now();
+        samples.push(marks[5] - start);
+        steps.push(std::array::from_fn(|i| marks[i + 1] - marks[i]));
+        pods.push(pod);
     }
-    Ok(FloorReport { samples })
+    drop(pods);
+    Ok(FloorReport { samples, steps })
 }
