@@ -358,3 +358,28 @@ fn plugin_runs_inside_a_node_namespace() {
     assert!(pod.link_is_up("lo"));
     assert!(!node.link_is_up("lo"), "the node's own lo is untouched");
 }
+
+#[test]
+fn libcni_chain_of_two_loopbacks_passes_the_first_result_through() {
+    require_root();
+    // The second plugin gets the first one's result as prevResult and must return it unchanged.
+    let results: Vec<Value> = [bin_dir(), PathBuf::from(twill_tests::bins::REFERENCE_DIR)]
+        .into_iter()
+        .map(|dir| {
+            let lib = LibCni::scratch(vec![dir]);
+            let list = json!({
+                "cniVersion": "1.0.0",
+                "name": "lo-chain",
+                "plugins": [{"type": "loopback"}, {"type": "loopback"}]
+            });
+            let net = lib.write_conflist(&list);
+            let ns = Netns::new("lo");
+            let result = lib.add(&net, ns.path()).assert_success();
+            lib.check(&net, ns.path()).assert_success();
+            lib.del(&net, ns.path()).assert_success();
+            assert!(!ns.link_is_up("lo"));
+            normalised(&result, &ns)
+        })
+        .collect();
+    assert_eq!(results[0], results[1], "chained result: ours vs reference");
+}
