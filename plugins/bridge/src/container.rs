@@ -1,0 +1,141 @@
+//! Configuring the container end inside the pod (cni-spec.md §10.2 step 8, the reference's sysctls and
+//! `ConfigureIface`): DAD and ARP-notify sysctls, IPv6 enabled where needed, addresses, link up, addresses
+//! settled, routes.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use twill_cni::{CniResult, Context, Error, Result};
+use twill_kernel::{sysctl, AddressOptions, Handle, NetNs, Route, RouteScope};
+
+/// How long to wait for IPv6 duplicate address detection when `enabledad` is on (the reference: 10 s).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sysctls of the container interface, all in one trip into the pod namespace.
+fn set_sysctls(pod: &NetNs, ifname: &str, enable_dad: bool, has_v6: bool) -> Result<()> {
+    pod.run(|| -> Result<()> {
+        // Best effort like the reference: IPv6 may be disabled in the pod.
+        if enable_dad {
+            let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+            let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
+        } else {
+            let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+        }
+        // Gratuitous ARP when the link comes up: neighbours forget a reused IP's old MAC at once.
+        let _ = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+        if has_v6 {
+            for dev in ["lo", ifname] {
+                let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
+                match sysctl::read(&key) {
+                    Ok(v) if v == "0" => {}
+                    Ok(_) => {
+                        sysctl::write(&key, "0").context("failed to enable IPv6")?;
+                    }
+                    Err(e) => eprintln!("bridge: failed to read sysctl {key}: {e}"),
+                }
+            }
+            let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
+        }
+        Ok(())
+    })
+    .context("enter pod network namespace")?
+}
+
+/// Addresses, up, settle, routes. `result` is the final result (IPs already point at the container
+/// interface); route gateways default to the family's gateway, as the reference's `ConfigureIface`.
+pub fn configure(
+    pod: &NetNs,
+    h: &Handle,
+    ifname: &str,
+    index: u32,
+    result: &CniResult,
+    enable_dad: bool,
+) -> Result<()> {
+    let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
+    set_sysctls(pod, ifname, enable_dad, has_v6)?;
+    let mut v4gw = None;
+    let mut v6gw = None;
+    for ip in &result.ips {
+        // Without DAD the address would be usable at once anyway; IFA_F_NODAD just skips the tentative
+        // phase so nothing has to wait for it.
+        let opts = AddressOptions {
+            nodad: ip.address.addr().is_ipv6() && !enable_dad,
+            no_prefix_route: false,
+        };
+        h.add_address_with(index, ip.address, opts)
+            .with_context(|| format!("failed to add IP addr {} to {ifname:?}", ip.address))?;
+        match ip.gateway {
+            Some(g @ IpAddr::V4(_)) if v4gw.is_none() => v4gw = Some(g),
+            Some(g @ IpAddr::V6(_)) if v6gw.is_none() => v6gw = Some(g),
+            _ => {}
+        }
+    }
+    h.set_link_up(index)
+        .with_context(|| format!("failed to set {ifname:?} up"))?;
+    if v6gw.is_some() && enable_dad {
+        settle(h, ifname, index)?;
+    }
+    for r in &result.routes {
+        let v4 = r.dst.addr().is_ipv4();
+        let gw = r.gw.or(if v4 { v4gw } else { v6gw });
+        let mut route = Route::new(r.dst).dev(index);
+        if let Some(gw) = gw {
+            route = route.via(gw);
+        }
+        if let Some(p) = r.priority {
+            route = route.metric(p);
+        }
+        if let Some(t) = r.table {
+            route = route.table(t);
+        }
+        if let Some(s) = r.scope {
+            route = route.scope(RouteScope::from(s));
+        }
+        match h.add_route(&route) {
+            Ok(()) => {}
+            // The same route listed twice: the reference appends (ECMP), which for an identical next hop
+            // is the same route.
+            Err(e) if e.is_exists() => {}
+            Err(e) => {
+                let via = gw.map(|g| g.to_string()).unwrap_or_default();
+                return Err(Error::failed(format!(
+                    "failed to add route '{} via {via} dev {ifname}': {e}",
+                    r.dst
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Wait until no IPv6 address of the interface is tentative (DAD finished); a failed DAD is an error.
+fn settle(h: &Handle, ifname: &str, index: u32) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let addrs = h
+            .addresses(Some(index), Some(twill_kernel::Family::V6))
+            .with_context(|| format!("list addresses of {ifname:?}"))?;
+        if let Some(bad) = addrs.iter().find(|a| a.dadfailed) {
+            return Err(Error::failed(format!(
+                "duplicate address detection failed for {} on {ifname:?}",
+                bad.net
+            )));
+        }
+        if !addrs.iter().any(|a| a.tentative) {
+            return Ok(());
+        }
+        if start.elapsed() > SETTLE_TIMEOUT {
+            return Err(Error::failed(format!(
+                "addresses of {ifname:?} still tentative after {SETTLE_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// L2-only mode: just bring the container end up.
+pub fn up_only(h: &Handle, ifname: &str, index: u32) -> Result<()> {
+    h.set_link_up(index)
+        .with_context(|| format!("failed to set {ifname:?} up"))
+}
