@@ -75,3 +75,32 @@ fn del_succeeds_when_netns_is_gone() {
         other => panic!("expected not found, got {other:?}"),
     }
 }
+
+#[test]
+fn kernel_extended_ack_reason_is_kept() {
+    let t = TestNs::new();
+    let v = t
+        .handle
+        .create_veth(&VethSpec {
+            name: "e0".into(),
+            peer_name: "e0p".into(),
+            up: true,
+            ..Default::default()
+        })
+        .unwrap();
+    // A gateway that no address or onlink flag makes reachable.
+    let err = t
+        .handle
+        .add_route(
+            &Route::new("10.7.0.0/16".parse().unwrap())
+                .via("10.8.0.1".parse().unwrap())
+                .dev(v.index),
+        )
+        .unwrap_err();
+    let detail = err
+        .detail()
+        .unwrap_or_else(|| panic!("no extended ack in {err}"));
+    assert!(detail.to_lowercase().contains("gateway"), "{err}");
+    assert!(err.to_string().ends_with(&format!("({detail})")), "{err}");
+    eprintln!("{err}");
+}
