@@ -1,13 +1,15 @@
 //! IP addresses on devices.
 
+use std::io;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handle::Handle;
 
 /// Which address family to list.
@@ -177,5 +179,41 @@ impl Handle {
             });
         }
         Ok(out)
+    }
+
+    /// Waits until no IPv6 address on the device is tentative (duplicate address detection done),
+    /// as the reference plugins' `SettleAddresses`: an address still in DAD cannot be a source, so
+    /// a pod could start before it can talk. Fails when DAD failed (a duplicate exists) or on
+    /// timeout.
+    pub fn settle_addresses(&self, index: u32, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let addrs = self.addresses(Some(index), Some(Family::V6))?;
+            if let Some(bad) = addrs.iter().find(|a| a.dadfailed) {
+                return Err(Error::new(
+                    "settle addresses",
+                    format!("on index {index}"),
+                    self.netns(),
+                    io::Error::from_raw_os_error(libc::EADDRINUSE),
+                )
+                .with_detail(Some(format!(
+                    "duplicate address detection failed for {}",
+                    bad.net
+                ))));
+            }
+            if !addrs.iter().any(|a| a.tentative) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    "settle addresses",
+                    format!("on index {index}"),
+                    self.netns(),
+                    io::Error::from(io::ErrorKind::TimedOut),
+                )
+                .with_detail(Some("addresses still tentative".to_string())));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }

@@ -102,3 +102,35 @@ fn ipv6_address_with_nodad_is_not_tentative() {
     // lo is down in a fresh namespace, so only our two addresses exist.
     assert_eq!(t.handle.addresses(None, None).unwrap().len(), 2);
 }
+
+#[test]
+fn settle_addresses_waits_for_dad() {
+    let t = TestNs::new();
+    let v = t
+        .handle
+        .create_veth(&VethSpec {
+            name: "s0".into(),
+            peer_name: "s0p".into(),
+            up: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let peer = t.handle.link_by_name("s0p").unwrap();
+    t.handle.set_link_up(peer.index).unwrap();
+    let net: IpNet = "fd00:5::2/64".parse().unwrap();
+    t.handle.add_address(v.index, net).unwrap();
+    let started = std::time::Instant::now();
+    t.handle
+        .settle_addresses(v.index, std::time::Duration::from_secs(10))
+        .unwrap();
+    let listed = t.handle.addresses(Some(v.index), Some(Family::V6)).unwrap();
+    assert!(
+        listed.iter().any(|a| a.net == net && !a.tentative),
+        "{listed:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // A link with nothing tentative (lo, down, no addresses) settles at once.
+    t.handle
+        .settle_addresses(1, std::time::Duration::ZERO)
+        .unwrap();
+}
