@@ -1,1 +1,13 @@
-//! host-local IPAM.
+//! host-local IPAM (cni-spec.md §11): range sets, the allocator, and the on-disk store shared with the
+//! reference `host-local`, plus the plugin verbs. The `host-local` binary is a thin `main` over [`HostLocal`].
+
+pub mod allocator;
+pub mod config;
+pub mod index;
+pub mod lease;
+pub mod plugin;
+pub mod range;
+pub mod resolv;
+pub mod store;
+
+pub use plugin::HostLocal;

@@ -1,0 +1,429 @@
+//! The on-disk store, byte-compatible with the reference (cni-spec.md §11.2): `<dataDir>/<network>/<ip>` holds
+//! `<containerID>\r\n<ifname>`, `last_reserved_ip.<N>` the last address handed out from range set N, and `lock`
+//! is taken with `flock(LOCK_EX)` by every writer, ours and the reference's alike.
+//!
+//! Crash safety: a lease is created by writing its content to a temporary file first and then `link(2)`ing it
+//! to the address's name. `link` fails when the name exists, so the file appears atomically, already naming
+//! its owner: a SIGKILL at any point can leave at worst an orphaned temporary file, never an empty lease,
+//! never two owners of one address.
+//!
+//! Our extra state (the attachment index, see [`crate::index`]) lives outside the network directory, in
+//! `<dataDir>/.twill/<network>/`, because the reference walks the network directory recursively and would
+//! read (and on DEL, delete) anything in it whose content looks like a lease. A network name can never start
+//! with a dot, so `.twill` cannot clash with a network.
+
+use crate::lease::{LeaseContent, Owner};
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use twill_cni::{Context, Error, NetworkName, Result};
+
+/// Name of the lock file inside the network directory (go-filemutex on the directory).
+pub const LOCK_FILE: &str = "lock";
+/// Prefix of the per-range-set round-robin cursor files.
+pub const LAST_RESERVED_PREFIX: &str = "last_reserved_ip.";
+/// Directory under dataDir holding twill's own state, one sub-directory per network.
+pub const STATE_DIR: &str = ".twill";
+/// The reference writes lease files with mode 0644 (observed with Debian's host-local).
+const LEASE_MODE: u32 = 0o644;
+
+/// Where a network's files live.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `<dataDir>/<network>`: leases, `lock`, `last_reserved_ip.*` (shared with the reference).
+    pub net_dir: PathBuf,
+    /// `<dataDir>/.twill/<network>`: our index, stamp and temporary files.
+    pub state_dir: PathBuf,
+}
+
+impl Paths {
+    /// The paths for `network` under `data_dir`. The name was validated by twill-cni (one path component,
+    /// no leading dot); we check again that joining it cannot leave `data_dir`.
+    pub fn new(data_dir: &Path, network: &NetworkName) -> Result<Paths> {
+        let name = Path::new(network.as_str());
+        let mut components = name.components();
+        if !matches!(
+            (components.next(), components.next()),
+            (Some(Component::Normal(_)), None)
+        ) || network.as_str().starts_with('.')
+        {
+            return Err(Error::invalid_config(format!(
+                "network name {network:?} cannot be used as a directory name"
+            )));
+        }
+        Ok(Paths {
+            net_dir: data_dir.join(name),
+            state_dir: data_dir.join(STATE_DIR).join(name),
+        })
+    }
+
+    pub fn lease(&self, ip: &IpAddr) -> PathBuf {
+        self.net_dir.join(ip.to_string())
+    }
+
+    pub fn last_reserved(&self, set: usize) -> PathBuf {
+        self.net_dir.join(format!("{LAST_RESERVED_PREFIX}{set}"))
+    }
+}
+
+/// One entry of the network directory that names an address.
+#[derive(Debug, Clone)]
+pub struct LeaseEntry {
+    pub ip: IpAddr,
+    pub content: LeaseContent,
+}
+
+/// An open store holding the network's lock; the lock is released when the store is dropped.
+#[derive(Debug)]
+pub struct Store {
+    pub paths: Paths,
+    _lock: File,
+    tmp_lease: Option<PathBuf>,
+}
+
+fn mkdir_p(dir: &Path, mode: u32) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .with_context(|| format!("create directory {}", dir.display()))
+}
+
+fn flock_exclusive(file: &File, path: &Path) -> Result<()> {
+    loop {
+        // SAFETY: flock on a valid, open descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(Error::failed(format!("lock {}: {e}", path.display())));
+        }
+    }
+}
+
+impl Store {
+    /// Create the directories if needed and take the network's lock.
+    pub fn open(paths: Paths) -> Result<Store> {
+        mkdir_p(&paths.net_dir, 0o755)?;
+        Store::lock(paths)
+    }
+
+    /// Take the lock of an existing network; `None` when the network directory does not exist (nothing was
+    /// ever allocated there, so DEL and GC have nothing to do and must not create state).
+    pub fn open_existing(paths: Paths) -> Result<Option<Store>> {
+        match fs::metadata(&paths.net_dir) {
+            Ok(m) if m.is_dir() => Store::lock(paths).map(Some),
+            Ok(_) => Err(Error::failed(format!(
+                "{} is not a directory",
+                paths.net_dir.display()
+            ))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::failed(format!(
+                "stat {}: {e}",
+                paths.net_dir.display()
+            ))),
+        }
+    }
+
+    fn lock(paths: Paths) -> Result<Store> {
+        let lock_path = paths.net_dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&lock_path)
+            .with_context(|| format!("open {}", lock_path.display()))?;
+        flock_exclusive(&lock, &lock_path)?;
+        mkdir_p(&paths.state_dir.join("idx"), 0o700)?;
+        mkdir_p(&paths.state_dir.join("tmp"), 0o700)?;
+        Ok(Store {
+            paths,
+            _lock: lock,
+            tmp_lease: None,
+        })
+    }
+
+    /// The lease at `ip`: `None` when the address is free.
+    pub fn read_lease(&self, ip: &IpAddr) -> Result<Option<LeaseContent>> {
+        read_lease(&self.paths, ip)
+    }
+
+    /// Every entry of the network directory whose name is an address, with its content. Other names (`lock`,
+    /// `last_reserved_ip.*`, anything unknown) are not leases and are never returned.
+    pub fn scan(&self) -> Result<Vec<LeaseEntry>> {
+        let dir = &self.paths.net_dir;
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("read {}", dir.display()))?;
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<IpAddr>().ok())
+            else {
+                continue;
+            };
+            if !entry.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                continue;
+            }
+            let content = match fs::read(entry.path()) {
+                Ok(bytes) => LeaseContent::parse(&bytes),
+                // Released between readdir and read.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(_) => LeaseContent::Unreadable,
+            };
+            out.push(LeaseEntry { ip, content });
+        }
+        Ok(out)
+    }
+
+    /// Names of the directory's entries that are addresses (no file reads: for counting).
+    pub fn leased_addresses(&self) -> Result<Vec<IpAddr>> {
+        leased_addresses(&self.paths.net_dir)
+    }
+
+    /// Reserve `ip` for `owner`: `Ok(true)` when the lease was created, `Ok(false)` when the address is taken.
+    pub fn try_reserve(&mut self, ip: &IpAddr, owner: &Owner) -> Result<bool> {
+        let target = self.paths.lease(ip);
+        let tmp = self.tmp_lease(owner)?;
+        match fs::hard_link(&tmp, &target) {
+            Ok(()) => {
+                // Each lease gets its own inode: the next reservation writes a fresh temporary file.
+                let _ = fs::remove_file(&tmp);
+                self.tmp_lease = None;
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+                // dataDir/<network> is a separate mount: keep the temporary file beside the leases instead
+                // (hidden name, not an address, so neither we nor the reference treat it as a lease).
+                let _ = fs::remove_file(&tmp);
+                let local = self
+                    .paths
+                    .net_dir
+                    .join(format!(".twill-lease.{}", std::process::id()));
+                write_file(&local, owner.to_content().as_bytes(), LEASE_MODE)?;
+                self.tmp_lease = Some(local);
+                self.try_reserve(ip, owner)
+            }
+            Err(e) => Err(Error::failed(format!(
+                "create lease {}: {e}",
+                target.display()
+            ))),
+        }
+    }
+
+    /// A temporary file already holding the owner's lease content, reused for every link attempt.
+    fn tmp_lease(&mut self, owner: &Owner) -> Result<PathBuf> {
+        if let Some(p) = &self.tmp_lease {
+            return Ok(p.clone());
+        }
+        let path = self
+            .paths
+            .state_dir
+            .join("tmp")
+            .join(format!("lease.{}", std::process::id()));
+        write_file(&path, owner.to_content().as_bytes(), LEASE_MODE)?;
+        self.tmp_lease = Some(path.clone());
+        Ok(path)
+    }
+
+    /// Remove the lease at `ip`; a missing file is not an error (DEL is idempotent).
+    pub fn release(&self, ip: &IpAddr) -> Result<()> {
+        let path = self.paths.lease(ip);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::failed(format!("release {}: {e}", path.display()))),
+        }
+    }
+
+    /// The round-robin cursor of range set `set`; unreadable or garbage content restarts the set, as in the
+    /// reference ("we just lose round-robin this one time").
+    pub fn last_reserved(&self, set: usize) -> Option<IpAddr> {
+        fs::read_to_string(self.paths.last_reserved(set))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    }
+
+    /// Written like the reference (`os.WriteFile`, no newline).
+    pub fn set_last_reserved(&self, set: usize, ip: &IpAddr) -> Result<()> {
+        let path = self.paths.last_reserved(set);
+        fs::write(&path, ip.to_string()).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// Remove our orphaned temporary files (only possible under the lock: every writer holds it).
+    pub fn clear_tmp(&self) {
+        let dir = self.paths.state_dir.join("tmp");
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        if let Ok(entries) = fs::read_dir(&self.paths.net_dir) {
+            for e in entries.flatten() {
+                if e.file_name().as_bytes().starts_with(b".twill-lease.") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(tmp) = self.tmp_lease.take() {
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Lockless read of one lease (CHECK reads single files; a lease appears and disappears atomically).
+pub fn read_lease(paths: &Paths, ip: &IpAddr) -> Result<Option<LeaseContent>> {
+    let path = paths.lease(ip);
+    match fs::read(&path) {
+        Ok(bytes) => Ok(Some(LeaseContent::parse(&bytes))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => Ok(Some(LeaseContent::Unreadable)),
+        Err(e) => Err(Error::failed(format!("read {}: {e}", path.display()))),
+    }
+}
+
+/// Names in `dir` that are addresses.
+pub fn leased_addresses(dir: &Path) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).with_context(|| format!("read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("read {}", dir.display()))?;
+        if let Some(ip) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<IpAddr>().ok())
+        {
+            out.push(ip);
+        }
+    }
+    Ok(out)
+}
+
+/// Create or truncate `path` with `mode` and write `bytes`.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// Write `path` atomically: a temporary sibling renamed over it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp.{}", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    write_file(&tmp, bytes, 0o600)?;
+    fs::rename(&tmp, path).with_context(|| format!("rename {} into place", tmp.display()))
+}
+
+/// `path` as a C string for raw syscalls.
+pub fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::failed(format!("path {} contains a NUL byte", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(name: &str) -> NetworkName {
+        NetworkName::parse(name).unwrap()
+    }
+
+    #[test]
+    fn network_paths_stay_inside_data_dir() {
+        let p = Paths::new(Path::new("/d"), &net("cbr0")).unwrap();
+        assert_eq!(p.net_dir, Path::new("/d/cbr0"));
+        assert_eq!(p.state_dir, Path::new("/d/.twill/cbr0"));
+        assert_eq!(
+            p.lease(&"fd00::1".parse().unwrap()),
+            Path::new("/d/cbr0/fd00::1")
+        );
+        assert_eq!(p.last_reserved(1), Path::new("/d/cbr0/last_reserved_ip.1"));
+    }
+
+    #[test]
+    fn reserve_is_exclusive_and_writes_reference_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), &net("n")).unwrap();
+        let mut a = Store::open(paths.clone()).unwrap();
+        let ip: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(a.try_reserve(&ip, &Owner::new("c1", "eth0")).unwrap());
+        assert!(!a.try_reserve(&ip, &Owner::new("c1", "eth0")).unwrap());
+        assert_eq!(fs::read(paths.lease(&ip)).unwrap(), b"c1\r\neth0");
+        let mode = fs::metadata(paths.lease(&ip)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o644
+        );
+        a.set_last_reserved(0, &ip).unwrap();
+        assert_eq!(fs::read(paths.last_reserved(0)).unwrap(), b"10.0.0.2");
+        assert_eq!(a.last_reserved(0), Some(ip));
+        let scanned = a.scan().unwrap();
+        assert_eq!(scanned.len(), 1);
+        a.release(&ip).unwrap();
+        a.release(&ip).unwrap();
+        drop(a);
+        let names: Vec<String> = fs::read_dir(&paths.net_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let mut names = names;
+        names.sort();
+        assert_eq!(names, vec!["last_reserved_ip.0", "lock"]);
+    }
+
+    #[test]
+    fn scan_ignores_non_address_names_and_reports_empty_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), &net("n")).unwrap();
+        let s = Store::open(paths.clone()).unwrap();
+        fs::write(paths.net_dir.join("10.0.0.9"), b"").unwrap();
+        fs::write(paths.net_dir.join("10.0.0.8"), b"old-id").unwrap();
+        fs::write(paths.net_dir.join("garbage"), b"c\r\neth0").unwrap();
+        fs::create_dir(paths.net_dir.join("10.0.0.7")).unwrap();
+        let mut found: Vec<(String, LeaseContent)> = s
+            .scan()
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.ip.to_string(), e.content))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            found,
+            vec![
+                (
+                    "10.0.0.8".to_string(),
+                    LeaseContent::Owned(Owner::legacy("old-id"))
+                ),
+                ("10.0.0.9".to_string(), LeaseContent::Empty),
+            ]
+        );
+    }
+
+    #[test]
+    fn open_existing_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path(), &net("n")).unwrap();
+        assert!(Store::open_existing(paths.clone()).unwrap().is_none());
+        assert!(!paths.net_dir.exists());
+    }
+}
