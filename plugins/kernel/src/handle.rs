@@ -8,8 +8,8 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -162,7 +162,11 @@ impl Conn {
         let mut interrupted = false;
         loop {
             self.buf.clear();
-            let n = self.socket.recv(&mut self.buf, 0)?;
+            let n = match self.socket.recv(&mut self.buf, 0) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
             if n > self.buf.len() {
                 return Err(
                     io::Error::new(io::ErrorKind::InvalidData, "netlink reply truncated").into(),
@@ -193,6 +197,10 @@ impl Conn {
                 let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame);
                 match parsed {
                     Ok(m) => match m.payload {
+                        // A dump that fails half way ends with NLMSG_DONE carrying -errno.
+                        NetlinkPayload::Done(done) if dump && done.code < 0 => {
+                            return Err(io::Error::from_raw_os_error(-done.code).into())
+                        }
                         NetlinkPayload::Done(_) if dump => return Ok((replies, interrupted)),
                         NetlinkPayload::Error(err) => match err.code {
                             None if !dump => return Ok((replies, interrupted)),
@@ -207,8 +215,10 @@ impl Conn {
                         NetlinkPayload::InnerMessage(inner) => replies.push(inner),
                         _ => {}
                     },
-                    // An object the parser does not understand must not hide the others of a dump.
-                    Err(_) if dump => {}
+                    // An object the parser does not understand must not hide the others of a
+                    // dump; but the dump's end (DONE/ERROR) must be understood or we would wait
+                    // forever.
+                    Err(_) if dump && !is_control(frame) => {}
                     Err(e) => {
                         return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()).into())
                     }
@@ -216,6 +226,12 @@ impl Conn {
             }
         }
     }
+}
+
+/// NLMSG_ERROR or NLMSG_DONE: the messages that end an exchange.
+fn is_control(frame: &[u8]) -> bool {
+    let kind = u16::from_ne_bytes([frame[4], frame[5]]);
+    kind == NLMSG_ERROR || kind == NLMSG_DONE
 }
 
 /// The extended-ack text of an NLMSG_ERROR: with NETLINK_CAP_ACK the payload is the original

@@ -56,22 +56,25 @@ impl NetNs {
     /// (with its links) when dropped. Its [`path`](Self::path) is `/proc/<pid>/fd/<fd>`, which other
     /// processes (e.g. a plugin under test) can open while this value lives.
     pub fn create_unnamed() -> Result<NetNs> {
-        let made = std::thread::spawn(|| -> io::Result<File> {
-            // SAFETY: plain syscall; only this short-lived thread changes namespace.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            File::open(THREAD_SELF_NET)
-        })
-        .join()
-        .map_err(|_| {
-            Error::new(
-                "create netns",
-                "",
-                "new netns",
-                io::Error::other("namespace thread panicked"),
-            )
-        })?;
+        let made = std::thread::Builder::new()
+            .name("twill-netns".into())
+            .spawn(|| -> io::Result<File> {
+                // SAFETY: plain syscall; only this short-lived thread changes namespace.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                File::open(THREAD_SELF_NET)
+            })
+            .map_err(|e| Error::new("create netns", "", "new netns", e))?
+            .join()
+            .map_err(|_| {
+                Error::new(
+                    "create netns",
+                    "",
+                    "new netns",
+                    io::Error::other("namespace thread panicked"),
+                )
+            })?;
         let file = made.map_err(|e| Error::new("create netns", "", "new netns", e))?;
         let path = PathBuf::from(format!(
             "/proc/{}/fd/{}",
@@ -137,13 +140,17 @@ impl NetNs {
         }
         let fd = self.fd.as_fd();
         std::thread::scope(|scope| {
-            let joined = scope
-                .spawn(move || -> io::Result<T> {
+            let spawned = std::thread::Builder::new()
+                .name("twill-netns".into())
+                .spawn_scoped(scope, move || -> io::Result<T> {
                     setns(fd)?;
                     Ok(f())
-                })
-                .join();
-            match joined {
+                });
+            let handle = match spawned {
+                Ok(h) => h,
+                Err(e) => return Err(Error::new("enter netns", "", self.label(), e)),
+            };
+            match handle.join() {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => Err(Error::new("enter netns", "", self.label(), e)),
                 Err(panic) => std::panic::resume_unwind(panic),
