@@ -155,7 +155,9 @@ impl Plugin for Flannel {
             Err(_) => ours.first().map(|(_, c)| c.clone()),
         };
         if let Some(mut d) = base {
+            // GC carries neither (cni-spec.md §3.2); a saved config may hold ADD's runtimeConfig.
             d.remove("prevResult");
+            d.remove("runtimeConfig");
             for key in [
                 "cniVersion",
                 "cni.dev/valid-attachments",
@@ -176,15 +178,23 @@ impl Plugin for Flannel {
 
         // An absent list is not an empty one: without it nothing may be released.
         let Some(valid) = valid else { return Ok(()) };
+        // GC continues past errors and reports them together (cni-spec.md §4 GC).
+        let mut failures = Vec::new();
         for (saved, _) in &ours {
             let keep = valid.iter().any(|a| {
                 a.container_id == saved.container_id && saved.ifname.iter().all(|i| *i == a.ifname)
             });
             if !keep {
-                store.remove(&saved.path)?;
+                if let Err(e) = store.remove(&saved.path) {
+                    failures.push(e.msg);
+                }
             }
         }
-        Ok(())
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::failed(failures.join("; ")))
+        }
     }
 }
 
