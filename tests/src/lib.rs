@@ -6,3 +6,4 @@ pub mod etcd;
 pub mod exec;
 pub mod libcni;
 pub mod netns;
+pub mod runtimes;

@@ -1,0 +1,137 @@
+//! containerd 1.6 with its built-in CRI plugin, started as a child process with all its state in a temp
+//! dir (no systemd), CNI `bin_dir`/`conf_dir` pointed at the plugins under test, and a locally built pause
+//! image imported so CRI never pulls (runtimes.md).
+
+use super::cri::CriClient;
+use super::{image, run_in};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Containerd {
+    dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    netns: Option<String>,
+}
+
+impl Containerd {
+    /// Starts containerd (inside `netns` when given) whose CRI execs plugins from `bin_dir` with `conflist`.
+    pub fn start(bin_dir: &Path, conflist: &Value, netns: Option<&str>) -> Containerd {
+        crate::bins::require_root();
+        let dir = tempfile::Builder::new().prefix("twill-containerd-").tempdir().expect("containerd temp dir");
+        let d = dir.path();
+        let netd = d.join("net.d");
+        std::fs::create_dir_all(&netd).expect("create net.d");
+        std::fs::write(netd.join("10-twill.conflist"), conflist.to_string()).expect("write conflist");
+        let socket = d.join("containerd.sock");
+        // restrict_oom_score_adj: without CAP_SYS_RESOURCE RunPodSandbox fails otherwise (runtimes.md).
+        let config = format!(
+            "version = 2\nroot = {:?}\nstate = {:?}\n[grpc]\n  address = {:?}\n\
+             [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = {:?}\n  restrict_oom_score_adj = true\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = {:?}\n    conf_dir = {:?}\n",
+            d.join("root").display().to_string(),
+            d.join("state").display().to_string(),
+            socket.display().to_string(),
+            image::PAUSE_IMAGE,
+            bin_dir.display().to_string(),
+            netd.display().to_string(),
+        );
+        std::fs::write(d.join("config.toml"), config).expect("write containerd config");
+        let log = std::fs::File::create(d.join("containerd.log")).expect("containerd log");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("containerd");
+                c
+            }
+            None => Command::new("containerd"),
+        };
+        let child = cmd
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start containerd (install the containerd package): {e}"));
+        let mut c = Containerd { dir, socket, child: Some(child), netns: netns.map(str::to_string) };
+        c.wait_ready();
+        c.import_pause_image();
+        c
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("containerd exited early ({status}):\n{}", self.log());
+            }
+            if self.socket.exists() && CriClient::connect(&self.socket).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("containerd did not become ready in 30 s:\n{}", self.log());
+    }
+
+    fn import_pause_image(&self) {
+        let tar = image::pause_image_tar(self.dir.path());
+        let sock = self.socket.display().to_string();
+        let tar = tar.display().to_string();
+        let (ok, out, err) =
+            run_in(None, &["ctr", "--address", &sock, "-n", "k8s.io", "images", "import", &tar]);
+        assert!(ok, "import pause image: {err}\n{out}");
+    }
+
+    pub fn cri(&self) -> CriClient {
+        CriClient::connect(&self.socket).unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
+    }
+
+    pub fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Runs a command where containerd runs (the node namespace or the test's own).
+    pub fn host(&self, cmd: &[&str]) -> (bool, String, String) {
+        run_in(self.netns.as_deref(), cmd)
+    }
+
+    /// Kills the runc shims this instance started: they outlive containerd by design.
+    fn kill_shims(&self) {
+        let sock = self.socket.display().to_string();
+        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else { continue };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains("containerd-shim") && cmdline.contains(&sock) {
+                // SAFETY: plain kill(2) on a pid we just read; a race with its exit is harmless.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.kill_shims();
+        super::unmount_below(self.dir.path());
+    }
+}

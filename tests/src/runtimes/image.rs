@@ -1,0 +1,108 @@
+//! A root filesystem of static busybox, and an OCI image tarball of it that stands in for the pause image:
+//! the runtime tests need no registry.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Applets linked into the rootfs: enough for addresses, ping, TCP/UDP servers and clients.
+const APPLETS: &[&str] = &[
+    "sh", "ip", "ping", "nc", "sleep", "wget", "cat", "true", "echo", "hostname", "httpd", "ifconfig", "ls",
+    "grep", "route",
+];
+
+pub const BUSYBOX: &str = "/bin/busybox";
+/// The image name containerd's CRI uses for sandboxes by default (runtimes.md): importing it under this name
+/// means CRI never pulls.
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.6";
+
+/// Creates `<dir>/rootfs` holding busybox and its applet links; returns its path.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "www"] {
+        std::fs::create_dir_all(root.join(d)).unwrap_or_else(|e| panic!("create rootfs dir {d}: {e}"));
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox"))
+        .unwrap_or_else(|e| panic!("copy {BUSYBOX} (install busybox-static): {e}"));
+    for a in APPLETS {
+        let link = root.join("bin").join(a);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link).unwrap_or_else(|e| panic!("link {a}: {e}"));
+        }
+    }
+    std::fs::write(root.join("www/index.html"), "twill\n").unwrap_or_else(|e| panic!("write index: {e}"));
+    root
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn put_blob(blobs: &Path, bytes: &[u8]) -> (String, usize) {
+    let digest = sha256_hex(bytes);
+    std::fs::write(blobs.join(&digest), bytes).unwrap_or_else(|e| panic!("write blob: {e}"));
+    (format!("sha256:{digest}"), bytes.len())
+}
+
+/// Builds an OCI-layout tarball with one uncompressed layer (the busybox rootfs) whose entrypoint sleeps
+/// forever, named [`PAUSE_IMAGE`]; returns the tarball's path (`<dir>/pause.tar`).
+pub fn pause_image_tar(dir: &Path) -> PathBuf {
+    let rootfs = busybox_rootfs(dir);
+    let layout = dir.join("oci");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap_or_else(|e| panic!("create {}: {e}", blobs.display()));
+    let layer_path = dir.join("layer.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&layer_path)
+        .arg(".")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "tar the pause rootfs");
+    let layer = std::fs::read(&layer_path).unwrap_or_else(|e| panic!("read layer: {e}"));
+    let (layer_digest, layer_size) = put_blob(&blobs, &layer);
+    let config = serde_json::json!({
+        "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        "os": "linux",
+        "config": {"Entrypoint": ["/bin/sleep", "infinity"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    });
+    let (config_digest, config_size) = put_blob(&blobs, config.to_string().as_bytes());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
+    });
+    let (manifest_digest, manifest_size) = put_blob(&blobs, manifest.to_string().as_bytes());
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest_size,
+            "annotations": {
+                "org.opencontainers.image.ref.name": PAUSE_IMAGE,
+                "io.containerd.image.name": PAUSE_IMAGE,
+            },
+        }],
+    });
+    std::fs::write(layout.join("index.json"), index.to_string()).unwrap_or_else(|e| panic!("write index: {e}"));
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .unwrap_or_else(|e| panic!("write oci-layout: {e}"));
+    let tarball = dir.join("pause.tar");
+    let ok = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "tar the OCI layout");
+    tarball
+}

@@ -1,0 +1,76 @@
+//! podman (CNI backend) drives twill's plugins (issue 9): a container gets an address from our IPAM,
+//! reaches another container and its host, a published port reaches it through our portmap, and
+//! `podman rm` releases everything. podman runs inside a fresh "node" namespace, so the bridge and firewall
+//! state the plugins create is the node's, and the node's kernel state can be checked for leftovers.
+
+use serde_json::json;
+use std::path::Path;
+use twill_tests::bins::bin_dir;
+use twill_tests::netns::Netns;
+use twill_tests::runtimes::http_get_cmd;
+use twill_tests::runtimes::podman::Podman;
+
+fn conflist(name: &str, subnet: &str, data_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": "twpod0", "isGateway": true, "ipMasq": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+}
+
+fn leases(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    names.retain(|n| n != "lock" && !n.starts_with("last_reserved_ip") && !n.starts_with('.'));
+    names.sort();
+    names
+}
+
+#[test]
+fn podman_containers_get_twill_networking_and_rm_releases_everything() {
+    let node = Netns::new("pmn");
+    node.exec_ok(&["ip", "link", "set", "lo", "up"]);
+    let state = tempfile::tempdir().expect("ipam dir");
+    let net = format!("twpm{}", std::process::id());
+    let mut pm = Podman::new(&[&bin_dir()], &conflist(&net, "10.93.0.0/24", state.path()), Some(node.name()));
+    let ipam_dir = state.path().join(&net);
+
+    pm.start("web", &["-p", "18080:80"], &["/bin/httpd", "-f", "-p", "80", "-h", "/www"]);
+    let web_ip = pm.ip("web");
+    assert!(web_ip.starts_with("10.93.0."), "address from our IPAM range, got {web_ip:?}");
+    assert_eq!(leases(&ipam_dir), vec![web_ip.clone()], "one lease, named by the address");
+
+    // Container to container, by address.
+    let get_web = http_get_cmd(&web_ip, 80);
+    let mut fetched = (false, String::new());
+    for _ in 0..20 {
+        fetched = pm.oneshot(&[], &["/bin/sh", "-c", &get_web]);
+        if fetched.1.contains("twill") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(fetched.1.contains("twill"), "container reaches container: {fetched:?}");
+    // Container to its host (the bridge gateway).
+    let (ok, out) = pm.oneshot(&["--cap-add", "NET_RAW"], &["/bin/ping", "-c", "1", "-W", "2", "10.93.0.1"]);
+    assert!(ok, "container pings its host: {out}");
+    // Host to container, and the published port from the host itself (portmap, 127.0.0.1 via route_localnet).
+    let (ok, out, err) = pm.host(&["busybox", "sh", "-c", &get_web]);
+    assert!(ok && out.contains("twill"), "host reaches container: {out} {err}");
+    let (ok, out, err) = pm.host(&["busybox", "sh", "-c", &http_get_cmd("127.0.0.1", 18080)]);
+    assert!(ok && out.contains("twill"), "published port reaches container: {out} {err}");
+
+    pm.remove("web");
+    assert!(leases(&ipam_dir).is_empty(), "podman rm released the lease: {:?}", leases(&ipam_dir));
+    let (_, links, _) = pm.host(&["ip", "-o", "link", "show", "type", "veth"]);
+    assert!(links.trim().is_empty(), "no veth left on the node: {links}");
+    let (_, nft, _) = pm.host(&["nft", "list", "ruleset"]);
+    let (_, ipt, _) = pm.host(&["iptables-save"]);
+    assert!(!nft.contains(&web_ip) && !ipt.contains(&web_ip), "no rule for {web_ip} left:\n{nft}\n{ipt}");
+    drop(pm);
+}
