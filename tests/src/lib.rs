@@ -2,6 +2,7 @@
 //! real network namespaces, plugins exec'd the way runtimes do, the real libcni driver, and a real etcd.
 
 pub mod bins;
+pub mod cluster;
 pub mod etcd;
 pub mod exec;
 pub mod libcni;

@@ -1,0 +1,676 @@
+//! twilld on real namespaces (issue 5 "Done when"): nodes are network namespaces on an underlay switch, one
+//! real etcd runs in the switch namespace, pods are namespaces behind `cni0`, and every check reads the kernel.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use twill_tests::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
+use twill_tests::etcd::Etcd;
+
+const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+const CONFIG_KEY: &str = "/coreos.com/network/config";
+const SUBNETS: &str = "/coreos.com/network/subnets/";
+const READY: Duration = Duration::from_secs(20);
+
+/// Fields drop in order: daemons, then nodes (namespaces), then etcd, then the switch.
+struct Cluster {
+    daemons: Vec<Twilld>,
+    nodes: Vec<Node>,
+    etcd: Etcd,
+    switch: Switch,
+    resync: f64,
+}
+
+impl Cluster {
+    fn new(nodes: u8, resync: f64) -> Cluster {
+        let switch = Switch::new();
+        let etcd = switch.start_etcd();
+        etcd.put(CONFIG_KEY, NET_CONFIG);
+        let mut c = Cluster {
+            daemons: Vec::new(),
+            nodes: Vec::new(),
+            etcd,
+            switch,
+            resync,
+        };
+        for _ in 0..nodes {
+            c.join();
+        }
+        c
+    }
+
+    fn args(&self) -> TwilldArgs {
+        TwilldArgs {
+            etcd: self.etcd.underlay_endpoint(),
+            resync_secs: self.resync,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds a node, starts its twilld and waits until it is ready. Returns its index in `nodes`.
+    fn join(&mut self) -> usize {
+        let node = self.switch.add_node(self.nodes.len() as u8 + 1);
+        let d = node.start_twilld(&self.args());
+        self.nodes.push(node);
+        self.daemons.push(d);
+        let i = self.nodes.len() - 1;
+        self.wait_ready(i);
+        i
+    }
+
+    fn wait_ready(&self, i: usize) -> (Ipv4Addr, u8) {
+        let node = &self.nodes[i];
+        if !wait_until(READY, || node.subnet().is_some()) {
+            panic!(
+                "{} not ready; log:\n{}",
+                node.name(),
+                self.daemons[i].log_text()
+            );
+        }
+        node.subnet().unwrap_or_else(|| unreachable!())
+    }
+
+    fn mac(&self, i: usize) -> String {
+        self.nodes[i]
+            .link_mac("flannel.1")
+            .unwrap_or_else(|| panic!("{} has no flannel.1", self.nodes[i].name()))
+    }
+
+    /// Whether node `i` has all entries for node `j`.
+    fn knows(&self, i: usize, j: usize) -> bool {
+        let Some((net, len)) = self.nodes[j].subnet() else {
+            return false;
+        };
+        let Some(mac) = self.nodes[j].link_mac("flannel.1") else {
+            return false;
+        };
+        self.nodes[i].has_peer(net, len, &mac, self.nodes[j].underlay_ip)
+    }
+
+    fn all_know_each_other(&self, among: &[usize]) -> bool {
+        among
+            .iter()
+            .all(|&i| among.iter().filter(|&&j| j != i).all(|&j| self.knows(i, j)))
+    }
+
+    fn wait_mesh(&self, among: &[usize], timeout: Duration) {
+        if !wait_until(timeout, || self.all_know_each_other(among)) {
+            panic!(
+                "nodes {among:?} did not learn each other within {timeout:?}\n{}",
+                self.dump()
+            );
+        }
+    }
+
+    fn dump(&self) -> String {
+        let mut s = String::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            s.push_str(&format!(
+                "--- {} subnet {:?}\nroutes:\n{}neigh:\n{}fdb:\n{}log:\n{}\n",
+                n.name(),
+                n.subnet(),
+                n.ns.exec(&["ip", "route"])
+                    .stdout
+                    .iter()
+                    .map(|&b| b as char)
+                    .collect::<String>(),
+                n.ns.exec(&["ip", "neigh", "show", "dev", "flannel.1"])
+                    .stdout
+                    .iter()
+                    .map(|&b| b as char)
+                    .collect::<String>(),
+                n.fdb("flannel.1"),
+                self.daemons
+                    .get(i)
+                    .map(|d| d.log_text())
+                    .unwrap_or_default()
+            ));
+        }
+        s.push_str(&format!(
+            "--- etcd subnets: {:?}\n",
+            self.etcd.get_prefix(SUBNETS)
+        ));
+        s
+    }
+}
+
+fn curl(node: &Node, port: u16, path: &str) -> (String, String) {
+    let out = node.exec(&[
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        "-w",
+        "\n%{http_code}",
+        &format!("http://127.0.0.1:{port}{path}"),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    (code.to_string(), body.to_string())
+}
+
+#[test]
+fn three_nodes_get_distinct_subnets_and_pods_ping_across_nodes() {
+    let c = Cluster::new(3, 2.0);
+    let subnets: Vec<_> = (0..3)
+        .map(|i| c.nodes[i].subnet().unwrap_or_else(|| unreachable!()))
+        .collect();
+    assert_ne!(subnets[0], subnets[1]);
+    assert_ne!(subnets[1], subnets[2]);
+    assert_ne!(subnets[0], subnets[2]);
+    for (net, len) in &subnets {
+        assert_eq!(*len, 24);
+        assert_eq!(net.octets()[..2], [10, 244]);
+    }
+    c.wait_mesh(&[0, 1, 2], Duration::from_secs(10));
+
+    // Leases in etcd in flannel's layout and JSON.
+    let leases = c.etcd.get_prefix(SUBNETS);
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    for (i, n) in c.nodes.iter().enumerate() {
+        let (net, _) = subnets[i];
+        let value = c
+            .etcd
+            .get(&format!("{SUBNETS}{net}-24"))
+            .unwrap_or_else(|| panic!("no lease for {net}"));
+        let v: serde_json::Value =
+            serde_json::from_str(&value).unwrap_or_else(|e| panic!("{value}: {e}"));
+        assert_eq!(v["PublicIP"], n.underlay_ip.to_string());
+        assert_eq!(v["BackendType"], "vxlan");
+        assert_eq!(v["BackendData"]["VNI"], 1);
+        assert_eq!(v["BackendData"]["VtepMAC"], c.mac(i));
+        // The device: flannel.1, VXLAN port 8472, nolearning, local = public IP, MTU 1500 - 50, .0/32 address.
+        let link = n.ip(&["-d", "link", "show", "flannel.1"]);
+        assert!(link.contains("mtu 1450"), "{link}");
+        assert!(link.contains("vxlan id 1 "), "{link}");
+        assert!(
+            link.contains(&format!("local {} dev eth0", n.underlay_ip)),
+            "{link}"
+        );
+        assert!(
+            link.contains("dstport 8472") && link.contains("nolearning"),
+            "{link}"
+        );
+        let addr = n.ip(&["-4", "addr", "show", "flannel.1"]);
+        assert!(addr.contains(&format!("inet {net}/32 ")), "{addr}");
+        // subnet.env in flannel's format.
+        let env = std::fs::read_to_string(n.subnet_file()).unwrap_or_default();
+        let gw = Ipv4Addr::from(u32::from(net) + 1);
+        assert_eq!(env, format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={gw}/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"));
+    }
+
+    let pods: Vec<_> = c.nodes.iter().map(|n| n.add_pod(2)).collect();
+    for a in &pods {
+        for b in &pods {
+            if a.ip != b.ip {
+                assert!(
+                    wait_until(Duration::from_secs(5), || a.can_reach(b.ip)),
+                    "pod {} cannot ping pod {}\n{}",
+                    a.ip,
+                    b.ip,
+                    c.dump()
+                );
+            }
+        }
+    }
+    // Full-size packets pass without fragmentation at the pod MTU (1450 - 28 bytes of IP + ICMP header).
+    let out = pods[0].ns.exec(&[
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-M",
+        "do",
+        "-s",
+        "1422",
+        &pods[1].ip.to_string(),
+    ]);
+    assert!(
+        out.status.success(),
+        "1450-byte DF ping failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn fourth_node_join_is_learned_and_leave_removes_its_entries_everywhere() {
+    let mut c = Cluster::new(3, 2.0);
+    c.wait_mesh(&[0, 1, 2], Duration::from_secs(10));
+    let start = Instant::now();
+    let d = c.join();
+    c.wait_mesh(&[0, 1, 2, d], Duration::from_secs(5));
+    eprintln!(
+        "4th node learned everywhere {:?} after its start",
+        start.elapsed()
+    );
+
+    // It leaves: daemon stopped, lease deleted.
+    let (net, _) = c.nodes[d].subnet().unwrap_or_else(|| unreachable!());
+    let mac = c.mac(d);
+    c.daemons[d].terminate();
+    c.etcd.del(&format!("{SUBNETS}{net}-24"));
+    let others = [0, 1, 2];
+    assert!(
+        wait_until(Duration::from_secs(5), || others
+            .iter()
+            .all(|&i| !c.nodes[i].has_any_trace_of(net, &mac))),
+        "entries of the departed node remain\n{}",
+        c.dump()
+    );
+    assert!(c.all_know_each_other(&others));
+}
+
+#[test]
+fn restart_keeps_subnet_and_vtep_mac_without_lost_pings() {
+    let mut c = Cluster::new(3, 2.0);
+    c.wait_mesh(&[0, 1, 2], Duration::from_secs(10));
+    let pods: Vec<_> = c.nodes.iter().map(|n| n.add_pod(2)).collect();
+    assert!(wait_until(Duration::from_secs(5), || pods[0]
+        .can_reach(pods[1].ip)
+        && pods[0].can_reach(pods[2].ip)));
+    let subnet_before = c.nodes[1].subnet();
+    let mac_before = c.mac(1);
+
+    // Traffic between the other nodes, and to the restarting node itself, while node 2's daemon restarts.
+    let across = pods[0].ping_in_background(pods[2].ip, 40, 0.1);
+    let to_restarted = pods[0].ping_in_background(pods[1].ip, 40, 0.1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        c.daemons[1].terminate(),
+        Some(0),
+        "SIGTERM must exit cleanly"
+    );
+    // The kernel state stays after SIGTERM.
+    assert!(
+        c.knows(1, 0) && c.knows(1, 2),
+        "SIGTERM removed kernel state\n{}",
+        c.dump()
+    );
+    let args = c.args();
+    c.daemons[1] = c.nodes[1].start_twilld(&args);
+    let (sent, received) = across.finish();
+    let (sent2, received2) = to_restarted.finish();
+    assert_eq!(
+        (sent, received),
+        (40, 40),
+        "pings between other nodes were lost\n{}",
+        c.dump()
+    );
+    assert_eq!(
+        (sent2, received2),
+        (40, 40),
+        "pings to the restarted node were lost\n{}",
+        c.dump()
+    );
+
+    c.wait_ready(1);
+    assert_eq!(
+        c.nodes[1].subnet(),
+        subnet_before,
+        "subnet changed across restart"
+    );
+    assert_eq!(c.mac(1), mac_before, "VTEP MAC changed across restart");
+    c.wait_mesh(&[0, 1, 2], Duration::from_secs(5));
+    let log = c.daemons[1].log_text();
+    assert!(
+        !log.contains("created flannel.1 (index") || log.matches("created flannel.1").count() == 1,
+        "{log}"
+    );
+}
+
+#[test]
+fn etcd_outage_of_30s_loses_no_route_and_a_later_joiner_is_learned() {
+    let mut c = Cluster::new(3, 1.0);
+    c.wait_mesh(&[0, 1, 2], Duration::from_secs(10));
+    let pods: Vec<_> = c.nodes.iter().map(|n| n.add_pod(2)).collect();
+    let ping = pods[0].ping_in_background(pods[2].ip, 150, 0.2);
+    c.etcd.stop();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            c.all_know_each_other(&[0, 1, 2]),
+            "a route was lost during the etcd outage\n{}",
+            c.dump()
+        );
+        for d in c.daemons.iter_mut() {
+            assert!(
+                d.is_running(),
+                "twilld exited during the etcd outage:\n{}",
+                d.log_text()
+            );
+        }
+    }
+    c.etcd.restart();
+    let (sent, received) = ping.finish();
+    assert_eq!(
+        sent, received,
+        "pod traffic was lost during the etcd outage"
+    );
+    assert!(
+        c.daemons[0].log_text().contains("etcd"),
+        "the outage is not logged"
+    );
+
+    let d = c.join();
+    c.wait_mesh(&[0, 1, 2, d], Duration::from_secs(15));
+}
+
+#[test]
+fn hand_deleted_device_and_bogus_route_or_fdb_are_repaired_within_one_resync() {
+    let resync = 1.0;
+    let c = Cluster::new(3, resync);
+    c.wait_mesh(&[0, 1, 2], Duration::from_secs(10));
+    let within = Duration::from_secs_f64(resync * 2.0 + 0.5);
+    let n = &c.nodes[0];
+    let mac = c.mac(0);
+
+    n.ip(&["link", "del", "flannel.1"]);
+    assert!(
+        wait_until(within, || c.knows(0, 1) && c.knows(0, 2)),
+        "flannel.1 and its peers not restored\n{}",
+        c.dump()
+    );
+    assert_eq!(c.mac(0), mac, "recreated device has another MAC");
+    let (net, _) = n.subnet().unwrap_or_else(|| unreachable!());
+    assert!(n
+        .ip(&["-4", "addr", "show", "flannel.1"])
+        .contains(&format!("{net}/32")));
+    assert!(c.knows(1, 0) && c.knows(2, 0));
+
+    n.ip(&[
+        "route",
+        "add",
+        "10.244.250.0/24",
+        "via",
+        "10.244.250.0",
+        "dev",
+        "flannel.1",
+        "onlink",
+    ]);
+    n.ip(&[
+        "neigh",
+        "add",
+        "10.244.250.0",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "flannel.1",
+        "nud",
+        "permanent",
+    ]);
+    let fdb = std::process::Command::new("bridge")
+        .args([
+            "-n",
+            n.ns.name(),
+            "fdb",
+            "append",
+            "02:00:00:00:00:99",
+            "dev",
+            "flannel.1",
+            "dst",
+            "10.250.0.99",
+        ])
+        .status()
+        .map(|s| s.success());
+    assert_eq!(fdb.ok(), Some(true));
+    assert!(
+        wait_until(within, || !n.has_any_trace_of(
+            Ipv4Addr::new(10, 244, 250, 0),
+            "02:00:00:00:00:99"
+        )),
+        "bogus entries not removed\n{}",
+        c.dump()
+    );
+    // A peer's route deleted by hand comes back.
+    let (p1, _) = c.nodes[1].subnet().unwrap_or_else(|| unreachable!());
+    n.ip(&["route", "del", &format!("{p1}/24")]);
+    assert!(
+        wait_until(within, || c.knows(0, 1)),
+        "deleted peer route not restored\n{}",
+        c.dump()
+    );
+}
+
+#[test]
+fn lease_deleted_by_hand_is_reacquired_with_the_same_subnet() {
+    let c = Cluster::new(2, 1.0);
+    let (net, _) = c.nodes[0].subnet().unwrap_or_else(|| unreachable!());
+    let key = format!("{SUBNETS}{net}-24");
+    let before = c.etcd.get(&key);
+    c.etcd.del(&key);
+    assert!(
+        wait_until(Duration::from_secs(5), || c.etcd.get(&key).is_some()),
+        "lease not re-acquired\n{}",
+        c.dump()
+    );
+    assert_eq!(c.etcd.get(&key), before);
+    c.wait_mesh(&[0, 1], Duration::from_secs(5));
+}
+
+#[test]
+fn reservation_without_lease_is_honoured() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(
+        CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.2.0"}"#,
+    );
+    // 10.244.1.0/24 reserved for 10.250.0.2 (flannel's reservation: a key without TTL).
+    let reserved = r#"{"PublicIP":"10.250.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:11:22:33:44:55"}}"#;
+    etcd.put(&format!("{SUBNETS}10.244.1.0-24"), reserved);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: Vec::new(),
+    };
+    let n1 = switch.add_node(1);
+    let mut d1 = n1.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n1.subnet().is_some()),
+        "{}",
+        d1.log_text()
+    );
+    assert_eq!(
+        n1.subnet(),
+        Some((Ipv4Addr::new(10, 244, 2, 0), 24)),
+        "the reserved subnet was taken"
+    );
+    let n2 = switch.add_node(2);
+    let mut d2 = n2.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n2.subnet().is_some()),
+        "{}",
+        d2.log_text()
+    );
+    assert_eq!(
+        n2.subnet(),
+        Some((Ipv4Addr::new(10, 244, 1, 0), 24)),
+        "the owner did not get its reservation"
+    );
+    // The reservation stays a key without lease: `etcdctl get -w json` shows no lease field.
+    let out = etcd.ctl(&["get", "-w", "json", &format!("{SUBNETS}10.244.1.0-24")]);
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !json.contains("\"lease\""),
+        "reservation got a lease: {json}"
+    );
+    d1.terminate();
+    d2.terminate();
+}
+
+#[test]
+fn health_readiness_and_metrics_are_served() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let mut args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: vec!["--healthz-port=8471".into()],
+    };
+    let n1 = switch.add_node(1);
+    let d1 = n1.start_twilld(&args);
+    args.extra.clear();
+    let n2 = switch.add_node(2);
+    let _d2 = n2.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n1.subnet().is_some() && n2.subnet().is_some()),
+        "{}",
+        d1.log_text()
+    );
+    assert_eq!(curl(&n1, 8471, "/healthz").0, "200");
+    assert!(wait_until(Duration::from_secs(5), || curl(
+        &n1, 8471, "/readyz"
+    )
+    .0 == "200"));
+    assert!(wait_until(Duration::from_secs(5), || curl(
+        &n1, 8471, "/metrics"
+    )
+    .1
+    .contains("\ntwilld_peers 1\n")));
+    let (_, metrics) = curl(&n1, 8471, "/metrics");
+    for m in [
+        "twilld_lease_expiry_timestamp_seconds",
+        "twilld_reconcile_runs_total",
+        "twilld_reconcile_repairs_total",
+        "twilld_etcd_errors_total",
+        "twilld_event_to_programmed_seconds_bucket{le=\"0.1\"}",
+    ] {
+        assert!(metrics.contains(m), "{m} missing:\n{metrics}");
+    }
+    assert_eq!(curl(&n1, 8471, "/nope").0, "404");
+}
+
+#[test]
+fn ip_masq_rules_are_installed_and_repaired_with_nftables_and_iptables() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    for (i, backend) in [(1u8, "nftables"), (2, "iptables")] {
+        let args = TwilldArgs {
+            etcd: etcd.underlay_endpoint(),
+            resync_secs: 1.0,
+            extra: vec!["--ip-masq".into(), format!("--ip-masq-backend={backend}")],
+        };
+        let n = switch.add_node(i);
+        let d = n.start_twilld(&args);
+        assert!(
+            wait_until(READY, || n.subnet().is_some()),
+            "{}",
+            d.log_text()
+        );
+        let (net, _) = n.subnet().unwrap_or_else(|| unreachable!());
+        let env = std::fs::read_to_string(n.subnet_file()).unwrap_or_default();
+        assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+        let list = || -> String {
+            let out = if backend == "nftables" {
+                n.exec(&["nft", "list", "table", "ip", "flannel-ipv4"])
+            } else {
+                n.exec(&["iptables-save"])
+            };
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let rules = list();
+        assert!(
+            rules.contains(&format!("{net}/24")) && rules.contains("10.244.0.0/16"),
+            "{rules}"
+        );
+        assert!(rules.to_lowercase().contains("masquerade"), "{rules}");
+        // Damage: the whole nft table or one iptables rule goes; the next resync restores them.
+        if backend == "nftables" {
+            n.exec(&["nft", "delete", "table", "ip", "flannel-ipv4"]);
+        } else {
+            n.exec(&["iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG"]);
+        }
+        assert!(
+            wait_until(Duration::from_secs(4), || list()
+                .matches("flanneld masq")
+                .count()
+                >= 6),
+            "{backend} rules not repaired:\n{}\n{}",
+            list(),
+            d.log_text()
+        );
+    }
+}
+
+#[test]
+fn invalid_network_configs_fail_at_start_and_touch_neither_etcd_nor_the_kernel() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    let node = switch.add_node(1);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: Vec::new(),
+    };
+    let before = node.ip(&["-d", "link", "show"]);
+    for (config, message) in [
+        (r#"{"Network":"10.244.0.0/33"}"#, "is not an IPv4 CIDR"),
+        (r#"{"Network":"not-a-cidr"}"#, "is not an IPv4 CIDR"),
+        (r#"{"Backend":{"Type":"vxlan"}}"#, "Network is missing"),
+        (
+            r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#,
+            "SubnetLen 31 is out of range",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","SubnetLen":12}"#,
+            "SubnetLen 12 is out of range",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.9.0.0"}"#,
+            "outside Network",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.7.128"}"#,
+            "not aligned",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+            "unsupported backend type",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            "Backend.VNI",
+        ),
+        (r#"{"Network": 10}"#, "Network must be a string"),
+        ("{not json", "not valid JSON"),
+    ] {
+        etcd.put(CONFIG_KEY, config);
+        let mut d = node.start_twilld(&args);
+        let code = d.wait_exit(Duration::from_secs(10));
+        let log = d.log_text();
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "{config}: twilld did not fail (exit {code:?}):\n{log}"
+        );
+        assert!(
+            log.contains(message),
+            "{config}: expected {message:?} in:\n{log}"
+        );
+        assert!(
+            etcd.get_prefix(SUBNETS).is_empty(),
+            "{config}: a lease was written"
+        );
+        assert!(node.subnet().is_none(), "{config}: subnet.env was written");
+        assert_eq!(
+            node.ip(&["-d", "link", "show"]),
+            before,
+            "{config}: links changed"
+        );
+    }
+}
+
+#[test]
+fn etcd_fixture_serves_host_loopback_and_survives_restart() {
+    let mut etcd = Etcd::start();
+    etcd.put("/twill/test", "v1");
+    etcd.put_with_ttl("/twill/ttl", "v2", 60);
+    etcd.restart();
+    assert_eq!(etcd.get("/twill/test").as_deref(), Some("v1"));
+    assert_eq!(etcd.get_prefix("/twill/").len(), 2);
+    etcd.del("/twill/test");
+    assert_eq!(etcd.get("/twill/test"), None);
+}
