@@ -94,7 +94,7 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         match self.errno() {
             Some(libc::ENODEV) | Some(libc::ENOENT) | Some(libc::ESRCH) => true,
-            Some(libc::EADDRNOTAVAIL) => self.op.ends_with("address"),
+            Some(libc::EADDRNOTAVAIL) => self.op == "delete address",
             _ => false,
         }
     }
