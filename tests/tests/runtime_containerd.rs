@@ -25,7 +25,11 @@ fn conflist(name: &str, subnet: &str, data_dir: &Path) -> serde_json::Value {
 
 fn leases(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.retain(|n| n != "lock" && !n.starts_with("last_reserved_ip") && !n.starts_with('.'));
     names
@@ -35,7 +39,16 @@ fn leases(dir: &Path) -> Vec<String> {
 fn sandbox_netns(ctd: &Containerd, id: &str) -> String {
     let sock = ctd.socket.display().to_string();
     // `ctr` shows the sandbox container's OCI spec, which names the netns CRI created for it.
-    let (ok, out, err) = ctd.host(&["ctr", "--address", &sock, "-n", "k8s.io", "containers", "info", id]);
+    let (ok, out, err) = ctd.host(&[
+        "ctr",
+        "--address",
+        &sock,
+        "-n",
+        "k8s.io",
+        "containers",
+        "info",
+        id,
+    ]);
     assert!(ok, "ctr containers info {id}: {err}");
     let info: serde_json::Value = serde_json::from_str(&out).expect("ctr info is JSON");
     info["Spec"]["linux"]["namespaces"]
@@ -52,17 +65,34 @@ fn cri_sandboxes_get_twill_networking_and_both_dels_release_everything() {
     node.exec_ok(&["ip", "link", "set", "lo", "up"]);
     let state = tempfile::tempdir().expect("ipam dir");
     let net = format!("twctd{}", std::process::id());
-    let ctd = Containerd::start(&bin_dir(), &conflist(&net, "10.94.0.0/24", state.path()), Some(node.name()));
+    let ctd = Containerd::start(
+        &bin_dir(),
+        &conflist(&net, "10.94.0.0/24", state.path()),
+        Some(node.name()),
+    );
     let ipam_dir = state.path().join(&net);
     let mut cri = ctd.cri();
 
     let a = cri
-        .run_pod_sandbox("twa", "uid-a", &[HostPort { host_port: 18081, container_port: 80, udp: false }])
+        .run_pod_sandbox(
+            "twa",
+            "uid-a",
+            &[HostPort {
+                host_port: 18081,
+                container_port: 80,
+                udp: false,
+            }],
+        )
         .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
-    let b = cri.run_pod_sandbox("twb", "uid-b", &[]).unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
+    let b = cri
+        .run_pod_sandbox("twb", "uid-b", &[])
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
     let ip_a = cri.pod_ip(&a).expect("sandbox a has an IP");
     let ip_b = cri.pod_ip(&b).expect("sandbox b has an IP");
-    assert!(ip_a.starts_with("10.94.0.") && ip_b.starts_with("10.94.0."), "{ip_a} {ip_b}");
+    assert!(
+        ip_a.starts_with("10.94.0.") && ip_b.starts_with("10.94.0."),
+        "{ip_a} {ip_b}"
+    );
     assert_ne!(ip_a, ip_b);
     let mut held = leases(&ipam_dir);
     held.sort();
@@ -76,29 +106,63 @@ fn cri_sandboxes_get_twill_networking_and_both_dels_release_everything() {
     let www = tempfile::tempdir().expect("www");
     std::fs::write(www.path().join("index.html"), "twill\n").expect("index");
     let www_dir = www.path().display().to_string();
-    let (ok, _, err) = ctd.host(&["nsenter", &format!("--net={ns_a}"), "busybox", "httpd", "-p", "80", "-h", &www_dir]);
+    let (ok, _, err) = ctd.host(&[
+        "nsenter",
+        &format!("--net={ns_a}"),
+        "busybox",
+        "httpd",
+        "-p",
+        "80",
+        "-h",
+        &www_dir,
+    ]);
     assert!(ok, "start httpd in sandbox a: {err}");
 
     let get_a = http_get_cmd(&ip_a, 80);
     let (ok, out, err) = ctd.host(&["busybox", "sh", "-c", &get_a]);
-    assert!(ok && out.contains("twill"), "node reaches sandbox a: {out} {err}");
-    let (ok, out, err) = ctd.host(&["nsenter", &format!("--net={ns_b}"), "busybox", "sh", "-c", &get_a]);
-    assert!(ok && out.contains("twill"), "sandbox b reaches sandbox a: {out} {err}");
+    assert!(
+        ok && out.contains("twill"),
+        "node reaches sandbox a: {out} {err}"
+    );
+    let (ok, out, err) = ctd.host(&[
+        "nsenter",
+        &format!("--net={ns_b}"),
+        "busybox",
+        "sh",
+        "-c",
+        &get_a,
+    ]);
+    assert!(
+        ok && out.contains("twill"),
+        "sandbox b reaches sandbox a: {out} {err}"
+    );
     let (ok, out, err) = ctd.host(&["busybox", "sh", "-c", &http_get_cmd("127.0.0.1", 18081)]);
-    assert!(ok && out.contains("twill"), "host port reaches sandbox a: {out} {err}");
+    assert!(
+        ok && out.contains("twill"),
+        "host port reaches sandbox a: {out} {err}"
+    );
     // Stop the server before the sandbox goes (it lives in the sandbox netns, not in a container).
     let _ = ctd.host(&["pkill", "-f", &format!("httpd -p 80 -h {www_dir}")]);
 
     for id in [&a, &b] {
-        cri.stop_pod_sandbox(id).unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
-        cri.remove_pod_sandbox(id).unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
+        cri.stop_pod_sandbox(id)
+            .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
+        cri.remove_pod_sandbox(id)
+            .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
     }
-    assert!(leases(&ipam_dir).is_empty(), "leases released: {:?}", leases(&ipam_dir));
+    assert!(
+        leases(&ipam_dir).is_empty(),
+        "leases released: {:?}",
+        leases(&ipam_dir)
+    );
     let (_, links, _) = ctd.host(&["ip", "-o", "link", "show", "type", "veth"]);
     assert!(links.trim().is_empty(), "no veth left on the node: {links}");
     let (_, nft, _) = ctd.host(&["nft", "list", "ruleset"]);
     let (_, ipt, _) = ctd.host(&["iptables-save"]);
     for ip in [&ip_a, &ip_b] {
-        assert!(!nft.contains(ip.as_str()) && !ipt.contains(ip.as_str()), "no rule for {ip} left:\n{nft}\n{ipt}");
+        assert!(
+            !nft.contains(ip.as_str()) && !ipt.contains(ip.as_str()),
+            "no rule for {ip} left:\n{nft}\n{ipt}"
+        );
     }
 }

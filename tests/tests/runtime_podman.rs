@@ -24,7 +24,11 @@ fn conflist(name: &str, subnet: &str, data_dir: &Path) -> serde_json::Value {
 
 fn leases(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.retain(|n| n != "lock" && !n.starts_with("last_reserved_ip") && !n.starts_with('.'));
     names.sort();
@@ -37,13 +41,28 @@ fn podman_containers_get_twill_networking_and_rm_releases_everything() {
     node.exec_ok(&["ip", "link", "set", "lo", "up"]);
     let state = tempfile::tempdir().expect("ipam dir");
     let net = format!("twpm{}", std::process::id());
-    let mut pm = Podman::new(&[&bin_dir()], &conflist(&net, "10.93.0.0/24", state.path()), Some(node.name()));
+    let mut pm = Podman::new(
+        &[&bin_dir()],
+        &conflist(&net, "10.93.0.0/24", state.path()),
+        Some(node.name()),
+    );
     let ipam_dir = state.path().join(&net);
 
-    pm.start("web", &["-p", "18080:80"], &["/bin/httpd", "-f", "-p", "80", "-h", "/www"]);
+    pm.start(
+        "web",
+        &["-p", "18080:80"],
+        &["/bin/httpd", "-f", "-p", "80", "-h", "/www"],
+    );
     let web_ip = pm.ip("web");
-    assert!(web_ip.starts_with("10.93.0."), "address from our IPAM range, got {web_ip:?}");
-    assert_eq!(leases(&ipam_dir), vec![web_ip.clone()], "one lease, named by the address");
+    assert!(
+        web_ip.starts_with("10.93.0."),
+        "address from our IPAM range, got {web_ip:?}"
+    );
+    assert_eq!(
+        leases(&ipam_dir),
+        vec![web_ip.clone()],
+        "one lease, named by the address"
+    );
 
     // Container to container, by address.
     let get_web = http_get_cmd(&web_ip, 80);
@@ -55,22 +74,41 @@ fn podman_containers_get_twill_networking_and_rm_releases_everything() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert!(fetched.1.contains("twill"), "container reaches container: {fetched:?}");
+    assert!(
+        fetched.1.contains("twill"),
+        "container reaches container: {fetched:?}"
+    );
     // Container to its host (the bridge gateway).
-    let (ok, out) = pm.oneshot(&["--cap-add", "NET_RAW"], &["/bin/ping", "-c", "1", "-W", "2", "10.93.0.1"]);
+    let (ok, out) = pm.oneshot(
+        &["--cap-add", "NET_RAW"],
+        &["/bin/ping", "-c", "1", "-W", "2", "10.93.0.1"],
+    );
     assert!(ok, "container pings its host: {out}");
     // Host to container, and the published port from the host itself (portmap, 127.0.0.1 via route_localnet).
     let (ok, out, err) = pm.host(&["busybox", "sh", "-c", &get_web]);
-    assert!(ok && out.contains("twill"), "host reaches container: {out} {err}");
+    assert!(
+        ok && out.contains("twill"),
+        "host reaches container: {out} {err}"
+    );
     let (ok, out, err) = pm.host(&["busybox", "sh", "-c", &http_get_cmd("127.0.0.1", 18080)]);
-    assert!(ok && out.contains("twill"), "published port reaches container: {out} {err}");
+    assert!(
+        ok && out.contains("twill"),
+        "published port reaches container: {out} {err}"
+    );
 
     pm.remove("web");
-    assert!(leases(&ipam_dir).is_empty(), "podman rm released the lease: {:?}", leases(&ipam_dir));
+    assert!(
+        leases(&ipam_dir).is_empty(),
+        "podman rm released the lease: {:?}",
+        leases(&ipam_dir)
+    );
     let (_, links, _) = pm.host(&["ip", "-o", "link", "show", "type", "veth"]);
     assert!(links.trim().is_empty(), "no veth left on the node: {links}");
     let (_, nft, _) = pm.host(&["nft", "list", "ruleset"]);
     let (_, ipt, _) = pm.host(&["iptables-save"]);
-    assert!(!nft.contains(&web_ip) && !ipt.contains(&web_ip), "no rule for {web_ip} left:\n{nft}\n{ipt}");
+    assert!(
+        !nft.contains(&web_ip) && !ipt.contains(&web_ip),
+        "no rule for {web_ip} left:\n{nft}\n{ipt}"
+    );
     drop(pm);
 }

@@ -4,6 +4,7 @@
 //! Shell-only scenarios live in `scripts/bench/<name>.sh` and are dispatched by `scripts/bench.sh`.
 
 pub mod loopback;
+pub mod runtimes;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,6 +35,16 @@ pub fn scenarios() -> Vec<Scenario> {
         name: "loopback",
         about: "loopback ADD+DEL on a fresh namespace; floor: lo up+down in-process via netlink",
         run: loopback::run,
+    },
+    Scenario {
+        name: "runtimes-podman",
+        about: "podman run --rm with our plugins vs the reference vs podman's netavark backend",
+        run: runtimes::run_podman,
+    },
+    Scenario {
+        name: "runtimes-containerd",
+        about: "containerd CRI sandbox run+stop+remove with our plugins vs the reference",
+        run: runtimes::run_containerd,
     }]
 }
 

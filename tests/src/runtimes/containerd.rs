@@ -20,11 +20,15 @@ impl Containerd {
     /// Starts containerd (inside `netns` when given) whose CRI execs plugins from `bin_dir` with `conflist`.
     pub fn start(bin_dir: &Path, conflist: &Value, netns: Option<&str>) -> Containerd {
         crate::bins::require_root();
-        let dir = tempfile::Builder::new().prefix("twill-containerd-").tempdir().expect("containerd temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("twill-containerd-")
+            .tempdir()
+            .expect("containerd temp dir");
         let d = dir.path();
         let netd = d.join("net.d");
         std::fs::create_dir_all(&netd).expect("create net.d");
-        std::fs::write(netd.join("10-twill.conflist"), conflist.to_string()).expect("write conflist");
+        std::fs::write(netd.join("10-twill.conflist"), conflist.to_string())
+            .expect("write conflist");
         let socket = d.join("containerd.sock");
         // restrict_oom_score_adj: without CAP_SYS_RESOURCE RunPodSandbox fails otherwise (runtimes.md).
         let config = format!(
@@ -56,7 +60,12 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("start containerd (install the containerd package): {e}"));
-        let mut c = Containerd { dir, socket, child: Some(child), netns: netns.map(str::to_string) };
+        let mut c = Containerd {
+            dir,
+            socket,
+            child: Some(child),
+            netns: netns.map(str::to_string),
+        };
         c.wait_ready();
         c.import_pause_image();
         c
@@ -80,8 +89,19 @@ impl Containerd {
         let tar = image::pause_image_tar(self.dir.path());
         let sock = self.socket.display().to_string();
         let tar = tar.display().to_string();
-        let (ok, out, err) =
-            run_in(None, &["ctr", "--address", &sock, "-n", "k8s.io", "images", "import", &tar]);
+        let (ok, out, err) = run_in(
+            None,
+            &[
+                "ctr",
+                "--address",
+                &sock,
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                &tar,
+            ],
+        );
         assert!(ok, "import pause image: {err}\n{out}");
     }
 
@@ -90,7 +110,8 @@ impl Containerd {
     }
 
     pub fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
+        let log =
+            std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
@@ -103,10 +124,16 @@ impl Containerd {
     /// Kills the runc shims this instance started: they outlive containerd by design.
     fn kill_shims(&self) {
         let sock = self.socket.display().to_string();
-        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
         for p in procs.flatten() {
-            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else { continue };
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
             let cmdline = String::from_utf8_lossy(&cmdline);
             if cmdline.contains("containerd-shim") && cmdline.contains(&sock) {
                 // SAFETY: plain kill(2) on a pid we just read; a race with its exit is harmless.

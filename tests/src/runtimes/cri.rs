@@ -4,8 +4,8 @@
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, Protocol, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StopPodSandboxRequest,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, Protocol,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,16 +37,28 @@ impl CriClient {
                     .connect_timeout(Duration::from_secs(5))
                     .connect_with_connector(tower::service_fn(move |_: Uri| {
                         let path = path.clone();
-                        async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
                     }))
                     .await
             })
             .map_err(|e| format!("connect to CRI socket {}: {e}", socket.display()))?;
-        Ok(CriClient { rt, client: RuntimeServiceClient::new(channel) })
+        Ok(CriClient {
+            rt,
+            client: RuntimeServiceClient::new(channel),
+        })
     }
 
     /// `RunPodSandbox`: the runtime creates the sandbox's netns and runs CNI ADD. Returns the sandbox id.
-    pub fn run_pod_sandbox(&mut self, name: &str, uid: &str, ports: &[HostPort]) -> Result<String, String> {
+    pub fn run_pod_sandbox(
+        &mut self,
+        name: &str,
+        uid: &str,
+        ports: &[HostPort],
+    ) -> Result<String, String> {
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -58,7 +70,11 @@ impl CriClient {
             port_mappings: ports
                 .iter()
                 .map(|p| PortMapping {
-                    protocol: if p.udp { Protocol::Udp as i32 } else { Protocol::Tcp as i32 },
+                    protocol: if p.udp {
+                        Protocol::Udp as i32
+                    } else {
+                        Protocol::Tcp as i32
+                    },
                     container_port: p.container_port,
                     host_port: p.host_port,
                     host_ip: String::new(),
@@ -66,7 +82,10 @@ impl CriClient {
                 .collect(),
             ..Default::default()
         };
-        let req = RunPodSandboxRequest { config: Some(config), runtime_handler: String::new() };
+        let req = RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        };
         let client = &mut self.client;
         self.rt
             .block_on(client.run_pod_sandbox(req))
@@ -76,7 +95,10 @@ impl CriClient {
 
     /// The sandbox's primary IP as CRI reports it (from the CNI result).
     pub fn pod_ip(&mut self, id: &str) -> Result<String, String> {
-        let req = PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: false };
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        };
         let client = &mut self.client;
         let status = self
             .rt
@@ -95,7 +117,9 @@ impl CriClient {
     pub fn stop_pod_sandbox(&mut self, id: &str) -> Result<(), String> {
         let client = &mut self.client;
         self.rt
-            .block_on(client.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id.into() }))
+            .block_on(client.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }))
             .map(|_| ())
             .map_err(|s| format!("StopPodSandbox {id}: {}", s.message()))
     }
@@ -104,7 +128,9 @@ impl CriClient {
     pub fn remove_pod_sandbox(&mut self, id: &str) -> Result<(), String> {
         let client = &mut self.client;
         self.rt
-            .block_on(client.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id.into() }))
+            .block_on(client.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }))
             .map(|_| ())
             .map_err(|s| format!("RemovePodSandbox {id}: {}", s.message()))
     }

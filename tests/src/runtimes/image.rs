@@ -7,8 +7,8 @@ use std::process::Command;
 
 /// Applets linked into the rootfs: enough for addresses, ping, TCP/UDP servers and clients.
 const APPLETS: &[&str] = &[
-    "sh", "ip", "ping", "nc", "sleep", "wget", "cat", "true", "echo", "hostname", "httpd", "ifconfig", "ls",
-    "grep", "route",
+    "sh", "ip", "ping", "nc", "sleep", "wget", "cat", "true", "echo", "hostname", "httpd",
+    "ifconfig", "ls", "grep", "route",
 ];
 
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -20,22 +20,28 @@ pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.6";
 pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
     for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "www"] {
-        std::fs::create_dir_all(root.join(d)).unwrap_or_else(|e| panic!("create rootfs dir {d}: {e}"));
+        std::fs::create_dir_all(root.join(d))
+            .unwrap_or_else(|e| panic!("create rootfs dir {d}: {e}"));
     }
     std::fs::copy(BUSYBOX, root.join("bin/busybox"))
         .unwrap_or_else(|e| panic!("copy {BUSYBOX} (install busybox-static): {e}"));
     for a in APPLETS {
         let link = root.join("bin").join(a);
         if !link.exists() {
-            std::os::unix::fs::symlink("busybox", &link).unwrap_or_else(|e| panic!("link {a}: {e}"));
+            std::os::unix::fs::symlink("busybox", &link)
+                .unwrap_or_else(|e| panic!("link {a}: {e}"));
         }
     }
-    std::fs::write(root.join("www/index.html"), "twill\n").unwrap_or_else(|e| panic!("write index: {e}"));
+    std::fs::write(root.join("www/index.html"), "twill\n")
+        .unwrap_or_else(|e| panic!("write index: {e}"));
     root
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn put_blob(blobs: &Path, bytes: &[u8]) -> (String, usize) {
@@ -90,9 +96,13 @@ pub fn pause_image_tar(dir: &Path) -> PathBuf {
             },
         }],
     });
-    std::fs::write(layout.join("index.json"), index.to_string()).unwrap_or_else(|e| panic!("write index: {e}"));
-    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .unwrap_or_else(|e| panic!("write oci-layout: {e}"));
+    std::fs::write(layout.join("index.json"), index.to_string())
+        .unwrap_or_else(|e| panic!("write index: {e}"));
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap_or_else(|e| panic!("write oci-layout: {e}"));
     let tarball = dir.join("pause.tar");
     let ok = Command::new("tar")
         .arg("-C")

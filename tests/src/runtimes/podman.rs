@@ -20,14 +20,58 @@ pub struct Podman {
 impl Podman {
     /// `plugin_dirs` become `cni_plugin_dirs`; `conflist` is the only network podman sees (and its default).
     pub fn new(plugin_dirs: &[&Path], conflist: &Value, netns: Option<&str>) -> Podman {
+        Self::with_backend(plugin_dirs, Some(conflist), netns)
+    }
+
+    /// podman's own network stack (netavark, Debian's 1.4) on its default `podman` network: the baseline a
+    /// podman user would otherwise get.
+    pub fn netavark(netns: Option<&str>) -> Podman {
+        Self::with_backend(&[], None, netns)
+    }
+
+    fn with_backend(
+        plugin_dirs: &[&Path],
+        conflist: Option<&Value>,
+        netns: Option<&str>,
+    ) -> Podman {
         crate::bins::require_root();
-        let dir = tempfile::Builder::new().prefix("twill-podman-").tempdir().expect("podman temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("twill-podman-")
+            .tempdir()
+            .expect("podman temp dir");
         let rootfs = image::busybox_rootfs(dir.path());
-        let network = conflist["name"].as_str().expect("conflist has a name").to_string();
         let netd = dir.path().join("net.d");
         std::fs::create_dir_all(&netd).expect("create net.d");
-        std::fs::write(netd.join(format!("{network}.conflist")), conflist.to_string()).expect("write conflist");
-        let dirs: Vec<String> = plugin_dirs.iter().map(|d| format!("{:?}", d.display().to_string())).collect();
+        let Some(conflist) = conflist else {
+            let conf = format!(
+                "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
+                 [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n\
+                 [network]\nnetwork_backend = \"netavark\"\nnetwork_config_dir = {:?}\n",
+                netd.display().to_string()
+            );
+            std::fs::write(dir.path().join("containers.conf"), conf)
+                .expect("write containers.conf");
+            return Podman {
+                dir,
+                rootfs,
+                network: "podman".into(),
+                netns: netns.map(str::to_string),
+                containers: Vec::new(),
+            };
+        };
+        let network = conflist["name"]
+            .as_str()
+            .expect("conflist has a name")
+            .to_string();
+        std::fs::write(
+            netd.join(format!("{network}.conflist")),
+            conflist.to_string(),
+        )
+        .expect("write conflist");
+        let dirs: Vec<String> = plugin_dirs
+            .iter()
+            .map(|d| format!("{:?}", d.display().to_string()))
+            .collect();
         let conf = format!(
             "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n\
              [engine]\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\nruntime = \"runc\"\n\
@@ -38,7 +82,13 @@ impl Podman {
             network
         );
         std::fs::write(dir.path().join("containers.conf"), conf).expect("write containers.conf");
-        Podman { dir, rootfs, network, netns: netns.map(str::to_string), containers: Vec::new() }
+        Podman {
+            dir,
+            rootfs,
+            network,
+            netns: netns.map(str::to_string),
+            containers: Vec::new(),
+        }
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -64,7 +114,10 @@ impl Podman {
 
     /// Runs `podman <args>`; returns (success, stdout, stderr).
     pub fn run(&self, args: &[&str]) -> (bool, String, String) {
-        let out = self.command(args).output().unwrap_or_else(|e| panic!("run podman {args:?}: {e}"));
+        let out = self
+            .command(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run podman {args:?}: {e}"));
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim().to_string(),
@@ -104,7 +157,10 @@ impl Podman {
 
     /// The container's address on our network, as podman read it from the CNI result.
     pub fn ip(&self, name: &str) -> String {
-        let fmt = format!("{{{{.NetworkSettings.Networks.{}.IPAddress}}}}", self.network);
+        let fmt = format!(
+            "{{{{.NetworkSettings.Networks.{}.IPAddress}}}}",
+            self.network
+        );
         self.run_ok(&["inspect", name, "--format", &fmt])
     }
 
