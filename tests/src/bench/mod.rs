@@ -31,21 +31,24 @@ pub struct Scenario {
 
 /// Every Rust scenario, in the order `--list` prints them. Add new ones here.
 pub fn scenarios() -> Vec<Scenario> {
-    vec![Scenario {
-        name: "loopback",
-        about: "loopback ADD+DEL on a fresh namespace; floor: lo up+down in-process via netlink",
-        run: loopback::run,
-    },
-    Scenario {
-        name: "runtimes-podman",
-        about: "podman run --rm with our plugins vs the reference vs podman's netavark backend",
-        run: runtimes::run_podman,
-    },
-    Scenario {
-        name: "runtimes-containerd",
-        about: "containerd CRI sandbox run+stop+remove with our plugins vs the reference",
-        run: runtimes::run_containerd,
-    }]
+    vec![
+        Scenario {
+            name: "loopback",
+            about:
+                "loopback ADD+DEL on a fresh namespace; floor: lo up+down in-process via netlink",
+            run: loopback::run,
+        },
+        Scenario {
+            name: "runtimes-podman",
+            about: "podman run --rm with our plugins vs the reference vs podman's netavark backend",
+            run: runtimes::run_podman,
+        },
+        Scenario {
+            name: "runtimes-containerd",
+            about: "containerd CRI sandbox run+stop+remove with our plugins vs the reference",
+            run: runtimes::run_containerd,
+        },
+    ]
 }
 
 /// Summary statistics of one series of timings.
