@@ -267,6 +267,13 @@ impl Store {
                 let _ = fs::remove_file(e.path());
             }
         }
+        if let Ok(entries) = fs::read_dir(&self.paths.state_dir) {
+            for e in entries.flatten() {
+                if e.file_name().as_bytes().starts_with(b"stamp.tmp.") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         if let Ok(entries) = fs::read_dir(&self.paths.net_dir) {
             for e in entries.flatten() {
                 if e.file_name().as_bytes().starts_with(b".twill-lease.") {
