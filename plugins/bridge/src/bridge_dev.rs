@@ -91,7 +91,16 @@ pub fn ensure_addr(
             )))
         }
     }
-    if let Some(mac) = pin_mac {
+    // A bridge that never had a port may report an all-zero MAC, which cannot be set: pin what it has now.
+    let mac = match pin_mac.filter(|m| !m.is_zero()) {
+        Some(m) => Some(m),
+        None => host
+            .link_by_index(link.index)
+            .with_context(|| format!("could not lookup {:?}", link.name))?
+            .mac
+            .filter(|m| !m.is_zero()),
+    };
+    if let Some(mac) = mac {
         host.set_link_mac(link.index, mac)
             .with_context(|| format!("could not set {:?}'s mac", link.name))?;
     }

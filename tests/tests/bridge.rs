@@ -1,0 +1,428 @@
+//! The bridge plugin end to end (issue 4): through the real libcni driver with host-local and loopback and
+//! real pings, transactional ADD (every failure leaves no veth, lease or rule), DEL that succeeds and cleans
+//! up when the netns is gone (no masquerade leak, both backends), 40 parallel ADDs and DELs on one bridge,
+//! CHECK, STATUS and GC. Every test runs the plugin inside its own node namespace.
+
+#[path = "bridge_support/mod.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use support::*;
+use twill_tests::bins;
+use twill_tests::libcni::LibCni;
+use twill_tests::netns::Netns;
+
+fn cni_path_dirs() -> Vec<PathBuf> {
+    cni_path().split(':').map(PathBuf::from).collect()
+}
+
+/// No trace of an attachment: no veth in the node, no lease, nothing but `lo` in the pod, no masquerade rule
+/// for `ips`.
+fn assert_no_trace(node: &Node, network: &str, pod: Option<&Netns>, ips: &[String]) {
+    let veths: Vec<String> = node
+        .veths()
+        .into_iter()
+        .filter(|v| v.starts_with("veth"))
+        .collect();
+    assert!(veths.is_empty(), "veth left in the node: {veths:?}");
+    assert!(
+        node.leases(network).is_empty(),
+        "lease left: {:?}",
+        node.leases(network)
+    );
+    if let Some(pod) = pod {
+        let names: Vec<String> = links(pod, &[])
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(names, vec!["lo".to_string()], "pod interfaces left");
+    }
+    let masq: Vec<String> = node
+        .masquerade_lines()
+        .into_iter()
+        .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
+        .collect();
+    assert!(masq.is_empty(), "masquerade rules left: {masq:?}");
+}
+
+fn ips_of(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str())
+        .filter_map(|a| a.split('/').next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn libcni_add_check_del_with_pings_between_host_and_pods() {
+    let node = Node::new();
+    let lib = LibCni::scratch(cni_path_dirs()).in_netns(node.ns.path());
+    let net = lib.write_conflist(&json!({
+        "cniVersion": "1.0.0",
+        "name": "brlibcni",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": "cni0",
+                "isDefaultGateway": true,
+                "ipam": node.ipam(json!([[{"subnet": "10.88.0.0/24"}], [{"subnet": "fd88::/64"}]])),
+            },
+            {"type": "loopback"}
+        ]
+    }));
+    let pods = [Netns::new("brp"), Netns::new("brp")];
+    let mut results = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let l = lib.with_container_id(&format!("libcni-pod-{i}"));
+        let out = l.add(&net, pod.path());
+        results.push(out.assert_success());
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        let l = lib.with_container_id(&format!("libcni-pod-{i}"));
+        l.check(&net, pod.path()).assert_success();
+        assert!(pod.link_is_up("lo"), "loopback plugin ran after bridge");
+    }
+    let a4 = result_ip(&results[0], false);
+    let b4 = result_ip(&results[1], false);
+    let b6 = result_ip(&results[1], true);
+    assert_ne!(a4, b4);
+    assert!(ping(&node.ns, &a4), "host cannot ping pod {a4}");
+    assert!(ping(&node.ns, &b4), "host cannot ping pod {b4}");
+    assert!(ping(&pods[0], &b4), "pod cannot ping pod {b4}");
+    assert!(ping(&pods[0], &b6), "pod cannot ping pod {b6} over IPv6");
+    assert!(ping(&pods[1], "10.88.0.1"), "pod cannot ping its gateway");
+    for (i, pod) in pods.iter().enumerate() {
+        let l = lib.with_container_id(&format!("libcni-pod-{i}"));
+        l.del(&net, pod.path()).assert_success();
+        // DEL is idempotent.
+        l.del(&net, pod.path()).assert_success();
+    }
+    for pod in &pods {
+        assert_no_trace(&node, "brlibcni", Some(pod), &[]);
+    }
+    // The bridge is never deleted.
+    assert!(
+        !links(&node.ns, &["dev", "cni0"]).is_empty(),
+        "bridge was deleted"
+    );
+}
+
+#[test]
+fn add_fails_when_ifname_exists_in_the_pod_and_leaves_nothing() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+    ]);
+    let conf = node.conf("brtaken", json!({"isGateway": true}));
+    let out = node.run(&ours(), "ADD", Some(pod.path()), "taken", "eth0", &conf);
+    let err = out.assert_any_error();
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already exists"),
+        "{err}"
+    );
+    assert!(node.veths().is_empty(), "veth left: {:?}", node.veths());
+    assert!(
+        node.leases("brtaken").is_empty(),
+        "lease left: {:?}",
+        node.leases("brtaken")
+    );
+    let kinds: Vec<Value> = links(&pod, &["dev", "eth0"])
+        .iter()
+        .map(|l| l["link"].clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![json!("eth0peer")],
+        "the pod's own eth0 was touched"
+    );
+}
+
+#[test]
+fn add_rolls_back_veth_when_ipam_fails() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    // host bits set in the subnet: host-local refuses it after the veth already exists.
+    let conf = node.conf(
+        "bripamfail",
+        json!({"ipam": {"ranges": [[{"subnet": "10.89.0.1/24"}]]}}),
+    );
+    let out = node.run(&ours(), "ADD", Some(pod.path()), "ipamfail", "eth0", &conf);
+    out.assert_any_error();
+    assert_no_trace(&node, "bripamfail", Some(&pod), &[]);
+}
+
+#[test]
+fn add_rolls_back_veth_lease_and_rules_when_gateway_address_collides() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    node.ns.ip(&["link", "add", "cni0", "type", "bridge"]);
+    node.ns.ip(&["addr", "add", "10.77.0.1/24", "dev", "cni0"]);
+    let conf = node.conf("brcollide", json!({"isGateway": true, "ipMasq": true}));
+    let out = node.run(&ours(), "ADD", Some(pod.path()), "collide", "eth0", &conf);
+    let err = out.assert_any_error();
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("already has an IP address"),
+        "{err}"
+    );
+    assert_no_trace(&node, "brcollide", Some(&pod), &["10.88.0.2".to_string()]);
+    // forceAddress replaces the foreign address instead.
+    let conf = node.conf(
+        "brcollide",
+        json!({"isGateway": true, "forceAddress": true}),
+    );
+    let out = node.run(&ours(), "ADD", Some(pod.path()), "collide", "eth0", &conf);
+    out.assert_success();
+    assert_eq!(
+        addresses(&node.ns, "cni0"),
+        vec!["10.88.0.1/24".to_string()]
+    );
+}
+
+#[test]
+fn add_releases_ipam_when_bridge_name_is_taken_by_another_device() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    node.ns.ip(&[
+        "link", "add", "cni0", "type", "veth", "peer", "name", "cni0peer",
+    ]);
+    let conf = node.conf("brnotbridge", json!({}));
+    let out = node.run(&ours(), "ADD", Some(pod.path()), "notbridge", "eth0", &conf);
+    out.assert_any_error();
+    assert_no_trace(&node, "brnotbridge", Some(&pod), &[]);
+}
+
+fn del_after_netns_is_gone(backend: &str) {
+    let node = Node::new();
+    let network = format!("brleak{backend}");
+    let conf = node.conf(
+        &network,
+        json!({"isGateway": true, "ipMasq": true, "ipMasqBackend": backend}),
+    );
+    let pod = Netns::new("brp");
+    let pod_path = pod.path().to_path_buf();
+    let add = node.run(&ours(), "ADD", Some(&pod_path), "leak", "eth0", &conf);
+    let result = add.assert_success();
+    let ips = ips_of(&result);
+    let rules: Vec<String> = node
+        .masquerade_lines()
+        .into_iter()
+        .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
+        .collect();
+    assert!(!rules.is_empty(), "no masquerade rule installed");
+    drop(pod);
+    let mut del_conf = conf.clone();
+    del_conf["prevResult"] = result;
+    node.run(&ours(), "DEL", Some(&pod_path), "leak", "eth0", &del_conf)
+        .assert_success();
+    assert_no_trace(&node, &network, None, &ips);
+    // Again, and with no netns at all: still success.
+    node.run(&ours(), "DEL", Some(&pod_path), "leak", "eth0", &conf)
+        .assert_success();
+    node.run(&ours(), "DEL", None, "leak", "eth0", &conf)
+        .assert_success();
+}
+
+#[test]
+fn del_succeeds_when_netns_is_gone_and_leaves_no_nftables_masquerade() {
+    del_after_netns_is_gone("nftables");
+}
+
+#[test]
+fn del_succeeds_when_netns_is_gone_and_leaves_no_iptables_masquerade() {
+    del_after_netns_is_gone("iptables");
+}
+
+#[test]
+fn del_without_netns_releases_ipam() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf("brnons", json!({}));
+    node.run(&ours(), "ADD", Some(pod.path()), "nons", "eth0", &conf)
+        .assert_success();
+    assert_eq!(node.leases("brnons").len(), 1);
+    node.run(&ours(), "DEL", None, "nons", "eth0", &conf)
+        .assert_success();
+    assert!(node.leases("brnons").is_empty());
+}
+
+#[test]
+fn forty_parallel_adds_then_forty_parallel_dels_on_one_bridge() {
+    const N: usize = 40;
+    let node = Node::new();
+    let conf = node.conf("brpar", json!({"isGateway": true, "ipMasq": true}));
+    let pods: Vec<Netns> = (0..N).map(|_| Netns::new("brp")).collect();
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let node = &node;
+                let conf = &conf;
+                s.spawn(move || {
+                    node.run(
+                        &ours(),
+                        "ADD",
+                        Some(pod.path()),
+                        &format!("par-{i}"),
+                        "eth0",
+                        conf,
+                    )
+                    .assert_success()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("ADD thread"))
+            .collect()
+    });
+    let ips: Vec<String> = results.iter().flat_map(ips_of).collect();
+    let distinct: HashSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), N, "addresses not distinct: {ips:?}");
+    assert_eq!(node.veths().len(), N);
+    assert_eq!(node.leases("brpar").len(), N);
+    std::thread::scope(|s| {
+        for (i, pod) in pods.iter().enumerate() {
+            let node = &node;
+            let conf = &conf;
+            s.spawn(move || {
+                node.run(
+                    &ours(),
+                    "DEL",
+                    Some(pod.path()),
+                    &format!("par-{i}"),
+                    "eth0",
+                    conf,
+                )
+                .assert_success();
+            });
+        }
+    });
+    for pod in &pods {
+        assert_no_trace(&node, "brpar", Some(pod), &ips);
+    }
+}
+
+#[test]
+fn check_fails_when_an_address_is_removed() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf("brcheck", json!({"isDefaultGateway": true}));
+    let result = node
+        .run(&ours(), "ADD", Some(pod.path()), "check", "eth0", &conf)
+        .assert_success();
+    let mut c = conf.clone();
+    c["prevResult"] = result.clone();
+    node.run(&ours(), "CHECK", Some(pod.path()), "check", "eth0", &c)
+        .assert_success();
+    // Without prevResult CHECK refuses.
+    node.run(&ours(), "CHECK", Some(pod.path()), "check", "eth0", &conf)
+        .assert_any_error();
+    let addr = result["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    pod.ip(&["addr", "del", &addr, "dev", "eth0"]);
+    node.run(&ours(), "CHECK", Some(pod.path()), "check", "eth0", &c)
+        .assert_any_error();
+}
+
+#[test]
+fn status_forwards_to_ipam() {
+    let node = Node::new();
+    let mut conf = node.conf("brstatus", json!({"cniVersion": "1.1.0"}));
+    node.run(&ours(), "STATUS", None, "s", "eth0", &conf)
+        .assert_success();
+    conf["ipam"]["type"] = json!("no-such-ipam");
+    node.run(&ours(), "STATUS", None, "s", "eth0", &conf)
+        .assert_any_error();
+    conf["ipam"] = json!({});
+    node.run(&ours(), "STATUS", None, "s", "eth0", &conf)
+        .assert_success();
+}
+
+#[test]
+fn gc_removes_masquerade_and_leases_of_attachments_not_valid() {
+    let node = Node::new();
+    let conf = node.conf(
+        "brgc",
+        json!({"cniVersion": "1.1.0", "isGateway": true, "ipMasq": true}),
+    );
+    let pods = [Netns::new("brp"), Netns::new("brp")];
+    let results: Vec<Value> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, pod)| {
+            node.run(
+                &ours(),
+                "ADD",
+                Some(pod.path()),
+                &format!("gc-{i}"),
+                "eth0",
+                &conf,
+            )
+            .assert_success()
+        })
+        .collect();
+    let keep_ips = ips_of(&results[0]);
+    let gone_ips = ips_of(&results[1]);
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc-0", "ifname": "eth0"}]);
+    node.run(&ours(), "GC", None, "", "", &gc).assert_success();
+    let masq = node.masquerade_lines();
+    assert!(
+        masq.iter()
+            .any(|l| keep_ips.iter().any(|ip| l.contains(ip.as_str()))),
+        "GC removed a valid attachment's rule: {masq:?}"
+    );
+    assert!(
+        !masq
+            .iter()
+            .any(|l| gone_ips.iter().any(|ip| l.contains(ip.as_str()))),
+        "GC kept an invalid attachment's rule: {masq:?}"
+    );
+    assert_eq!(
+        node.leases("brgc"),
+        keep_ips,
+        "GC was not forwarded to IPAM"
+    );
+}
+
+#[test]
+fn host_veth_name_is_stable_per_attachment() {
+    let node = Node::new();
+    let conf = node.conf("brname", json!({}));
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let pod = Netns::new("brp");
+        let r = node
+            .run(&ours(), "ADD", Some(pod.path()), "stable", "eth0", &conf)
+            .assert_success();
+        names.push(
+            r["interfaces"][1]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        node.run(&ours(), "DEL", Some(pod.path()), "stable", "eth0", &conf)
+            .assert_success();
+    }
+    assert_eq!(names[0], names[1]);
+    assert!(
+        names[0].starts_with("veth") && names[0].len() == 12,
+        "{}",
+        names[0]
+    );
+    let _ = bins::bin_dir();
+}
