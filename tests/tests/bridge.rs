@@ -221,6 +221,11 @@ fn del_after_netns_is_gone(backend: &str) {
         .collect();
     assert!(!rules.is_empty(), "no masquerade rule installed");
     drop(pod);
+    // The kernel destroys a deleted namespace (and the veth with it) asynchronously.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !node.veths().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let mut del_conf = conf.clone();
     del_conf["prevResult"] = result;
     node.run(&ours(), "DEL", Some(&pod_path), "leak", "eth0", &del_conf)

@@ -1,17 +1,56 @@
-//! TEMPORARY stub until twill-firewall lands.
+//! `ipMasq` (cni-spec.md §10.4) through twill-firewall. Rules are owned by the attachment
+//! `(network, container id, ifname)`, so DEL and GC remove them without the pod's addresses or namespace:
+//! the reference's leak when the netns is already gone (§10.3) cannot happen.
+
 use crate::config::MasqBackend;
 use ipnet::IpNet;
 use twill_cni::{Error, Result};
+use twill_firewall::masquerade::{self, Backend, Owner};
 
-pub fn add(_: MasqBackend, _: &str, _: &str, _: &str, _: &[IpNet]) -> Result<()> {
-    Err(Error::failed("masquerade not available yet"))
+fn backend(b: MasqBackend) -> Backend {
+    match b {
+        MasqBackend::Nftables => Backend::Nftables,
+        MasqBackend::Iptables => Backend::Iptables,
+    }
 }
-pub fn del(_: MasqBackend, _: &str, _: &str, _: &str) -> Result<()> {
-    Ok(())
+
+pub fn add(
+    b: MasqBackend,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    addrs: &[IpNet],
+) -> Result<()> {
+    masquerade::add(
+        backend(b),
+        &Owner::new(network, container_id, ifname),
+        addrs,
+    )
+    .map_err(|e| Error::failed(format!("failed to set up IP masquerade: {e}")))
 }
-pub fn check(_: MasqBackend, _: &str, _: &str, _: &str, _: &[IpNet]) -> Result<()> {
-    Ok(())
+
+pub fn del(b: MasqBackend, network: &str, container_id: &str, ifname: &str) -> Result<()> {
+    masquerade::del(backend(b), &Owner::new(network, container_id, ifname))
+        .map_err(|e| Error::failed(format!("failed to tear down IP masquerade: {e}")))
 }
-pub fn gc(_: MasqBackend, _: &str, _: &[(String, String)]) -> Result<()> {
-    Ok(())
+
+pub fn check(
+    b: MasqBackend,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    addrs: &[IpNet],
+) -> Result<()> {
+    masquerade::check(
+        backend(b),
+        &Owner::new(network, container_id, ifname),
+        addrs,
+    )
+    .map_err(|e| Error::failed(format!("IP masquerade of {container_id}/{ifname}: {e}")))
+}
+
+pub fn gc(b: MasqBackend, network: &str, keep: &[(String, String)]) -> Result<()> {
+    masquerade::gc(backend(b), network, keep)
+        .map(|_| ())
+        .map_err(|e| Error::failed(format!("garbage-collect IP masquerade: {e}")))
 }
