@@ -27,6 +27,8 @@ pub enum Error {
     Invalid(String),
     /// The kernel answered with something this crate does not understand.
     Protocol(String),
+    /// A rule that should be present (CNI CHECK) is not.
+    Missing(String),
 }
 
 impl Error {
@@ -82,7 +84,7 @@ impl fmt::Display for Error {
                     write!(f, "{context}: {status}: {}", stderr.trim())
                 }
             }
-            Error::Invalid(m) | Error::Protocol(m) => f.write_str(m),
+            Error::Invalid(m) | Error::Protocol(m) | Error::Missing(m) => f.write_str(m),
         }
     }
 }
