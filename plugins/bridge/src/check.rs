@@ -151,8 +151,8 @@ pub fn check_kernel(
     for r in &prev.routes {
         let found = routes.iter().any(|k| {
             k.dst == r.dst.trunc()
-                && r.gw.map_or(true, |gw| k.gateway == Some(gw))
-                && r.table.map_or(true, |t| k.table == t)
+                && (r.gw.is_none() || r.gw == k.gateway)
+                && (r.table.is_none() || r.table == Some(k.table))
         });
         if !found {
             let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
