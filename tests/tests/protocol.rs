@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use twill_tests::bins::{bin, require_root};
-use twill_tests::exec::{Invocation, ALL_VERSIONS};
+use twill_tests::exec::{Invocation, UnsetVars, ALL_VERSIONS};
 use twill_tests::netns::Netns;
 
 /// Plugin binaries the bad-input table runs against. Add a binary here when it exists; its minimal
@@ -92,9 +92,19 @@ fn cases() -> Vec<Case> {
         case("ifname with /", Code(4), ifname("et/h0")),
         case("ifname with :", Code(4), ifname("eth0:1")),
         case("ifname with space", Code(4), ifname("eth 0")),
+        case("empty ifname", Code(4), ifname("")),
         case("ADD without CNI_NETNS", Code(4), |inv, _| {
             inv.netns_str(None)
         }),
+        case(
+            "ADD with CNI_NETNS absent from the env",
+            Code(4),
+            |inv, _| {
+                let mut inv = inv.netns_str(None);
+                inv.unset_vars = UnsetVars::Absent;
+                inv
+            },
+        ),
         case("CNI_NETNS missing file", AnyError, |inv, _| {
             inv.netns_str(Some("/run/netns/twill-no-such-namespace"))
         }),
