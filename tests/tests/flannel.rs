@@ -232,6 +232,14 @@ fn host_part(cidr: &str) -> String {
     cidr.split('/').next().unwrap().to_string()
 }
 
+/// nftables and iptables NAT rules of the node (portmap may use either backend).
+fn firewall_rules(ns: &Netns) -> String {
+    let nft = ns.exec_ok(&["nft", "list", "ruleset"]);
+    let ipt =
+        String::from_utf8_lossy(&ns.exec(&["iptables-save", "-t", "nat"]).stdout).into_owned();
+    format!("{nft}\n{ipt}")
+}
+
 fn json_file(path: &Path) -> Value {
     serde_json::from_str(
         &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
@@ -242,7 +250,12 @@ fn json_file(path: &Path) -> Value {
 #[test]
 fn stock_conflist_add_del_through_libcni() {
     let node = Node::new();
-    let lib = node.libcni().with_container_id("stockpod");
+    // The runtime asks for a host port: portmap, chained after flannel, maps it to the pod flannel wired.
+    let lib = node
+        .libcni()
+        .with_container_id("stockpod")
+        .with_cap_args(json!({"portMappings": [
+            {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}));
     let net = lib.write_conflist(&node.stock_conflist("0.3.1", "cbr0"));
     let pod = Netns::new("flpod");
 
@@ -289,8 +302,17 @@ fn stock_conflist_add_del_through_libcni() {
                        "ranges":[[{"subnet":"10.244.1.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}]}})
     );
     assert_eq!(node.saved_files(), vec!["stockpod:eth0"]);
+    let rules = firewall_rules(&node.ns);
+    assert!(
+        rules.contains("18080") && rules.contains(&host_part(&ip)),
+        "no DNAT of host port 18080 to {ip}:\n{rules}"
+    );
 
     lib.del(&net, pod.path()).assert_success();
+    assert!(
+        !firewall_rules(&node.ns).contains("18080"),
+        "port mapping left behind"
+    );
     assert!(node.leases("cbr0").is_empty(), "DEL released the address");
     assert!(
         node.saved_files().is_empty(),
