@@ -78,7 +78,7 @@ pub async fn acquire(
                         lease_id: 0,
                     });
                 }
-                let id = registry.renew(l.subnet, attrs, ttl, 0).await?;
+                let id = registry.renew(l.subnet, attrs, ttl, l.lease_id).await?;
                 return Ok(OwnLease {
                     subnet: l.subnet,
                     lease_id: id,

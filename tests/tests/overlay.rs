@@ -674,3 +674,276 @@ fn etcd_fixture_serves_host_loopback_and_survives_restart() {
     etcd.del("/twill/test");
     assert_eq!(etcd.get("/twill/test"), None);
 }
+
+/// A lease exactly as flanneld writes it (no NodeName), for a node that exists only in etcd.
+fn flannel_lease(public_ip: &str, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{public_ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
+#[test]
+fn flanneld_lease_is_programmed_and_a_changed_vtep_mac_drops_the_old_fdb_entry() {
+    let c = Cluster::new(1, 1.0);
+    let n = &c.nodes[0];
+    let key = format!("{SUBNETS}10.244.200.0-24");
+    let peer = Ipv4Addr::new(10, 250, 0, 200);
+    c.etcd.put_with_ttl(
+        &key,
+        &flannel_lease("10.250.0.200", "0a:00:00:00:00:01"),
+        600,
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || n.has_peer(
+            Ipv4Addr::new(10, 244, 200, 0),
+            24,
+            "0a:00:00:00:00:01",
+            peer
+        )),
+        "flanneld-style lease not programmed\n{}",
+        c.dump()
+    );
+    c.etcd.put_with_ttl(
+        &key,
+        &flannel_lease("10.250.0.200", "0a:00:00:00:00:02"),
+        600,
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || n.has_peer(
+            Ipv4Addr::new(10, 244, 200, 0),
+            24,
+            "0a:00:00:00:00:02",
+            peer
+        ) && !n
+            .fdb("flannel.1")
+            .contains("0a:00:00:00:00:01")),
+        "old FDB entry left after a MAC change\n{}",
+        c.dump()
+    );
+    // A lease of another backend type is not programmed (flannel.md §6.2), and replaces the vxlan one.
+    c.etcd.put(
+        &key,
+        r#"{"PublicIP":"10.250.0.200","BackendType":"host-gw"}"#,
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !n.has_any_trace_of(
+            Ipv4Addr::new(10, 244, 200, 0),
+            "0a:00:00:00:00:02"
+        )),
+        "non-vxlan lease still programmed\n{}",
+        c.dump()
+    );
+}
+
+#[test]
+fn compacted_watch_revision_triggers_a_full_relist() {
+    let mut c = Cluster::new(2, 30.0);
+    c.wait_mesh(&[0, 1], Duration::from_secs(10));
+    let n = &c.nodes[0];
+    // Cut node 1 off etcd (reset on send, drop on receive) so its watch breaks and falls behind.
+    for cmd in [
+        "add table inet twtest",
+        "add chain inet twtest out { type filter hook output priority 0; }",
+        "add rule inet twtest out tcp dport 2379 reject with tcp reset",
+        "add chain inet twtest in { type filter hook input priority 0; }",
+        "add rule inet twtest in tcp sport 2379 drop",
+    ] {
+        let out = n.exec(&["sh", "-c", &format!("nft '{cmd}'")]);
+        assert!(
+            out.status.success(),
+            "nft {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || std::fs::read_to_string(
+            n.log_file()
+        )
+        .unwrap_or_default()
+        .contains("lease watch broken")),
+        "watch did not notice the cut\n{}",
+        c.dump()
+    );
+    // Meanwhile: a node joins, node 2's lease goes, and history is compacted.
+    c.etcd.put_with_ttl(
+        &format!("{SUBNETS}10.244.201.0-24"),
+        &flannel_lease("10.250.0.201", "0a:00:00:00:02:01"),
+        600,
+    );
+    let (gone, _) = c.nodes[1].subnet().unwrap_or_else(|| unreachable!());
+    let gone_mac = c.mac(1);
+    c.daemons[1].terminate(); // else it would take its subnet back at once
+    c.etcd.del(&format!("{SUBNETS}{gone}-24"));
+    let status = c.etcd.ctl(&["endpoint", "status", "-w", "json"]);
+    let json = String::from_utf8_lossy(&status.stdout);
+    let rev: u64 = json
+        .split("\"revision\":")
+        .nth(1)
+        .and_then(|s| s.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {json}"));
+    assert!(c.etcd.ctl(&["compact", &rev.to_string()]).status.success());
+    n.exec(&["nft", "delete", "table", "inet", "twtest"]);
+
+    let fresh = Ipv4Addr::new(10, 244, 201, 0);
+    assert!(
+        wait_until(Duration::from_secs(15), || n.has_peer(
+            fresh,
+            24,
+            "0a:00:00:00:02:01",
+            Ipv4Addr::new(10, 250, 0, 201)
+        ) && !n
+            .has_any_trace_of(gone, &gone_mac)),
+        "node 1 did not catch up after the compaction\n{}",
+        c.dump()
+    );
+    assert!(
+        std::fs::read_to_string(n.log_file())
+            .unwrap_or_default()
+            .contains("re-listing"),
+        "{}",
+        c.dump()
+    );
+}
+
+#[test]
+fn direct_routing_uses_plain_routes_between_nodes_on_one_segment() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(
+        CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#,
+    );
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: Vec::new(),
+    };
+    let nodes: Vec<Node> = (1..=2).map(|i| switch.add_node(i)).collect();
+    let _daemons: Vec<Twilld> = nodes.iter().map(|n| n.start_twilld(&args)).collect();
+    assert!(wait_until(READY, || nodes
+        .iter()
+        .all(|n| n.subnet().is_some())));
+    let (s1, _) = nodes[0].subnet().unwrap_or_else(|| unreachable!());
+    let (s2, _) = nodes[1].subnet().unwrap_or_else(|| unreachable!());
+    let want = format!("{s2}/24 via 10.250.0.2 dev eth0");
+    assert!(
+        wait_until(Duration::from_secs(5), || nodes[0]
+            .ip(&["route"])
+            .contains(&want)),
+        "no direct route: {}",
+        nodes[0].ip(&["route"])
+    );
+    assert!(nodes[0]
+        .ip(&["neigh", "show", "dev", "flannel.1"])
+        .trim()
+        .is_empty());
+    let pods: Vec<_> = nodes.iter().map(|n| n.add_pod(5)).collect();
+    assert!(
+        wait_until(Duration::from_secs(5), || pods[0].can_reach(pods[1].ip)),
+        "pods cannot talk over direct routes"
+    );
+    // A bogus direct route for a gone peer is purged by the resync.
+    nodes[0].ip(&["route", "add", "10.244.77.0/24", "via", "10.250.0.77"]);
+    assert!(wait_until(Duration::from_secs(3), || !nodes[0]
+        .ip(&["route"])
+        .contains("10.244.77.0/24")));
+    assert!(nodes[1]
+        .ip(&["route"])
+        .contains(&format!("{s1}/24 via 10.250.0.1 dev eth0")));
+}
+
+#[test]
+fn backend_vni_and_port_shape_the_device() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(
+        CONFIG_KEY,
+        r#"{"network":"10.244.0.0/16","backend":{"type":"VXLAN","vni":7,"port":4789,"MTU":1400}}"#,
+    );
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: Vec::new(),
+    };
+    let n = switch.add_node(1);
+    let d = n.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+    let link = n.ip(&["-d", "link", "show", "flannel.7"]);
+    assert!(
+        link.contains("vxlan id 7 ") && link.contains("dstport 4789") && link.contains("mtu 1350"),
+        "{link}"
+    );
+    assert_eq!(n.mtu(), Some(1350));
+}
+
+#[test]
+fn etcd_down_at_start_is_waited_for_and_readyz_says_why() {
+    let switch = Switch::new();
+    let mut etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    etcd.stop();
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: vec!["--healthz-port=8471".into()],
+    };
+    let n = switch.add_node(1);
+    let mut d = n.start_twilld(&args);
+    assert!(wait_until(Duration::from_secs(5), || curl(
+        &n, 8471, "/readyz"
+    )
+    .0 == "503"));
+    let (_, why) = curl(&n, 8471, "/readyz");
+    assert!(
+        why.contains("etcd unreachable") && why.contains("no subnet lease"),
+        "{why}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        d.is_running(),
+        "twilld gave up while etcd was down:\n{}",
+        d.log_text()
+    );
+    etcd.restart();
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(5), || curl(
+        &n, 8471, "/readyz"
+    )
+    .0 == "200"));
+}
+
+#[test]
+fn short_lease_is_renewed_before_it_expires() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: vec!["--subnet-lease-ttl=6".into()],
+    };
+    let n = switch.add_node(1);
+    let d = n.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+    let (net, _) = n.subnet().unwrap_or_else(|| unreachable!());
+    let key = format!("{SUBNETS}{net}-24");
+    // Three TTLs later the key is still there: it was renewed in time, every time.
+    let until = Instant::now() + Duration::from_secs(18);
+    while Instant::now() < until {
+        assert!(etcd.get(&key).is_some(), "lease expired:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
