@@ -917,3 +917,43 @@ fn parallel_adds_get_distinct_addresses_and_separate_saved_configs() {
     assert!(node.saved_files().is_empty());
     assert!(node.leases(&net).is_empty());
 }
+
+#[test]
+fn dual_stack_subnet_env_gives_the_pod_both_families() {
+    let node = Node::new();
+    node.write_subnet_env(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+         FLANNEL_IPV6_NETWORK=fd00:42::/56\nFLANNEL_IPV6_SUBNET=fd00:42:0:1::1/64\n\
+         FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+    );
+    let net = unique("ds");
+    let conf = node.conf("1.0.0", &net);
+    let pod = Netns::new("flpod");
+    let r = node
+        .exec("ADD", "dspod", "eth0", Some(&pod), &conf)
+        .assert_success();
+    let addrs: Vec<&str> = r["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["address"].as_str())
+        .collect();
+    assert!(
+        addrs.iter().any(|a| a.starts_with("10.244.1."))
+            && addrs.iter().any(|a| a.starts_with("fd00:42:0:1::")),
+        "{r}"
+    );
+    let bridge = node.ns.ip(&["addr", "show", "dev", "cni0"]);
+    assert!(
+        bridge.contains("10.244.1.1/24") && bridge.contains("fd00:42:0:1::1/64"),
+        "{bridge}"
+    );
+    let routes6 = pod.ip(&["-6", "route", "show"]);
+    assert!(
+        routes6.contains("fd00:42::/56 via fd00:42:0:1::1"),
+        "{routes6}"
+    );
+    node.exec("DEL", "dspod", "eth0", Some(&pod), &conf)
+        .assert_success();
+    assert!(node.leases(&net).is_empty());
+}
