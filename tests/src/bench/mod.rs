@@ -3,6 +3,7 @@
 //! alike; warm-up rounds are discarded. Each scenario is one file here, registered in [`scenarios`].
 //! Shell-only scenarios live in `scripts/bench/<name>.sh` and are dispatched by `scripts/bench.sh`.
 
+pub mod bridge;
 pub mod loopback;
 pub mod runtimes;
 
@@ -48,6 +49,7 @@ pub fn scenarios() -> Vec<Scenario> {
             about: "containerd CRI sandbox run+stop+remove with our plugins vs the reference",
             run: runtimes::run_containerd,
         },
+        Scenario { name: "bridge", about: "bridge+host-local ADD/DEL ours vs reference, ipMasq off/on, 40 parallel ADDs; floors: kernel ADD work, veth delete", run: bridge::run },
     ]
 }
 
