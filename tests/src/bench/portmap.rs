@@ -1,0 +1,176 @@
+//! Scenario `portmap` (issue 7): ADD+DEL of a `bridge` + `portmap` chain with two port mappings, by
+//! direct exec the way libcni runs a conflist (bridge ADD, portmap ADD with the bridge's result as
+//! `prevResult`; then portmap DEL, bridge DEL, both with the cached `runtimeConfig` as libcni replays
+//! it). Ours (bridge + host-local + portmap from the twill build) vs the reference's three plugins.
+//! Each side has a persistent node namespace (the bridge and the reference's shared chains exist after
+//! the first round, as on a real node); every round gets a fresh pod namespace, outside the timing.
+//!
+//! Extra rows: the portmap part alone (its ADD+DEL), and the floor of exec'ing four processes.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{interleaved, series, Options, Report, Row, Stats};
+use twill_tests::exec::Invocation;
+use twill_tests::netns::Netns;
+
+struct Side {
+    dir: PathBuf,
+    node: Netns,
+    ipam: tempfile::TempDir,
+    counter: usize,
+    portmap_only: Vec<Duration>,
+}
+
+fn mappings() -> Value {
+    json!([
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 8443, "containerPort": 443, "protocol": "tcp"}
+    ])
+}
+
+impl Side {
+    fn new(dir: &Path) -> Side {
+        let node = Netns::new("benchpm");
+        node.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        Side {
+            dir: dir.to_path_buf(),
+            node,
+            ipam: tempfile::tempdir().expect("ipam dir"),
+            counter: 0,
+            portmap_only: Vec::new(),
+        }
+    }
+
+    fn bridge_conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "benchpm",
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "hairpinMode": true,
+            "ipam": {"type": "host-local", "dataDir": self.ipam.path(),
+                     "ranges": [[{"subnet": "10.96.0.0/16"}]]},
+        })
+    }
+
+    fn portmap_conf(&self, prev: &Value) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "benchpm",
+            "type": "portmap",
+            "runtimeConfig": {"portMappings": mappings()},
+            "prevResult": prev,
+        })
+    }
+
+    fn exec(
+        &self,
+        plugin: &str,
+        command: &str,
+        pod: &Path,
+        id: &str,
+        conf: &Value,
+    ) -> (Duration, Value) {
+        let path = self.dir.join(plugin);
+        let out = Invocation::new(&path, command)
+            .libcni_style()
+            .container_id(Some(id))
+            .netns(Some(pod))
+            .cni_path(Some(&self.dir.display().to_string()))
+            .stdin_json(conf)
+            .in_netns(self.node.path())
+            .run();
+        assert!(
+            out.success(),
+            "{} {command} failed: {}",
+            path.display(),
+            out.describe()
+        );
+        (out.elapsed, out.json.unwrap_or(Value::Null))
+    }
+
+    /// One round: the chain's ADD then DEL on a fresh pod; returns the total of the four executions.
+    fn round(&mut self) -> Duration {
+        self.counter += 1;
+        let id = format!("benchpm-{}", self.counter);
+        let pod = Netns::new("benchpmpod");
+        let bridge = self.bridge_conf();
+        let (t1, prev) = self.exec("bridge", "ADD", pod.path(), &id, &bridge);
+        let pm = self.portmap_conf(&prev);
+        let (t2, _) = self.exec("portmap", "ADD", pod.path(), &id, &pm);
+        let (t3, _) = self.exec("portmap", "DEL", pod.path(), &id, &pm);
+        let mut bridge_del = bridge.clone();
+        bridge_del["prevResult"] = prev;
+        let (t4, _) = self.exec("bridge", "DEL", pod.path(), &id, &bridge_del);
+        self.portmap_only.push(t2 + t3);
+        t1 + t2 + t3 + t4
+    }
+}
+
+fn row(label: &str, samples: &[Duration]) -> Row {
+    Row {
+        label: label.to_string(),
+        stats: Stats::of(samples),
+    }
+}
+
+fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    Stats::of(a).median.as_secs_f64() / Stats::of(b).median.as_secs_f64()
+}
+
+fn exec_floor() -> Duration {
+    (0..4)
+        .map(|_| {
+            let outcome = Invocation::bare("/bin/true").run();
+            assert!(
+                outcome.success(),
+                "/bin/true failed: {}",
+                outcome.describe()
+            );
+            outcome.elapsed
+        })
+        .sum()
+}
+
+pub fn run(options: &Options) -> Report {
+    for dir in [&options.ours, &options.reference] {
+        for plugin in ["bridge", "host-local", "portmap"] {
+            let p = dir.join(plugin);
+            assert!(p.is_file(), "{} is missing", p.display());
+        }
+    }
+    let mut ours = Side::new(&options.ours);
+    let mut theirs = Side::new(&options.reference);
+    let (t_ours, t_ref) = interleaved(options, || ours.round(), || theirs.round());
+    let skip = options.warmup;
+    let pm_ours: Vec<Duration> = ours.portmap_only.iter().skip(skip).copied().collect();
+    let pm_ref: Vec<Duration> = theirs.portmap_only.iter().skip(skip).copied().collect();
+    let exec = series(options, exec_floor);
+    Report {
+        scenario: "portmap".into(),
+        what: "bridge + portmap (2 mappings) ADD+DEL, direct exec, fresh pod, existing bridge"
+            .into(),
+        ours: row(&format!("twill {}", options.ours.display()), &t_ours),
+        reference: row(
+            &format!("reference {}", options.reference.display()),
+            &t_ref,
+        ),
+        floors: vec![
+            row("twill portmap ADD+DEL only", &pm_ours),
+            row("reference portmap ADD+DEL only", &pm_ref),
+            row("exec floor: 4 × /bin/true", &exec),
+        ],
+        notes: vec![
+            format!(
+                "chain ratio: {:.2} (target <= 0.30)",
+                ratio(&t_ours, &t_ref)
+            ),
+            format!("portmap-only ratio: {:.2}", ratio(&pm_ours, &pm_ref)),
+            "portmap: ours nftables over netlink, reference iptables (exec)".to_string(),
+        ],
+    }
+}
