@@ -1,6 +1,7 @@
 //! The CNI protocol layer seen from outside (cni-spec.md §2, §6, §7): a table of bad inputs, each
 //! checked for the right error object and code on stdout, a non-zero exit, no panic and no partial
-//! state. The table runs against every plugin binary listed in `PLUGINS`.
+//! state. The table runs against every plugin binary listed in `PLUGINS`, each run inside a
+//! test-created node namespace.
 
 use std::path::{Path, PathBuf};
 
@@ -9,9 +10,38 @@ use twill_tests::bins::{bin, require_root};
 use twill_tests::exec::{Invocation, UnsetVars, ALL_VERSIONS};
 use twill_tests::netns::Netns;
 
-/// Plugin binaries the bad-input table runs against. Add a binary here when it exists; its minimal
-/// config must pass the plugin's own validation so only the injected fault is under test.
-const PLUGINS: &[&str] = &["loopback"];
+/// A plugin binary under test.
+struct Plugin {
+    name: &'static str,
+    /// Whether the plugin opens `CNI_NETNS`. host-local and portmap never enter the pod namespace
+    /// (neither do the reference ones), so rows about what the path points at do not apply to them.
+    opens_netns: bool,
+}
+
+/// Plugin binaries the tables run against. A plugin's [`minimal_config`] must pass its own
+/// validation, so that only the injected fault is under test.
+const PLUGINS: &[Plugin] = &[
+    Plugin {
+        name: "loopback",
+        opens_netns: true,
+    },
+    Plugin {
+        name: "bridge",
+        opens_netns: true,
+    },
+    Plugin {
+        name: "host-local",
+        opens_netns: false,
+    },
+    Plugin {
+        name: "portmap",
+        opens_netns: false,
+    },
+    Plugin {
+        name: "flannel",
+        opens_netns: true,
+    },
+];
 
 /// What a row expects.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +61,8 @@ struct Case {
     name: &'static str,
     expect: Expect,
     fault: Fault,
+    /// The row is about what `CNI_NETNS` points at (see [`Plugin::opens_netns`]).
+    netns_content: bool,
 }
 
 fn case(
@@ -42,6 +74,17 @@ fn case(
         name,
         expect,
         fault: Box::new(fault),
+        netns_content: false,
+    }
+}
+
+fn netns_case(
+    name: &'static str,
+    fault: impl Fn(Invocation, &Value) -> Invocation + 'static,
+) -> Case {
+    Case {
+        netns_content: true,
+        ..case(name, Expect::AnyError, fault)
     }
 }
 
@@ -105,13 +148,13 @@ fn cases() -> Vec<Case> {
                 inv
             },
         ),
-        case("CNI_NETNS missing file", AnyError, |inv, _| {
+        netns_case("CNI_NETNS missing file", |inv, _| {
             inv.netns_str(Some("/run/netns/twill-no-such-namespace"))
         }),
-        case("CNI_NETNS not a namespace", AnyError, |inv, _| {
+        netns_case("CNI_NETNS not a namespace", |inv, _| {
             inv.netns_str(Some("/proc/self/status"))
         }),
-        case("CNI_NETNS a directory", AnyError, |inv, _| {
+        netns_case("CNI_NETNS a directory", |inv, _| {
             inv.netns_str(Some("/run"))
         }),
         case("DEL with empty container id", Code(4), |inv, _| {
@@ -123,16 +166,42 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn minimal_config(plugin: &str) -> Value {
-    json!({"cniVersion": "1.0.0", "name": "twill-protocol", "type": plugin})
+/// A valid config for `plugin` whose state (IPAM store, saved delegate configs) lives in `scratch`.
+fn minimal_config(plugin: &str, scratch: &Path) -> Value {
+    let mut conf = json!({"cniVersion": "1.0.0", "name": "twill-protocol", "type": plugin});
+    let prev = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": "/run/netns/x"}],
+        "ips": [{"address": "10.250.0.2/24", "interface": 0}]
+    });
+    match plugin {
+        "bridge" => {
+            conf["bridge"] = json!("twproto0");
+            conf["ipam"] = json!({});
+        }
+        "host-local" => {
+            conf["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "10.250.0.0/24"}]],
+                "dataDir": scratch.join("ipam")});
+        }
+        "portmap" => {
+            conf["capabilities"] = json!({"portMappings": true});
+            conf["prevResult"] = prev;
+        }
+        "flannel" => {
+            conf["subnetFile"] = json!(scratch.join("missing/subnet.env"));
+            conf["dataDir"] = json!(scratch.join("flannel"));
+        }
+        _ => {}
+    }
+    conf
 }
 
 /// Runs one row against one plugin; returns a description of what went wrong, if anything.
-fn check_case(plugin: &str, path: &Path, case: &Case) -> Result<(), String> {
+fn check_case(plugin: &str, path: &Path, scratch: &Path, case: &Case) -> Result<(), String> {
     let node = Netns::new("node");
     let pod = Netns::new("pod");
     let (node_before, pod_before) = (node.state(), pod.state());
-    let conf = minimal_config(plugin);
+    let conf = minimal_config(plugin, scratch);
     let valid = Invocation::new(path, "ADD")
         .libcni_style()
         .container_id(Some("twill-protocol"))
@@ -182,11 +251,13 @@ fn check_case(plugin: &str, path: &Path, case: &Case) -> Result<(), String> {
 }
 
 /// Runs the whole table against `plugin` and reports every failing row at once.
-fn run_table(plugin: &str) {
-    let path: PathBuf = bin(plugin);
+fn run_table(plugin: &Plugin) {
+    let path: PathBuf = bin(plugin.name);
+    let scratch = tempfile::tempdir().expect("scratch dir");
     let failures: Vec<String> = cases()
         .iter()
-        .filter_map(|case| check_case(plugin, &path, case).err())
+        .filter(|case| plugin.opens_netns || !case.netns_content)
+        .filter_map(|case| check_case(plugin.name, &path, scratch.path(), case).err())
         .collect();
     assert!(
         failures.is_empty(),
@@ -207,7 +278,7 @@ fn bad_input_gets_the_right_cni_error_from_every_plugin() {
 #[test]
 fn version_answers_1_1_0_with_every_supported_version() {
     require_root();
-    for plugin in PLUGINS {
+    for plugin in PLUGINS.iter().map(|p| p.name) {
         // skel answers VERSION from its own state and ignores stdin (cni-spec.md §4 VERSION), so
         // neither libcni's probe nor an empty stdin may change the answer.
         for stdin in [r#"{"cniVersion":"1.0.0"}"#, "", "{not json"] {
@@ -256,13 +327,15 @@ fn no_input_makes_a_plugin_panic() {
         "{\"cniVersion\": \"1.0.0\", \"name\": \"\u{1F600}\"}".into(),
         "\u{0}\u{1}\u{2}binary".into(),
     ];
-    for plugin in PLUGINS {
+    for plugin in PLUGINS.iter().map(|p| p.name) {
+        let node = Netns::new("node");
         for verb in ["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION"] {
             for stdin in &corpus {
                 let pod = Netns::new("pod");
                 let outcome = Invocation::new(bin(plugin), verb)
                     .libcni_style()
                     .netns(Some(pod.path()))
+                    .in_netns(node.path())
                     .stdin_bytes(stdin.as_bytes())
                     .run();
                 let shown: String = stdin.chars().take(120).collect();
