@@ -197,14 +197,19 @@ impl Node {
         self.node.exec_ok(&["nft", "list", "ruleset"])
     }
 
-    /// Every portmap rule (ours in either backend, or the reference's chains) in the node.
+    /// Every portmap rule (ours in either backend, or the reference's chains) in the node: every line
+    /// of our nftables tables, and iptables/nft lines naming our or the reference's chains.
     fn portmap_rules(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .nft_ruleset()
-            .lines()
-            .filter(|l| l.contains("twill_portmap") || l.contains(&self.net) || l.contains("CNI-"))
-            .map(str::to_string)
-            .collect();
+        let mut out = Vec::new();
+        let mut in_ours = false;
+        for line in self.nft_ruleset().lines() {
+            if line.starts_with("table ") {
+                in_ours = line.contains("twill_portmap");
+            }
+            if in_ours || line.contains("CNI-") {
+                out.push(line.to_string());
+            }
+        }
         for tool in ["iptables-save", "ip6tables-save"] {
             out.extend(
                 self.node
@@ -664,6 +669,53 @@ fn concurrent_adds_for_one_host_port_admit_exactly_one() {
 }
 
 #[test]
+fn concurrent_adds_and_dels_of_different_ports_all_succeed_and_leave_nothing() {
+    let n = Node::new(Impl::Ours, portmap_conf(json!({})));
+    let netns = n.node.path_str();
+    // Kubernetes-style 64-character ids exercise the hashed owner form end to end.
+    let id = |i: usize| format!("{i:02}{}", "ab".repeat(31));
+    let run_all = |command: &'static str| -> Vec<Outcome> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|i| {
+                    let (n, netns, id) = (&n, &netns, id(i));
+                    s.spawn(move || {
+                        let m =
+                            json!([{"hostPort": 9200 + i, "containerPort": 80, "protocol": "udp"}]);
+                        let conf = direct_request(n, &format!("10.99.0.{}", 10 + i), &m, json!({}));
+                        n.portmap(command, &id, netns, &conf)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("worker"))
+                .collect()
+        })
+    };
+    for o in run_all("ADD") {
+        o.assert_success();
+    }
+    let dnat = n
+        .portmap_rules()
+        .iter()
+        .filter(|l| l.contains("dnat to"))
+        .count();
+    assert_eq!(dnat, 8, "{:#?}", n.portmap_rules());
+    let check = direct_request(
+        &n,
+        "10.99.0.13",
+        &json!([{"hostPort": 9203, "containerPort": 80, "protocol": "udp"}]),
+        json!({}),
+    );
+    n.portmap("CHECK", &id(3), &netns, &check).assert_success();
+    for o in run_all("DEL") {
+        o.assert_success();
+    }
+    n.assert_no_portmap_rules();
+}
+
+#[test]
 fn del_without_runtime_config_leaves_no_rule() {
     for backend in ["nftables", "iptables"] {
         let n = Node::new(Impl::Ours, portmap_conf(json!({"backend": backend})));
@@ -710,36 +762,39 @@ fn del_succeeds_when_netns_is_gone() {
 
 #[test]
 fn gc_with_an_empty_valid_list_leaves_no_rule_and_keeps_valid_attachments() {
-    let n = Node::new(Impl::Ours, portmap_conf(json!({})));
-    let (pod_a, _) = n.add_pod("gc-keep", &mappings());
-    let other = json!([{"hostPort": 9100, "containerPort": 80, "protocol": "tcp"}]);
-    let (_pod_b, _) = n.add_pod("gc-stale", &other);
-    let _servers = Servers::start(&pod_a, CONTAINER_PORT, "gc-keep");
-    let gc = |valid: Value| {
-        let mut conf = bare_request(&n, "1.1.0", json!({}));
-        conf["cni.dev/valid-attachments"] = valid;
-        Invocation::new(n.bin_dir().join("portmap"), "GC")
-            .libcni_style()
-            .container_id(None)
-            .ifname(None)
-            .stdin_json(&conf)
-            .in_netns(n.node.path())
-            .run()
-            .assert_success();
-    };
-    gc(json!([{"containerID": "gc-keep", "ifname": "eth0"}]));
-    let rules = n.portmap_rules();
-    assert!(
-        rules.iter().all(|l| !l.contains("gc-stale"))
-            && rules.iter().any(|l| l.contains("gc-keep")),
-        "GC must remove only the stale attachment: {rules:#?}"
-    );
-    assert_eq!(
-        probe(&n.remote, Proto::Tcp, (NODE_V4, HOST_PORT).into(), None),
-        Ok(format!("gc-keep {REMOTE_V4}"))
-    );
-    gc(json!([]));
-    n.assert_no_portmap_rules();
+    for backend in ["nftables", "iptables"] {
+        let n = Node::new(Impl::Ours, portmap_conf(json!({"backend": backend})));
+        let (pod_a, _) = n.add_pod("gc-keep", &mappings());
+        let other = json!([{"hostPort": 9100, "containerPort": 80, "protocol": "tcp"}]);
+        let (_pod_b, _) = n.add_pod("gc-stale", &other);
+        let _servers = Servers::start(&pod_a, CONTAINER_PORT, "gc-keep");
+        let gc = |valid: Value| {
+            let mut conf = bare_request(&n, "1.1.0", json!({"backend": backend}));
+            conf["cni.dev/valid-attachments"] = valid;
+            Invocation::new(n.bin_dir().join("portmap"), "GC")
+                .libcni_style()
+                .container_id(None)
+                .ifname(None)
+                .stdin_json(&conf)
+                .in_netns(n.node.path())
+                .run()
+                .assert_success();
+        };
+        gc(json!([{"containerID": "gc-keep", "ifname": "eth0"}]));
+        let rules = n.portmap_rules();
+        assert!(
+            rules.iter().all(|l| !l.contains("gc-stale"))
+                && rules.iter().any(|l| l.contains("gc-keep")),
+            "{backend}: GC must remove only the stale attachment: {rules:#?}"
+        );
+        assert_eq!(
+            probe(&n.remote, Proto::Tcp, (NODE_V4, HOST_PORT).into(), None),
+            Ok(format!("gc-keep {REMOTE_V4}")),
+            "{backend}"
+        );
+        gc(json!([]));
+        n.assert_no_portmap_rules();
+    }
 }
 
 #[test]
