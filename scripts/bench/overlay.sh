@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# twilld: lease-to-kernel convergence (10 and 30 nodes), idle RSS/CPU, pod-to-pod iperf3 vs hand-built VXLAN.
+# Called by scripts/bench.sh with TWILL_BIN_DIR set to the release binaries; also runs standalone (builds
+# release twilld itself). Needs root, etcd-server, etcd-client, iproute2 and iperf3. Everything runs in
+# network namespaces the benchmark creates (tests/tests/overlay_bench.rs) and removes again.
+#
+#   --rounds N          leases written per cluster size (default 40)
+#   --sizes A,B         cluster sizes (default 10,30)
+#   --idle-secs N       idle measurement of one daemon (default 60)
+#   --iperf-secs N      duration of each iperf3 run (default 5)
+#   --out FILE          also write the results to FILE
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+samples=40 sizes=10,30 idle=60 iperf=5 out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) samples="$2"; shift 2 ;;
+    --warmup) shift 2 ;; # accepted for scripts/bench.sh; the benchmark waits for convergence itself
+    --sizes) sizes="$2"; shift 2 ;;
+    --idle-secs) idle="$2"; shift 2 ;;
+    --iperf-secs) iperf="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "overlay.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ "$(id -u)" -eq 0 ] || { echo "overlay.sh: needs root (network namespaces)" >&2; exit 1; }
+for tool in etcd etcdctl ip bridge iperf3; do
+  command -v "$tool" >/dev/null || { echo "overlay.sh: $tool is missing" >&2; exit 1; }
+done
+if [ -z "${TWILL_BIN_DIR:-}" ]; then
+  cargo build --release -p twilld
+  TWILL_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/release"
+fi
+[ -x "$TWILL_BIN_DIR/twilld" ] || { echo "overlay.sh: no twilld in $TWILL_BIN_DIR" >&2; exit 1; }
+echo "==> twilld benchmark: sizes $sizes, $samples leases each, idle ${idle}s, iperf3 ${iperf}s ($TWILL_BIN_DIR/twilld)" >&2
+TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_SIZES="$sizes" TWILL_BENCH_SAMPLES="$samples" \
+  TWILL_BENCH_IDLE_SECS="$idle" TWILL_BENCH_IPERF_SECS="$iperf" TWILL_BENCH_OUT="$out" \
+  cargo test --release -p twill-tests --test overlay_bench -- --ignored --nocapture --test-threads=1

@@ -1,0 +1,486 @@
+//! twilld benchmark (issue 5 "Performance"); ignored in normal runs, driven by `scripts/bench/overlay.sh`
+//! against release binaries (`TWILL_BIN_DIR=target/release`). Everything runs in test-created namespaces.
+//!
+//! * convergence: time from a new node's lease write in etcd to its route (programmed last, after the
+//!   neighbour and FDB entries, flannel.md §6.2) being present on every node, seen through `ip monitor route`
+//!   in each node; p50/p99 for each cluster size in `TWILL_BENCH_SIZES` (default "10,30");
+//! * idle cost of one daemon over `TWILL_BENCH_IDLE_SECS` (default 60): RSS, CPU time, wake-ups;
+//! * pod-to-pod iperf3 over twilld's overlay vs a hand-built VXLAN path with the same MTU vs the raw underlay,
+//!   and the IP fragment counters (must stay 0).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
+use twill_tests::etcd::Etcd;
+use twill_tests::netns::Netns;
+
+const SUBNETS: &str = "/coreos.com/network/subnets/";
+// Nodes allocate from 10.244.1-100; benchmark leases use 10.244.200+ (inside Network, never allocated).
+const CONFIG: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.100.0"}"#;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One request to etcd's JSON gateway over a socket opened inside the switch namespace (the test process
+/// itself stays in the host namespace; the socket keeps working from any thread).
+fn etcd_http(switch: &Netns, path: &str, body: &str) {
+    let mut sock = switch
+        .run_in(|| TcpStream::connect("127.0.0.1:2379"))
+        .unwrap_or_else(|e| panic!("connect etcd: {e}"));
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("etcd request: {e}"));
+    let mut resp = String::new();
+    let _ = sock.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "etcd {path}: {resp}");
+}
+
+/// `ip monitor route` in every node; lines arrive tagged with the node and the moment they were read.
+struct RouteMonitors {
+    children: Vec<Child>,
+    rx: mpsc::Receiver<(usize, Instant, String)>,
+}
+
+impl RouteMonitors {
+    fn start(nodes: &[Node]) -> RouteMonitors {
+        let (tx, rx) = mpsc::channel();
+        let mut children = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let mut child = Command::new("ip")
+                .args(["-n", n.ns.name(), "monitor", "route"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("ip monitor: {e}"));
+            let out = child.stdout.take().unwrap_or_else(|| unreachable!());
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send((i, Instant::now(), line)).is_err() {
+                        return;
+                    }
+                }
+            });
+            children.push(child);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        RouteMonitors { children, rx }
+    }
+
+    fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// Waits until every node printed a line starting with `prefix`; returns the latest arrival.
+    fn wait_all(&self, nodes: usize, prefix: &str, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = vec![None; nodes];
+        while seen.iter().any(Option::is_none) {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let (i, at, line) = self.rx.recv_timeout(left).ok()?;
+            if line.starts_with(prefix) && seen[i].is_none() {
+                seen[i] = Some(at);
+            }
+        }
+        seen.into_iter().flatten().max()
+    }
+}
+
+impl Drop for RouteMonitors {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+struct Cluster {
+    daemons: Vec<Twilld>,
+    nodes: Vec<Node>,
+    _etcd: Etcd,
+    switch: Switch,
+}
+
+fn cluster(size: u8, resync: f64) -> Cluster {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put("/coreos.com/network/config", CONFIG);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: resync,
+        extra: Vec::new(),
+    };
+    let nodes: Vec<Node> = (1..=size).map(|i| switch.add_node(i)).collect();
+    let daemons: Vec<Twilld> = nodes.iter().map(|n| n.start_twilld(&args)).collect();
+    let all_ready = wait_until(Duration::from_secs(60), || {
+        nodes.iter().all(|n| n.subnet().is_some())
+    });
+    assert!(all_ready, "cluster of {size} not ready");
+    let peers = usize::from(size) - 1;
+    let meshed = wait_until(Duration::from_secs(60), || {
+        nodes
+            .iter()
+            .all(|n| n.ip(&["route", "show", "dev", "flannel.1"]).lines().count() == peers)
+    });
+    assert!(meshed, "cluster of {size} did not converge");
+    Cluster {
+        daemons,
+        nodes,
+        _etcd: etcd,
+        switch,
+    }
+}
+
+fn convergence(c: &Cluster, samples: u32) -> (Vec<Duration>, Vec<Duration>) {
+    let mon = RouteMonitors::start(&c.nodes);
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for k in 0..samples {
+        let subnet = Ipv4Addr::new(10, 244, 200 + (k % 50) as u8, 0);
+        let key = base64(format!("{SUBNETS}{subnet}-24").as_bytes());
+        let value = format!(
+            r#"{{"PublicIP":"10.250.1.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:bb:00:00:00:{:02x}"}}}}"#,
+            k % 250 + 1,
+            k % 250
+        );
+        mon.drain();
+        let t0 = Instant::now();
+        etcd_http(
+            &c.switch.ns,
+            "/v3/kv/put",
+            &format!(
+                r#"{{"key":"{key}","value":"{}"}}"#,
+                base64(value.as_bytes())
+            ),
+        );
+        let done = mon
+            .wait_all(
+                c.nodes.len(),
+                &format!("{subnet}/24 via"),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("lease {subnet} not programmed everywhere within 10 s"));
+        add.push(done.saturating_duration_since(t0));
+        let t1 = Instant::now();
+        etcd_http(
+            &c.switch.ns,
+            "/v3/kv/deleterange",
+            &format!(r#"{{"key":"{key}"}}"#),
+        );
+        let gone = mon
+            .wait_all(
+                c.nodes.len(),
+                &format!("Deleted {subnet}/24"),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|| panic!("lease {subnet} not removed everywhere within 10 s"));
+        del.push(gone.saturating_duration_since(t1));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    add.sort();
+    del.sort();
+    (add, del)
+}
+
+fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn idle_cost(pid: u32, secs: u64) -> String {
+    let ticks = 100.0; // USER_HZ
+    let (c0, v0, n0) = (
+        cpu_ticks(pid),
+        proc_field(pid, "status", "voluntary_ctxt_switches:"),
+        proc_field(pid, "status", "nonvoluntary_ctxt_switches:"),
+    );
+    std::thread::sleep(Duration::from_secs(secs));
+    let (c1, v1, n1) = (
+        cpu_ticks(pid),
+        proc_field(pid, "status", "voluntary_ctxt_switches:"),
+        proc_field(pid, "status", "nonvoluntary_ctxt_switches:"),
+    );
+    let rss = proc_field(pid, "status", "VmRSS:");
+    let hwm = proc_field(pid, "status", "VmHWM:");
+    format!(
+        "idle {secs} s: RSS {:.1} MB (peak {:.1} MB), CPU {:.2} s, {:.2} wake-ups/s",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0,
+        (c1 - c0) as f64 / ticks,
+        ((v1 + n1) - (v0 + n0)) as f64 / secs as f64
+    )
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// iperf3 from `client` to `server_ip` (a server started in `server_ns`); returns Gbit/s received.
+fn iperf(server_ns: &Netns, client_ns: &Netns, server_ip: Ipv4Addr, secs: u32) -> f64 {
+    let _server = Server(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                server_ns.name(),
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                &server_ip.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("iperf3 -s: {e}")),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client_ns.exec(&[
+        "iperf3",
+        "-c",
+        &server_ip.to_string(),
+        "-t",
+        &secs.to_string(),
+        "-J",
+    ]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 output: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+fn frag_counters(ns: &Netns) -> u64 {
+    let snmp = String::from_utf8_lossy(&ns.exec(&["cat", "/proc/net/snmp"]).stdout).into_owned();
+    let ip: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Ip:")).collect();
+    if ip.len() < 2 {
+        return 0;
+    }
+    let names: Vec<&str> = ip[0].split_whitespace().collect();
+    let vals: Vec<&str> = ip[1].split_whitespace().collect();
+    names
+        .iter()
+        .zip(vals)
+        .filter(|(n, _)| matches!(**n, "FragCreates" | "ReasmReqds" | "FragOKs"))
+        .map(|(_, v)| v.parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+/// Two nodes wired by hand exactly like flannel's scheme (vxlan, .0/32, neighbour, FDB, onlink route).
+fn hand_built_pair(switch: &Switch, mtu: u32) -> (Node, Node, Pod, Pod) {
+    let a = switch.add_node(101);
+    let b = switch.add_node(102);
+    let macs = ["0a:cc:00:00:00:01", "0a:cc:00:00:00:02"];
+    for (i, n) in [&a, &b].into_iter().enumerate() {
+        let mine = Ipv4Addr::new(10, 99, i as u8 + 1, 0);
+        let other = Ipv4Addr::new(10, 99, 2 - i as u8, 0);
+        let other_ip = if i == 0 { b.underlay_ip } else { a.underlay_ip };
+        let local = n.underlay_ip.to_string();
+        n.ip(&[
+            "link",
+            "add",
+            "vx0",
+            "address",
+            macs[i],
+            "mtu",
+            &mtu.to_string(),
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "8472",
+            "local",
+            &local,
+            "dev",
+            "eth0",
+            "nolearning",
+        ]);
+        n.ip(&["addr", "add", &format!("{mine}/32"), "dev", "vx0"]);
+        n.ip(&["link", "set", "vx0", "up"]);
+        n.ip(&[
+            "neigh",
+            "replace",
+            &other.to_string(),
+            "lladdr",
+            macs[1 - i],
+            "dev",
+            "vx0",
+            "nud",
+            "permanent",
+        ]);
+        let fdb = Command::new("bridge")
+            .args([
+                "-n",
+                n.ns.name(),
+                "fdb",
+                "append",
+                macs[1 - i],
+                "dev",
+                "vx0",
+                "dst",
+                &other_ip.to_string(),
+                "self",
+                "permanent",
+            ])
+            .status();
+        assert!(fdb.map(|s| s.success()).unwrap_or(false));
+        n.ip(&[
+            "route",
+            "add",
+            &format!("{other}/24"),
+            "via",
+            &other.to_string(),
+            "dev",
+            "vx0",
+            "onlink",
+        ]);
+        std::fs::write(
+            n.subnet_file(),
+            format!("FLANNEL_NETWORK=10.99.0.0/16\nFLANNEL_SUBNET=10.99.{}.1/24\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n", i + 1),
+        )
+        .unwrap_or_else(|e| panic!("writing subnet file: {e}"));
+    }
+    let pa = a.add_pod(2);
+    let pb = b.add_pod(2);
+    (a, b, pa, pb)
+}
+
+#[test]
+#[ignore = "benchmark: run scripts/bench/overlay.sh"]
+fn overlay_benchmark() {
+    let sizes: Vec<u8> = env_or("TWILL_BENCH_SIZES", "10,30")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let samples: u32 = env_or("TWILL_BENCH_SAMPLES", "40").parse().unwrap_or(40);
+    let idle_secs: u64 = env_or("TWILL_BENCH_IDLE_SECS", "60").parse().unwrap_or(60);
+    let iperf_secs: u32 = env_or("TWILL_BENCH_IPERF_SECS", "5").parse().unwrap_or(5);
+    let mut report = Vec::new();
+
+    for (si, &size) in sizes.iter().enumerate() {
+        let c = cluster(size, 10.0);
+        let (add, del) = convergence(&c, samples);
+        report.push(format!(
+            "convergence {size} nodes ({samples} leases): add p50 {:.1} ms p99 {:.1} ms max {:.1} ms | delete p50 {:.1} ms p99 {:.1} ms",
+            percentile(&add, 0.5).as_secs_f64() * 1e3,
+            percentile(&add, 0.99).as_secs_f64() * 1e3,
+            add.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            percentile(&del, 0.5).as_secs_f64() * 1e3,
+            percentile(&del, 0.99).as_secs_f64() * 1e3,
+        ));
+        eprintln!("{}", report.last().unwrap_or(&String::new()));
+        if si == 0 && idle_secs > 0 {
+            let pid = c.daemons[0].pid().unwrap_or_else(|| unreachable!());
+            report.push(format!(
+                "twilld ({size}-node cluster, --resync=10) {}",
+                idle_cost(pid, idle_secs)
+            ));
+            eprintln!("{}", report.last().unwrap_or(&String::new()));
+        }
+    }
+
+    if iperf_secs > 0 {
+        let c = cluster(2, 10.0);
+        let pa = c.nodes[0].add_pod(2);
+        let pb = c.nodes[1].add_pod(2);
+        assert!(wait_until(Duration::from_secs(5), || pa.can_reach(pb.ip)));
+        let mtu = c.nodes[0].mtu().unwrap_or(1450);
+        let (ha, hb, hpa, hpb) = hand_built_pair(&c.switch, mtu);
+        assert!(
+            wait_until(Duration::from_secs(5), || hpa.can_reach(hpb.ip)),
+            "hand-built path broken"
+        );
+        let all: Vec<&Netns> = vec![
+            &c.nodes[0].ns,
+            &c.nodes[1].ns,
+            &pa.ns,
+            &pb.ns,
+            &ha.ns,
+            &hb.ns,
+        ];
+        let frags0: u64 = all.iter().map(|n| frag_counters(n)).sum();
+        let twill = iperf(&pb.ns, &pa.ns, pb.ip, iperf_secs);
+        let hand = iperf(&hpb.ns, &hpa.ns, hpb.ip, iperf_secs);
+        let raw = iperf(
+            &c.nodes[1].ns,
+            &c.nodes[0].ns,
+            c.nodes[1].underlay_ip,
+            iperf_secs,
+        );
+        let frags: u64 = all.iter().map(|n| frag_counters(n)).sum::<u64>() - frags0;
+        report.push(format!(
+            "iperf3 {iperf_secs} s, pod MTU {mtu}: twilld overlay {twill:.2} Gbit/s, hand-built VXLAN {hand:.2} Gbit/s \
+             (ratio {:.3}), raw underlay {raw:.2} Gbit/s; IP fragments created/reassembled: {frags}",
+            twill / hand
+        ));
+        eprintln!("{}", report.last().unwrap_or(&String::new()));
+        drop((ha, hb, hpa, hpb));
+    }
+    let text = report.join("\n") + "\n";
+    println!("\n{text}");
+    if let Ok(path) = std::env::var("TWILL_BENCH_OUT") {
+        let _ = std::fs::write(path, &text);
+    }
+}
