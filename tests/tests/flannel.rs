@@ -957,3 +957,57 @@ fn dual_stack_subnet_env_gives_the_pod_both_families() {
         .assert_success();
     assert!(node.leases(&net).is_empty());
 }
+
+#[test]
+fn del_uses_a_config_saved_by_the_reference_plugin() {
+    let node = Node::new();
+    let net = unique("ref");
+    let conf = node.conf("1.0.0", &net);
+    let pod = Netns::new("flpod");
+    node.exec("ADD", "refpod", "eth0", Some(&pod), &conf)
+        .assert_success();
+    // The reference keys its file by container id only: a node switching plugins has such files.
+    std::fs::rename(node.saved("refpod", "eth0"), node.data_dir().join("refpod")).unwrap();
+    node.exec("DEL", "refpod", "eth0", Some(&pod), &conf)
+        .assert_success();
+    assert!(
+        node.leases(&net).is_empty(),
+        "released from the reference's file"
+    );
+    assert!(node.saved_files().is_empty());
+}
+
+#[test]
+fn del_with_a_corrupt_saved_config_fails_naming_the_file() {
+    let node = Node::new();
+    let conf = node.conf("1.0.0", &unique("cor"));
+    std::fs::create_dir_all(node.data_dir()).unwrap();
+    let path = node.saved("corpod", "eth0");
+    std::fs::write(&path, "{\"name\":").unwrap();
+    let err = node
+        .exec("DEL", "corpod", "eth0", None, &conf)
+        .assert_any_error();
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap()
+            .contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(path.exists(), "kept for the operator");
+}
+
+#[test]
+fn gc_without_a_valid_list_releases_nothing() {
+    let node = Node::new();
+    let net = unique("gcn");
+    let conf = node.conf("1.1.0", &net);
+    let pod = Netns::new("flpod");
+    node.exec("ADD", "gcnpod", "eth0", Some(&pod), &conf)
+        .assert_success();
+    node.exec_network("GC", &conf).assert_success();
+    assert_eq!(node.saved_files(), vec!["gcnpod:eth0"]);
+    assert_eq!(node.leases(&net).len(), 1);
+    node.exec("DEL", "gcnpod", "eth0", Some(&pod), &conf)
+        .assert_success();
+}
