@@ -173,6 +173,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         subnet: own.subnet,
     });
     if let Some(r) = &rules {
+        r.remove_other_backend().await;
         while let Err(e) = r.apply().await {
             log(format!("installing traffic rules: {e}; retrying"));
             backoff.wait().await;

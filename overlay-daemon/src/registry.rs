@@ -60,7 +60,9 @@ impl Registry {
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // As flannel's watch (flannel.md §5): a member cut off from its cluster must not serve stale data.
+            .with_require_leader(true);
         if let (Some(user), Some(pass)) = (&opts.etcd_username, &opts.etcd_password) {
             co = co.with_user(user.clone(), pass.clone());
         }

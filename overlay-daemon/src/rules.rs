@@ -141,6 +141,17 @@ impl TrafficRules {
         ]
     }
 
+    /// Removes what the other backend may have left from an earlier run (flannel cleans up the other mode's
+    /// chains/tables at start-up, flannel.md §10.1). Best effort: the other tool may not even be installed.
+    pub async fn remove_other_backend(&self) {
+        match self.backend {
+            RulesBackend::Nftables => self.remove_iptables().await,
+            RulesBackend::Iptables => {
+                let _ = run("nft", &["delete", "table", "ip", NFT_TABLE], None).await;
+            }
+        }
+    }
+
     /// Installs the whole set, replacing whatever of ours was there.
     pub async fn apply(&self) -> Result<(), String> {
         match self.backend {

@@ -226,6 +226,14 @@ impl Vxlan {
             }
         };
         let index = link.header.index;
+        if created {
+            // As flannel (flannel.md §6.1): no router advertisements on the tunnel device. Best effort: the
+            // file is absent when IPv6 is disabled.
+            let _ = std::fs::write(
+                format!("/proc/sys/net/ipv6/conf/{}/accept_ra", spec.name),
+                "0",
+            );
+        }
         let mut set = LinkUnspec::new_with_index(index);
         let mut change = false;
         if link_mtu(&link) != Some(spec.mtu) {

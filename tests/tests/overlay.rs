@@ -947,3 +947,55 @@ fn short_lease_is_renewed_before_it_expires() {
         std::thread::sleep(Duration::from_millis(500));
     }
 }
+
+#[test]
+fn subnet_taken_by_another_node_is_reported_and_taken_back_once_free() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: vec!["--healthz-port=8471".into()],
+    };
+    let n = switch.add_node(1);
+    let d = n.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(5), || curl(
+        &n, 8471, "/readyz"
+    )
+    .0 == "200"));
+    let (net, _) = n.subnet().unwrap_or_else(|| unreachable!());
+    let key = format!("{SUBNETS}{net}-24");
+    let ours = etcd.get(&key).unwrap_or_default();
+
+    etcd.put(&key, &flannel_lease("10.250.0.9", "0a:00:00:00:09:09"));
+    assert!(
+        wait_until(Duration::from_secs(5), || curl(&n, 8471, "/readyz").0
+            == "503"),
+        "{}",
+        d.log_text()
+    );
+    let (_, why) = curl(&n, 8471, "/readyz");
+    assert!(why.contains("subnet lease lost"), "{why}");
+    assert!(curl(&n, 8471, "/metrics")
+        .1
+        .contains("\ntwilld_lease_lost 1\n"));
+    assert!(d.log_text().contains("no longer ours"), "{}", d.log_text());
+
+    etcd.del(&key);
+    assert!(
+        wait_until(Duration::from_secs(5), || etcd.get(&key).as_deref()
+            == Some(ours.as_str())),
+        "subnet not taken back:\n{}",
+        d.log_text()
+    );
+    assert!(wait_until(Duration::from_secs(5), || curl(
+        &n, 8471, "/readyz"
+    )
+    .0 == "200"));
+}
