@@ -4,6 +4,7 @@
 //! Shell-only scenarios live in `scripts/bench/<name>.sh` and are dispatched by `scripts/bench.sh`.
 
 pub mod bridge;
+pub mod host_local;
 pub mod loopback;
 pub mod portmap;
 pub mod runtimes;
@@ -39,6 +40,11 @@ pub fn scenarios() -> Vec<Scenario> {
             about:
                 "loopback ADD+DEL on a fresh namespace; floor: lo up+down in-process via netlink",
             run: loopback::run,
+        },
+        Scenario {
+            name: "host-local",
+            about: "host-local ADD and DEL on a /16 holding 0, 1,000 and 10,000 leases",
+            run: host_local::run,
         },
         Scenario {
             name: "runtimes-podman",
