@@ -4,14 +4,14 @@
 //! Layout, in `<dataDir>/.twill/<network>/` (never inside the network directory, see [`crate::store`]):
 //! * `idx/<containerID>@<hex(ifname)>`: `twill-ipam index v1` then one address per line; `idx/<containerID>@`
 //!   lists legacy id-only leases of that container.
-//! * `stamp`: the network directory's mtime as we left it.
+//! * `idx/.stamp`: the network directory's mtime as we left it.
 //!
 //! The lease files stay the only truth; the index is a cache of it, and every address read from it is checked
 //! against its lease file before use. What the index can miss is a lease created by someone else: the reference
 //! binary sharing the directory, an older twill, or our own process killed before it updated the index. All of
 //! them change the network directory (create, unlink), and so its mtime. After each of our own changes we set
 //! the directory's mtime to a value no clock will produce later (one second in the past, random nanoseconds)
-//! and record it in `stamp`; at the start of every operation, under the lock, a directory mtime that differs
+//! and record it in the stamp; at the start of every operation, under the lock, a directory mtime that differs
 //! from `stamp` means someone else was here, and the index is rebuilt from a full scan before it is used. A
 //! crash between a change and the new stamp leaves a mismatch, so it heals the same way. The full scan is paid
 //! once per foreign change, not per operation.
@@ -62,8 +62,10 @@ impl Store {
         self.paths.state_dir.join("idx").join(name)
     }
 
+    /// Inside `idx/`, so an index directory removed by hand takes its stamp with it (and a rebuild, which
+    /// empties `idx/`, leaves the index untrusted until it is complete).
     fn stamp_path(&self) -> PathBuf {
-        self.paths.state_dir.join("stamp")
+        self.paths.state_dir.join("idx").join(".stamp")
     }
 
     /// The index describes the directory: nobody but us changed it since our last stamp.
@@ -127,6 +129,12 @@ impl Store {
 
     /// Replace the whole index with what `entries` say.
     pub fn rebuild_index(&self, entries: &[LeaseEntry]) -> Result<()> {
+        // Untrust first: a crash part-way through must not leave a matching stamp over a partial index.
+        match fs::remove_file(self.stamp_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::failed(format!("remove index stamp: {e}"))),
+        }
         let dir = self.paths.state_dir.join("idx");
         for e in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
             let e = e.with_context(|| format!("read {}", dir.display()))?;
@@ -223,6 +231,7 @@ fn parse(text: &str) -> Vec<IpAddr> {
 mod tests {
     use super::*;
     use crate::store::Paths;
+    use proptest::prelude::*;
     use twill_cni::NetworkName;
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -267,6 +276,93 @@ mod tests {
         fs::remove_file(s.paths.lease(&ip)).unwrap();
         fs::write(s.paths.lease(&ip), b"other\r\neth0").unwrap();
         assert!(s.held_by(&Owner::new("ref", "eth0")).unwrap().is_empty());
+    }
+
+    /// One step against a shared network directory: ours (with the index kept up to date, or "crashed" before
+    /// the index and stamp were written), or a foreign writer that knows nothing of the index.
+    #[derive(Debug, Clone)]
+    enum Step {
+        OurReserve { owner: usize, ip: u8, crash: bool },
+        OurRelease { owner: usize, crash: bool },
+        ForeignCreate { owner: usize, ip: u8 },
+        ForeignRemove { ip: u8 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0..4usize, 0..12u8, any::<bool>()).prop_map(|(owner, ip, crash)| Step::OurReserve {
+                owner,
+                ip,
+                crash
+            }),
+            (0..4usize, any::<bool>()).prop_map(|(owner, crash)| Step::OurRelease { owner, crash }),
+            (0..4usize, 0..12u8).prop_map(|(owner, ip)| Step::ForeignCreate { owner, ip }),
+            (0..12u8).prop_map(|ip| Step::ForeignRemove { ip }),
+        ]
+    }
+
+    fn owner_n(n: usize) -> Owner {
+        Owner::new(&format!("c{n}"), "eth0")
+    }
+
+    fn addr(n: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, n + 2])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever mix of our operations, crashes and foreign writers came before, once the index is ensured
+        /// it answers exactly what a full scan of the lease files answers, for every owner.
+        #[test]
+        fn index_answers_like_a_full_scan_after_any_history(steps in proptest::collection::vec(step(), 1..24)) {
+            let (_d, mut s) = store();
+            for st in &steps {
+                s.ensure_index().unwrap();
+                match *st {
+                    Step::OurReserve { owner, ip, crash } => {
+                        let o = owner_n(owner);
+                        if s.try_reserve(&addr(ip), &o).unwrap() && !crash {
+                            let mut held = s.held_by(&o).unwrap();
+                            held.push(addr(ip));
+                            s.index_write(&o, &held).unwrap();
+                            s.restamp().unwrap();
+                        }
+                    }
+                    Step::OurRelease { owner, crash } => {
+                        let o = owner_n(owner);
+                        let held = s.held_by(&o).unwrap();
+                        for ip in &held {
+                            s.release(ip).unwrap();
+                        }
+                        if !crash {
+                            s.index_write(&o, &[]).unwrap();
+                            if !held.is_empty() {
+                                s.restamp().unwrap();
+                            }
+                        }
+                    }
+                    Step::ForeignCreate { owner, ip } => {
+                        let path = s.paths.lease(&addr(ip));
+                        if !path.exists() {
+                            fs::write(path, owner_n(owner).to_content()).unwrap();
+                        }
+                    }
+                    Step::ForeignRemove { ip } => {
+                        let _ = fs::remove_file(s.paths.lease(&addr(ip)));
+                    }
+                }
+                s.ensure_index().unwrap();
+                let truth = s.scan().unwrap();
+                for n in 0..4 {
+                    let o = owner_n(n);
+                    let mut want: Vec<IpAddr> = truth.iter().filter(|e| e.content.is_owned_by(&o)).map(|e| e.ip).collect();
+                    let mut got = s.held_by(&o).unwrap();
+                    want.sort();
+                    got.sort();
+                    proptest::prop_assert_eq!(got, want, "owner c{} after {:?}", n, st);
+                }
+            }
+        }
     }
 
     #[test]

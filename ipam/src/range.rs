@@ -548,6 +548,37 @@ mod tests {
     }
 
     proptest! {
+        /// Validation accepts exactly the ranges that make sense: network address, at least two usable
+        /// addresses, start and end inside the subnet, start not after end.
+        #[test]
+        fn validation_accepts_exactly_the_sane_v4_ranges(
+            base in any::<u32>(), prefix in 8u8..=32, start in proptest::option::of(0u64..300), end in proptest::option::of(0u64..300), host_bits in any::<bool>()
+        ) {
+            let size = 1u64 << (32 - prefix);
+            let network = if prefix == 32 { base } else { base & !((size as u32).wrapping_sub(1)) };
+            let subnet_addr = if host_bits && size > 1 { network | 1 } else { network };
+            let at = |off: u64| Ipv4Addr::from(network.wrapping_add(off as u32)).to_string();
+            let s = RangeSpec {
+                subnet: Some(format!("{}/{prefix}", Ipv4Addr::from(subnet_addr))),
+                range_start: start.map(at),
+                range_end: end.map(at),
+                gateway: None,
+            };
+            let start_off = start.unwrap_or(1);
+            let end_off = end.unwrap_or(size.saturating_sub(2));
+            let sane = !(host_bits && size > 1)
+                && prefix <= 30
+                && start_off < size && end_off < size
+                && network.checked_add(start_off as u32).is_some() && network.checked_add(end_off as u32).is_some()
+                && start_off <= end_off;
+            let got = Range::from_spec("r", &s);
+            prop_assert_eq!(got.is_ok(), sane, "{:?}: {:?}", s, got);
+            if let Ok(r) = got {
+                prop_assert!(r.subnet.contains(&r.start) && r.subnet.contains(&r.end));
+                prop_assert!(to_u128(&r.start) <= to_u128(&r.end));
+            }
+        }
+
         #[test]
         fn iteration_offers_every_non_gateway_address_exactly_once(s in arb_set(), pick in any::<u64>(), from_last in any::<bool>()) {
             let all: Vec<IpAddr> = s.iter_from(None).map(|(_, a)| a).collect();

@@ -83,7 +83,8 @@ pub struct LeaseEntry {
 pub struct Store {
     pub paths: Paths,
     _lock: File,
-    tmp_lease: Option<PathBuf>,
+    /// A temporary file holding the lease content of the owner it was written for.
+    tmp_lease: Option<(PathBuf, Owner)>,
 }
 
 fn mkdir_p(dir: &Path, mode: u32) -> Result<()> {
@@ -210,7 +211,7 @@ impl Store {
                     .net_dir
                     .join(format!(".twill-lease.{}", std::process::id()));
                 write_file(&local, owner.to_content().as_bytes(), LEASE_MODE)?;
-                self.tmp_lease = Some(local);
+                self.tmp_lease = Some((local, owner.clone()));
                 self.try_reserve(ip, owner)
             }
             Err(e) => Err(Error::failed(format!(
@@ -222,8 +223,12 @@ impl Store {
 
     /// A temporary file already holding the owner's lease content, reused for every link attempt.
     fn tmp_lease(&mut self, owner: &Owner) -> Result<PathBuf> {
-        if let Some(p) = &self.tmp_lease {
-            return Ok(p.clone());
+        match &self.tmp_lease {
+            Some((p, o)) if o == owner && p.exists() => return Ok(p.clone()),
+            Some((p, _)) => {
+                let _ = fs::remove_file(p);
+            }
+            None => {}
         }
         let path = self
             .paths
@@ -231,7 +236,7 @@ impl Store {
             .join("tmp")
             .join(format!("lease.{}", std::process::id()));
         write_file(&path, owner.to_content().as_bytes(), LEASE_MODE)?;
-        self.tmp_lease = Some(path.clone());
+        self.tmp_lease = Some((path.clone(), owner.clone()));
         Ok(path)
     }
 
@@ -267,13 +272,6 @@ impl Store {
                 let _ = fs::remove_file(e.path());
             }
         }
-        if let Ok(entries) = fs::read_dir(&self.paths.state_dir) {
-            for e in entries.flatten() {
-                if e.file_name().as_bytes().starts_with(b"stamp.tmp.") {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
         if let Ok(entries) = fs::read_dir(&self.paths.net_dir) {
             for e in entries.flatten() {
                 if e.file_name().as_bytes().starts_with(b".twill-lease.") {
@@ -286,7 +284,7 @@ impl Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if let Some(tmp) = self.tmp_lease.take() {
+        if let Some((tmp, _)) = self.tmp_lease.take() {
             let _ = fs::remove_file(tmp);
         }
     }
