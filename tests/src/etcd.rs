@@ -20,6 +20,111 @@ pub struct Etcd {
     netns: Option<String>,
     /// Extra listen address (the switch's underlay address) besides 127.0.0.1.
     extra: Option<Ipv4Addr>,
+    /// Serve HTTPS and require client certificates.
+    tls: Option<EtcdTls>,
+}
+
+/// Certificates for an etcd that serves TLS and requires client certificates (made with `openssl`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// A fresh CA, a server certificate for 127.0.0.1 and `server_ips`, and a client certificate, in `dir`.
+    pub fn generate(dir: &Path, server_ips: &[Ipv4Addr]) -> EtcdTls {
+        let p = |n: &str| dir.join(n);
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap_or_else(|e| panic!("running openssl: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=twill-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        let mut sans = "subjectAltName=IP:127.0.0.1".to_string();
+        for ip in server_ips {
+            sans.push_str(&format!(",IP:{ip}"));
+        }
+        for (name, usage, san) in [
+            ("server", "serverAuth", sans.as_str()),
+            ("client", "clientAuth", "subjectAltName=DNS:twilld"),
+        ] {
+            openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN=twill-test-{name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ]);
+            let ext = format!("{name}.ext");
+            std::fs::write(
+                p(&ext),
+                format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n{san}\n"),
+            )
+            .unwrap_or_else(|e| panic!("writing {ext}: {e}"));
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+                "-out",
+                &format!("{name}.crt"),
+            ]);
+        }
+        EtcdTls {
+            ca: p("ca.crt"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            client_cert: p("client.crt"),
+            client_key: p("client.key"),
+        }
+    }
 }
 
 /// A port nobody listens on right now in the host namespace. Inside a fresh test namespace every port is free.
@@ -33,13 +138,31 @@ fn free_port() -> u16 {
 impl Etcd {
     /// etcd on the host's 127.0.0.1 (for simple tests whose clients run in the host namespace).
     pub fn start() -> Etcd {
-        Self::launch(None, None, free_port(), free_port())
+        Self::launch(None, None, free_port(), free_port(), None)
     }
 
     /// etcd inside `netns`, listening on its 127.0.0.1 and on `underlay` (an address of that namespace).
     pub fn start_in(netns: &Netns, underlay: Ipv4Addr) -> Etcd {
         netns.ip(&["link", "set", "lo", "up"]);
-        Self::launch(Some(netns.name().to_string()), Some(underlay), 2379, 2380)
+        Self::launch(
+            Some(netns.name().to_string()),
+            Some(underlay),
+            2379,
+            2380,
+            None,
+        )
+    }
+
+    /// Like `start_in`, serving HTTPS only and requiring client certificates signed by `tls.ca`.
+    pub fn start_in_tls(netns: &Netns, underlay: Ipv4Addr, tls: EtcdTls) -> Etcd {
+        netns.ip(&["link", "set", "lo", "up"]);
+        Self::launch(
+            Some(netns.name().to_string()),
+            Some(underlay),
+            2379,
+            2380,
+            Some(tls),
+        )
     }
 
     fn launch(
@@ -47,6 +170,7 @@ impl Etcd {
         extra: Option<Ipv4Addr>,
         client_port: u16,
         peer_port: u16,
+        tls: Option<EtcdTls>,
     ) -> Etcd {
         crate::bins::require_root();
         let dir = tempfile::Builder::new()
@@ -60,6 +184,7 @@ impl Etcd {
             peer_port,
             netns,
             extra,
+            tls,
         };
         etcd.spawn();
         etcd
@@ -77,9 +202,10 @@ impl Etcd {
     }
 
     fn spawn(&mut self) {
-        let mut clients = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = self.scheme();
+        let mut clients = format!("{scheme}://127.0.0.1:{}", self.client_port);
         if let Some(ip) = self.extra {
-            clients.push_str(&format!(",http://{ip}:{}", self.client_port));
+            clients.push_str(&format!(",{scheme}://{ip}:{}", self.client_port));
         }
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
@@ -90,8 +216,14 @@ impl Etcd {
         let log2 = log
             .try_clone()
             .unwrap_or_else(|e| panic!("cloning etcd log handle: {e}"));
-        let child = self
-            .command("etcd")
+        let mut cmd = self.command("etcd");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.server_cert);
+            cmd.arg("--key-file").arg(&tls.server_key);
+            cmd.arg("--trusted-ca-file").arg(&tls.ca);
+            cmd.arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "twill-test"])
             .arg("--data-dir")
             .arg(self.data_dir())
@@ -146,9 +278,17 @@ impl Etcd {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// The endpoint on 127.0.0.1 (of the host or of the etcd namespace).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     /// The endpoint on the underlay address, for clients in other namespaces.
@@ -156,7 +296,7 @@ impl Etcd {
         let ip = self
             .extra
             .expect("etcd was started without an underlay address");
-        format!("http://{ip}:{}", self.client_port)
+        format!("{}://{ip}:{}", self.scheme(), self.client_port)
     }
 
     /// Stops etcd (SIGKILL: an abrupt outage) keeping its data.
@@ -179,8 +319,16 @@ impl Etcd {
 
     /// Runs `etcdctl --endpoints <127.0.0.1> <args>` where etcd runs.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        self.command("etcdctl")
-            .env("ETCDCTL_API", "3")
+        let mut cmd = self.command("etcdctl");
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
+        }
+        cmd.env("ETCDCTL_API", "3")
             .args([
                 "--endpoints",
                 &self.endpoint(),

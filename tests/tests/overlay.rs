@@ -999,3 +999,87 @@ fn subnet_taken_by_another_node_is_reported_and_taken_back_once_free() {
     )
     .0 == "200"));
 }
+
+#[test]
+fn etcd_username_and_password_are_used() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    let admin = |args: &[&str]| {
+        let mut all = vec!["--user", "root:s3cret"];
+        all.extend_from_slice(args);
+        let out = etcd.ctl(&all);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let out = etcd.ctl(&[
+        "user",
+        "add",
+        "root",
+        "--new-user-password=s3cret",
+        "--interactive=false",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(etcd.ctl(&["auth", "enable"]).status.success());
+    admin(&["put", CONFIG_KEY, NET_CONFIG]);
+    let n = switch.add_node(1);
+    let mut args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: Vec::new(),
+    };
+    // Without credentials nothing can be read: the daemon waits, writes nothing.
+    let mut anonymous = n.start_twilld(&args);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        n.subnet().is_none() && anonymous.is_running(),
+        "{}",
+        anonymous.log_text()
+    );
+    anonymous.terminate();
+    args.extra = vec![
+        "--etcd-username=root".into(),
+        "--etcd-password=s3cret".into(),
+    ];
+    let d = n.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+}
+
+#[test]
+fn etcd_over_tls_with_client_certificates() {
+    use twill_tests::cluster::SWITCH_IP;
+    use twill_tests::etcd::EtcdTls;
+    let certs = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let tls = EtcdTls::generate(certs.path(), &[SWITCH_IP]);
+    let switch = Switch::new();
+    let etcd = Etcd::start_in_tls(&switch.ns, SWITCH_IP, tls.clone());
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let n = switch.add_node(1);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: vec![
+            format!("--etcd-cafile={}", tls.ca.display()),
+            format!("--etcd-certfile={}", tls.client_cert.display()),
+            format!("--etcd-keyfile={}", tls.client_key.display()),
+        ],
+    };
+    assert!(args.etcd.starts_with("https://"));
+    let d = n.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(etcd.get_prefix(SUBNETS).len(), 1);
+}
