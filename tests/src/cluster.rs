@@ -33,11 +33,19 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// The underlay: a namespace with bridge `br0` carrying `SWITCH_IP`.
 pub struct Switch {
     pub ns: Netns,
+    /// Prefix of every namespace name of this cluster (`tw-<prefix>sw-...`, `tw-<prefix>node-...`), so a
+    /// cluster that outlives its process (the demo) can be swept by name.
+    prefix: String,
 }
 
 impl Switch {
     pub fn new() -> Switch {
-        let ns = Netns::new("sw");
+        Self::with_prefix("")
+    }
+
+    /// A switch whose namespaces, and those of its nodes, are named `tw-<prefix>sw-...`/`tw-<prefix>node-...`.
+    pub fn with_prefix(prefix: &str) -> Switch {
+        let ns = Netns::new(&format!("{prefix}sw"));
         ns.ip(&["link", "set", "lo", "up"]);
         ns.ip(&["link", "add", "br0", "type", "bridge"]);
         ns.ip(&[
@@ -48,7 +56,10 @@ impl Switch {
             "br0",
         ]);
         ns.ip(&["link", "set", "br0", "up"]);
-        Switch { ns }
+        Switch {
+            ns,
+            prefix: prefix.to_string(),
+        }
     }
 
     /// etcd inside the switch namespace, reachable from nodes at `SWITCH_IP`.
@@ -62,7 +73,7 @@ impl Switch {
             (1..254).contains(&index),
             "node index {index} outside 1..254"
         );
-        let ns = Netns::new("node");
+        let ns = Netns::new(&format!("{}node", self.prefix));
         let port = format!("p{index}");
         self.ns.ip(&[
             "link",
