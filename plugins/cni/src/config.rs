@@ -31,11 +31,14 @@ impl NetConf {
     pub fn parse(stdin: &[u8]) -> Result<Self> {
         let value: Value = serde_json::from_slice(stdin)
             .map_err(|e| Error::decoding(format!("error unmarshalling network config: {e}")))?;
-        let Value::Object(raw) = value else {
+        let Value::Object(mut raw) = value else {
             return Err(Error::decoding(
                 "error unmarshalling network config: not a JSON object",
             ));
         };
+        if let Some(Value::Object(rc)) = raw.get_mut("runtimeConfig") {
+            normalize_capability_keys(rc);
+        }
         let version = match raw.get("cniVersion") {
             None | Some(Value::Null) => Version::V0_1_0,
             Some(Value::String(s)) if s.is_empty() => Version::V0_1_0,
@@ -151,6 +154,46 @@ impl Attachment {
     }
 }
 
+/// Capabilities whose entries are structs in the runtime's Go code (CONVENTIONS.md §capabilities).
+const STRUCTURED_CAPABILITIES: &[&str] = &["portMappings", "ipRanges", "bandwidth", "dns"];
+
+/// containerd's go-cni serialises capability structs without JSON tags (`{"HostPort":80,"ContainerPort":80,
+/// "Protocol":"tcp","HostIP":""}`, `{"Subnet":..,"RangeStart":..}`), and the reference plugins accept that
+/// because Go's JSON decoding matches keys case-insensitively. The CNI names are the Go field names with a
+/// lower-case first letter, so that is the mapping; only the structured capabilities are touched, never opaque
+/// maps such as pod annotations.
+fn normalize_capability_keys(rc: &mut Map<String, Value>) {
+    fn lower_first(k: &str) -> String {
+        let mut c = k.chars();
+        match c.next() {
+            Some(f) => f.to_lowercase().chain(c).collect(),
+            None => String::new(),
+        }
+    }
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            Value::Object(m) => {
+                let entries = std::mem::take(m);
+                for (k, mut val) in entries {
+                    walk(&mut val);
+                    let key = lower_first(&k);
+                    // An explicit camelCase key wins over its Go-style twin.
+                    if k == key || !m.contains_key(&key) {
+                        m.insert(key, val);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    for cap in STRUCTURED_CAPABILITIES {
+        if let Some(v) = rc.get_mut(*cap) {
+            walk(v);
+        }
+    }
+}
+
 /// Deserialize any config fragment with code-7 errors that name the key path.
 pub fn parse_value<T: DeserializeOwned>(v: &Value) -> Result<T> {
     serde_path_to_error::deserialize(v.clone()).map_err(|e| {
@@ -200,6 +243,29 @@ mod tests {
                 .unwrap_err()
                 .code,
             1
+        );
+    }
+
+    #[test]
+    fn go_style_capability_keys_from_containerd_are_accepted() {
+        let c = NetConf::parse(
+            br#"{"name":"n","runtimeConfig":{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+                "ipRanges":[[{"Subnet":"10.1.0.0/24","RangeStart":"10.1.0.10"}]],
+                "io.kubernetes.cri.pod-annotations":{"Foo":"bar"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.runtime_config("portMappings").unwrap(),
+            &serde_json::json!([{"hostPort":8080,"containerPort":80,"protocol":"tcp","hostIP":""}])
+        );
+        assert_eq!(
+            c.runtime_config("ipRanges").unwrap()[0][0]["rangeStart"],
+            "10.1.0.10"
+        );
+        assert_eq!(
+            c.runtime_config("io.kubernetes.cri.pod-annotations")
+                .unwrap()["Foo"],
+            "bar"
         );
     }
 
