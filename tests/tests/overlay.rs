@@ -11,6 +11,7 @@ const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"
 const CONFIG_KEY: &str = "/coreos.com/network/config";
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 const READY: Duration = Duration::from_secs(20);
+const HEALTH_PORT: u16 = 8471;
 
 /// Fields drop in order: daemons, then nodes (namespaces), then etcd, then the switch.
 struct Cluster {
@@ -43,7 +44,8 @@ impl Cluster {
         TwilldArgs {
             etcd: self.etcd.underlay_endpoint(),
             resync_secs: self.resync,
-            extra: Vec::new(),
+            // Every node serves health on the same port: each node is its own namespace.
+            extra: vec![format!("--healthz-port={HEALTH_PORT}")],
         }
     }
 
@@ -327,6 +329,22 @@ fn etcd_outage_of_30s_loses_no_route_and_a_later_joiner_is_learned() {
     let ping = pods[0].ping_in_background(pods[2].ip, 150, 0.2);
     c.etcd.stop();
     let outage = Instant::now();
+    // The node stays ready (its data plane works) but says etcd is unreachable.
+    assert!(
+        wait_until(Duration::from_secs(15), || curl(
+            &c.nodes[0],
+            HEALTH_PORT,
+            "/readyz"
+        )
+        .1
+        .contains("etcd unreachable")),
+        "/readyz does not mention the outage: {:?}",
+        curl(&c.nodes[0], HEALTH_PORT, "/readyz")
+    );
+    assert_eq!(curl(&c.nodes[0], HEALTH_PORT, "/readyz").0, "200");
+    assert!(curl(&c.nodes[0], HEALTH_PORT, "/metrics")
+        .1
+        .contains("\ntwilld_etcd_up 0\n"));
     while outage.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_secs(3));
         assert!(
