@@ -145,6 +145,14 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        // A test that failed half way leaves sandboxes: tear them down through CRI so their network
+        // namespaces and CNI state go too, as a kubelet would.
+        if let Ok(mut cri) = CriClient::connect(&self.socket) {
+            for id in cri.list_pod_sandboxes().unwrap_or_default() {
+                let _ = cri.stop_pod_sandbox(&id);
+                let _ = cri.remove_pod_sandbox(&id);
+            }
+        }
         if let Some(mut child) = self.child.take() {
             // SAFETY: plain kill(2) on our child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

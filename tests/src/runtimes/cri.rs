@@ -4,8 +4,8 @@
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PortMapping, Protocol,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
+    ListPodSandboxRequest, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    PortMapping, Protocol, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -122,6 +122,15 @@ impl CriClient {
             }))
             .map(|_| ())
             .map_err(|s| format!("StopPodSandbox {id}: {}", s.message()))
+    }
+
+    /// Ids of every sandbox the runtime knows.
+    pub fn list_pod_sandboxes(&mut self) -> Result<Vec<String>, String> {
+        let client = &mut self.client;
+        self.rt
+            .block_on(client.list_pod_sandbox(ListPodSandboxRequest { filter: None }))
+            .map(|r| r.into_inner().items.into_iter().map(|s| s.id).collect())
+            .map_err(|s| format!("ListPodSandbox: {}", s.message()))
     }
 
     /// `RemovePodSandbox`: containerd runs CNI DEL again, with an empty netns and no prevResult.
