@@ -112,3 +112,51 @@ fn podman_containers_get_twill_networking_and_rm_releases_everything() {
     );
     drop(pm);
 }
+
+/// `podman network create` writes a conflist of `bridge`, `portmap`, `firewall` and `tuning`. twill provides
+/// the first two; `firewall` and `tuning` are not twill plugins, so the reference directory comes second in
+/// `cni_plugin_dirs` and podman finds ours first.
+#[test]
+fn podman_network_create_and_inspect_work_with_twill_bridge_and_portmap() {
+    let node = Netns::new("pmc");
+    node.exec_ok(&["ip", "link", "set", "lo", "up"]);
+    let state = tempfile::tempdir().expect("ipam dir");
+    let base = format!("twpb{}", std::process::id());
+    let reference = twill_tests::bins::ref_dir();
+    let mut pm = Podman::new(
+        &[&bin_dir(), &reference],
+        &conflist(&base, "10.93.1.0/24", state.path()),
+        Some(node.name()),
+    );
+    let net = format!("twpc{}", std::process::id());
+    pm.run_ok(&["network", "create", "--subnet", "10.97.0.0/24", &net]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&pm.run_ok(&["network", "inspect", &net]))
+            .expect("inspect prints JSON");
+    assert_eq!(inspect[0]["name"], net.as_str());
+    assert_eq!(inspect[0]["subnets"][0]["subnet"], "10.97.0.0/24");
+
+    let rootfs = pm.rootfs.display().to_string();
+    pm.run_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "onnet",
+        "--network",
+        &net,
+        "--rootfs",
+        &rootfs,
+        "/bin/sleep",
+        "600",
+    ]);
+    let fmt = format!("{{{{.NetworkSettings.Networks.{net}.IPAddress}}}}");
+    let ip = pm.run_ok(&["inspect", "onnet", "--format", &fmt]);
+    assert!(
+        ip.starts_with("10.97.0."),
+        "address on the created network, got {ip:?}"
+    );
+    let (ok, _, err) = pm.host(&["ping", "-n", "-c", "1", "-W", "2", &ip]);
+    assert!(ok, "node reaches the container: {err}");
+    pm.remove("onnet");
+    pm.run_ok(&["network", "rm", &net]);
+}
