@@ -136,19 +136,26 @@ impl Cluster {
     }
 }
 
+/// GET `path` from twilld's health server inside the node (socket opened in the node's namespace); returns
+/// (status code, body), or ("000", "") when nothing answers.
 fn curl(node: &Node, port: u16, path: &str) -> (String, String) {
-    let out = node.exec(&[
-        "curl",
-        "-s",
-        "-m",
-        "2",
-        "-w",
-        "\n%{http_code}",
-        &format!("http://127.0.0.1:{port}{path}"),
-    ]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
-    (code.to_string(), body.to_string())
+    use std::io::{Read, Write};
+    let Ok(mut sock) = node
+        .ns
+        .run_in(|| std::net::TcpStream::connect(("127.0.0.1", port)))
+    else {
+        return ("000".into(), String::new());
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
+    let mut resp = String::new();
+    let _ = sock.read_to_string(&mut resp);
+    let code = resp.split_whitespace().nth(1).unwrap_or("000").to_string();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 #[test]
