@@ -1108,3 +1108,42 @@ fn etcd_over_tls_with_client_certificates() {
     );
     assert_eq!(etcd.get_prefix(SUBNETS).len(), 1);
 }
+
+#[test]
+fn node_name_keeps_the_subnet_when_the_underlay_address_changes() {
+    let mut c = Cluster::new(2, 1.0);
+    c.wait_mesh(&[0, 1], Duration::from_secs(10));
+    let before = c.nodes[0].subnet();
+    c.daemons[0].terminate();
+    // Node 1 moves from 10.250.0.1 to 10.250.0.11.
+    c.nodes[0].ip(&["addr", "flush", "dev", "eth0"]);
+    c.nodes[0].ip(&["addr", "add", "10.250.0.11/24", "dev", "eth0"]);
+    c.nodes[0].underlay_ip = Ipv4Addr::new(10, 250, 0, 11);
+    let args = c.args();
+    c.daemons[0] = c.nodes[0].start_twilld(&args);
+    assert!(wait_until(READY, || {
+        c.etcd
+            .get_prefix(SUBNETS)
+            .iter()
+            .any(|(_, v)| v.contains("10.250.0.11"))
+    }));
+    assert_eq!(
+        c.nodes[0].subnet(),
+        before,
+        "the subnet changed with the address"
+    );
+    assert_eq!(
+        c.etcd.get_prefix(SUBNETS).len(),
+        2,
+        "a second lease was taken"
+    );
+    let link = c.nodes[0].ip(&["-d", "link", "show", "flannel.1"]);
+    assert!(link.contains("local 10.250.0.11 "), "{link}");
+    // The peer follows: its FDB entry points at the new address, the old one is gone.
+    c.wait_mesh(&[0, 1], Duration::from_secs(5));
+    assert!(
+        !c.nodes[1].fdb("flannel.1").contains("dst 10.250.0.1 "),
+        "{}",
+        c.dump()
+    );
+}
