@@ -63,7 +63,7 @@ pub struct Options {
     /// Called with each progress line.
     pub progress: Arc<dyn Fn(&str) + Send + Sync>,
     /// When it becomes true, building stops (panics "interrupted", so every guard built so far is dropped).
-    pub abort: Option<Arc<AtomicBool>>,
+    pub abort: Option<&'static AtomicBool>,
 }
 
 impl Default for Options {
@@ -1020,8 +1020,9 @@ impl ClusterState {
 
     /// The lease table: one row per lease, joined with the node it belongs to (by public IP).
     pub fn lease_table(&self) -> Result<Vec<LeaseRow>, String> {
-        Ok(self
-            .leases()?
+        let mut leases = self.leases()?;
+        leases.sort_by_key(|l| (l.public_ip, l.subnet));
+        Ok(leases
             .into_iter()
             .map(|lease| {
                 let node = self.nodes.iter().find(|n| n.underlay_ip == lease.public_ip);
