@@ -1,10 +1,12 @@
 //! The attachment index: which addresses each attachment holds, so DEL and ADD cost the same at 10 leases and
 //! at 10,000 (the reference reads every lease file on both, cni-spec.md §11.4).
 //!
-//! Layout, in `<dataDir>/.twill/<network>/` (never inside the network directory, see [`crate::store`]):
-//! * `idx/<containerID>@<hex(ifname)>`: `twill-ipam index v1` then one address per line; `idx/<containerID>@`
-//!   lists legacy id-only leases of that container.
-//! * `idx/.stamp`: the network directory's mtime as we left it.
+//! Layout, in `<dataDir>/.twill/<network>/idx/` (never inside the network directory, see [`crate::store`]):
+//! * 256 bucket files `b00`..`bff`: `twill-ipam index v2`, then `<key> <address>` lines, where the key is
+//!   `<containerID>@<hex(ifname)>` (`<containerID>@` for legacy id-only leases) and the bucket is a hash of the
+//!   key. A lookup or update reads and rewrites one bucket: about 40 lines at 10,000 leases. Buckets rather
+//!   than one file per attachment keep a rebuild at 256 small writes instead of one file creation per lease.
+//! * `.stamp`: the network directory's mtime as we left it.
 //!
 //! The lease files stay the only truth; the index is a cache of it, and every address read from it is checked
 //! against its lease file before use. What the index can miss is a lease created by someone else: the reference
@@ -12,13 +14,13 @@
 //! them change the network directory (create, unlink), and so its mtime. After each of our own changes we set
 //! the directory's mtime to a value no clock will produce later (one second in the past, random nanoseconds)
 //! and record it in the stamp; at the start of every operation, under the lock, a directory mtime that differs
-//! from `stamp` means someone else was here, and the index is rebuilt from a full scan before it is used. A
-//! crash between a change and the new stamp leaves a mismatch, so it heals the same way. The full scan is paid
-//! once per foreign change, not per operation.
+//! from the stamp means someone else was here, and the index is brought up to date from a full scan before it
+//! is used (only buckets that differ are rewritten). A crash between a change and the new stamp leaves a
+//! mismatch, so it heals the same way. The full scan, about what the reference pays on every ADD and DEL, is
+//! paid once per foreign change, not per operation.
 
 use crate::lease::{LeaseContent, Owner};
 use crate::store::{c_path, write_atomic, write_file, LeaseEntry, Store};
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::ErrorKind;
 use std::net::IpAddr;
@@ -26,20 +28,61 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 use twill_cni::{Context, Error, Result};
 
-const HEADER: &str = "twill-ipam index v1";
-/// Longest file name Linux filesystems accept.
-const NAME_MAX: usize = 255;
+const HEADER: &str = "twill-ipam index v2";
+/// Number of bucket files.
+pub const BUCKETS: usize = 256;
 
-/// The index file name of `owner`, or `None` when it would not fit in a file name (container ids longer than
-/// ~220 bytes): such owners are found by scanning.
-pub fn index_name(owner: &Owner) -> Option<String> {
-    let mut name = format!("{}@", owner.container_id);
+/// The index key of `owner`: no whitespace (container ids and hex never contain any), one `@`.
+pub fn index_key(owner: &Owner) -> String {
+    let mut key = format!("{}@", owner.container_id);
     if let Some(ifname) = &owner.ifname {
         for b in ifname.bytes() {
-            name.push_str(&format!("{b:02x}"));
+            key.push_str(&format!("{b:02x}"));
         }
     }
-    (name.len() <= NAME_MAX - 16).then_some(name)
+    key
+}
+
+/// FNV-1a: stable across versions and platforms, which a bucket choice must be.
+pub fn bucket_of(key: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % BUCKETS as u64) as usize
+}
+
+fn bucket_name(b: usize) -> String {
+    format!("b{b:02x}")
+}
+
+/// `(key, address)` lines of a bucket.
+type Lines = Vec<(String, IpAddr)>;
+
+fn render(lines: &Lines) -> String {
+    let mut s = String::from(HEADER);
+    s.push('\n');
+    for (key, ip) in lines {
+        s.push_str(key);
+        s.push(' ');
+        s.push_str(&ip.to_string());
+        s.push('\n');
+    }
+    s
+}
+
+fn parse(text: &str) -> Lines {
+    let mut lines = text.lines();
+    if lines.next() != Some(HEADER) {
+        return Vec::new();
+    }
+    lines
+        .filter_map(|l| {
+            let (key, ip) = l.split_once(' ')?;
+            Some((key.to_string(), ip.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 fn mtime_of(path: &std::path::Path) -> Result<(i64, i64)> {
@@ -58,14 +101,26 @@ fn mtime_of(path: &std::path::Path) -> Result<(i64, i64)> {
 }
 
 impl Store {
-    fn idx_path(&self, name: &str) -> PathBuf {
-        self.paths.state_dir.join("idx").join(name)
+    fn idx_dir(&self) -> PathBuf {
+        self.paths.state_dir.join("idx")
     }
 
-    /// Inside `idx/`, so an index directory removed by hand takes its stamp with it (and a rebuild, which
-    /// empties `idx/`, leaves the index untrusted until it is complete).
+    fn bucket_path(&self, b: usize) -> PathBuf {
+        self.idx_dir().join(bucket_name(b))
+    }
+
+    /// Inside `idx/`, so an index directory removed by hand takes its stamp with it.
     fn stamp_path(&self) -> PathBuf {
-        self.paths.state_dir.join("idx").join(".stamp")
+        self.idx_dir().join(".stamp")
+    }
+
+    fn read_bucket(&self, b: usize) -> Result<Lines> {
+        let path = self.bucket_path(b);
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(parse(&text)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::failed(format!("read {}: {e}", path.display()))),
+        }
     }
 
     /// The index describes the directory: nobody but us changed it since our last stamp.
@@ -114,8 +169,8 @@ impl Store {
         write_atomic(&self.stamp_path(), format!("{s} {ns}\n").as_bytes())
     }
 
-    /// Make the index trustworthy: rebuild it from a full scan when someone else changed the directory.
-    /// Returns the scan when one was needed (callers that need every lease anyway can reuse it).
+    /// Make the index trustworthy: bring it up to date from a full scan when someone else changed the
+    /// directory. Returns the scan when one was needed.
     pub fn ensure_index(&self) -> Result<Option<Vec<LeaseEntry>>> {
         if self.index_trusted()? {
             return Ok(None);
@@ -127,7 +182,7 @@ impl Store {
         Ok(Some(entries))
     }
 
-    /// Replace the whole index with what `entries` say.
+    /// Make the index say exactly what `entries` say, rewriting only the buckets that differ.
     pub fn rebuild_index(&self, entries: &[LeaseEntry]) -> Result<()> {
         // Untrust first: a crash part-way through must not leave a matching stamp over a partial index.
         match fs::remove_file(self.stamp_path()) {
@@ -135,96 +190,74 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(Error::failed(format!("remove index stamp: {e}"))),
         }
-        let dir = self.paths.state_dir.join("idx");
-        for e in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
-            let e = e.with_context(|| format!("read {}", dir.display()))?;
-            let _ = fs::remove_file(e.path());
-        }
-        let mut by_owner: BTreeMap<&Owner, Vec<IpAddr>> = BTreeMap::new();
+        let mut wanted: Vec<Lines> = vec![Vec::new(); BUCKETS];
         for e in entries {
             if let LeaseContent::Owned(o) = &e.content {
-                by_owner.entry(o).or_default().push(e.ip);
+                let key = index_key(o);
+                wanted[bucket_of(&key)].push((key, e.ip));
             }
         }
-        for (owner, ips) in by_owner {
-            if let Some(name) = index_name(owner) {
-                // The stamp is written last, so a crash here leaves the index untrusted: no rename needed.
-                write_file(&self.idx_path(&name), render(&ips).as_bytes(), 0o600)?;
+        for (b, mut lines) in wanted.into_iter().enumerate() {
+            lines.sort();
+            let mut have = self.read_bucket(b)?;
+            have.sort();
+            if have != lines {
+                write_file(&self.bucket_path(b), render(&lines).as_bytes(), 0o600)?;
+            }
+        }
+        // Anything else in idx/ (temporary files of killed writers, older layouts) goes.
+        let dir = self.idx_dir();
+        for e in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let e = e.with_context(|| format!("read {}", dir.display()))?;
+            let name = e.file_name();
+            let keep = name.to_str().is_some_and(|n| {
+                n.len() == 3 && n.starts_with('b') && u8::from_str_radix(&n[1..], 16).is_ok()
+            });
+            if !keep {
+                let _ = fs::remove_file(e.path());
             }
         }
         Ok(())
     }
 
-    /// Addresses the index lists for `owner` (unverified), or `None` when the owner cannot be indexed.
-    pub fn index_lookup(&self, owner: &Owner) -> Result<Option<Vec<IpAddr>>> {
-        let Some(name) = index_name(owner) else {
-            return Ok(None);
-        };
-        let path = self.idx_path(&name);
-        match fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(parse(&text))),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Some(Vec::new())),
-            Err(e) => Err(Error::failed(format!("read {}: {e}", path.display()))),
-        }
+    /// Addresses the index lists for `owner` (unverified).
+    pub fn index_lookup(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
+        let key = index_key(owner);
+        Ok(self
+            .read_bucket(bucket_of(&key))?
+            .into_iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, ip)| ip)
+            .collect())
     }
 
-    /// Set the addresses `owner` holds (empty removes its index file).
+    /// Set the addresses `owner` holds (empty forgets it).
     pub fn index_write(&self, owner: &Owner, ips: &[IpAddr]) -> Result<()> {
-        let Some(name) = index_name(owner) else {
-            return Ok(());
-        };
-        let path = self.idx_path(&name);
-        if ips.is_empty() {
-            return match fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::failed(format!("remove {}: {e}", path.display()))),
-            };
-        }
-        write_atomic(&path, render(ips).as_bytes())
-    }
-
-    /// The addresses `owner` holds, verified against the lease files: from the index, or by a full scan when
-    /// the owner cannot be indexed. Call [`Store::ensure_index`] first.
-    pub fn held_by(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
-        match self.index_lookup(owner)? {
-            Some(ips) => {
-                let mut held = Vec::new();
-                for ip in ips {
-                    if self.read_lease(&ip)?.is_some_and(|c| c.is_owned_by(owner))
-                        && !held.contains(&ip)
-                    {
-                        held.push(ip);
-                    }
-                }
-                Ok(held)
+        let key = index_key(owner);
+        let b = bucket_of(&key);
+        let have = self.read_bucket(b)?;
+        let mut lines: Lines = have.iter().filter(|(k, _)| *k != key).cloned().collect();
+        for ip in ips {
+            if !lines.iter().any(|(k, i)| *k == key && i == ip) {
+                lines.push((key.clone(), *ip));
             }
-            None => Ok(self
-                .scan()?
-                .into_iter()
-                .filter(|e| e.content.is_owned_by(owner))
-                .map(|e| e.ip)
-                .collect()),
         }
+        if lines == have {
+            return Ok(());
+        }
+        write_atomic(&self.bucket_path(b), render(&lines).as_bytes())
     }
-}
 
-fn render(ips: &[IpAddr]) -> String {
-    let mut s = String::from(HEADER);
-    s.push('\n');
-    for ip in ips {
-        s.push_str(&ip.to_string());
-        s.push('\n');
+    /// The addresses `owner` holds, verified against the lease files. Call [`Store::ensure_index`] first.
+    pub fn held_by(&self, owner: &Owner) -> Result<Vec<IpAddr>> {
+        let mut held = Vec::new();
+        for ip in self.index_lookup(owner)? {
+            if self.read_lease(&ip)?.is_some_and(|c| c.is_owned_by(owner)) && !held.contains(&ip) {
+                held.push(ip);
+            }
+        }
+        Ok(held)
     }
-    s
-}
-
-fn parse(text: &str) -> Vec<IpAddr> {
-    let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Vec::new();
-    }
-    lines.filter_map(|l| l.trim().parse().ok()).collect()
 }
 
 #[cfg(test)]
@@ -242,14 +275,14 @@ mod tests {
     }
 
     #[test]
-    fn index_names_cannot_collide_between_attachments() {
-        assert_eq!(index_name(&Owner::new("c", "eth0")).unwrap(), "c@65746830");
-        assert_eq!(index_name(&Owner::legacy("c")).unwrap(), "c@");
+    fn index_keys_cannot_collide_between_attachments() {
+        assert_eq!(index_key(&Owner::new("c", "eth0")), "c@65746830");
+        assert_eq!(index_key(&Owner::legacy("c")), "c@");
         assert_ne!(
-            index_name(&Owner::new("c", "e")),
-            index_name(&Owner::new("c@65", ""))
+            index_key(&Owner::new("c", "e")),
+            index_key(&Owner::legacy("c@65"))
         );
-        assert!(index_name(&Owner::new(&"x".repeat(300), "eth0")).is_none());
+        assert!(bucket_of("c@65746830") < BUCKETS);
     }
 
     #[test]
@@ -366,12 +399,34 @@ mod tests {
     }
 
     #[test]
-    fn unindexable_owners_are_found_by_scanning() {
+    fn long_container_ids_are_indexed() {
         let (_d, s) = store();
         let long = Owner::new(&"x".repeat(300), "eth0");
         let ip: IpAddr = "10.0.0.6".parse().unwrap();
         fs::write(s.paths.lease(&ip), long.to_content()).unwrap();
         s.ensure_index().unwrap();
         assert_eq!(s.held_by(&long).unwrap(), vec![ip]);
+    }
+
+    #[test]
+    fn a_rebuild_rewrites_only_buckets_that_differ_and_drops_strays() {
+        let (_d, s) = store();
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        fs::write(s.paths.lease(&ip), "a\r\neth0").unwrap();
+        fs::write(s.idx_dir().join("old-layout@65746830"), "x").unwrap();
+        s.ensure_index().unwrap();
+        let names: Vec<String> = fs::read_dir(s.idx_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.contains(&"old-layout@65746830".to_string()),
+            "{names:?}"
+        );
+        assert_eq!(
+            names.iter().filter(|n| n.starts_with('b')).count(),
+            1,
+            "{names:?}"
+        );
     }
 }
