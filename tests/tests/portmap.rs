@@ -894,13 +894,21 @@ fn stale_udp_conntrack_entries_are_flushed_on_add() {
 
 #[test]
 fn snat_false_keeps_sources_and_masq_all_masquerades_everything() {
-    let n = Node::new(Impl::Ours, portmap_conf(json!({"masqAll": true})));
+    let n = Node::new(
+        Impl::Ours,
+        portmap_conf(json!({"masqAll": true, "markMasqBit": 14})),
+    );
     let (pod, _) = n.add_pod("pod-masq", &mappings());
     let _servers = Servers::start(&pod, CONTAINER_PORT, "pod-masq");
     assert_eq!(
         probe(&n.remote, Proto::Tcp, (NODE_V4, HOST_PORT).into(), None),
         Ok(format!("pod-masq {BRIDGE_V4}")),
         "masqAll masquerades traffic from other hosts too"
+    );
+    let rules = n.nft_ruleset();
+    assert!(
+        rules.contains("0x00004000") && !rules.contains("0x00002000"),
+        "markMasqBit 14 must be the bit used: {rules}"
     );
     drop(_servers);
 

@@ -163,7 +163,6 @@ fn mapping_lines(plan: &Plan, r: &MappingRules) -> Vec<String> {
     if let Some(h) = r.mapping.host_ip {
         matcher.extend(["-d".to_string(), host_net(h)]);
     }
-    matcher.extend(plan.conditions.iter().cloned());
     let line = |extra: &[String], tag: &Tag, target: &[String]| {
         let mut args = vec!["-A".to_string(), DNAT_CHAIN.to_string()];
         args.extend(matcher.iter().cloned());
@@ -192,8 +191,11 @@ fn mapping_lines(plan: &Plan, r: &MappingRules) -> Vec<String> {
             line(&extra, &r.mark_tag, &mark_target)
         })
         .collect();
+    // The conditions go on the DNAT rule only: they typically match sources (`! -s ...`), and iptables
+    // allows one `-s` per rule, which the hairpin/localhost mark rules already use. A mark without the
+    // DNAT is harmless: only DNAT'd packets are routed back out to be masqueraded.
     out.push(line(
-        &[],
+        &plan.conditions,
         &r.dnat_tag,
         &[
             "-j".into(),
@@ -339,6 +341,62 @@ impl Backend for Iptables {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::config::{PortMapConf, PortMapping, Protocol};
+    use crate::owner::Owner;
+    use twill_cni::NetConf;
+
+    fn plan(extra: serde_json::Value) -> Plan {
+        let mut conf =
+            serde_json::json!({"cniVersion": "1.0.0", "name": "n", "backend": "iptables"});
+        if let (Some(c), Some(e)) = (conf.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        let mut conf =
+            PortMapConf::parse(&NetConf::parse(conf.to_string().as_bytes()).unwrap()).unwrap();
+        conf.mappings = vec![PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: Protocol::Tcp,
+            host_ip: None,
+        }];
+        Plan::new(
+            &conf,
+            &Owner::new("n", "c", "eth0"),
+            "10.0.0.2".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn conditions_and_external_mark_chain_are_used() {
+        let p = plan(serde_json::json!({
+            "conditionsV4": ["!", "-s", "192.168.0.0/16"],
+            "externalSetMarkChain": "KUBE-MARK-MASQ"
+        }));
+        assert!(!p.masquerade, "an external mark chain's owner masquerades");
+        let lines = mapping_lines(&p, &p.rules[0]);
+        assert_eq!(lines.len(), 3, "{lines:#?}");
+        assert!(lines[2].contains("! -s 192.168.0.0/16"), "{lines:#?}");
+        assert!(!lines[0].contains("192.168.0.0/16"), "{lines:#?}");
+        assert!(lines[0].ends_with("-j KUBE-MARK-MASQ"), "{}", lines[0]);
+        assert!(
+            lines[2].ends_with("-j DNAT --to-destination 10.0.0.2:80"),
+            "{}",
+            lines[2]
+        );
+    }
+
+    #[test]
+    fn mark_bit_sets_only_that_bit() {
+        let p = plan(serde_json::json!({"markMasqBit": 14}));
+        let lines = mapping_lines(&p, &p.rules[0]);
+        assert!(
+            lines[0].ends_with("-j MARK --set-xmark 0x4000/0x4000"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains("-s 127.0.0.1/32"), "{}", lines[1]);
+    }
 
     #[test]
     fn saved_lines_split_like_a_shell() {
