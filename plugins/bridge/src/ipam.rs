@@ -1,5 +1,5 @@
-//! IPAM delegation (cni-spec.md §8) that overlaps with the kernel work: the delegate is started first and
-//! waited for only when its answer is needed, so the exec of `host-local` (about a millisecond) runs while
+//! IPAM delegation (cni-spec.md §8) that overlaps with the kernel work: the delegate is started first, on its
+//! own thread, and waited for only when its answer is needed, so the exec of `host-local` (about a millisecond) runs while
 //! this process creates the bridge and the veth pair, and on DEL while the kernel deletes the veth.
 //!
 //! Why not host-local in-process: the on-disk format is the same, so it would be observably identical, but it
@@ -14,19 +14,21 @@ use std::time::Duration;
 use twill_cni::env::Command;
 use twill_cni::{delegate, CniResult, Error, Request, Result};
 
-/// A delegate process started but not yet waited for. Dropping it waits (never leaves a delegate running
-/// while a later step, e.g. the rollback's DEL, talks to the same IPAM store).
+/// What a delegate run produced: exit status and stdout.
+type Outcome = std::io::Result<(std::process::ExitStatus, Vec<u8>)>;
+
+/// A delegate running on its own thread (spawning a process blocks the caller until the child has exec'd,
+/// about a millisecond, which would otherwise sit on the critical path). Dropping it waits, so no delegate
+/// is ever left running while a later step, e.g. the rollback's DEL, talks to the same IPAM store.
 pub struct Pending {
-    child: Option<Child>,
+    job: Option<std::thread::JoinHandle<Outcome>>,
     plugin: String,
     command: Command,
 }
 
-/// Start `ipam_type` for `command` with the request's stdin.
-pub fn spawn(ipam_type: &str, command: Command, req: &Request) -> Result<Pending> {
-    let bin = delegate::find(ipam_type, &req.env)?;
+fn run_child(bin: std::path::PathBuf, command: Command, stdin: Vec<u8>) -> Outcome {
     let mut attempts = 0;
-    let mut child = loop {
+    let mut child: Child = loop {
         let spawned = std::process::Command::new(&bin)
             .env("CNI_COMMAND", command.as_str())
             .stdin(Stdio::piped())
@@ -40,29 +42,33 @@ pub fn spawn(ipam_type: &str, command: Command, req: &Request) -> Result<Pending
                 attempts += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => {
-                return Err(Error::failed(format!(
-                    "exec IPAM plugin {}: {e}",
-                    bin.display()
-                )))
-            }
+            Err(e) => return Err(e),
         }
     };
     if let Some(mut input) = child.stdin.take() {
-        // Configs are far below the pipe buffer; a delegate that exits without reading gives EPIPE, and its
-        // exit status then tells what went wrong.
-        if let Err(e) = input.write_all(&req.stdin) {
+        // A delegate that exits without reading gives EPIPE; its exit status then tells what went wrong.
+        if let Err(e) = input.write_all(&stdin) {
             if e.kind() != ErrorKind::BrokenPipe {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::failed(format!(
-                    "write stdin of IPAM plugin {ipam_type}: {e}"
-                )));
+                return Err(e);
             }
         }
     }
+    let out = child.wait_with_output()?;
+    Ok((out.status, out.stdout))
+}
+
+/// Start `ipam_type` for `command` with the request's stdin (and our environment, verb overridden).
+pub fn spawn(ipam_type: &str, command: Command, req: &Request) -> Result<Pending> {
+    let bin = delegate::find(ipam_type, &req.env)?;
+    let stdin = req.stdin.clone();
+    let job = std::thread::Builder::new()
+        .name("ipam".into())
+        .spawn(move || run_child(bin, command, stdin))
+        .map_err(|e| Error::failed(format!("start IPAM thread: {e}")))?;
     Ok(Pending {
-        child: Some(child),
+        job: Some(job),
         plugin: ipam_type.to_string(),
         command,
     })
@@ -71,14 +77,15 @@ pub fn spawn(ipam_type: &str, command: Command, req: &Request) -> Result<Pending
 impl Pending {
     /// Wait for the delegate; its stdout parsed (None when empty), or its error object with its code.
     pub fn wait(mut self) -> Result<Option<Value>> {
-        let Some(child) = self.child.take() else {
+        let Some(job) = self.job.take() else {
             return Ok(None);
         };
         let verb = self.command.as_str();
-        let out = child
-            .wait_with_output()
-            .map_err(|e| Error::failed(format!("wait for IPAM plugin {}: {e}", self.plugin)))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
+        let (status, stdout) = job
+            .join()
+            .map_err(|_| Error::failed(format!("IPAM plugin {} thread panicked", self.plugin)))?
+            .map_err(|e| Error::failed(format!("exec IPAM plugin {} {verb}: {e}", self.plugin)))?;
+        let stdout = String::from_utf8_lossy(&stdout);
         let parsed: Option<Value> = if stdout.trim().is_empty() {
             None
         } else {
@@ -90,14 +97,14 @@ impl Pending {
                 ))
             })?)
         };
-        if !out.status.success() {
+        if !status.success() {
             return Err(parsed
                 .as_ref()
                 .and_then(Error::from_json)
                 .unwrap_or_else(|| {
                     Error::failed(format!(
-                        "IPAM plugin {} {verb} failed ({})",
-                        self.plugin, out.status
+                        "IPAM plugin {} {verb} failed ({status})",
+                        self.plugin
                     ))
                 }));
         }
@@ -117,8 +124,8 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
+        if let Some(job) = self.job.take() {
+            let _ = job.join();
         }
     }
 }

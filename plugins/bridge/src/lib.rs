@@ -2,11 +2,13 @@
 //! by the attachment so it never leaks, CHECK that works in L2-only mode, STATUS and GC.
 //!
 //! Verb flow (one netlink socket per namespace, reused for the whole request):
-//! - ADD: start the IPAM delegate, then while it runs ensure the bridge, create the veth pair with the
-//!   container end directly in the pod, attach the port; then apply IPAM's answer in the pod, gateway on the
-//!   bridge, forwarding, masquerade. Every step registers its undo; IPAM is released last.
-//! - DEL: start IPAM DEL, delete the container end (the host end goes with it) meanwhile, then remove
-//!   masquerade/spoof-check state by owner. Succeeds with an empty or missing netns.
+//! - ADD: start the IPAM delegate (on its own thread), then while it runs ensure the bridge, create the veth
+//!   pair with the container end directly in the pod, attach the port; then start masquerade (firewall
+//!   thread) and meanwhile apply IPAM's answer in the pod, gateway on the bridge, forwarding. Every step
+//!   registers its undo; IPAM is released last.
+//! - DEL: IPAM DEL and masquerade removal (by owner) run while the kernel deletes the container end (the
+//!   host end goes with it; the delete waits for an RCU grace period). Succeeds with an empty or missing
+//!   netns.
 
 pub mod bridge_dev;
 pub mod check;
@@ -18,6 +20,7 @@ pub mod masq;
 pub mod naming;
 pub mod port;
 pub mod spoofchk;
+pub mod trace;
 
 use config::BridgeConf;
 use ipnet::IpNet;
@@ -102,6 +105,38 @@ fn delete_container_link(netns: Option<&Path>, ifname: &str) -> Result<()> {
     }
 }
 
+/// Firewall work on its own thread, overlapping with netlink work on the main thread. Dropping joins it, so
+/// a rollback never races the job it undoes. (The thread starts in the main thread's, i.e. the host's,
+/// network namespace, where the firewall rules belong.)
+struct Job(Option<std::thread::JoinHandle<Result<()>>>);
+
+impl Job {
+    fn spawn(what: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<Job> {
+        std::thread::Builder::new()
+            .name(what.into())
+            .spawn(f)
+            .map(|h| Job(Some(h)))
+            .map_err(|e| Error::failed(format!("start {what} thread: {e}")))
+    }
+
+    fn join(mut self) -> Result<()> {
+        match self.0.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(Error::failed("firewall thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Join several errors into one, keeping the first one's code.
 fn combine(errors: Vec<Error>) -> Result<()> {
     let mut it = errors.into_iter();
@@ -123,14 +158,12 @@ fn combine(errors: Vec<Error>) -> Result<()> {
 
 impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult> {
+        let mut trace = trace::Trace::new();
         let conf = BridgeConf::load(req)?;
         let container_id = req.container_id()?.as_str();
         let ifname = req.ifname()?.as_str();
         let netns_path = req.netns()?;
         let network = req.config.name.as_str();
-        let pod = open_pod(netns_path)?;
-        let host = host_handle()?;
-        let pod_h = pod_handle(&pod)?;
 
         // Declaration order is rollback order in reverse: `undo` (kernel and firewall steps) runs first, then
         // the pending delegate is waited for, then IPAM is released — last, so its addresses are never handed
@@ -143,9 +176,17 @@ impl Plugin for Bridge {
                 ipam::run(t, Command::Del, req)
             });
         }
+        trace.mark("IPAM started");
+        let pod = open_pod(netns_path)?;
+        let host = host_handle()?;
+        let pod_h = pod_handle(&pod)?;
+        trace.mark("netns and sockets");
         let mut undo = Undo::new();
+        // Declared after `undo`, so it is joined before any rollback step runs.
+        let mut masq_job: Option<Job> = None;
 
         let br = bridge_dev::ensure(&host, &conf)?;
+        trace.mark("bridge ensured");
         let pair = port::create_pair(
             &host,
             &pod,
@@ -156,6 +197,7 @@ impl Plugin for Bridge {
             conf.mac,
         )?;
         let host_index = pair.host.index;
+        trace.mark("veth created");
         let host_name = pair.host.name.clone();
         undo.push(format!("delete veth {host_name}"), {
             let host = &host;
@@ -168,6 +210,7 @@ impl Plugin for Bridge {
         let cont = pod_h
             .link_by_index(pair.container_index)
             .with_context(|| format!("failed to look up {ifname:?} in the pod"))?;
+        trace.mark("port attached");
         let mut container_iface = iface(&cont);
         container_iface.sandbox = Some(netns_path.display().to_string());
         let mut result = CniResult {
@@ -187,6 +230,7 @@ impl Plugin for Bridge {
 
         if let Some(p) = pending.take() {
             let ipam_result = p.wait_result(req)?;
+            trace.mark("IPAM result");
             result.ips = ipam_result.ips;
             result.routes = ipam_result.routes;
             result.dns = ipam_result.dns;
@@ -194,7 +238,25 @@ impl Plugin for Bridge {
                 return Err(Error::failed("IPAM plugin returned missing IP config"));
             }
             let gws = gateway::shape(&mut result, &conf)?;
+            if conf.ip_masq {
+                // Only the addresses are needed: install the rules while the pod is configured.
+                undo.push("remove IP masquerade", {
+                    let backend = conf.masq_backend;
+                    move || masq::del(backend, network, container_id, ifname)
+                });
+                let addrs: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
+                let (backend, net, id, ifn) = (
+                    conf.masq_backend,
+                    network.to_string(),
+                    container_id.to_string(),
+                    ifname.to_string(),
+                );
+                masq_job = Some(Job::spawn("masquerade", move || {
+                    masq::add(backend, &net, &id, &ifn, &addrs)
+                })?);
+            }
             container::configure(&pod, &pod_h, ifname, cont.index, &result, conf.enable_dad)?;
+            trace.mark("container configured");
             if conf.is_gateway {
                 let mut vlan_iface: Option<Link> = None;
                 for (family, list) in [(Family::V4, &gws.v4), (Family::V6, &gws.v6)] {
@@ -234,18 +296,12 @@ impl Plugin for Bridge {
                     }
                 }
             }
-            if conf.ip_masq {
-                let addrs: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
-                undo.push("remove IP masquerade", {
-                    let backend = conf.masq_backend;
-                    move || masq::del(backend, network, container_id, ifname)
-                });
-                masq::add(conf.masq_backend, network, container_id, ifname, &addrs)?;
-            }
+            trace.mark("gateway");
         } else if !conf.disable_container_interface {
             container::up_only(&pod_h, ifname, cont.index)?;
         }
 
+        trace.mark("L2 up");
         // The host port's MAC and the bridge's may have changed (first port joining, MAC pinning).
         let host_link = if conf.disable_container_interface {
             host.link_by_index(host_index)
@@ -253,6 +309,7 @@ impl Plugin for Bridge {
         } else {
             wait_oper_up(&host, host_index)?
         };
+        trace.mark("oper up");
         result.interfaces[1] = iface(&host_link);
         let br_now = host
             .link_by_index(br.index)
@@ -261,8 +318,13 @@ impl Plugin for Bridge {
         if let Some(dns) = &conf.dns {
             result.dns = dns.clone();
         }
+        if let Some(job) = masq_job.take() {
+            job.join()?;
+            trace.mark("masquerade");
+        }
         undo.commit();
         ipam_undo.commit();
+        trace.mark("done");
         Ok(result)
     }
 
@@ -276,6 +338,20 @@ impl Plugin for Bridge {
             Some(t) => Some(ipam::spawn(t, Command::Del, req)?),
             None => None,
         };
+        // Masquerade is removed by owner, so it needs nothing from the pod and runs meanwhile too.
+        let masq_job = if conf.ip_masq {
+            let (backend, net, id, ifn) = (
+                conf.masq_backend,
+                network.to_string(),
+                container_id.to_string(),
+                ifname.to_string(),
+            );
+            Some(Job::spawn("masquerade", move || {
+                masq::del(backend, &net, &id, &ifn)
+            })?)
+        } else {
+            None
+        };
         let mut errors = Vec::new();
         if let Err(e) = delete_container_link(req.env.netns.as_deref(), ifname) {
             errors.push(e);
@@ -285,15 +361,15 @@ impl Plugin for Bridge {
                 errors.push(e);
             }
         }
+        if let Some(job) = masq_job {
+            if let Err(e) = job.join() {
+                errors.push(e);
+            }
+        }
         if conf.macspoofchk {
             // Logged only, as the reference.
             if let Err(e) = spoofchk::teardown(container_id, ifname) {
                 eprintln!("bridge: {e}");
-            }
-        }
-        if conf.ip_masq {
-            if let Err(e) = masq::del(conf.masq_backend, network, container_id, ifname) {
-                errors.push(e);
             }
         }
         combine(errors)
