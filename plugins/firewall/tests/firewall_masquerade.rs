@@ -119,6 +119,37 @@ fn nftables_add_installs_reference_layout_for_both_families() {
 }
 
 #[test]
+fn nftables_add_heals_a_damaged_postrouting_chain() {
+    let ns = TestNetns::new("heal");
+    let a = owner("mynet", "aaaa", "eth0");
+    ns.run(|| masquerade::add(Backend::Nftables, &a, &[net("10.88.0.5/24")]).unwrap());
+    ns.sh("nft flush chain inet cni_plugins_masquerade postrouting");
+    ns.sh("nft add rule inet cni_plugins_masquerade postrouting accept");
+    let err = ns
+        .run(|| masquerade::check(Backend::Nftables, &a, &[net("10.88.0.5/24")]))
+        .unwrap_err();
+    assert!(err.to_string().contains("masq_checks"), "{err}");
+    let b = owner("mynet", "bbbb", "eth0");
+    ns.run(|| masquerade::add(Backend::Nftables, &b, &[net("10.88.0.6/24")]).unwrap());
+    let post = ns.sh("nft list chain inet cni_plugins_masquerade postrouting");
+    let rules: Vec<&str> = post
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.ends_with("return") || l.starts_with("goto") || l == &"accept")
+        .collect();
+    assert_eq!(
+        rules,
+        vec![
+            "ip daddr 224.0.0.0/4 return",
+            "ip6 daddr ff00::/8 return",
+            "goto masq_checks"
+        ],
+        "{post}"
+    );
+    ns.run(|| masquerade::check(Backend::Nftables, &a, &[net("10.88.0.5/24")]).unwrap());
+}
+
+#[test]
 fn iptables_add_installs_chain_jump_and_masquerade_for_both_families() {
     let ns = TestNetns::new("iptadd");
     let a = owner("mynet", "c0ffee", "eth0");

@@ -103,6 +103,20 @@ fn builders_render_as_intended_nft_rules() {
                 .unwrap(),
             "ip saddr 10.1.2.3 snat ip to 192.0.2.1",
         ),
+        (
+            Rule::new(Family::Inet)
+                .match_l4proto(17)
+                .match_th_dport(CmpOp::Neq, 4789)
+                .match_sport(L4Proto::Udp, CmpOp::Eq, 53)
+                .drop_packet(),
+            "udp dport != 4789 udp sport 53 drop",
+        ),
+        (
+            Rule::new(Family::Inet)
+                .set_mark(0x4000)
+                .verdict(Verdict::Continue),
+            "meta mark set 0x00004000 continue",
+        ),
         (Rule::new(Family::Inet).goto("target"), "goto target"),
     ];
 
@@ -224,6 +238,37 @@ fn list_rules_returns_handles_comments_and_expressions() {
         assert!(rules
             .iter()
             .all(|r| r.handle > 0 && r.table == "t" && r.chain == "c"));
+
+        // Same handles and comments as `nft -j` sees them.
+        let json = ns.nft_json();
+        let json_rules: Vec<&serde_json::Value> = json["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| r["chain"] == "c")
+            .collect();
+        let from_nft: Vec<(u64, Option<String>)> = json_rules
+            .iter()
+            .map(|r| {
+                (
+                    r["handle"].as_u64().unwrap(),
+                    r["comment"].as_str().map(str::to_string),
+                )
+            })
+            .collect();
+        let ours: Vec<(u64, Option<String>)> = rules
+            .iter()
+            .map(|r| (r.handle, r.comment.clone()))
+            .collect();
+        assert_eq!(ours, from_nft);
+        let first = json_rules.iter().find(|r| r["comment"] == "first").unwrap();
+        assert_eq!(
+            first["expr"][0]["match"]["left"]["payload"]["field"], "saddr",
+            "{first}"
+        );
+        assert_eq!(first["expr"][0]["match"]["right"], "10.9.9.9", "{first}");
+        assert!(first["expr"][1].get("accept").is_some(), "{first}");
 
         // Delete by handle, flush, delete chains and table.
         let mut batch = Batch::new();

@@ -56,7 +56,33 @@ fn masq_rule(owner: &Owner, addr: &IpNet) -> Result<Rule> {
         .comment(owner.comment(MAX_COMMENT_LEN)))
 }
 
+fn postrouting_rules() -> Result<Vec<Rule>> {
+    let mut rules = Vec::new();
+    for net in multicast() {
+        rules.push(
+            Rule::new(Family::Inet)
+                .match_daddr(CmpOp::Eq, net)?
+                .return_(),
+        );
+    }
+    rules.push(Rule::new(Family::Inet).goto(CHECKS));
+    Ok(rules)
+}
+
+/// Whether `postrouting` holds exactly the multicast returns and the goto, in order.
+fn postrouting_intact(listed: &[RuleInfo]) -> bool {
+    let mcast: Vec<Vec<u8>> = multicast().iter().map(|n| ip_bytes(&n.network())).collect();
+    listed.len() == 3
+        && listed[..2].iter().zip(&mcast).all(|(r, net)| {
+            r.exprs.last().and_then(|e| e.verdict_of()) == Some(Verdict::Return)
+                && r.exprs.iter().any(|e| e.cmp_data().as_ref() == Some(net))
+        })
+        && listed[2].exprs.last().and_then(|e| e.verdict_of())
+            == Some(Verdict::Goto(CHECKS.to_string()))
+}
+
 pub(crate) fn add(owner: &Owner, addrs: &[IpNet]) -> Result<()> {
+    let nft = Nft::open()?;
     let mut batch = Batch::new();
     batch
         .add_table(Family::Inet, TABLE)
@@ -66,26 +92,22 @@ pub(crate) fn add(owner: &Owner, addrs: &[IpNet]) -> Result<()> {
             POSTROUTING,
             &BaseChain::nat(Hook::Postrouting, priority::SRCNAT),
         )
-        .add_chain(Family::Inet, TABLE, CHECKS)
-        // Re-filled on every ADD like the reference: the transaction is atomic, so concurrent
-        // ADDs each leave exactly these three rules, and a damaged chain heals itself.
-        .flush_chain(Family::Inet, TABLE, POSTROUTING);
-    for net in multicast() {
-        batch.add_rule(
-            TABLE,
-            POSTROUTING,
-            &Rule::new(Family::Inet)
-                .match_daddr(CmpOp::Eq, net)?
-                .return_(),
-        )?;
+        .add_chain(Family::Inet, TABLE, CHECKS);
+    // The reference flushes and re-fills `postrouting` on every ADD. We do so only when it is
+    // not exactly as expected (first ADD, or damaged): a transaction that deletes rules makes
+    // closing the socket wait for an RCU grace period (see `Nft`), ~10 ms, more than the rest
+    // of the ADD. Concurrent first ADDs may both re-fill; each transaction is atomic, so the
+    // chain still ends with exactly these three rules.
+    if !postrouting_intact(&nft.list_rules(Family::Inet, TABLE, POSTROUTING)?) {
+        batch.flush_chain(Family::Inet, TABLE, POSTROUTING);
+        for rule in postrouting_rules()? {
+            batch.add_rule(TABLE, POSTROUTING, &rule)?;
+        }
     }
-    batch.add_rule(TABLE, POSTROUTING, &Rule::new(Family::Inet).goto(CHECKS))?;
     for addr in addrs {
         batch.add_rule(TABLE, CHECKS, &masq_rule(owner, addr)?)?;
     }
-    Nft::open()?
-        .commit(&batch)
-        .map_err(|e| context(e, "add", owner))
+    nft.commit(&batch).map_err(|e| context(e, "add", owner))
 }
 
 fn context(e: Error, op: &str, owner: &Owner) -> Error {
@@ -196,9 +218,13 @@ pub(crate) fn check(owner: &Owner, addrs: &[IpNet]) -> Result<()> {
         let saddr = ip_bytes(&addr.addr());
         let subnet = ip_bytes(&addr.network());
         let present = rules.iter().any(|r| {
-            let data: Vec<Vec<u8>> = r.exprs.iter().filter_map(|e| e.cmp_data()).collect();
-            data.contains(&saddr)
-                && data.contains(&subnet)
+            let cmps: Vec<(Option<CmpOp>, Vec<u8>)> = r
+                .exprs
+                .iter()
+                .filter_map(|e| e.cmp_data().map(|d| (e.cmp_op(), d)))
+                .collect();
+            cmps.contains(&(Some(CmpOp::Eq), saddr.clone()))
+                && cmps.contains(&(Some(CmpOp::Neq), subnet.clone()))
                 && r.exprs.iter().any(|e| e.name() == "masq")
         });
         if !present {

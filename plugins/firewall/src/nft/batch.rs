@@ -23,6 +23,16 @@ pub(crate) struct Message {
     pub(crate) what: String,
 }
 
+impl Message {
+    /// Whether committing this frees kernel objects after an RCU grace period.
+    pub(crate) fn deletes(&self) -> bool {
+        matches!(
+            self.kind,
+            NFT_MSG_DELRULE | NFT_MSG_DELCHAIN | NFT_MSG_DELTABLE
+        )
+    }
+}
+
 /// A list of nf_tables changes committed atomically by [`super::Nft::commit`].
 #[derive(Debug, Clone, Default)]
 pub struct Batch {

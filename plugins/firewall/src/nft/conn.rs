@@ -3,7 +3,8 @@
 
 use std::cell::Cell;
 use std::io;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
@@ -53,9 +54,59 @@ pub struct TableInfo {
 }
 
 /// A netfilter netlink socket in the network namespace of the thread that opened it.
+///
+/// Closing a socket that committed a deletion blocks for an RCU grace period (5–20 ms measured):
+/// on `NETLINK_URELEASE` nf_tables waits for its deferred destroy work, which frees deleted rules
+/// only after `synchronize_rcu`. A plugin does not need to wait for that, so such a socket is not
+/// closed on drop but parked (see [`close_parked_sockets`]); parked sockets are closed by the next
+/// drop once they are old enough for the wait to be over, or by the kernel at process exit — by
+/// when the plugin's remaining work has usually covered the grace period.
 pub struct Nft {
-    socket: Socket,
+    socket: Option<Socket>,
     seq: Cell<u32>,
+    deleted: Cell<bool>,
+}
+
+/// Parked sockets older than this close without waiting (the destroy work is long done).
+const PARK_AGE: Duration = Duration::from_millis(200);
+/// At most this many sockets stay parked; older ones are closed (possibly waiting).
+const PARK_MAX: usize = 32;
+
+static PARKED: Mutex<Vec<(Instant, Socket)>> = Mutex::new(Vec::new());
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        if !self.deleted.get() {
+            return; // closes now: nothing of ours awaits a grace period
+        }
+        let now = Instant::now();
+        let mut parked = match PARKED.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let keep_from = parked
+            .iter()
+            .position(|(t, _)| now.duration_since(*t) < PARK_AGE)
+            .unwrap_or(parked.len())
+            .max((parked.len() + 1).saturating_sub(PARK_MAX));
+        let old: Vec<(Instant, Socket)> = parked.drain(..keep_from).collect();
+        parked.push((now, socket));
+        drop(parked);
+        drop(old);
+    }
+}
+
+/// Closes every parked socket now, waiting for pending nf_tables destroy work if needed. For
+/// long-running processes and benchmarks; plugins can simply exit.
+pub fn close_parked_sockets() {
+    let parked: Vec<(Instant, Socket)> = match PARKED.lock() {
+        Ok(mut p) => p.drain(..).collect(),
+        Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+    };
+    drop(parked);
 }
 
 impl std::fmt::Debug for Nft {
@@ -161,9 +212,15 @@ impl Nft {
             .map(|d| d.as_secs() as u32)
             .unwrap_or(1);
         Ok(Nft {
-            socket,
+            socket: Some(socket),
             seq: Cell::new(seed),
+            deleted: Cell::new(false),
         })
+    }
+
+    fn socket(&self) -> &Socket {
+        // Only `drop` takes the socket out.
+        self.socket.as_ref().expect("nft socket present until drop")
     }
 
     fn next_seq(&self) -> u32 {
@@ -175,7 +232,7 @@ impl Nft {
     fn recv(&self, buf: &mut Vec<u8>, context: &str) -> Result<()> {
         buf.clear();
         loop {
-            match self.socket.recv(buf, libc::MSG_TRUNC) {
+            match self.socket().recv(buf, libc::MSG_TRUNC) {
                 Ok(n) if n > buf.len() => {
                     return Err(Error::Protocol(format!(
                         "{context}: netlink message of {n} bytes truncated"
@@ -243,7 +300,10 @@ impl Nft {
             NFNL_SUBSYS_NFTABLES,
             &[],
         );
-        self.socket
+        if batch.messages.iter().any(|m| m.deletes()) {
+            self.deleted.set(true);
+        }
+        self.socket()
             .send(&buf, 0)
             .map_err(|e| Error::io("nftables: send batch", e))?;
 
@@ -311,7 +371,7 @@ impl Nft {
                 0,
                 attrs,
             );
-            self.socket
+            self.socket()
                 .send(&req, 0)
                 .map_err(|e| Error::io(format!("{context}: send"), e))?;
             let mut out = Vec::new();

@@ -31,7 +31,7 @@ use std::fmt;
 
 pub use batch::Batch;
 pub use batch::MAX_COMMENT_LEN;
-pub use conn::{commit, ChainInfo, Nft, RuleInfo, TableInfo};
+pub use conn::{close_parked_sockets, commit, ChainInfo, Nft, RuleInfo, TableInfo};
 pub use expr::{CmpOp, Expr, IpFamily, MetaKey, NatKind, PayloadBase, Reg, Verdict};
 pub use rule::{ip_bytes, L4Proto, Rule};
 

@@ -156,6 +156,15 @@ impl Rule {
         self.match_port(2, proto, op, port)
     }
 
+    /// `th dport [!=] <port>`: the destination port of whatever transport header follows,
+    /// without a protocol match (combine with [`Rule::match_l4proto`] when it matters).
+    pub fn match_th_dport(mut self, op: CmpOp, port: u16) -> Rule {
+        self.exprs
+            .push(Expr::payload(PayloadBase::Transport, 2, 2, Reg::R1));
+        self.exprs.push(Expr::cmp(op, Reg::R1, &port.to_be_bytes()));
+        self
+    }
+
     /// `tcp|udp|sctp sport [!=] <port>`.
     pub fn match_sport(self, proto: L4Proto, op: CmpOp, port: u16) -> Rule {
         self.match_port(0, proto, op, port)
