@@ -1,5 +1,7 @@
-//! Scenario `loopback`: one ADD then one DEL of the loopback plugin on a fresh namespace (the
-//! namespace is created and removed outside the timed region), ours vs `/usr/lib/cni/loopback`.
+//! Scenario `loopback`: one ADD then one DEL of the loopback plugin on a fresh namespace, ours vs
+//! `/usr/lib/cni/loopback`. All namespaces are created before and removed after the measurement:
+//! the kernel tears a namespace down asynchronously, and that work would otherwise land in the
+//! next timed round.
 //! Floors: the same kernel work done in-process (open the namespace, a netlink socket in it, set lo
 //! up; again for down), and the cost of two process executions of `/bin/true`, which bounds how fast
 //! any exec'd plugin can answer ADD+DEL.
@@ -10,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use twill_kernel::{Handle, NetNs};
 
-use super::{interleaved, series, Options, Report, Row, Stats};
+use super::{interleaved_all, Options, Report, Row, Stats};
 use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
@@ -20,9 +22,23 @@ pub fn run(options: &Options) -> Report {
     for p in [&ours, &reference] {
         assert!(p.is_file(), "{} is missing", p.display());
     }
-    let (t_ours, t_ref) = interleaved(options, || add_del(&ours), || add_del(&reference));
-    let kernel = series(options, kernel_floor);
-    let exec = series(options, exec_floor);
+    let per_side = options.warmup + options.rounds;
+    let (pool_ours, pool_ref, pool_floor) = (pool(per_side), pool(per_side), pool(per_side));
+    let (mut next_ours, mut next_ref, mut next_floor) =
+        (pool_ours.iter(), pool_ref.iter(), pool_floor.iter());
+    let mut all = interleaved_all(
+        options,
+        &mut [
+            &mut || add_del(&ours, take(&mut next_ours)),
+            &mut || add_del(&reference, take(&mut next_ref)),
+            &mut || kernel_floor(take(&mut next_floor)),
+            &mut exec_floor,
+        ],
+    );
+    let exec = all.pop().unwrap_or_default();
+    let kernel = all.pop().unwrap_or_default();
+    let t_ref = all.pop().unwrap_or_default();
+    let t_ours = all.pop().unwrap_or_default();
     Report {
         scenario: "loopback".into(),
         what: "ADD+DEL on a fresh namespace (cniVersion 1.0.0)".into(),
@@ -48,9 +64,19 @@ pub fn run(options: &Options) -> Report {
     }
 }
 
+/// `n` fresh namespaces, used once each.
+fn pool(n: usize) -> Vec<Netns> {
+    (0..n).map(|_| Netns::new("bench")).collect()
+}
+
+/// The next unused namespace of a pool; used ones stay alive until the pool drops.
+fn take<'a>(next: &mut std::slice::Iter<'a, Netns>) -> &'a Netns {
+    next.next()
+        .expect("namespace pool sized for warm-up + rounds")
+}
+
 /// ADD then DEL of `plugin` on a fresh namespace; returns the time spent in the two executions.
-fn add_del(plugin: &Path) -> Duration {
-    let ns = Netns::new("bench");
+fn add_del(plugin: &Path, ns: &Netns) -> Duration {
     let config = json!({"cniVersion": "1.0.0", "name": "bench-lo", "type": "loopback"});
     let mut total = Duration::ZERO;
     for command in ["ADD", "DEL"] {
@@ -89,8 +115,7 @@ const KERNEL_FLOOR_LABEL: &str = "kernel floor: lo up+down via netlink";
 
 /// The kernel work of loopback ADD+DEL done in-process with twill-kernel: per verb, open the
 /// namespace and a netlink socket inside it, look lo up and flip it (what a plugin cannot avoid).
-fn kernel_floor() -> Duration {
-    let ns = Netns::new("bench");
+fn kernel_floor(ns: &Netns) -> Duration {
     super::timed(|| {
         for up in [true, false] {
             let result = NetNs::open(ns.path()).and_then(|netns| {

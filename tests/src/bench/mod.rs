@@ -167,22 +167,30 @@ pub fn interleaved(
     mut a: impl FnMut() -> Duration,
     mut b: impl FnMut() -> Duration,
 ) -> (Vec<Duration>, Vec<Duration>) {
-    let mut ta = Vec::with_capacity(options.rounds);
-    let mut tb = Vec::with_capacity(options.rounds);
+    let mut all = interleaved_all(options, &mut [&mut a, &mut b]);
+    let tb = all.pop().unwrap_or_default();
+    let ta = all.pop().unwrap_or_default();
+    (ta, tb)
+}
+
+/// Like [`interleaved`] for any number of sides: every round runs each side once, starting with a
+/// different side each round (A B C, B C A, C A B, ...). Returns one series per side.
+pub fn interleaved_all(
+    options: &Options,
+    sides: &mut [&mut dyn FnMut() -> Duration],
+) -> Vec<Vec<Duration>> {
+    let n = sides.len();
+    let mut out = vec![Vec::with_capacity(options.rounds); n];
     for round in 0..options.warmup + options.rounds {
-        let (da, db) = if round % 2 == 0 {
-            let da = a();
-            (da, b())
-        } else {
-            let db = b();
-            (a(), db)
-        };
-        if round >= options.warmup {
-            ta.push(da);
-            tb.push(db);
+        for k in 0..n {
+            let side = (round + k) % n;
+            let d = (sides[side])();
+            if round >= options.warmup {
+                out[side].push(d);
+            }
         }
     }
-    (ta, tb)
+    out
 }
 
 /// Runs `f` `warmup` + `rounds` times and returns the measured timings.
