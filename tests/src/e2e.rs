@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -123,11 +122,15 @@ impl NodeCni {
         for d in [&bin_dir, &dir.join("net.d"), &dir.join("cache")] {
             std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
         }
+        // Hard links (a copy across file systems) rather than symlinks: the node keeps the plugin versions it
+        // started with even while cargo replaces the files in the target dir.
         for name in PLUGINS {
-            let link = bin_dir.join(name);
-            let _ = std::fs::remove_file(&link);
-            symlink(bin(name), &link)
-                .unwrap_or_else(|e| panic!("link {} into {}: {e}", name, bin_dir.display()));
+            let dst = bin_dir.join(name);
+            let src = bin(name);
+            let _ = std::fs::remove_file(&dst);
+            std::fs::hard_link(&src, &dst)
+                .or_else(|_| std::fs::copy(&src, &dst).map(|_| ()))
+                .unwrap_or_else(|e| panic!("put {} into {}: {e}", name, bin_dir.display()));
         }
         let mut list: Value = serde_json::from_str(STOCK_CONFLIST)
             .unwrap_or_else(|e| panic!("conf/10-flannel.conflist is not JSON: {e}"));
@@ -965,6 +968,14 @@ fn iperf(server_ns: &str, client_ns: &str, ip: Ipv4Addr, secs: u32) -> Result<f6
 impl ClusterState {
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The same cluster without node `name` and its pods (checks among the survivors of a node loss).
+    pub fn without_node(&self, name: &str) -> ClusterState {
+        let mut s = self.clone();
+        s.nodes.retain(|n| n.name != name);
+        s.pods.retain(|p| p.node != name);
+        s
     }
 
     /// `etcdctl` inside the switch namespace.
