@@ -4,7 +4,9 @@
 //! other's state; each round is an ADD of a new attachment then its DEL, so the lease count stays at N.
 //!
 //! Our first operation after the prefill rebuilds the attachment index (the prefill is a "foreign" change,
-//! like leases written by the reference); it is run untimed before the rounds and reported as its own row.
+//! like leases written by the reference); it is run untimed before the rounds and reported in a note. A
+//! further row per level measures our ADD right after the reference wrote into our directory (mixed writers
+//! during a rolling upgrade), where our index must first catch up with a scan.
 
 use super::{timed, Options, Report, Row, Stats};
 use serde_json::{json, Value};
@@ -14,6 +16,8 @@ use twill_tests::exec::{Invocation, Outcome};
 
 const LEVELS: [usize; 3] = [0, 1_000, 10_000];
 const NETWORK: &str = "bench-hl";
+/// Rounds of the mixed-writer measurement per level (each costs a reference ADD, slow at 10,000 leases).
+const MIXED_ROUNDS: usize = 10;
 
 fn conf(data_dir: &Path) -> Value {
     json!({
@@ -101,6 +105,16 @@ pub fn run(options: &Options) -> Report {
                 t[3].push(r.1);
             }
         }
+        // Mixed operation (rolling upgrade): the reference writes into our directory before each of our ADDs,
+        // so every one of them pays the scan that brings the index up to date.
+        let mut mixed = Vec::new();
+        for round in 0..options.rounds.min(MIXED_ROUNDS) {
+            let (foreign, id) = (format!("ref-{round}"), format!("mixed-{round}"));
+            exec(&reference, "ADD", &foreign, &ours_conf);
+            mixed.push(exec(&ours, "ADD", &id, &ours_conf).elapsed);
+            exec(&ours, "DEL", &id, &ours_conf);
+            exec(&ours, "DEL", &foreign, &ours_conf);
+        }
         let s: Vec<Stats> = t.iter().map(|v| Stats::of(v)).collect();
         for (i, label) in ["twill ADD", "reference ADD", "twill DEL", "reference DEL"]
             .iter()
@@ -108,6 +122,10 @@ pub fn run(options: &Options) -> Report {
         {
             rows.push((format!("{label} @{n} leases"), s[i]));
         }
+        rows.push((
+            format!("twill ADD after a ref write @{n}"),
+            Stats::of(&mixed),
+        ));
         let ratio = |a: Stats, b: Stats| a.median.as_secs_f64() / b.median.as_secs_f64();
         notes.push(format!(
             "@{n} leases: ADD ours/ref {:.3}, DEL ours/ref {:.3}; first twill op after the prefill (index \
