@@ -740,8 +740,12 @@ fn del_without_runtime_config_leaves_no_rule() {
         if backend == "nftables" {
             assert!(nft_added.is_empty(), "nft leftovers: {nft_added:#?}");
         }
-        // DEL is idempotent.
+        // DEL is idempotent, and tolerates replayed mappings that ADD would refuse.
         n.portmap("DEL", "pod-del", &pod.path_str(), &conf)
+            .assert_success();
+        let mut bad = conf.clone();
+        bad["runtimeConfig"] = json!({"portMappings": [{"hostPort": 0, "containerPort": -1}]});
+        n.portmap("DEL", "pod-del", &pod.path_str(), &bad)
             .assert_success();
     }
 }

@@ -110,18 +110,32 @@ struct RawMapping {
     host_ip: Option<String>,
 }
 
+fn parse_backend(name: Option<&str>) -> Result<Backend> {
+    match name {
+        None | Some("") | Some("nftables") => Ok(Backend::Nftables),
+        Some("iptables") => Ok(Backend::Iptables),
+        Some(other) => Err(Error::invalid_config(format!(
+            "backend: unknown backend {other:?} (expected \"nftables\" or \"iptables\")"
+        ))),
+    }
+}
+
+/// Only the backend, for DEL and GC: they must clean up even when the rest of the configuration (or
+/// the mappings libcni replays on DEL after a failed ADD) is invalid, or a runtime would retry forever.
+pub fn backend_only(conf: &NetConf) -> Result<Backend> {
+    #[derive(Deserialize)]
+    struct OnlyBackend {
+        #[serde(default)]
+        backend: Option<serde_json::Value>,
+    }
+    let raw: OnlyBackend = conf.plugin_config()?;
+    parse_backend(raw.backend.as_ref().and_then(|v| v.as_str()))
+}
+
 impl PortMapConf {
     pub fn parse(conf: &NetConf) -> Result<Self> {
         let raw: Raw = conf.plugin_config()?;
-        let backend = match raw.backend.as_deref() {
-            None | Some("") | Some("nftables") => Backend::Nftables,
-            Some("iptables") => Backend::Iptables,
-            Some(other) => {
-                return Err(Error::invalid_config(format!(
-                    "backend: unknown backend {other:?} (expected \"nftables\" or \"iptables\")"
-                )))
-            }
-        };
+        let backend = parse_backend(raw.backend.as_deref())?;
         let mark = match (raw.mark_masq_bit, raw.external_set_mark_chain) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid_config(

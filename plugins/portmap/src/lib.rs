@@ -150,9 +150,9 @@ impl Plugin for Portmap {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let conf = PortMapConf::parse(&req.config)?;
+        let kind = config::backend_only(&req.config)?;
         let owner = owner_of(req)?;
-        let mut fw = backend(conf.backend);
+        let mut fw = backend(kind);
         let _lock = lock::Lock::acquire()?;
         for family in Family::BOTH {
             remove_owner(&mut *fw, family, &owner)?;
@@ -196,7 +196,7 @@ impl Plugin for Portmap {
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
-        let conf = PortMapConf::parse(&req.config)?;
+        let kind = config::backend_only(&req.config)?;
         let Some(valid) = req.config.valid_attachments()? else {
             // Without the list we cannot know what is stale; releasing everything would be wrong.
             return Ok(());
@@ -206,7 +206,7 @@ impl Plugin for Portmap {
             .iter()
             .map(|a| Owner::new(network, &a.container_id, &a.ifname))
             .collect();
-        let mut fw = backend(conf.backend);
+        let mut fw = backend(kind);
         let _lock = lock::Lock::acquire()?;
         let mut errors = Vec::new();
         for family in Family::BOTH {
