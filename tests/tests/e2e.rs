@@ -112,7 +112,7 @@ fn pod_churn_of_100_add_del_cycles_over_the_nodes_leaves_no_lease_veth_rule_or_s
                 if k >= CYCLES {
                     break;
                 }
-                let host_port = (k % 5 == 0).then(|| 31000 + k as u16);
+                let host_port = k.is_multiple_of(5).then(|| 31000 + k as u16);
                 if let Err(e) = cluster.pod_cycle(k % cluster.nodes.len(), host_port) {
                     errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
                 }
