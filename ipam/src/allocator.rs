@@ -11,6 +11,7 @@
 use crate::config::IpamConfig;
 use crate::lease::{LeaseContent, Owner};
 use crate::store::Store;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use twill_cni::{Error, IpConfig, Result};
 
@@ -129,13 +130,26 @@ fn reserve_requested(
     )))
 }
 
+/// After this many taken addresses in a row, list the directory once and skip addresses known to be taken.
+const DENSE_RUN: usize = 32;
+
 fn reserve_next(
     store: &mut Store,
     idx: usize,
     set: &crate::range::RangeSet,
     owner: &Owner,
 ) -> Result<IpAddr> {
-    for (_, ip) in set.iter_from(store.last_reserved(idx)) {
+    // Round-robin usually lands on a free address at once. When the cursor sits before a dense block (lost
+    // cursor file, nearly full pool), one readdir (names only) is cheaper than a failed link(2) per lease.
+    let mut taken: Option<HashSet<IpAddr>> = None;
+    for (n, (_, ip)) in set.iter_from(store.last_reserved(idx)).enumerate() {
+        if n == DENSE_RUN {
+            taken = Some(store.leased_addresses()?.into_iter().collect());
+        }
+        if taken.as_ref().is_some_and(|t| t.contains(&ip)) {
+            continue;
+        }
+        // Every writer holds the lock, so the listing is current; link(2) stays the arbiter all the same.
         if store.try_reserve(&ip, owner)? {
             return Ok(ip);
         }

@@ -138,6 +138,25 @@ fn allocation_is_round_robin_and_skips_the_gateway() {
 }
 
 #[test]
+fn allocation_skips_a_dense_block_when_the_cursor_is_lost() {
+    let net = TestNet::new(json!({"subnet": "10.34.0.0/16"}));
+    run_ours("ADD", "first", "eth0", &net.conf).assert_success();
+    for i in 3..3000u32 {
+        let ip = format!("10.34.{}.{}", i / 256, i % 256);
+        fs::write(net.net_dir().join(ip), format!("fill{i}\r\neth0")).unwrap();
+    }
+    fs::remove_file(net.net_dir().join("last_reserved_ip.0")).unwrap();
+    let r = run_ours("ADD", "next", "eth0", &net.conf).assert_success();
+    assert_eq!(
+        addresses(&r),
+        ["10.34.11.184/16"],
+        "first free address after the block"
+    );
+    run_ours("DEL", "fill100", "eth0", &net.conf).assert_success();
+    assert!(!net.net_dir().join("10.34.0.100").exists());
+}
+
+#[test]
 fn requested_ips_from_every_source_are_honoured() {
     let net = TestNet::new(
         json!({"ranges": [[{"subnet": "10.28.0.0/24"}], [{"subnet": "fd28::/64"}], [{"subnet": "10.29.0.0/24"}]]}),
