@@ -49,11 +49,15 @@ enum Impl {
     Reference,
 }
 
-fn portmap_bin(which: Impl) -> PathBuf {
+fn plugin_bin(which: Impl, name: &str) -> PathBuf {
     match which {
-        Impl::Ours => bin("portmap"),
-        Impl::Reference => ref_bin("portmap"),
+        Impl::Ours => bin(name),
+        Impl::Reference => ref_bin(name),
     }
+}
+
+fn portmap_bin(which: Impl) -> PathBuf {
+    plugin_bin(which, "portmap")
 }
 
 /// A simulated node: its namespace, a remote host namespace on a veth, a libcni driver running inside
@@ -68,7 +72,13 @@ struct Node {
 
 impl Node {
     /// `portmap` is the plugin object appended to the bridge in the conflist.
+    /// Pods attached with our bridge and host-local.
     fn new(which: Impl, portmap: Value) -> Node {
+        Node::with_bridge(which, Impl::Ours, portmap)
+    }
+
+    /// `bridge` picks the bridge and host-local plugins (ours or the reference's).
+    fn with_bridge(which: Impl, bridge: Impl, portmap: Value) -> Node {
         require_root();
         let node = Netns::new("pmnode");
         let remote = Netns::new("pmrem");
@@ -80,8 +90,8 @@ impl Node {
         std::fs::create_dir_all(&bin_dir).expect("mkdir bin");
         for (name, target) in [
             ("portmap", portmap_bin(which)),
-            ("bridge", ref_bin("bridge")),
-            ("host-local", ref_bin("host-local")),
+            ("bridge", plugin_bin(bridge, "bridge")),
+            ("host-local", plugin_bin(bridge, "host-local")),
         ] {
             std::os::unix::fs::symlink(&target, bin_dir.join(name)).expect("symlink plugin");
         }
@@ -479,8 +489,8 @@ fn bare_request(n: &Node, version: &str, extra: Value) -> Value {
     conf
 }
 
-fn reachability(which: Impl, extra: Value) -> Vec<(String, Result<String, String>)> {
-    let n = Node::new(which, portmap_conf(extra));
+fn reachability(which: Impl, bridge: Impl, extra: Value) -> Vec<(String, Result<String, String>)> {
+    let n = Node::with_bridge(which, bridge, portmap_conf(extra));
     let (pod, _) = n.add_pod("pod-a", &mappings());
     let _servers = Servers::start(&pod, CONTAINER_PORT, "pod-a");
     let got = matrix(&n, &pod, true);
@@ -506,7 +516,7 @@ fn reachability(which: Impl, extra: Value) -> Vec<(String, Result<String, String
 
 #[test]
 fn tcp_and_udp_host_ports_reach_the_pod_from_another_host_the_node_and_the_pod_itself() {
-    let got = reachability(Impl::Ours, json!({}));
+    let got = reachability(Impl::Ours, Impl::Ours, json!({}));
     assert_eq!(
         got,
         expected("pod-a", true),
@@ -517,7 +527,7 @@ fn tcp_and_udp_host_ports_reach_the_pod_from_another_host_the_node_and_the_pod_i
 
 #[test]
 fn iptables_backend_reaches_the_pod_the_same_way() {
-    let got = reachability(Impl::Ours, json!({"backend": "iptables"}));
+    let got = reachability(Impl::Ours, Impl::Ours, json!({"backend": "iptables"}));
     assert_eq!(
         got,
         expected("pod-a", true),
@@ -528,8 +538,9 @@ fn iptables_backend_reaches_the_pod_the_same_way() {
 
 #[test]
 fn reachability_matches_the_reference_portmap() {
-    let theirs = reachability(Impl::Reference, json!({}));
-    let ours = reachability(Impl::Ours, json!({}));
+    // Both on the reference bridge, so only portmap differs.
+    let theirs = reachability(Impl::Reference, Impl::Reference, json!({}));
+    let ours = reachability(Impl::Ours, Impl::Reference, json!({}));
     assert_eq!(
         ours,
         theirs,
