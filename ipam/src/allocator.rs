@@ -56,13 +56,22 @@ pub fn allocate(store: &mut Store, conf: &IpamConfig, owner: &Owner) -> Result<V
     match outcome {
         Ok(ips) => {
             if !fresh.is_empty() {
+                for (idx, ip) in &fresh {
+                    // The cursor only steers round-robin; losing it costs fairness, not correctness.
+                    if let Err(e) = store.set_last_reserved(*idx, ip) {
+                        eprintln!("host-local: {e}");
+                    }
+                }
                 let mut all = held.clone();
                 all.extend(fresh.iter().map(|(_, ip)| *ip));
-                store.index_write(owner, &all)?;
-                for (idx, ip) in &fresh {
-                    store.set_last_reserved(*idx, ip)?;
+                // The leases exist and the ADD has succeeded; an index we could not update is simply left
+                // untrusted (no new stamp) and rebuilt by the next operation.
+                match store.index_write(owner, &all) {
+                    Ok(()) => store.restamp(),
+                    Err(e) => {
+                        eprintln!("host-local: index not updated (next operation rescans): {e}")
+                    }
                 }
-                store.restamp()?;
             }
             Ok(ips)
         }
@@ -73,7 +82,7 @@ pub fn allocate(store: &mut Store, conf: &IpamConfig, owner: &Owner) -> Result<V
             }
             // Only our own, now undone, changes happened since the index was trusted.
             if rolled_back && !fresh.is_empty() {
-                let _ = store.restamp();
+                store.restamp();
             }
             Err(e)
         }

@@ -138,8 +138,16 @@ impl Store {
         ))
     }
 
-    /// Record that the index matches the directory as it is now. Call after our own changes, under the lock.
-    pub fn restamp(&self) -> Result<()> {
+    /// Record that the index matches the directory as it is now. Call after our own changes, under the lock,
+    /// once the index reflects them. Failing here is harmless: the directory's mtime then differs from the
+    /// stamp (our own change moved it), so the next operation rescans; the error is only reported on stderr.
+    pub fn restamp(&self) {
+        if let Err(e) = self.try_restamp() {
+            eprintln!("host-local: index stamp not updated (next operation rescans): {e}");
+        }
+    }
+
+    fn try_restamp(&self) -> Result<()> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -178,7 +186,7 @@ impl Store {
         let entries = self.scan()?;
         self.rebuild_index(&entries)?;
         self.clear_tmp();
-        self.restamp()?;
+        self.restamp();
         Ok(Some(entries))
     }
 
@@ -305,7 +313,7 @@ mod tests {
         s.ensure_index().unwrap();
         assert_eq!(s.held_by(&Owner::new("ref", "eth0")).unwrap(), vec![ip]);
         // A foreign release: the stale index entry is not trusted blindly.
-        s.restamp().unwrap();
+        s.restamp();
         fs::remove_file(s.paths.lease(&ip)).unwrap();
         fs::write(s.paths.lease(&ip), b"other\r\neth0").unwrap();
         assert!(s.held_by(&Owner::new("ref", "eth0")).unwrap().is_empty());
@@ -358,7 +366,7 @@ mod tests {
                             let mut held = s.held_by(&o).unwrap();
                             held.push(addr(ip));
                             s.index_write(&o, &held).unwrap();
-                            s.restamp().unwrap();
+                            s.restamp();
                         }
                     }
                     Step::OurRelease { owner, crash } => {
@@ -370,7 +378,7 @@ mod tests {
                         if !crash {
                             s.index_write(&o, &[]).unwrap();
                             if !held.is_empty() {
-                                s.restamp().unwrap();
+                                s.restamp();
                             }
                         }
                     }

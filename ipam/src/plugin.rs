@@ -67,10 +67,15 @@ impl Plugin for HostLocal {
             }
         }
         if errors.is_empty() {
-            store.index_write(&owner, &[])?;
-            if !held.is_empty() {
-                store.index_write(&released_from, &[])?;
-                store.restamp()?;
+            // The leases are gone, which is what DEL promises; an index we cannot update is left untrusted
+            // (no new stamp) and rebuilt by the next operation.
+            let forgotten = store
+                .index_write(&owner, &[])
+                .and_then(|()| store.index_write(&released_from, &[]));
+            match forgotten {
+                Ok(()) if !held.is_empty() => store.restamp(),
+                Ok(()) => {}
+                Err(e) => eprintln!("host-local: index not updated (next operation rescans): {e}"),
             }
             Ok(())
         } else {
@@ -211,7 +216,7 @@ impl Plugin for HostLocal {
         store.rebuild_index(&kept)?;
         store.clear_tmp();
         if errors.is_empty() {
-            store.restamp()?;
+            store.restamp();
             Ok(())
         } else {
             Err(Error::failed(format!(
