@@ -155,3 +155,29 @@ fn ours_and_the_reference_allocating_at_once_never_share_an_address() {
     }
     assert_eq!(net.names(), ["last_reserved_ip.0", "lock"]);
 }
+
+#[test]
+fn results_equal_the_reference_for_the_same_state() {
+    for version in ["0.2.0", "0.3.1", "0.4.0", "1.0.0"] {
+        let ipam = json!({
+            "ranges": [[{"subnet": "10.74.0.0/24", "gateway": "10.74.0.254"}], [{"subnet": "fd74::/64"}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "fd00::/8", "gw": "fd74::1"}],
+        });
+        let (a, b) = (TestNet::new(ipam.clone()), TestNet::new(ipam));
+        let mut conf_a = a.conf_v(version);
+        let mut conf_b = b.conf_v(version);
+        // One address family per result in 0.2.0.
+        if version == "0.2.0" {
+            conf_a["ipam"]["ranges"] = json!([[{"subnet": "10.74.0.0/24"}]]);
+            conf_b["ipam"]["ranges"] = json!([[{"subnet": "10.74.0.0/24"}]]);
+        }
+        let ours = run(&ours(), "ADD", "c1", "eth0", &conf_a, None).assert_success();
+        let theirs = run(&reference(), "ADD", "c1", "eth0", &conf_b, None).assert_success();
+        assert_eq!(ours, theirs, "cniVersion {version}");
+        assert_eq!(
+            a.leases(),
+            b.leases(),
+            "cniVersion {version}: same bytes on disk"
+        );
+    }
+}
