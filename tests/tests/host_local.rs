@@ -493,3 +493,80 @@ fn libcni_add_check_del_through_a_conflist() {
     assert!(net.leases().is_empty(), "{:?}", net.leases());
     lib.del(&name, ns.path()).assert_success();
 }
+
+/// A tmpfs mounted for the test and lazily unmounted on drop, even when the test fails.
+struct TmpfsMount(std::path::PathBuf);
+
+impl TmpfsMount {
+    fn new(at: &std::path::Path, options: &str) -> TmpfsMount {
+        require_root();
+        fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                options,
+                "twill-test",
+                &at.display().to_string(),
+            ])
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "mount tmpfs at {}: {}",
+            at.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TmpfsMount(at.to_path_buf())
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn network_directory_on_its_own_mount_still_gets_atomic_leases() {
+    // The temporary lease file normally lives in <dataDir>/.twill; link(2) cannot cross mounts (EXDEV), so
+    // the plugin must fall back to a temporary file beside the leases.
+    let net = TestNet::new(json!({"subnet": "10.57.0.0/24"}));
+    let _mount = TmpfsMount::new(&net.net_dir(), "mode=0755");
+    let r = run_ours("ADD", "c1", "eth0", &net.conf).assert_success();
+    assert_eq!(addresses(&r), ["10.57.0.2/24"]);
+    run_ref("ADD", "r1", "eth0", &net.conf).assert_success();
+    let r2 = run_ours("ADD", "c2", "eth0", &net.conf).assert_success();
+    assert_eq!(addresses(&r2), ["10.57.0.4/24"]);
+    assert_eq!(
+        net.leases().get("10.57.0.2").map(String::as_str),
+        Some("c1\r\neth0")
+    );
+    assert_eq!(
+        net.names(),
+        [
+            "10.57.0.2",
+            "10.57.0.3",
+            "10.57.0.4",
+            "last_reserved_ip.0",
+            "lock"
+        ]
+    );
+    for id in ["c1", "c2", "r1"] {
+        run_ours("DEL", id, "eth0", &net.conf).assert_success();
+    }
+    assert_eq!(net.names(), ["last_reserved_ip.0", "lock"]);
+}
+
+#[test]
+fn status_reports_50_on_a_read_only_data_dir() {
+    let net = TestNet::new(json!({"subnet": "10.58.0.0/24"}));
+    let data = net.dir.path().join("data");
+    let _mount = TmpfsMount::new(&data, "ro");
+    let e = run_plain("STATUS", &net.conf).assert_error(50);
+    assert!(e["msg"].as_str().unwrap().contains("not writable"), "{e}");
+}
