@@ -184,6 +184,19 @@ fn sigkill_at_random_moments_never_double_allocates_and_gc_restores_the_live_set
         expected,
         "after GC exactly the live attachments' leases remain"
     );
+    let tmp = net
+        .dir
+        .path()
+        .join("data/.twill")
+        .join(net.name())
+        .join("tmp");
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "GC removes temporary files of killed writers: {leftovers:?}"
+    );
 
     // The index agrees with the disk afterwards: DEL of every live attachment leaves nothing.
     for id in &live {
