@@ -84,22 +84,27 @@ fn postrouting_intact(listed: &[RuleInfo]) -> bool {
 pub(crate) fn add(owner: &Owner, addrs: &[IpNet]) -> Result<()> {
     let nft = Nft::open()?;
     let mut batch = Batch::new();
-    batch
-        .add_table(Family::Inet, TABLE)
-        .add_base_chain(
-            Family::Inet,
-            TABLE,
-            POSTROUTING,
-            &BaseChain::nat(Hook::Postrouting, priority::SRCNAT),
-        )
-        .add_chain(Family::Inet, TABLE, CHECKS);
-    // The reference flushes and re-fills `postrouting` on every ADD. We do so only when it is
-    // not exactly as expected (first ADD, or damaged): a transaction that deletes rules makes
-    // closing the socket wait for an RCU grace period (see `Nft`), ~10 ms, more than the rest
-    // of the ADD. Concurrent first ADDs may both re-fill; each transaction is atomic, so the
-    // chain still ends with exactly these three rules.
+    // Hot path: when `postrouting` already holds exactly the multicast returns and the goto,
+    // the table and both chains exist (a chain cannot be deleted while a goto targets it), so
+    // the transaction only adds the owner's rules. Re-sending "add table/chain" or flushing
+    // would be correct too, but base chain updates and rule deletions are released after an
+    // RCU grace period, and closing the socket then waits for it (see `Nft`): ~10–15 ms, more
+    // than the whole rest of the ADD. The reference flushes and re-fills on every ADD.
     if !postrouting_intact(&nft.list_rules(Family::Inet, TABLE, POSTROUTING)?) {
-        batch.flush_chain(Family::Inet, TABLE, POSTROUTING);
+        // First ADD on this node (or a damaged chain): create everything and re-fill
+        // `postrouting`. Concurrent first ADDs may all do this; each transaction is atomic and
+        // creation without NLM_F_EXCL tolerates existing objects, so the chain still ends with
+        // exactly these three rules.
+        batch
+            .add_table(Family::Inet, TABLE)
+            .add_base_chain(
+                Family::Inet,
+                TABLE,
+                POSTROUTING,
+                &BaseChain::nat(Hook::Postrouting, priority::SRCNAT),
+            )
+            .add_chain(Family::Inet, TABLE, CHECKS)
+            .flush_chain(Family::Inet, TABLE, POSTROUTING);
         for rule in postrouting_rules()? {
             batch.add_rule(TABLE, POSTROUTING, &rule)?;
         }
