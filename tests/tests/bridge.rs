@@ -431,3 +431,120 @@ fn host_veth_name_is_stable_per_attachment() {
     );
     let _ = bins::bin_dir();
 }
+
+#[test]
+fn check_tolerates_routes_added_by_later_plugins() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf("brchain", json!({"isGateway": true}));
+    let result = node
+        .run(&ours(), "ADD", Some(pod.path()), "chain", "eth0", &conf)
+        .assert_success();
+    pod.ip(&[
+        "route",
+        "add",
+        "192.0.2.0/24",
+        "via",
+        "10.88.0.1",
+        "dev",
+        "eth0",
+    ]);
+    pod.ip(&["addr", "add", "10.88.0.200/32", "dev", "eth0"]);
+    let mut c = conf.clone();
+    c["prevResult"] = result;
+    node.run(&ours(), "CHECK", Some(pod.path()), "chain", "eth0", &c)
+        .assert_success();
+}
+
+#[test]
+fn macspoofchk_drops_frames_with_another_source_mac_and_del_removes_its_rules() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf("brspoof", json!({"isGateway": true, "macspoofchk": true}));
+    node.run(&ours(), "ADD", Some(pod.path()), "spoof", "eth0", &conf)
+        .assert_success();
+    let ruleset = node.nft();
+    assert!(
+        ruleset.contains("table bridge nat") && ruleset.contains("cni-br-iface-"),
+        "no spoof-check rules: {ruleset}"
+    );
+    assert!(
+        ping(&pod, "10.88.0.1"),
+        "pod with its own MAC cannot reach the gateway"
+    );
+    pod.ip(&["link", "set", "eth0", "address", "02:00:00:00:be:ef"]);
+    pod.ip(&["neigh", "flush", "dev", "eth0"]);
+    node.ns.ip(&["neigh", "flush", "dev", "cni0"]);
+    assert!(
+        !ping(&pod, "10.88.0.1"),
+        "frames with a spoofed MAC got through"
+    );
+    node.run(&ours(), "DEL", Some(pod.path()), "spoof", "eth0", &conf)
+        .assert_success();
+    let ruleset = node.nft();
+    assert!(
+        !ruleset.contains("cni-br-iface-"),
+        "spoof-check rules left: {ruleset}"
+    );
+}
+
+#[test]
+fn port_isolation_and_hairpin_flags_are_set_on_the_host_port() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf("briso", json!({"portIsolation": true, "hairpinMode": true}));
+    node.run(&ours(), "ADD", Some(pod.path()), "iso", "eth0", &conf)
+        .assert_success();
+    let ports = links(&node.ns, &["master", "cni0"]);
+    assert_eq!(ports.len(), 1);
+    let slave = &ports[0]["linkinfo"]["info_slave_data"];
+    assert_eq!(slave["isolated"], json!(true), "{slave}");
+    assert_eq!(slave["hairpin"], json!(true), "{slave}");
+}
+
+#[test]
+fn disable_container_interface_leaves_it_down_in_l2_mode() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf(
+        "brdown",
+        json!({"ipam": null, "disableContainerInterface": true}),
+    );
+    let r = node
+        .run(&ours(), "ADD", Some(pod.path()), "down", "eth0", &conf)
+        .assert_success();
+    assert!(r.get("ips").is_none(), "L2 mode has no IPs: {r}");
+    assert!(
+        !pod.link_is_up("eth0"),
+        "container interface must stay down"
+    );
+    // With IPAM it is a config error.
+    let conf = node.conf("brdown", json!({"disableContainerInterface": true}));
+    let pod2 = Netns::new("brp");
+    node.run(&ours(), "ADD", Some(pod2.path()), "down2", "eth0", &conf)
+        .assert_error(7);
+}
+
+#[test]
+fn enabledad_turns_dad_on_and_waits_for_it() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf(
+        "brdad",
+        json!({"isGateway": true, "enabledad": true, "ipam": {"ranges": [[{"subnet": "fd89::/64"}]]}}),
+    );
+    let r = node
+        .run(&ours(), "ADD", Some(pod.path()), "dad", "eth0", &conf)
+        .assert_success();
+    assert_eq!(sysctl(&pod, "net/ipv6/conf/eth0/accept_dad"), "1");
+    let addr = result_ip(&r, true);
+    let shown = pod.ip(&["-6", "addr", "show", "dev", "eth0"]);
+    let line = shown
+        .lines()
+        .find(|l| l.contains(&addr))
+        .unwrap_or_else(|| panic!("{addr} missing: {shown}"));
+    assert!(
+        !line.contains("tentative"),
+        "ADD returned before DAD finished: {line}"
+    );
+}
