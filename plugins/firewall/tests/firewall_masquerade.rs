@@ -343,6 +343,101 @@ fn sixteen_concurrent_owners_add_check_and_del() {
     }
 }
 
+/// Environment of a child process started by `sixteen_concurrent_processes_add_check_and_del`.
+const CHILD_ENV: &str = "TWFW_MASQ_CHILD";
+
+/// Not a test on its own: the body of one of the concurrent processes (the test binary re-runs
+/// itself with `--ignored --exact` and this variable set).
+#[test]
+#[ignore]
+fn concurrent_process_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.split(',');
+    let (Some(path), Some(backend), Some(i)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("bad {CHILD_ENV}={spec}");
+    };
+    let backend: Backend = backend.parse().unwrap();
+    let i: u32 = i.parse().unwrap();
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: setns on this test thread; the process exists only for this.
+    assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+    let o = owner("procs", &format!("proc{i}"), "eth0");
+    let addrs = [
+        net(&format!("10.78.0.{}/24", i + 2)),
+        net(&format!("fd78::{:x}/64", i + 2)),
+    ];
+    for round in 0..3 {
+        masquerade::add(backend, &o, &addrs)
+            .unwrap_or_else(|e| panic!("{backend} add {i}/{round}: {e}"));
+        masquerade::check(backend, &o, &addrs)
+            .unwrap_or_else(|e| panic!("{backend} check {i}/{round}: {e}"));
+        masquerade::del(backend, &o).unwrap_or_else(|e| panic!("{backend} del {i}/{round}: {e}"));
+    }
+    // Leave one owner in place for the parent to verify.
+    masquerade::add(backend, &o, &addrs).unwrap();
+}
+
+#[test]
+fn sixteen_concurrent_processes_add_check_and_del() {
+    let exe = std::env::current_exe().unwrap();
+    for backend in BACKENDS {
+        let ns = TestNetns::new("procs");
+        let children: Vec<_> = (0..16)
+            .map(|i| {
+                std::process::Command::new(&exe)
+                    .args([
+                        "--ignored",
+                        "--exact",
+                        "concurrent_process_child",
+                        "--nocapture",
+                    ])
+                    .env(CHILD_ENV, format!("{},{backend},{i}", ns.path()))
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for (i, child) in children.into_iter().enumerate() {
+            let out = child.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "{backend} child {i}: {text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let state = masq_state(&ns, backend);
+        let expected_rules = match backend {
+            Backend::Nftables => 32,         // one rule per address
+            Backend::Iptables => 16 * 2 * 4, // per family: chain decl, accept, masquerade, jump
+        };
+        assert_eq!(state.len(), expected_rules, "{backend}: {state:#?}");
+        ns.run(|| {
+            for i in 0..16u32 {
+                let addrs = [
+                    net(&format!("10.78.0.{}/24", i + 2)),
+                    net(&format!("fd78::{:x}/64", i + 2)),
+                ];
+                masquerade::check(
+                    backend,
+                    &owner("procs", &format!("proc{i}"), "eth0"),
+                    &addrs,
+                )
+                .unwrap();
+            }
+            assert_eq!(
+                masquerade::gc(backend, "procs", &[] as &[(&str, &str)]).unwrap(),
+                16
+            );
+        });
+        assert_eq!(masq_state(&ns, backend), Vec::<String>::new(), "{backend}");
+    }
+}
+
 #[test]
 fn invalid_owner_is_rejected_before_touching_the_firewall() {
     let ns = TestNetns::new("inval");
