@@ -21,9 +21,28 @@ pub fn ensure(host: &Handle, conf: &BridgeConf) -> Result<Link> {
         mac: None,
         up: true,
     };
-    let mut br = host
-        .create_bridge(&spec)
-        .with_context(|| format!("failed to create bridge {:?}", conf.bridge))?;
+    // Every ADD but a node's first finds the bridge: look it up first (one round trip) and create it only
+    // when missing (creation tolerates a concurrent creator).
+    let mut br = match host.link_by_name(&conf.bridge) {
+        Ok(l) if l.kind.as_deref() == Some("bridge") => l,
+        Ok(l) => {
+            return Err(Error::failed(format!(
+                "failed to create bridge {:?}: {:?} already exists but is not a bridge ({})",
+                conf.bridge,
+                conf.bridge,
+                l.kind.as_deref().unwrap_or("no kind")
+            )))
+        }
+        Err(e) if e.is_not_found() => host
+            .create_bridge(&spec)
+            .with_context(|| format!("failed to create bridge {:?}", conf.bridge))?,
+        Err(e) => {
+            return Err(Error::failed(format!(
+                "failed to look up bridge {:?}: {e}",
+                conf.bridge
+            )))
+        }
+    };
     if conf.promisc && !br.promisc {
         host.set_link_promisc(br.index, true)
             .with_context(|| format!("could not set promiscuous mode on {:?}", conf.bridge))?;

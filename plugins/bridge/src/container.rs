@@ -10,9 +10,10 @@ use twill_kernel::{sysctl, AddressOptions, Handle, NetNs, Route, RouteScope};
 /// How long to wait for IPv6 duplicate address detection when `enabledad` is on (the reference: 10 s).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The sysctls of the container interface, all in one trip into the pod namespace.
-fn set_sysctls(pod: &NetNs, ifname: &str, enable_dad: bool, has_v6: bool) -> Result<()> {
-    pod.run(|| -> Result<()> {
+/// DAD and ARP-notify sysctls of the container interface, in one trip into the pod namespace. They need only
+/// the interface, so ADD sets them while IPAM is still running.
+pub fn set_sysctls(pod: &NetNs, ifname: &str, enable_dad: bool) -> Result<()> {
+    pod.run(|| {
         // Best effort like the reference: IPv6 may be disabled in the pod.
         if enable_dad {
             let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
@@ -22,19 +23,24 @@ fn set_sysctls(pod: &NetNs, ifname: &str, enable_dad: bool, has_v6: bool) -> Res
         }
         // Gratuitous ARP when the link comes up: neighbours forget a reused IP's old MAC at once.
         let _ = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
-        if has_v6 {
-            for dev in ["lo", ifname] {
-                let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
-                match sysctl::read(&key) {
-                    Ok(v) if v == "0" => {}
-                    Ok(_) => {
-                        sysctl::write(&key, "0").context("failed to enable IPv6")?;
-                    }
-                    Err(e) => eprintln!("bridge: failed to read sysctl {key}: {e}"),
+    })
+    .context("enter pod network namespace")
+}
+
+/// IPv6 must be enabled on `lo` and the interface before an IPv6 address is added (`ConfigureIface`).
+fn enable_ipv6(pod: &NetNs, ifname: &str) -> Result<()> {
+    pod.run(|| -> Result<()> {
+        for dev in ["lo", ifname] {
+            let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
+            match sysctl::read(&key) {
+                Ok(v) if v == "0" => {}
+                Ok(_) => {
+                    sysctl::write(&key, "0").context("failed to enable IPv6")?;
                 }
+                Err(e) => eprintln!("bridge: failed to read sysctl {key}: {e}"),
             }
-            let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
         }
+        let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
         Ok(())
     })
     .context("enter pod network namespace")?
@@ -50,8 +56,9 @@ pub fn configure(
     result: &CniResult,
     enable_dad: bool,
 ) -> Result<()> {
-    let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
-    set_sysctls(pod, ifname, enable_dad, has_v6)?;
+    if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
+        enable_ipv6(pod, ifname)?;
+    }
     let mut v4gw = None;
     let mut v6gw = None;
     for ip in &result.ips {

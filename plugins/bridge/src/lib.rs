@@ -228,6 +228,10 @@ impl Plugin for Bridge {
             });
         }
 
+        if conf.ipam_type.is_some() {
+            container::set_sysctls(&pod, ifname, conf.enable_dad)?;
+            trace.mark("pod sysctls");
+        }
         if let Some(p) = pending.take() {
             let ipam_result = p.wait_result(req)?;
             trace.mark("IPAM result");
