@@ -40,6 +40,15 @@ fn of_family(addrs: &[IpNet], family: IpFamily) -> Vec<IpNet> {
         .collect()
 }
 
+/// Whether the kernel has the family at all (booted with `ipv6.disable=1` it has no IPv6, and
+/// every `ip6tables` call fails; DEL and GC must still succeed there).
+fn family_enabled(family: IpFamily) -> bool {
+    match family {
+        IpFamily::V4 => true,
+        IpFamily::V6 => std::path::Path::new("/proc/sys/net/ipv6").exists(),
+    }
+}
+
 fn host(addr: &IpNet) -> IpNet {
     IpNet::from(addr.addr())
 }
@@ -127,6 +136,10 @@ fn remove_owners(
     family: IpFamily,
     select: impl Fn(&[String]) -> HashSet<String>,
 ) -> Result<HashSet<String>> {
+    if !family_enabled(family) {
+        // Nothing of that family can have been installed, and ip6tables fails without IPv6.
+        return Ok(HashSet::new());
+    }
     let ipt = Iptables::new(family);
     let mut last_err = None;
     for _ in 0..DELETE_ROUNDS {

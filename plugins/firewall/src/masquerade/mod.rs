@@ -5,6 +5,14 @@
 //! and interface name — written into rule comments (and, for iptables, the chain name). So
 //! [`del`] needs neither the addresses nor the container's namespace, and [`gc`] can remove the
 //! rules of attachments the runtime no longer knows (the reference leaks them, plugins#810).
+//!
+//! Cost (nftables, measured with `examples/masq_timing.rs`, 50 other owners present): ADD is one
+//! dump of the small `postrouting` chain plus one add-only transaction, ~0.1–0.3 ms; DEL is one
+//! dump of `masq_checks` plus one transaction, ~0.5 ms. Deleting rules leaves the kernel an RCU
+//! grace period of clean-up that closing the netlink socket would wait for (5–20 ms); the socket
+//! is therefore parked and closed at process exit (see [`crate::nft::Nft`]). A plugin should call
+//! [`del`] *before* (or concurrently with) slow kernel work such as deleting the veth, so the
+//! grace period has passed by the time it exits.
 
 mod iptables;
 mod nftables;
