@@ -370,3 +370,42 @@ fn errors_name_the_failing_change() {
         nft.commit(&Batch::new()).unwrap();
     });
 }
+
+#[test]
+fn large_batch_commits_atomically_and_lists_completely() {
+    let ns = TestNetns::new("large");
+    let n = 4000u32;
+    ns.run(|| {
+        let nft = Nft::open().unwrap();
+        let mut batch = Batch::new();
+        batch
+            .add_table(Family::Inet, "big")
+            .add_chain(Family::Inet, "big", "c");
+        for i in 0..n {
+            let addr = IpAddr::from([10, 200, (i / 250) as u8, (i % 250) as u8 + 1]);
+            batch
+                .add_rule(
+                    "big",
+                    "c",
+                    &Rule::new(Family::Inet)
+                        .match_saddr(CmpOp::Eq, addr)
+                        .unwrap()
+                        .match_dport(L4Proto::Tcp, CmpOp::Eq, 8000 + (i % 1000) as u16)
+                        .accept()
+                        .comment(format!("owner-{i}")),
+                )
+                .unwrap();
+        }
+        nft.commit(&batch).unwrap();
+        let rules = nft.list_rules(Family::Inet, "big", "c").unwrap();
+        assert_eq!(rules.len(), n as usize);
+        assert_eq!(rules[1234].comment.as_deref(), Some("owner-1234"));
+        // Delete them all in one transaction too.
+        let mut batch = Batch::new();
+        for r in &rules {
+            batch.delete_rule(Family::Inet, "big", "c", r.handle);
+        }
+        nft.commit(&batch).unwrap();
+        assert!(nft.list_rules(Family::Inet, "big", "c").unwrap().is_empty());
+    });
+}

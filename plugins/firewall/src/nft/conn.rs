@@ -17,6 +17,8 @@ use crate::error::{Error, Result};
 
 /// Receive buffer for one datagram; the kernel sizes dump skbs to at most 32 KiB.
 const RECV_BUF: usize = 64 * 1024;
+/// Batches larger than this get a bigger socket send buffer.
+const LARGE_BATCH: usize = 128 * 1024;
 /// A dump interrupted by a concurrent change (`NLM_F_DUMP_INTR`) is retried this many times.
 const DUMP_RETRIES: usize = 10;
 /// Safety net against a kernel that never answers (the batch is processed synchronously inside
@@ -300,6 +302,12 @@ impl Nft {
             NFNL_SUBSYS_NFTABLES,
             &[],
         );
+        if buf.len() > LARGE_BATCH {
+            // A transaction must go in one datagram, which the default socket send buffer
+            // (wmem_default, ~208 KiB) caps. Root can raise it past wmem_max; if that fails the
+            // kernel's EMSGSIZE below explains it.
+            set_buffer(self.socket(), libc::SO_SNDBUFFORCE, buf.len() * 2);
+        }
         if batch.messages.iter().any(|m| m.deletes()) {
             self.deleted.set(true);
         }
@@ -553,6 +561,21 @@ impl Nft {
                 }))
             },
         )
+    }
+}
+
+fn set_buffer(socket: &Socket, option: libc::c_int, size: usize) {
+    use std::os::fd::AsRawFd;
+    let size = size.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: setsockopt on a socket we own with an int-sized option value.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            option,
+            &size as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
