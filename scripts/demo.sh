@@ -19,8 +19,10 @@ cd "$TWILL_ROOT"
 STATE="${TWILL_DEMO_STATE:-/run/twill-demo}"
 PREFIX="twdemo-"
 RELEASE="$TWILL_TARGET_DIR/release"
-CLUSTER="$RELEASE/twill-cluster"
-BINS=(twilld flannel bridge host-local portmap loopback twill-cluster)
+# The supervisor is built in the dev profile: the release profile has panic = "abort", and the supervisor
+# relies on unwinding to remove a half-built cluster when a step fails. The cluster runs release binaries.
+CLUSTER="$TWILL_TARGET_DIR/debug/twill-cluster"
+BINS=(twilld flannel bridge host-local portmap loopback)
 # Host links before the demo started, kept outside STATE so `down` can compare after removing STATE.
 HOST_LINKS="${STATE%/}.host-links"
 
@@ -76,6 +78,8 @@ cmd_up() {
   for b in "${BINS[@]}"; do args+=(--bin "$b"); done
   log "building release binaries: ${BINS[*]}"
   cargo build --release --workspace "${args[@]}"
+  log "building the cluster supervisor: twill-cluster"
+  cargo build -p twill-tests --bin twill-cluster
   log "building the libcni driver (Go, Debian's libcni)"
   build_cnitool
 
@@ -104,6 +108,7 @@ cmd_up() {
       echo "twill-cluster up failed:" >&2
       tail -n 40 "$STATE/up.log" >&2 || true
       "$CLUSTER" down --state "$STATE" >/dev/null 2>&1 || true
+      rm -f "$HOST_LINKS"
       exit 1
     fi
     if [ $((SECONDS - start)) -gt 240 ]; then
