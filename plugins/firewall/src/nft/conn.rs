@@ -329,7 +329,9 @@ impl Nft {
             self.recv(&mut rbuf, "nftables: commit")?;
             let mut done = false;
             for msg in split_messages(&rbuf)? {
-                if msg.kind != NLMSG_ERROR {
+                // Anything else is a leftover of an earlier, abandoned request on this socket.
+                let ours = msg.seq.wrapping_sub(begin) <= end.wrapping_sub(begin);
+                if msg.kind != NLMSG_ERROR || !ours {
                     continue;
                 }
                 let (code, text) = decode_error(&msg)?;
