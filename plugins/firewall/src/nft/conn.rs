@@ -3,8 +3,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
@@ -12,7 +11,7 @@ use super::attr::{self, Attr, AttrWriter};
 use super::batch::{comment_from_userdata, Batch};
 use super::expr::Expr;
 use super::sys::*;
-use super::{Family, Hook};
+use super::{park, Family, Hook};
 use crate::error::{Error, Result};
 
 /// Receive buffer for one datagram; the kernel sizes dump skbs to at most 32 KiB.
@@ -57,58 +56,28 @@ pub struct TableInfo {
 
 /// A netfilter netlink socket in the network namespace of the thread that opened it.
 ///
-/// Closing a socket that committed a deletion blocks for an RCU grace period (5–20 ms measured):
-/// on `NETLINK_URELEASE` nf_tables waits for its deferred destroy work, which frees deleted rules
-/// only after `synchronize_rcu`. A plugin does not need to wait for that, so such a socket is not
-/// closed on drop but parked (see [`close_parked_sockets`]); parked sockets are closed by the next
-/// drop once they are old enough for the wait to be over, or by the kernel at process exit — by
-/// when the plugin's remaining work has usually covered the grace period.
+/// Closing a socket blocks while nf_tables has deferred destroy work pending (5–20 ms measured):
+/// on `NETLINK_URELEASE` it flushes that work, which frees deleted rules (and replaced chain
+/// data) only after `synchronize_rcu`. After our own deletions a plugin has no reason to wait for
+/// that, so a socket that committed a deletion is not closed on drop but parked (see
+/// [`super::close_parked_sockets`]): closed by a later drop once old enough for the wait to be
+/// over, or by the kernel at process exit, by when the plugin's remaining work has usually
+/// covered the grace period.
 pub struct Nft {
     socket: Option<Socket>,
     seq: Cell<u32>,
     deleted: Cell<bool>,
 }
 
-/// Parked sockets older than this close without waiting (the destroy work is long done).
-const PARK_AGE: Duration = Duration::from_millis(200);
-/// At most this many sockets stay parked; older ones are closed (possibly waiting).
-const PARK_MAX: usize = 32;
-
-static PARKED: Mutex<Vec<(Instant, Socket)>> = Mutex::new(Vec::new());
-
 impl Drop for Nft {
     fn drop(&mut self) {
-        let Some(socket) = self.socket.take() else {
-            return;
-        };
-        if !self.deleted.get() {
-            return; // closes now: nothing of ours awaits a grace period
+        if let Some(socket) = self.socket.take() {
+            if self.deleted.get() {
+                park::park(socket);
+            }
+            // Otherwise the socket closes here: nothing of ours awaits a grace period.
         }
-        let now = Instant::now();
-        let mut parked = match PARKED.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let keep_from = parked
-            .iter()
-            .position(|(t, _)| now.duration_since(*t) < PARK_AGE)
-            .unwrap_or(parked.len())
-            .max((parked.len() + 1).saturating_sub(PARK_MAX));
-        let old: Vec<(Instant, Socket)> = parked.drain(..keep_from).collect();
-        parked.push((now, socket));
-        drop(parked);
-        drop(old);
     }
-}
-
-/// Closes every parked socket now, waiting for pending nf_tables destroy work if needed. For
-/// long-running processes and benchmarks; plugins can simply exit.
-pub fn close_parked_sockets() {
-    let parked: Vec<(Instant, Socket)> = match PARKED.lock() {
-        Ok(mut p) => p.drain(..).collect(),
-        Err(poisoned) => poisoned.into_inner().drain(..).collect(),
-    };
-    drop(parked);
 }
 
 impl std::fmt::Debug for Nft {

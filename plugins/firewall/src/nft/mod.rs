@@ -24,6 +24,7 @@ mod attr;
 mod batch;
 mod conn;
 mod expr;
+mod park;
 mod rule;
 mod sys;
 
@@ -31,8 +32,9 @@ use std::fmt;
 
 pub use batch::Batch;
 pub use batch::MAX_COMMENT_LEN;
-pub use conn::{close_parked_sockets, commit, ChainInfo, Nft, RuleInfo, TableInfo};
+pub use conn::{commit, ChainInfo, Nft, RuleInfo, TableInfo};
 pub use expr::{CmpOp, Expr, IpFamily, MetaKey, NatKind, PayloadBase, Reg, Verdict};
+pub use park::close_parked_sockets;
 pub use rule::{ip_bytes, L4Proto, Rule};
 
 /// Address family of a table (`nft add table <family> <name>`).
