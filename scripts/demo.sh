@@ -96,6 +96,8 @@ cmd_up() {
     setsid "$CLUSTER" up --state "$STATE" --nodes "$nodes" --pods "$pods" \
     </dev/null >"$STATE/up.log" 2>&1 &
   local sup=$! shown=0 lines
+  # Ctrl-C while the cluster is being built: the supervisor runs in its own session, so stop it explicitly.
+  trap 'echo; log "interrupted: tearing the half-built cluster down"; "$CLUSTER" down --state "$STATE"; rm -f "$HOST_LINKS"; exit 130' INT TERM
   while [ ! -e "$STATE/ready" ]; do
     if [ -f "$STATE/progress" ]; then
       lines=$(wc -l <"$STATE/progress")
@@ -117,6 +119,7 @@ cmd_up() {
     fi
     sleep 0.2
   done
+  trap - INT TERM
   [ -f "$STATE/progress" ] && tail -n +"$((shown + 1))" "$STATE/progress"
   echo
   local rc=0

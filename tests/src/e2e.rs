@@ -740,6 +740,9 @@ impl PortCheck {
     }
 }
 
+/// iperf3 runs per path in [`ClusterState::throughput`] (alternating overlay and underlay).
+pub const THROUGHPUT_ROUNDS: usize = 2;
+
 /// iperf3 results, bits per second.
 #[derive(Debug, Clone)]
 pub struct Throughput {
@@ -755,7 +758,7 @@ impl Throughput {
         format!(
             "pod -> pod across nodes (VXLAN) {:>8.2} Gbit/s   {}\n\
              node -> node (raw underlay)    {:>8.2} Gbit/s   {}\n\
-             overlay / underlay             {:>8.0} %        (iperf3, one TCP stream, {} s each)\n",
+             overlay / underlay             {:>8.0} %        (iperf3, one TCP stream, {} s, best of {THROUGHPUT_ROUNDS} alternating runs)\n",
             self.overlay_bps / 1e9,
             self.overlay_path,
             self.underlay_bps / 1e9,
@@ -1240,8 +1243,12 @@ impl ClusterState {
         let (Some(pa), Some(pb)) = (pa, pb) else {
             return Err("throughput needs a pod on each of the first two nodes".into());
         };
-        let overlay_bps = iperf(&pa.ns, &pb.ns, pa.ip, secs)?;
-        let underlay_bps = iperf(&a.ns, &b.ns, a.underlay_ip, secs)?;
+        // Alternating runs, best of each: on a shared machine one run of either can be slowed by other work.
+        let (mut overlay_bps, mut underlay_bps) = (0f64, 0f64);
+        for _ in 0..THROUGHPUT_ROUNDS {
+            overlay_bps = overlay_bps.max(iperf(&pa.ns, &pb.ns, pa.ip, secs)?);
+            underlay_bps = underlay_bps.max(iperf(&a.ns, &b.ns, a.underlay_ip, secs)?);
+        }
         Ok(Throughput {
             overlay_bps,
             underlay_bps,
