@@ -3,6 +3,7 @@
 //! creates with `unshare(CLONE_NEWNET)`, so nothing outlives it. Root only.
 //!
 //!     cargo run --release -p twill-firewall --example masq_timing -- [iterations] [background owners]
+//!     masq_timing once add|del nftables|iptables <n>   (one operation in the current netns)
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -73,8 +74,26 @@ fn nft_cmd(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `once <add|del> <backend> <i>`: one operation in the current namespace, then exit — what an
+/// exec'd plugin pays end to end, including closing the netlink socket at exit.
+fn once(mut args: impl Iterator<Item = String>) {
+    let op = args.next().expect("add or del");
+    let backend: Backend = args.next().expect("backend").parse().expect("backend");
+    let i: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+    let o = Owner::new("bench", format!("once{i}"), "eth0");
+    match op.as_str() {
+        "add" => masquerade::add(backend, &o, &addrs(i)).expect("add"),
+        "del" => masquerade::del(backend, &o).expect("del"),
+        other => panic!("unknown operation {other}"),
+    }
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("once") {
+        args.next();
+        return once(args);
+    }
     let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let background: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
     // SAFETY: single-threaded at this point; moves the whole process into a new namespace.
