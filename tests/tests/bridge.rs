@@ -548,3 +548,57 @@ fn enabledad_turns_dad_on_and_waits_for_it() {
         "ADD returned before DAD finished: {line}"
     );
 }
+
+#[test]
+fn a_foreign_host_local_first_in_cni_path_is_exec_d() {
+    // The reference host-local first in CNI_PATH: ours must delegate to it (exec), not run its own.
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf("brforeign", json!({"isGateway": true}));
+    let path = format!("{}:{}", bins::REFERENCE_DIR, bins::bin_dir().display());
+    node.run_with_path(
+        &ours(),
+        "ADD",
+        Some(pod.path()),
+        "foreign",
+        "eth0",
+        &conf,
+        &path,
+    )
+    .assert_success();
+    assert_eq!(node.leases("brforeign"), vec!["10.88.0.2".to_string()]);
+    // The reference's lease file holds "<id>\r\n<ifname>".
+    let content = std::fs::read_to_string(node.ipam_dir.path().join("brforeign/10.88.0.2"))
+        .expect("lease file");
+    assert_eq!(content, "foreign\r\neth0");
+    node.run_with_path(
+        &ours(),
+        "DEL",
+        Some(pod.path()),
+        "foreign",
+        "eth0",
+        &conf,
+        &path,
+    )
+    .assert_success();
+    assert_no_trace(&node, "brforeign", Some(&pod), &[]);
+}
+
+#[test]
+fn an_ipam_type_missing_from_cni_path_fails_add_cleanly() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let mut conf = node.conf("brnoipam", json!({}));
+    conf["ipam"]["type"] = json!("no-such-ipam");
+    let err = node
+        .run(&ours(), "ADD", Some(pod.path()), "noipam", "eth0", &conf)
+        .assert_any_error();
+    assert!(
+        err["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no-such-ipam"),
+        "{err}"
+    );
+    assert_no_trace(&node, "brnoipam", Some(&pod), &[]);
+}

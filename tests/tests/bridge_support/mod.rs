@@ -67,6 +67,29 @@ impl Node {
         c
     }
 
+    /// [`Node::run`] with an explicit `CNI_PATH`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_with_path(
+        &self,
+        plugin: &Path,
+        command: &str,
+        pod: Option<&Path>,
+        container_id: &str,
+        ifname: &str,
+        conf: &Value,
+        cni_path: &str,
+    ) -> Outcome {
+        Invocation::new(plugin, command)
+            .libcni_style()
+            .container_id(Some(container_id))
+            .ifname(Some(ifname))
+            .netns(pod)
+            .cni_path(Some(cni_path))
+            .stdin_json(conf)
+            .in_netns(self.ns.path())
+            .run()
+    }
+
     /// Run `plugin` for `command` inside the node, runtime-style.
     pub fn run(
         &self,
