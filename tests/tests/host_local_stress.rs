@@ -137,20 +137,19 @@ fn sigkill_at_random_moments_never_double_allocates_and_gc_restores_the_live_set
         .clamp(300, 20_000);
 
     let started = Instant::now();
-    let rounds = 400;
+    // 400 rounds normally (a few seconds); on a machine so loaded that they would take more than 40 s, stop
+    // after at least 200 so the test stays well under a minute.
+    let mut rounds = 0;
     let mut killed = 0;
-    for round in 0..rounds {
+    while rounds < 400 && !(rounds >= 200 && started.elapsed() > Duration::from_secs(40)) {
         let id = &ids[rng.below(ids.len() as u64) as usize];
         let command = if rng.below(10) < 6 { "ADD" } else { "DEL" };
         let delay = Duration::from_micros(rng.below(span + span / 2));
         killed += usize::from(run_and_kill(command, id, &net.conf, delay));
-        if round % 50 == 49 {
-            assert_consistent(&net, &ids, round);
+        rounds += 1;
+        if rounds % 50 == 0 {
+            assert_consistent(&net, &ids, rounds);
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(50),
-            "crash rounds took too long"
-        );
     }
     assert_consistent(&net, &ids, rounds);
     eprintln!("{rounds} rounds, {killed} killed mid-operation, kill window {span} µs");
