@@ -1330,7 +1330,7 @@ impl ClusterState {
                 n.subnet_file.display(),
                 n.name
             ));
-            out.push_str(&format!("  less {}\n", n.twilld_log.display()));
+            out.push_str(&format!("  tail -f {}\n", n.twilld_log.display()));
             out.push_str(&format!(
                 "  ls {}/{{net.d,bin,flannel,networks/{}}}   # {}'s CNI dirs\n",
                 n.cni_dir.display(),

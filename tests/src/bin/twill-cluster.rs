@@ -466,7 +466,8 @@ fn down(args: &Args) -> Result<ExitCode, String> {
         .iter()
         .flat_map(|s| s.nodes.iter().filter_map(|n| n.twilld_pid))
     {
-        if is_our_process(pid, "twilld") {
+        // The daemon's command line names its subnet file under DIR: a recycled pid is left alone.
+        if is_our_process(pid, "twilld") && is_our_process(pid, &state_dir.display().to_string()) {
             // SAFETY: kill(2) on a pid whose command line is twilld, recorded by our supervisor.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             swept.push(format!("process {pid} (twilld)"));
