@@ -73,7 +73,7 @@ impl Switch {
             (1..254).contains(&index),
             "node index {index} outside 1..254"
         );
-        let ns = Netns::new(&format!("{}node", self.prefix));
+        let ns = Netns::new(&format!("{}node{index}", self.prefix));
         let port = format!("p{index}");
         self.ns.ip(&[
             "link",
