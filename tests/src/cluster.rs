@@ -33,7 +33,7 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// The underlay: a namespace with bridge `br0` carrying `SWITCH_IP`.
 pub struct Switch {
     pub ns: Netns,
-    /// Prefix of every namespace name of this cluster (`tw-<prefix>sw-...`, `tw-<prefix>node-...`), so a
+    /// Prefix of every namespace name of this cluster (`tw-<prefix>sw-...`, `tw-<prefix>node<N>-...`), so a
     /// cluster that outlives its process (the demo) can be swept by name.
     prefix: String,
 }
@@ -43,7 +43,7 @@ impl Switch {
         Self::with_prefix("")
     }
 
-    /// A switch whose namespaces, and those of its nodes, are named `tw-<prefix>sw-...`/`tw-<prefix>node-...`.
+    /// A switch whose namespaces, and those of its nodes, are named `tw-<prefix>sw-...`/`tw-<prefix>node<N>-...`.
     pub fn with_prefix(prefix: &str) -> Switch {
         let ns = Netns::new(&format!("{prefix}sw"));
         ns.ip(&["link", "set", "lo", "up"]);
