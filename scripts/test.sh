@@ -17,6 +17,7 @@ ensure_cargo
 ensure_rust_components
 load_modules
 ensure_netns
+clean_stale_namespaces
 
 LOG_DIR="$TWILL_TARGET_DIR/test-logs"
 mkdir -p "$LOG_DIR"

@@ -98,3 +98,17 @@ load_modules() {
     modprobe -q "$m" 2>/dev/null || true
   done
 }
+
+# Removes namespaces left by test processes that were killed before their Drop guards ran
+# (twill_tests::netns names them tw-<prefix>-<pid>-<n>); namespaces of live processes are kept.
+clean_stale_namespaces() {
+  local ns pid
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}'); do
+    case "$ns" in tw-*) ;; *) continue ;; esac
+    pid="$(printf '%s\n' "$ns" | awk -F- '{print $(NF-1)}')"
+    case "$pid" in '' | *[!0-9]*) continue ;; esac
+    if ! kill -0 "$pid" 2>/dev/null; then
+      ip netns delete "$ns" 2>/dev/null && log "removed stale namespace $ns" || true
+    fi
+  done
+}
