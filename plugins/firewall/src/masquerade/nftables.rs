@@ -15,8 +15,10 @@
 //! }
 //! ```
 //!
-//! ADD is one transaction (table, chains, postrouting re-filled, the owner's rules); DEL is one
-//! dump of `masq_checks` plus one transaction deleting the owner's rules by handle.
+//! ADD is a dump of the three-rule `postrouting` chain plus one transaction: only the owner's
+//! rules once the node is set up; table, chains and `postrouting` re-filled as well on the first
+//! ADD or when `postrouting` was damaged. DEL is one dump of `masq_checks` plus one transaction
+//! deleting the owner's rules by handle.
 
 use std::collections::HashSet;
 
