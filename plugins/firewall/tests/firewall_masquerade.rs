@@ -104,17 +104,20 @@ fn nftables_add_installs_reference_layout_for_both_families() {
     assert_eq!(post["prio"], 100);
 
     ns.run(|| masquerade::check(Backend::Nftables, &a, &addrs).unwrap());
-    // A second ADD of another owner keeps postrouting at exactly three rules.
+    // A second ADD of another owner leaves postrouting untouched (same rules, same handles: the
+    // hot path only adds the owner's rules).
+    let before = ns.sh("nft -a list chain inet cni_plugins_masquerade postrouting");
     let b = owner("mynet", "beef", "eth0");
     ns.run(|| masquerade::add(Backend::Nftables, &b, &[net("10.88.0.6/24")]).unwrap());
-    let post_rules = ns.sh("nft list chain inet cni_plugins_masquerade postrouting");
+    let after = ns.sh("nft -a list chain inet cni_plugins_masquerade postrouting");
+    assert_eq!(before, after);
     assert_eq!(
-        post_rules
+        after
             .lines()
             .filter(|l| l.contains("return") || l.contains("goto"))
             .count(),
         3,
-        "{post_rules}"
+        "{after}"
     );
 }
 
