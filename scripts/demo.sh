@@ -145,7 +145,8 @@ cmd_down() {
   local bad=0 left
   left="$(demo_namespaces)"
   if [ -n "$left" ]; then echo "LEFT: namespaces: $left"; bad=1; else echo "namespaces: none left (tw-$PREFIX*)"; fi
-  left="$(pgrep -af -- "$STATE" | grep -v pgrep || true)"
+  # Our processes name the state dir on their command line (--state, --subnet-file, --data-dir).
+  left="$(pgrep -af -- "$STATE" | grep -E 'twill-cluster|twilld|etcd' | grep -v pgrep || true)"
   if [ -n "$left" ]; then echo "LEFT: processes: $left"; bad=1; else echo "processes: none left (twill-cluster, twilld, etcd, iperf3)"; fi
   left="$(ls -d "$STATE" /tmp/tw-"$PREFIX"* 2>/dev/null || true)"
   if [ -n "$left" ]; then echo "LEFT: files: $left"; bad=1; else echo "files: $STATE and temp files removed"; fi
