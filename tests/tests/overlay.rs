@@ -108,9 +108,10 @@ impl Cluster {
         let mut s = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
             s.push_str(&format!(
-                "--- {} subnet {:?}\nroutes:\n{}neigh:\n{}fdb:\n{}log:\n{}\n",
+                "--- {} subnet {:?}\nlinks:\n{}routes:\n{}neigh:\n{}fdb:\n{}log:\n{}\n",
                 n.name(),
                 n.subnet(),
+                String::from_utf8_lossy(&n.ns.exec(&["ip", "-br", "addr"]).stdout),
                 n.ns.exec(&["ip", "route"])
                     .stdout
                     .iter()
@@ -213,10 +214,15 @@ fn three_nodes_get_distinct_subnets_and_pods_ping_across_nodes() {
         for b in &pods {
             if a.ip != b.ip {
                 assert!(
-                    wait_until(Duration::from_secs(5), || a.can_reach(b.ip)),
-                    "pod {} cannot ping pod {}\n{}",
+                    wait_until(Duration::from_secs(10), || a.can_reach(b.ip)),
+                    "pod {} cannot ping pod {}\nlast ping: {}\n{}",
                     a.ip,
                     b.ip,
+                    String::from_utf8_lossy(
+                        &a.ns
+                            .exec(&["ping", "-c", "1", "-W", "1", &b.ip.to_string()])
+                            .stdout
+                    ),
                     c.dump()
                 );
             }
