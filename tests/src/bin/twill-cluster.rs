@@ -443,6 +443,15 @@ fn down(args: &Args) -> Result<ExitCode, String> {
     let state_dir = &args.state;
     let prefix = prefix_of(args);
     let recorded = load_state(state_dir).ok();
+    let mut swept = Vec::new();
+    // Processes someone started inside a pod while exploring would keep the pod's namespace alive after its
+    // name is removed; stop them first (the supervisor stops twilld and etcd itself).
+    for ns in cluster_namespaces(&prefix)
+        .into_iter()
+        .filter(|n| n.contains("-pod"))
+    {
+        swept.extend(kill_namespace_processes(&ns));
+    }
     if let Some(pid) = live_supervisor(state_dir) {
         println!("stopping the supervisor (pid {pid}) ...");
         // SAFETY: kill(2) on a pid we just checked runs twill-cluster.
@@ -461,7 +470,6 @@ fn down(args: &Args) -> Result<ExitCode, String> {
     }
     // Whatever a killed supervisor left: processes inside our namespaces (twilld, etcd, iperf3), the
     // namespaces, temp files, the state dir.
-    let mut swept = Vec::new();
     for pid in recorded
         .iter()
         .flat_map(|s| s.nodes.iter().filter_map(|n| n.twilld_pid))
@@ -474,18 +482,7 @@ fn down(args: &Args) -> Result<ExitCode, String> {
         }
     }
     for ns in cluster_namespaces(&prefix) {
-        let pids = Command::new("ip")
-            .args(["netns", "pids", &ns])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            if pid as u32 != std::process::id() {
-                // SAFETY: kill(2) on a process living in one of our cluster's namespaces.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                swept.push(format!("process {pid} (in {ns})"));
-            }
-        }
+        swept.extend(kill_namespace_processes(&ns));
         let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
         swept.push(format!("namespace {ns}"));
     }
@@ -513,7 +510,7 @@ fn down(args: &Args) -> Result<ExitCode, String> {
     if swept.is_empty() {
         println!("nothing left to sweep");
     } else {
-        println!("swept leftovers of a supervisor that did not clean up:");
+        println!("swept what the supervisor could not clean up itself:");
         for s in &swept {
             println!("  {s}");
         }
@@ -523,4 +520,22 @@ fn down(args: &Args) -> Result<ExitCode, String> {
         return Err(format!("namespaces still present: {}", remaining.join(" ")));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGKILLs every process living in namespace `ns` (never this one); returns what it killed.
+fn kill_namespace_processes(ns: &str) -> Vec<String> {
+    let pids = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut killed = Vec::new();
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        if pid as u32 != std::process::id() {
+            // SAFETY: kill(2) on a process living in one of our cluster's namespaces.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed.push(format!("process {pid} (in {ns})"));
+        }
+    }
+    killed
 }
