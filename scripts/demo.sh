@@ -25,6 +25,7 @@ CLUSTER="$TWILL_TARGET_DIR/debug/twill-cluster"
 BINS=(twilld flannel bridge host-local portmap loopback)
 # Host links before the demo started, kept outside STATE so `down` can compare after removing STATE.
 HOST_LINKS="${STATE%/}.host-links"
+HOST_RULES="${STATE%/}.host-rules"
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 
@@ -36,6 +37,13 @@ supervisor_pid() {
 }
 
 demo_namespaces() { ip netns list 2>/dev/null | awk '{print $1}' | grep "^tw-$PREFIX" || true; }
+
+host_links() { ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort; }
+# Policy rules, nftables and iptables rules of the host namespace, without counters.
+host_rules() {
+  { ip rule show; ip -6 rule show; nft list ruleset 2>/dev/null | sed -E 's/packets [0-9]+ bytes [0-9]+//'
+    iptables-save 2>/dev/null | grep '^-A'; } | sort -u
+}
 
 explore_help() {
   cat <<EOF
@@ -90,14 +98,15 @@ cmd_up() {
 
   local start=$SECONDS
   mkdir -p "$STATE"
-  ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort >"$HOST_LINKS"
+  host_links >"$HOST_LINKS"
+  host_rules >"$HOST_RULES"
   log "starting the cluster: $nodes nodes x $pods pods (state $STATE)"
   TWILL_BIN_DIR="$RELEASE" TWILL_CNITOOL="$TWILL_TARGET_DIR/cnitool/cnitool" \
     setsid "$CLUSTER" up --state "$STATE" --nodes "$nodes" --pods "$pods" \
     </dev/null >"$STATE/up.log" 2>&1 &
   local sup=$! shown=0 lines
   # Ctrl-C while the cluster is being built: the supervisor runs in its own session, so stop it explicitly.
-  trap 'echo; log "interrupted: tearing the half-built cluster down"; "$CLUSTER" down --state "$STATE"; rm -f "$HOST_LINKS"; exit 130' INT TERM
+  trap 'echo; log "interrupted: tearing the half-built cluster down"; "$CLUSTER" down --state "$STATE"; rm -f "$HOST_LINKS" "$HOST_RULES"; exit 130' INT TERM
   while [ ! -e "$STATE/ready" ]; do
     if [ -f "$STATE/progress" ]; then
       lines=$(wc -l <"$STATE/progress")
@@ -110,7 +119,7 @@ cmd_up() {
       echo "twill-cluster up failed:" >&2
       tail -n 40 "$STATE/up.log" >&2 || true
       "$CLUSTER" down --state "$STATE" >/dev/null 2>&1 || true
-      rm -f "$HOST_LINKS"
+      rm -f "$HOST_LINKS" "$HOST_RULES"
       exit 1
     fi
     if [ $((SECONDS - start)) -gt 240 ]; then
@@ -150,12 +159,19 @@ cmd_down() {
   if [ -n "$left" ]; then echo "LEFT: processes: $left"; bad=1; else echo "processes: none left (twill-cluster, twilld, etcd, iperf3)"; fi
   left="$(ls -d "$STATE" /tmp/tw-"$PREFIX"* 2>/dev/null || true)"
   if [ -n "$left" ]; then echo "LEFT: files: $left"; bad=1; else echo "files: $STATE and temp files removed"; fi
+  # Nothing is created in the host namespace; compare with what it had when the demo started (other
+  # software may have changed it meanwhile, so a difference is reported, not treated as ours).
   if [ -f "$HOST_LINKS" ]; then
-    left="$(comm -13 "$HOST_LINKS" <(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//' | sort) || true)"
-    rm -f "$HOST_LINKS"
+    left="$(comm -13 "$HOST_LINKS" <(host_links) || true)"
     if [ -n "$left" ]; then echo "NOTE: host links added since the demo started (not created by it): $left"
     else echo "links: none added to the host namespace"; fi
   fi
+  if [ -f "$HOST_RULES" ]; then
+    left="$(comm -13 "$HOST_RULES" <(host_rules) || true)"
+    if [ -n "$left" ]; then echo "NOTE: host rules added since the demo started (not created by it):"; echo "$left"
+    else echo "rules: none added to the host namespace (ip rule, nftables, iptables)"; fi
+  fi
+  rm -f "$HOST_LINKS" "$HOST_RULES"
   [ "$bad" -eq 0 ] || die "teardown left things behind (see above)"
   echo "twill demo: down, nothing left"
 }
