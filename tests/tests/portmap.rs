@@ -371,14 +371,25 @@ fn probe(
 ) -> Result<String, String> {
     ns.run_in(move || match proto {
         Proto::Tcp => {
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                .map_err(|e| format!("connect: {e}"))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))
-                .map_err(|e| e.to_string())?;
-            let mut answer = String::new();
-            s.read_to_string(&mut answer)
-                .map_err(|e| format!("read: {e}"))?;
-            Ok(answer)
+            // A refused connection is an answer; a timeout under load gets one more try.
+            let mut last = String::new();
+            for _ in 0..2 {
+                let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(3)) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                        last = format!("connect: {e}");
+                        continue;
+                    }
+                    Err(e) => return Err(format!("connect: {e}")),
+                };
+                s.set_read_timeout(Some(Duration::from_secs(3)))
+                    .map_err(|e| e.to_string())?;
+                let mut answer = String::new();
+                s.read_to_string(&mut answer)
+                    .map_err(|e| format!("read: {e}"))?;
+                return Ok(answer);
+            }
+            Err(last)
         }
         Proto::Udp => {
             let local: SocketAddr = match to {
@@ -390,7 +401,7 @@ fn probe(
                 .map_err(|e| e.to_string())?;
             let mut buf = [0u8; 512];
             let mut last = String::new();
-            for _ in 0..3 {
+            for _ in 0..5 {
                 sock.send_to(b"ping", to)
                     .map_err(|e| format!("send: {e}"))?;
                 match sock.recv_from(&mut buf) {
