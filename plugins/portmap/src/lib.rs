@@ -154,10 +154,18 @@ impl Plugin for Portmap {
         let owner = owner_of(req)?;
         let mut fw = backend(kind);
         let _lock = lock::Lock::acquire()?;
-        for family in Family::BOTH {
-            remove_owner(&mut *fw, family, &owner)?;
+        // Both families are always tried (the request may not say which the attachment had); a failure in
+        // one does not stop cleanup of the other.
+        let errors: Vec<String> = Family::BOTH
+            .into_iter()
+            .filter_map(|family| remove_owner(&mut *fw, family, &owner).err())
+            .map(|e| e.msg)
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::failed(format!("portmap DEL: {}", errors.join("; "))))
         }
-        Ok(())
     }
 
     fn check(&self, req: &Request) -> Result<()> {
