@@ -602,3 +602,21 @@ fn an_ipam_type_missing_from_cni_path_fails_add_cleanly() {
     );
     assert_no_trace(&node, "brnoipam", Some(&pod), &[]);
 }
+
+#[test]
+fn repeated_add_of_a_live_attachment_fails_and_keeps_its_lease() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    let conf = node.conf("brtwice", json!({"isGateway": true}));
+    let first = node
+        .run(&ours(), "ADD", Some(pod.path()), "twice", "eth0", &conf)
+        .assert_success();
+    node.run(&ours(), "ADD", Some(pod.path()), "twice", "eth0", &conf)
+        .assert_any_error();
+    assert_eq!(
+        node.leases("brtwice"),
+        ips_of(&first),
+        "the live lease was released"
+    );
+    assert!(ping(&pod, "10.88.0.1"), "the live attachment was damaged");
+}

@@ -24,6 +24,7 @@ pub mod trace;
 
 use config::BridgeConf;
 use ipnet::IpNet;
+use std::cell::RefCell;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use twill_cni::env::Command;
@@ -105,6 +106,15 @@ fn delete_container_link(netns: Option<&Path>, ifname: &str) -> Result<()> {
     }
 }
 
+/// Where ADD's IPAM call stands, for the rollback: a running call is waited for, and only a successful one
+/// is released.
+enum IpamState {
+    NotAsked,
+    Running(ipam::Pending),
+    /// Finished; whether it succeeded.
+    Done(bool),
+}
+
 /// Firewall work on its own thread, overlapping with netlink work on the main thread. Dropping joins it, so
 /// a rollback never races the job it undoes. (The thread starts in the main thread's, i.e. the host's,
 /// network namespace, where the firewall rules belong.)
@@ -165,22 +175,50 @@ impl Plugin for Bridge {
         let netns_path = req.netns()?;
         let network = req.config.name.as_str();
 
+        let pod = open_pod(netns_path)?;
+        let pod_h = pod_handle(&pod)?;
+        // §4: the name must be free in the pod. Checked before IPAM is asked, so a repeated ADD of a live
+        // attachment can never end in releasing that attachment's lease.
+        match pod_h.link_by_name(ifname) {
+            Ok(_) => {
+                return Err(Error::failed(format!(
+                    "container veth name provided ({ifname}) already exists"
+                )))
+            }
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                return Err(Error::failed(format!(
+                    "failed to look up {ifname:?} in the pod: {e}"
+                )))
+            }
+        }
+        trace.mark("pod netns and socket");
+
         // Declaration order is rollback order in reverse: `undo` (kernel and firewall steps) runs first, then
-        // the pending delegate is waited for, then IPAM is released — last, so its addresses are never handed
-        // out again while a half-built attachment still uses them.
+        // IPAM is released — last, so its addresses are never handed out again while a half-built attachment
+        // still uses them. Only a successful IPAM ADD is released (a failed one cleaned up after itself, as
+        // the reference assumes); a still-running one is waited for first.
+        let ipam_state = RefCell::new(IpamState::NotAsked);
         let mut ipam_undo = Undo::new();
-        let mut pending = None;
         if let Some(t) = conf.ipam_type.as_deref() {
-            pending = Some(ipam::spawn(t, Command::Add, req)?);
+            *ipam_state.borrow_mut() = IpamState::Running(ipam::spawn(t, Command::Add, req)?);
+            let state = &ipam_state;
             ipam_undo.push(format!("release IPAM ({t})"), move || {
-                ipam::run(t, Command::Del, req)
+                let succeeded = match state.replace(IpamState::Done(false)) {
+                    IpamState::Running(p) => p.wait_result(req).is_ok(),
+                    IpamState::Done(ok) => ok,
+                    IpamState::NotAsked => false,
+                };
+                if succeeded {
+                    ipam::run(t, Command::Del, req)
+                } else {
+                    Ok(())
+                }
             });
         }
         trace.mark("IPAM started");
-        let pod = open_pod(netns_path)?;
         let host = host_handle()?;
-        let pod_h = pod_handle(&pod)?;
-        trace.mark("netns and sockets");
+        trace.mark("host socket");
         let mut undo = Undo::new();
         // Declared after `undo`, so it is joined before any rollback step runs.
         let mut masq_job: Option<Job> = None;
@@ -232,8 +270,9 @@ impl Plugin for Bridge {
             container::set_sysctls(&pod, ifname, conf.enable_dad)?;
             trace.mark("pod sysctls");
         }
-        if let Some(p) = pending.take() {
+        if let IpamState::Running(p) = ipam_state.replace(IpamState::Done(false)) {
             let ipam_result = p.wait_result(req)?;
+            *ipam_state.borrow_mut() = IpamState::Done(true);
             trace.mark("IPAM result");
             result.ips = ipam_result.ips;
             result.routes = ipam_result.routes;
