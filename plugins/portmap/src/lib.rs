@@ -136,6 +136,12 @@ impl Plugin for Portmap {
                 move || remove_owner(&mut **fw.borrow_mut(), family, owner),
             );
         }
+        // A repeated ADD whose container lost a family must not leave that family's old rules behind.
+        for family in Family::BOTH {
+            if !plans.iter().any(|p| p.family == family) {
+                remove_owner(&mut **fw.borrow_mut(), family, &owner)?;
+            }
+        }
         if conf.snat {
             if let Some(v4) = ips.v4 {
                 if let Some(ifname) = localnet::route_interface(v4)? {
