@@ -1143,8 +1143,16 @@ fn node_name_keeps_the_subnet_when_the_underlay_address_changes() {
         2,
         "a second lease was taken"
     );
-    let link = c.nodes[0].ip(&["-d", "link", "show", "flannel.1"]);
-    assert!(link.contains("local 10.250.0.11 "), "{link}");
+    // The device is recreated with the new local address (the lease is written before that).
+    let moved = wait_until(Duration::from_secs(5), || {
+        let out = c.nodes[0].exec(&["ip", "-d", "link", "show", "flannel.1"]);
+        String::from_utf8_lossy(&out.stdout).contains("local 10.250.0.11 ")
+    });
+    assert!(
+        moved,
+        "flannel.1 not recreated on the new address\n{}",
+        c.dump()
+    );
     // The peer follows: its FDB entry points at the new address, the old one is gone.
     c.wait_mesh(&[0, 1], Duration::from_secs(5));
     assert!(
