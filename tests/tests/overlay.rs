@@ -1161,3 +1161,47 @@ fn node_name_keeps_the_subnet_when_the_underlay_address_changes() {
         c.dump()
     );
 }
+
+#[test]
+fn simultaneous_joins_never_share_a_subnet_and_the_range_can_run_out() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    // Exactly 6 subnets: 10.244.1.0 .. 10.244.6.0.
+    etcd.put(
+        CONFIG_KEY,
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.6.0"}"#,
+    );
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 2.0,
+        extra: Vec::new(),
+    };
+    let nodes: Vec<Node> = (1..=7).map(|i| switch.add_node(i)).collect();
+    // All seven race for six subnets at the same moment.
+    let daemons: Vec<Twilld> = nodes.iter().map(|n| n.start_twilld(&args)).collect();
+    assert!(
+        wait_until(READY, || nodes
+            .iter()
+            .filter(|n| n.subnet().is_some())
+            .count()
+            == 6),
+        "six nodes did not get subnets"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let mut subnets: Vec<_> = nodes.iter().filter_map(|n| n.subnet()).collect();
+    assert_eq!(
+        subnets.len(),
+        6,
+        "a seventh node got a subnet out of a range of six"
+    );
+    subnets.sort();
+    subnets.dedup();
+    assert_eq!(subnets.len(), 6, "two nodes share a subnet");
+    assert_eq!(etcd.get_prefix(SUBNETS).len(), 6);
+    let loser = nodes
+        .iter()
+        .position(|n| n.subnet().is_none())
+        .unwrap_or_else(|| unreachable!());
+    let log = daemons[loser].log_text();
+    assert!(log.contains("out of subnets"), "{log}");
+}
