@@ -2,18 +2,20 @@
 //! `ConfigureIface`): DAD and ARP-notify sysctls, IPv6 enabled where needed, addresses, link up, addresses
 //! settled, routes.
 
+use crate::pod_worker::PodWorker;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use twill_cni::{CniResult, Context, Error, Result};
-use twill_kernel::{sysctl, AddressOptions, Handle, NetNs, Route, RouteScope};
+use twill_kernel::{sysctl, AddressOptions, Handle, Route, RouteScope};
 
 /// How long to wait for IPv6 duplicate address detection when `enabledad` is on (the reference: 10 s).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// DAD and ARP-notify sysctls of the container interface, in one trip into the pod namespace. They need only
 /// the interface, so ADD sets them while IPAM is still running.
-pub fn set_sysctls(pod: &NetNs, ifname: &str, enable_dad: bool) -> Result<()> {
-    pod.run(|| {
+pub fn set_sysctls(pod: &PodWorker, ifname: &str, enable_dad: bool) -> Result<()> {
+    let ifname = ifname.to_string();
+    pod.run(move || {
         // Best effort like the reference: IPv6 may be disabled in the pod.
         if enable_dad {
             let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
@@ -24,13 +26,13 @@ pub fn set_sysctls(pod: &NetNs, ifname: &str, enable_dad: bool) -> Result<()> {
         // Gratuitous ARP when the link comes up: neighbours forget a reused IP's old MAC at once.
         let _ = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
     })
-    .context("enter pod network namespace")
 }
 
 /// IPv6 must be enabled on `lo` and the interface before an IPv6 address is added (`ConfigureIface`).
-fn enable_ipv6(pod: &NetNs, ifname: &str) -> Result<()> {
-    pod.run(|| -> Result<()> {
-        for dev in ["lo", ifname] {
+fn enable_ipv6(pod: &PodWorker, ifname: &str) -> Result<()> {
+    let ifname = ifname.to_string();
+    pod.run(move || -> Result<()> {
+        for dev in ["lo", ifname.as_str()] {
             let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
             match sysctl::read(&key) {
                 Ok(v) if v == "0" => {}
@@ -42,14 +44,13 @@ fn enable_ipv6(pod: &NetNs, ifname: &str) -> Result<()> {
         }
         let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
         Ok(())
-    })
-    .context("enter pod network namespace")?
+    })?
 }
 
 /// Addresses, up, settle, routes. `result` is the final result (IPs already point at the container
 /// interface); route gateways default to the family's gateway, as the reference's `ConfigureIface`.
 pub fn configure(
-    pod: &NetNs,
+    pod: &PodWorker,
     h: &Handle,
     ifname: &str,
     index: u32,

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod ipam;
 pub mod masq;
 pub mod naming;
+pub mod pod_worker;
 pub mod port;
 pub mod spoofchk;
 pub mod trace;
@@ -176,7 +177,8 @@ impl Plugin for Bridge {
         let network = req.config.name.as_str();
 
         let pod = open_pod(netns_path)?;
-        let pod_h = pod_handle(&pod)?;
+        // Declared after `pod`: the worker is joined before the namespace fd closes.
+        let (pod_worker, pod_h) = pod_worker::PodWorker::start(&pod)?;
         // §4: the name must be free in the pod. Checked before IPAM is asked, so a repeated ADD of a live
         // attachment can never end in releasing that attachment's lease.
         match pod_h.link_by_name(ifname) {
@@ -267,7 +269,7 @@ impl Plugin for Bridge {
         }
 
         if conf.ipam_type.is_some() {
-            container::set_sysctls(&pod, ifname, conf.enable_dad)?;
+            container::set_sysctls(&pod_worker, ifname, conf.enable_dad)?;
             trace.mark("pod sysctls");
         }
         if let IpamState::Running(p) = ipam_state.replace(IpamState::Done(false)) {
@@ -298,7 +300,14 @@ impl Plugin for Bridge {
                     masq::add(backend, &net, &id, &ifn, &addrs)
                 })?);
             }
-            container::configure(&pod, &pod_h, ifname, cont.index, &result, conf.enable_dad)?;
+            container::configure(
+                &pod_worker,
+                &pod_h,
+                ifname,
+                cont.index,
+                &result,
+                conf.enable_dad,
+            )?;
             trace.mark("container configured");
             if conf.is_gateway {
                 let mut vlan_iface: Option<Link> = None;
