@@ -454,6 +454,22 @@ fn hand_deleted_device_and_bogus_route_or_fdb_are_repaired_within_one_resync() {
         "bogus entries not removed\n{}",
         c.dump()
     );
+    // A device changed by hand (MTU, down) is put back.
+    n.ip(&["link", "set", "flannel.1", "mtu", "1300"]);
+    n.ip(&["link", "set", "flannel.1", "down"]);
+    assert!(
+        wait_until(within, || {
+            let link = n.ip(&["link", "show", "flannel.1"]);
+            link.contains("mtu 1450") && link.contains(",UP")
+        }),
+        "flannel.1 settings not restored: {}",
+        n.ip(&["link", "show", "flannel.1"])
+    );
+    assert!(
+        wait_until(within, || c.knows(0, 1) && c.knows(0, 2)),
+        "{}",
+        c.dump()
+    );
     // A peer's route deleted by hand comes back.
     let (p1, _) = c.nodes[1].subnet().unwrap_or_else(|| unreachable!());
     n.ip(&["route", "del", &format!("{p1}/24")]);
