@@ -212,48 +212,43 @@ pub struct Cluster {
     next_index: u8,
 }
 
-/// `ADD` through libcni for a pod of `node` in namespace `ns`; returns the pod's address.
-fn cni_add(
-    cni: &NodeCni,
-    container_id: &str,
-    ns: &Netns,
-    host_port: Option<u16>,
-) -> Result<Ipv4Addr, String> {
-    let mut lib = cni.lib.with_container_id(container_id);
-    if let Some(hp) = host_port {
-        lib = lib.with_cap_args(json!({"portMappings": [
+/// The libcni driver for one attachment on a node: container id, and the portmap capability argument when the
+/// pod maps a host port (libcni passes it as `runtimeConfig.portMappings`, cni-spec.md §3; the same on DEL).
+fn attachment(cni: &NodeCni, container_id: &str, host_port: Option<u16>) -> LibCni {
+    let lib = cni.lib.with_container_id(container_id);
+    match host_port {
+        Some(hp) => lib.with_cap_args(json!({"portMappings": [
             {"hostPort": hp, "containerPort": POD_PORT, "protocol": "tcp"}
-        ]}));
+        ]})),
+        None => lib,
     }
-    let out = lib.add(&cni.net, ns.path());
+}
+
+/// `ADD` through libcni in namespace `ns`; returns the pod's IPv4 address from the result.
+fn cni_add(lib: &LibCni, net: &str, ns: &Netns) -> Result<Ipv4Addr, String> {
+    let id = lib.container_id.clone().unwrap_or_default();
+    let out = lib.add(net, ns.path());
     if !out.success() {
-        return Err(format!("ADD of {container_id}: {}", out.describe()));
+        return Err(format!("ADD of {id}: {}", out.describe()));
     }
     let result = out.json.unwrap_or(Value::Null);
     result["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
-        .ok_or_else(|| format!("ADD of {container_id}: no IPv4 address in {result}"))
+        .ok_or_else(|| format!("ADD of {id}: no IPv4 address in {result}"))
 }
 
-fn cni_del(
-    cni: &NodeCni,
-    container_id: &str,
-    ns: &Netns,
-    host_port: Option<u16>,
-) -> Result<(), String> {
-    let mut lib = cni.lib.with_container_id(container_id);
-    if let Some(hp) = host_port {
-        lib = lib.with_cap_args(json!({"portMappings": [
-            {"hostPort": hp, "containerPort": POD_PORT, "protocol": "tcp"}
-        ]}));
-    }
-    let out = lib.del(&cni.net, ns.path());
+fn cni_del(lib: &LibCni, net: &str, ns: &Netns) -> Result<(), String> {
+    let out = lib.del(net, ns.path());
     if out.success() {
         Ok(())
     } else {
-        Err(format!("DEL of {container_id}: {}", out.describe()))
+        Err(format!(
+            "DEL of {}: {}",
+            lib.container_id.clone().unwrap_or_default(),
+            out.describe()
+        ))
     }
 }
 
@@ -463,13 +458,8 @@ impl Cluster {
             self.opts.prefix,
             POD_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        let ip = cni_add(&n.cni, &container_id, &ns, host_port)?;
-        let mut lib = n.cni.lib.with_container_id(&container_id);
-        if let Some(hp) = host_port {
-            lib = lib.with_cap_args(json!({"portMappings": [
-                {"hostPort": hp, "containerPort": POD_PORT, "protocol": "tcp"}
-            ]}));
-        }
+        let lib = attachment(&n.cni, &container_id, host_port);
+        let ip = cni_add(&lib, &n.cni.net, &ns)?;
         self.pods.push(ClusterPod {
             name,
             node: n.name(),
@@ -491,11 +481,16 @@ impl Cluster {
         let id = POD_COUNTER.fetch_add(1, Ordering::Relaxed);
         let container_id = format!("{}churn-{}-{id}", self.opts.prefix, n.name());
         let ns = Netns::new(&format!("{}churn", self.opts.prefix));
-        let ip = cni_add(&n.cni, &container_id, &ns, host_port)?;
-        let gw = Ipv4Addr::from(u32::from(ip) & 0xffff_ff00 | 1);
+        let lib = attachment(&n.cni, &container_id, host_port);
+        let ip = cni_add(&lib, &n.cni.net, &ns)?;
+        // The bridge gateway is the node subnet's first address (flannel.md §8: FLANNEL_SUBNET = network + 1).
+        let (net, _) = n
+            .node
+            .subnet()
+            .ok_or_else(|| format!("{} has no subnet.env", n.name()))?;
+        let gw = Ipv4Addr::from(u32::from(net) + 1);
         let reached = ping_from(ns.name(), &gw.to_string());
-        let del = cni_del(&n.cni, &container_id, &ns, host_port);
-        del?;
+        cni_del(&lib, &n.cni.net, &ns)?;
         if !reached {
             return Err(format!(
                 "pod {container_id} ({ip}) on {} could not ping its gateway {gw}",
