@@ -55,12 +55,10 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     if opts.healthz_port != 0 {
         let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
         let listener_metrics = metrics.clone();
-        // Bind synchronously first so a port conflict is a clear start-up error.
-        let std_listener = std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("binding healthz address {addr}: {e}"))?;
-        drop(std_listener);
+        let listener =
+            crate::http::bind(addr).map_err(|e| format!("binding healthz address {addr}: {e}"))?;
         tokio::spawn(async move {
-            if let Err(e) = crate::http::serve(addr, listener_metrics).await {
+            if let Err(e) = crate::http::serve(listener, listener_metrics).await {
                 log(format!("healthz server on {addr} failed: {e}"));
             }
         });

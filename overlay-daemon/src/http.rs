@@ -9,8 +9,15 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+/// Binds now (so a taken port is a start-up error), serves from `serve`.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
     loop {
         let (mut sock, _) = match listener.accept().await {
             Ok(c) => c,
