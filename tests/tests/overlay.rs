@@ -1221,3 +1221,64 @@ fn simultaneous_joins_never_share_a_subnet_and_the_range_can_run_out() {
     let log = daemons[loser].log_text();
     assert!(log.contains("out of subnets"), "{log}");
 }
+
+#[test]
+fn bad_flags_exit_2_with_a_reason_and_env_vars_set_flags() {
+    let bin = twill_tests::bins::bin("twilld");
+    for (args, reason) in [
+        (vec!["--bogus"], "unknown flag --bogus"),
+        (vec!["--ip-masq=maybe"], "not a boolean"),
+        (vec!["--subnet-lease-renew-margin=0"], "between 1 and 1439"),
+        (vec!["--public-ip=300.1.1.1"], "not an IPv4 address"),
+        (
+            vec!["--ip-masq-backend=pf"],
+            "neither nftables nor iptables",
+        ),
+    ] {
+        let out = std::process::Command::new(&bin)
+            .args(&args)
+            .arg("--node-name=x")
+            .output()
+            .unwrap_or_else(|e| panic!("running twilld: {e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(reason), "{args:?}: {err}");
+    }
+    // FLANNELD_<FLAG> environment variables work like flags.
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put("/custom/net/config", NET_CONFIG);
+    let node = switch.add_node(1);
+    let env_file = node.subnet_file();
+    let log = node.log_file();
+    let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", node.ns.name()])
+        .arg(&bin)
+        .env("FLANNELD_ETCD_ENDPOINTS", etcd.underlay_endpoint())
+        .env("FLANNELD_ETCD_PREFIX", "/custom/net")
+        .env("FLANNELD_IFACE", "eth0")
+        .env("FLANNELD_NODE_NAME", "envnode")
+        .env("FLANNELD_SUBNET_FILE", &env_file)
+        .env("FLANNELD_IP_MASQ", "true")
+        .stdout(out.try_clone().unwrap_or_else(|e| panic!("{e}")))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("running twilld: {e}"));
+    let ready = wait_until(READY, || node.subnet().is_some());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ready,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let leases = etcd.get_prefix("/custom/net/subnets/");
+    assert_eq!(leases.len(), 1);
+    assert!(
+        leases[0].1.contains("\"NodeName\":\"envnode\""),
+        "{leases:?}"
+    );
+    let env = std::fs::read_to_string(&env_file).unwrap_or_default();
+    assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
+}
