@@ -177,27 +177,34 @@ impl Backend for Nftables {
             }
         }
         if let Some(plan) = add {
-            batch
-                .add_table(fam, TABLE)
-                .add_chain(fam, TABLE, HOSTPORTS)
-                .add_base_chain(
-                    fam,
-                    TABLE,
-                    PREROUTING,
-                    &BaseChain::nat(Hook::Prerouting, priority::DSTNAT),
-                )
-                .add_base_chain(
-                    fam,
-                    TABLE,
-                    OUTPUT,
-                    &BaseChain::nat(Hook::Output, priority::DSTNAT),
-                )
-                .add_base_chain(
-                    fam,
-                    TABLE,
-                    POSTROUTING,
-                    &BaseChain::nat(Hook::Postrouting, priority::SRCNAT),
-                );
+            // The structure is created and deleted whole, in one batch, under the portmap lock: both jumps
+            // present means every chain exists. Re-adding an existing chain is not free — the kernel
+            // records it as a chain update whose release waits for an RCU grace period, and closing our
+            // socket would then wait for it (5-20 ms) — so only a missing structure is added.
+            let exists = !teardown && shared.prerouting_jump && shared.output_jump;
+            if !exists {
+                batch
+                    .add_table(fam, TABLE)
+                    .add_chain(fam, TABLE, HOSTPORTS)
+                    .add_base_chain(
+                        fam,
+                        TABLE,
+                        PREROUTING,
+                        &BaseChain::nat(Hook::Prerouting, priority::DSTNAT),
+                    )
+                    .add_base_chain(
+                        fam,
+                        TABLE,
+                        OUTPUT,
+                        &BaseChain::nat(Hook::Output, priority::DSTNAT),
+                    )
+                    .add_base_chain(
+                        fam,
+                        TABLE,
+                        POSTROUTING,
+                        &BaseChain::nat(Hook::Postrouting, priority::SRCNAT),
+                    );
+            }
             let jump = || {
                 Rule::new(fam)
                     .match_fib_daddr_local()
