@@ -353,3 +353,92 @@ fn no_input_makes_a_plugin_panic() {
         }
     }
 }
+
+/// A small deterministic generator (xorshift64*), so a failing case is reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A string of 0..=max chars: mostly from `common`, sometimes from `rare`, so that both
+    /// accepted and refused names come up often.
+    fn string(&mut self, common: &[char], rare: &[char], max: usize) -> String {
+        let len = (self.next() % (max as u64 + 1)) as usize;
+        (0..len)
+            .map(|_| {
+                let pool = if self.next() % 10 < 8 { common } else { rare };
+                pool[(self.next() % pool.len() as u64) as usize]
+            })
+            .collect()
+    }
+}
+
+/// Container ids and interface names drawn around the edges of cni-spec.md §7 (charset, leading
+/// character, 15-byte limit, multi-byte characters, separators, whitespace) are accepted or refused
+/// with the same code by our loopback and the reference one.
+#[test]
+fn names_are_validated_like_the_reference() {
+    require_root();
+    let ours = bin("loopback");
+    let reference = twill_tests::bins::ref_bin("loopback");
+    let common = ['a', 'Z', '0', '9', '_', '.', '-'];
+    let rare = ['/', ':', ' ', '\t', 'é', '@', '+', '=', ',', '\u{a0}'];
+    let mut rng = Rng(0x7715_2026_c0ff_ee01);
+    let mut differences = Vec::new();
+    let (mut accepted, mut refused) = (0, 0);
+    for case in 0..150 {
+        // Half the cases vary the container id, half the interface name; the other stays valid.
+        let (id, ifname) = if case % 2 == 0 {
+            (rng.string(&common, &rare, 12), "eth0".to_string())
+        } else {
+            ("twill-names".to_string(), rng.string(&common, &rare, 18))
+        };
+        let conf = json!({"cniVersion": "1.0.0", "name": "twill-names", "type": "loopback"});
+        let verdict = |plugin: &Path| {
+            let pod = Netns::new("pod");
+            let outcome = Invocation::new(plugin, "ADD")
+                .libcni_style()
+                .container_id(Some(&id))
+                .ifname(Some(&ifname))
+                .netns(Some(pod.path()))
+                .stdin_json(&conf)
+                .run();
+            outcome.assert_no_panic();
+            if outcome.success() {
+                None
+            } else {
+                Some(
+                    outcome.assert_any_error()["code"]
+                        .as_u64()
+                        .unwrap_or_default(),
+                )
+            }
+        };
+        let (got, want) = (verdict(&ours), verdict(&reference));
+        match want {
+            None => accepted += 1,
+            Some(_) => refused += 1,
+        }
+        if got != want {
+            differences.push(format!(
+                "id {id:?} ifname {ifname:?}: ours {got:?}, reference {want:?} (error code, None = accepted)"
+            ));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{} names judged differently from the reference:\n  {}",
+        differences.len(),
+        differences.join("\n  ")
+    );
+    eprintln!("names: {accepted} accepted, {refused} refused by the reference; ours agreed on all");
+    assert!(
+        accepted >= 20 && refused >= 20,
+        "the generator must exercise both sides: {accepted} accepted, {refused} refused"
+    );
+}
