@@ -383,3 +383,33 @@ fn libcni_chain_of_two_loopbacks_passes_the_first_result_through() {
         .collect();
     assert_eq!(results[0], results[1], "chained result: ours vs reference");
 }
+
+#[test]
+fn libcni_driver_names_attachments_like_cnitool() {
+    require_root();
+    use sha2::{Digest, Sha512};
+    // cnitool's container id: "cnitool-" + hex of the first 10 bytes of sha512(netns path); the
+    // result cache file is <cache>/results/<net>-<id>-<ifname> (cni-spec.md §9).
+    let lib = LibCni::scratch(vec![bin_dir()]);
+    let net = lib.write_conflist(&conflist("1.0.0", &unique_net("lo")));
+    let ns = Netns::new("lo");
+    let digest = Sha512::digest(ns.path_str().as_bytes());
+    let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
+    let id = format!("cnitool-{hex}");
+    lib.add(&net, ns.path()).assert_success();
+    assert!(
+        lib.cached_result_path(&net, &id, "eth0").is_file(),
+        "expected libcni's cache file for container id {id}"
+    );
+    lib.del(&net, ns.path()).assert_success();
+
+    let named = lib.with_container_id("explicit-id").with_ifname("lo0");
+    named.add(&net, ns.path()).assert_success();
+    assert!(named
+        .cached_result_path(&net, "explicit-id", "lo0")
+        .is_file());
+    named.del(&net, ns.path()).assert_success();
+    assert!(!named
+        .cached_result_path(&net, "explicit-id", "lo0")
+        .exists());
+}
