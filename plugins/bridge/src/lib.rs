@@ -10,10 +10,12 @@
 //!   host end goes with it; the delete waits for an RCU grace period). Succeeds with an empty or missing
 //!   netns.
 
+mod add;
 pub mod bridge_dev;
 pub mod check;
 pub mod config;
 pub mod container;
+mod del;
 pub mod gateway;
 pub mod ipam;
 pub mod masq;
@@ -25,104 +27,35 @@ pub mod trace;
 
 use config::BridgeConf;
 use ipnet::IpNet;
-use std::cell::RefCell;
 use std::path::Path;
-use std::time::{Duration, Instant};
 use twill_cni::env::Command;
-use twill_cni::{CniResult, Context, Error, Interface, Plugin, Request, Result, Undo};
-use twill_kernel::{Family, Handle, Link, NetNs, OperState};
+use twill_cni::{CniResult, Context, Error, Plugin, Request, Result};
+use twill_kernel::{Handle, NetNs};
 
 #[derive(Debug, Default)]
 pub struct Bridge;
 
-/// The reference polls the host port for oper-UP for up to ~2.55 s (§10.2 step 12).
-const OPER_UP_TIMEOUT: Duration = Duration::from_millis(2550);
-
-fn iface(link: &Link) -> Interface {
-    Interface {
-        name: link.name.clone(),
-        mac: link.mac.map(|m| m.to_string()),
-        ..Default::default()
-    }
-}
-
-/// Check the host port once; poll (with short, growing pauses) only if the kernel has not yet propagated the
-/// carrier (linkwatch runs asynchronously). The reference always sleeps in steps of 50 ms and more.
-fn wait_oper_up(host: &Handle, index: u32) -> Result<Link> {
-    let start = Instant::now();
-    let mut pause = Duration::from_micros(200);
-    loop {
-        let link = host
-            .link_by_index(index)
-            .context("failed to look up host veth")?;
-        if link.oper_state == OperState::Up {
-            return Ok(link);
-        }
-        if start.elapsed() >= OPER_UP_TIMEOUT {
-            return Err(Error::failed(format!(
-                "bridge port in error state: {:?}",
-                link.oper_state
-            )));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
-}
-
-fn open_pod(path: &Path) -> Result<NetNs> {
+pub(crate) fn open_pod(path: &Path) -> Result<NetNs> {
     NetNs::open(path).with_context(|| format!("failed to open netns {:?}", path.display()))
 }
 
-fn host_handle() -> Result<Handle> {
+pub(crate) fn host_handle() -> Result<Handle> {
     Handle::current().context("netlink socket in the host namespace")
 }
 
-fn pod_handle(pod: &NetNs) -> Result<Handle> {
+pub(crate) fn pod_handle(pod: &NetNs) -> Result<Handle> {
     Handle::in_netns(pod).context("netlink socket in the pod namespace")
 }
-
-/// Delete the container end of the attachment (its peer goes with it). A missing netns path, a path that
-/// no longer is a namespace, or a missing link is success (§4 DEL).
-fn delete_container_link(netns: Option<&Path>, ifname: &str) -> Result<()> {
-    let Some(path) = netns else {
-        return Ok(());
-    };
-    let pod = match NetNs::open(path) {
-        Ok(ns) => ns,
-        Err(e) if e.is_not_found() || e.io().kind() == std::io::ErrorKind::InvalidInput => {
-            return Ok(())
-        }
-        Err(e) => {
-            return Err(Error::failed(format!(
-                "failed to open netns {:?}: {e}",
-                path.display()
-            )))
-        }
-    };
-    let h = pod_handle(&pod)?;
-    match h.delete_link_by_name(ifname) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_not_found() => Ok(()),
-        Err(e) => Err(Error::failed(format!("failed to delete {ifname:?}: {e}"))),
-    }
-}
-
-/// Where ADD's IPAM call stands, for the rollback: a running call is waited for, and only a successful one
-/// is released.
-enum IpamState {
-    NotAsked,
-    Running(ipam::Pending),
-    /// Finished; whether it succeeded.
-    Done(bool),
-}
-
 /// Firewall work on its own thread, overlapping with netlink work on the main thread. Dropping joins it, so
 /// a rollback never races the job it undoes. (The thread starts in the main thread's, i.e. the host's,
 /// network namespace, where the firewall rules belong.)
-struct Job(Option<std::thread::JoinHandle<Result<()>>>);
+pub(crate) struct Job(Option<std::thread::JoinHandle<Result<()>>>);
 
 impl Job {
-    fn spawn(what: &str, f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<Job> {
+    pub(crate) fn spawn(
+        what: &str,
+        f: impl FnOnce() -> Result<()> + Send + 'static,
+    ) -> Result<Job> {
         std::thread::Builder::new()
             .name(what.into())
             .spawn(f)
@@ -130,7 +63,7 @@ impl Job {
             .map_err(|e| Error::failed(format!("start {what} thread: {e}")))
     }
 
-    fn join(mut self) -> Result<()> {
+    pub(crate) fn join(mut self) -> Result<()> {
         match self.0.take() {
             Some(h) => h
                 .join()
@@ -147,9 +80,8 @@ impl Drop for Job {
         }
     }
 }
-
 /// Join several errors into one, keeping the first one's code.
-fn combine(errors: Vec<Error>) -> Result<()> {
+pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
     let mut it = errors.into_iter();
     let Some(first) = it.next() else {
         return Ok(());
@@ -166,265 +98,13 @@ fn combine(errors: Vec<Error>) -> Result<()> {
         ))
     }
 }
-
 impl Plugin for Bridge {
     fn add(&self, req: &Request) -> Result<CniResult> {
-        let mut trace = trace::Trace::new();
-        let conf = BridgeConf::load(req)?;
-        let container_id = req.container_id()?.as_str();
-        let ifname = req.ifname()?.as_str();
-        let netns_path = req.netns()?;
-        let network = req.config.name.as_str();
-
-        let pod = open_pod(netns_path)?;
-        // Declared after `pod`: the worker is joined before the namespace fd closes.
-        let (pod_worker, pod_h) = pod_worker::PodWorker::start(&pod)?;
-        // §4: the name must be free in the pod. Checked before IPAM is asked, so a repeated ADD of a live
-        // attachment can never end in releasing that attachment's lease.
-        match pod_h.link_by_name(ifname) {
-            Ok(_) => {
-                return Err(Error::failed(format!(
-                    "container veth name provided ({ifname}) already exists"
-                )))
-            }
-            Err(e) if e.is_not_found() => {}
-            Err(e) => {
-                return Err(Error::failed(format!(
-                    "failed to look up {ifname:?} in the pod: {e}"
-                )))
-            }
-        }
-        trace.mark("pod netns and socket");
-
-        // Declaration order is rollback order in reverse: `undo` (kernel and firewall steps) runs first, then
-        // IPAM is released — last, so its addresses are never handed out again while a half-built attachment
-        // still uses them. Only a successful IPAM ADD is released (a failed one cleaned up after itself, as
-        // the reference assumes); a still-running one is waited for first.
-        let ipam_state = RefCell::new(IpamState::NotAsked);
-        let mut ipam_undo = Undo::new();
-        if let Some(t) = conf.ipam_type.as_deref() {
-            *ipam_state.borrow_mut() = IpamState::Running(ipam::spawn(t, Command::Add, req)?);
-            let state = &ipam_state;
-            ipam_undo.push(format!("release IPAM ({t})"), move || {
-                let succeeded = match state.replace(IpamState::Done(false)) {
-                    IpamState::Running(p) => p.wait_result(req).is_ok(),
-                    IpamState::Done(ok) => ok,
-                    IpamState::NotAsked => false,
-                };
-                if succeeded {
-                    ipam::run(t, Command::Del, req)
-                } else {
-                    Ok(())
-                }
-            });
-        }
-        trace.mark("IPAM started");
-        let host = host_handle()?;
-        trace.mark("host socket");
-        let mut undo = Undo::new();
-        // Declared after `undo`, so it is joined before any rollback step runs.
-        let mut masq_job: Option<Job> = None;
-
-        let br = bridge_dev::ensure(&host, &conf)?;
-        trace.mark("bridge ensured");
-        let pair = port::create_pair(
-            &host,
-            &pod,
-            &pod_h,
-            container_id,
-            ifname,
-            conf.mtu,
-            conf.mac,
-        )?;
-        let host_index = pair.host.index;
-        trace.mark("veth created");
-        let host_name = pair.host.name.clone();
-        undo.push(format!("delete veth {host_name}"), {
-            let host = &host;
-            move || match host.delete_link(host_index) {
-                Err(e) if !e.is_not_found() => Err(Error::failed(e.to_string())),
-                _ => Ok(()),
-            }
-        });
-        port::attach(&host, &br, &pair.host, &port::PortConfig::of(&conf))?;
-        let cont = pod_h
-            .link_by_index(pair.container_index)
-            .with_context(|| format!("failed to look up {ifname:?} in the pod"))?;
-        trace.mark("port attached");
-        let mut container_iface = iface(&cont);
-        container_iface.sandbox = Some(netns_path.display().to_string());
-        let mut result = CniResult {
-            interfaces: vec![iface(&br), iface(&pair.host), container_iface],
-            ..Default::default()
-        };
-
-        if conf.macspoofchk {
-            let mac = cont
-                .mac
-                .ok_or_else(|| Error::failed(format!("{ifname:?} has no MAC address")))?;
-            spoofchk::setup(container_id, ifname, &host_name, mac)?;
-            undo.push("remove macspoofchk rules", move || {
-                spoofchk::teardown(container_id, ifname)
-            });
-        }
-
-        if conf.ipam_type.is_some() {
-            container::set_sysctls(&pod_worker, ifname, conf.enable_dad)?;
-            trace.mark("pod sysctls");
-        }
-        if let IpamState::Running(p) = ipam_state.replace(IpamState::Done(false)) {
-            let ipam_result = p.wait_result(req)?;
-            *ipam_state.borrow_mut() = IpamState::Done(true);
-            trace.mark("IPAM result");
-            result.ips = ipam_result.ips;
-            result.routes = ipam_result.routes;
-            result.dns = ipam_result.dns;
-            if result.ips.is_empty() {
-                return Err(Error::failed("IPAM plugin returned missing IP config"));
-            }
-            let gws = gateway::shape(&mut result, &conf)?;
-            if conf.ip_masq {
-                // Only the addresses are needed: install the rules while the pod is configured.
-                undo.push("remove IP masquerade", {
-                    let backend = conf.masq_backend;
-                    move || masq::del(backend, network, container_id, ifname)
-                });
-                let addrs: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
-                let (backend, net, id, ifn) = (
-                    conf.masq_backend,
-                    network.to_string(),
-                    container_id.to_string(),
-                    ifname.to_string(),
-                );
-                masq_job = Some(Job::spawn("masquerade", move || {
-                    masq::add(backend, &net, &id, &ifn, &addrs)
-                })?);
-            }
-            container::configure(
-                &pod_worker,
-                &pod_h,
-                ifname,
-                cont.index,
-                &result,
-                conf.enable_dad,
-            )?;
-            trace.mark("container configured");
-            if conf.is_gateway {
-                let mut vlan_iface: Option<Link> = None;
-                for (family, list) in [(Family::V4, &gws.v4), (Family::V6, &gws.v6)] {
-                    for gw in list {
-                        let target = match conf.vlan {
-                            Some(vlan) => {
-                                if vlan_iface.is_none() {
-                                    let l =
-                                        bridge_dev::ensure_vlan_interface(&host, &br, vlan, &conf)
-                                            .context("failed to create vlan interface")?;
-                                    result.interfaces.push(iface(&l));
-                                    vlan_iface = Some(l);
-                                }
-                                vlan_iface
-                                    .clone()
-                                    .ok_or_else(|| Error::failed("vlan interface missing"))?
-                            }
-                            None => br.clone(),
-                        };
-                        bridge_dev::ensure_addr(
-                            &host,
-                            &target,
-                            *gw,
-                            conf.force_address,
-                            target.mac,
-                        )
-                        .with_context(|| {
-                            if conf.vlan.is_some() {
-                                "failed to set vlan interface for bridge with addr"
-                            } else {
-                                "failed to set bridge addr"
-                            }
-                        })?;
-                    }
-                    if !list.is_empty() {
-                        bridge_dev::enable_forwarding(family)?;
-                    }
-                }
-            }
-            trace.mark("gateway");
-        } else if !conf.disable_container_interface {
-            container::up_only(&pod_h, ifname, cont.index)?;
-        }
-
-        trace.mark("L2 up");
-        // The host port's MAC and the bridge's may have changed (first port joining, MAC pinning).
-        let host_link = if conf.disable_container_interface {
-            host.link_by_index(host_index)
-                .context("failed to look up host veth")?
-        } else {
-            wait_oper_up(&host, host_index)?
-        };
-        trace.mark("oper up");
-        result.interfaces[1] = iface(&host_link);
-        let br_now = host
-            .link_by_index(br.index)
-            .with_context(|| format!("could not lookup {:?}", conf.bridge))?;
-        result.interfaces[0] = iface(&br_now);
-        if let Some(dns) = &conf.dns {
-            result.dns = dns.clone();
-        }
-        if let Some(job) = masq_job.take() {
-            job.join()?;
-            trace.mark("masquerade");
-        }
-        undo.commit();
-        ipam_undo.commit();
-        trace.mark("done");
-        Ok(result)
+        add::add(req)
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let conf = BridgeConf::load(req)?;
-        let container_id = req.container_id()?.as_str();
-        let ifname = req.ifname()?.as_str();
-        let network = req.config.name.as_str();
-        // IPAM DEL runs while the kernel deletes the veth (which waits for an RCU grace period).
-        let pending = match conf.ipam_type.as_deref() {
-            Some(t) => Some(ipam::spawn(t, Command::Del, req)?),
-            None => None,
-        };
-        // Masquerade is removed by owner, so it needs nothing from the pod and runs meanwhile too.
-        let masq_job = if conf.ip_masq {
-            let (backend, net, id, ifn) = (
-                conf.masq_backend,
-                network.to_string(),
-                container_id.to_string(),
-                ifname.to_string(),
-            );
-            Some(Job::spawn("masquerade", move || {
-                masq::del(backend, &net, &id, &ifn)
-            })?)
-        } else {
-            None
-        };
-        let mut errors = Vec::new();
-        if let Err(e) = delete_container_link(req.env.netns.as_deref(), ifname) {
-            errors.push(e);
-        }
-        if let Some(p) = pending {
-            if let Err(e) = p.wait() {
-                errors.push(e);
-            }
-        }
-        if let Some(job) = masq_job {
-            if let Err(e) = job.join() {
-                errors.push(e);
-            }
-        }
-        if conf.macspoofchk {
-            // Logged only, as the reference.
-            if let Err(e) = spoofchk::teardown(container_id, ifname) {
-                eprintln!("bridge: {e}");
-            }
-        }
-        combine(errors)
+        del::del(req)
     }
 
     fn check(&self, req: &Request) -> Result<()> {
