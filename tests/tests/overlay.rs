@@ -675,3 +675,53 @@ fn bad_flags_exit_2_with_a_reason_and_env_vars_set_flags() {
     let env = std::fs::read_to_string(&env_file).unwrap_or_default();
     assert!(env.contains("FLANNEL_IPMASQ=true"), "{env}");
 }
+
+#[test]
+fn ip_masq_masquerades_pods_to_outside_but_not_pod_to_pod() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: vec!["--ip-masq".into()],
+    };
+    let nodes: Vec<Node> = (1..=2).map(|i| switch.add_node(i)).collect();
+    let _daemons: Vec<Twilld> = nodes.iter().map(|n| n.start_twilld(&args)).collect();
+    assert!(wait_until(READY, || nodes
+        .iter()
+        .all(|n| n.subnet().is_some())));
+    let pa = nodes[0].add_pod(2);
+    let pb = nodes[1].add_pod(2);
+    assert!(
+        wait_until(Duration::from_secs(10), || pa.can_reach(pb.ip)),
+        "pods cannot talk"
+    );
+    // The switch's address plays "outside the cluster".
+    assert!(
+        pa.can_reach(twill_tests::cluster::SWITCH_IP),
+        "pod cannot reach outside"
+    );
+    let conntrack =
+        String::from_utf8_lossy(&nodes[0].exec(&["conntrack", "-L", "-p", "icmp"]).stdout)
+            .into_owned();
+    let flow = |dst: Ipv4Addr| -> String {
+        conntrack
+            .lines()
+            .find(|l| l.contains(&format!("src={} dst={dst} ", pa.ip)))
+            .unwrap_or_else(|| panic!("no conntrack entry {} -> {dst}:\n{conntrack}", pa.ip))
+            .to_string()
+    };
+    // Replies to the outside come back to the node's address (masqueraded)...
+    let out = flow(twill_tests::cluster::SWITCH_IP);
+    assert!(
+        out.contains(&format!("dst={} ", nodes[0].underlay_ip)),
+        "not masqueraded: {out}"
+    );
+    // ...pod-to-pod keeps the pod's address.
+    let inside = flow(pb.ip);
+    assert!(
+        inside.contains(&format!("src={} dst={} ", pb.ip, pa.ip)),
+        "pod-to-pod was NATed: {inside}"
+    );
+}
