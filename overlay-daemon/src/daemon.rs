@@ -136,6 +136,13 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     set_expiry(&metrics, &own, opts.lease_ttl);
 
     let outer_mtu = cfg.backend.mtu.unwrap_or(underlay.mtu);
+    // VXLAN over IPv4 costs 50 bytes (flannel.md §6.3); what is left must still carry an IPv4 packet.
+    if outer_mtu < 68 + 50 {
+        return Err(format!(
+            "MTU {outer_mtu} of {} leaves no room for VXLAN's 50 bytes; set Backend.MTU",
+            underlay.name
+        ));
+    }
     let spec = DeviceSpec {
         name: cfg.backend.device_name(),
         vni: cfg.backend.vni,
