@@ -57,7 +57,11 @@ pub fn scenarios() -> Vec<Scenario> {
             run: runtimes::run_containerd,
         },
         Scenario { name: "bridge", about: "bridge+host-local ADD/DEL ours vs reference, ipMasq off/on, 40 parallel ADDs; floors: kernel ADD work, veth delete", run: bridge::run },
-        Scenario { name: "portmap", about: "bridge+portmap (2 mappings) ADD+DEL ours vs reference; rows: portmap alone, exec floor", run: portmap::run },
+        Scenario {
+            name: "portmap",
+            about: "bridge+portmap (2 mappings) ADD+DEL ours vs reference; rows: portmap alone, exec floor",
+            run: portmap::run,
+        },
     ]
 }
 
