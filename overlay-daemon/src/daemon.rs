@@ -105,6 +105,14 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     metrics.etcd_ok();
     backoff.reset();
 
+    let outer_mtu = cfg.backend.mtu.unwrap_or(underlay.mtu);
+    // VXLAN over IPv4 costs 50 bytes (flannel.md §6.3); what is left must still carry an IPv4 packet.
+    if outer_mtu < 68 + 50 {
+        return Err(format!(
+            "MTU {outer_mtu} of {} leaves no room for VXLAN's 50 bytes; set Backend.MTU",
+            underlay.name
+        ));
+    }
     let mac = VtepMac::derive(&opts.node_name, cfg.backend.vni);
     let attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &opts.node_name);
     let previous = previous_subnet(&opts.subnet_file);
@@ -135,14 +143,6 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     metrics.set_ready(|r| r.lease = true);
     set_expiry(&metrics, &own, opts.lease_ttl);
 
-    let outer_mtu = cfg.backend.mtu.unwrap_or(underlay.mtu);
-    // VXLAN over IPv4 costs 50 bytes (flannel.md §6.3); what is left must still carry an IPv4 packet.
-    if outer_mtu < 68 + 50 {
-        return Err(format!(
-            "MTU {outer_mtu} of {} leaves no room for VXLAN's 50 bytes; set Backend.MTU",
-            underlay.name
-        ));
-    }
     let spec = DeviceSpec {
         name: cfg.backend.device_name(),
         vni: cfg.backend.vni,
