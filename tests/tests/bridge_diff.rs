@@ -1,6 +1,7 @@
 //! Differential test of the bridge plugin against the reference `/usr/lib/cni/bridge` (issue 4): for each
 //! config of the matrix, the reference and ours run on fresh nodes and pods with the same container id,
-//! ifname and IPAM ranges, and must produce the same result JSON and the same kernel state (pod addresses,
+//! ifname and IPAM ranges (each with its own host-local: the reference's, and ours first in CNI_PATH),
+//! and must produce the same result JSON and the same kernel state (pod addresses,
 //! routes, link flags and MTU, bridge and port attributes, sysctls), ignoring only random names and MACs.
 //!
 //! Intended differences, asserted as such (and listed in the README):
@@ -42,11 +43,20 @@ struct Side {
     masq_after: Vec<String>,
 }
 
-fn run_side(plugin: &Path, extra: &Value) -> Side {
+/// One side's run; `cni_path` is where its IPAM comes from (each side uses its own stack).
+fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
     let node = Node::new();
     let pod = Netns::new("brp");
     let conf = node.conf(NET, extra.clone());
-    let add = node.run(plugin, "ADD", Some(pod.path()), CID, IFNAME, &conf);
+    let add = node.run_with_path(
+        plugin,
+        "ADD",
+        Some(pod.path()),
+        CID,
+        IFNAME,
+        &conf,
+        cni_path,
+    );
     add.assert_no_panic();
     let result = add.json.clone().unwrap_or(Value::Null);
     let bridge = conf["bridge"].as_str().unwrap_or("cni0").to_string();
@@ -83,7 +93,8 @@ fn run_side(plugin: &Path, extra: &Value) -> Side {
         if add.success() && !matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1") {
             let mut c = conf.clone();
             c["prevResult"] = result.clone();
-            let check = node.run(plugin, "CHECK", Some(pod.path()), CID, IFNAME, &c);
+            let check =
+                node.run_with_path(plugin, "CHECK", Some(pod.path()), CID, IFNAME, &c, cni_path);
             check.assert_no_panic();
             (Some(check.success()), check.describe())
         } else {
@@ -93,7 +104,15 @@ fn run_side(plugin: &Path, extra: &Value) -> Side {
     if add.success() {
         del_conf["prevResult"] = result.clone();
     }
-    let del = node.run(plugin, "DEL", Some(pod.path()), CID, IFNAME, &del_conf);
+    let del = node.run_with_path(
+        plugin,
+        "DEL",
+        Some(pod.path()),
+        CID,
+        IFNAME,
+        &del_conf,
+        cni_path,
+    );
     del.assert_no_panic();
     let masq_after: Vec<String> = node
         .masquerade_lines()
@@ -134,8 +153,9 @@ enum Check {
 
 /// Run both sides and compare. `masq` says whether masquerade rules are expected.
 fn differential_with(extra: Value, masq: bool, check: Check) {
-    let theirs = run_side(&reference(), &extra);
-    let ours = run_side(&ours(), &extra);
+    // The reference with its own host-local; ours with ours (first in CNI_PATH).
+    let theirs = run_side(&reference(), twill_tests::bins::REFERENCE_DIR, &extra);
+    let ours = run_side(&ours(), &cni_path(), &extra);
     assert_eq!(
         ours.add_ok, theirs.add_ok,
         "ADD outcome differs\n=== ours ===\n{}\n=== reference ===\n{}",
