@@ -951,3 +951,31 @@ fn snat_false_keeps_sources_and_masq_all_masquerades_everything() {
         "snat=false adds no masquerading: {rules}"
     );
 }
+
+#[test]
+fn older_spec_versions_pass_prev_result_through_in_their_own_format() {
+    let n = Node::new(Impl::Ours, portmap_conf(json!({})));
+    let netns = n.node.path_str();
+    for version in ["0.3.0", "0.3.1", "0.4.0"] {
+        let prev = json!({
+            "cniVersion": version,
+            "interfaces": [{"name": "cni0", "mac": "aa:bb:cc:dd:ee:ff"},
+                           {"name": "eth0", "sandbox": "/run/netns/x"}],
+            "ips": [{"version": "4", "address": "10.99.0.9/24", "gateway": "10.99.0.1", "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0"}],
+            "dns": {}
+        });
+        let mut conf = bare_request(&n, version, json!({}));
+        conf["runtimeConfig"] =
+            json!({"portMappings": [{"hostPort": 9300, "containerPort": 80, "protocol": "tcp"}]});
+        conf["prevResult"] = prev.clone();
+        let id = format!("old-{}", version.replace('.', ""));
+        let out = n.portmap("ADD", &id, &netns, &conf).assert_success();
+        assert_eq!(out, prev, "{version}: prevResult must come back unchanged");
+        if version == "0.4.0" {
+            n.portmap("CHECK", &id, &netns, &conf).assert_success();
+        }
+        n.portmap("DEL", &id, &netns, &conf).assert_success();
+    }
+    n.assert_no_portmap_rules();
+}
