@@ -368,10 +368,10 @@ impl Cluster {
         let n = &self.nodes[i];
         if !wait_until(READY_TIMEOUT, || n.node.subnet().is_some()) {
             panic!(
-                "{} did not write {} within {READY_TIMEOUT:?}; twilld log:\n{}",
+                "{} did not write {} within {READY_TIMEOUT:?}\n{}",
                 n.name(),
                 n.node.subnet_file().display(),
-                n.daemon.as_ref().map(Twilld::log_text).unwrap_or_default()
+                self.logs()
             );
         }
         n.node
@@ -542,12 +542,35 @@ impl Cluster {
     }
 
     /// Every twilld log, for failure messages.
+    /// Every twilld log plus the underlay's state (links, neighbours, routes, the switch's FDB, whether each
+    /// node reaches etcd's address), for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
         for n in &self.nodes {
-            out.push_str(&format!("--- {} twilld log ---\n", n.name()));
+            let ns = n.node.ns.name();
+            out.push_str(&format!("--- {} ({ns}) twilld log ---\n", n.name()));
             out.push_str(&std::fs::read_to_string(n.node.log_file()).unwrap_or_default());
+            let reaches = ping_from(ns, &crate::cluster::SWITCH_IP.to_string());
+            out.push_str(&format!(
+                "--- {} underlay: pings {}: {reaches} ---\n{}{}{}",
+                n.name(),
+                crate::cluster::SWITCH_IP,
+                ip_n(ns, &["-br", "link"]),
+                ip_n(ns, &["-4", "neigh"]),
+                ip_n(ns, &["-4", "route"])
+            ));
         }
+        let sw = self.switch.ns.name();
+        out.push_str(&format!(
+            "--- switch ({sw}) ---\n{}{}{}",
+            ip_n(sw, &["-br", "link"]),
+            ip_n(sw, &["-4", "neigh"]),
+            Command::new("bridge")
+                .args(["-n", sw, "fdb", "show", "br", "br0"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        ));
         out
     }
 }
