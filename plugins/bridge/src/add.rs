@@ -41,7 +41,8 @@ fn wait_oper_up(host: &Handle, index: u32) -> Result<Link> {
             )));
         }
         std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
+        // Capped low: under load linkwatch is late, and a long pause would overshoot its arrival.
+        pause = (pause * 2).min(Duration::from_millis(2));
     }
 }
 
