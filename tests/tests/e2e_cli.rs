@@ -124,6 +124,15 @@ fn cli_down_sweeps_what_a_killed_supervisor_left() {
     sup.0.wait().expect("reap the supervisor");
     assert_eq!(cli(&["status", "--state", st]).status.code(), Some(4));
     assert!(!namespaces(&prefix).is_empty());
+    // The switch's name is removed behind our back (as scripts/test.sh does for namespaces of dead pids):
+    // etcd keeps running in the nameless namespace and must still be found, by its data dir under DIR.
+    let switch = recorded.switch_ns.clone();
+    let out = Command::new("ip")
+        .args(["netns", "delete", &switch])
+        .output()
+        .expect("ip netns delete");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!naming(st).is_empty(), "etcd and twilld name the state dir");
 
     let down = cli(&["down", "--state", st]);
     assert!(down.status.success(), "{}", text(&down));
@@ -139,5 +148,27 @@ fn cli_down_sweeps_what_a_killed_supervisor_left() {
         })),
         "twilld {daemons:?} still running"
     );
+    assert!(
+        wait_until(Duration::from_secs(5), || naming(st).is_empty()),
+        "still running: {:?}",
+        naming(st)
+    );
     assert_eq!(cli(&["status", "--state", st]).status.code(), Some(3));
+}
+
+/// Live (non-zombie) processes whose command line contains `needle`.
+fn naming(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                .filter_map(|e| {
+                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+                    let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                    let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+                    (cmd.contains(needle) && !stat.contains(") Z ")).then_some(cmd)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -481,6 +481,20 @@ fn down(args: &Args) -> Result<ExitCode, String> {
             swept.push(format!("process {pid} (twilld)"));
         }
     }
+    // twilld and etcd whose namespace name was already removed (e.g. by scripts/test.sh's stale-namespace
+    // cleanup) are found by the state dir on their command line (--subnet-file, --data-dir).
+    let state_text = state_dir.display().to_string();
+    for pid in processes_naming(&state_text) {
+        if (is_our_process(pid, "twilld") || is_our_process(pid, "etcd"))
+            && !swept
+                .iter()
+                .any(|s| s.starts_with(&format!("process {pid} ")))
+        {
+            // SAFETY: kill(2) on a twilld/etcd whose command line names our state dir.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            swept.push(format!("process {pid} (command line names {state_text})"));
+        }
+    }
     for ns in cluster_namespaces(&prefix) {
         swept.extend(kill_namespace_processes(&ns));
         let _ = Command::new("ip").args(["netns", "delete", &ns]).output();
@@ -538,4 +552,15 @@ fn kill_namespace_processes(ns: &str) -> Vec<String> {
         }
     }
     killed
+}
+
+/// Pids of processes whose command line contains `needle` (never this one).
+fn processes_naming(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| *pid != std::process::id() && is_our_process(*pid, needle))
+        .collect()
 }
