@@ -25,6 +25,9 @@ struct Side {
     node: Netns,
     ipam: tempfile::TempDir,
     counter: usize,
+    /// Pods of finished rounds. Removed only at the end: the kernel tears a namespace down in a worker that
+    /// takes the rtnl lock, which would otherwise land inside a later round's timing (of either side).
+    done: Vec<Netns>,
 }
 
 impl Side {
@@ -38,6 +41,7 @@ impl Side {
             node,
             ipam,
             counter: 0,
+            done: Vec::new(),
         }
     }
 
@@ -80,6 +84,7 @@ impl Side {
         let conf = self.conf(masq);
         let add = self.exec("ADD", pod.path(), &id, &conf);
         let del = self.exec("DEL", pod.path(), &id, &conf);
+        self.done.push(pod);
         (add, del)
     }
 
@@ -104,6 +109,7 @@ impl Side {
                 s.spawn(move || this.exec("DEL", pod.path(), &format!("par-{round}-{i}"), conf));
             }
         });
+        self.done.extend(pods);
         elapsed
     }
 }
@@ -124,7 +130,9 @@ fn veth_delete_floor(options: &Options) -> Vec<Duration> {
     let node = NetNs::create_unnamed().expect("node netns");
     let host = Handle::in_netns(&node).expect("netlink in node");
     let mut n = 0u32;
-    series(options, || {
+    // Kept until the end, as the sides' pods: namespace teardown must not land inside a later sample.
+    let mut pods = Vec::new();
+    let samples = series(options, || {
         n += 1;
         let pod = NetNs::create_unnamed().expect("pod netns");
         let link = host
@@ -139,9 +147,11 @@ fn veth_delete_floor(options: &Options) -> Vec<Duration> {
         let start = Instant::now();
         host.delete_link(link.index).expect("delete veth");
         let d = start.elapsed();
-        drop(pod);
+        pods.push(pod);
         d
-    })
+    });
+    drop(pods);
+    samples
 }
 
 pub fn run(options: &Options) -> Report {
