@@ -725,3 +725,29 @@ fn ip_masq_masquerades_pods_to_outside_but_not_pod_to_pod() {
         "pod-to-pod was NATed: {inside}"
     );
 }
+
+#[test]
+fn entries_of_a_peer_gone_while_the_daemon_was_down_are_purged_at_start_up() {
+    let mut c = Cluster::new(3, 30.0);
+    c.wait_mesh(&[0, 1, 2], Duration::from_secs(10));
+    let (gone, _) = c.nodes[2].subnet().unwrap_or_else(|| unreachable!());
+    let gone_mac = c.mac(2);
+    c.daemons[0].terminate();
+    c.daemons[2].terminate();
+    c.etcd.del(&format!("{SUBNETS}{gone}-24"));
+    assert!(
+        c.nodes[0].has_any_trace_of(gone, &gone_mac),
+        "kernel state went with the daemon"
+    );
+    // flanneld would keep these forever (flannel.md §6.2 "Gaps"); the start-up reconcile removes them
+    // (the resync period is 30 s here, so it is not the periodic pass doing it).
+    let args = c.args();
+    c.daemons[0] = c.nodes[0].start_twilld(&args);
+    assert!(
+        wait_until(Duration::from_secs(10), || !c.nodes[0]
+            .has_any_trace_of(gone, &gone_mac)),
+        "stale peer not purged at start-up\n{}",
+        c.dump()
+    );
+    assert!(c.knows(0, 1), "the live peer was disturbed\n{}", c.dump());
+}
