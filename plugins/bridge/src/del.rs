@@ -2,22 +2,23 @@
 //! masquerade rules (by owner) run while the kernel deletes the veth, whose RCU wait dominates.
 
 use crate::config::BridgeConf;
+use crate::trace::Trace;
 use crate::{combine, ipam, masq, pod_handle, spoofchk, Job};
 use std::path::Path;
 use twill_cni::env::Command;
 use twill_cni::{Error, Request, Result};
-use twill_kernel::NetNs;
+use twill_kernel::{Handle, NetNs};
 
-/// Delete the container end of the attachment (its peer goes with it). A missing netns path, a path that
-/// no longer is a namespace, or a missing link is success (§4 DEL).
-fn delete_container_link(netns: Option<&Path>, ifname: &str) -> Result<()> {
+/// A socket in the pod's namespace, or `None` when there is nothing to delete there: no netns given, the
+/// path is gone, or it no longer is a namespace (an unmounted leftover file) — all success for DEL (§4).
+fn pod_socket(netns: Option<&Path>) -> Result<Option<Handle>> {
     let Some(path) = netns else {
-        return Ok(());
+        return Ok(None);
     };
     let pod = match NetNs::open(path) {
         Ok(ns) => ns,
         Err(e) if e.is_not_found() || e.io().kind() == std::io::ErrorKind::InvalidInput => {
-            return Ok(())
+            return Ok(None)
         }
         Err(e) => {
             return Err(Error::failed(format!(
@@ -26,7 +27,12 @@ fn delete_container_link(netns: Option<&Path>, ifname: &str) -> Result<()> {
             )))
         }
     };
-    let h = pod_handle(&pod)?;
+    // The socket keeps its namespace; the fd can go.
+    pod_handle(&pod).map(Some)
+}
+
+/// Delete the container end of the attachment (its peer goes with it); a missing link is success.
+fn delete_container_link(h: &Handle, ifname: &str) -> Result<()> {
     match h.delete_link_by_name(ifname) {
         Ok(()) => Ok(()),
         Err(e) if e.is_not_found() => Ok(()),
@@ -35,16 +41,24 @@ fn delete_container_link(netns: Option<&Path>, ifname: &str) -> Result<()> {
 }
 
 pub fn del(req: &Request) -> Result<()> {
+    let mut trace = Trace::new();
     let conf = BridgeConf::load(req)?;
     let container_id = req.container_id()?.as_str();
     let ifname = req.ifname()?.as_str();
     let network = req.config.name.as_str();
-    // IPAM DEL runs while the kernel deletes the veth (which waits for an RCU grace period).
+    let mut errors = Vec::new();
+    // The pod socket first: on 2 CPUs, starting the IPAM and firewall threads before it would only delay it,
+    // while during the veth delete (which sleeps in the kernel) they have the CPU to themselves.
+    let pod = pod_socket(req.env.netns.as_deref()).unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    trace.mark("pod netns and socket");
     let pending = match conf.ipam_type.as_deref() {
         Some(t) => Some(ipam::spawn(t, Command::Del, req)?),
         None => None,
     };
-    // Masquerade is removed by owner, so it needs nothing from the pod and runs meanwhile too.
+    // Masquerade is removed by owner, so it needs nothing from the pod.
     let masq_job = if conf.ip_masq {
         let (backend, net, id, ifn) = (
             conf.masq_backend,
@@ -58,20 +72,25 @@ pub fn del(req: &Request) -> Result<()> {
     } else {
         None
     };
-    let mut errors = Vec::new();
-    if let Err(e) = delete_container_link(req.env.netns.as_deref(), ifname) {
-        errors.push(e);
+    trace.mark("IPAM and firewall started");
+    if let Some(h) = &pod {
+        if let Err(e) = delete_container_link(h, ifname) {
+            errors.push(e);
+        }
     }
+    trace.mark("veth deleted");
     if let Some(p) = pending {
         if let Err(e) = p.wait() {
             errors.push(e);
         }
     }
+    trace.mark("IPAM done");
     if let Some(job) = masq_job {
         if let Err(e) = job.join() {
             errors.push(e);
         }
     }
+    trace.mark("masquerade done");
     if conf.macspoofchk {
         // Logged only, as the reference.
         if let Err(e) = spoofchk::teardown(container_id, ifname) {
