@@ -104,23 +104,46 @@ impl Reconciler {
                     Some(p) => self.peers.insert(lease.subnet, p),
                     None => self.peers.remove(&lease.subnet),
                 };
-                let mut ok = true;
-                if let Some(old) = old.filter(|o| Some(*o) != new) {
-                    // A changed MAC or address leaves the old FDB entry behind unless removed (flannel.md §6.2).
-                    if let Some(dev) = self.dev {
-                        if let Err(e) = self.vxlan.remove_peer(dev, lease.subnet, &old).await {
-                            self.count_netlink_error(&e);
-                            ok = false;
+                let Some(dev) = self.dev else {
+                    // No device right now: the next full pass programs the table.
+                    return false;
+                };
+                let mut errors = Vec::new();
+                match (old, new) {
+                    (Some(old), None) => {
+                        errors.extend(self.vxlan.remove_peer(dev, lease.subnet, &old).await.err())
+                    }
+                    (old, Some(new)) => {
+                        // New entries first (neighbour, FDB and route are replaced in place), then whatever
+                        // of the old peer is left: deleting first would drop the peer's traffic in between.
+                        // Re-programmed even when unchanged: replace is idempotent and repairs damage.
+                        errors.extend(self.vxlan.add_peer(dev, lease.subnet, &new).await.err());
+                        if let Some(old) =
+                            old.filter(|o| !o.direct && (new.direct || o.mac != new.mac))
+                        {
+                            // FDB entries are keyed by MAC: a changed MAC leaves the old one (flannel.md §6.2).
+                            errors.extend(
+                                self.vxlan
+                                    .del_fdb(dev, old.mac, Some(old.public_ip))
+                                    .await
+                                    .err(),
+                            );
+                            if new.direct {
+                                errors.extend(
+                                    self.vxlan
+                                        .del_neighbour(dev, lease.subnet.network())
+                                        .await
+                                        .err(),
+                                );
+                            }
                         }
                     }
+                    (None, None) => {}
                 }
-                // Re-programmed even when unchanged: replace is idempotent and repairs a damaged entry.
-                if let (Some(new), Some(dev)) = (new, self.dev) {
-                    if let Err(e) = self.vxlan.add_peer(dev, lease.subnet, &new).await {
-                        self.count_netlink_error(&e);
-                        ok = false;
-                    }
+                for e in &errors {
+                    self.count_netlink_error(e);
                 }
+                let ok = errors.is_empty();
                 if new.is_some() {
                     eprintln!(
                         "twilld: peer {} at {} programmed",
