@@ -151,30 +151,42 @@ fn check_verb_allowed(command: Command, v: Version) -> Result<()> {
     }
 }
 
-/// `CNI_NETNS` must name a network namespace (nsfs, or procfs for `/proc/<pid>/ns/net` on old kernels).
-/// Checked before ADD/CHECK touch anything so a wrong path is a clear code-4 error, not a confusing netlink one.
+/// `CNI_NETNS` must name a network namespace. Checked before ADD/CHECK touch anything so a wrong path is a
+/// clear code-4 error, not a confusing netlink one. `NS_GET_NSTYPE` (Linux 4.11+) tells the namespace type
+/// exactly; on older kernels an opened namespace file (also `/proc/<pid>/ns/net`) is at least on nsfs.
 pub fn check_netns(path: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
     const NSFS_MAGIC: i64 = 0x6e73_6673;
-    const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| Error::invalid_env(format!("CNI_NETNS {path:?} contains a NUL byte")))?;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is a valid NUL-terminated string and st a properly sized out-parameter.
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut st) };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        return Err(Error::invalid_env(format!(
-            "CNI_NETNS {}: {e}",
+    let not_netns = || {
+        Error::invalid_env(format!(
+            "CNI_NETNS {} is not a network namespace",
             path.display()
-        )));
+        ))
+    };
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::invalid_env(format!("CNI_NETNS {}: {e}", path.display())))?;
+    // SAFETY: ioctl on a file descriptor we own; NS_GET_NSTYPE takes no argument.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind >= 0 {
+        return if kind == libc::CLONE_NEWNET {
+            Ok(())
+        } else {
+            Err(not_netns())
+        };
+    }
+    if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOTTY) {
+        return Err(not_netns());
+    }
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs on a descriptor we own, into a properly sized out-parameter.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(not_netns());
     }
     #[allow(clippy::unnecessary_cast)]
     let magic = st.f_type as i64;
-    if magic != NSFS_MAGIC && magic != PROC_SUPER_MAGIC {
-        return Err(Error::invalid_env(format!(
-            "CNI_NETNS {} is not a network namespace",
-            path.display()
-        )));
+    if magic != NSFS_MAGIC {
+        return Err(not_netns());
     }
     Ok(())
 }
@@ -194,4 +206,22 @@ fn install_panic_hook() {
         eprintln!("{msg}");
         print_json(&Error::failed(msg).to_json(Version::LATEST.as_str()));
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_network_namespaces_pass_the_netns_check() {
+        assert!(check_netns(Path::new("/proc/self/ns/net")).is_ok());
+        for bad in [
+            "/proc/self/ns/mnt",
+            "/proc/self/status",
+            "/etc/passwd",
+            "/nonexistent/ns",
+        ] {
+            assert_eq!(check_netns(Path::new(bad)).unwrap_err().code, 4, "{bad}");
+        }
+    }
 }
