@@ -650,7 +650,7 @@ fn bad_flags_exit_2_with_a_reason_and_env_vars_set_flags() {
         .arg(&bin)
         .env("FLANNELD_ETCD_ENDPOINTS", etcd.underlay_endpoint())
         .env("FLANNELD_ETCD_PREFIX", "/custom/net")
-        .env("FLANNELD_IFACE", "eth0")
+        .env("FLANNELD_IFACE", "10.250.0.1") // by address, not name
         .env("FLANNELD_NODE_NAME", "envnode")
         .env("FLANNELD_SUBNET_FILE", &env_file)
         .env("FLANNELD_IP_MASQ", "true")
