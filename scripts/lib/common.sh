@@ -6,13 +6,16 @@ case "$TWILL_TARGET_DIR" in /*) ;; *) TWILL_TARGET_DIR="$TWILL_ROOT/$TWILL_TARGE
 
 # Everything twill needs on a Debian 12 machine: kernel tools, the Go toolchain and libcni sources
 # for the libcni driver, the reference plugins (the oracle the tests and benches compare against),
-# protobuf for etcd-client's build, etcd for the overlay daemon's tests, and tools for benches/demos.
+# protobuf for etcd-client's build, etcd for the overlay daemon's tests, the container runtimes that drive
+# the plugins in the runtime tests (podman with its CNI backend, containerd's CRI; busybox-static is their
+# root filesystem), and tools for benches/demos.
 TWILL_DEBIAN_PACKAGES=(
   iproute2 nftables iptables
   golang-go golang-github-appc-cni-dev
   containernetworking-plugins
   protobuf-compiler libprotobuf-dev
   etcd-server etcd-client
+  podman runc conmon golang-github-containers-common netavark containerd busybox-static
   conntrack iperf3 hyperfine procps psmisc
 )
 
