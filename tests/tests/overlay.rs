@@ -751,3 +751,46 @@ fn entries_of_a_peer_gone_while_the_daemon_was_down_are_purged_at_start_up() {
     );
     assert!(c.knows(0, 1), "the live peer was disturbed\n{}", c.dump());
 }
+
+#[test]
+fn default_route_interface_is_the_underlay_when_no_iface_is_given() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let node = switch.add_node(1);
+    // A second interface that must not be picked, and the default route via eth0.
+    node.ip(&[
+        "link", "add", "decoy0", "type", "veth", "peer", "name", "decoy1",
+    ]);
+    node.ip(&["addr", "add", "192.168.77.1/24", "dev", "decoy0"]);
+    node.ip(&["link", "set", "decoy0", "up"]);
+    node.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.250.0.254",
+        "dev",
+        "eth0",
+    ]);
+    let log = node.log_file();
+    let out = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", node.ns.name()])
+        .arg(twill_tests::bins::bin("twilld"))
+        .arg(format!("--etcd-endpoints={}", etcd.underlay_endpoint()))
+        .arg("--node-name=defaultroute")
+        .arg(format!("--subnet-file={}", node.subnet_file().display()))
+        .stdout(out.try_clone().unwrap_or_else(|e| panic!("{e}")))
+        .stderr(out)
+        .spawn()
+        .unwrap_or_else(|e| panic!("running twilld: {e}"));
+    let ready = wait_until(READY, || node.subnet().is_some());
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "{text}");
+    assert!(text.contains("underlay eth0"), "{text}");
+    let link = node.ip(&["-d", "link", "show", "flannel.1"]);
+    assert!(link.contains("local 10.250.0.1 dev eth0"), "{link}");
+}
