@@ -106,6 +106,7 @@ impl Reconciler {
                 };
                 let Some(dev) = self.dev else {
                     // No device right now: the next full pass programs the table.
+                    self.metrics.peers.store(self.peers.len() as u64, Relaxed);
                     return false;
                 };
                 let mut errors = Vec::new();
