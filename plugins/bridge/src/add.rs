@@ -64,24 +64,21 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let network = req.config.name.as_str();
 
     let pod = open_pod(netns_path)?;
-    // Declared after `pod`: the worker is joined before the namespace fd closes.
-    let (pod_worker, pod_h) = pod_worker::PodWorker::start(&pod)?;
+    // Declared after `pod`: the worker is joined before the namespace fd closes. It opens the pod's socket
+    // and looks the ifname up while this thread ensures the bridge.
+    let mut pod_worker = pod_worker::PodWorker::start(&pod, ifname)?;
+    let host = host_handle()?;
+    let br = bridge_dev::ensure(&host, &conf)?;
+    trace.mark("bridge ensured");
+    let (pod_h, ifname_taken) = pod_worker.ready()?;
     // §4: the name must be free in the pod. Checked before IPAM is asked, so a repeated ADD of a live
     // attachment can never end in releasing that attachment's lease.
-    match pod_h.link_by_name(ifname) {
-        Ok(_) => {
-            return Err(Error::failed(format!(
-                "container veth name provided ({ifname}) already exists"
-            )))
-        }
-        Err(e) if e.is_not_found() => {}
-        Err(e) => {
-            return Err(Error::failed(format!(
-                "failed to look up {ifname:?} in the pod: {e}"
-            )))
-        }
+    if ifname_taken {
+        return Err(Error::failed(format!(
+            "container veth name provided ({ifname}) already exists"
+        )));
     }
-    trace.mark("pod netns and socket");
+    trace.mark("pod socket, ifname free");
 
     // Declaration order is rollback order in reverse: `undo` (kernel and firewall steps) runs first, then
     // IPAM is released — last, so its addresses are never handed out again while a half-built attachment
@@ -106,14 +103,10 @@ pub fn add(req: &Request) -> Result<CniResult> {
         });
     }
     trace.mark("IPAM started");
-    let host = host_handle()?;
-    trace.mark("host socket");
     let mut undo = Undo::new();
     // Declared after `undo`, so it is joined before any rollback step runs.
     let mut masq_job: Option<Job> = None;
 
-    let br = bridge_dev::ensure(&host, &conf)?;
-    trace.mark("bridge ensured");
     let pair = port::create_pair(
         &host,
         &pod,
@@ -133,6 +126,15 @@ pub fn add(req: &Request) -> Result<CniResult> {
             _ => Ok(()),
         }
     });
+    // The pod's sysctls (L3 mode only, as the reference) on the pod thread while the host port is attached.
+    let sysctls = match conf.ipam_type {
+        Some(_) => Some(container::start_sysctls(
+            &pod_worker,
+            ifname,
+            conf.enable_dad,
+        )?),
+        None => None,
+    };
     port::attach(&host, &br, &pair.host, &port::PortConfig::of(&conf))?;
     let cont = pod_h
         .link_by_index(pair.container_index)
@@ -155,8 +157,9 @@ pub fn add(req: &Request) -> Result<CniResult> {
         });
     }
 
-    if conf.ipam_type.is_some() {
-        container::set_sysctls(&pod_worker, ifname, conf.enable_dad)?;
+    if let Some(done) = sysctls {
+        done.recv()
+            .map_err(|_| Error::failed("pod thread stopped before setting sysctls"))?;
         trace.mark("pod sysctls");
     }
     if let IpamState::Running(p) = ipam_state.replace(IpamState::Done(false)) {

@@ -11,11 +11,16 @@ use twill_kernel::{sysctl, AddressOptions, Handle, Route, RouteScope};
 /// How long to wait for IPv6 duplicate address detection when `enabledad` is on (the reference: 10 s).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// DAD and ARP-notify sysctls of the container interface, in one trip into the pod namespace. They need only
-/// the interface, so ADD sets them while IPAM is still running.
-pub fn set_sysctls(pod: &PodWorker, ifname: &str, enable_dad: bool) -> Result<()> {
+/// DAD and ARP-notify sysctls of the container interface, queued on the pod thread; they need only the
+/// interface, so ADD sets them while it attaches the host port and IPAM is still running. Wait on the
+/// returned channel.
+pub fn start_sysctls(
+    pod: &PodWorker,
+    ifname: &str,
+    enable_dad: bool,
+) -> Result<std::sync::mpsc::Receiver<()>> {
     let ifname = ifname.to_string();
-    pod.run(move || {
+    pod.submit(move || {
         // Best effort like the reference: IPv6 may be disabled in the pod.
         if enable_dad {
             let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");

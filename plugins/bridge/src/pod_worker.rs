@@ -16,14 +16,17 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct PodWorker {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<JoinHandle<()>>,
+    ready: Option<mpsc::Receiver<Result<(Handle, bool)>>>,
 }
 
 impl PodWorker {
-    /// Start the thread inside `pod`; returns it with a netlink socket opened in the pod.
-    pub fn start(pod: &NetNs) -> Result<(PodWorker, Handle)> {
+    /// Start the thread inside `pod`. It opens the pod's netlink socket and looks `ifname` up there; collect
+    /// both with [`PodWorker::ready`] (meanwhile the caller can work in the host namespace).
+    pub fn start(pod: &NetNs, ifname: &str) -> Result<PodWorker> {
         let fd = pod.as_raw_fd();
+        let ifname = ifname.to_string();
         let (jobs, rx) = mpsc::channel::<Job>();
-        let (handle_tx, handle_rx) = mpsc::channel::<Result<Handle>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(Handle, bool)>>();
         let thread = std::thread::Builder::new()
             .name("pod".into())
             .spawn(move || {
@@ -31,30 +34,47 @@ impl PodWorker {
                 // worker's whole life.
                 if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
                     let e = std::io::Error::last_os_error();
-                    let _ = handle_tx.send(Err(Error::failed(format!(
+                    let _ = ready_tx.send(Err(Error::failed(format!(
                         "enter pod network namespace: {e}"
                     ))));
                     return;
                 }
-                let _ = handle_tx
-                    .send(Handle::current().context("netlink socket in the pod namespace"));
+                let ready = Handle::current()
+                    .context("netlink socket in the pod namespace")
+                    .and_then(|h| match h.link_by_name(&ifname) {
+                        Ok(_) => Ok((h, true)),
+                        Err(e) if e.is_not_found() => Ok((h, false)),
+                        Err(e) => Err(Error::failed(format!(
+                            "failed to look up {ifname:?} in the pod: {e}"
+                        ))),
+                    });
+                let _ = ready_tx.send(ready);
                 for job in rx {
                     job();
                 }
             })
             .map_err(|e| Error::failed(format!("start pod thread: {e}")))?;
-        let worker = PodWorker {
+        Ok(PodWorker {
             jobs: Some(jobs),
             thread: Some(thread),
-        };
-        let handle = handle_rx
-            .recv()
-            .map_err(|_| Error::failed("pod thread ended early"))??;
-        Ok((worker, handle))
+            ready: Some(ready_rx),
+        })
     }
 
-    /// Run `f` on the pod thread and return its result.
-    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    /// The pod's netlink socket and whether `ifname` already exists there (waits for the thread's start).
+    pub fn ready(&mut self) -> Result<(Handle, bool)> {
+        self.ready
+            .take()
+            .ok_or_else(|| Error::failed("pod socket already taken"))?
+            .recv()
+            .map_err(|_| Error::failed("pod thread ended early"))?
+    }
+
+    /// Queue `f` on the pod thread; its result arrives on the returned channel.
+    pub fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<mpsc::Receiver<T>> {
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
@@ -64,7 +84,13 @@ impl PodWorker {
             .ok_or_else(|| Error::failed("pod thread stopped"))?
             .send(job)
             .map_err(|_| Error::failed("pod thread stopped"))?;
-        rx.recv()
+        Ok(rx)
+    }
+
+    /// Run `f` on the pod thread and return its result.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        self.submit(f)?
+            .recv()
             .map_err(|_| Error::failed("pod thread job panicked"))
     }
 }
