@@ -460,3 +460,39 @@ fn simultaneous_joins_never_share_a_subnet_and_the_range_can_run_out() {
     let log = daemons[loser].log_text();
     assert!(log.contains("out of subnets"), "{log}");
 }
+
+#[test]
+fn after_the_lease_expired_a_restart_takes_the_subnet_from_subnet_env() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: vec!["--subnet-lease-ttl=5".into()],
+    };
+    let n = switch.add_node(1);
+    let mut d = n.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+    let before = n.subnet();
+    let (net, _) = before.unwrap_or_else(|| unreachable!());
+    let key = format!("{SUBNETS}{net}-24");
+    d.terminate();
+    // The node stays down past its TTL: etcd expires the lease (flannel.md §3).
+    assert!(
+        wait_until(Duration::from_secs(15), || etcd.get(&key).is_none()),
+        "lease did not expire"
+    );
+    // Nothing in etcd names this node any more: only subnet.env remembers its subnet (flannel.md §4 step 4).
+    let d2 = n.start_twilld(&args);
+    assert!(
+        wait_until(READY, || etcd.get(&key).is_some()),
+        "previous subnet not re-leased:\n{}",
+        d2.log_text()
+    );
+    assert_eq!(n.subnet(), before);
+}
