@@ -620,3 +620,20 @@ fn repeated_add_of_a_live_attachment_fails_and_keeps_its_lease() {
     );
     assert!(ping(&pod, "10.88.0.1"), "the live attachment was damaged");
 }
+
+#[test]
+fn status_reports_ipam_pool_exhaustion_with_code_50() {
+    let node = Node::new();
+    let pod = Netns::new("brp");
+    // A /30: .1 is the gateway, .2 the only address to hand out.
+    let conf = node.conf(
+        "brfull",
+        json!({"cniVersion": "1.1.0", "isGateway": true, "ipam": {"ranges": [[{"subnet": "10.90.0.0/30"}]]}}),
+    );
+    node.run(&ours(), "STATUS", None, "", "", &conf)
+        .assert_success();
+    node.run(&ours(), "ADD", Some(pod.path()), "full", "eth0", &conf)
+        .assert_success();
+    node.run(&ours(), "STATUS", None, "", "", &conf)
+        .assert_error(50);
+}
