@@ -11,10 +11,7 @@
 //! overridden, same stdin, stderr passed through, the delegate's error object and code propagated.
 
 use serde_json::Value;
-use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::Duration;
 use twill_cni::env::Command;
 use twill_cni::{delegate, CniResult, Error, Plugin, Request, Result};
 use twill_ipam::HostLocal;
@@ -51,8 +48,8 @@ pub fn provider(ipam_type: &str, req: &Request) -> Result<Provider> {
     }
 }
 
-/// What an exec'd delegate produced: exit status and stdout.
-type Outcome = std::io::Result<(std::process::ExitStatus, Vec<u8>)>;
+/// What an exec'd delegate produced.
+type Outcome = std::io::Result<std::process::Output>;
 
 enum Job {
     Exec(std::thread::JoinHandle<Outcome>),
@@ -68,39 +65,6 @@ pub struct Pending {
     command: Command,
 }
 
-fn run_child(bin: std::path::PathBuf, command: Command, stdin: Vec<u8>) -> Outcome {
-    let mut attempts = 0;
-    let mut child: Child = loop {
-        let spawned = std::process::Command::new(&bin)
-            .env("CNI_COMMAND", command.as_str())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn();
-        match spawned {
-            Ok(c) => break c,
-            // A binary being replaced in place ("text file busy"): libcni retries too.
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 20 => {
-                attempts += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => return Err(e),
-        }
-    };
-    if let Some(mut input) = child.stdin.take() {
-        // A delegate that exits without reading gives EPIPE; its exit status then tells what went wrong.
-        if let Err(e) = input.write_all(&stdin) {
-            if e.kind() != ErrorKind::BrokenPipe {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
-        }
-    }
-    let out = child.wait_with_output()?;
-    Ok((out.status, out.stdout))
-}
-
 /// Start `ipam_type` for `command` (ADD or DEL) on its own thread.
 pub fn spawn(ipam_type: &str, command: Command, req: &Request) -> Result<Pending> {
     let job = match provider(ipam_type, req)? {
@@ -108,7 +72,7 @@ pub fn spawn(ipam_type: &str, command: Command, req: &Request) -> Result<Pending
             let stdin = req.stdin.clone();
             std::thread::Builder::new()
                 .name("ipam".into())
-                .spawn(move || run_child(bin, command, stdin))
+                .spawn(move || delegate::run_binary(&bin, command, &stdin))
                 .map(Job::Exec)
         }
         Provider::InProcess => {
@@ -145,34 +109,11 @@ impl Pending {
     /// Wait for an exec'd delegate: its stdout parsed (None when empty), or its error object with its code.
     fn wait_exec(&self, job: std::thread::JoinHandle<Outcome>) -> Result<Option<Value>> {
         let verb = self.command.as_str();
-        let (status, stdout) = job
+        let out = job
             .join()
             .map_err(|_| Error::failed(format!("IPAM plugin {} thread panicked", self.plugin)))?
             .map_err(|e| Error::failed(format!("exec IPAM plugin {} {verb}: {e}", self.plugin)))?;
-        let stdout = String::from_utf8_lossy(&stdout);
-        let parsed: Option<Value> = if stdout.trim().is_empty() {
-            None
-        } else {
-            Some(serde_json::from_str(&stdout).map_err(|e| {
-                Error::decoding(format!(
-                    "IPAM plugin {} {verb}: invalid output {:?}: {e}",
-                    self.plugin,
-                    stdout.trim()
-                ))
-            })?)
-        };
-        if !status.success() {
-            return Err(parsed
-                .as_ref()
-                .and_then(Error::from_json)
-                .unwrap_or_else(|| {
-                    Error::failed(format!(
-                        "IPAM plugin {} {verb} failed ({status})",
-                        self.plugin
-                    ))
-                }));
-        }
-        Ok(parsed)
+        delegate::interpret(&self.plugin, self.command, &out)
     }
 
     fn join_in_process(

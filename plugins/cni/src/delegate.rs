@@ -7,8 +7,8 @@ use crate::result::CniResult;
 use crate::version::Version;
 use serde_json::Value;
 use std::io::{ErrorKind, Write};
-use std::path::PathBuf;
-use std::process::Stdio;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 /// First regular file named `plugin_type` in the `CNI_PATH` directories.
@@ -43,9 +43,23 @@ pub fn find(plugin_type: &str, env: &Env) -> Result<PathBuf> {
 /// Run `plugin_type` for `command` with `stdin`. Returns the parsed stdout (None when empty).
 pub fn exec(plugin_type: &str, command: Command, stdin: &[u8], env: &Env) -> Result<Option<Value>> {
     let bin = find(plugin_type, env)?;
+    let out = run_binary(&bin, command, stdin).map_err(|e| {
+        Error::failed(format!(
+            "exec delegate {} {}: {e}",
+            bin.display(),
+            command.as_str()
+        ))
+    })?;
+    interpret(plugin_type, command, &out)
+}
+
+/// The blocking part of a delegation: start `bin` with our environment and `CNI_COMMAND` overridden, feed it
+/// `stdin`, pass its stderr through, and wait. Separate from [`interpret`] so a caller can run it on another
+/// thread while it does other work.
+pub fn run_binary(bin: &Path, command: Command, stdin: &[u8]) -> std::io::Result<Output> {
     let mut attempts = 0;
     let mut child = loop {
-        let spawned = std::process::Command::new(&bin)
+        let spawned = std::process::Command::new(bin)
             .env("CNI_COMMAND", command.as_str())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -58,27 +72,24 @@ pub fn exec(plugin_type: &str, command: Command, stdin: &[u8], env: &Env) -> Res
                 attempts += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => {
-                return Err(Error::failed(format!(
-                    "exec delegate {}: {e}",
-                    bin.display()
-                )))
-            }
+            Err(e) => return Err(e),
         }
     };
     if let Some(mut input) = child.stdin.take() {
+        // The delegate may exit without reading stdin (e.g. on an early error); its exit status tells.
         if let Err(e) = input.write_all(stdin) {
-            // The delegate may exit without reading stdin (e.g. on an early error); its exit status tells.
             if e.kind() != ErrorKind::BrokenPipe {
-                return Err(Error::failed(format!(
-                    "write stdin of delegate {plugin_type}: {e}"
-                )));
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
             }
         }
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::failed(format!("wait for delegate {plugin_type}: {e}")))?;
+    child.wait_with_output()
+}
+
+/// A finished delegate's stdout parsed (None when empty), or its error object with its own code.
+pub fn interpret(plugin_type: &str, command: Command, out: &Output) -> Result<Option<Value>> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let parsed: Option<Value> = if stdout.trim().is_empty() {
         None
