@@ -6,10 +6,10 @@
 use crate::config::MarkWith;
 use crate::owner::Tag;
 use crate::rules::{Backend, Family, Listed, Locator, MappingRules, Plan};
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 use twill_cni::{Error, Result};
+use twill_firewall::iptables::{Iptables as Tool, RestoreBatch};
+use twill_firewall::nft::IpFamily;
 
 const DNAT_CHAIN: &str = "TWILL-HOSTPORTS";
 const MASQ_CHAIN: &str = "TWILL-HOSTPORTS-MASQ";
@@ -36,49 +36,17 @@ fn idx(f: Family) -> usize {
     }
 }
 
-fn tool(f: Family, what: &str) -> String {
-    match f {
-        Family::V4 => format!("iptables{what}"),
-        Family::V6 => format!("ip6tables{what}"),
-    }
+fn tool(f: Family) -> Tool {
+    Tool::new(match f {
+        Family::V4 => IpFamily::V4,
+        Family::V6 => IpFamily::V6,
+    })
 }
 
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::failed(format!("cannot run {program}: {e}")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|e| Error::failed(format!("writing to {program}: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::failed(format!("waiting for {program}: {e}")))?;
-    if !out.status.success() {
-        let mut msg = format!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        if let Some(input) = stdin {
-            msg.push_str(&format!("\ninput:\n{input}"));
-        }
-        return Err(Error::failed(msg));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+fn err(e: twill_firewall::Error) -> Error {
+    Error::failed(format!("iptables: {e}"))
 }
 
-/// Splits a saved rule line into arguments, honouring iptables-save's double quotes.
 fn split_args(line: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
@@ -209,19 +177,13 @@ fn mapping_lines(plan: &Plan, r: &MappingRules) -> Vec<String> {
 
 impl Iptables {
     fn save(&mut self, family: Family) -> Result<&Saved> {
-        let text = run(&tool(family, "-save"), &["-t", "nat"], None)?;
+        let lines = tool(family).list("nat", None).map_err(err)?;
         let mut saved = Saved::default();
-        for line in text.lines() {
-            if let Some(chain) = line.strip_prefix(':') {
-                saved.chains.push(
-                    chain
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
+        for line in lines {
+            if let Some(chain) = line.strip_prefix("-N ") {
+                saved.chains.push(chain.trim().to_string());
             } else if line.starts_with("-A ") {
-                saved.rules.push(line.to_string());
+                saved.rules.push(line);
             }
         }
         self.saved[idx(family)] = Some(saved);
@@ -263,23 +225,24 @@ impl Backend for Iptables {
             .iter()
             .filter(|l| comment_of(l).is_some_and(|c| c.starts_with(BASE_COMMENT)))
             .collect();
-        let mut script = String::from("*nat\n");
+        let mut batch = RestoreBatch::new();
         for l in delete {
             if let Locator::Iptables { line } = &l.locator {
                 if let Some(spec) = line.strip_prefix("-A ") {
-                    script.push_str(&format!("-D {spec}\n"));
+                    batch.line("nat", format!("-D {spec}"));
                 }
             }
         }
         if teardown {
             for l in &base_lines {
                 if let Some(spec) = l.strip_prefix("-A ") {
-                    script.push_str(&format!("-D {spec}\n"));
+                    batch.line("nat", format!("-D {spec}"));
                 }
             }
             for chain in [DNAT_CHAIN, MASQ_CHAIN] {
                 if has_chain(chain) {
-                    script.push_str(&format!("-F {chain}\n-X {chain}\n"));
+                    batch.line("nat", format!("-F {chain}"));
+                    batch.line("nat", format!("-X {chain}"));
                 }
             }
         }
@@ -287,7 +250,7 @@ impl Backend for Iptables {
             // Declaring an existing chain to iptables-restore flushes it, even with --noflush: only new ones.
             for chain in [DNAT_CHAIN, MASQ_CHAIN] {
                 if !has_chain(chain) {
-                    script.push_str(&format!(":{chain} - [0:0]\n"));
+                    batch.line("nat", format!(":{chain} - [0:0]"));
                 }
             }
             let has_base = |pred: &dyn Fn(&str) -> bool| base_lines.iter().any(|l| pred(l));
@@ -295,8 +258,10 @@ impl Backend for Iptables {
                 if !has_base(&|l: &str| {
                     l.starts_with(&format!("-A {hook} ")) && l.contains(DNAT_CHAIN)
                 }) {
-                    script.push_str(&format!(
-                        "-A {hook} -m addrtype --dst-type LOCAL -m comment --comment {BASE_COMMENT} -j {DNAT_CHAIN}\n"
+                    batch.line(
+                        "nat",
+                        format!(
+                        "-A {hook} -m addrtype --dst-type LOCAL -m comment --comment {BASE_COMMENT} -j {DNAT_CHAIN}"
                     ));
                 }
             }
@@ -304,15 +269,20 @@ impl Backend for Iptables {
                 if !has_base(&|l: &str| l.starts_with("-A POSTROUTING ") && l.contains(MASQ_CHAIN))
                 {
                     // Prepended, as the reference does: masquerading must win over other POSTROUTING rules.
-                    script.push_str(&format!(
-                        "-I POSTROUTING 1 -m comment --comment {BASE_COMMENT} -j {MASQ_CHAIN}\n"
-                    ));
+                    batch.line(
+                        "nat",
+                        format!(
+                            "-I POSTROUTING 1 -m comment --comment {BASE_COMMENT} -j {MASQ_CHAIN}"
+                        ),
+                    );
                 }
                 if let MarkWith::Bit(bit) = plan.mark {
                     let comment = masq_comment(bit);
                     if !has_base(&|l: &str| comment_of(l).as_deref() == Some(comment.as_str())) {
-                        script.push_str(&format!(
-                            "-A {MASQ_CHAIN} -m mark --mark {} -m comment --comment {} -j MASQUERADE\n",
+                        batch.line(
+                            "nat",
+                            format!(
+                            "-A {MASQ_CHAIN} -m mark --mark {} -m comment --comment {} -j MASQUERADE",
                             mask(bit),
                             quote(&comment)
                         ));
@@ -321,20 +291,13 @@ impl Backend for Iptables {
             }
             for r in &plan.rules {
                 for line in mapping_lines(plan, r) {
-                    script.push_str(&line);
-                    script.push('\n');
+                    batch.line("nat", line);
                 }
             }
         }
-        script.push_str("COMMIT\n");
-        // The cached save is stale from here on.
+        // The cached listing is stale from here on.
         self.saved[idx(family)] = None;
-        run(
-            &tool(family, "-restore"),
-            &["-w", "5", "--noflush"],
-            Some(&script),
-        )
-        .map(|_| ())
+        tool(family).restore(&batch).map_err(err)
     }
 }
 
