@@ -47,7 +47,17 @@ impl Switch {
     pub fn with_prefix(prefix: &str) -> Switch {
         let ns = Netns::new(&format!("{prefix}sw"));
         ns.ip(&["link", "set", "lo", "up"]);
-        ns.ip(&["link", "add", "br0", "type", "bridge"]);
+        // A fixed MAC: by default a bridge takes the lowest MAC of its ports, so it would change as nodes join
+        // and leave the nodes' ARP entries for etcd's address (SWITCH_IP) pointing at a MAC that moved.
+        ns.ip(&[
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:74:77:00:00:fe",
+            "type",
+            "bridge",
+        ]);
         ns.ip(&[
             "addr",
             "add",
