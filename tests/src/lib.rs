@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod e2e;
 pub mod etcd;
 pub mod exec;
+pub mod leases;
 pub mod libcni;
 pub mod netns;
 pub mod runtimes;

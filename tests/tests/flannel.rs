@@ -192,16 +192,7 @@ impl Node {
 
     /// host-local's leases of network `net`: the addresses handed out.
     fn leases(&self, net: &str) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.ipam_dir().join(net))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        twill_tests::leases::held(&self.ipam_dir().join(net))
     }
 
     /// A CNI bin dir whose `bridge` is a shell script (failure injection), the rest as on the node.

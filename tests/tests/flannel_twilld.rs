@@ -51,17 +51,7 @@ impl CniSite {
     }
 
     fn leases(&self) -> Vec<String> {
-        let mut v: Vec<String> =
-            std::fs::read_dir(self.dir.path().join("networks").join(&self.net))
-                .map(|d| {
-                    d.filter_map(|e| e.ok())
-                        .map(|e| e.file_name().to_string_lossy().into_owned())
-                        .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                        .collect()
-                })
-                .unwrap_or_default();
-        v.sort();
-        v
+        twill_tests::leases::held(&self.dir.path().join("networks").join(&self.net))
     }
 
     fn saved(&self) -> Vec<String> {

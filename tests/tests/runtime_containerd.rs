@@ -3,60 +3,16 @@
 //! StopPodSandbox + RemovePodSandbox (two DELs, the second with an empty netns and no prevResult) both
 //! succeed and release everything.
 
-use serde_json::json;
 use std::path::Path;
 use twill_tests::bins::bin_dir;
+use twill_tests::leases::held;
 use twill_tests::netns::Netns;
 use twill_tests::runtimes::containerd::Containerd;
 use twill_tests::runtimes::cri::HostPort;
-use twill_tests::runtimes::http_get_cmd;
+use twill_tests::runtimes::{bridge_portmap_conflist, http_get_cmd};
 
 fn conflist(name: &str, subnet: &str, data_dir: &Path) -> serde_json::Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [
-            {"type": "bridge", "bridge": "twctd0", "isGateway": true, "ipMasq": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}},
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    })
-}
-
-fn leases(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.retain(|n| n != "lock" && !n.starts_with("last_reserved_ip") && !n.starts_with('.'));
-    names
-}
-
-/// The sandbox's network namespace path, from the verbose status containerd returns.
-fn sandbox_netns(ctd: &Containerd, id: &str) -> String {
-    let sock = ctd.socket.display().to_string();
-    // `ctr` shows the sandbox container's OCI spec, which names the netns CRI created for it.
-    let (ok, out, err) = ctd.host(&[
-        "ctr",
-        "--address",
-        &sock,
-        "-n",
-        "k8s.io",
-        "containers",
-        "info",
-        id,
-    ]);
-    assert!(ok, "ctr containers info {id}: {err}");
-    let info: serde_json::Value = serde_json::from_str(&out).expect("ctr info is JSON");
-    info["Spec"]["linux"]["namespaces"]
-        .as_array()
-        .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
-        .and_then(|n| n["path"].as_str())
-        .map(str::to_string)
-        .unwrap_or_else(|| panic!("no network namespace in the sandbox spec: {out}"))
+    bridge_portmap_conflist(name, "twctd0", subnet, data_dir)
 }
 
 #[test]
@@ -94,15 +50,14 @@ fn cri_sandboxes_get_twill_networking_and_both_dels_release_everything() {
         "{ip_a} {ip_b}"
     );
     assert_ne!(ip_a, ip_b);
-    let mut held = leases(&ipam_dir);
-    held.sort();
+    let leased = held(&ipam_dir);
     let mut want = vec![ip_a.clone(), ip_b.clone()];
     want.sort();
-    assert_eq!(held, want);
+    assert_eq!(leased, want);
 
     // Serve HTTP inside sandbox a's namespace.
-    let ns_a = sandbox_netns(&ctd, &a);
-    let ns_b = sandbox_netns(&ctd, &b);
+    let ns_a = ctd.sandbox_netns(&a);
+    let ns_b = ctd.sandbox_netns(&b);
     let www = tempfile::tempdir().expect("www");
     std::fs::write(www.path().join("index.html"), "twill\n").expect("index");
     let www_dir = www.path().display().to_string();
@@ -151,9 +106,9 @@ fn cri_sandboxes_get_twill_networking_and_both_dels_release_everything() {
             .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
     }
     assert!(
-        leases(&ipam_dir).is_empty(),
+        held(&ipam_dir).is_empty(),
         "leases released: {:?}",
-        leases(&ipam_dir)
+        held(&ipam_dir)
     );
     let (_, links, _) = ctd.host(&["ip", "-o", "link", "show", "type", "veth"]);
     assert!(links.trim().is_empty(), "no veth left on the node: {links}");

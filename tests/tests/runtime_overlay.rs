@@ -60,14 +60,7 @@ fn stock_conflist(node: &Node, state: &Path) -> Value {
 }
 
 fn leases(state: &Path, net: &str) -> Vec<String> {
-    std::fs::read_dir(state.join("networks").join(net))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    twill_tests::leases::held(&state.join("networks").join(net))
 }
 
 fn node_ns(node: &Node) -> String {
@@ -123,29 +116,6 @@ fn podman_containers_on_two_nodes_reach_each_other_over_the_overlay() {
     }
 }
 
-/// The sandbox's network namespace, from the sandbox container's OCI spec.
-fn sandbox_netns(ctd: &Containerd, id: &str) -> String {
-    let sock = ctd.socket.display().to_string();
-    let (ok, out, err) = ctd.host(&[
-        "ctr",
-        "--address",
-        &sock,
-        "-n",
-        "k8s.io",
-        "containers",
-        "info",
-        id,
-    ]);
-    assert!(ok, "ctr containers info {id}: {err}");
-    let info: Value = serde_json::from_str(&out).expect("ctr info is JSON");
-    info["Spec"]["linux"]["namespaces"]
-        .as_array()
-        .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
-        .and_then(|n| n["path"].as_str())
-        .map(str::to_string)
-        .expect("sandbox has a network namespace")
-}
-
 #[test]
 fn cri_sandboxes_on_two_nodes_reach_each_other_over_the_overlay() {
     let c = cluster();
@@ -177,7 +147,7 @@ fn cri_sandboxes_on_two_nodes_reach_each_other_over_the_overlay() {
     let netns: Vec<PathBuf> = ctds
         .iter()
         .zip(&ids)
-        .map(|(c, id)| PathBuf::from(sandbox_netns(c, id)))
+        .map(|(c, id)| PathBuf::from(c.sandbox_netns(id)))
         .collect();
     let ping = |from: &Path, to: &str| {
         std::process::Command::new("nsenter")

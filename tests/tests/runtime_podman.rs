@@ -3,36 +3,15 @@
 //! `podman rm` releases everything. podman runs inside a fresh "node" namespace, so the bridge and firewall
 //! state the plugins create is the node's, and the node's kernel state can be checked for leftovers.
 
-use serde_json::json;
 use std::path::Path;
 use twill_tests::bins::bin_dir;
+use twill_tests::leases::held;
 use twill_tests::netns::Netns;
-use twill_tests::runtimes::http_get_cmd;
 use twill_tests::runtimes::podman::Podman;
+use twill_tests::runtimes::{bridge_portmap_conflist, http_get_cmd};
 
 fn conflist(name: &str, subnet: &str, data_dir: &Path) -> serde_json::Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [
-            {"type": "bridge", "bridge": "twpod0", "isGateway": true, "ipMasq": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}},
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    })
-}
-
-fn leases(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.retain(|n| n != "lock" && !n.starts_with("last_reserved_ip") && !n.starts_with('.'));
-    names.sort();
-    names
+    bridge_portmap_conflist(name, "twpod0", subnet, data_dir)
 }
 
 #[test]
@@ -59,7 +38,7 @@ fn podman_containers_get_twill_networking_and_rm_releases_everything() {
         "address from our IPAM range, got {web_ip:?}"
     );
     assert_eq!(
-        leases(&ipam_dir),
+        held(&ipam_dir),
         vec![web_ip.clone()],
         "one lease, named by the address"
     );
@@ -98,9 +77,9 @@ fn podman_containers_get_twill_networking_and_rm_releases_everything() {
 
     pm.remove("web");
     assert!(
-        leases(&ipam_dir).is_empty(),
+        held(&ipam_dir).is_empty(),
         "podman rm released the lease: {:?}",
-        leases(&ipam_dir)
+        held(&ipam_dir)
     );
     let (_, links, _) = pm.host(&["ip", "-o", "link", "show", "type", "veth"]);
     assert!(links.trim().is_empty(), "no veth left on the node: {links}");

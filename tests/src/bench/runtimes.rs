@@ -4,23 +4,10 @@
 //! namespace with its own runtime instance, rounds interleaved.
 
 use super::{interleaved, series, timed, Options, Report, Row, Stats};
-use serde_json::json;
-use std::path::Path;
 use twill_tests::netns::Netns;
+use twill_tests::runtimes::bridge_portmap_conflist;
 use twill_tests::runtimes::containerd::Containerd;
 use twill_tests::runtimes::podman::Podman;
-
-fn conflist(name: &str, bridge: &str, subnet: &str, data_dir: &Path) -> serde_json::Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": name,
-        "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}},
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    })
-}
 
 fn node() -> Netns {
     let n = Netns::new("bench");
@@ -34,12 +21,12 @@ pub fn run_podman(o: &Options) -> Report {
     let (n_ours, n_ref, n_nv) = (node(), node(), node());
     let ours = Podman::new(
         &[&o.ours],
-        &conflist("twbo", "twbo0", "10.95.1.0/24", state.path()),
+        &bridge_portmap_conflist("twbo", "twbo0", "10.95.1.0/24", state.path()),
         Some(n_ours.name()),
     );
     let reference = Podman::new(
         &[&o.reference],
-        &conflist("twbr", "twbr0", "10.95.2.0/24", state.path()),
+        &bridge_portmap_conflist("twbr", "twbr0", "10.95.2.0/24", state.path()),
         Some(n_ref.name()),
     );
     let netavark = Podman::netavark(Some(n_nv.name()));
@@ -75,12 +62,12 @@ pub fn run_containerd(o: &Options) -> Report {
     let (n_ours, n_ref) = (node(), node());
     let ours = Containerd::start(
         &o.ours,
-        &conflist("twco", "twco0", "10.95.3.0/24", state.path()),
+        &bridge_portmap_conflist("twco", "twco0", "10.95.3.0/24", state.path()),
         Some(n_ours.name()),
     );
     let reference = Containerd::start(
         &o.reference,
-        &conflist("twcr", "twcr0", "10.95.4.0/24", state.path()),
+        &bridge_portmap_conflist("twcr", "twcr0", "10.95.4.0/24", state.path()),
         Some(n_ref.name()),
     );
     let (mut cri_ours, mut cri_ref) = (ours.cri(), reference.cri());

@@ -116,6 +116,29 @@ impl Containerd {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
+    /// The network namespace CRI created for sandbox `id`, read from the sandbox container's OCI spec.
+    pub fn sandbox_netns(&self, id: &str) -> String {
+        let sock = self.socket.display().to_string();
+        let (ok, out, err) = self.host(&[
+            "ctr",
+            "--address",
+            &sock,
+            "-n",
+            "k8s.io",
+            "containers",
+            "info",
+            id,
+        ]);
+        assert!(ok, "ctr containers info {id}: {err}");
+        let info: Value = serde_json::from_str(&out).expect("ctr info is JSON");
+        info["Spec"]["linux"]["namespaces"]
+            .as_array()
+            .and_then(|ns| ns.iter().find(|n| n["type"] == "network"))
+            .and_then(|n| n["path"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no network namespace in the spec of sandbox {id}: {out}"))
+    }
+
     /// Runs a command where containerd runs (the node namespace or the test's own).
     pub fn host(&self, cmd: &[&str]) -> (bool, String, String) {
         run_in(self.netns.as_deref(), cmd)

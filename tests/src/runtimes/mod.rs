@@ -36,6 +36,25 @@ pub(crate) fn run_in(netns: Option<&str>, cmd: &[&str]) -> (bool, String, String
     )
 }
 
+/// A network list of our `bridge` (gateway, masquerade, host-local in `data_dir`) and `portmap`: what the
+/// runtime tests and benchmarks give podman and containerd.
+pub fn bridge_portmap_conflist(
+    name: &str,
+    bridge: &str,
+    subnet: &str,
+    data_dir: &Path,
+) -> serde_json::Value {
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": data_dir}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    })
+}
+
 /// A shell command line that fetches `/index.html` from `ip:port` with busybox `nc` and prints the response.
 /// (busybox-static's `wget` crashes in its static resolver on some machines; `nc` with an address does not.)
 pub fn http_get_cmd(ip: &str, port: u16) -> String {

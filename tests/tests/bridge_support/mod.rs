@@ -113,17 +113,7 @@ impl Node {
 
     /// Leases of `network` in the host-local directory (file names that are IP addresses).
     pub fn leases(&self, network: &str) -> Vec<String> {
-        let dir = self.ipam_dir.path().join(network);
-        let mut out: Vec<String> = std::fs::read_dir(&dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.parse::<std::net::IpAddr>().is_ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.sort();
-        out
+        twill_tests::leases::held(&self.ipam_dir.path().join(network))
     }
 
     /// Names of the veth devices in the node.
