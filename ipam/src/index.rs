@@ -6,25 +6,31 @@
 //!   `<containerID>@<hex(ifname)>` (`<containerID>@` for legacy id-only leases) and the bucket is a hash of the
 //!   key. A lookup or update reads and rewrites one bucket: about 40 lines at 10,000 leases. Buckets rather
 //!   than one file per attachment keep a rebuild at 256 small writes instead of one file creation per lease.
-//! * `.stamp`: the network directory's mtime as we left it.
+//! * `.stamp`: an empty file whose own mtime is the network directory's mtime as we left it.
 //!
 //! The lease files stay the only truth; the index is a cache of it, and every address read from it is checked
 //! against its lease file before use. What the index can miss is a lease created by someone else: the reference
 //! binary sharing the directory, an older twill, or our own process killed before it updated the index. All of
 //! them change the network directory (create, unlink), and so its mtime. After each of our own changes we set
 //! the directory's mtime to a value no clock will produce later (one second in the past, random nanoseconds)
-//! and record it in the stamp; at the start of every operation, under the lock, a directory mtime that differs
-//! from the stamp means someone else was here, and the index is brought up to date from a full scan before it
-//! is used (only buckets that differ are rewritten). A crash between a change and the new stamp leaves a
+//! and copy it onto the stamp; at the start of every operation, under the lock, a directory mtime that differs
+//! from the stamp's means someone else was here, and the index is brought up to date from a full scan before
+//! it is used (only buckets that differ are rewritten). A crash between a change and the new stamp leaves a
 //! mismatch, so it heals the same way. The full scan, about what the reference pays on every ADD and DEL, is
 //! paid once per foreign change, not per operation.
+//!
+//! Buckets are rewritten in place and the stamp is only ever touched with `utimensat`: an ADD creates no file
+//! but its lease (on ext4 every inode creation searches for a reusable inode, and the temporary-file-and-rename
+//! this replaced cost two creations and two deletions per ADD). In-place writes are not atomic, so a bucket is
+//! only rewritten while the stamp already disagrees with the directory ([`Store::untrust`]): a process killed
+//! mid-write leaves an index that the next operation rebuilds from the leases before using it.
 
 use crate::lease::{LeaseContent, Owner};
-use crate::store::{c_path, write_atomic, write_file, LeaseEntry, Store};
+use crate::store::{c_path, overwrite, LeaseEntry, Store};
 use std::fs;
 use std::io::ErrorKind;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 use twill_cni::{Context, Error, Result};
 
@@ -85,19 +91,50 @@ fn parse(text: &str) -> Lines {
         .collect()
 }
 
-fn mtime_of(path: &std::path::Path) -> Result<(i64, i64)> {
+/// A stamp value no directory carries: what an untrusted stamp is set to.
+const UNTRUSTED: (i64, i64) = (0, 0);
+
+/// `path`'s mtime; `None` when it does not exist.
+fn mtime_of(path: &Path) -> Result<Option<(i64, i64)>> {
     let c = c_path(path)?;
     // SAFETY: zeroed stat is a valid out-parameter; c is NUL-terminated.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::stat(c.as_ptr(), &mut st) } != 0 {
-        return Err(Error::failed(format!(
-            "stat {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        )));
+        let e = std::io::Error::last_os_error();
+        if e.kind() == ErrorKind::NotFound {
+            return Ok(None);
+        }
+        return Err(Error::failed(format!("stat {}: {e}", path.display())));
     }
     #[allow(clippy::unnecessary_cast)]
-    Ok((st.st_mtime as i64, st.st_mtime_nsec as i64))
+    Ok(Some((st.st_mtime as i64, st.st_mtime_nsec as i64)))
+}
+
+/// Set `path`'s mtime (atime untouched); `Ok(false)` when it does not exist.
+fn set_mtime(path: &Path, (sec, nsec): (i64, i64)) -> Result<bool> {
+    let c = c_path(path)?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: sec as libc::time_t,
+            tv_nsec: nsec as libc::c_long,
+        },
+    ];
+    // SAFETY: valid NUL-terminated path and a two-element timespec array.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if e.kind() == ErrorKind::NotFound {
+        return Ok(false);
+    }
+    Err(Error::failed(format!(
+        "set mtime of {}: {e}",
+        path.display()
+    )))
 }
 
 impl Store {
@@ -125,17 +162,24 @@ impl Store {
 
     /// The index describes the directory: nobody but us changed it since our last stamp.
     pub fn index_trusted(&self) -> Result<bool> {
-        let now = mtime_of(&self.paths.net_dir)?;
-        let stamp = match fs::read_to_string(self.stamp_path()) {
-            Ok(s) => s,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(Error::failed(format!("read index stamp: {e}"))),
+        let Some(now) = mtime_of(&self.paths.net_dir)? else {
+            return Err(Error::failed(format!(
+                "stat {}: no such directory",
+                self.paths.net_dir.display()
+            )));
         };
-        let mut parts = stamp.split_whitespace().map(str::parse::<i64>);
-        Ok(matches!(
-            (parts.next(), parts.next()),
-            (Some(Ok(s)), Some(Ok(ns))) if (s, ns) == now
-        ))
+        let stamp = mtime_of(&self.stamp_path())?;
+        Ok(stamp == Some(now) && now != UNTRUSTED)
+    }
+
+    /// Make the stamp disagree with the directory before an in-place write to the index, unless one of our
+    /// own changes to the directory already did. A missing stamp is as good as an untrusted one.
+    pub(crate) fn untrust(&self) -> Result<()> {
+        if !self.stamp_stale.get() {
+            set_mtime(&self.stamp_path(), UNTRUSTED)?;
+            self.stamp_stale.set(true);
+        }
+        Ok(())
     }
 
     /// Record that the index matches the directory as it is now. Call after our own changes, under the lock,
@@ -153,28 +197,25 @@ impl Store {
             .unwrap_or_default();
         let noise =
             (now.subsec_nanos() ^ std::process::id().wrapping_mul(2_654_435_761)) % 1_000_000_000;
-        let times = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: now.as_secs().saturating_sub(1) as libc::time_t,
-                tv_nsec: noise as libc::c_long,
-            },
-        ];
-        let dir = c_path(&self.paths.net_dir)?;
-        // SAFETY: valid NUL-terminated path and a two-element timespec array.
-        if unsafe { libc::utimensat(libc::AT_FDCWD, dir.as_ptr(), times.as_ptr(), 0) } != 0 {
+        let wanted = (now.as_secs().saturating_sub(1) as i64, i64::from(noise));
+        if !set_mtime(&self.paths.net_dir, wanted)? {
             return Err(Error::failed(format!(
-                "set mtime of {}: {}",
-                self.paths.net_dir.display(),
-                std::io::Error::last_os_error()
+                "{} disappeared",
+                self.paths.net_dir.display()
             )));
         }
         // Record what the filesystem stored (it may round the nanoseconds).
-        let (s, ns) = mtime_of(&self.paths.net_dir)?;
-        write_atomic(&self.stamp_path(), format!("{s} {ns}\n").as_bytes())
+        let stored = mtime_of(&self.paths.net_dir)?.ok_or_else(|| {
+            Error::failed(format!("{} disappeared", self.paths.net_dir.display()))
+        })?;
+        let stamp = self.stamp_path();
+        if !set_mtime(&stamp, stored)? {
+            // First stamp (or after a rebuild removed it): created once, then only its mtime changes.
+            overwrite(&stamp, b"")?;
+            set_mtime(&stamp, stored)?;
+        }
+        self.stamp_stale.set(false);
+        Ok(())
     }
 
     /// Make the index trustworthy: bring it up to date from a full scan when someone else changed the
@@ -198,6 +239,7 @@ impl Store {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(Error::failed(format!("remove index stamp: {e}"))),
         }
+        self.stamp_stale.set(true);
         let mut wanted: Vec<Lines> = vec![Vec::new(); BUCKETS];
         for e in entries {
             if let LeaseContent::Owned(o) = &e.content {
@@ -210,7 +252,7 @@ impl Store {
             let mut have = self.read_bucket(b)?;
             have.sort();
             if have != lines {
-                write_file(&self.bucket_path(b), render(&lines).as_bytes(), 0o600)?;
+                overwrite(&self.bucket_path(b), render(&lines).as_bytes())?;
             }
         }
         // Anything else in idx/ (temporary files of killed writers, older layouts) goes.
@@ -253,7 +295,8 @@ impl Store {
         if lines == have {
             return Ok(());
         }
-        write_atomic(&self.bucket_path(b), render(&lines).as_bytes())
+        self.untrust()?;
+        overwrite(&self.bucket_path(b), render(&lines).as_bytes())
     }
 
     /// The addresses `owner` holds, verified against the lease files. Call [`Store::ensure_index`] first.
@@ -404,6 +447,50 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_index_rewrite_without_a_lease_change_is_untrusted_until_restamped() {
+        let (_d, s) = store();
+        s.ensure_index().unwrap();
+        let paths = s.paths.clone();
+        drop(s);
+        // A later operation that rewrites a bucket but changes no lease (a stale entry forgotten): a kill
+        // mid-write must not leave a torn bucket behind a matching stamp.
+        let s = Store::open(paths).unwrap();
+        assert!(s.index_trusted().unwrap());
+        let ip: IpAddr = "10.0.0.8".parse().unwrap();
+        s.index_write(&Owner::new("x", "eth0"), &[ip]).unwrap();
+        assert!(!s.index_trusted().unwrap());
+        assert!(s.stamp_stale());
+        s.restamp();
+        assert!(s.index_trusted().unwrap());
+    }
+
+    #[test]
+    fn buckets_and_stamp_keep_their_inodes() {
+        use std::os::unix::fs::MetadataExt;
+        let (_d, mut s) = store();
+        s.ensure_index().unwrap();
+        let o = Owner::new("c", "eth0");
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        assert!(s.try_reserve(&a, &o).unwrap());
+        s.index_write(&o, &[a]).unwrap();
+        s.restamp();
+        let bucket = s.bucket_path(bucket_of(&index_key(&o)));
+        let inodes = |s: &Store| {
+            (
+                fs::metadata(&bucket).unwrap().ino(),
+                fs::metadata(s.stamp_path()).unwrap().ino(),
+            )
+        };
+        let before = inodes(&s);
+        assert!(s.try_reserve(&b, &o).unwrap());
+        s.index_write(&o, &[a, b]).unwrap();
+        s.restamp();
+        assert_eq!(inodes(&s), before);
+        assert_eq!(s.index_lookup(&o).unwrap(), vec![a, b]);
+        assert!(s.index_trusted().unwrap());
     }
 
     #[test]

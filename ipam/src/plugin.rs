@@ -73,7 +73,7 @@ impl Plugin for HostLocal {
                 .index_write(&owner, &[])
                 .and_then(|()| store.index_write(&released_from, &[]));
             match forgotten {
-                Ok(()) if !held.is_empty() => store.restamp(),
+                Ok(()) if !held.is_empty() || store.stamp_stale() => store.restamp(),
                 Ok(()) => {}
                 Err(e) => eprintln!("host-local: index not updated (next operation rescans): {e}"),
             }

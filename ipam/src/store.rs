@@ -13,6 +13,7 @@
 //! with a dot, so `.twill` cannot clash with a network.
 
 use crate::lease::{LeaseContent, Owner};
+use std::cell::Cell;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -85,6 +86,9 @@ pub struct Store {
     _lock: File,
     /// A temporary file holding the lease content of the owner it was written for.
     tmp_lease: Option<(PathBuf, Owner)>,
+    /// Known to disagree with the directory: we changed the directory (or untrusted the stamp) since the
+    /// last stamp, so the index may be rewritten in place ([`crate::index`]).
+    pub(crate) stamp_stale: Cell<bool>,
 }
 
 fn mkdir_p(dir: &Path, mode: u32) -> Result<()> {
@@ -149,6 +153,7 @@ impl Store {
             paths,
             _lock: lock,
             tmp_lease: None,
+            stamp_stale: Cell::new(false),
         })
     }
 
@@ -196,6 +201,7 @@ impl Store {
         let tmp = self.tmp_lease(owner)?;
         match fs::hard_link(&tmp, &target) {
             Ok(()) => {
+                self.stamp_stale.set(true);
                 // Each lease gets its own inode: the next reservation writes a fresh temporary file.
                 let _ = fs::remove_file(&tmp);
                 self.tmp_lease = None;
@@ -244,7 +250,10 @@ impl Store {
     pub fn release(&self, ip: &IpAddr) -> Result<()> {
         let path = self.paths.lease(ip);
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.stamp_stale.set(true);
+                Ok(())
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::failed(format!("release {}: {e}", path.display()))),
         }
@@ -258,10 +267,21 @@ impl Store {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    /// Written like the reference (`os.WriteFile`, no newline).
+    /// The same bytes as the reference (`os.WriteFile`, no newline), written over the old cursor in place. A
+    /// writer killed between the write and the truncation leaves a longer, still parseable address: the
+    /// cursor then only steers round-robin wrongly once, as a lost cursor does.
     pub fn set_last_reserved(&self, set: usize, ip: &IpAddr) -> Result<()> {
-        let path = self.paths.last_reserved(set);
-        fs::write(&path, ip.to_string()).with_context(|| format!("write {}", path.display()))
+        overwrite_mode(
+            &self.paths.last_reserved(set),
+            ip.to_string().as_bytes(),
+            0o666,
+        )
+    }
+
+    /// Whether the stamp is known to disagree with the directory (a lease was created or released, or the
+    /// index was rewritten, since the last stamp): the caller should [`Store::restamp`].
+    pub fn stamp_stale(&self) -> bool {
+        self.stamp_stale.get()
     }
 
     /// Remove our orphaned temporary files (only possible under the lock: every writer holds it).
@@ -330,13 +350,25 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("write {}", path.display()))
 }
 
-/// Write `path` atomically: a temporary sibling renamed over it.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    write_file(&tmp, bytes, 0o600)?;
-    fs::rename(&tmp, path).with_context(|| format!("rename {} into place", tmp.display()))
+/// Replace the content of `path` (created with mode 0600 if missing) in place: no new inode when it exists.
+/// Not atomic: only for files whose readers tolerate a torn write (see [`crate::index`]).
+pub fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
+    overwrite_mode(path, bytes, 0o600)
+}
+
+fn overwrite_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    // Overwrite, then cut: the block stays allocated instead of being freed by O_TRUNC and allocated again.
+    std::os::unix::fs::FileExt::write_all_at(&f, bytes, 0)
+        .with_context(|| format!("write {}", path.display()))?;
+    f.set_len(bytes.len() as u64)
+        .with_context(|| format!("truncate {}", path.display()))
 }
 
 /// `path` as a C string for raw syscalls.
