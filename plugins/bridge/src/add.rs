@@ -111,6 +111,7 @@ pub fn add(req: &Request) -> Result<CniResult> {
         &host,
         &pod,
         &pod_h,
+        &br,
         container_id,
         ifname,
         conf.mtu,
@@ -135,7 +136,7 @@ pub fn add(req: &Request) -> Result<CniResult> {
         )?),
         None => None,
     };
-    port::attach(&host, &br, &pair.host, &port::PortConfig::of(&conf))?;
+    port::configure_port(&host, &pair.host, &port::PortConfig::of(&conf))?;
     let cont = pod_h
         .link_by_index(pair.container_index)
         .with_context(|| format!("failed to look up {ifname:?} in the pod"))?;

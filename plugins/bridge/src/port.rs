@@ -9,7 +9,8 @@ use crate::config::BridgeConf;
 use crate::naming;
 use twill_cni::{Context, Error, Result};
 use twill_kernel::{
-    sysctl, BridgePortFlags, BridgeVlan, Handle, Link, MacAddr, NetNs, VethSpec, VlanOn,
+    sysctl, BridgePortFlags, BridgeVlan, Handle, Link, MacAddr, NetNs, VethOptions, VethSpec,
+    VlanOn,
 };
 
 /// The created pair.
@@ -41,13 +42,16 @@ impl<'a> PortConfig<'a> {
     }
 }
 
-/// Create the pair: the host end (up) under a stable per-attachment name, the container end `ifname` (down
-/// until its addresses are on, so `arp_notify` announces them) directly inside `pod`. `ifname` already in
-/// the pod is an error (§4 ADD); a taken host name moves on to the next candidate.
+/// Create the pair: the host end (up, already a port of `bridge`) under a stable per-attachment name, the
+/// container end `ifname` (down until its addresses are on, so `arp_notify` announces them) directly inside
+/// `pod`. `ifname` already in the pod is an error (§4 ADD); a taken host name moves on to the next candidate.
+/// Finish the port with [`configure_port`].
+#[allow(clippy::too_many_arguments)]
 pub fn create_pair(
     host: &Handle,
     pod: &NetNs,
     pod_handle: &Handle,
+    bridge: &Link,
     container_id: &str,
     ifname: &str,
     mtu: Option<u32>,
@@ -65,7 +69,14 @@ pub fn create_pair(
             peer_mac: mac,
             up: true,
         };
-        match host.create_veth(&spec) {
+        // Enslaved in the creating request (one RTNL round trip less than the reference's separate "set
+        // master"; a failure to attach removes the pair in the kernel already), and with the one queue per
+        // end a veth uses, which spares two expedited RCU grace periods under the RTNL lock per pair.
+        let opts = VethOptions {
+            master: Some(bridge.index),
+            single_queue: true,
+        };
+        match host.create_veth_with(&spec, &opts) {
             Ok(link) => {
                 let container_index = match link.peer_index {
                     Some(i) => i,
@@ -111,10 +122,15 @@ pub fn create_pair(
 
 /// Enslave `port` to the bridge and apply its flags and VLANs (the reference's `setupVeth` tail).
 pub fn attach(host: &Handle, br: &Link, port: &Link, pc: &PortConfig<'_>) -> Result<()> {
-    // Best effort, as the reference: we own this interface's routes.
-    let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", port.name), "0");
     host.set_link_master(port.index, Some(br.index))
         .with_context(|| format!("failed to connect {:?} to bridge {:?}", port.name, br.name))?;
+    configure_port(host, port, pc)
+}
+
+/// The rest of [`attach`] for a port already enslaved: `accept_ra`, flags and VLANs.
+pub fn configure_port(host: &Handle, port: &Link, pc: &PortConfig<'_>) -> Result<()> {
+    // Best effort, as the reference: we own this interface's routes.
+    let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", port.name), "0");
     // A new port has both flags off: only turning one on costs a request.
     let flags = BridgePortFlags {
         hairpin: pc.hairpin.then_some(true),

@@ -8,7 +8,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use crate::error::Result;
 use crate::handle::Handle;
-use crate::link::VethSpec;
+use crate::link::{VethOptions, VethSpec};
 use crate::names::random_veth_name;
 use crate::netns::NetNs;
 use crate::route::Route;
@@ -94,13 +94,20 @@ pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
         let mut marks = [start; 6];
         let pod_handle = Handle::in_netns(&pod)?;
         marks[1] = Instant::now();
-        let veth = host.create_veth(&VethSpec {
-            name: host_name,
-            peer_name: "eth0".to_string(),
-            peer_netns: Some(&pod),
-            up: true,
-            ..Default::default()
-        })?;
+        // One queue per end, as the bridge plugin asks (see `VethOptions::single_queue`).
+        let veth = host.create_veth_with(
+            &VethSpec {
+                name: host_name,
+                peer_name: "eth0".to_string(),
+                peer_netns: Some(&pod),
+                up: true,
+                ..Default::default()
+            },
+            &VethOptions {
+                single_queue: true,
+                ..Default::default()
+            },
+        )?;
         let eth0 = match veth.peer_index {
             Some(i) => i,
             None => pod_handle.link_by_name("eth0")?.index,

@@ -36,8 +36,8 @@ pub use error::{Error, Result};
 pub use floor::{measure_kernel_floor, FloorReport};
 pub use handle::Handle;
 pub use link::{
-    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethSpec, VlanOn,
-    VxlanSpec,
+    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethOptions, VethSpec,
+    VlanOn, VxlanSpec,
 };
 pub use mac::MacAddr;
 pub use names::random_veth_name;

@@ -3,7 +3,9 @@ mod common;
 use std::sync::{Arc, Barrier};
 
 use common::TestNs;
-use twill_kernel::{BridgePortFlags, BridgeSpec, BridgeVlan, MacAddr, VethSpec, VlanOn, VxlanSpec};
+use twill_kernel::{
+    BridgePortFlags, BridgeSpec, BridgeVlan, MacAddr, VethOptions, VethSpec, VlanOn, VxlanSpec,
+};
 
 fn ip_link(t: &TestNs, name: &str) -> serde_json::Value {
     t.ip_json(&["link", "show", "dev", name])[0].clone()
@@ -54,6 +56,63 @@ fn veth_peer_is_created_directly_in_the_other_netns() {
     // Deleting one end removes both.
     node.handle.delete_link(veth.index).unwrap();
     assert!(pod.handle.link_by_name("eth0").unwrap_err().is_not_found());
+}
+
+#[test]
+fn veth_created_enslaved_with_one_queue_per_end() {
+    let node = TestNs::new();
+    let pod = TestNs::new();
+    let br = node
+        .handle
+        .create_bridge(&BridgeSpec {
+            name: "brq0".into(),
+            up: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let opts = VethOptions {
+        master: Some(br.index),
+        single_queue: true,
+    };
+    let spec = VethSpec {
+        name: "vethq0".into(),
+        peer_name: "eth0".into(),
+        peer_netns: Some(&pod.ns),
+        up: true,
+        ..Default::default()
+    };
+    let veth = node.handle.create_veth_with(&spec, &opts).unwrap();
+    assert_eq!(
+        node.handle.link_by_index(veth.index).unwrap().master,
+        Some(br.index)
+    );
+    let host = ip_link(&node, "vethq0");
+    assert_eq!(host["master"], "brq0");
+    assert_eq!(host["num_tx_queues"], 1);
+    assert_eq!(host["num_rx_queues"], 1);
+    let peer = ip_link(&pod, "eth0");
+    assert_eq!(peer["num_tx_queues"], 1);
+    assert_eq!(peer["num_rx_queues"], 1);
+
+    // A master that does not exist fails the whole request: no half-made pair is left behind.
+    let spec = VethSpec {
+        name: "vethq1".into(),
+        peer_name: "eth1".into(),
+        peer_netns: Some(&pod.ns),
+        up: true,
+        ..Default::default()
+    };
+    let bad = VethOptions {
+        master: Some(999_999),
+        single_queue: true,
+    };
+    assert!(node.handle.create_veth_with(&spec, &bad).is_err());
+    assert!(node
+        .handle
+        .link_by_name("vethq1")
+        .unwrap_err()
+        .is_not_found());
+    assert!(pod.handle.link_by_name("eth1").unwrap_err().is_not_found());
 }
 
 #[test]
