@@ -1,6 +1,18 @@
-fn main() -> std::process::ExitCode {
-    twill_cni::skel::run(
+//! The `host-local` IPAM plugin binary: a thin main over the library.
+//!
+//! `no_main`, as the bridge plugin's: a process that lives a few milliseconds skips Rust's runtime start-up
+//! (reading `/proc/self/maps` for the main thread's stack guard, signal handlers and an alternate stack for
+//! stack-overflow messages, polling fds 0-2). `std::process::exit` still runs std's cleanup (stdout flush).
+#![no_main]
+
+use std::process::ExitCode;
+
+#[no_mangle]
+pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
+    let code = twill_cni::skel::run(
         &twill_ipam::HostLocal,
         "CNI host-local IPAM plugin (twill): round-robin leases in <dataDir>/<network>, shared with the reference",
-    )
+    );
+    // skel::run answers SUCCESS or 1.
+    std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
 }
