@@ -5,10 +5,13 @@
 //! handlers for stack-overflow messages, polling fds 0-2) is work every ADD and DEL would pay for nothing.
 //! glibc still runs every constructor, and `std::env` and `std::process::exit` (which flushes stdout) work
 //! as usual. SIGPIPE stays at its default, which only matters if the runtime closed our stdout.
-#![no_main]
+// Test builds keep libtest's generated main.
+#![cfg_attr(not(test), no_main)]
 
+#[cfg(not(test))]
 use std::process::ExitCode;
 
+#[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     let code = twill_cni::skel::run(&twill_bridge::Bridge, "CNI bridge plugin (twill)");
