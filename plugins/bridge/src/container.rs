@@ -21,15 +21,16 @@ pub fn start_sysctls(
 ) -> Result<std::sync::mpsc::Receiver<()>> {
     let ifname = ifname.to_string();
     pod.submit(move || {
-        // Best effort like the reference: IPv6 may be disabled in the pod.
+        // Best effort like the reference: IPv6 may be disabled in the pod. The interface was just created
+        // (it holds the pod's defaults), so the values are written without reading them first.
         if enable_dad {
-            let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
-            let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
         } else {
-            let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
         }
         // Gratuitous ARP when the link comes up: neighbours forget a reused IP's old MAC at once.
-        let _ = sysctl::write(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+        let _ = sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
     })
 }
 

@@ -129,8 +129,9 @@ pub fn attach(host: &Handle, br: &Link, port: &Link, pc: &PortConfig<'_>) -> Res
 
 /// The rest of [`attach`] for a port already enslaved: `accept_ra`, flags and VLANs.
 pub fn configure_port(host: &Handle, port: &Link, pc: &PortConfig<'_>) -> Result<()> {
-    // Best effort, as the reference: we own this interface's routes.
-    let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", port.name), "0");
+    // Best effort, as the reference: we own this interface's routes. The port was just created, so it holds
+    // the namespace default: written without reading it first.
+    let _ = sysctl::set(&format!("net/ipv6/conf/{}/accept_ra", port.name), "0");
     // A new port has both flags off: only turning one on costs a request.
     let flags = BridgePortFlags {
         hairpin: pc.hairpin.then_some(true),

@@ -65,6 +65,15 @@ pub fn write(key: &str, value: &str) -> Result<bool> {
         .map_err(|e| Error::new("write sysctl", format!("{key}={value}"), "current netns", e))
 }
 
+/// Writes a sysctl in the calling thread's namespace without reading it first. For keys of a device just
+/// created, which hold the namespace default and are about to change anyway: one procfs lookup and read less
+/// than [`write`]. Only for keys whose write is cheap and idempotent (`accept_ra`, `accept_dad`, `arp_notify`).
+pub fn set(key: &str, value: &str) -> Result<()> {
+    key_path(key)
+        .and_then(|path| std::fs::write(path, value.as_bytes()))
+        .map_err(|e| Error::new("write sysctl", format!("{key}={value}"), "current netns", e))
+}
+
 /// Reads a sysctl inside `netns`.
 pub fn read_in(netns: &NetNs, key: &str) -> Result<String> {
     netns

@@ -35,6 +35,21 @@ fn sysctl_in_a_namespace_does_not_affect_the_caller() {
 }
 
 #[test]
+fn sysctl_set_writes_without_reading_and_rejects_escapes() {
+    let t = TestNs::new();
+    let key = "net/ipv4/conf/lo/arp_notify";
+    t.ns.run(|| {
+        sysctl::set(key, "1").unwrap();
+        assert_eq!(sysctl::read(key).unwrap(), "1");
+        sysctl::set(key, "1").unwrap();
+        sysctl::set(key, "0").unwrap();
+        assert_eq!(sysctl::read(key).unwrap(), "0");
+        assert!(sysctl::set("net/../../etc/passwd", "x").is_err());
+    })
+    .unwrap();
+}
+
+#[test]
 fn sysctl_per_interface_key_with_dots_in_name() {
     let t = TestNs::new();
     t.ip(&[
