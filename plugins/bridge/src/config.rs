@@ -11,12 +11,9 @@ pub const DEFAULT_BRIDGE: &str = "cni0";
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 const MAX_IFNAME: usize = 15;
 
-/// Which firewall implements `ipMasq`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MasqBackend {
-    Nftables,
-    Iptables,
-}
+/// Which firewall implements `ipMasq`: twill-firewall's own choice type (nftables unless `ipMasqBackend`
+/// says `iptables`).
+pub use twill_firewall::masquerade::Backend as MasqBackend;
 
 /// The validated configuration of one request.
 #[derive(Debug, Clone)]
@@ -213,15 +210,10 @@ impl BridgeConf {
                 "cannot use IPAM when disableContainerInterface flag is set",
             ));
         }
-        let masq_backend = match raw.ip_masq_backend.as_deref() {
-            None | Some("") | Some("nftables") => MasqBackend::Nftables,
-            Some("iptables") => MasqBackend::Iptables,
-            Some(other) => {
-                return Err(Error::invalid_config(format!(
-                    "unknown ipMasqBackend {other:?} (expected \"iptables\" or \"nftables\")"
-                )))
-            }
-        };
+        // An empty string is "unset", as the reference reads it.
+        let masq_backend =
+            MasqBackend::from_config(raw.ip_masq_backend.as_deref().filter(|b| !b.is_empty()))
+                .map_err(|e| Error::invalid_config(e.to_string()))?;
         let dns = raw.dns.filter(|d| !d.is_empty());
 
         let mut mac = None;

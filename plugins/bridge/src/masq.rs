@@ -2,55 +2,39 @@
 //! `(network, container id, ifname)`, so DEL and GC remove them without the pod's addresses or namespace:
 //! the reference's leak when the netns is already gone (§10.3) cannot happen.
 
-use crate::config::MasqBackend;
 use ipnet::IpNet;
 use twill_cni::{Error, Result};
 use twill_firewall::masquerade::{self, Backend, Owner};
 
-fn backend(b: MasqBackend) -> Backend {
-    match b {
-        MasqBackend::Nftables => Backend::Nftables,
-        MasqBackend::Iptables => Backend::Iptables,
-    }
-}
-
 pub fn add(
-    b: MasqBackend,
+    b: Backend,
     network: &str,
     container_id: &str,
     ifname: &str,
     addrs: &[IpNet],
 ) -> Result<()> {
-    masquerade::add(
-        backend(b),
-        &Owner::new(network, container_id, ifname),
-        addrs,
-    )
-    .map_err(|e| Error::failed(format!("failed to set up IP masquerade: {e}")))
+    masquerade::add(b, &Owner::new(network, container_id, ifname), addrs)
+        .map_err(|e| Error::failed(format!("failed to set up IP masquerade: {e}")))
 }
 
-pub fn del(b: MasqBackend, network: &str, container_id: &str, ifname: &str) -> Result<()> {
-    masquerade::del(backend(b), &Owner::new(network, container_id, ifname))
+pub fn del(b: Backend, network: &str, container_id: &str, ifname: &str) -> Result<()> {
+    masquerade::del(b, &Owner::new(network, container_id, ifname))
         .map_err(|e| Error::failed(format!("failed to tear down IP masquerade: {e}")))
 }
 
 pub fn check(
-    b: MasqBackend,
+    b: Backend,
     network: &str,
     container_id: &str,
     ifname: &str,
     addrs: &[IpNet],
 ) -> Result<()> {
-    masquerade::check(
-        backend(b),
-        &Owner::new(network, container_id, ifname),
-        addrs,
-    )
-    .map_err(|e| Error::failed(format!("IP masquerade of {container_id}/{ifname}: {e}")))
+    masquerade::check(b, &Owner::new(network, container_id, ifname), addrs)
+        .map_err(|e| Error::failed(format!("IP masquerade of {container_id}/{ifname}: {e}")))
 }
 
-pub fn gc(b: MasqBackend, network: &str, keep: &[(String, String)]) -> Result<()> {
-    masquerade::gc(backend(b), network, keep)
+pub fn gc(b: Backend, network: &str, keep: &[(String, String)]) -> Result<()> {
+    masquerade::gc(b, network, keep)
         .map(|_| ())
         .map_err(|e| Error::failed(format!("garbage-collect IP masquerade: {e}")))
 }
