@@ -151,6 +151,20 @@ fn up_flags(msg: &mut LinkMessage, up: bool) {
     }
 }
 
+/// The part every new link's request shares: name, optional MTU and MAC, optionally up at once.
+fn named_link_message(name: &str, mtu: Option<u32>, mac: Option<MacAddr>, up: bool) -> LinkMessage {
+    let mut msg = new_link_message(0);
+    up_flags(&mut msg, up);
+    msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+    if let Some(mtu) = mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = mac {
+        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+    }
+    msg
+}
+
 impl Link {
     pub(crate) fn from_message(msg: &LinkMessage) -> Link {
         let mut link = Link {
@@ -347,12 +361,18 @@ impl Handle {
 
     /// Creates a link (with NLM_F_ECHO, so the kernel returns it in the same round trip on kernels
     /// that honour echo for RTM_NEWLINK, 6.1+; older ones cost one lookup).
-    fn create_link(&self, msg: LinkMessage, name: &str, op: &'static str) -> Result<Link> {
+    fn create_link(
+        &self,
+        msg: LinkMessage,
+        name: &str,
+        op: &'static str,
+        object: impl FnOnce() -> String,
+    ) -> Result<Link> {
         let msgs = self.request(
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
             op,
-            || name.to_string(),
+            object,
         )?;
         match first_link(msgs) {
             Some(link) if link.name == name => Ok(link),
@@ -364,16 +384,7 @@ impl Handle {
     /// (several plugin processes race to create `cni0`). An existing non-bridge device of that name
     /// is an error.
     pub fn create_bridge(&self, spec: &BridgeSpec) -> Result<Link> {
-        let mut msg = new_link_message(0);
-        up_flags(&mut msg, spec.up);
-        msg.attributes
-            .push(LinkAttribute::IfName(spec.name.clone()));
-        if let Some(mtu) = spec.mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(mac) = spec.mac {
-            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        }
+        let mut msg = named_link_message(&spec.name, spec.mtu, spec.mac, spec.up);
         let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
         if spec.vlan_filtering {
             info.push(LinkInfo::Data(InfoData::Bridge(vec![
@@ -381,7 +392,7 @@ impl Handle {
             ])));
         }
         msg.attributes.push(LinkAttribute::LinkInfo(info));
-        match self.create_link(msg, &spec.name, "create bridge") {
+        match self.create_link(msg, &spec.name, "create bridge", || spec.name.clone()) {
             Err(e) if e.is_exists() => {
                 let existing = self.link_by_name(&spec.name)?;
                 if existing.kind.as_deref() == Some("bridge") {
@@ -429,29 +440,12 @@ impl Handle {
                 attrs.push(LinkAttribute::NumRxQueues(1));
             }
         };
-        let mut peer = new_link_message(0);
-        peer.attributes
-            .push(LinkAttribute::IfName(spec.peer_name.clone()));
-        if let Some(mtu) = spec.mtu {
-            peer.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(mac) = spec.peer_mac {
-            peer.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        }
+        let mut peer = named_link_message(&spec.peer_name, spec.mtu, spec.peer_mac, false);
         if let Some(ns) = spec.peer_netns {
             peer.attributes.push(LinkAttribute::NetNsFd(ns.as_raw_fd()));
         }
         queues(&mut peer.attributes);
-        let mut msg = new_link_message(0);
-        up_flags(&mut msg, spec.up);
-        msg.attributes
-            .push(LinkAttribute::IfName(spec.name.clone()));
-        if let Some(mtu) = spec.mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(mac) = spec.mac {
-            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        }
+        let mut msg = named_link_message(&spec.name, spec.mtu, spec.mac, spec.up);
         if let Some(m) = master {
             msg.attributes.push(LinkAttribute::Controller(m));
         }
@@ -472,30 +466,12 @@ impl Handle {
             "{} with peer {}{}{}",
             spec.name, spec.peer_name, peer_where, master_where
         );
-        let msgs = self.request(
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO,
-            "create veth",
-            || object,
-        )?;
-        match first_link(msgs) {
-            Some(link) if link.name == spec.name => Ok(link),
-            _ => self.link_by_name(&spec.name),
-        }
+        self.create_link(msg, &spec.name, "create veth", || object)
     }
 
     /// Creates a VXLAN device.
     pub fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
-        let mut msg = new_link_message(0);
-        up_flags(&mut msg, spec.up);
-        msg.attributes
-            .push(LinkAttribute::IfName(spec.name.clone()));
-        if let Some(mtu) = spec.mtu {
-            msg.attributes.push(LinkAttribute::Mtu(mtu));
-        }
-        if let Some(mac) = spec.mac {
-            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        }
+        let mut msg = named_link_message(&spec.name, spec.mtu, spec.mac, spec.up);
         let mut data = vec![InfoVxlan::Id(spec.vni), InfoVxlan::Port(spec.port)];
         match spec.local {
             Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
@@ -510,7 +486,7 @@ impl Handle {
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(data)),
         ]));
-        self.create_link(msg, &spec.name, "create vxlan")
+        self.create_link(msg, &spec.name, "create vxlan", || spec.name.clone())
     }
 
     /// Sets bridge-port flags (hairpin, isolated) on a bridge port, via IFLA_PROTINFO in an
