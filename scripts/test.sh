@@ -72,6 +72,6 @@ step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --workspace --all-targets -- -D warnings || true
 step build cargo build --workspace --bins || exit 1
 step cnitool build_cnitool || exit 1
-step test cargo test --workspace -- --test-threads="$THREADS" || true
+step test cargo test --workspace --no-fail-fast -- --test-threads="$THREADS" || true
 
 exit "$failed"
