@@ -25,9 +25,11 @@ cd "$TWILL_ROOT"
 STATE="${TWILL_DEMO_STATE:-/run/twill-demo}"
 PREFIX="twdemo-"
 PROFILE="${TWILL_DEMO_PROFILE:-release}"
+# The debug build is scripts/test.sh's own build command, so it is a no-op there: a narrower --bin selection
+# unifies dependency features differently and would rebuild (and later make `cargo test` rebuild) the daemon.
 case "$PROFILE" in
-  release) PROFILE_ARGS=(--release) ;;
-  debug) PROFILE_ARGS=() ;;
+  release) BUILD_ARGS=(--release --workspace) ;;
+  debug) BUILD_ARGS=(--workspace --bins) ;;
   *) die "TWILL_DEMO_PROFILE: release or debug, not $PROFILE" ;;
 esac
 BIN_DIR="$TWILL_TARGET_DIR/$PROFILE"
@@ -62,6 +64,15 @@ The cluster stays up. Look around with the commands above, or:
 EOF
 }
 
+# We create $STATE and its up.log before the supervisor marks the directory as its own, and twill-cluster down
+# leaves an unmarked directory alone: one that holds nothing else (stopped right there) is removed here.
+remove_empty_state() {
+  [ -d "$STATE" ] && [ ! -e "$STATE/.twill-cluster" ] || return 0
+  [ -z "$(find "$STATE" -mindepth 1 ! -path "$STATE/up.log" -print -quit)" ] || return 0
+  rm -f "$STATE/up.log"
+  rmdir "$STATE"
+}
+
 # abort_up STATUS WHY: a cluster that did not come up is torn down before the script exits (the supervisor
 # runs in its own session, so neither our exit nor a Ctrl-C reaches it); its log goes with the state
 # directory, so its tail is shown first.
@@ -71,6 +82,7 @@ abort_up() {
   tail -n 40 "$STATE/up.log" >&2 || true
   log "tearing the half-built cluster down"
   "$CLUSTER" down --state "$STATE" >&2 || echo "teardown failed: run scripts/demo.sh down" >&2
+  remove_empty_state
   rm -f "$HOST_LINKS" "$HOST_RULES"
   exit "$1"
 }
@@ -103,10 +115,10 @@ cmd_up() {
   ensure_cargo
   load_modules
   ensure_netns
-  local args=() b
-  for b in "${BINS[@]}"; do args+=(--bin "$b"); done
+  local b
+  if [ "$PROFILE" = release ]; then for b in "${BINS[@]}"; do BUILD_ARGS+=(--bin "$b"); done; fi
   log "building $PROFILE binaries: ${BINS[*]}"
-  cargo build "${PROFILE_ARGS[@]}" --workspace "${args[@]}"
+  cargo build "${BUILD_ARGS[@]}"
   log "building the cluster supervisor: twill-cluster"
   cargo build -p twill-tests --bin twill-cluster
   log "building the libcni driver (Go, Debian's libcni)"
@@ -118,6 +130,7 @@ cmd_up() {
   fi
 
   local start=$SECONDS
+  trap 'echo; abort_up 130 "interrupted"' INT TERM
   mkdir -p "$STATE"
   host_links >"$HOST_LINKS"
   host_rules >"$HOST_RULES"
@@ -126,7 +139,6 @@ cmd_up() {
     setsid "$CLUSTER" up --state "$STATE" --nodes "$nodes" --pods "$pods" \
     </dev/null >"$STATE/up.log" 2>&1 &
   local sup=$! shown=0 lines
-  trap 'echo; abort_up 130 "interrupted"' INT TERM
   while [ ! -e "$STATE/ready" ]; do
     if [ -f "$STATE/progress" ]; then
       lines=$(wc -l <"$STATE/progress")
@@ -155,6 +167,7 @@ cmd_down() {
   need_root "scripts/demo.sh down"
   if [ -x "$CLUSTER" ]; then
     "$CLUSTER" down --state "$STATE"
+    remove_empty_state
   elif [ -z "$(demo_namespaces)" ] && [ ! -e "$STATE" ]; then
     echo "nothing to tear down"
   else
