@@ -14,7 +14,8 @@
 #
 #   TWILL_DEMO_PROFILE=debug        run the dev-profile binaries instead of release ones (scripts/test.sh
 #                                   does, to reuse the build it just made rather than a release build)
-#   TWILL_DEMO_UP_TIMEOUT=S         give up (and tear down) when the cluster is not up after S s (default 240)
+#   TWILL_DEMO_UP_TIMEOUT=S         give up (and tear down) when the cluster is not up after S s (default 240;
+#                                   0 gives up right after starting it: scripts/test.sh tests the teardown so)
 set -euo pipefail
 # shellcheck source=lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
@@ -39,6 +40,7 @@ UP_TIMEOUT="${TWILL_DEMO_UP_TIMEOUT:-240}"
 # relies on unwinding to remove a half-built cluster when a step fails. The cluster runs $PROFILE binaries.
 CLUSTER="$TWILL_TARGET_DIR/debug/twill-cluster"
 BINS=(twilld flannel bridge host-local portmap loopback)
+SUP="" # pid of the supervisor this run started
 # Host links before the demo started, kept outside STATE so `down` can compare after removing STATE.
 HOST_LINKS="${STATE%/}.host-links"
 HOST_RULES="${STATE%/}.host-rules"
@@ -64,13 +66,24 @@ The cluster stays up. Look around with the commands above, or:
 EOF
 }
 
-# We create $STATE and its up.log before the supervisor marks the directory as its own, and twill-cluster down
-# leaves an unmarked directory alone: one that holds nothing else (stopped right there) is removed here.
+# We create $STATE and its up.log before the supervisor marks the directory as its own (after creating tmp/),
+# and twill-cluster down leaves an unmarked directory alone: without the mark, ours and empty ones go here.
 remove_empty_state() {
   [ -d "$STATE" ] && [ ! -e "$STATE/.twill-cluster" ] || return 0
-  [ -z "$(find "$STATE" -mindepth 1 ! -path "$STATE/up.log" -print -quit)" ] || return 0
   rm -f "$STATE/up.log"
-  rmdir "$STATE"
+  rmdir "$STATE/tmp" "$STATE" 2>/dev/null || true
+}
+
+# stop_supervisor PID: the supervisor we started may not have recorded its pid for twill-cluster down yet.
+# SIGTERM makes it remove what it built; one that does not finish within 60 s is killed (down sweeps after it).
+stop_supervisor() {
+  kill -TERM "$1" 2>/dev/null || return 0
+  local i
+  for ((i = 0; i < 600; i++)); do
+    kill -0 "$1" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$1" 2>/dev/null || true
 }
 
 # abort_up STATUS WHY: a cluster that did not come up is torn down before the script exits (the supervisor
@@ -81,8 +94,9 @@ abort_up() {
   echo "$2; last lines of $STATE/up.log:" >&2
   tail -n 40 "$STATE/up.log" >&2 || true
   log "tearing the half-built cluster down"
-  "$CLUSTER" down --state "$STATE" >&2 || echo "teardown failed: run scripts/demo.sh down" >&2
+  [ -z "$SUP" ] || stop_supervisor "$SUP"
   remove_empty_state
+  "$CLUSTER" down --state "$STATE" >&2 || echo "teardown failed: run scripts/demo.sh down" >&2
   rm -f "$HOST_LINKS" "$HOST_RULES"
   exit "$1"
 }
@@ -138,7 +152,8 @@ cmd_up() {
   TWILL_BIN_DIR="$BIN_DIR" TWILL_CNITOOL="$TWILL_TARGET_DIR/cnitool/cnitool" \
     setsid "$CLUSTER" up --state "$STATE" --nodes "$nodes" --pods "$pods" \
     </dev/null >"$STATE/up.log" 2>&1 &
-  local sup=$! shown=0 lines
+  SUP=$!
+  local shown=0 lines
   while [ ! -e "$STATE/ready" ]; do
     if [ -f "$STATE/progress" ]; then
       lines=$(wc -l <"$STATE/progress")
@@ -147,8 +162,8 @@ cmd_up() {
         shown=$lines
       fi
     fi
-    kill -0 "$sup" 2>/dev/null || abort_up 1 "twill-cluster up failed"
-    [ $((SECONDS - start)) -le "$UP_TIMEOUT" ] || abort_up 1 "the cluster did not come up within $UP_TIMEOUT s"
+    kill -0 "$SUP" 2>/dev/null || abort_up 1 "twill-cluster up failed"
+    [ $((SECONDS - start)) -lt "$UP_TIMEOUT" ] || abort_up 1 "the cluster did not come up within $UP_TIMEOUT s"
     sleep 0.2
   done
   trap - INT TERM
@@ -202,11 +217,12 @@ cmd_down() {
   echo "twill demo: down, nothing left"
 }
 
+# report and status answer with their exit status (failed checks; 3 = down): exec, so it is not an error here.
 case "${1:-}" in
   down) shift; cmd_down "$@" ;;
   report) need_root "scripts/demo.sh report"; [ -x "$CLUSTER" ] || die "no demo built yet: run scripts/demo.sh"
-          TWILL_BIN_DIR="$BIN_DIR" "$CLUSTER" report --state "$STATE" ;;
-  status) [ -x "$CLUSTER" ] || { echo "down"; exit 3; }; "$CLUSTER" status --state "$STATE" ;;
+          TWILL_BIN_DIR="$BIN_DIR" exec "$CLUSTER" report --state "$STATE" ;;
+  status) [ -x "$CLUSTER" ] || { echo "down"; exit 3; }; exec "$CLUSTER" status --state "$STATE" ;;
   -h|--help) usage ;;
   *) cmd_up "$@" ;;
 esac

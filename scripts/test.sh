@@ -71,9 +71,9 @@ summary() {
 trap summary EXIT
 
 # The README's first command as a newcomer runs it, from a host without demo leftovers (a demo left up by an
-# aborted run is taken down first): `demo.sh` comes up and reports, `demo.sh down` removes it, and the host
-# has no namespace, process, file, link or rule more than before. It runs the binaries of the build step
-# (no release build). Step runs it without errexit, hence the explicit checks.
+# aborted run is taken down first): `demo.sh` comes up and reports, `demo.sh down` removes it, a start that
+# times out tears itself down, and the host has no namespace, process, file, link or rule more than before.
+# It runs the binaries of the build step (no release build). Step runs it without errexit: explicit checks.
 demo_round() {
   local state="${TWILL_DEMO_STATE:-/run/twill-demo}" snap rc=0
   if [ -n "$(demo_leftovers "$state")" ]; then
@@ -85,6 +85,8 @@ demo_round() {
   host_links >"$snap/links" && host_rules >"$snap/rules" || { rm -rf "$snap"; return 1; }
   TWILL_DEMO_PROFILE=debug scripts/demo.sh || rc=1
   scripts/demo.sh down || rc=1
+  # A start that misses its timeout (0 s: right after it began) must tear down what it started.
+  ! TWILL_DEMO_PROFILE=debug TWILL_DEMO_UP_TIMEOUT=0 scripts/demo.sh || { echo "demo.sh ignored its timeout"; rc=1; }
   { demo_leftovers "$state" || echo "cannot list demo leftovers"
     host_links >"$snap/links.now" || echo "cannot list host links"
     host_rules >"$snap/rules.now" || echo "cannot list host rules"
