@@ -7,7 +7,7 @@ use crate::resolv;
 use crate::store::{c_path, leased_addresses, read_lease, write_file, Paths, Store};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use twill_cni::{CniResult, Context, Error, Plugin, Request, Result};
+use twill_cni::{CniResult, Command, Context, Error, Plugin, Request, Result};
 
 /// The host-local IPAM plugin.
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,6 +25,12 @@ fn owner(req: &Request) -> Result<Owner> {
 }
 
 impl Plugin for HostLocal {
+    /// Never: an IPAM plugin reserves addresses on disk and does not judge `CNI_NETNS`, which it passes on
+    /// untouched, as the reference host-local (callers may give it a placeholder path).
+    fn enters_netns(&self, _command: Command) -> bool {
+        false
+    }
+
     /// Reserves one address per range set. Idempotent: an attachment that already holds an address in a
     /// range set gets the same address back (the reference fails with "duplicate allocation").
     fn add(&self, req: &Request) -> Result<CniResult> {

@@ -99,6 +99,12 @@ pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
     }
 }
 impl Plugin for Bridge {
+    /// ADD and CHECK create and inspect the pod's end of the veth; DEL treats a namespace that is gone (or no
+    /// longer a namespace) as nothing to delete there.
+    fn enters_netns(&self, command: Command) -> bool {
+        matches!(command, Command::Add | Command::Check)
+    }
+
     fn add(&self, req: &Request) -> Result<CniResult> {
         add::add(req)
     }

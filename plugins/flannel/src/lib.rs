@@ -28,6 +28,11 @@ use twill_cni::{CniResult, Command, Error, Plugin, Request, Result, Undo};
 pub struct Flannel;
 
 impl Plugin for Flannel {
+    /// Never itself: the namespace is its delegate's business (the bridge checks it on ADD and CHECK).
+    fn enters_netns(&self, _command: Command) -> bool {
+        false
+    }
+
     fn add(&self, req: &Request) -> Result<CniResult> {
         let conf = FlannelConf::from_netconf(&req.config)?;
         let env = SubnetEnv::load(&conf.subnet_file)?;
