@@ -90,12 +90,13 @@ pub fn add(backend: Backend, owner: &Owner, addrs: &[IpNet]) -> Result<()> {
 /// attachment before the node was upgraded; succeeds when there is nothing to remove.
 pub fn del(backend: Backend, owner: &Owner) -> Result<()> {
     owner.validate()?;
+    // Both are always attempted: teardown never stops half way. The reference's first: its check opens
+    // and closes a netlink socket, and a close after our rule deletions would wait for their grace period.
+    let reference = reference::del(&owner.network, &owner.container_id);
     let ours = match backend {
         Backend::Nftables => nftables::del(owner),
         Backend::Iptables => iptables::del(owner),
     };
-    // Both are always attempted: teardown never stops half way.
-    let reference = reference::del(&owner.network, &owner.container_id);
     match (ours, reference) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),

@@ -8,7 +8,10 @@
 //! carries the comment `name: "<network>" id: "<containerID>"`. The chain does not name the interface: two
 //! interfaces of one container on one network share it, and the reference's DEL removes it for either.
 //!
-//! Only the `nat` table is listed (one `iptables -S` per family); a node whose iptables command is missing
+//! Listing the `nat` table costs an `iptables -S` exec per family, ~5 ms each, which DEL must not pay on every
+//! node for the sake of a few upgraded ones. So a family is listed only when it may hold such a chain: the
+//! chain exists in nf_tables' `nat` table (where iptables-nft keeps it; one netlink dump), or the legacy
+//! `nat` table is loaded (iptables-legacy, invisible to nf_tables). A node whose iptables command is missing
 //! cannot hold such rules, so that is not an error.
 
 use std::collections::HashSet;
@@ -16,7 +19,7 @@ use std::collections::HashSet;
 use crate::error::{Error, Result};
 use crate::hash::sha512_hex;
 use crate::iptables::{declared_chain, delete_line, rule_chain, Iptables, RestoreBatch};
-use crate::nft::IpFamily;
+use crate::nft::{Family, IpFamily, Nft};
 
 const TABLE: &str = "nat";
 
@@ -48,12 +51,39 @@ fn comment_id<'a>(line: &'a str, network: &str) -> Option<&'a str> {
     rest.find("\\\"").map(|end| &rest[..end])
 }
 
+/// Whether `family`'s `nat` table may hold a chain `wanted` accepts (see the module comment). Unsure is yes.
+fn may_hold(family: IpFamily, wanted: &dyn Fn(&str) -> bool) -> bool {
+    let (legacy_tables, nft_family) = match family {
+        IpFamily::V4 => ("/proc/net/ip_tables_names", Family::Ip),
+        IpFamily::V6 => ("/proc/net/ip6_tables_names", Family::Ip6),
+    };
+    let legacy_nat = std::fs::read_to_string(legacy_tables)
+        .map(|names| names.lines().any(|n| n.trim() == TABLE))
+        .unwrap_or(false);
+    if legacy_nat {
+        return true;
+    }
+    match Nft::open().and_then(|nft| nft.list_chains(nft_family, Some(TABLE))) {
+        Ok(chains) => chains.iter().any(|c| wanted(&c.name)),
+        // No `nat` table in nf_tables at all.
+        Err(e) if e.is_not_found() => false,
+        Err(_) => true,
+    }
+}
+
 /// Removes, in every family, the `POSTROUTING` jumps into the chains `select` picks from a listing, and
-/// those chains. Returns the chains removed.
-fn remove(select: impl Fn(&[String]) -> HashSet<String>) -> Result<HashSet<String>> {
+/// those chains. Families whose `nat` table cannot hold a chain `wanted` accepts are not listed. Returns the
+/// chains removed.
+fn remove(
+    wanted: &dyn Fn(&str) -> bool,
+    select: impl Fn(&[String]) -> HashSet<String>,
+) -> Result<HashSet<String>> {
     let mut removed = HashSet::new();
     for family in [IpFamily::V4, IpFamily::V6] {
         if family == IpFamily::V6 && !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            continue;
+        }
+        if !may_hold(family, wanted) {
             continue;
         }
         let ipt = Iptables::new(family);
@@ -93,7 +123,7 @@ fn remove(select: impl Fn(&[String]) -> HashSet<String>) -> Result<HashSet<Strin
 /// Removes the reference's masquerade of `container_id` on `network`; nothing to remove is success.
 pub(crate) fn del(network: &str, container_id: &str) -> Result<()> {
     let chain = chain(network, container_id);
-    remove(|lines| {
+    remove(&|name| name == chain, |lines| {
         let present = lines.iter().any(|l| {
             declared_chain(l) == Some(chain.as_str()) || jump_target(l) == Some(chain.as_str())
         });
@@ -110,7 +140,7 @@ pub(crate) fn del(network: &str, container_id: &str) -> Result<()> {
 /// reference's state does not name interfaces). Only chains whose name matches the network and the id
 /// in their comment are touched. Returns how many were removed.
 pub(crate) fn gc(network: &str, keep: &HashSet<&str>) -> Result<usize> {
-    remove(|lines| {
+    remove(&|name| name.starts_with("CNI-"), |lines| {
         lines
             .iter()
             .filter(|l| rule_chain(l) == Some("POSTROUTING"))
