@@ -128,6 +128,26 @@ fn mkdir_owned(dir: &Path, mode: u32) -> Result<()> {
     require_real_dir(dir)
 }
 
+/// Create the network directory if needed. The dataDir is the operator's (it may be a link, as the reference
+/// allows); the network directory below it is ours and must be a real directory.
+pub fn create_net_dir(paths: &Paths) -> Result<()> {
+    if let Some(data_dir) = paths.net_dir.parent() {
+        mkdir_p(data_dir, 0o755)?;
+    }
+    mkdir_owned(&paths.net_dir, 0o755)
+}
+
+/// Create our state directories (`.twill/<network>/{idx,tmp}`) if needed, one level at a time, each a real
+/// directory.
+pub fn create_state_dirs(paths: &Paths) -> Result<()> {
+    if let Some(twill_dir) = paths.state_dir.parent() {
+        mkdir_owned(twill_dir, 0o700)?;
+    }
+    mkdir_owned(&paths.state_dir, 0o700)?;
+    mkdir_owned(&paths.state_dir.join("idx"), 0o700)?;
+    mkdir_owned(&paths.state_dir.join("tmp"), 0o700)
+}
+
 /// Fail unless `dir` is a directory itself, not a symbolic link to one: we write into it.
 fn require_real_dir(dir: &Path) -> Result<()> {
     match fs::symlink_metadata(dir) {
@@ -176,11 +196,7 @@ fn flock_exclusive(file: &File, path: &Path) -> Result<()> {
 impl Store {
     /// Create the directories if needed and take the network's lock.
     pub fn open(paths: Paths) -> Result<Store> {
-        // The dataDir is the operator's (it may be a link, as the reference allows); below it, ours.
-        if let Some(data_dir) = paths.net_dir.parent() {
-            mkdir_p(data_dir, 0o755)?;
-        }
-        mkdir_owned(&paths.net_dir, 0o755)?;
+        create_net_dir(&paths)?;
         Store::lock(paths)
     }
 
@@ -212,12 +228,7 @@ impl Store {
             .open(&lock_path)
             .map_err(|e| open_error(&lock_path, e))?;
         flock_exclusive(&lock, &lock_path)?;
-        if let Some(twill_dir) = paths.state_dir.parent() {
-            mkdir_owned(twill_dir, 0o700)?;
-        }
-        mkdir_owned(&paths.state_dir, 0o700)?;
-        mkdir_owned(&paths.state_dir.join("idx"), 0o700)?;
-        mkdir_owned(&paths.state_dir.join("tmp"), 0o700)?;
+        create_state_dirs(&paths)?;
         Ok(Store {
             paths,
             _lock: lock,

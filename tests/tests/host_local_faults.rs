@@ -169,11 +169,15 @@ fn add_and_del_never_write_through_a_planted_symlink() {
                 .collect();
             assert!(held.is_empty(), "{case}: failed ADD left {held:?}");
         }
-        // A second ADD (index and cursor now possibly rebuilt) and DEL keep off the target too.
+        // STATUS, a second ADD (index and cursor now possibly rebuilt), DEL and GC keep off the target too.
+        let _ = run_plain("STATUS", &net.conf);
+        victim.assert_untouched(&case);
         let _ = run_ours("ADD", "c2", "eth0", &net.conf);
         victim.assert_untouched(&case);
         let _ = run_ours("DEL", "c1", "eth0", &net.conf);
         let _ = run_ours("DEL", "c2", "eth0", &net.conf);
+        victim.assert_untouched(&case);
+        let _ = gc(&net, Some(json!([])));
         victim.assert_untouched(&case);
         if add.success() {
             let left: Vec<_> = net
