@@ -1,6 +1,6 @@
 //! Masquerade state left by the reference bridge plugin, for nodes upgraded to twill while pods it attached
 //! are still running: twill's DEL and GC of such a pod must remove the reference's rules too, or every
-//! pod started before the upgrade leaks its chain and `POSTROUTING` jump (cni-spec.md §10.4).
+//! pod started before the upgrade leaks its chain and `POSTROUTING` jump.
 //!
 //! The reference's iptables format: in table `nat`, a chain `CNI-` + the first 24 hex digits of
 //! SHA-512(`<network><containerID>`) (`utils.FormatChainName`) holding `-d <subnet> -j ACCEPT` and
