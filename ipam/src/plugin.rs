@@ -10,7 +10,7 @@ use crate::store::{
 };
 use std::collections::HashSet;
 use std::net::IpAddr;
-use twill_cni::{CniResult, Command, Context, Error, Plugin, Request, Result};
+use twill_cni::{CniResult, Command, Error, Plugin, Request, Result};
 
 /// The host-local IPAM plugin.
 #[derive(Debug, Default, Clone, Copy)]
