@@ -52,15 +52,16 @@ fn respond(path: &str, metrics: &Metrics) -> (&'static str, &'static str, String
         "/readyz" => {
             let readiness = metrics.readiness();
             let problems = readiness.problems();
-            if readiness.is_ready() {
-                let mut body = "ready\n".to_string();
-                for p in &problems {
-                    body.push_str(&format!("warning: {p}\n"));
-                }
-                ("200 OK", "text/plain", body)
+            let warnings: String = readiness
+                .warnings()
+                .iter()
+                .map(|w| format!("warning: {w}\n"))
+                .collect();
+            if problems.is_empty() {
+                ("200 OK", "text/plain", format!("ready\n{warnings}"))
             } else {
                 let body: String = problems.iter().map(|p| format!("{p}\n")).collect();
-                ("503 Service Unavailable", "text/plain", body)
+                ("503 Service Unavailable", "text/plain", body + &warnings)
             }
         }
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),

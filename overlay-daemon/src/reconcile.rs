@@ -82,6 +82,16 @@ impl Reconciler {
         self.peers.len()
     }
 
+    /// The desired peer table (valid leases of other nodes).
+    pub fn peers(&self) -> &BTreeMap<Ipv4Net, Peer> {
+        &self.peers
+    }
+
+    /// A new VTEP MAC for our device; the next full pass sets it.
+    pub fn set_mac(&mut self, mac: VtepMac) {
+        self.spec.mac = mac;
+    }
+
     fn count_netlink_error(&self, e: &impl std::fmt::Display) {
         self.metrics.netlink_errors.fetch_add(1, Relaxed);
         eprintln!("twilld: {e}");
