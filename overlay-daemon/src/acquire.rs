@@ -88,11 +88,16 @@ pub async fn acquire(
                         lease_id: 0,
                     });
                 }
-                let id = registry.renew(l.subnet, attrs, ttl, l.lease_id).await?;
-                return Ok(OwnLease {
-                    subnet: l.subnet,
-                    lease_id: id,
-                });
+                match registry.renew(l.subnet, attrs, ttl, l.lease_id).await? {
+                    Some(id) => {
+                        return Ok(OwnLease {
+                            subnet: l.subnet,
+                            lease_id: id,
+                        })
+                    }
+                    // Expired between the listing and the renewal: start over.
+                    None => continue,
+                }
             }
             if !l.is_reservation() {
                 eprintln!("twilld: deleting our lease {} which the current network config no longer allows", l.subnet);

@@ -19,7 +19,7 @@ use crate::config::NetworkConfig;
 use crate::flags::Options;
 use crate::iface;
 use crate::lease::{LeaseAttrs, VtepMac};
-use crate::membership::{keep_lease, watch_leases, OwnEvent};
+use crate::membership::{watch_leases, LeaseKeeper, OwnEvent};
 use crate::metrics::Metrics;
 use crate::reconcile::{Reconciler, ReconcilerConfig};
 use crate::registry::{LeaseEvent, Registry, RegistryError};
@@ -235,16 +235,16 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         own_tx,
         metrics.clone(),
     ));
-    tokio::spawn(keep_lease(
-        registry.clone(),
-        own.clone(),
-        attrs.clone(),
-        opts.lease_ttl,
-        opts.renew_margin,
-        own_rx,
-        mac_rx,
-        metrics.clone(),
-    ));
+    let keeper = LeaseKeeper {
+        registry: registry.clone(),
+        own: own.clone(),
+        attrs: attrs.clone(),
+        cfg: cfg.clone(),
+        ttl: opts.lease_ttl,
+        margin: opts.renew_margin,
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(keeper.run(own_rx, mac_rx));
     let mut link_rx = watch_link(spec.name.clone())?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod registry;
 pub mod rules;
+pub mod store_epoch;
 pub mod subnet_env;
 pub mod vtep_mac;
 pub mod vxlan;

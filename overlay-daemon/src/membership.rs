@@ -10,14 +10,17 @@ use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use crate::acquire::OwnLease;
+use crate::config::NetworkConfig;
 use crate::daemon::{log, set_expiry, Backoff};
-use crate::lease::{Lease, LeaseAttrs};
+use crate::lease::{Lease, LeaseAttrs, VtepMac};
 use crate::metrics::Metrics;
-use crate::registry::{interpret, LeaseEvent, Registry, WatchOutcome};
+use crate::registry::{interpret, LeaseEvent, Registry, RegistryError, WatchOutcome};
 
 /// What the watch saw of our own key.
 #[derive(Debug)]
 pub enum OwnEvent {
+    /// The store went backwards (wiped, restored): a re-listing follows.
+    StoreReset,
     /// Our key is gone (expired, deleted by hand).
     Gone,
     /// Our key is held by someone else.
@@ -60,6 +63,9 @@ pub async fn watch_leases(
             None => match registry.list().await {
                 Ok((leases, rev)) => {
                     metrics.etcd_ok();
+                    if let Some(why) = registry.epoch().take_reset() {
+                        store_reset(&why, &own_tx, &metrics).await;
+                    }
                     let _ = own_tx
                         .send(own_event(leases.iter().find(|l| l.subnet == own), &attrs))
                         .await;
@@ -92,11 +98,31 @@ pub async fn watch_leases(
                 continue;
             }
         };
+        let epoch = registry.epoch().clone();
         loop {
-            match stream.message().await {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                () = epoch.notified() => match epoch.take_reset() {
+                    Some(why) => {
+                        store_reset(&why, &own_tx, &metrics).await;
+                        next_revision = None;
+                        break;
+                    }
+                    None => continue,
+                },
+            };
+            match msg {
                 Ok(Some(resp)) => {
                     backoff.reset();
                     metrics.etcd_ok();
+                    // A resumed watch on a store that went back would wait for revisions that mean
+                    // something else now: its first header tells, and everything is listed again.
+                    epoch.observe(resp.header());
+                    if let Some(why) = epoch.take_reset() {
+                        store_reset(&why, &own_tx, &metrics).await;
+                        next_revision = None;
+                        break;
+                    }
                     let cur = next_revision.unwrap_or(revision);
                     match interpret(&resp, cur) {
                         WatchOutcome::Relist => {
@@ -144,106 +170,216 @@ pub async fn watch_leases(
     }
 }
 
+async fn store_reset(why: &str, own_tx: &mpsc::Sender<OwnEvent>, metrics: &Metrics) {
+    log(format!(
+        "ERROR: etcd store went back ({why}): re-listing all leases and re-registering ours"
+    ));
+    metrics.store_resets.fetch_add(1, Relaxed);
+    metrics.set_ready(|r| r.store_reset = Some(why.to_string()));
+    let _ = own_tx.send(OwnEvent::StoreReset).await;
+}
+
 /// Renews our lease before it expires; when it is lost, takes the same subnet back if it is free instead of
 /// exiting (flannel.md §16 item 4); if another node holds it, says so in the log, `/readyz` and metrics.
-pub async fn keep_lease(
-    mut registry: Registry,
-    mut own: OwnLease,
-    attrs: LeaseAttrs,
-    ttl: Duration,
-    margin: Duration,
-    mut rx: mpsc::Receiver<OwnEvent>,
-    mut mac_rx: mpsc::Receiver<crate::lease::VtepMac>,
-    metrics: Arc<Metrics>,
-) {
-    let mut attrs = attrs;
-    let renew_after = if margin < ttl { ttl - margin } else { ttl / 2 };
-    let retry = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let far = Duration::from_secs(365 * 86_400);
-    let mut recreate = false;
-    let mut lost = false;
-    let mut next = tokio::time::Instant::now() + if own.lease_id == 0 { far } else { renew_after };
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            Some(mac) = mac_rx.recv() => {
-                // Re-published at once (a fresh lease, as a renewal) so peers learn the new MAC.
-                attrs = attrs.with_mac(mac);
-                if own.lease_id == 0 {
-                    match registry.put_reservation(own.subnet, &attrs).await {
-                        Ok(()) => log(format!("reservation {} re-published with VTEP MAC {mac}", own.subnet)),
-                        Err(e) => log(format!("re-publishing reservation {}: {e}", own.subnet)),
+/// After an etcd store reset it re-registers the lease once the network config is back in the store (and is
+/// the one this node runs with), and clears the store-reset report when that is done.
+pub struct LeaseKeeper {
+    pub registry: Registry,
+    pub own: OwnLease,
+    pub attrs: LeaseAttrs,
+    pub cfg: NetworkConfig,
+    pub ttl: Duration,
+    pub margin: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl LeaseKeeper {
+    /// Whether the store holds our network config again after a reset (logged once per state).
+    async fn config_is_back(&mut self, said: &mut Option<String>) -> bool {
+        let state = match self.registry.config().await {
+            Ok(text) if NetworkConfig::parse(&text).ok().as_ref() == Some(&self.cfg) => return true,
+            Ok(_) => "the network config in etcd differs from the one this node runs with: restart twilld to apply it".to_string(),
+            Err(RegistryError::ConfigMissing(k)) => format!("waiting for the network config ({k}) to be put back"),
+            Err(e) => {
+                self.metrics.etcd_error(&e.to_string());
+                format!("{e}")
+            }
+        };
+        if said.as_ref() != Some(&state) {
+            log(format!("etcd store reset: {state}"));
+            let why = state.clone();
+            self.metrics.set_ready(|r| {
+                let base = r
+                    .store_reset
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(" (")
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                r.store_reset = Some(format!("{base} ({why})"));
+            });
+            *said = Some(state);
+        }
+        false
+    }
+
+    fn registered_again(&self, reset_pending: &mut bool) {
+        if *reset_pending {
+            *reset_pending = false;
+            log(format!(
+                "subnet {} registered again after the etcd store reset",
+                self.own.subnet
+            ));
+            self.metrics.set_ready(|r| r.store_reset = None);
+        }
+    }
+
+    pub async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<OwnEvent>,
+        mut mac_rx: mpsc::Receiver<VtepMac>,
+    ) {
+        let (ttl, metrics) = (self.ttl, self.metrics.clone());
+        let renew_after = if self.margin < ttl {
+            ttl - self.margin
+        } else {
+            ttl / 2
+        };
+        let retry = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let far = Duration::from_secs(365 * 86_400);
+        let now = tokio::time::Instant::now;
+        let mut recreate = false;
+        let mut lost = false;
+        let mut reset_pending = false;
+        let mut said: Option<String> = None;
+        let mut next = now()
+            + if self.own.lease_id == 0 {
+                far
+            } else {
+                renew_after
+            };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(next) => {}
+                Some(mac) = mac_rx.recv() => {
+                    // Re-published at once (a fresh lease, as a renewal) so peers learn the new MAC.
+                    self.attrs = self.attrs.with_mac(mac);
+                    if self.own.lease_id == 0 {
+                        match self.registry.put_reservation(self.own.subnet, &self.attrs).await {
+                            Ok(()) => log(format!("reservation {} re-published with VTEP MAC {mac}", self.own.subnet)),
+                            Err(e) => log(format!("re-publishing reservation {}: {e}", self.own.subnet)),
+                        }
+                        continue;
                     }
+                    next = now();
                     continue;
                 }
-                next = tokio::time::Instant::now();
+                ev = rx.recv() => {
+                    match ev {
+                        None => return,
+                        Some(OwnEvent::StoreReset) => {
+                            reset_pending = true;
+                            said = None;
+                            continue;
+                        }
+                        Some(OwnEvent::Present) => {
+                            if lost {
+                                log(format!("subnet {} is registered as ours again", self.own.subnet));
+                            }
+                            lost = false;
+                            metrics.set_ready(|r| r.lease_lost = false);
+                            if !reset_pending {
+                                continue;
+                            }
+                            // A restored store holds our key with an old etcd lease: re-put it at once.
+                            next = now();
+                            continue;
+                        }
+                        Some(OwnEvent::Gone) => {
+                            log(format!("our lease on {} disappeared from etcd: re-acquiring the same subnet", self.own.subnet));
+                            recreate = true;
+                        }
+                        Some(OwnEvent::Taken(by)) => {
+                            log(format!("ERROR: subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", self.own.subnet));
+                            lost = true;
+                            recreate = true;
+                            metrics.set_ready(|r| r.lease_lost = true);
+                            next = now() + retry;
+                            continue;
+                        }
+                    }
+                }
+            }
+            if reset_pending && !self.config_is_back(&mut said).await {
+                next = now() + Duration::from_secs(1);
                 continue;
             }
-            ev = rx.recv() => {
-                match ev {
-                    None => return,
-                    Some(OwnEvent::Present) => {
-                        if lost {
-                            log(format!("subnet {} is registered as ours again", own.subnet));
-                        }
+            if recreate {
+                match self
+                    .registry
+                    .create(self.own.subnet, &self.attrs, ttl)
+                    .await
+                {
+                    Ok(Some(id)) => {
+                        self.own.lease_id = id;
+                        recreate = false;
                         lost = false;
+                        metrics.etcd_ok();
                         metrics.set_ready(|r| r.lease_lost = false);
-                        continue;
+                        set_expiry(&metrics, &self.own, ttl);
+                        log(format!("re-acquired subnet {}", self.own.subnet));
+                        self.registered_again(&mut reset_pending);
+                        next = now() + renew_after;
                     }
-                    Some(OwnEvent::Gone) => {
-                        log(format!("our lease on {} disappeared from etcd: re-acquiring the same subnet", own.subnet));
-                        recreate = true;
+                    Ok(None) => {
+                        // Someone holds the key; the watch tells us whether it is us (Present) or not (Taken).
+                        next = now() + retry;
                     }
-                    Some(OwnEvent::Taken(by)) => {
-                        log(format!("ERROR: subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", own.subnet));
-                        lost = true;
-                        recreate = true;
-                        metrics.set_ready(|r| r.lease_lost = true);
-                        next = tokio::time::Instant::now() + retry;
-                        continue;
+                    Err(e) => {
+                        metrics.etcd_error(&e.to_string());
+                        log(format!("re-acquiring {}: {e}; retrying", self.own.subnet));
+                        next = now() + retry;
                     }
                 }
+                continue;
             }
-        }
-        if recreate {
-            match registry.create(own.subnet, &attrs, ttl).await {
+            if self.own.lease_id == 0 || lost {
+                if self.own.lease_id == 0 {
+                    self.registered_again(&mut reset_pending);
+                }
+                next = now() + if lost { retry } else { far };
+                continue;
+            }
+            match self
+                .registry
+                .renew(self.own.subnet, &self.attrs, ttl, self.own.lease_id)
+                .await
+            {
                 Ok(Some(id)) => {
-                    own.lease_id = id;
-                    recreate = false;
-                    lost = false;
+                    self.own.lease_id = id;
                     metrics.etcd_ok();
-                    metrics.set_ready(|r| r.lease_lost = false);
-                    set_expiry(&metrics, &own, ttl);
-                    log(format!("re-acquired subnet {}", own.subnet));
-                    next = tokio::time::Instant::now() + renew_after;
+                    set_expiry(&metrics, &self.own, ttl);
+                    self.registered_again(&mut reset_pending);
+                    next = now() + renew_after;
                 }
                 Ok(None) => {
-                    // Someone holds the key; the watch tells us whether it is us (Present) or not (Taken).
-                    next = tokio::time::Instant::now() + retry;
+                    // Our key is gone although nobody told us: expired unnoticed, or the store lost it. The
+                    // watcher re-lists (it may be watching a store that no longer exists); we re-create it.
+                    let why = format!("our lease key for {} was gone at renewal", self.own.subnet);
+                    log(format!("{why}: re-acquiring it and re-listing all leases"));
+                    self.registry.epoch().report(why);
+                    recreate = true;
+                    next = now();
                 }
                 Err(e) => {
                     metrics.etcd_error(&e.to_string());
-                    log(format!("re-acquiring {}: {e}; retrying", own.subnet));
-                    next = tokio::time::Instant::now() + retry;
+                    log(format!(
+                        "renewing lease on {}: {e}; retrying",
+                        self.own.subnet
+                    ));
+                    next = now() + retry;
                 }
-            }
-            continue;
-        }
-        if own.lease_id == 0 || lost {
-            next = tokio::time::Instant::now() + if lost { retry } else { far };
-            continue;
-        }
-        match registry.renew(own.subnet, &attrs, ttl, own.lease_id).await {
-            Ok(id) => {
-                own.lease_id = id;
-                metrics.etcd_ok();
-                set_expiry(&metrics, &own, ttl);
-                next = tokio::time::Instant::now() + renew_after;
-            }
-            Err(e) => {
-                metrics.etcd_error(&e.to_string());
-                log(format!("renewing lease on {}: {e}; retrying", own.subnet));
-                next = tokio::time::Instant::now() + retry;
             }
         }
     }

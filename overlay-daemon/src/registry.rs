@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 
 use crate::flags::Options;
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs};
+use crate::store_epoch::StoreEpoch;
 
 #[derive(Debug)]
 pub enum RegistryError {
@@ -51,6 +52,8 @@ pub enum LeaseEvent {
 pub struct Registry {
     client: Client,
     prefix: String,
+    /// Shared by all clones: every response header is checked for a store that went backwards.
+    epoch: StoreEpoch,
 }
 
 impl Registry {
@@ -91,7 +94,12 @@ impl Registry {
         Ok(Registry {
             client,
             prefix: opts.etcd_prefix.clone(),
+            epoch: StoreEpoch::default(),
         })
+    }
+
+    pub fn epoch(&self) -> &StoreEpoch {
+        &self.epoch
     }
 
     fn subnets_prefix(&self) -> String {
@@ -109,6 +117,7 @@ impl Registry {
             .get(key.as_str(), None)
             .await
             .map_err(etcd("get config"))?;
+        self.epoch.observe(resp.header());
         match resp.kvs().first() {
             Some(kv) => Ok(String::from_utf8_lossy(kv.value()).into_owned()),
             None => Err(RegistryError::ConfigMissing(key)),
@@ -124,6 +133,7 @@ impl Registry {
             .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(etcd("list leases"))?;
+        self.epoch.observe(resp.header());
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         let leases = resp
             .kvs()
@@ -155,6 +165,7 @@ impl Registry {
                 Some(PutOptions::new().with_lease(grant.id())),
             )]);
         let resp = self.client.txn(txn).await.map_err(etcd("create lease"))?;
+        self.epoch.observe(resp.header());
         if resp.succeeded() {
             Ok(Some(grant.id()))
         } else {
@@ -163,32 +174,40 @@ impl Registry {
         }
     }
 
-    /// Renewal as flannel does it: a fresh etcd lease and a re-put of the key (flannel.md §3). The old etcd
-    /// lease no longer holds the key, so it is revoked instead of being left to expire.
+    /// Renewal as flannel does it: a fresh etcd lease and a re-put of the key (flannel.md §3), but only while
+    /// the key exists: a key gone at renewal means it expired or the store lost it, which the caller must
+    /// know (`None`; it re-creates the key if-absent, never overwriting another node's). The old etcd lease
+    /// no longer holds the key, so it is revoked instead of being left to expire.
     pub async fn renew(
         &mut self,
         subnet: Ipv4Net,
         attrs: &LeaseAttrs,
         ttl: Duration,
         old: i64,
-    ) -> Result<i64> {
+    ) -> Result<Option<i64>> {
         let grant = self
             .client
             .lease_grant(ttl.as_secs() as i64, None)
             .await
             .map_err(etcd("grant lease"))?;
-        self.client
-            .put(
-                self.lease_key(subnet),
+        let key = self.lease_key(subnet);
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
                 attrs.to_json(),
                 Some(PutOptions::new().with_lease(grant.id())),
-            )
-            .await
-            .map_err(etcd("renew lease"))?;
+            )]);
+        let resp = self.client.txn(txn).await.map_err(etcd("renew lease"))?;
+        self.epoch.observe(resp.header());
+        if !resp.succeeded() {
+            let _ = self.client.lease_revoke(grant.id()).await;
+            return Ok(None);
+        }
         if old != 0 {
             let _ = self.client.lease_revoke(old).await;
         }
-        Ok(grant.id())
+        Ok(Some(grant.id()))
     }
 
     /// Updates the value of a reservation (a key without lease) and keeps it lease-less.
