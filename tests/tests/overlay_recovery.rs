@@ -97,7 +97,8 @@ fn etcd_wiped_and_restarted_is_detected_and_every_node_re_registers() {
     assert!(
         wait_until(Duration::from_secs(20), || {
             let (code, body) = curl(&c.nodes[0], HEALTH_PORT, "/readyz");
-            if code == "503" && body.contains("etcd store reset") && body.contains("network config") {
+            if code == "503" && body.contains("etcd store reset") && body.contains("network config")
+            {
                 seen = Some(body);
             }
             seen.is_some()
@@ -115,7 +116,9 @@ fn etcd_wiped_and_restarted_is_detected_and_every_node_re_registers() {
         "{}",
         c.dump()
     );
-    assert!(c.daemons[0].log_text().contains("waiting for the network config"));
+    assert!(c.daemons[0]
+        .log_text()
+        .contains("waiting for the network config"));
     c.etcd.put(CONFIG_KEY, NET_CONFIG);
     assert_recovered(&mut c, &subnets);
 }
@@ -133,4 +136,93 @@ fn etcd_restored_from_an_older_snapshot_is_detected_and_every_node_re_registers(
     }
     c.etcd.restore_snapshot(&snap);
     assert_recovered(&mut c, &subnets);
+}
+
+/// CPU seconds (user + system) the process has used, from /proc/<pid>/stat.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after ')' (0-based: 11, 12).
+    let ticks: f64 = f.get(11..13).map_or(0.0, |t| {
+        t.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
+    });
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz.max(1.0)
+}
+
+/// GET /healthz with every step bounded by `limit`; returns (status code, elapsed).
+fn probe(c: &Cluster, limit: Duration) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let start = std::time::Instant::now();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], HEALTH_PORT).into();
+    let Ok(mut s) = c.nodes[0]
+        .ns
+        .run_in(|| std::net::TcpStream::connect_timeout(&addr, limit))
+    else {
+        return ("connect failed".into(), start.elapsed());
+    };
+    let _ = s.set_read_timeout(Some(limit));
+    let _ = s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("no answer")
+        .to_string();
+    (code, start.elapsed())
+}
+
+#[test]
+fn health_port_flood_with_few_file_descriptors_neither_spins_nor_blocks_probes() {
+    let mut c = Cluster::new(0, 1.0);
+    let node = c.switch.add_node(1);
+    let args = c.args();
+    c.daemons.push(node.start_twilld_limited(&args, Some(64)));
+    c.nodes.push(node);
+    c.wait_ready(0);
+    let pid = c.daemons[0].pid().unwrap_or_else(|| unreachable!());
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Max open files") && l.contains(" 64 ")));
+
+    // 150 idle connections: connected, never sending a request.
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], HEALTH_PORT).into();
+    let idle: Vec<std::net::TcpStream> = c.nodes[0].ns.run_in(|| {
+        (0..150)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+            })
+            .collect()
+    });
+    assert!(idle.len() >= 100, "only {} connections made", idle.len());
+
+    let cpu_before = cpu_seconds(pid);
+    let t0 = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let wall = t0.elapsed().as_secs_f64();
+    eprintln!("twilld CPU under the flood: {cpu:.2} s in {wall:.1} s");
+    assert!(
+        cpu < 0.5,
+        "twilld used {cpu:.2} s CPU in {wall:.1} s with idle connections held open"
+    );
+
+    for _ in 0..3 {
+        let (code, took) = probe(&c, Duration::from_secs(1));
+        assert_eq!(
+            code,
+            "200",
+            "/healthz under the flood: {code} after {took:?}\n{}",
+            c.daemons[0].log_text()
+        );
+        assert!(took < Duration::from_secs(1), "/healthz took {took:?}");
+    }
+    assert!(c.daemons[0].is_running());
+    drop(idle);
+    assert_eq!(probe(&c, Duration::from_secs(1)).0, "200");
 }
