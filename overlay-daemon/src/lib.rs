@@ -11,6 +11,7 @@ pub mod flags;
 pub mod http;
 pub mod iface;
 pub mod lease;
+pub mod lease_check;
 pub mod membership;
 pub mod metrics;
 pub mod reconcile;

@@ -60,8 +60,8 @@ pub async fn watch_leases(
     loop {
         let revision = match next_revision {
             Some(r) => r,
-            None => match registry.list().await {
-                Ok((leases, rev)) => {
+            None => match registry.list_all().await {
+                Ok((leases, garbled, rev)) => {
                     metrics.etcd_ok();
                     if let Some(why) = registry.epoch().take_reset() {
                         store_reset(&why, &own_tx, &metrics).await;
@@ -72,7 +72,7 @@ pub async fn watch_leases(
                     let others: Vec<Lease> =
                         leases.into_iter().filter(|l| l.subnet != own).collect();
                     if tx
-                        .send((Instant::now(), LeaseEvent::Snapshot(others)))
+                        .send((Instant::now(), LeaseEvent::Snapshot(others, garbled)))
                         .await
                         .is_err()
                     {

@@ -42,10 +42,19 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 #[derive(Debug, Clone)]
 pub enum LeaseEvent {
     /// A full listing (start-up, or after a compacted watch revision): replaces everything known.
-    Snapshot(Vec<Lease>),
+    Snapshot(Vec<Lease>, Vec<Garbled>),
     Added(Lease),
+    /// A subnet key whose value is not a lease: whatever it held before is no longer a peer.
+    Garbled(Garbled),
     /// etcd delete events carry no value (flannel.md §5): only the subnet is known.
     Removed(Ipv4Net),
+}
+
+/// A subnet key whose value does not decode as a lease.
+#[derive(Debug, Clone)]
+pub struct Garbled {
+    pub subnet: Ipv4Net,
+    pub error: String,
 }
 
 #[derive(Clone)]
@@ -128,6 +137,11 @@ impl Registry {
     /// `TimeToLive` RPC per key is needed (flannel.md §16 item 13), and a key without lease is a reservation
     /// that is kept, not skipped (flannel#1329).
     pub async fn list(&mut self) -> Result<(Vec<Lease>, i64)> {
+        self.list_all().await.map(|(l, _, rev)| (l, rev))
+    }
+
+    /// Like `list`, with the subnet keys whose value is not a lease.
+    pub async fn list_all(&mut self) -> Result<(Vec<Lease>, Vec<Garbled>, i64)> {
         let resp = self
             .client
             .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
@@ -135,12 +149,15 @@ impl Registry {
             .map_err(etcd("list leases"))?;
         self.epoch.observe(resp.header());
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| decode(kv.key(), kv.value(), kv.lease()))
-            .collect();
-        Ok((leases, revision))
+        let (mut leases, mut garbled) = (Vec::new(), Vec::new());
+        for kv in resp.kvs() {
+            match decode(kv.key(), kv.value(), kv.lease()) {
+                Some(Ok(l)) => leases.push(l),
+                Some(Err(g)) => garbled.push(g),
+                None => {}
+            }
+        }
+        Ok((leases, garbled, revision))
     }
 
     /// Grants an etcd lease of `ttl` and creates the key only if it does not exist (flannel.md §3). Returns
@@ -239,23 +256,24 @@ impl Registry {
     }
 }
 
-fn decode(key: &[u8], value: &[u8], lease_id: i64) -> Option<Lease> {
+/// A lease, a subnet key with a value that is not a lease, or (None) a key that is not a subnet key.
+fn decode(key: &[u8], value: &[u8], lease_id: i64) -> Option<std::result::Result<Lease, Garbled>> {
     let key = String::from_utf8_lossy(key);
     let Some(subnet) = parse_subnet_key(&key) else {
         eprintln!("twilld: warning: ignoring {key}: not a subnet lease key");
         return None;
     };
-    match serde_json::from_slice::<LeaseAttrs>(value) {
-        Ok(attrs) => Some(Lease {
+    Some(match serde_json::from_slice::<LeaseAttrs>(value) {
+        Ok(attrs) => Ok(Lease {
             subnet,
             attrs,
             lease_id,
         }),
-        Err(e) => {
-            eprintln!("twilld: warning: ignoring lease {key}: bad value: {e}");
-            None
-        }
-    }
+        Err(e) => Err(Garbled {
+            subnet,
+            error: e.to_string(),
+        }),
+    })
 }
 
 /// What one watch response means for the lease table.
@@ -274,11 +292,11 @@ pub fn interpret(resp: &etcd_client::WatchResponse, mut next_revision: i64) -> W
         let Some(kv) = ev.kv() else { continue };
         next_revision = next_revision.max(kv.mod_revision() + 1);
         match ev.event_type() {
-            EventType::Put => {
-                if let Some(lease) = decode(kv.key(), kv.value(), kv.lease()) {
-                    out.push(LeaseEvent::Added(lease));
-                }
-            }
+            EventType::Put => match decode(kv.key(), kv.value(), kv.lease()) {
+                Some(Ok(lease)) => out.push(LeaseEvent::Added(lease)),
+                Some(Err(g)) => out.push(LeaseEvent::Garbled(g)),
+                None => {}
+            },
             EventType::Delete => {
                 if let Some(subnet) = parse_subnet_key(&String::from_utf8_lossy(kv.key())) {
                     out.push(LeaseEvent::Removed(subnet));

@@ -226,3 +226,142 @@ fn health_port_flood_with_few_file_descriptors_neither_spins_nor_blocks_probes()
     drop(idle);
     assert_eq!(probe(&c, Duration::from_secs(1)).0, "200");
 }
+
+#[test]
+fn invalid_leases_are_skipped_logged_once_and_counted_by_reason() {
+    let c = Cluster::new(2, 1.0);
+    c.wait_mesh(&[0, 1], Duration::from_secs(10));
+    let mac = "02:00:00:00:02:01";
+    let lease = |ip: &str, vni: &str, backend: &str, mac: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"{backend}","BackendData":{{"VNI":{vni},"VtepMAC":"{mac}"}}}}"#
+        )
+    };
+    let table: Vec<(&str, String, &str)> = vec![
+        (
+            "10.244.201.0-24",
+            lease("0.0.0.0", "1", "vxlan", mac),
+            "public_ip",
+        ),
+        (
+            "10.244.202.0-24",
+            lease("127.0.0.1", "1", "vxlan", mac),
+            "public_ip",
+        ),
+        (
+            "10.244.203.0-24",
+            lease("10.250.0.93", "2", "vxlan", mac),
+            "vni",
+        ),
+        (
+            "10.244.204.0-24",
+            lease("10.250.0.94", "1", "udp", mac),
+            "backend_type",
+        ),
+        (
+            "10.244.205.0-24",
+            lease("10.250.0.95", "1", "vxlan", "01:00:5e:00:00:01"),
+            "vtep_mac",
+        ),
+        (
+            "10.244.206.0-24",
+            lease("10.250.0.96", "1", "vxlan", "not-a-mac"),
+            "vtep_mac",
+        ),
+        (
+            "10.245.7.0-24",
+            lease("10.250.0.97", "1", "vxlan", mac),
+            "subnet_outside_network",
+        ),
+        (
+            "10.244.208.0-25",
+            lease("10.250.0.98", "1", "vxlan", mac),
+            "subnet_length",
+        ),
+        ("10.244.209.0-24", "{this is not json".to_string(), "json"),
+    ];
+    for (key, value, _) in &table {
+        c.etcd.put(&format!("{SUBNETS}{key}"), value);
+    }
+    // One valid lease next to them is programmed.
+    let valid_mac = "02:00:00:00:02:10";
+    c.etcd.put(
+        &format!("{SUBNETS}10.244.210.0-24"),
+        &flannel_lease("10.250.0.99", valid_mac),
+    );
+    let valid_net: std::net::Ipv4Addr = "10.244.210.0".parse().unwrap_or_else(|_| unreachable!());
+    let valid_ip: std::net::Ipv4Addr = "10.250.0.99".parse().unwrap_or_else(|_| unreachable!());
+    assert!(
+        wait_until(Duration::from_secs(10), || (0..2)
+            .all(|i| c.nodes[i].has_peer(valid_net, 24, valid_mac, valid_ip))),
+        "{}",
+        c.dump()
+    );
+    // Several resyncs pass: the log must not repeat.
+    std::thread::sleep(Duration::from_secs(3));
+    let expected: &[(&str, f64)] = &[
+        ("backend_type", 1.0),
+        ("json", 1.0),
+        ("public_ip", 2.0),
+        ("subnet_length", 1.0),
+        ("subnet_outside_network", 1.0),
+        ("vni", 1.0),
+        ("vtep_mac", 2.0),
+    ];
+    for i in 0..2 {
+        let n = &c.nodes[i];
+        let routes = n.ip(&["route", "show"]);
+        let neigh = n.ip(&["neigh", "show", "dev", "flannel.1"]);
+        for (key, _, _) in &table {
+            let net = key.split('-').next().unwrap_or_default();
+            assert!(
+                !routes.contains(&format!("{net}/")) && !neigh.contains(&format!("{net} ")),
+                "invalid lease {key} was programmed on {}:\n{routes}\n{neigh}",
+                n.name()
+            );
+        }
+        let log = c.daemons[i].log_text();
+        for (key, _, reason) in &table {
+            let subnet = key.replacen('-', "/", 1);
+            let line = format!("skipping invalid lease {subnet} ({reason})");
+            assert_eq!(
+                log.matches(&line).count(),
+                1,
+                "{line:?} not logged exactly once:\n{log}"
+            );
+        }
+        let (_, body) = curl(n, HEALTH_PORT, "/metrics");
+        for (reason, count) in expected {
+            let line = format!("twilld_invalid_leases{{reason=\"{reason}\"}} {count}");
+            assert!(body.contains(&line), "{line} missing:\n{body}");
+        }
+        // The other node and the valid lease: nothing else.
+        assert_eq!(metric(&c, i, "twilld_peers"), Some(2.0), "{body}");
+        assert_eq!(curl(n, HEALTH_PORT, "/readyz").0, "200");
+    }
+
+    // A valid lease overwritten with garbage stops being a peer; the garbage gone, the metric follows.
+    c.etcd.put(&format!("{SUBNETS}10.244.210.0-24"), "garbage");
+    assert!(
+        wait_until(Duration::from_secs(5), || !c.nodes[0]
+            .has_any_trace_of(valid_net, valid_mac)),
+        "{}",
+        c.dump()
+    );
+    assert_eq!(metric(&c, 0, "twilld_peers"), Some(1.0));
+    assert!(curl(&c.nodes[0], HEALTH_PORT, "/metrics")
+        .1
+        .contains("twilld_invalid_leases{reason=\"json\"} 2"));
+    for (key, _, _) in &table {
+        c.etcd.del(&format!("{SUBNETS}{key}"));
+    }
+    c.etcd.del(&format!("{SUBNETS}10.244.210.0-24"));
+    assert!(wait_until(Duration::from_secs(5), || !curl(
+        &c.nodes[0],
+        HEALTH_PORT,
+        "/metrics"
+    )
+    .1
+    .contains("twilld_invalid_leases{")));
+    c.wait_mesh(&[0, 1], Duration::from_secs(5));
+}
