@@ -234,6 +234,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         ev_tx,
         own_tx,
         metrics.clone(),
+        grace.max(Duration::from_secs(5)),
     ));
     let keeper = LeaseKeeper {
         registry: registry.clone(),

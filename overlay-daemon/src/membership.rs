@@ -47,6 +47,11 @@ fn own_event(lease: Option<&Lease>, attrs: &LeaseAttrs) -> OwnEvent {
 
 /// List + watch `<prefix>/subnets/` (flannel.md §5): resume from the last revision after a broken stream, a
 /// compacted revision triggers a full re-list. Our own key goes to the lease keeper, the rest to the reconciler.
+///
+/// After an etcd store reset the nodes re-register one by one, once the network config is back. Purging
+/// every peer the new store does not have yet would cut pod traffic that still works, so the first listing
+/// after a reset (taken once the config is back) only adds and updates peers; the purging listing follows
+/// `settle` later, when every live node had time to re-register.
 pub async fn watch_leases(
     mut registry: Registry,
     own: Ipv4Net,
@@ -54,40 +59,55 @@ pub async fn watch_leases(
     tx: mpsc::Sender<(Instant, LeaseEvent)>,
     own_tx: mpsc::Sender<OwnEvent>,
     metrics: Arc<Metrics>,
+    settle: Duration,
 ) {
     let mut backoff = Backoff::new();
     let mut next_revision: Option<i64> = None;
+    let mut after_reset = false;
+    let mut purge_at: Option<tokio::time::Instant> = None;
     loop {
         let revision = match next_revision {
             Some(r) => r,
-            None => match registry.list_all().await {
-                Ok((leases, garbled, rev)) => {
-                    metrics.etcd_ok();
-                    if let Some(why) = registry.epoch().take_reset() {
-                        store_reset(&why, &own_tx, &metrics).await;
-                    }
-                    let _ = own_tx
-                        .send(own_event(leases.iter().find(|l| l.subnet == own), &attrs))
-                        .await;
-                    let others: Vec<Lease> =
-                        leases.into_iter().filter(|l| l.subnet != own).collect();
-                    if tx
-                        .send((Instant::now(), LeaseEvent::Snapshot(others, garbled)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    next_revision = Some(rev + 1);
-                    rev + 1
+            None => {
+                if after_reset {
+                    wait_for_config(&mut registry, &metrics).await;
                 }
-                Err(e) => {
-                    log(format!("listing leases: {e}; retrying"));
-                    metrics.etcd_error(&e.to_string());
-                    backoff.wait().await;
-                    continue;
+                match registry.list_all().await {
+                    Ok((leases, garbled, rev)) => {
+                        metrics.etcd_ok();
+                        if let Some(why) = registry.epoch().take_reset() {
+                            store_reset(&why, &own_tx, &metrics).await;
+                            after_reset = true;
+                            // The listing is from the new store, but the config may not be back yet.
+                            continue;
+                        }
+                        let _ = own_tx
+                            .send(own_event(leases.iter().find(|l| l.subnet == own), &attrs))
+                            .await;
+                        let others: Vec<Lease> =
+                            leases.into_iter().filter(|l| l.subnet != own).collect();
+                        let ev = if after_reset {
+                            after_reset = false;
+                            purge_at = Some(tokio::time::Instant::now() + settle);
+                            LeaseEvent::Refill(others)
+                        } else {
+                            purge_at = None;
+                            LeaseEvent::Snapshot(others, garbled)
+                        };
+                        if tx.send((Instant::now(), ev)).await.is_err() {
+                            return;
+                        }
+                        next_revision = Some(rev + 1);
+                        rev + 1
+                    }
+                    Err(e) => {
+                        log(format!("listing leases: {e}; retrying"));
+                        metrics.etcd_error(&e.to_string());
+                        backoff.wait().await;
+                        continue;
+                    }
                 }
-            },
+            }
         };
         let mut stream = match registry.watch(revision).await {
             Ok(s) => s,
@@ -105,11 +125,18 @@ pub async fn watch_leases(
                 () = epoch.notified() => match epoch.take_reset() {
                     Some(why) => {
                         store_reset(&why, &own_tx, &metrics).await;
+                        after_reset = true;
                         next_revision = None;
                         break;
                     }
                     None => continue,
                 },
+                () = sleep_until_some(purge_at) => {
+                    log("re-listing leases after the etcd store reset: peers that did not re-register are removed");
+                    purge_at = None;
+                    next_revision = None;
+                    break;
+                }
             };
             match msg {
                 Ok(Some(resp)) => {
@@ -120,6 +147,7 @@ pub async fn watch_leases(
                     epoch.observe(resp.header());
                     if let Some(why) = epoch.take_reset() {
                         store_reset(&why, &own_tx, &metrics).await;
+                        after_reset = true;
                         next_revision = None;
                         break;
                     }
@@ -167,6 +195,25 @@ pub async fn watch_leases(
             }
         }
         backoff.wait().await;
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Until the network config is in the store again (the nodes re-register only then).
+async fn wait_for_config(registry: &mut Registry, metrics: &Metrics) {
+    loop {
+        match registry.config().await {
+            Ok(_) => return,
+            Err(RegistryError::ConfigMissing(_)) => {}
+            Err(e) => metrics.etcd_error(&e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -279,8 +326,10 @@ impl LeaseKeeper {
                     match ev {
                         None => return,
                         Some(OwnEvent::StoreReset) => {
+                            // Re-register as soon as the config is back (checked every second).
                             reset_pending = true;
                             said = None;
+                            next = now();
                             continue;
                         }
                         Some(OwnEvent::Present) => {
@@ -288,6 +337,7 @@ impl LeaseKeeper {
                                 log(format!("subnet {} is registered as ours again", self.own.subnet));
                             }
                             lost = false;
+                            recreate = false;
                             metrics.set_ready(|r| r.lease_lost = false);
                             if !reset_pending {
                                 continue;
@@ -367,8 +417,10 @@ impl LeaseKeeper {
                     // Our key is gone although nobody told us: expired unnoticed, or the store lost it. The
                     // watcher re-lists (it may be watching a store that no longer exists); we re-create it.
                     let why = format!("our lease key for {} was gone at renewal", self.own.subnet);
-                    log(format!("{why}: re-acquiring it and re-listing all leases"));
-                    self.registry.epoch().report(why);
+                    if !reset_pending {
+                        log(format!("{why}: re-acquiring it and re-listing all leases"));
+                        self.registry.epoch().report(why);
+                    }
                     recreate = true;
                     next = now();
                 }

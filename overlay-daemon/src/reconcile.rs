@@ -135,6 +135,15 @@ impl Reconciler {
             ev => ev,
         };
         let ok = match ev {
+            LeaseEvent::Refill(leases) => {
+                for l in &leases {
+                    if let Some(p) = self.peer_of(l) {
+                        self.peers.insert(l.subnet, p);
+                    }
+                }
+                self.publish_invalid();
+                self.full().await.is_some()
+            }
             LeaseEvent::Snapshot(leases, garbled) => {
                 self.invalid.retain(|s| {
                     leases.iter().any(|l| l.subnet == *s) || garbled.iter().any(|g| g.subnet == *s)

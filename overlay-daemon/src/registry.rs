@@ -43,6 +43,9 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 pub enum LeaseEvent {
     /// A full listing (start-up, or after a compacted watch revision): replaces everything known.
     Snapshot(Vec<Lease>, Vec<Garbled>),
+    /// A listing after an etcd store reset: adds and updates peers, removes none (nodes are still
+    /// re-registering; a `Snapshot` follows once they had time to).
+    Refill(Vec<Lease>),
     Added(Lease),
     /// A subnet key whose value is not a lease: whatever it held before is no longer a peer.
     Garbled(Garbled),

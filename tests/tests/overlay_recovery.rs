@@ -29,6 +29,18 @@ fn assert_recovered(c: &mut Cluster, subnets: &[(std::net::Ipv4Addr, u8)]) {
             i + 1,
             c.dump()
         );
+    }
+    let gone: std::net::Ipv4Addr = VANISHING.parse().unwrap_or_else(|_| unreachable!());
+    assert!(
+        wait_until(Duration::from_secs(10), || (0..2)
+            .all(|i| !c.nodes[i].has_any_trace_of(gone, VANISHING_MAC))),
+        "entries of a lease the store no longer has remain\n{}",
+        c.dump()
+    );
+    assert_eq!(c.etcd.get_prefix(SUBNETS).len(), 2, "{}", c.dump());
+    let d = c.join();
+    c.wait_mesh(&[0, 1, d], Duration::from_secs(15));
+    for i in 0..2 {
         assert!(
             wait_until(Duration::from_secs(10), || curl(
                 &c.nodes[i],
@@ -48,16 +60,6 @@ fn assert_recovered(c: &mut Cluster, subnets: &[(std::net::Ipv4Addr, u8)]) {
             c.daemons[i].log_text()
         );
     }
-    let gone: std::net::Ipv4Addr = VANISHING.parse().unwrap_or_else(|_| unreachable!());
-    assert!(
-        wait_until(Duration::from_secs(10), || (0..2)
-            .all(|i| !c.nodes[i].has_any_trace_of(gone, VANISHING_MAC))),
-        "entries of a lease the store no longer has remain\n{}",
-        c.dump()
-    );
-    assert_eq!(c.etcd.get_prefix(SUBNETS).len(), 2, "{}", c.dump());
-    let d = c.join();
-    c.wait_mesh(&[0, 1, d], Duration::from_secs(15));
 }
 
 fn two_nodes_and_a_lease_that_will_vanish() -> (Cluster, Vec<(std::net::Ipv4Addr, u8)>) {
@@ -86,6 +88,8 @@ fn put_vanishing(c: &Cluster) {
 #[test]
 fn etcd_wiped_and_restarted_is_detected_and_every_node_re_registers() {
     let (mut c, subnets) = two_nodes_and_a_lease_that_will_vanish();
+    let pods = [c.nodes[0].add_pod(2), c.nodes[1].add_pod(2)];
+    assert!(wait_until(Duration::from_secs(10), || pods[0].can_reach(pods[1].ip)));
     put_vanishing(&c);
     // Revisions move well past what the new store will have when the nodes reconnect.
     for n in 0..20 {
@@ -119,8 +123,21 @@ fn etcd_wiped_and_restarted_is_detected_and_every_node_re_registers() {
     assert!(c.daemons[0]
         .log_text()
         .contains("waiting for the network config"));
+    // Nodes that work keep working while the store is empty: nothing is purged before they re-register.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.all_know_each_other(&[0, 1]), "{}", c.dump());
+    assert!(pods[0].can_reach(pods[1].ip) && pods[1].can_reach(pods[0].ip));
     c.etcd.put(CONFIG_KEY, NET_CONFIG);
+    let during = pods[0].ping_in_background(pods[1].ip, 50, 0.2);
     assert_recovered(&mut c, &subnets);
+    let (sent, received) = during.finish();
+    eprintln!("pings while re-registering: {received}/{sent}");
+    assert_eq!(
+        sent,
+        received,
+        "pod traffic was lost while the nodes re-registered\n{}",
+        c.dump()
+    );
 }
 
 #[test]
