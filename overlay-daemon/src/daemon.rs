@@ -31,6 +31,12 @@ use crate::vxlan::{DeviceSpec, Vxlan};
 /// Exponential backoff 100 ms -> 5 s, as flannel's watch reconnect (flannel.md §5).
 pub struct Backoff(Duration);
 
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Backoff {
     pub fn new() -> Self {
         Backoff(Duration::from_millis(100))
