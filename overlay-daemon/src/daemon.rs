@@ -258,14 +258,24 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| format!("installing SIGINT handler: {e}"))?;
+    let mut mac_alarm = false;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
     loop {
         tokio::select! {
             Some((at, ev)) = ev_rx.recv() => {
+                // The full check is linear in the peers: per event only when the event can matter (a
+                // lease with our MAC, or a clash being reported); every resync catches the rest.
+                let check = match &ev {
+                    LeaseEvent::Added(l) => mac_alarm || l.attrs.vtep_mac() == Some(identity.mac()),
+                    LeaseEvent::Removed(_) | LeaseEvent::Garbled(_) => mac_alarm,
+                    LeaseEvent::Snapshot(..) | LeaseEvent::Refill(_) => true,
+                };
                 reconciler.apply(ev, at).await;
-                guard_mac(&mut identity, &mut reconciler, &mac_tx, &metrics).await;
+                if check {
+                    mac_alarm = guard_mac(&mut identity, &mut reconciler, &mac_tx, &metrics).await;
+                }
             }
             Some(()) = link_rx.recv() => {
                 while link_rx.try_recv().is_ok() {}
@@ -273,7 +283,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             }
             _ = resync.tick() => {
                 reconciler.full().await;
-                guard_mac(&mut identity, &mut reconciler, &mac_tx, &metrics).await;
+                mac_alarm = guard_mac(&mut identity, &mut reconciler, &mac_tx, &metrics).await;
                 if let Some(r) = &rules {
                     match r.ensure().await {
                         Ok(true) => {
@@ -299,13 +309,14 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
 }
 
 /// Checks the peer table for VTEP MAC clashes; reports them (log on change, `/readyz`, metrics) and, when
-/// this node is the one to step away, switches the device and the lease to a new MAC.
+/// this node is the one to step away, switches the device and the lease to a new MAC. Returns whether a
+/// clash is still being reported.
 async fn guard_mac(
     identity: &mut MacIdentity,
     reconciler: &mut Reconciler,
     mac_tx: &mpsc::Sender<VtepMac>,
     metrics: &Metrics,
-) {
+) -> bool {
     let old = identity.mac();
     let v = identity.check(reconciler.peers(), Instant::now());
     let with_us = v.describe_with_us(old);
@@ -347,7 +358,9 @@ async fn guard_mac(
         ));
         metrics.vtep_mac_collisions.store(0, Relaxed);
         metrics.set_ready(|r| r.mac_collision = None);
+        return !v.among_peers.is_empty();
     }
+    !v.with_us.is_empty() || !v.among_peers.is_empty()
 }
 
 pub fn set_expiry(metrics: &Metrics, own: &OwnLease, ttl: Duration) {

@@ -144,7 +144,9 @@ pub async fn watch_leases(
                     metrics.etcd_ok();
                     // A resumed watch on a store that went back would wait for revisions that mean
                     // something else now: its first header tells, and everything is listed again.
-                    epoch.observe(resp.header());
+                    if !resp.canceled() && resp.compact_revision() == 0 {
+                        epoch.observe(resp.header());
+                    }
                     if let Some(why) = epoch.take_reset() {
                         store_reset(&why, &own_tx, &metrics).await;
                         after_reset = true;

@@ -145,9 +145,12 @@ impl Reconciler {
                 self.full().await.is_some()
             }
             LeaseEvent::Snapshot(leases, garbled) => {
-                self.invalid.retain(|s| {
-                    leases.iter().any(|l| l.subnet == *s) || garbled.iter().any(|g| g.subnet == *s)
-                });
+                let listed: std::collections::BTreeSet<Ipv4Net> = leases
+                    .iter()
+                    .map(|l| l.subnet)
+                    .chain(garbled.iter().map(|g| g.subnet))
+                    .collect();
+                self.invalid.retain(|s| listed.contains(s));
                 let mut peers = BTreeMap::new();
                 for l in &leases {
                     if let Some(p) = self.peer_of(l) {

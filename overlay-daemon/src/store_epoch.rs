@@ -74,7 +74,9 @@ impl StoreEpoch {
             revision: h.revision(),
             raft_term: h.raft_term(),
         };
-        if now == Epoch::default() {
+        // Some responses carry no position in the history (a cancelled or compacted watch answers with
+        // revision 0): nothing to compare.
+        if now.revision <= 0 || now.raft_term == 0 {
             return;
         }
         let mut reset = None;
