@@ -46,7 +46,7 @@ impl From<RegistryError> for AcquireError {
 }
 
 /// Is `lease` ours? A lease without a node name (written by flanneld, or an admin's reservation) is ours if
-/// it carries our public IP, which is flannel's identity (flannel.md §4 step 3). A lease with our node name
+/// it carries our public IP, which is flannel's identity. A lease with our node name
 /// is ours if it also carries our public IP, or if it is the subnet this machine held last (`previous`, from
 /// its subnet.env): that is how a node keeps its subnet across an address change. A node name alone is not
 /// enough: names are not unique in practice (cloned machines, one hostname for many namespaces), and a node

@@ -45,7 +45,7 @@ fn own_event(lease: Option<&Lease>, attrs: &LeaseAttrs) -> OwnEvent {
     }
 }
 
-/// List + watch `<prefix>/subnets/` (flannel.md §5): resume from the last revision after a broken stream, a
+/// List + watch `<prefix>/subnets/` as flannel does: resume from the last revision after a broken stream, a
 /// compacted revision triggers a full re-list. Our own key goes to the lease keeper, the rest to the reconciler.
 ///
 /// After an etcd store reset the nodes re-register one by one, once the network config is back. Purging
@@ -229,7 +229,7 @@ async fn store_reset(why: &str, own_tx: &mpsc::Sender<OwnEvent>, metrics: &Metri
 }
 
 /// Renews our lease before it expires; when it is lost, takes the same subnet back if it is free instead of
-/// exiting (flannel.md §16 item 4); if another node holds it, says so in the log, `/readyz` and metrics.
+/// exiting as flanneld does; if another node holds it, says so in the log, `/readyz` and metrics.
 /// After an etcd store reset it re-registers the lease once the network config is back in the store (and is
 /// the one this node runs with), and clears the store-reset report when that is done.
 pub struct LeaseKeeper {

@@ -194,7 +194,7 @@ impl Registry {
         }
     }
 
-    /// Renewal as flannel does it: a fresh etcd lease and a re-put of the key (flannel.md §3), but only while
+    /// Renewal as flannel does it: a fresh etcd lease and a re-put of the key, but only while
     /// the key exists: a key gone at renewal means it expired or the store lost it, which the caller must
     /// know (`None`; it re-creates the key if-absent, never overwriting another node's). The old etcd lease
     /// no longer holds the key, so it is revoked instead of being left to expire.
