@@ -270,3 +270,55 @@ impl Metrics {
         o
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn programmed() -> Readiness {
+        Readiness {
+            lease: true,
+            device: true,
+            rules: true,
+            subnet_env: true,
+            etcd_ok: true,
+            ..Readiness::default()
+        }
+    }
+
+    #[test]
+    fn etcd_down_and_other_nodes_mac_clash_are_warnings_our_clash_and_a_store_reset_are_not() {
+        let mut r = programmed();
+        assert!(r.is_ready() && r.warnings().is_empty());
+        r.etcd_ok = false;
+        r.peer_mac_duplicates = Some("peers share a VTEP MAC".into());
+        assert!(r.is_ready());
+        assert_eq!(r.warnings().len(), 2);
+        r.mac_collision = Some("VTEP MAC collision".into());
+        assert!(!r.is_ready());
+        r.mac_collision = None;
+        r.store_reset = Some("etcd revision went back from 9 to 2".into());
+        assert_eq!(
+            r.problems(),
+            vec!["etcd store reset, recovering: etcd revision went back from 9 to 2".to_string()]
+        );
+    }
+
+    #[test]
+    fn invalid_leases_are_rendered_by_reason() {
+        let m = Metrics::default();
+        m.invalid_leases
+            .lock()
+            .unwrap()
+            .extend([("json", 2), ("vni", 1)]);
+        let text = m.render();
+        assert!(
+            text.contains("twilld_invalid_leases{reason=\"json\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("twilld_invalid_leases{reason=\"vni\"} 1\n"),
+            "{text}"
+        );
+    }
+}
