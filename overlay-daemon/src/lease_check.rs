@@ -130,6 +130,8 @@ pub const LOG_BURST: u32 = 20;
 #[derive(Debug, Default)]
 pub struct InvalidLeases {
     current: BTreeMap<Ipv4Net, Invalid>,
+    /// Changed since the last `take_changed` (the metric is republished only then).
+    changed: bool,
     window: Option<Instant>,
     lines: u32,
     suppressed: u32,
@@ -139,6 +141,7 @@ impl InvalidLeases {
     /// Records `subnet` as invalid; logs it if it is new or its reason changed.
     pub fn set(&mut self, subnet: Ipv4Net, why: Invalid, detail: &str) {
         if self.current.insert(subnet, why) != Some(why) {
+            self.changed = true;
             self.log(format!(
                 "skipping invalid lease {subnet} ({}): {detail}",
                 why.reason()
@@ -147,12 +150,19 @@ impl InvalidLeases {
     }
 
     pub fn clear(&mut self, subnet: Ipv4Net) {
-        self.current.remove(&subnet);
+        self.changed |= self.current.remove(&subnet).is_some();
     }
 
     /// Keeps only the subnets in `keep` (after a full listing).
     pub fn retain(&mut self, keep: impl Fn(&Ipv4Net) -> bool) {
+        let before = self.current.len();
         self.current.retain(|s, _| keep(s));
+        self.changed |= self.current.len() != before;
+    }
+
+    /// Whether anything changed since the last call.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
     }
 
     pub fn by_reason(&self) -> BTreeMap<&'static str, u64> {

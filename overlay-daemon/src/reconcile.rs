@@ -102,7 +102,10 @@ impl Reconciler {
         &self.peers
     }
 
-    fn publish_invalid(&self) {
+    fn publish_invalid(&mut self) {
+        if !self.invalid.take_changed() {
+            return;
+        }
         if let Ok(mut m) = self.metrics.invalid_leases.lock() {
             *m = self.invalid.by_reason();
         }
