@@ -80,8 +80,10 @@ ensure_packages() {
 build_cnitool() {
   local dir="$TWILL_TARGET_DIR/cnitool"
   mkdir -p "$dir"
-  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS= \
-    go build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go" \
+  local go
+  go="$(upstream_go)"
+  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS= GOTOOLCHAIN=local \
+    "$go" build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go" \
     && mv -f "$dir/cnitool.tmp.$$" "$dir/cnitool"
 }
 
@@ -115,3 +117,6 @@ clean_stale_namespaces() {
     fi
   done
 }
+
+# shellcheck source=upstream.sh
+. "$TWILL_ROOT/scripts/lib/upstream.sh"
