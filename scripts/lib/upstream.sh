@@ -89,7 +89,9 @@ upstream_build_module() {
       "${gob[@]}" -o "$bin/" $pkgs
       ;;
     flannel)
-      "${gob[@]}" -o "$bin/flanneld" github.com/flannel-io/flannel
+      # Its udp backend is cgo (as in flannel's own amd64 builds).
+      env GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false -trimpath" CGO_ENABLED=1 \
+        "$go" build -ldflags=-s -o "$bin/flanneld" github.com/flannel-io/flannel
       ;;
     cri-tools)
       # critest is the test binary of cmd/critest, built with `go test -c` as cri-tools' Makefile does.
