@@ -69,6 +69,48 @@ pub fn ref_bin(name: &str) -> PathBuf {
     path
 }
 
+/// The reference plugin builds that differential tests compare with: every such test runs against
+/// both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    /// Debian's `containernetworking-plugins` 1.1.1 in `/usr/lib/cni` (what older hosts run).
+    Debian,
+    /// The newest upstream release, built from `tests/upstream/plugins` (v1.10.0).
+    Current,
+}
+
+impl Reference {
+    pub const ALL: [Reference; 2] = [Reference::Debian, Reference::Current];
+
+    /// Directory holding this build's plugins; panics with the fix when it is missing.
+    pub fn dir(self) -> PathBuf {
+        match self {
+            Reference::Debian => {
+                ref_bin("bridge");
+                ref_dir()
+            }
+            Reference::Current => upstream_dir("plugins"),
+        }
+    }
+
+    /// Path of one of this build's plugins; panics with the fix when it is missing.
+    pub fn bin(self, name: &str) -> PathBuf {
+        match self {
+            Reference::Debian => ref_bin(name),
+            Reference::Current => upstream_bin("plugins", name),
+        }
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reference::Debian => "reference 1.1.1 (Debian)",
+            Reference::Current => "reference v1.10.0 (upstream)",
+        })
+    }
+}
+
 /// Root of the upstream build cache: `TWILL_UPSTREAM_CACHE`, else `/var/cache/twill/upstream`
 /// (the same default as `scripts/lib/upstream.sh`).
 pub fn upstream_cache() -> PathBuf {
