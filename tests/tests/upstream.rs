@@ -32,14 +32,23 @@ fn cache_hash_matches_the_build_script() {
 
 #[test]
 fn reference_plugins_of_the_pinned_release_speak_cni_1_1() {
-    for plugin in ["bridge", "host-local", "loopback", "portmap", "tuning", "firewall"] {
+    for plugin in [
+        "bridge",
+        "host-local",
+        "loopback",
+        "portmap",
+        "tuning",
+        "firewall",
+    ] {
         let (ok, out) = run(Command::new(upstream_bin("plugins", plugin))
             .env_clear()
             .env("CNI_COMMAND", "VERSION"));
         assert!(ok, "{plugin} VERSION failed: {out}");
         let v: Value =
             serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{plugin}: {e}: {out}"));
-        let versions = v["supportedVersions"].as_array().expect("supportedVersions");
+        let versions = v["supportedVersions"]
+            .as_array()
+            .expect("supportedVersions");
         assert!(
             versions.iter().any(|v| v == "1.1.0"),
             "{plugin} does not support CNI 1.1.0: {out}"
