@@ -83,7 +83,7 @@ build_cnitool() {
   mkdir -p "$dir"
   local go
   go="$(upstream_go)"
-  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS= GOTOOLCHAIN=local \
+  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS='' GOTOOLCHAIN=local \
     "$go" build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go" \
     && mv -f "$dir/cnitool.tmp.$$" "$dir/cnitool"
 }

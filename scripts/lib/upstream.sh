@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Upstream programs the tests compare with or drive (reference CNI plugins, cnitool on upstream libcni,
 # flanneld, critest), built from the pinned Go modules under tests/upstream/<name>/ into a cache outside
 # the clone, so a fresh CI clone reuses binaries built by an earlier run. Sourced by common.sh.
@@ -70,7 +71,7 @@ build_upstream() {
     touch "$tmp/.complete"
     rm -rf "$entry"
     mv "$tmp" "$entry"
-    log "upstream $name: built in $(($(date +%s) - start))s: $(ls "$out" | tr '\n' ' ')"
+    log "upstream $name: built in $(($(date +%s) - start))s: $(cd "$out" && printf '%s ' *)"
   done
 }
 
