@@ -57,6 +57,7 @@ build_upstream() {
     out="$(upstream_dir "$name")"
     entry="$(dirname "$out")"
     if [ -f "$entry/.complete" ]; then
+      touch "$entry/.complete" # marks it used, so pruning keeps it
       log "upstream $name: cached in $out"
       continue
     fi
@@ -72,6 +73,19 @@ build_upstream() {
     rm -rf "$entry"
     mv "$tmp" "$entry"
     log "upstream $name: built in $(($(date +%s) - start))s: $(cd "$out" && printf '%s ' *)"
+    upstream_prune "$name" "$entry"
+  done
+}
+
+# Removes entries of module $1 other than $2 that no build_upstream call used for 14 days (older pins
+# and recipes), so the cache does not grow with every change.
+upstream_prune() {
+  local name="$1" keep="$2" mark
+  find "$TWILL_UPSTREAM_CACHE" -mindepth 2 -maxdepth 2 -path "$TWILL_UPSTREAM_CACHE/$name-*/.complete" \
+    -mtime +14 -print 2>/dev/null | while IFS= read -r mark; do
+    [ "$(dirname "$mark")" = "$keep" ] && continue
+    log "upstream $name: removing unused $(dirname "$mark")"
+    rm -rf "$(dirname "$mark")"
   done
 }
 
