@@ -78,3 +78,33 @@ fn flanneld_and_critest_run() {
     let (ok, out) = run(Command::new(upstream_bin("cri-tools", "critest")).arg("--version"));
     assert!(ok && out.contains("1.37.0"), "critest --version: {out}");
 }
+
+/// The build step refuses a missing Go, and Debian's older golang-go (installed by the package list),
+/// with the fix in its message, and caches nothing.
+#[test]
+fn the_build_step_names_the_go_it_needs() {
+    let cache = tempfile::tempdir().expect("temp cache");
+    for (go, want) in [
+        ("/nonexistent/go", "Go toolchain /nonexistent/go not found"),
+        (
+            "/usr/bin/go",
+            "the upstream test programs need Go >= 1.26.8",
+        ),
+    ] {
+        let script = format!(
+            "set -euo pipefail; . {}/scripts/lib/common.sh; build_upstream cni",
+            workspace_dir().display()
+        );
+        let (ok, out) = run(Command::new("bash")
+            .arg("-c")
+            .arg(&script)
+            .env("TWILL_GO", go)
+            .env("TWILL_UPSTREAM_CACHE", cache.path()));
+        assert!(!ok, "build_upstream with {go} must fail: {out}");
+        assert!(out.contains(want), "{go}: expected {want:?} in: {out}");
+    }
+    let left: Vec<_> = std::fs::read_dir(cache.path())
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "nothing may be cached: {left:?}");
+}
