@@ -1,0 +1,279 @@
+//! twilld next to the real flanneld (built from its upstream Go module) on one etcd: a mixed cluster, a node
+//! switching daemons mid-life, twill's flannel plugin on a `subnet.env` written by flanneld, and DirectRouting
+//! between the two daemons. Pods are added through the real libcni with twill's stock conflist.
+//!
+//! Build first: `cargo build --workspace --bins`, and flanneld (see `twill_tests::flanneld::flanneld_bin`).
+//!
+//! The network config enables nftables so flanneld does not need br_netfilter loaded on the host (in
+//! iptables mode it exits when `/proc/sys/net/bridge/bridge-nf-call-iptables` is missing); twilld uses
+//! nftables by default, with the same table (`flannel-ipv4`) as flanneld.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+use twill_tests::cluster::wait_until;
+use twill_tests::e2e::ClusterState;
+use twill_tests::mixed::{Kind, MixedCluster, PingReport, Pinger};
+
+const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
+const NET_CONFIG_DIRECT: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"vxlan","VNI":1,"Port":8472,"DirectRouting":true}}"#;
+
+/// Every pod reaches every other pod (retried briefly); panics with the matrix and the logs.
+fn assert_full_matrix(c: &MixedCluster, when: &str) {
+    let m = c.state().wait_full_matrix(Duration::from_secs(10));
+    assert!(
+        m.is_full(),
+        "{when}: pods unreachable: {:?}\n{}\n{}",
+        m.failures(),
+        m.render(),
+        c.logs()
+    );
+}
+
+/// One lease per node, each with the node's public IP, its subnet.env subnet and its `flannel.1` MAC.
+fn assert_one_lease_per_node(c: &MixedCluster, when: &str) {
+    let state = c.state();
+    let rows = state
+        .lease_table()
+        .unwrap_or_else(|e| panic!("{when}: {e}"));
+    let table = state.render_lease_table(&rows);
+    assert_eq!(rows.len(), c.nodes.len(), "{when}: lease count\n{table}");
+    let ips: BTreeSet<_> = rows.iter().map(|r| r.lease.public_ip).collect();
+    assert_eq!(
+        ips.len(),
+        rows.len(),
+        "{when}: a public IP holds two leases\n{table}"
+    );
+    for r in &rows {
+        let node = r.node.as_deref().unwrap_or("?");
+        assert!(r.node.is_some(), "{when}: lease of no node\n{table}");
+        assert_eq!(
+            r.kernel_mac.as_deref(),
+            Some(r.lease.vtep_mac.as_str()),
+            "{when}: {node}'s VTEP MAC in etcd is not its flannel.1 MAC\n{table}"
+        );
+        let gw = std::net::Ipv4Addr::from(u32::from(r.lease.subnet) + 1);
+        assert_eq!(
+            r.subnet_env.as_deref(),
+            Some(format!("{gw}/{}", r.lease.len).as_str()),
+            "{when}: {node}'s subnet.env does not match its lease\n{table}"
+        );
+    }
+}
+
+#[test]
+fn mixed_cluster_of_two_twilld_and_two_flanneld_nodes_reaches_every_pod_both_ways() {
+    let kinds = [Kind::Twilld, Kind::Flanneld, Kind::Twilld, Kind::Flanneld];
+    let c = MixedCluster::up("mx", &kinds, NET_CONFIG, 1);
+    assert_one_lease_per_node(&c, "after start");
+    // Each daemon's kernel state lists every other node as a peer (route + neighbour + FDB on flannel.1),
+    // and nothing else: exactly one route per peer on the device.
+    let state = c.state();
+    let leases = state.leases().unwrap_or_else(|e| panic!("{e}"));
+    for n in &c.nodes {
+        for l in leases.iter().filter(|l| l.public_ip != n.node.underlay_ip) {
+            assert!(
+                ClusterState::node_knows(n.node.ns.name(), l),
+                "{} ({:?}) does not list {}/{} as a peer\n{}",
+                n.name(),
+                n.kind(),
+                l.subnet,
+                l.len,
+                c.logs()
+            );
+        }
+        let routes = n.node.ip(&["-4", "route", "show", "dev", "flannel.1"]);
+        assert_eq!(
+            routes.lines().filter(|l| l.contains(" via ")).count(),
+            kinds.len() - 1,
+            "{}: routes on flannel.1:\n{routes}",
+            n.name()
+        );
+    }
+    assert_full_matrix(&c, "mixed cluster");
+}
+
+fn report(name: &str, r: &PingReport) -> String {
+    format!(
+        "{name}: {}/{} answered, longest outage {:?} ({} consecutive losses at {:?})",
+        r.received,
+        r.sent,
+        r.longest_outage(),
+        r.longest_loss,
+        r.interval
+    )
+}
+
+#[test]
+fn node_switched_from_flanneld_to_twilld_and_back_keeps_its_lease_and_pods_connected() {
+    // node2 switches; its peers are a twilld (node1) and a flanneld (node3).
+    let kinds = [Kind::Twilld, Kind::Flanneld, Kind::Flanneld];
+    let mut c = MixedCluster::up("sw", &kinds, NET_CONFIG, 1);
+    assert_full_matrix(&c, "before the switch");
+    let subnet = c.nodes[1].node.subnet();
+    let interval = Duration::from_millis(100);
+    let (p1, p2, p3) = (&c.pods[0], &c.pods[1], &c.pods[2]);
+    let state = c.state();
+    println!(
+        "before:\n{}",
+        state.render_lease_table(&state.lease_table().unwrap_or_default())
+    );
+    let pingers = vec![
+        (
+            "node1 pod -> node2 pod",
+            Pinger::start(&p1.ns, p2.ip, interval),
+        ),
+        (
+            "node2 pod -> node1 pod",
+            Pinger::start(&p2.ns, p1.ip, interval),
+        ),
+        (
+            "node3 pod -> node2 pod",
+            Pinger::start(&p3.ns, p2.ip, interval),
+        ),
+        (
+            "node2 pod -> node3 pod",
+            Pinger::start(&p2.ns, p3.ip, interval),
+        ),
+    ];
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mut took = Vec::new();
+    for kind in [Kind::Twilld, Kind::Flanneld] {
+        took.push((kind, c.switch_daemon(1, kind)));
+        c.wait_mesh();
+        // Let the new daemon's first resync and the peers' updates settle before judging the leases.
+        std::thread::sleep(Duration::from_secs(3));
+        let when = format!("after node2 switched to {kind}");
+        assert_eq!(
+            c.nodes[1].node.subnet(),
+            subnet,
+            "{when}: node2's subnet changed"
+        );
+        assert_one_lease_per_node(&c, &when);
+        let state = c.state();
+        println!(
+            "{when}:\n{}",
+            state.render_lease_table(&state.lease_table().unwrap_or_default())
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let reports: Vec<(String, PingReport)> = pingers
+        .into_iter()
+        .map(|(name, p)| (name.to_string(), p.finish()))
+        .collect();
+    let text: Vec<String> = reports.iter().map(|(n, r)| report(n, r)).collect();
+    println!(
+        "daemon switches on node2 (SIGTERM to subnet.env rewritten): {took:?}\n{}",
+        text.join("\n")
+    );
+    for (name, r) in &reports {
+        assert!(r.sent > 20, "{name}: ping sent only {} requests", r.sent);
+        assert!(
+            r.longest_outage() <= Duration::from_secs(1),
+            "{}\n{}",
+            report(name, r),
+            c.logs()
+        );
+    }
+    assert_full_matrix(&c, "after switching back");
+}
+
+/// `KEY=value` lines of a subnet.env.
+fn env_lines(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn twill_flannel_plugin_wires_pods_from_a_subnet_env_written_by_flanneld() {
+    let mut c = MixedCluster::up("fe", &[Kind::Flanneld, Kind::Flanneld], NET_CONFIG, 1);
+    for (i, n) in c.nodes.iter().enumerate() {
+        let text = std::fs::read_to_string(n.node.subnet_file()).unwrap_or_default();
+        let env = env_lines(&text);
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let (net, len) = n
+            .node
+            .subnet()
+            .unwrap_or_else(|| panic!("no subnet in {text}"));
+        let gw = std::net::Ipv4Addr::from(u32::from(net) + 1);
+        assert_eq!(get("FLANNEL_NETWORK"), Some("10.244.0.0/16"), "{text}");
+        assert_eq!(
+            get("FLANNEL_SUBNET"),
+            Some(format!("{gw}/{len}").as_str()),
+            "{text}"
+        );
+        assert_eq!(get("FLANNEL_MTU"), Some("1450"), "{text}");
+        assert_eq!(get("FLANNEL_IPMASQ"), Some("true"), "{text}");
+        // The pod got an address of the node's subnet behind cni0 = gateway, with flanneld's MTU.
+        let pod = &c.pods[i];
+        assert_eq!(
+            u32::from(pod.ip) >> 8,
+            u32::from(net) >> 8,
+            "{} outside {net}",
+            pod.ip
+        );
+        let cni0 = n.node.ip(&["-4", "addr", "show", "dev", "cni0"]);
+        assert!(cni0.contains(&format!("inet {gw}/{len}")), "{cni0}");
+        assert!(cni0.contains("mtu 1450"), "{cni0}");
+        let eth0 = pod.ns.ip(&["link", "show", "dev", "eth0"]);
+        assert!(eth0.contains("mtu 1450"), "{eth0}");
+        // flanneld masquerades (FLANNEL_IPMASQ=true), so the delegate bridge must not.
+        let saved = std::fs::read_dir(n.cni.dir.join("flannel"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .flatten()
+            .next()
+            .unwrap_or_else(|| panic!("no saved delegate config"));
+        let delegate: Value =
+            serde_json::from_str(&std::fs::read_to_string(saved.path()).unwrap_or_default())
+                .unwrap_or(Value::Null);
+        assert_eq!(delegate["ipMasq"], Value::Bool(false), "{delegate}");
+        assert_eq!(delegate["mtu"], Value::from(1450), "{delegate}");
+        assert_eq!(
+            delegate["ipam"]["ranges"][0][0]["subnet"],
+            Value::from(format!("{net}/{len}")),
+            "{delegate}"
+        );
+    }
+    assert_full_matrix(&c, "two flanneld nodes, twill's plugins");
+
+    // flanneld stops (it leaves subnet.env in place); DEL still releases the address from the saved config.
+    if let Some(mut d) = c.nodes[0].daemon.take() {
+        d.terminate();
+    }
+    let dir = c.nodes[0].cni.dir.clone();
+    let net = c.nodes[0].cni.net.clone();
+    c.pods[0].del().unwrap_or_else(|e| panic!("{e}"));
+    assert!(twill_tests::leases::held(&dir.join("networks").join(&net)).is_empty());
+    assert!(wait_until(Duration::from_secs(1), || std::fs::read_dir(
+        dir.join("flannel")
+    )
+    .map(|d| d.count() == 0)
+    .unwrap_or(true)));
+}
+
+#[test]
+fn direct_routing_flanneld_and_twilld_nodes_route_to_each_other_without_encapsulation() {
+    let c = MixedCluster::up("dr", &[Kind::Twilld, Kind::Flanneld], NET_CONFIG_DIRECT, 1);
+    // `up` waited for `<peer subnet> via <peer underlay IP> dev eth0` on both nodes.
+    for (i, n) in c.nodes.iter().enumerate() {
+        let peer = &c.pods[1 - i];
+        let route = n.node.ip(&["-4", "route", "get", &peer.ip.to_string()]);
+        assert!(
+            route.contains(" dev eth0 ") && !route.contains("flannel.1"),
+            "{} ({:?}) routes {} through the tunnel: {route}\n{}",
+            n.name(),
+            n.kind(),
+            peer.ip,
+            c.logs()
+        );
+    }
+    assert_full_matrix(&c, "DirectRouting");
+}
