@@ -3,6 +3,7 @@
 //! as the twilld-only cluster in `e2e.rs`, plus switching one node's daemon mid-life (same node, same
 //! `subnet.env`, same lease, pods kept) and a pinger that measures the longest outage a pod sees meanwhile.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -375,6 +376,28 @@ impl MixedCluster {
             ns,
         });
         Ok(self.pods.len() - 1)
+    }
+
+    /// FDB entries on a node's `flannel.1` for a MAC that no current lease carries, as "node3: <mac> dst
+    /// <ip>" (what a peer keeps when a node's VTEP MAC changed and the peer never removed the old entry).
+    pub fn stale_fdb_entries(&self) -> Result<Vec<String>, String> {
+        let macs: BTreeSet<String> = self
+            .state()
+            .leases()?
+            .into_iter()
+            .map(|l| l.vtep_mac)
+            .collect();
+        let mut out = Vec::new();
+        for n in &self.nodes {
+            let fdb = n.node.fdb("flannel.1");
+            for line in fdb.lines().filter(|l| l.contains(" dst ")) {
+                let mac = line.split_whitespace().next().unwrap_or("");
+                if !macs.contains(mac) {
+                    out.push(format!("{}: {}", n.name(), line.trim()));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The serialisable description the checks of `e2e.rs` work on.
