@@ -307,3 +307,66 @@ fn direct_routing_flanneld_and_twilld_nodes_route_to_each_other_without_encapsul
     }
     assert_full_matrix(&c, "DirectRouting");
 }
+
+/// flannel's own CNI plugin (`github.com/flannel-io/cni-plugin`), from `TWILL_FLANNEL_CNI`.
+fn upstream_flannel_cni() -> std::path::PathBuf {
+    let p = std::env::var_os("TWILL_FLANNEL_CNI")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!("set TWILL_FLANNEL_CNI to a build of github.com/flannel-io/cni-plugin")
+        });
+    assert!(
+        p.is_file(),
+        "TWILL_FLANNEL_CNI={} is not a file",
+        p.display()
+    );
+    p
+}
+
+#[test]
+#[ignore = "github.com/flannel-io/cni-plugin is not served by the Go module proxy, so it cannot be built at \
+            test time; run with TWILL_FLANNEL_CNI=<its flannel binary> -- --ignored"]
+fn flannel_cni_plugin_binary_delegates_to_twill_bridge_and_host_local() {
+    let upstream = upstream_flannel_cni();
+    let mut c = MixedCluster::up("fc", &[Kind::Flanneld, Kind::Twilld], NET_CONFIG, 0);
+    for n in &c.nodes {
+        let dst = n.cni.dir.join("bin").join("flannel");
+        let _ = std::fs::remove_file(&dst);
+        std::fs::copy(&upstream, &dst).unwrap_or_else(|e| panic!("copy flannel CNI: {e}"));
+    }
+    for i in 0..c.nodes.len() {
+        c.add_pod(i).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    for (i, n) in c.nodes.iter().enumerate() {
+        let (net, len) = n.node.subnet().unwrap_or_else(|| panic!("no subnet"));
+        let gw = std::net::Ipv4Addr::from(u32::from(net) + 1);
+        let pod = &c.pods[i];
+        assert_eq!(
+            u32::from(pod.ip) >> 8,
+            u32::from(net) >> 8,
+            "{} outside {net}",
+            pod.ip
+        );
+        let cni0 = n.node.ip(&["-4", "addr", "show", "dev", "cni0"]);
+        assert!(cni0.contains(&format!("inet {gw}/{len}")), "{cni0}");
+        let routes = pod.ns.ip(&["-4", "route"]);
+        assert!(routes.contains("10.244.0.0/16 via"), "{routes}");
+        assert!(routes.contains(&format!("default via {gw}")), "{routes}");
+    }
+    assert_full_matrix(
+        &c,
+        "flannel's CNI plugin over twill's bridge and host-local",
+    );
+    for i in 0..c.pods.len() {
+        c.pods[i].del().unwrap_or_else(|e| panic!("{e}"));
+        let n = c.nodes.iter().find(|n| n.name() == c.pods[i].node);
+        let n = n.unwrap_or_else(|| unreachable!("pod of a known node"));
+        let held = twill_tests::leases::held(&n.cni.dir.join("networks").join(&n.cni.net));
+        assert!(
+            held.is_empty(),
+            "{}: addresses still held: {held:?}",
+            n.name()
+        );
+    }
+}
