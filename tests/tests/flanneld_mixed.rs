@@ -358,6 +358,11 @@ fn flannel_cni_plugin_binary_delegates_to_twill_bridge_and_host_local() {
         &c,
         "flannel's CNI plugin over twill's bridge and host-local",
     );
+    // node1 switches to twill's flannel plugin before its pod goes: DEL honours the file upstream saved.
+    let dst = c.nodes[0].cni.dir.join("bin").join("flannel");
+    let _ = std::fs::remove_file(&dst);
+    std::fs::copy(twill_tests::bins::bin("flannel"), &dst)
+        .unwrap_or_else(|e| panic!("copy twill's flannel plugin: {e}"));
     for i in 0..c.pods.len() {
         c.pods[i].del().unwrap_or_else(|e| panic!("{e}"));
         let n = c.nodes.iter().find(|n| n.name() == c.pods[i].node);
