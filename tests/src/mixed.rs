@@ -162,6 +162,7 @@ pub struct MixedCluster {
     pub switch: Switch,
     workdir: tempfile::TempDir,
     prefix: String,
+    twilld_resync_secs: f64,
     /// `Backend.DirectRouting` of the network config.
     direct_routing: bool,
 }
@@ -179,6 +180,17 @@ impl MixedCluster {
         net_config: &str,
         pods_per_node: usize,
     ) -> MixedCluster {
+        Self::up_with_resync(prefix, kinds, net_config, pods_per_node, 2.0)
+    }
+
+    /// [`MixedCluster::up`] with twilld's `--resync` period (benchmarks use its 10 s default).
+    pub fn up_with_resync(
+        prefix: &str,
+        kinds: &[Kind],
+        net_config: &str,
+        pods_per_node: usize,
+        twilld_resync_secs: f64,
+    ) -> MixedCluster {
         crate::bins::require_root();
         let workdir = tempfile::Builder::new()
             .prefix(&format!("twill-{prefix}-"))
@@ -194,6 +206,7 @@ impl MixedCluster {
             switch,
             workdir,
             prefix: prefix.to_string(),
+            twilld_resync_secs,
             direct_routing: serde_json::from_str::<Value>(net_config)
                 .ok()
                 .and_then(|v| v["Backend"]["DirectRouting"].as_bool())
@@ -221,15 +234,43 @@ impl MixedCluster {
         c
     }
 
+    /// A new node namespace (with its CNI side) on the switch, no daemon yet; returns its position.
+    pub fn add_node(&mut self) -> usize {
+        let index = self.nodes.iter().map(|n| n.node.index).max().unwrap_or(0) + 1;
+        let node = self.switch.add_node(index);
+        let cni = NodeCni::create(&node, self.workdir.path().join(node.name()));
+        self.nodes.push(MixedNode {
+            daemon: None,
+            cni,
+            node,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Node `i` leaves: its pods go, its daemon is stopped, its lease deleted from etcd, its namespace removed.
+    pub fn remove_node(&mut self, i: usize) {
+        let name = self.nodes[i].name();
+        self.pods.retain(|p| p.node != name);
+        let mut n = self.nodes.remove(i);
+        if let Some(mut d) = n.daemon.take() {
+            d.terminate();
+        }
+        if let Some((net, len)) = n.node.subnet() {
+            self.etcd
+                .del(&format!("{}{net}-{len}", crate::e2e::SUBNETS_PREFIX));
+        }
+    }
+
     /// Starts `kind` on node `i` (which must have no daemon running); does not wait.
     pub fn start_daemon(&mut self, i: usize, kind: Kind) {
         let etcd = self.etcd.underlay_endpoint();
+        let resync_secs = self.twilld_resync_secs;
         let n = &mut self.nodes[i];
         assert!(n.daemon.is_none(), "{} already runs a daemon", n.name());
         n.daemon = Some(match kind {
             Kind::Twilld => Daemon::Twilld(n.node.start_twilld(&TwilldArgs {
                 etcd,
-                resync_secs: 2.0,
+                resync_secs,
                 extra: vec!["--ip-masq".to_string()],
             })),
             Kind::Flanneld => Daemon::Flanneld(Flanneld::start(&n.node, &FlanneldArgs::new(&etcd))),
