@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::bins::{target_dir, workspace_dir};
+use crate::bins::{go_bin, target_dir, workspace_dir};
 use crate::exec::{run_command, Outcome, DEFAULT_TIMEOUT};
 
 /// Debian's Go source tree holding libcni, for GOPATH mode.
@@ -68,7 +68,7 @@ pub fn build_cnitool() -> Result<PathBuf, String> {
         ));
     }
     let tmp = dir.join(format!("cnitool.tmp.{}", std::process::id()));
-    let result = Command::new("go")
+    let result = Command::new(go_bin())
         .arg("build")
         .arg("-o")
         .arg(&tmp)
@@ -80,8 +80,14 @@ pub fn build_cnitool() -> Result<PathBuf, String> {
         )
         .env("GOCACHE", dir.join("gocache"))
         .env("GOFLAGS", "")
+        .env("GOTOOLCHAIN", "local")
         .output()
-        .map_err(|e| format!("run `go build` (install golang-go): {e}"))?;
+        .map_err(|e| {
+            format!(
+                "run `{} build` (set TWILL_GO to a Go toolchain): {e}",
+                go_bin().display()
+            )
+        })?;
     if !result.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(
