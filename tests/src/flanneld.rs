@@ -9,16 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::cluster::Node;
 
-/// Where the flanneld binary is: `TWILL_FLANNELD` when set, else the upstream build cache.
+/// The flanneld binary: the build of `tests/upstream/flannel` (`scripts/build-upstream.sh flannel`).
 pub fn flanneld_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TWILL_FLANNELD").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            panic!("TWILL_FLANNELD={} is not a file", p.display());
-        }
-        return p;
-    }
-    panic!("flanneld is not built: set TWILL_FLANNELD to a flanneld binary")
+    crate::bins::upstream_bin("flannel", "flanneld")
 }
 
 /// Options for one flanneld run (flag names are flanneld's own).

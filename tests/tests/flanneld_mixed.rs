@@ -2,7 +2,7 @@
 //! switching daemons mid-life, twill's flannel plugin on a `subnet.env` written by flanneld, and DirectRouting
 //! between the two daemons. Pods are added through the real libcni with twill's stock conflist.
 //!
-//! Build first: `cargo build --workspace --bins`, and flanneld (see `twill_tests::flanneld::flanneld_bin`).
+//! Build first: `cargo build --workspace --bins` and `scripts/build-upstream.sh flannel`.
 //!
 //! The network config enables nftables so flanneld does not need br_netfilter loaded on the host (in
 //! iptables mode it exits when `/proc/sys/net/bridge/bridge-nf-call-iptables` is missing); twilld uses
