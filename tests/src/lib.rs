@@ -11,4 +11,5 @@ pub mod leases;
 pub mod libcni;
 pub mod mixed;
 pub mod netns;
+pub mod pinger;
 pub mod runtimes;

@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 use twill_tests::cluster::wait_until;
 use twill_tests::e2e::ClusterState;
-use twill_tests::mixed::{Kind, MixedCluster, PingReport, Pinger};
+use twill_tests::mixed::{Kind, MixedCluster};
+use twill_tests::pinger::{PingReport, Pinger};
 
 const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
 const NET_CONFIG_DIRECT: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"vxlan","VNI":1,"Port":8472,"DirectRouting":true}}"#;
