@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -441,6 +441,33 @@ impl MixedCluster {
         Ok(out)
     }
 
+    /// Starts recording every change to the lease keys (`etcdctl watch`) until [`LeaseWatch::finish`].
+    pub fn watch_leases(&self) -> LeaseWatch {
+        let endpoint = self.etcd.endpoint();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", self.switch.ns.name()])
+            .args(["env", "ETCDCTL_API=3", "etcdctl", "--endpoints", &endpoint])
+            .args(["watch", "--prefix", crate::e2e::SUBNETS_PREFIX])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting etcdctl watch: {e}"));
+        let out = child.stdout.take().unwrap_or_else(|| unreachable!("piped"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut { out }, &mut text);
+            let _ = tx.send(text);
+        });
+        // etcdctl prints nothing when the watch is established; give it a moment before anything changes.
+        std::thread::sleep(Duration::from_millis(300));
+        LeaseWatch {
+            child: Some(child),
+            rx,
+        }
+    }
+
     /// The serialisable description the checks of `e2e.rs` work on.
     pub fn state(&self) -> ClusterState {
         ClusterState {
@@ -511,5 +538,45 @@ impl MixedCluster {
                 .collect::<String>()
         ));
         out
+    }
+}
+
+/// The lease-key changes seen by `etcdctl watch`; the process is killed on drop.
+pub struct LeaseWatch {
+    child: Option<Child>,
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl LeaseWatch {
+    /// Stops watching; returns `(PUT|DELETE, key)` for every change, in order.
+    pub fn finish(mut self) -> Vec<(String, String)> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let text = self
+            .rx
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        // Each event is three lines: the operation, the key, the value (empty for DELETE).
+        let lines: Vec<&str> = text.lines().collect();
+        let mut events = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            if matches!(*l, "PUT" | "DELETE") {
+                if let Some(key) = lines.get(i + 1) {
+                    events.push((l.to_string(), key.to_string()));
+                }
+            }
+        }
+        events
+    }
+}
+
+impl Drop for LeaseWatch {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

@@ -140,6 +140,13 @@ fn node_switched_from_flanneld_to_twilld_and_back_keeps_its_lease_and_pods_conne
     ];
     std::thread::sleep(Duration::from_secs(1));
 
+    let keys_before: BTreeSet<String> = c
+        .etcd
+        .get_prefix(twill_tests::e2e::SUBNETS_PREFIX)
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let watch = c.watch_leases();
     let mut took = Vec::new();
     let mut mac_before = c.nodes[1].node.link_mac("flannel.1");
     for kind in [Kind::Twilld, Kind::Flanneld] {
@@ -167,6 +174,20 @@ fn node_switched_from_flanneld_to_twilld_and_back_keeps_its_lease_and_pods_conne
         );
     }
     std::thread::sleep(Duration::from_secs(1));
+    // Through both switches, etcd saw only re-puts of the existing leases: none deleted, none added.
+    let events = watch.finish();
+    assert!(
+        events.iter().any(|(op, _)| op == "PUT"),
+        "the watch saw no lease re-put: {events:?}"
+    );
+    let odd: Vec<_> = events
+        .iter()
+        .filter(|(op, key)| op != "PUT" || !keys_before.contains(key))
+        .collect();
+    assert!(
+        odd.is_empty(),
+        "lease changes beyond re-puts: {odd:?} (leases: {keys_before:?})"
+    );
     let reports: Vec<(String, PingReport)> = pingers
         .into_iter()
         .map(|(name, p)| (name.to_string(), p.finish()))
