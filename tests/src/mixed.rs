@@ -318,17 +318,29 @@ impl MixedCluster {
         }
     }
 
-    /// What is missing for DirectRouting: per node, `<subnet> via <peer underlay IP> dev eth0` for every
-    /// other lease.
+    /// What is missing for DirectRouting: per node, for every other lease, `<subnet> via <peer underlay IP>
+    /// dev eth0` when the peer is on the node's underlay network (`/24`), else the route, neighbour and FDB
+    /// entry on `flannel.1` (flannel.md §6.2: DirectRouting falls back to VXLAN for peers behind a router).
     pub fn direct_mesh_missing(&self) -> Result<Vec<String>, String> {
         let leases = self.state().leases()?;
+        let same_segment = |a: Ipv4Addr, b: Ipv4Addr| u32::from(a) >> 8 == u32::from(b) >> 8;
         let mut missing = Vec::new();
         for n in &self.nodes {
             let routes = n.node.ip(&["-4", "route", "show", "dev", "eth0"]);
             for l in leases.iter().filter(|l| l.public_ip != n.node.underlay_ip) {
-                let want = format!("{}/{} via {} ", l.subnet, l.len, l.public_ip);
-                if !routes.contains(&want) {
-                    missing.push(format!("{} lacks route {want}", n.name()));
+                if same_segment(n.node.underlay_ip, l.public_ip) {
+                    let want = format!("{}/{} via {} ", l.subnet, l.len, l.public_ip);
+                    if !routes.contains(&want) {
+                        missing.push(format!("{} lacks route {want}", n.name()));
+                    }
+                } else if !ClusterState::node_knows(n.node.ns.name(), l) {
+                    missing.push(format!(
+                        "{} lacks the VXLAN entries of {}/{} ({})",
+                        n.name(),
+                        l.subnet,
+                        l.len,
+                        l.public_ip
+                    ));
                 }
             }
         }

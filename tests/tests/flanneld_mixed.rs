@@ -421,3 +421,60 @@ fn flannel_cni_plugin_binary_delegates_to_twill_bridge_and_host_local() {
         );
     }
 }
+
+#[test]
+fn direct_routing_falls_back_to_vxlan_for_peers_behind_a_router_with_both_daemons() {
+    // Segment A (10.250.0.0/24): node1 twilld, node2 flanneld. Segment B (10.251.0.0/24): node3 twilld,
+    // node4 flanneld. The switch routes between the two, so a peer on the other segment is reached through a
+    // gateway: DirectRouting must use the tunnel for it, and plain routes only within a segment.
+    let mut c = MixedCluster::up("dx", &[], NET_CONFIG_DIRECT, 0);
+    c.switch
+        .ns
+        .ip(&["addr", "add", "10.251.0.254/24", "dev", "br0"]);
+    c.switch
+        .ns
+        .exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    let kinds = [Kind::Twilld, Kind::Flanneld, Kind::Twilld, Kind::Flanneld];
+    for (k, kind) in kinds.iter().enumerate() {
+        let i = c.add_node();
+        let n = &mut c.nodes[i].node;
+        if k >= 2 {
+            let old = n.underlay_ip;
+            let new = std::net::Ipv4Addr::new(10, 251, 0, n.index);
+            n.ip(&["addr", "del", &format!("{old}/24"), "dev", "eth0"]);
+            n.ip(&["addr", "add", &format!("{new}/24"), "dev", "eth0"]);
+            n.ip(&["route", "add", "10.250.0.0/24", "via", "10.251.0.254"]);
+            n.underlay_ip = new;
+        } else {
+            n.ip(&["route", "add", "10.251.0.0/24", "via", "10.250.0.254"]);
+        }
+        c.start_daemon(i, *kind);
+    }
+    for i in 0..c.nodes.len() {
+        c.wait_ready(i, None);
+    }
+    c.wait_mesh();
+    for i in 0..c.nodes.len() {
+        c.add_pod(i).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    for (i, n) in c.nodes.iter().enumerate() {
+        for (j, p) in c.pods.iter().enumerate().filter(|(j, _)| *j != i) {
+            let route = n.node.ip(&["-4", "route", "get", &p.ip.to_string()]);
+            let want = if (i < 2) == (j < 2) {
+                " dev eth0 "
+            } else {
+                " dev flannel.1 "
+            };
+            assert!(
+                route.contains(want),
+                "{} ({:?}) to {} on {}: {route} (want{want})\n{}",
+                n.name(),
+                n.kind(),
+                p.ip,
+                p.node,
+                c.logs()
+            );
+        }
+    }
+    assert_full_matrix(&c, "DirectRouting across two segments");
+}
