@@ -478,3 +478,38 @@ fn direct_routing_falls_back_to_vxlan_for_peers_behind_a_router_with_both_daemon
     }
     assert_full_matrix(&c, "DirectRouting across two segments");
 }
+
+#[test]
+fn a_subnet_reserved_for_a_twilld_node_is_programmed_by_a_flanneld_peer_that_starts_later() {
+    // A reservation is a lease key without an etcd lease; twilld keeps it as a reservation, and flanneld's
+    // start-up listing (which looks up each key's etcd lease) must still take it as a peer.
+    let mut c = MixedCluster::up("rv", &[], NET_CONFIG, 0);
+    for _ in 0..2 {
+        c.add_node();
+    }
+    let key = format!("{}10.244.77.0-24", twill_tests::e2e::SUBNETS_PREFIX);
+    c.etcd.put(
+        &key,
+        r#"{"PublicIP":"10.250.0.1","PublicIPv6":null,"BackendType":"vxlan"}"#,
+    );
+    c.start_daemon(0, Kind::Twilld);
+    let reserved = c.wait_ready(0, None);
+    assert_eq!(
+        reserved,
+        ("10.244.77.0".parse().unwrap_or_else(|_| unreachable!()), 24)
+    );
+    let lease_id = c.etcd.ctl(&["get", &key, "-w", "json"]);
+    let json: Value = serde_json::from_slice(&lease_id.stdout).unwrap_or(Value::Null);
+    assert_eq!(
+        json["kvs"][0]["lease"].as_i64().unwrap_or(0),
+        0,
+        "twilld turned the reservation into a lease: {json}"
+    );
+    c.start_daemon(1, Kind::Flanneld);
+    c.wait_ready(1, None);
+    c.wait_mesh();
+    for i in 0..2 {
+        c.add_pod(i).unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    assert_full_matrix(&c, "reserved subnet on the twilld node");
+}
