@@ -4,10 +4,13 @@ use crate::allocator;
 use crate::config::IpamConfig;
 use crate::lease::{LeaseContent, Owner};
 use crate::resolv;
-use crate::store::{c_path, leased_addresses, read_lease, write_file, Paths, Store};
+use crate::store::{
+    c_path, create_net_dir, create_state_dirs, leased_addresses, read_lease, write_file, Paths,
+    Store,
+};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use twill_cni::{CniResult, Context, Error, Plugin, Request, Result};
+use twill_cni::{CniResult, Command, Error, Plugin, Request, Result};
 
 /// The host-local IPAM plugin.
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,6 +28,12 @@ fn owner(req: &Request) -> Result<Owner> {
 }
 
 impl Plugin for HostLocal {
+    /// Never: an IPAM plugin reserves addresses on disk and does not judge `CNI_NETNS`, which it passes on
+    /// untouched, as the reference host-local (callers may give it a placeholder path).
+    fn enters_netns(&self, _command: Command) -> bool {
+        false
+    }
+
     /// Reserves one address per range set. Idempotent: an attachment that already holds an address in a
     /// range set gets the same address back (the reference fails with "duplicate allocation").
     fn add(&self, req: &Request) -> Result<CniResult> {
@@ -231,8 +240,9 @@ impl Plugin for HostLocal {
 /// in it (`access(W_OK)` reports a read-only filesystem even for root), and a file can really be created in
 /// our state directory. Nothing in the network directory changes, so the index stays trusted.
 fn writable(paths: &Paths) -> Result<()> {
+    create_net_dir(paths)?;
+    create_state_dirs(paths)?;
     for dir in [&paths.net_dir, &paths.state_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let c = c_path(dir)?;
         // SAFETY: valid NUL-terminated path.
         if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {

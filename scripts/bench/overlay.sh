@@ -12,7 +12,9 @@
 #   --iperf-secs N      duration of each iperf3 run (default 5)
 #   --out FILE          also write the results to FILE
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=../lib/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
+root="$TWILL_ROOT"
 cd "$root"
 samples=40 sizes=10,30 idle=60 iperf=5 out=""
 while [ $# -gt 0 ]; do
@@ -33,7 +35,7 @@ for tool in etcd etcdctl ip bridge iperf3; do
 done
 if [ -z "${TWILL_BIN_DIR:-}" ]; then
   cargo build --release -p twilld
-  TWILL_BIN_DIR="${CARGO_TARGET_DIR:-$root/target}/release"
+  TWILL_BIN_DIR="$TWILL_TARGET_DIR/release"
 fi
 [ -x "$TWILL_BIN_DIR/twilld" ] || { echo "overlay.sh: no twilld in $TWILL_BIN_DIR" >&2; exit 1; }
 echo "==> twilld benchmark: sizes $sizes, $samples leases each, idle ${idle}s, iperf3 ${iperf}s ($TWILL_BIN_DIR/twilld)" >&2

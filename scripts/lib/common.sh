@@ -23,6 +23,26 @@ TWILL_DEBIAN_PACKAGES=(
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# A script never dies silently: when errexit is about to end it, name the failed command, its status (of
+# each pipeline member), where it is and the chain of calls that led there. errtrace carries the trap into
+# functions and subshells. Failures the script handles (`|| true`, `if`, `!`, all but the last command of
+# an && / || list) never reach the trap; in a `set +e` region (test.sh's step runs commands that way and
+# counts their failures itself) the trap stays silent. Command substitutions run without errexit (bash's
+# default, kept: inherit_errexit would report failures inside `"$(...)"` arguments whose status bash
+# ignores), so a failure there is reported where it ends the script: at the `x="$(...)"` that failed.
+twill_on_error() {
+  local rc="$1" statuses="$2" cmd="$3" i where
+  case "$-" in *e*) ;; *) return 0 ;; esac
+  where="${BASH_SOURCE[1]:-$0}:${BASH_LINENO[0]:-?}"
+  [ "$statuses" = "$rc" ] && statuses="" || statuses=" (pipeline statuses: $statuses)"
+  printf 'error: command failed with exit %s%s at %s: %s\n' "$rc" "$statuses" "$where" "$cmd" >&2
+  for ((i = 1; i < ${#FUNCNAME[@]} - 1; i++)); do
+    printf '  in %s(), called from %s:%s\n' "${FUNCNAME[$i]}" "${BASH_SOURCE[$((i + 1))]}" "${BASH_LINENO[$i]}" >&2
+  done
+}
+set -o errtrace
+trap 'twill_on_error "$?" "${PIPESTATUS[*]}" "$BASH_COMMAND"' ERR
+
 need_root() {
   [ "$(id -u)" -eq 0 ] || die "$1 needs root (network namespaces, links, netfilter); run it as root"
 }
@@ -49,7 +69,7 @@ ensure_rust_components() {
 }
 
 package_installed() {
-  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+  [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
 
 # Installs the missing ones among the given Debian packages (one apt-get update, no recommends,
@@ -83,7 +103,7 @@ build_cnitool() {
   mkdir -p "$dir"
   local go
   go="$(upstream_go)"
-  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS= GOTOOLCHAIN=local \
+  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS='' GOTOOLCHAIN=local \
     "$go" build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go" \
     && mv -f "$dir/cnitool.tmp.$$" "$dir/cnitool"
 }

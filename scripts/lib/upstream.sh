@@ -1,9 +1,11 @@
+# shellcheck shell=bash
 # Upstream programs the tests compare with or drive (reference CNI plugins, cnitool on upstream libcni,
 # flanneld, critest), built from the pinned Go modules under tests/upstream/<name>/ into a cache outside
 # the clone, so a fresh CI clone reuses binaries built by an earlier run. Sourced by common.sh.
 #
-# Cache: ${TWILL_UPSTREAM_CACHE:-/var/cache/twill/upstream}/<name>-<hash>/bin, where <hash> covers the
-# module's go.mod, go.sum and *.go files (twill_tests::bins::upstream_dir computes the same hash).
+# Cache: ${TWILL_UPSTREAM_CACHE:-/var/cache/twill/upstream}/<name>-<hash>/bin, where <hash> covers this
+# file and the module's go.mod, go.sum and *.go files (twill_tests::bins::upstream_dir computes the same
+# hash), so a changed pin or recipe builds anew.
 # Go's module and build caches stay in their default per-user places.
 
 TWILL_UPSTREAM_CACHE="${TWILL_UPSTREAM_CACHE:-/var/cache/twill/upstream}"
@@ -26,11 +28,15 @@ upstream_go() {
   printf '%s\n' "$TWILL_GO"
 }
 
-# Hash of a module's go.mod, go.sum and *.go files (sorted by path, C locale), first 16 hex digits.
+# Hash of this file (the build recipe) followed by the module's go.mod, go.sum and *.go files (sorted by
+# path, C locale), first 16 hex digits.
 upstream_hash() {
   local dir="$TWILL_ROOT/tests/upstream/$1"
-  (cd "$dir" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) -print | LC_ALL=C sort |
-    while IFS= read -r f; do cat "$f"; done | sha256sum | cut -c1-16)
+  {
+    cat "$TWILL_ROOT/scripts/lib/upstream.sh"
+    (cd "$dir" && find . -type f \( -name go.mod -o -name go.sum -o -name '*.go' \) -print | LC_ALL=C sort |
+      while IFS= read -r f; do cat "$f"; done)
+  } | sha256sum | cut -c1-16
 }
 
 # Directory holding module NAME's binaries (whether or not it is built yet).
@@ -51,6 +57,7 @@ build_upstream() {
     out="$(upstream_dir "$name")"
     entry="$(dirname "$out")"
     if [ -f "$entry/.complete" ]; then
+      touch "$entry/.complete" # marks it used, so pruning keeps it
       log "upstream $name: cached in $out"
       continue
     fi
@@ -65,38 +72,61 @@ build_upstream() {
     touch "$tmp/.complete"
     rm -rf "$entry"
     mv "$tmp" "$entry"
-    log "upstream $name: built in $(($(date +%s) - start))s: $(ls "$out" | tr '\n' ' ')"
+    log "upstream $name: built in $(($(date +%s) - start))s: $(cd "$out" && printf '%s ' *)"
+    upstream_prune "$name" "$entry"
   done
 }
 
-# Runs in the module's directory; writes its programs into $3.
+# Removes entries of module $1 other than $2 that no build_upstream call used for 14 days (older pins
+# and recipes), so the cache does not grow with every change.
+upstream_prune() {
+  local name="$1" keep="$2" mark
+  find "$TWILL_UPSTREAM_CACHE" -mindepth 2 -maxdepth 2 -path "$TWILL_UPSTREAM_CACHE/$name-*/.complete" \
+    -mtime +14 -print 2>/dev/null | while IFS= read -r mark; do
+    [ "$(dirname "$mark")" = "$keep" ] && continue
+    log "upstream $name: removing unused $(dirname "$mark")"
+    rm -rf "$(dirname "$mark")"
+  done
+}
+
+# Runs in the module's directory; writes its programs into $3. Versions are stamped the way each
+# project's release build does (-X of its version variable), so the programs report what go.mod pins.
 upstream_build_module() {
   local go="$1" name="$2" bin="$3"
   mkdir -p "$bin"
-  local -a gob=(env GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false -trimpath" CGO_ENABLED=0
-    "$go" build -ldflags=-s)
+  local -a genv=(env GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false -trimpath" CGO_ENABLED=0)
+  pinned() { GOTOOLCHAIN=local GOFLAGS=-mod=readonly "$go" list -m -f '{{.Version}}' "$1"; }
+  local v
   case "$name" in
     cni)
-      "${gob[@]}" -o "$bin/cnitool" github.com/containernetworking/cni/cnitool
-      if [ -d libcni-driver ]; then "${gob[@]}" -o "$bin/libcni-driver" ./libcni-driver; fi
+      "${genv[@]}" "$go" build -ldflags=-s -o "$bin/cnitool" github.com/containernetworking/cni/cnitool
+      if [ -d libcni-driver ]; then
+        "${genv[@]}" "$go" build -ldflags=-s -o "$bin/libcni-driver" ./libcni-driver
+      fi
       ;;
     plugins)
       # Every Linux plugin, as the project's build_linux.sh does; names are the package directories.
       local pkgs
       pkgs="$(sed -n 's/^[[:space:]]*_ "\(github.com\/containernetworking\/plugins\/plugins\/[^"]*\)"$/\1/p' tools.go)"
       [ -n "$pkgs" ] || { echo "no plugin packages in tools.go" >&2; return 1; }
+      v="$(pinned github.com/containernetworking/plugins)" || return 1
       # shellcheck disable=SC2086
-      "${gob[@]}" -o "$bin/" $pkgs
+      "${genv[@]}" "$go" build \
+        -ldflags="-s -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$v" \
+        -o "$bin/" $pkgs
       ;;
     flannel)
+      v="$(pinned github.com/flannel-io/flannel)" || return 1
       # Its udp backend is cgo (as in flannel's own amd64 builds).
-      env GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false -trimpath" CGO_ENABLED=1 \
-        "$go" build -ldflags=-s -o "$bin/flanneld" github.com/flannel-io/flannel
+      "${genv[@]}" CGO_ENABLED=1 "$go" build \
+        -ldflags="-s -X github.com/flannel-io/flannel/pkg/version.Version=$v" \
+        -o "$bin/flanneld" github.com/flannel-io/flannel
       ;;
     cri-tools)
+      v="$(pinned sigs.k8s.io/cri-tools)" || return 1
       # critest is the test binary of cmd/critest, built with `go test -c` as cri-tools' Makefile does.
-      env GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false -trimpath" CGO_ENABLED=0 \
-        "$go" test -c -ldflags=-s -o "$bin/critest" sigs.k8s.io/cri-tools/cmd/critest
+      "${genv[@]}" "$go" test -c -ldflags="-s -X sigs.k8s.io/cri-tools/pkg/version.Version=${v#v}" \
+        -o "$bin/critest" sigs.k8s.io/cri-tools/cmd/critest
       ;;
     *)
       echo "unknown upstream module $name" >&2

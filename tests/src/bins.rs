@@ -121,8 +121,9 @@ pub fn upstream_cache() -> PathBuf {
 }
 
 /// Hash naming a module's cache entry, computed exactly as `upstream_hash` in
-/// `scripts/lib/upstream.sh`: sha256 over the contents of its go.mod, go.sum and *.go files in
-/// byte order of their paths, first 16 hex digits. A changed pin or driver source gets a new entry.
+/// `scripts/lib/upstream.sh`: sha256 over that script (the build recipe), then the contents of the
+/// module's go.mod, go.sum and *.go files in byte order of their paths; first 16 hex digits. A
+/// changed pin, recipe or driver source gets a new entry.
 pub fn upstream_hash(module: &str) -> String {
     use sha2::{Digest, Sha256};
     fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) {
@@ -150,6 +151,10 @@ pub fn upstream_hash(module: &str) -> String {
     walk(&dir, ".", &mut files);
     files.sort();
     let mut hasher = Sha256::new();
+    let recipe = workspace_dir().join("scripts/lib/upstream.sh");
+    hasher.update(
+        std::fs::read(&recipe).unwrap_or_else(|e| panic!("read {}: {e}", recipe.display())),
+    );
     for (_, path) in &files {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         hasher.update(&bytes);

@@ -530,11 +530,17 @@ fn direct_routing_uses_plain_routes_between_nodes_on_one_segment() {
         wait_until(Duration::from_secs(5), || pods[0].can_reach(pods[1].ip)),
         "pods cannot talk over direct routes"
     );
-    // A bogus direct route for a gone peer is purged by the resync.
-    nodes[0].ip(&["route", "add", "10.244.77.0/24", "via", "10.250.0.77"]);
+    // A bogus direct route for a gone peer is purged by the resync. Leases are random, so the bogus
+    // subnet is one that neither node holds.
+    let bogus = (1..=255u8)
+        .map(|i| format!("10.244.{i}.0"))
+        .find(|net| *net != s1.to_string() && *net != s2.to_string())
+        .unwrap_or_else(|| unreachable!());
+    let bogus = format!("{bogus}/24");
+    nodes[0].ip(&["route", "add", &bogus, "via", "10.250.0.77"]);
     assert!(wait_until(Duration::from_secs(3), || !nodes[0]
         .ip(&["route"])
-        .contains("10.244.77.0/24")));
+        .contains(&bogus)));
     assert!(nodes[1]
         .ip(&["route"])
         .contains(&format!("{s1}/24 via 10.250.0.1 dev eth0")));

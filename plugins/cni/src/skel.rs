@@ -50,6 +50,12 @@ impl Request {
 }
 
 pub trait Plugin {
+    /// Whether `command` uses `CNI_NETNS` as a namespace (enters it, creates or inspects links in it). For
+    /// those verbs the skel checks, before the plugin runs, that the path is a network namespace, so a wrong
+    /// path is a clear code-4 error rather than a netlink one. For every other verb the value is opaque, as
+    /// to the reference plugins that never open it: an IPAM plugin, a meta plugin that only passes it on to
+    /// its delegate, a DEL that handles a namespace that is already gone, and GC/STATUS, which have none.
+    fn enters_netns(&self, command: Command) -> bool;
     fn add(&self, req: &Request) -> Result<CniResult>;
     fn del(&self, req: &Request) -> Result<()>;
     fn check(&self, req: &Request) -> Result<()>;
@@ -112,7 +118,7 @@ fn dispatch<P: Plugin>(plugin: &P, verb: &str, version: &mut Version) -> Result<
     let config = NetConf::parse(&stdin)?;
     *version = config.version;
     check_verb_allowed(command, config.version)?;
-    if matches!(command, Command::Add | Command::Check) {
+    if plugin.enters_netns(command) {
         if let Some(ns) = &env.netns {
             check_netns(ns)?;
         }
@@ -151,8 +157,8 @@ fn check_verb_allowed(command: Command, v: Version) -> Result<()> {
     }
 }
 
-/// `CNI_NETNS` must name a network namespace. Checked before ADD/CHECK touch anything so a wrong path is a
-/// clear code-4 error, not a confusing netlink one. `NS_GET_NSTYPE` (Linux 4.11+) tells the namespace type
+/// `CNI_NETNS` must name a network namespace, for the verbs that enter it ([`Plugin::enters_netns`]).
+/// `NS_GET_NSTYPE` (Linux 4.11+) tells the namespace type
 /// exactly; on older kernels an opened namespace file (also `/proc/<pid>/ns/net`) is at least on nsfs.
 pub fn check_netns(path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use twill_cni::{CniResult, Context, Error, Interface, IpConfig, Plugin, Request, Result};
+use twill_cni::{CniResult, Command, Context, Error, Interface, IpConfig, Plugin, Request, Result};
 use twill_kernel::{Handle, NetNs};
 
 const LO: &str = "lo";
@@ -20,6 +20,11 @@ fn handle(ns: &NetNs) -> Result<Handle> {
 }
 
 impl Plugin for Loopback {
+    /// ADD and CHECK work on `lo` inside the namespace; DEL treats a namespace that is gone as done.
+    fn enters_netns(&self, command: Command) -> bool {
+        matches!(command, Command::Add | Command::Check)
+    }
+
     fn add(&self, req: &Request) -> Result<CniResult> {
         let ns = open_netns(req.netns()?)?;
         let h = handle(&ns)?;

@@ -23,7 +23,7 @@ use owner::Owner;
 use rules::{Backend, Family, Listed, Plan};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use twill_cni::{CniResult, Error, Plugin, Request, Result, Undo};
+use twill_cni::{CniResult, Command, Error, Plugin, Request, Result, Undo};
 
 #[derive(Debug, Default)]
 pub struct Portmap;
@@ -90,6 +90,11 @@ fn check_conflicts(plan: &Plan, listed: &[Listed], container_id: &str, ifname: &
 }
 
 impl Plugin for Portmap {
+    /// Never: its rules live in the host's namespace and name the container's addresses from `prevResult`.
+    fn enters_netns(&self, _command: Command) -> bool {
+        false
+    }
+
     fn add(&self, req: &Request) -> Result<CniResult> {
         let conf = PortMapConf::parse(&req.config)?;
         let prev = prev_result(req)?;
