@@ -126,7 +126,7 @@ pub struct NodeCni {
 }
 
 impl NodeCni {
-    fn create(node: &Node, dir: PathBuf) -> NodeCni {
+    pub fn create(node: &Node, dir: PathBuf) -> NodeCni {
         let bin_dir = dir.join("bin");
         for d in [&bin_dir, &dir.join("net.d"), &dir.join("cache")] {
             std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
