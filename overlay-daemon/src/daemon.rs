@@ -139,8 +139,42 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         &leases,
         grace,
     );
+    // A compatible device left by flanneld or an earlier run already carries a MAC peers know: keep it (the
+    // device carries it before the lease publishes it, and ensure_device below keeps the device).
+    let probe = DeviceSpec {
+        name: cfg.backend.device_name(),
+        vni: cfg.backend.vni,
+        port: cfg.backend.port,
+        learning: cfg.backend.learning,
+        gbp: cfg.backend.gbp,
+        local: underlay.public_ip,
+        underlay_index: underlay.index,
+        mtu: outer_mtu - 50,
+        mac: identity.mac(),
+        address: std::net::Ipv4Addr::UNSPECIFIED,
+        network: cfg.network,
+    };
+    let existing = Vxlan::new(handle.clone())
+        .compatible_device_mac(&probe)
+        .await
+        .unwrap_or_else(|e| {
+            log(format!("{e}: deriving the VTEP MAC"));
+            None
+        });
+    let kept = existing.is_some_and(|m| identity.keep_existing(m, &leases));
     let mac = identity.mac();
-    if identity.generation() > 0 {
+    if kept {
+        log(format!(
+            "keeping the VTEP MAC {mac} of the existing {}",
+            probe.name
+        ));
+    } else if let Some(m) = existing {
+        log(format!(
+            "the VTEP MAC {m} of the existing {} is in another node's lease or not unicast: using {mac}",
+            probe.name
+        ));
+    }
+    if !kept && identity.generation() > 0 {
         log(format!(
             "VTEP MAC of generation 0 is in another node's lease: using {mac} (generation {})",
             identity.generation()
@@ -177,17 +211,9 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     identity.set_own_subnet(own.subnet);
 
     let spec = DeviceSpec {
-        name: cfg.backend.device_name(),
-        vni: cfg.backend.vni,
-        port: cfg.backend.port,
-        learning: cfg.backend.learning,
-        gbp: cfg.backend.gbp,
-        local: underlay.public_ip,
-        underlay_index: underlay.index,
-        mtu: outer_mtu - 50,
         mac,
         address: own.subnet.network(),
-        network: cfg.network,
+        ..probe
     };
     let mut reconciler = Reconciler::new(
         Vxlan::new(handle.clone()),

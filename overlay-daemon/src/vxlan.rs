@@ -185,6 +185,15 @@ impl Vxlan {
             && gbp == spec.gbp
     }
 
+    /// The MAC of an existing device that [`Vxlan::ensure_device`] would keep rather than recreate (the MAC
+    /// and address of `spec` are not looked at).
+    pub async fn compatible_device_mac(&self, spec: &DeviceSpec) -> Result<Option<VtepMac>> {
+        let link = self.link_by_name(&spec.name).await?;
+        Ok(link
+            .filter(|m| Self::compatible(m, spec))
+            .and_then(|m| link_mac(&m)))
+    }
+
     /// Brings the device to `spec`. Returns its index and whether it was (re)created, in which case every
     /// peer must be replayed: the kernel dropped their routes, neighbours and FDB entries with the old device.
     pub async fn ensure_device(&self, spec: &DeviceSpec) -> Result<(u32, bool)> {

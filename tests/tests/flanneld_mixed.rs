@@ -234,8 +234,6 @@ fn node_switched_from_twilld_to_flanneld_and_back_keeps_its_lease_vtep_mac_and_p
 }
 
 #[test]
-#[ignore = "known incompatibility: twilld rewrites the MAC of the flannel.1 it takes over from flanneld, \
-            and flanneld peers never remove the FDB entry of the old MAC"]
 fn twilld_taking_over_from_flanneld_keeps_the_vtep_mac_and_leaves_no_stale_fdb_entry_on_peers() {
     let kinds = [Kind::Twilld, Kind::Flanneld, Kind::Flanneld];
     let mut c = MixedCluster::up("tk", &kinds, NET_CONFIG, 0);
