@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Upstream programs the tests compare with or drive (reference CNI plugins, cnitool on upstream libcni,
-# flanneld, critest), built from the pinned Go modules under tests/upstream/<name>/ into a cache outside
-# the clone, so a fresh CI clone reuses binaries built by an earlier run. Sourced by common.sh.
+# flanneld, flannel's CNI plugin, critest), built from the pinned Go modules under tests/upstream/<name>/
+# into a cache outside the clone, so a fresh CI clone reuses binaries built by an earlier run. Sourced by
+# common.sh.
 #
 # Cache: ${TWILL_UPSTREAM_CACHE:-/var/cache/twill/upstream}/<name>-<hash>/bin, where <hash> covers this
 # file and the module's go.mod, go.sum and *.go files (twill_tests::bins::upstream_dir computes the same
@@ -9,7 +10,7 @@
 # Go's module and build caches stay in their default per-user places.
 
 TWILL_UPSTREAM_CACHE="${TWILL_UPSTREAM_CACHE:-/var/cache/twill/upstream}"
-TWILL_UPSTREAM_MODULES=(cni plugins flannel cri-tools)
+TWILL_UPSTREAM_MODULES=(cni plugins flannel flannel-cni cri-tools)
 # The Go the modules are built with: the machine's own toolchain, not Debian's golang-go (1.19, too old
 # for these modules; installed only for the GOPATH-mode libcni driver in tests/cnitool). go.mod files
 # name go 1.26.8, and GOTOOLCHAIN=local keeps go from fetching another toolchain.
@@ -121,6 +122,14 @@ upstream_build_module() {
       "${genv[@]}" CGO_ENABLED=1 "$go" build \
         -ldflags="-s -X github.com/flannel-io/flannel/pkg/version.Version=$v" \
         -o "$bin/flanneld" github.com/flannel-io/flannel
+      ;;
+    flannel-cni)
+      # flannel's CNI plugin as it was before its move to flannel-io/cni-plugin (which the Go module
+      # proxy does not serve): the meta plugin of the reference plugins v0.9.1, named as flannel ships it.
+      v="$(pinned github.com/containernetworking/plugins)" || return 1
+      "${genv[@]}" "$go" build \
+        -ldflags="-s -X github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion=$v" \
+        -o "$bin/flannel" github.com/containernetworking/plugins/plugins/meta/flannel
       ;;
     cri-tools)
       v="$(pinned sigs.k8s.io/cri-tools)" || return 1

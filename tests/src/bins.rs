@@ -167,8 +167,8 @@ pub fn upstream_hash(module: &str) -> String {
     hex[..16].to_string()
 }
 
-/// Directory of an upstream module's binaries (`cni`, `plugins`, `flannel`, `cri-tools`); panics
-/// with the fix when it has not been built for the module's current pins.
+/// Directory of an upstream module's binaries (`cni`, `plugins`, `flannel`, `flannel-cni`,
+/// `cri-tools`); panics with the fix when it has not been built for the module's current pins.
 pub fn upstream_dir(module: &str) -> PathBuf {
     let entry = upstream_cache().join(format!("{module}-{}", upstream_hash(module)));
     if !entry.join(".complete").is_file() {
@@ -183,8 +183,8 @@ pub fn upstream_dir(module: &str) -> PathBuf {
 }
 
 /// Path of one upstream program, e.g. `upstream_bin("plugins", "bridge")`,
-/// `upstream_bin("cni", "cnitool")`, `upstream_bin("flannel", "flanneld")`; panics with the fix when
-/// missing.
+/// `upstream_bin("cni", "cnitool")`, `upstream_bin("flannel", "flanneld")`,
+/// `upstream_bin("flannel-cni", "flannel")`; panics with the fix when missing.
 pub fn upstream_bin(module: &str, program: &str) -> PathBuf {
     let path = upstream_dir(module).join(program);
     if !path.is_file() {

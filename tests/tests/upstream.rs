@@ -6,7 +6,7 @@ use std::process::Command;
 use serde_json::Value;
 use twill_tests::bins::{upstream_bin, upstream_hash, workspace_dir};
 
-const MODULES: [&str; 4] = ["cni", "plugins", "flannel", "cri-tools"];
+const MODULES: [&str; 5] = ["cni", "plugins", "flannel", "flannel-cni", "cri-tools"];
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd
@@ -77,6 +77,21 @@ fn flanneld_and_critest_run() {
     assert!(ok && out.contains("0.28.10"), "flanneld --version: {out}");
     let (ok, out) = run(Command::new(upstream_bin("cri-tools", "critest")).arg("--version"));
     assert!(ok && out.contains("1.37.0"), "critest --version: {out}");
+}
+
+/// flannel's own CNI plugin (the reference plugins' v0.9.1 meta plugin it was forked from) reports
+/// its pinned version and the spec versions it speaks (up to 0.4.0, so libcni converts for it).
+#[test]
+fn flannel_cni_plugin_is_the_pinned_release() {
+    let plugin = upstream_bin("flannel-cni", "flannel");
+    let (_, about) = run(Command::new(&plugin).env_clear());
+    assert!(about.contains("v0.9.1"), "flannel plugin is not v0.9.1: {about}");
+    let (ok, out) = run(Command::new(&plugin)
+        .env_clear()
+        .env("CNI_COMMAND", "VERSION"));
+    assert!(ok, "flannel VERSION failed: {out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["cniVersion"], "0.4.0", "{out}");
 }
 
 /// The build step refuses a missing Go, and Debian's older golang-go (installed by the package list),
