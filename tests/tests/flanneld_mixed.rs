@@ -2,7 +2,7 @@
 //! switching daemons mid-life, twill's flannel plugin on a `subnet.env` written by flanneld, and DirectRouting
 //! between the two daemons. Pods are added through the real libcni with twill's stock conflist.
 //!
-//! Build first: `cargo build --workspace --bins` and `scripts/build-upstream.sh flannel`.
+//! Build first: `cargo build --workspace --bins` and `scripts/build-upstream.sh flannel flannel-cni`.
 //!
 //! The network config enables nftables so flanneld does not need br_netfilter loaded on the host (in
 //! iptables mode it exits when `/proc/sys/net/bridge/bridge-nf-call-iptables` is missing); twilld uses
@@ -352,27 +352,12 @@ fn direct_routing_flanneld_and_twilld_nodes_route_to_each_other_without_encapsul
     assert_full_matrix(&c, "DirectRouting");
 }
 
-/// flannel's own CNI plugin (`github.com/flannel-io/cni-plugin`), from `TWILL_FLANNEL_CNI`.
-fn upstream_flannel_cni() -> std::path::PathBuf {
-    let p = std::env::var_os("TWILL_FLANNEL_CNI")
-        .filter(|p| !p.is_empty())
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!("set TWILL_FLANNEL_CNI to a build of github.com/flannel-io/cni-plugin")
-        });
-    assert!(
-        p.is_file(),
-        "TWILL_FLANNEL_CNI={} is not a file",
-        p.display()
-    );
-    p
-}
-
+/// flannel's CNI plugin: `github.com/flannel-io/cni-plugin` is not served by the Go module proxy, so the
+/// pinned module builds the code it was forked from (the reference plugins' v0.9.1 `flannel` meta plugin,
+/// which reads the same `subnet.env` and saves the same delegate config).
 #[test]
-#[ignore = "github.com/flannel-io/cni-plugin is not served by the Go module proxy, so it cannot be built at \
-            test time; run with TWILL_FLANNEL_CNI=<its flannel binary> -- --ignored"]
 fn flannel_cni_plugin_binary_delegates_to_twill_bridge_and_host_local() {
-    let upstream = upstream_flannel_cni();
+    let upstream = twill_tests::bins::upstream_bin("flannel-cni", "flannel");
     let mut c = MixedCluster::up("fc", &[Kind::Flanneld, Kind::Twilld], NET_CONFIG, 0);
     for n in &c.nodes {
         let dst = n.cni.dir.join("bin").join("flannel");

@@ -9,9 +9,9 @@
 //! during a rolling upgrade), where our index must first catch up with a scan.
 
 use super::{interleaved_each, timed, Options, Report, Row, Stats};
-use std::path::PathBuf;
 use serde_json::{json, Value};
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 use twill_tests::exec::{Invocation, Outcome};
 
