@@ -154,25 +154,31 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         address: std::net::Ipv4Addr::UNSPECIFIED,
         network: cfg.network,
     };
-    let existing = Vxlan::new(handle.clone())
+    let vxlan = Vxlan::new(handle.clone());
+    let existing = vxlan
         .compatible_device_mac(&probe)
         .await
         .unwrap_or_else(|e| {
             log(format!("{e}: deriving the VTEP MAC"));
             None
         });
-    let kept = existing.is_some_and(|m| identity.keep_existing(m, &leases));
+    let kept = existing.is_some_and(|(_, m)| identity.keep_existing(m, &leases));
     let mac = identity.mac();
     if kept {
         log(format!(
             "keeping the VTEP MAC {mac} of the existing {}",
             probe.name
         ));
-    } else if let Some(m) = existing {
+    } else if let Some((index, m)) = existing {
         log(format!(
             "the VTEP MAC {m} of the existing {} is in another node's lease or not unicast: using {mac}",
             probe.name
         ));
+        // The device gets the new MAC before the lease publishes it. Best effort: the reconciler sets it
+        // again (or recreates the device) right after the lease.
+        if let Err(e) = vxlan.set_link_mac(index, mac).await {
+            log(e);
+        }
     }
     if !kept && identity.generation() > 0 {
         log(format!(

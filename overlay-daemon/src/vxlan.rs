@@ -185,13 +185,20 @@ impl Vxlan {
             && gbp == spec.gbp
     }
 
-    /// The MAC of an existing device that [`Vxlan::ensure_device`] would keep rather than recreate (the MAC
-    /// and address of `spec` are not looked at).
-    pub async fn compatible_device_mac(&self, spec: &DeviceSpec) -> Result<Option<VtepMac>> {
+    /// Index and MAC of an existing device that [`Vxlan::ensure_device`] would keep rather than recreate (the
+    /// MAC and address of `spec` are not looked at).
+    pub async fn compatible_device_mac(&self, spec: &DeviceSpec) -> Result<Option<(u32, VtepMac)>> {
         let link = self.link_by_name(&spec.name).await?;
         Ok(link
             .filter(|m| Self::compatible(m, spec))
-            .and_then(|m| link_mac(&m)))
+            .and_then(|m| Some((m.header.index, link_mac(&m)?))))
+    }
+
+    pub async fn set_link_mac(&self, index: u32, mac: VtepMac) -> Result<()> {
+        let set = LinkUnspec::new_with_index(index).address(mac.0.to_vec());
+        ctx(self.handle.link().set(set.build()).execute().await, || {
+            format!("setting MAC {mac} on link {index}")
+        })
     }
 
     /// Brings the device to `spec`. Returns its index and whether it was (re)created, in which case every
