@@ -11,7 +11,7 @@
 //!   id derived from the netns path; its `gc` keeps no attachment).
 //!
 //! Tests drive network lists through them exactly as runtimes do: config loading, version
-//! reconciliation, chaining, result cache, prevResult on CHECK/DEL (cni-spec.md §9).
+//! reconciliation, chaining, result cache, prevResult on CHECK/DEL (docs/cni-spec-notes.md §9).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

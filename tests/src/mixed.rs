@@ -320,7 +320,8 @@ impl MixedCluster {
 
     /// What is missing for DirectRouting: per node, for every other lease, `<subnet> via <peer underlay IP>
     /// dev eth0` when the peer is on the node's underlay network (`/24`), else the route, neighbour and FDB
-    /// entry on `flannel.1` (flannel.md §6.2: DirectRouting falls back to VXLAN for peers behind a router).
+    /// entry on `flannel.1` (docs/architecture.md, flannel contracts, VXLAN programming: DirectRouting falls back to
+    /// VXLAN for peers behind a router).
     pub fn direct_mesh_missing(&self) -> Result<Vec<String>, String> {
         let leases = self.state().leases()?;
         let same_segment = |a: Ipv4Addr, b: Ipv4Addr| u32::from(a) >> 8 == u32::from(b) >> 8;

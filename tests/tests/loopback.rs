@@ -1,4 +1,4 @@
-//! Conformance of our `loopback` plugin (cni-spec.md §12): driven through the real libcni like a
+//! Conformance of our `loopback` plugin (docs/cni-spec-notes.md §12): driven through the real libcni like a
 //! runtime, and compared byte-for-byte (as JSON) with each reference build's loopback (Debian's 1.1.1
 //! and upstream v1.10.0).
 
@@ -55,7 +55,7 @@ fn run(plugin: &PathBuf, command: &str, ns: &Netns, config: &Value) -> Outcome {
 
 /// Debian's reference loopback (plugins 1.1.1) prints its 1.0.0-shaped result under whatever
 /// `cniVersion` was requested: at 0.3.x/0.4.0 its `ips` lack the `version` field those versions
-/// require (cni-spec.md §5.2), and libcni reads them back as `"version": ""`. We emit the field as
+/// require (docs/cni-spec-notes.md §5.2), and libcni reads them back as `"version": ""`. We emit the field as
 /// the spec says, so results below 1.0.0 are compared without it, and ours is checked on its own.
 fn without_ip_versions(result: &Value) -> Value {
     let mut result = result.clone();
@@ -283,7 +283,7 @@ fn status_and_gc_succeed_by_direct_exec() {
     require_root();
     let name = unique_net("lo");
     // libcni 1.1.2 cannot send these verbs (spec 1.1.0), so exec them like a 1.1 runtime would:
-    // all six variables present, the attachment ones empty (cni-spec.md §2).
+    // all six variables present, the attachment ones empty (docs/cni-spec-notes.md §2).
     let status = Invocation::new(ours(), "STATUS")
         .libcni_style()
         .container_id(None)
@@ -426,7 +426,7 @@ fn libcni_driver_names_attachments_like_cnitool() {
     require_root();
     use sha2::{Digest, Sha512};
     // cnitool's container id: "cnitool-" + hex of the first 10 bytes of sha512(netns path); the
-    // result cache file is <cache>/results/<net>-<id>-<ifname> (cni-spec.md §9).
+    // result cache file is <cache>/results/<net>-<id>-<ifname> (docs/cni-spec-notes.md §9).
     let lib = LibCni::scratch(vec![bin_dir()]);
     let net = lib.write_conflist(&conflist("1.0.0", &unique_net("lo")));
     let ns = Netns::new("lo");

@@ -1,4 +1,4 @@
-//! The `portmap` plugin on real namespaces (issue 7, cni-spec.md §12 portmap). Each test builds a "node"
+//! The `portmap` plugin on real namespaces (docs/cni-spec-notes.md §12 portmap). Each test builds a "node"
 //! namespace whose pods are attached with a `bridge` + `portmap` conflist driven through the real libcni,
 //! plus a "remote host" namespace on a veth. TCP and UDP servers run inside the pod (in-process threads
 //! that `setns`'d into it), and clients connect through the host port from the remote host via the node

@@ -1,5 +1,5 @@
-//! The `flannel` CNI meta plugin (flannel.md §13): turns the node's `subnet.env` into a `bridge` +
-//! `host-local` delegate config, saves it per attachment, and runs the delegate.
+//! The `flannel` CNI meta plugin (docs/architecture.md, flannel contracts, the flannel CNI plugin): turns the node's
+//! `subnet.env` into a `bridge` + `host-local` delegate config, saves it per attachment, and runs the delegate.
 //!
 //! Differences from the reference plugin, each fixing a known failure:
 //! - the saved config is keyed by container id **and** interface name, so two interfaces of one container
@@ -174,7 +174,7 @@ impl Plugin for Flannel {
             Err(_) => ours.first().map(|(_, c)| c.clone()),
         };
         if let Some(mut d) = base {
-            // GC carries neither (cni-spec.md §3.2); a saved config may hold ADD's runtimeConfig.
+            // GC carries neither (docs/cni-spec-notes.md §3.2); a saved config may hold ADD's runtimeConfig.
             d.remove("prevResult");
             d.remove("runtimeConfig");
             for key in [
@@ -197,7 +197,7 @@ impl Plugin for Flannel {
 
         // An absent list is not an empty one: without it nothing may be released.
         let Some(valid) = valid else { return Ok(()) };
-        // GC continues past errors and reports them together (cni-spec.md §4 GC).
+        // GC continues past errors and reports them together (docs/cni-spec-notes.md §4 GC).
         let mut failures = Vec::new();
         for (saved, _) in &ours {
             let keep = valid.iter().any(|a| {

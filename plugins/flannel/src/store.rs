@@ -1,9 +1,9 @@
 //! The saved delegate configs in `dataDir`: one file per attachment, written before the delegate's ADD runs,
 //! so DEL can run the delegate with exactly the config ADD used even when `subnet.env` is gone or the node's
-//! subnet changed (flannel.md §13). The reference keys the file by container id alone, so two interfaces of
-//! one container overwrite each other's; ours is `<containerID>:<ifname>` (neither may contain `:`, so the
-//! name splits back unambiguously for GC). A file named by the container id alone is the reference's and is
-//! still honoured by DEL, so a node can switch plugins without stranding addresses.
+//! subnet changed (docs/architecture.md, flannel contracts, the flannel CNI plugin). The reference keys the file by
+//! container id alone, so two interfaces of one container overwrite each other's; ours is `<containerID>:<ifname>`
+//! (neither may contain `:`, so the name splits back unambiguously for GC). A file named by the container id alone is
+//! the reference's and is still honoured by DEL, so a node can switch plugins without stranding addresses.
 
 use serde_json::{Map, Value};
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};

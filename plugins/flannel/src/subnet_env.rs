@@ -1,6 +1,6 @@
-//! `subnet.env`, the file the overlay daemon writes once the node has a subnet (flannel.md §8): dotenv lines,
-//! `KEY=value`, no quoting. What the plugin needs from it is the node's subnets, the cluster networks, the MTU
-//! and whether the daemon masquerades.
+//! `subnet.env`, the file the overlay daemon writes once the node has a subnet (docs/architecture.md, flannel
+//! contracts, subnet.env): dotenv lines, `KEY=value`, no quoting. What the plugin needs from it is the node's subnets,
+//! the cluster networks, the MTU and whether the daemon masquerades.
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ impl SubnetEnv {
     /// Reads and validates the file. A missing file, a missing key or a value that does not parse is code 11
     /// (try again later): the daemon has not (fully) written it yet, and a runtime retries ADD. The message
     /// names the file and the key, because "no such file or directory" alone is what users could not act on
-    /// (flannel.md §14, complaint 2).
+    /// (the most reported flannel error: `subnet.env` missing while the daemon starts).
     pub fn load(path: &Path) -> Result<SubnetEnv> {
         let text = read(path)?;
         parse(&text).map_err(|e| e.context(format!("subnet file {}", path.display())))
