@@ -13,6 +13,7 @@ use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::RouteNetlinkMessage;
 use tokio::sync::mpsc;
+use twill_files::subnet_env::{self, SubnetEnv};
 
 use crate::acquire::{acquire, AcquireError, OwnLease};
 use crate::config::NetworkConfig;
@@ -24,7 +25,6 @@ use crate::metrics::Metrics;
 use crate::reconcile::{Reconciler, ReconcilerConfig};
 use crate::registry::{LeaseEvent, Registry, RegistryError};
 use crate::rules::TrafficRules;
-use crate::subnet_env::{previous_subnet, SubnetEnv};
 use crate::vtep_mac::MacIdentity;
 use crate::vxlan::{DeviceSpec, Vxlan};
 
@@ -147,7 +147,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         ));
     }
     let attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &opts.node_name);
-    let previous = previous_subnet(&opts.subnet_file);
+    let (previous, _) = subnet_env::previous_subnets(&opts.subnet_file);
     let own = loop {
         match acquire(&mut registry, &cfg, &attrs, previous, opts.lease_ttl).await {
             Ok(l) => break l,
@@ -220,12 +220,14 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     metrics.set_ready(|r| r.rules = true);
 
     let env = SubnetEnv {
-        network: cfg.network,
-        subnet: own.subnet,
+        networks_v4: vec![cfg.network],
+        networks_v6: Vec::new(),
+        subnet_v4: Some(subnet_env::gateway_v4(own.subnet)),
+        subnet_v6: None,
         mtu: spec.mtu,
-        ip_masq: opts.ip_masq,
+        ipmasq: opts.ip_masq,
     };
-    env.write_atomically(&opts.subnet_file)
+    env.write(&opts.subnet_file)
         .map_err(|e| format!("writing {}: {e}", opts.subnet_file.display()))?;
     metrics.set_ready(|r| r.subnet_env = true);
     log(format!("wrote {}; ready", opts.subnet_file.display()));

@@ -82,7 +82,11 @@ fn previous_subnets_tolerates_an_incomplete_file_and_a_missing_one() {
     let top = tempfile::tempdir().unwrap();
     let path = top.path().join("subnet.env");
     assert_eq!(previous_subnets(&path), (None, None));
-    std::fs::write(&path, "FLANNEL_IPV6_SUBNET=fd00:0:0:5::1/64\nFLANNEL_MTU=x\n").unwrap();
+    std::fs::write(
+        &path,
+        "FLANNEL_IPV6_SUBNET=fd00:0:0:5::1/64\nFLANNEL_MTU=x\n",
+    )
+    .unwrap();
     assert_eq!(
         previous_subnets(&path),
         (None, Some("fd00:0:0:5::/64".parse().unwrap()))
