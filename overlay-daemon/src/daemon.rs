@@ -8,11 +8,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::RouteNetlinkMessage;
-use tokio::sync::mpsc;
 use twill_files::subnet_env::{self, SubnetEnv};
 
 use crate::backend::vxlan::mac_guard::{event_matters, guard_mac};
@@ -20,6 +15,7 @@ use crate::backend::vxlan::vtep_mac::MacIdentity;
 use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
 use crate::flags::Options;
 use crate::iface;
+use crate::link_watch;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::rules::TrafficRules;
@@ -240,7 +236,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
 
     let membership = subnets.start(&own, &attrs, &cfg);
     let (mut ev_rx, publish) = (membership.events, membership.publish);
-    let mut link_rx = watch_link(spec.name.clone())?;
+    let mut link_rx = link_watch::watch_link(spec.name.clone())?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
@@ -288,31 +284,4 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     }
     log("signal received: exiting, leaving kernel state in place");
     Ok(())
-}
-
-/// Notifies when our device is deleted or changed (flannel.md §6.1: flannel recreates it but does not replay
-/// peers; we trigger a full reconcile, which does).
-fn watch_link(name: String) -> Result<mpsc::Receiver<()>, Fatal> {
-    let (conn, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
-            .map_err(|e| format!("opening netlink link monitor: {e}"))?;
-    tokio::spawn(conn);
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        while let Some((msg, _)) = messages.next().await {
-            let link = match msg.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l))
-                | NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => l,
-                _ => continue,
-            };
-            let ours = link
-                .attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == name));
-            if ours && tx.try_send(()).is_err() && tx.is_closed() {
-                return;
-            }
-        }
-    });
-    Ok(rx)
 }
