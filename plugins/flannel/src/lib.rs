@@ -20,7 +20,6 @@ use config::FlannelConf;
 use serde_json::{Map, Value};
 use store::Store;
 use subnet_change::ExpectedGateways;
-use subnet_env::SubnetEnv;
 use twill_cni::delegate;
 use twill_cni::lock::AttachmentLock;
 use twill_cni::{CniResult, Command, Error, Plugin, Request, Result, Undo};
@@ -48,7 +47,7 @@ impl Plugin for Flannel {
         // Held across the delegate, which is told so and does not wait for it (see twill_cni::lock).
         let _lock = lock_attachment(req)?;
         let conf = FlannelConf::from_netconf(&req.config)?;
-        let env = SubnetEnv::load(&conf.subnet_file)?;
+        let env = subnet_env::load(&conf.subnet_file)?;
         let delegate_conf = render::delegate_config(&conf, &env);
         let (id, ifname) = (req.container_id()?, req.ifname()?);
         let expected = ExpectedGateways::of(&delegate_conf, &env);
@@ -107,7 +106,7 @@ impl Plugin for Flannel {
         })?;
         // A pod on the old subnet is no longer reachable from other nodes once the node's subnet changed.
         // A missing subnet.env only means the daemon is down, which does not break existing pods.
-        if let Ok(env) = SubnetEnv::load(&conf.subnet_file) {
+        if let Ok(env) = subnet_env::load(&conf.subnet_file) {
             let now = render::delegate_config(&conf, &env);
             let ranges =
                 |c: &Map<String, Value>| c.get("ipam").and_then(|i| i.get("ranges")).cloned();
@@ -136,7 +135,7 @@ impl Plugin for Flannel {
     /// Not ready while the daemon has not written (a valid) `subnet.env`; then whatever the delegate says.
     fn status(&self, req: &Request) -> Result<()> {
         let conf = FlannelConf::from_netconf(&req.config)?;
-        let env = SubnetEnv::load(&conf.subnet_file).map_err(|e| Error::not_available(e.msg))?;
+        let env = subnet_env::load(&conf.subnet_file).map_err(|e| Error::not_available(e.msg))?;
         let delegate_conf = render::delegate_config(&conf, &env);
         delegate::run(
             conf.delegate_type(),
@@ -169,7 +168,7 @@ impl Plugin for Flannel {
             .collect();
 
         // The delegate needs a config even while the daemon is down: any saved one will do.
-        let base = match SubnetEnv::load(&conf.subnet_file) {
+        let base = match subnet_env::load(&conf.subnet_file) {
             Ok(env) => Some(render::delegate_config(&conf, &env)),
             Err(_) => ours.first().map(|(_, c)| c.clone()),
         };

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use crate::lease::{Lease, VtepMac};
-use crate::vxlan::Peer;
+use super::netlink::Peer;
+use crate::subnet::lease::{Lease, VtepMac};
 
 /// How many generations are tried before giving up on finding a free MAC (2^-46 per try to hit one in use).
 const MAX_GENERATION: u32 = 64;
@@ -193,7 +193,7 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use crate::subnet::lease::LeaseAttrs;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
