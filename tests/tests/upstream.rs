@@ -85,7 +85,10 @@ fn flanneld_and_critest_run() {
 fn flannel_cni_plugin_is_the_pinned_release() {
     let plugin = upstream_bin("flannel-cni", "flannel");
     let (_, about) = run(Command::new(&plugin).env_clear());
-    assert!(about.contains("v0.9.1"), "flannel plugin is not v0.9.1: {about}");
+    assert!(
+        about.contains("v0.9.1"),
+        "flannel plugin is not v0.9.1: {about}"
+    );
     let (ok, out) = run(Command::new(&plugin)
         .env_clear()
         .env("CNI_COMMAND", "VERSION"));
