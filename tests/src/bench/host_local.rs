@@ -14,6 +14,7 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::time::Duration;
 use twill_tests::exec::{Invocation, Outcome};
+use twill_tests::netns::Netns;
 
 const LEVELS: [usize; 3] = [0, 1_000, 10_000];
 const NETWORK: &str = "bench-hl";
@@ -45,11 +46,13 @@ fn prefill(data_dir: &Path, n: usize) {
     }
 }
 
-fn exec(plugin: &Path, command: &str, id: &str, conf: &Value) -> Outcome {
+/// Runs host-local. `pod` is the `CNI_NETNS` every side is given: a namespace that nothing enters
+/// (host-local never does), not the caller's own, which upstream's skel (libcni >= 1.2) refuses.
+fn exec(plugin: &Path, command: &str, id: &str, conf: &Value, pod: &Path) -> Outcome {
     let outcome = Invocation::new(plugin, command)
         .libcni_style()
         .container_id(Some(id))
-        .netns_str(Some("/proc/self/ns/net"))
+        .netns(Some(pod))
         .stdin_json(conf)
         .run();
     assert!(
@@ -62,9 +65,9 @@ fn exec(plugin: &Path, command: &str, id: &str, conf: &Value) -> Outcome {
 }
 
 /// One round for one side: ADD of a fresh attachment, then its DEL; returns both durations.
-fn add_del(plugin: &Path, conf: &Value, id: &str) -> (Duration, Duration) {
-    let add = exec(plugin, "ADD", id, conf).elapsed;
-    let del = exec(plugin, "DEL", id, conf).elapsed;
+fn add_del(plugin: &Path, conf: &Value, id: &str, pod: &Path) -> (Duration, Duration) {
+    let add = exec(plugin, "ADD", id, conf, pod).elapsed;
+    let del = exec(plugin, "DEL", id, conf, pod).elapsed;
     (add, del)
 }
 
@@ -86,6 +89,8 @@ pub fn run(options: &Options) -> Report {
         assert!(p.is_file(), "{} is missing", p.display());
     }
     let primary = plugins[1].1.clone();
+    let pod = Netns::new("benchhl");
+    let pod = pod.path();
     let mut rows: Vec<(String, Stats)> = Vec::new();
     let mut notes = Vec::new();
     let mut headline: Vec<Stats> = Vec::new();
@@ -110,14 +115,14 @@ pub fn run(options: &Options) -> Report {
             .collect();
         let ours_conf = sides[0].conf.clone();
         let rebuild = timed(|| {
-            add_del(&ours, &ours_conf, "bench-index-build");
+            add_del(&ours, &ours_conf, "bench-index-build", pod);
         });
         let mut round = 0usize;
         let adds = interleaved_each(options, &mut sides, |i, side| {
             if i == 0 {
                 round += 1;
             }
-            let (add, del) = add_del(&side.plugin, &side.conf, &format!("bench-{round}"));
+            let (add, del) = add_del(&side.plugin, &side.conf, &format!("bench-{round}"), pod);
             side.dels.push(del);
             add
         });
@@ -126,10 +131,10 @@ pub fn run(options: &Options) -> Report {
         let mut mixed = Vec::new();
         for round in 0..options.rounds.min(MIXED_ROUNDS) {
             let (foreign, id) = (format!("ref-{round}"), format!("mixed-{round}"));
-            exec(&primary, "ADD", &foreign, &ours_conf);
-            mixed.push(exec(&ours, "ADD", &id, &ours_conf).elapsed);
-            exec(&ours, "DEL", &id, &ours_conf);
-            exec(&ours, "DEL", &foreign, &ours_conf);
+            exec(&primary, "ADD", &foreign, &ours_conf, pod);
+            mixed.push(exec(&ours, "ADD", &id, &ours_conf, pod).elapsed);
+            exec(&ours, "DEL", &id, &ours_conf, pod);
+            exec(&ours, "DEL", &foreign, &ours_conf, pod);
         }
         let add_stats: Vec<Stats> = adds.iter().map(|t| Stats::of(t)).collect();
         let del_stats: Vec<Stats> = sides

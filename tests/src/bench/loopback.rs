@@ -65,14 +65,14 @@ pub fn run(options: &Options) -> Report {
     let per_side = options.warmup + options.rounds;
     let ours = options.ours.join("loopback");
     let mut sides = vec![Side::new(
-        format!("twill {}", ours.display()),
+        "twill ADD+DEL".into(),
         Work::Plugin(ours),
         per_side,
     )];
     for reference in &options.references {
         let plugin = reference.dir.join("loopback");
         sides.push(Side::new(
-            format!("{} {}", reference.label, plugin.display()),
+            format!("{} ADD+DEL", reference.label),
             Work::Plugin(plugin),
             per_side,
         ));

@@ -4,6 +4,7 @@
 //! Shell-only scenarios live in `scripts/bench/<name>.sh` and are dispatched by `scripts/bench.sh`.
 
 pub mod bridge;
+pub mod flannel;
 pub mod host_local;
 pub mod loopback;
 pub mod portmap;
@@ -73,6 +74,11 @@ pub fn scenarios() -> Vec<Scenario> {
         },
         Scenario { name: "bridge", about: "bridge+host-local ADD/DEL ours vs reference, ipMasq off/on, 40 parallel ADDs; floors: kernel ADD work, veth delete", run: bridge::run },
         Scenario {
+            name: "flannel",
+            about: "flannel -> bridge+host-local ADD/DEL ours vs flannel's plugin (v0.9.1) on each reference",
+            run: flannel::run,
+        },
+        Scenario {
             name: "portmap",
             about: "bridge+portmap (2 mappings) ADD+DEL ours vs reference; rows: portmap alone, exec floor",
             run: portmap::run,
@@ -131,7 +137,7 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = format!("scenario {}: {}\n", self.scenario, self.what);
         out.push_str(&format!(
-            "  {:<38} {:>6} {:>10} {:>10} {:>10} {:>10}\n",
+            "  {:<42} {:>6} {:>10} {:>10} {:>10} {:>10}\n",
             "", "n", "median", "p90", "min", "mean"
         ));
         for row in std::iter::once(&self.ours)
@@ -140,7 +146,7 @@ impl Report {
         {
             let s = row.stats;
             out.push_str(&format!(
-                "  {:<38} {:>6} {:>10} {:>10} {:>10} {:>10}\n",
+                "  {:<42} {:>6} {:>10} {:>10} {:>10} {:>10}\n",
                 row.label,
                 s.n,
                 fmt(s.median),

@@ -126,10 +126,10 @@ fn exec_floor() -> Duration {
 }
 
 pub fn run(options: &Options) -> Report {
-    let mut labels = vec![format!("twill {}", options.ours.display())];
+    let mut labels = vec!["twill chain".to_string()];
     let mut dirs = vec![options.ours.clone()];
     for reference in &options.references {
-        labels.push(format!("{} {}", reference.label, reference.dir.display()));
+        labels.push(format!("{} chain", reference.label));
         dirs.push(reference.dir.clone());
     }
     for dir in &dirs {
