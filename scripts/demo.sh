@@ -133,8 +133,12 @@ cmd_up() {
   if [ "$PROFILE" = release ]; then for b in "${BINS[@]}"; do BUILD_ARGS+=(--bin "$b"); done; fi
   log "building $PROFILE binaries: ${BINS[*]}"
   cargo build "${BUILD_ARGS[@]}"
-  log "building the cluster supervisor: twill-cluster"
-  cargo build -p twill-tests --bin twill-cluster
+  # The debug build above already holds the supervisor (it is one of the workspace's bins); building it alone
+  # would unify features differently and rebuild half the dependency tree.
+  if [ "$PROFILE" = release ]; then
+    log "building the cluster supervisor: twill-cluster"
+    cargo build -p twill-tests --bin twill-cluster
+  fi
   log "building the libcni driver (Go, Debian's libcni)"
   build_cnitool
 
