@@ -4,6 +4,7 @@
 #
 #   scripts/bench.sh                          list scenarios
 #   scripts/bench.sh loopback [--rounds N] [--warmup N]
+#   scripts/bench.sh scale [--pods 0,200,1000] [--rounds N] [--upstream DIR]   (pods on the bridge)
 #
 # Rust scenarios are tests/src/bench/<name>.rs (run by the twill-bench binary); shell scenarios are
 # scripts/bench/<name>.sh and get the same options. Builds release binaries first. Needs root.
@@ -17,7 +18,7 @@ scenarios=()
 options=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --rounds|--warmup|--ours|--reference)
+    --rounds|--warmup|--ours|--reference|--pods|--upstream)
       [ $# -ge 2 ] || die "$1 needs a value"; options+=("$1" "$2"); shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;

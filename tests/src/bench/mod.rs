@@ -8,6 +8,7 @@ pub mod host_local;
 pub mod loopback;
 pub mod portmap;
 pub mod runtimes;
+pub mod scale;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -23,6 +24,13 @@ pub struct Options {
     pub ours: PathBuf,
     /// Directory of the reference plugins.
     pub reference: PathBuf,
+    /// Whether `--rounds` / `--warmup` were given (scenarios with costly rounds pick their own defaults).
+    pub rounds_given: bool,
+    pub warmup_given: bool,
+    /// Pod counts of scenarios that measure at several sizes (`--pods 0,200,1000`).
+    pub pods: Option<Vec<usize>>,
+    /// A second reference build (e.g. a newer upstream release), measured as its own side where supported.
+    pub upstream: Option<PathBuf>,
 }
 
 /// A named scenario.
@@ -57,6 +65,11 @@ pub fn scenarios() -> Vec<Scenario> {
             run: runtimes::run_containerd,
         },
         Scenario { name: "bridge", about: "bridge+host-local ADD/DEL ours vs reference, ipMasq off/on, 40 parallel ADDs; floors: kernel ADD work, veth delete", run: bridge::run },
+        Scenario {
+            name: "scale",
+            about: "bridge+host-local ADD/DEL with 0/200/1,000 pods on the bridge, ours vs reference(s) vs kernel floor",
+            run: scale::run,
+        },
         Scenario {
             name: "portmap",
             about: "bridge+portmap (2 mappings) ADD+DEL ours vs reference; rows: portmap alone, exec floor",

@@ -1,7 +1,8 @@
 //! `twill-bench`: runs named benchmark scenarios (ours vs the reference plugins) and prints a table
 //! per scenario. Called by `scripts/bench.sh`, which builds release binaries first.
 //!
-//! Usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR] <scenario>...
+//! Usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR] [--upstream DIR]
+//!                    [--pods N,N,..] <scenario>...
 //!        twill-bench --list
 
 #[path = "../bench/mod.rs"]
@@ -15,7 +16,8 @@ use twill_tests::bins::{bin_dir, ref_dir, require_root};
 
 fn usage() -> String {
     let mut text = String::from(
-        "usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR] <scenario>...\n\
+        "usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR] [--upstream DIR]\n\
+         \x20                  [--pods N,N,..] <scenario>...\n\
          \x20      twill-bench --list\n\nscenarios:\n",
     );
     for s in scenarios() {
@@ -30,6 +32,10 @@ fn main() -> ExitCode {
         warmup: 10,
         ours: bin_dir(),
         reference: ref_dir(),
+        rounds_given: false,
+        warmup_given: false,
+        pods: None,
+        upstream: None,
     };
     let mut wanted = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -48,10 +54,27 @@ fn main() -> ExitCode {
             }
             "--rounds" => value("--rounds")
                 .and_then(|v| v.parse().map_err(|e| format!("--rounds {v}: {e}")))
-                .map(|n| options.rounds = n),
+                .map(|n| {
+                    options.rounds = n;
+                    options.rounds_given = true;
+                }),
             "--warmup" => value("--warmup")
                 .and_then(|v| v.parse().map_err(|e| format!("--warmup {v}: {e}")))
-                .map(|n| options.warmup = n),
+                .map(|n| {
+                    options.warmup = n;
+                    options.warmup_given = true;
+                }),
+            "--pods" => value("--pods").and_then(|v| {
+                v.split(',')
+                    .map(|p| {
+                        p.trim()
+                            .parse::<usize>()
+                            .map_err(|e| format!("--pods {v}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|list| options.pods = Some(list))
+            }),
+            "--upstream" => value("--upstream").map(|v| options.upstream = Some(PathBuf::from(v))),
             "--ours" => value("--ours").map(|v| options.ours = PathBuf::from(v)),
             "--reference" => value("--reference").map(|v| options.reference = PathBuf::from(v)),
             s if s.starts_with('-') => Err(format!("unknown option {s}")),
