@@ -46,6 +46,8 @@ enum Kind {
         host: Handle,
         bridge: u32,
         pods: Vec<NetNs>,
+        /// Whether the measured pod announces itself with a gratuitous ARP at link-up.
+        arp_notify: bool,
     },
 }
 
@@ -77,7 +79,7 @@ impl Side {
         )
     }
 
-    fn floor() -> Side {
+    fn floor(arp_notify: bool) -> Side {
         let node = NetNs::create_unnamed().expect("floor node netns");
         let host = Handle::in_netns(&node).expect("netlink in floor node");
         let lo = host.link_by_name("lo").expect("lo");
@@ -92,12 +94,17 @@ impl Side {
         host.add_address(br.index, net(FLOOR_GATEWAY))
             .expect("floor bridge address");
         Side::new(
-            "kernel floor",
+            if arp_notify {
+                "floor + GARP"
+            } else {
+                "kernel floor"
+            },
             Kind::Floor {
                 _node: node,
                 host,
                 bridge: br.index,
                 pods: Vec::new(),
+                arp_notify,
             },
         )
     }
@@ -203,7 +210,12 @@ impl Side {
                 done.push(pod);
                 (add, del)
             }
-            Kind::Floor { host, bridge, .. } => {
+            Kind::Floor {
+                host,
+                bridge,
+                arp_notify,
+                ..
+            } => {
                 let pod = NetNs::create_unnamed().expect("floor pod netns");
                 let address = net(Ipv4Addr::new(
                     10,
@@ -219,6 +231,7 @@ impl Side {
                     *bridge,
                     address,
                     IpAddr::V4(FLOOR_GATEWAY),
+                    *arp_notify,
                 )
                 .expect("floor ADD");
                 let add = start.elapsed();
@@ -289,8 +302,10 @@ pub fn run(options: &Options) -> Report {
             upstream.display().to_string(),
         ));
     }
-    sides.push(Side::floor());
+    sides.push(Side::floor(false));
     let floor = sides.len() - 1;
+    sides.push(Side::floor(true));
+    let floor_garp = sides.len() - 1;
 
     let mut done = Vec::new();
     let mut done_floor = Vec::new();
@@ -337,8 +352,9 @@ pub fn run(options: &Options) -> Report {
         }
         let ours = &sides[0];
         line.push_str(&format!(
-            "; twill/floor {:.2}, twill/reference {:.2}",
+            "; twill/floor {:.2}, twill/(floor + GARP) {:.2}, twill/reference {:.2}",
             median(&ours.add) / median(&f.add),
+            median(&ours.add) / median(&sides[floor_garp].add),
             median(&ours.add) / median(&sides[1].add)
         ));
         if options.upstream.is_some() {
