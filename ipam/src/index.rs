@@ -97,9 +97,10 @@ const UNTRUSTED: (i64, i64) = (0, 0);
 /// `path`'s mtime; `None` when it does not exist.
 fn mtime_of(path: &Path) -> Result<Option<(i64, i64)>> {
     let c = c_path(path)?;
-    // SAFETY: zeroed stat is a valid out-parameter; c is NUL-terminated.
+    // SAFETY: zeroed stat is a valid out-parameter; c is NUL-terminated. lstat: a link planted at the stamp
+    // is judged by itself, never by its target.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::stat(c.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() == ErrorKind::NotFound {
             return Ok(None);
@@ -124,7 +125,16 @@ fn set_mtime(path: &Path, (sec, nsec): (i64, i64)) -> Result<bool> {
         },
     ];
     // SAFETY: valid NUL-terminated path and a two-element timespec array.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } == 0 {
+    // AT_SYMLINK_NOFOLLOW: a link planted at the stamp gets its own time changed, not its target's.
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } == 0
+    {
         return Ok(true);
     }
     let e = std::io::Error::last_os_error();
@@ -245,6 +255,15 @@ impl Store {
             if let LeaseContent::Owned(o) = &e.content {
                 let key = index_key(o);
                 wanted[bucket_of(&key)].push((key, e.ip));
+            }
+        }
+        // idx/ is ours alone (0700): anything in it that is not a regular file, such as a planted link, is
+        // removed before the buckets are written.
+        let dir = self.idx_dir();
+        for e in fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let e = e.with_context(|| format!("read {}", dir.display()))?;
+            if !e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = fs::remove_file(e.path());
             }
         }
         for (b, mut lines) in wanted.into_iter().enumerate() {

@@ -4,10 +4,13 @@ use crate::allocator;
 use crate::config::IpamConfig;
 use crate::lease::{LeaseContent, Owner};
 use crate::resolv;
-use crate::store::{c_path, leased_addresses, read_lease, write_file, Paths, Store};
+use crate::store::{
+    c_path, create_net_dir, create_state_dirs, leased_addresses, read_lease, write_file, Paths,
+    Store,
+};
 use std::collections::HashSet;
 use std::net::IpAddr;
-use twill_cni::{CniResult, Command, Context, Error, Plugin, Request, Result};
+use twill_cni::{CniResult, Command, Error, Plugin, Request, Result};
 
 /// The host-local IPAM plugin.
 #[derive(Debug, Default, Clone, Copy)]
@@ -237,8 +240,9 @@ impl Plugin for HostLocal {
 /// in it (`access(W_OK)` reports a read-only filesystem even for root), and a file can really be created in
 /// our state directory. Nothing in the network directory changes, so the index stays trusted.
 fn writable(paths: &Paths) -> Result<()> {
+    create_net_dir(paths)?;
+    create_state_dirs(paths)?;
     for dir in [&paths.net_dir, &paths.state_dir] {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let c = c_path(dir)?;
         // SAFETY: valid NUL-terminated path.
         if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {

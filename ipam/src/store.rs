@@ -11,6 +11,12 @@
 //! `<dataDir>/.twill/<network>/`, because the reference walks the network directory recursively and would
 //! read (and on DEL, delete) anything in it whose content looks like a lease. A network name can never start
 //! with a dot, so `.twill` cannot clash with a network.
+//!
+//! Symbolic links: anyone who can write into the dataDir could plant a link where we write state and make
+//! ADD overwrite the link's target. The directories we create (`<network>`, `.twill`, `.twill/<network>`,
+//! `idx`, `tmp`) must be real directories, or the operation fails naming the link; every file we write is
+//! opened with `O_NOFOLLOW`, so a link at a file's name makes that write fail instead of writing through it.
+//! The dataDir itself may be a link, as with the reference: it is the operator's configuration.
 
 use crate::lease::{LeaseContent, Owner};
 use std::cell::Cell;
@@ -99,6 +105,81 @@ fn mkdir_p(dir: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("create directory {}", dir.display()))
 }
 
+fn dir_is_link(dir: &Path) -> Error {
+    Error::failed(format!(
+        "{} is a symbolic link; host-local keeps no state behind links (replace it by a directory)",
+        dir.display()
+    ))
+}
+
+/// Create `dir` (one level; its parent must exist) unless it exists, then make sure it is a real directory,
+/// so nothing is ever created below a planted link.
+fn mkdir_owned(dir: &Path, mode: u32) -> Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::failed(format!(
+                "create directory {}: {e}",
+                dir.display()
+            )))
+        }
+    }
+    require_real_dir(dir)
+}
+
+/// Create the network directory if needed. The dataDir is the operator's (it may be a link, as the reference
+/// allows); the network directory below it is ours and must be a real directory.
+pub fn create_net_dir(paths: &Paths) -> Result<()> {
+    if let Some(data_dir) = paths.net_dir.parent() {
+        mkdir_p(data_dir, 0o755)?;
+    }
+    mkdir_owned(&paths.net_dir, 0o755)
+}
+
+/// Create our state directories (`.twill/<network>/{idx,tmp}`) if needed, one level at a time, each a real
+/// directory.
+pub fn create_state_dirs(paths: &Paths) -> Result<()> {
+    if let Some(twill_dir) = paths.state_dir.parent() {
+        mkdir_owned(twill_dir, 0o700)?;
+    }
+    mkdir_owned(&paths.state_dir, 0o700)?;
+    mkdir_owned(&paths.state_dir.join("idx"), 0o700)?;
+    mkdir_owned(&paths.state_dir.join("tmp"), 0o700)
+}
+
+/// Fail unless `dir` is a directory itself, not a symbolic link to one: we write into it.
+fn require_real_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => Err(dir_is_link(dir)),
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::failed(format!(
+            "{} is not a directory",
+            dir.display()
+        ))),
+        Err(e) => Err(Error::failed(format!("stat {}: {e}", dir.display()))),
+    }
+}
+
+/// Options opening a file for writing without following a symbolic link at its name (`ELOOP` instead).
+fn write_options(mode: u32) -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.write(true).mode(mode).custom_flags(libc::O_NOFOLLOW);
+    o
+}
+
+/// The error for opening `path` for writing, naming a planted link as such.
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        Error::failed(format!(
+            "{} is a symbolic link; host-local does not write through links (remove it)",
+            path.display()
+        ))
+    } else {
+        Error::failed(format!("open {}: {e}", path.display()))
+    }
+}
+
 fn flock_exclusive(file: &File, path: &Path) -> Result<()> {
     loop {
         // SAFETY: flock on a valid, open descriptor.
@@ -115,14 +196,15 @@ fn flock_exclusive(file: &File, path: &Path) -> Result<()> {
 impl Store {
     /// Create the directories if needed and take the network's lock.
     pub fn open(paths: Paths) -> Result<Store> {
-        mkdir_p(&paths.net_dir, 0o755)?;
+        create_net_dir(&paths)?;
         Store::lock(paths)
     }
 
     /// Take the lock of an existing network; `None` when the network directory does not exist (nothing was
     /// ever allocated there, so DEL and GC have nothing to do and must not create state).
     pub fn open_existing(paths: Paths) -> Result<Option<Store>> {
-        match fs::metadata(&paths.net_dir) {
+        match fs::symlink_metadata(&paths.net_dir) {
+            Ok(m) if m.file_type().is_symlink() => Err(dir_is_link(&paths.net_dir)),
             Ok(m) if m.is_dir() => Store::lock(paths).map(Some),
             Ok(_) => Err(Error::failed(format!(
                 "{} is not a directory",
@@ -137,18 +219,16 @@ impl Store {
     }
 
     fn lock(paths: Paths) -> Result<Store> {
+        require_real_dir(&paths.net_dir)?;
         let lock_path = paths.net_dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
+        let lock = write_options(0o644)
             .read(true)
-            .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
             .open(&lock_path)
-            .with_context(|| format!("open {}", lock_path.display()))?;
+            .map_err(|e| open_error(&lock_path, e))?;
         flock_exclusive(&lock, &lock_path)?;
-        mkdir_p(&paths.state_dir.join("idx"), 0o700)?;
-        mkdir_p(&paths.state_dir.join("tmp"), 0o700)?;
+        create_state_dirs(&paths)?;
         Ok(Store {
             paths,
             _lock: lock,
@@ -216,7 +296,7 @@ impl Store {
                     .paths
                     .net_dir
                     .join(format!(".twill-lease.{}", std::process::id()));
-                write_file(&local, owner.to_content().as_bytes(), LEASE_MODE)?;
+                create_fresh(&local, owner.to_content().as_bytes(), LEASE_MODE)?;
                 self.tmp_lease = Some((local, owner.clone()));
                 self.try_reserve(ip, owner)
             }
@@ -241,7 +321,7 @@ impl Store {
             .state_dir
             .join("tmp")
             .join(format!("lease.{}", std::process::id()));
-        write_file(&path, owner.to_content().as_bytes(), LEASE_MODE)?;
+        create_fresh(&path, owner.to_content().as_bytes(), LEASE_MODE)?;
         self.tmp_lease = Some((path.clone(), owner.clone()));
         Ok(path)
     }
@@ -337,15 +417,29 @@ pub fn leased_addresses(dir: &Path) -> Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// Create or truncate `path` with `mode` and write `bytes`.
+/// Create or truncate `path` with `mode` and write `bytes`; a symbolic link at `path` is an error.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
+    let mut f = write_options(mode)
         .create(true)
         .truncate(true)
-        .mode(mode)
         .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
+        .map_err(|e| open_error(path, e))?;
+    f.write_all(bytes)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// Write a new file at a name private to this process (a temporary file): whatever is at the name (a
+/// leftover of a killed process with our pid, or a planted link) is removed, not written through.
+fn create_fresh(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::failed(format!("remove {}: {e}", path.display()))),
+    }
+    let mut f = write_options(mode)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| open_error(path, e))?;
     f.write_all(bytes)
         .with_context(|| format!("write {}", path.display()))
 }
@@ -357,13 +451,11 @@ pub fn overwrite(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 fn overwrite_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let f = OpenOptions::new()
-        .write(true)
+    let f = write_options(mode)
         .create(true)
         .truncate(false)
-        .mode(mode)
         .open(path)
-        .with_context(|| format!("open {}", path.display()))?;
+        .map_err(|e| open_error(path, e))?;
     // Overwrite, then cut: the block stays allocated instead of being freed by O_TRUNC and allocated again.
     std::os::unix::fs::FileExt::write_all_at(&f, bytes, 0)
         .with_context(|| format!("write {}", path.display()))?;

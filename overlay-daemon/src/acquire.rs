@@ -45,12 +45,17 @@ impl From<RegistryError> for AcquireError {
     }
 }
 
-/// Is `lease` ours? By node name first; a lease without a node name (written by flanneld, or an admin's
-/// reservation) is ours if it carries our public IP, which is flannel's identity (flannel.md §4 step 3).
-fn is_ours(lease: &Lease, attrs: &LeaseAttrs) -> bool {
+/// Is `lease` ours? A lease without a node name (written by flanneld, or an admin's reservation) is ours if
+/// it carries our public IP, which is flannel's identity. A lease with our node name
+/// is ours if it also carries our public IP, or if it is the subnet this machine held last (`previous`, from
+/// its subnet.env): that is how a node keeps its subnet across an address change. A node name alone is not
+/// enough: names are not unique in practice (cloned machines, one hostname for many namespaces), and a node
+/// taking a same-named node's lease would steal the other's subnet while it is in use.
+fn is_ours(lease: &Lease, attrs: &LeaseAttrs, previous: Option<Ipv4Net>) -> bool {
+    let same_ip = lease.attrs.public_ip == attrs.public_ip;
     match (&lease.attrs.node_name, &attrs.node_name) {
-        (Some(theirs), Some(ours)) => theirs == ours,
-        _ => lease.attrs.public_ip == attrs.public_ip,
+        (Some(theirs), Some(ours)) => theirs == ours && (same_ip || previous == Some(lease.subnet)),
+        _ => same_ip,
     }
 }
 
@@ -64,11 +69,16 @@ pub async fn acquire(
     for _attempt in 0..10 {
         let (leases, _) = registry.list().await?;
 
-        // Step 3: a lease we already hold (by identity). Prefer the one named after us.
+        // Step 3: a lease we already hold (by identity). Prefer the one with our address and name.
         let mine = leases
             .iter()
-            .filter(|l| is_ours(l, attrs))
-            .max_by_key(|l| l.attrs.node_name.is_some());
+            .filter(|l| is_ours(l, attrs, previous))
+            .max_by_key(|l| {
+                (
+                    l.attrs.public_ip == attrs.public_ip,
+                    l.attrs.node_name.is_some(),
+                )
+            });
         if let Some(l) = mine {
             if cfg.allows(l.subnet) {
                 if l.is_reservation() {
@@ -78,11 +88,16 @@ pub async fn acquire(
                         lease_id: 0,
                     });
                 }
-                let id = registry.renew(l.subnet, attrs, ttl, l.lease_id).await?;
-                return Ok(OwnLease {
-                    subnet: l.subnet,
-                    lease_id: id,
-                });
+                match registry.renew(l.subnet, attrs, ttl, l.lease_id).await? {
+                    Some(id) => {
+                        return Ok(OwnLease {
+                            subnet: l.subnet,
+                            lease_id: id,
+                        })
+                    }
+                    // Expired between the listing and the renewal: start over.
+                    None => continue,
+                }
             }
             if !l.is_reservation() {
                 eprintln!("twilld: deleting our lease {} which the current network config no longer allows", l.subnet);
@@ -135,4 +150,55 @@ pub fn random_u64() -> u64 {
         return t.as_nanos() as u64 ^ u64::from(std::process::id());
     }
     u64::from_ne_bytes(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::VtepMac;
+
+    fn lease(subnet: &str, ip: &str, name: Option<&str>) -> Lease {
+        let mut attrs = LeaseAttrs::vxlan(ip.parse().unwrap(), 1, VtepMac([2, 0, 0, 0, 0, 1]), "x");
+        attrs.node_name = name.map(str::to_string);
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            attrs,
+            lease_id: 7,
+        }
+    }
+
+    #[test]
+    fn a_same_named_node_on_another_address_is_not_us_unless_we_held_its_subnet() {
+        let me = LeaseAttrs::vxlan(
+            "10.0.0.2".parse().unwrap(),
+            1,
+            VtepMac([2, 0, 0, 0, 0, 2]),
+            "node",
+        );
+        let other = lease("10.244.1.0/24", "10.0.0.1", Some("node"));
+        assert!(!is_ours(&other, &me, None));
+        assert!(!is_ours(
+            &other,
+            &me,
+            Some("10.244.7.0/24".parse().unwrap())
+        ));
+        // The same machine after an address change: its subnet.env names the subnet.
+        assert!(is_ours(&other, &me, Some("10.244.1.0/24".parse().unwrap())));
+        assert!(is_ours(
+            &lease("10.244.3.0/24", "10.0.0.2", Some("node")),
+            &me,
+            None
+        ));
+        // flanneld's leases (no name) and reservations: by address.
+        assert!(is_ours(
+            &lease("10.244.4.0/24", "10.0.0.2", None),
+            &me,
+            None
+        ));
+        assert!(!is_ours(
+            &lease("10.244.4.0/24", "10.0.0.1", None),
+            &me,
+            None
+        ));
+    }
 }

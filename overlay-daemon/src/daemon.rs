@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
-use ipnet::Ipv4Net;
 use netlink_packet_core::NetlinkPayload;
 use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::RouteNetlinkMessage;
@@ -19,26 +18,34 @@ use crate::acquire::{acquire, AcquireError, OwnLease};
 use crate::config::NetworkConfig;
 use crate::flags::Options;
 use crate::iface;
-use crate::lease::{Lease, LeaseAttrs, VtepMac};
+use crate::lease::{LeaseAttrs, VtepMac};
+use crate::membership::{watch_leases, LeaseKeeper, OwnEvent};
 use crate::metrics::Metrics;
 use crate::reconcile::{Reconciler, ReconcilerConfig};
-use crate::registry::{interpret, LeaseEvent, Registry, RegistryError, WatchOutcome};
+use crate::registry::{LeaseEvent, Registry, RegistryError};
 use crate::rules::TrafficRules;
 use crate::subnet_env::{previous_subnet, SubnetEnv};
+use crate::vtep_mac::MacIdentity;
 use crate::vxlan::{DeviceSpec, Vxlan};
 
 /// Exponential backoff 100 ms -> 5 s, as flannel's watch reconnect (flannel.md §5).
-struct Backoff(Duration);
+pub struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Backoff {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Backoff(Duration::from_millis(100))
     }
-    async fn wait(&mut self) {
+    pub async fn wait(&mut self) {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
     }
-    fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.0 = Duration::from_millis(100);
     }
 }
@@ -46,7 +53,7 @@ impl Backoff {
 /// A fatal start-up error (exit non-zero).
 pub type Fatal = String;
 
-fn log(msg: impl std::fmt::Display) {
+pub fn log(msg: impl std::fmt::Display) {
     eprintln!("twilld: {msg}");
 }
 
@@ -113,7 +120,32 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             underlay.name
         ));
     }
-    let mac = VtepMac::derive(&opts.node_name, cfg.backend.vni);
+    // The MAC is chosen against the leases already in etcd, so it is not one another node uses.
+    let leases = loop {
+        match registry.list().await {
+            Ok((l, _)) => break l,
+            Err(e) => {
+                log(format!("listing leases: {e}; retrying"));
+                metrics.etcd_error(&e.to_string());
+                backoff.wait().await;
+            }
+        }
+    };
+    let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
+    let mut identity = MacIdentity::choose(
+        &opts.node_name,
+        underlay.public_ip,
+        cfg.backend.vni,
+        &leases,
+        grace,
+    );
+    let mac = identity.mac();
+    if identity.generation() > 0 {
+        log(format!(
+            "VTEP MAC of generation 0 is in another node's lease: using {mac} (generation {})",
+            identity.generation()
+        ));
+    }
     let attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &opts.node_name);
     let previous = previous_subnet(&opts.subnet_file);
     let own = loop {
@@ -142,6 +174,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     ));
     metrics.set_ready(|r| r.lease = true);
     set_expiry(&metrics, &own, opts.lease_ttl);
+    identity.set_own_subnet(own.subnet);
 
     let spec = DeviceSpec {
         name: cfg.backend.device_name(),
@@ -199,6 +232,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
 
     let (ev_tx, mut ev_rx) = mpsc::channel::<(Instant, LeaseEvent)>(4096);
     let (own_tx, own_rx) = mpsc::channel::<OwnEvent>(64);
+    let (mac_tx, mac_rx) = mpsc::channel::<VtepMac>(4);
     tokio::spawn(watch_leases(
         registry.clone(),
         own.subnet,
@@ -206,29 +240,42 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         ev_tx,
         own_tx,
         metrics.clone(),
+        grace.max(Duration::from_secs(5)),
     ));
-    tokio::spawn(keep_lease(
-        registry.clone(),
-        own.clone(),
-        attrs.clone(),
-        opts.lease_ttl,
-        opts.renew_margin,
-        own_rx,
-        metrics.clone(),
-    ));
+    let keeper = LeaseKeeper {
+        registry: registry.clone(),
+        own: own.clone(),
+        attrs: attrs.clone(),
+        cfg: cfg.clone(),
+        ttl: opts.lease_ttl,
+        margin: opts.renew_margin,
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(keeper.run(own_rx, mac_rx));
     let mut link_rx = watch_link(spec.name.clone())?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| format!("installing SIGINT handler: {e}"))?;
+    let mut mac_alarm = false;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
     loop {
         tokio::select! {
             Some((at, ev)) = ev_rx.recv() => {
+                // The full check is linear in the peers: per event only when the event can matter (a
+                // lease with our MAC, or a clash being reported); every resync catches the rest.
+                let check = match &ev {
+                    LeaseEvent::Added(l) => mac_alarm || l.attrs.vtep_mac() == Some(identity.mac()),
+                    LeaseEvent::Removed(_) | LeaseEvent::Garbled(_) => mac_alarm,
+                    LeaseEvent::Snapshot(..) | LeaseEvent::Refill(_) => true,
+                };
                 reconciler.apply(ev, at).await;
+                if check {
+                    mac_alarm = guard_mac(&mut identity, &mut reconciler, &mac_tx, &metrics).await;
+                }
             }
             Some(()) = link_rx.recv() => {
                 while link_rx.try_recv().is_ok() {}
@@ -236,6 +283,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             }
             _ = resync.tick() => {
                 reconciler.full().await;
+                mac_alarm = guard_mac(&mut identity, &mut reconciler, &mac_tx, &metrics).await;
                 if let Some(r) = &rules {
                     match r.ensure().await {
                         Ok(true) => {
@@ -260,7 +308,62 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     Ok(())
 }
 
-fn set_expiry(metrics: &Metrics, own: &OwnLease, ttl: Duration) {
+/// Checks the peer table for VTEP MAC clashes; reports them (log on change, `/readyz`, metrics) and, when
+/// this node is the one to step away, switches the device and the lease to a new MAC. Returns whether a
+/// clash is still being reported.
+async fn guard_mac(
+    identity: &mut MacIdentity,
+    reconciler: &mut Reconciler,
+    mac_tx: &mpsc::Sender<VtepMac>,
+    metrics: &Metrics,
+) -> bool {
+    let old = identity.mac();
+    let v = identity.check(reconciler.peers(), Instant::now());
+    let with_us = v.describe_with_us(old);
+    let among = v.describe_among_peers();
+    let before = metrics.readiness();
+    if with_us != before.mac_collision {
+        match &with_us {
+            Some(w) => log(format!("ERROR: {w}")),
+            None => log(format!("VTEP MAC collision resolved (our MAC is {old})")),
+        }
+    }
+    if among != before.peer_mac_duplicates {
+        if let Some(a) = &among {
+            log(format!("warning: {a}"));
+        }
+    }
+    metrics
+        .vtep_mac_collisions
+        .store(v.with_us.len() as u64, Relaxed);
+    metrics.peer_mac_duplicates.store(
+        v.among_peers.iter().map(|(_, s)| s.len() as u64).sum(),
+        Relaxed,
+    );
+    metrics.set_ready(|r| {
+        r.mac_collision = with_us;
+        r.peer_mac_duplicates = among;
+    });
+    if let Some(new) = v.change_to {
+        log(format!(
+            "changing our VTEP MAC from {old} to {new} (generation {}) to resolve the collision",
+            identity.generation()
+        ));
+        metrics.vtep_mac_changes.fetch_add(1, Relaxed);
+        reconciler.set_mac(new);
+        reconciler.full().await;
+        let _ = mac_tx.send(new).await;
+        log(format!(
+            "VTEP MAC collision resolved: our MAC is now {new}, lease re-published"
+        ));
+        metrics.vtep_mac_collisions.store(0, Relaxed);
+        metrics.set_ready(|r| r.mac_collision = None);
+        return !v.among_peers.is_empty();
+    }
+    !v.with_us.is_empty() || !v.among_peers.is_empty()
+}
+
+pub fn set_expiry(metrics: &Metrics, own: &OwnLease, ttl: Duration) {
     let v = if own.lease_id == 0 {
         0
     } else {
@@ -270,225 +373,6 @@ fn set_expiry(metrics: &Metrics, own: &OwnLease, ttl: Duration) {
             .unwrap_or(0)
     };
     metrics.lease_expiry_unix.store(v, Relaxed);
-}
-
-/// What the watch saw of our own key.
-#[derive(Debug)]
-enum OwnEvent {
-    /// Our key is gone (expired, deleted by hand).
-    Gone,
-    /// Our key is held by someone else.
-    Taken(String),
-    Present,
-}
-
-fn own_event(lease: Option<&Lease>, attrs: &LeaseAttrs) -> OwnEvent {
-    match lease {
-        None => OwnEvent::Gone,
-        Some(l) if l.attrs.node_name == attrs.node_name && l.attrs.public_ip == attrs.public_ip => {
-            OwnEvent::Present
-        }
-        Some(l) => OwnEvent::Taken(format!(
-            "{} ({})",
-            l.attrs
-                .node_name
-                .as_deref()
-                .unwrap_or("a node without name"),
-            l.attrs.public_ip
-        )),
-    }
-}
-
-/// List + watch `<prefix>/subnets/` (flannel.md §5): resume from the last revision after a broken stream, a
-/// compacted revision triggers a full re-list. Our own key goes to the lease keeper, the rest to the reconciler.
-async fn watch_leases(
-    mut registry: Registry,
-    own: Ipv4Net,
-    attrs: LeaseAttrs,
-    tx: mpsc::Sender<(Instant, LeaseEvent)>,
-    own_tx: mpsc::Sender<OwnEvent>,
-    metrics: Arc<Metrics>,
-) {
-    let mut backoff = Backoff::new();
-    let mut next_revision: Option<i64> = None;
-    loop {
-        let revision = match next_revision {
-            Some(r) => r,
-            None => match registry.list().await {
-                Ok((leases, rev)) => {
-                    metrics.etcd_ok();
-                    let _ = own_tx
-                        .send(own_event(leases.iter().find(|l| l.subnet == own), &attrs))
-                        .await;
-                    let others: Vec<Lease> =
-                        leases.into_iter().filter(|l| l.subnet != own).collect();
-                    if tx
-                        .send((Instant::now(), LeaseEvent::Snapshot(others)))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    next_revision = Some(rev + 1);
-                    rev + 1
-                }
-                Err(e) => {
-                    log(format!("listing leases: {e}; retrying"));
-                    metrics.etcd_error(&e.to_string());
-                    backoff.wait().await;
-                    continue;
-                }
-            },
-        };
-        let mut stream = match registry.watch(revision).await {
-            Ok(s) => s,
-            Err(e) => {
-                log(format!("watching leases: {e}; retrying"));
-                metrics.etcd_error(&e.to_string());
-                backoff.wait().await;
-                continue;
-            }
-        };
-        loop {
-            match stream.message().await {
-                Ok(Some(resp)) => {
-                    backoff.reset();
-                    metrics.etcd_ok();
-                    let cur = next_revision.unwrap_or(revision);
-                    match interpret(&resp, cur) {
-                        WatchOutcome::Relist => {
-                            log("watch revision compacted or watch cancelled: re-listing leases");
-                            next_revision = None;
-                            break;
-                        }
-                        WatchOutcome::Events(events, next) => {
-                            next_revision = Some(next);
-                            let now = Instant::now();
-                            for ev in events {
-                                metrics.lease_events.fetch_add(1, Relaxed);
-                                match &ev {
-                                    LeaseEvent::Added(l) if l.subnet == own => {
-                                        let _ = own_tx.send(own_event(Some(l), &attrs)).await;
-                                    }
-                                    LeaseEvent::Removed(s) if *s == own => {
-                                        let _ = own_tx.send(OwnEvent::Gone).await;
-                                    }
-                                    _ => {
-                                        if tx.send((now, ev)).await.is_err() {
-                                            return;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                Ok(None) => {
-                    log("lease watch closed by etcd; resuming");
-                    break;
-                }
-                Err(e) => {
-                    log(format!(
-                        "lease watch broken: {e}; resuming from revision {}",
-                        next_revision.unwrap_or(revision)
-                    ));
-                    metrics.etcd_error(&e.to_string());
-                    break;
-                }
-            }
-        }
-        backoff.wait().await;
-    }
-}
-
-/// Renews our lease before it expires; when it is lost, takes the same subnet back if it is free instead of
-/// exiting (flannel.md §16 item 4); if another node holds it, says so in the log, `/readyz` and metrics.
-async fn keep_lease(
-    mut registry: Registry,
-    mut own: OwnLease,
-    attrs: LeaseAttrs,
-    ttl: Duration,
-    margin: Duration,
-    mut rx: mpsc::Receiver<OwnEvent>,
-    metrics: Arc<Metrics>,
-) {
-    let renew_after = if margin < ttl { ttl - margin } else { ttl / 2 };
-    let retry = (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let far = Duration::from_secs(365 * 86_400);
-    let mut recreate = false;
-    let mut lost = false;
-    let mut next = tokio::time::Instant::now() + if own.lease_id == 0 { far } else { renew_after };
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            ev = rx.recv() => {
-                match ev {
-                    None => return,
-                    Some(OwnEvent::Present) => {
-                        if lost {
-                            log(format!("subnet {} is registered as ours again", own.subnet));
-                        }
-                        lost = false;
-                        metrics.set_ready(|r| r.lease_lost = false);
-                        continue;
-                    }
-                    Some(OwnEvent::Gone) => {
-                        log(format!("our lease on {} disappeared from etcd: re-acquiring the same subnet", own.subnet));
-                        recreate = true;
-                    }
-                    Some(OwnEvent::Taken(by)) => {
-                        log(format!("ERROR: subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", own.subnet));
-                        lost = true;
-                        recreate = true;
-                        metrics.set_ready(|r| r.lease_lost = true);
-                        next = tokio::time::Instant::now() + retry;
-                        continue;
-                    }
-                }
-            }
-        }
-        if recreate {
-            match registry.create(own.subnet, &attrs, ttl).await {
-                Ok(Some(id)) => {
-                    own.lease_id = id;
-                    recreate = false;
-                    lost = false;
-                    metrics.etcd_ok();
-                    metrics.set_ready(|r| r.lease_lost = false);
-                    set_expiry(&metrics, &own, ttl);
-                    log(format!("re-acquired subnet {}", own.subnet));
-                    next = tokio::time::Instant::now() + renew_after;
-                }
-                Ok(None) => {
-                    // Someone holds the key; the watch tells us whether it is us (Present) or not (Taken).
-                    next = tokio::time::Instant::now() + retry;
-                }
-                Err(e) => {
-                    metrics.etcd_error(&e.to_string());
-                    log(format!("re-acquiring {}: {e}; retrying", own.subnet));
-                    next = tokio::time::Instant::now() + retry;
-                }
-            }
-            continue;
-        }
-        if own.lease_id == 0 || lost {
-            next = tokio::time::Instant::now() + if lost { retry } else { far };
-            continue;
-        }
-        match registry.renew(own.subnet, &attrs, ttl, own.lease_id).await {
-            Ok(id) => {
-                own.lease_id = id;
-                metrics.etcd_ok();
-                set_expiry(&metrics, &own, ttl);
-                next = tokio::time::Instant::now() + renew_after;
-            }
-            Err(e) => {
-                metrics.etcd_error(&e.to_string());
-                log(format!("renewing lease on {}: {e}; retrying", own.subnet));
-                next = tokio::time::Instant::now() + retry;
-            }
-        }
-    }
 }
 
 /// Notifies when our device is deleted or changed (flannel.md §6.1: flannel recreates it but does not replay

@@ -41,19 +41,40 @@ impl std::str::FromStr for VtepMac {
 }
 
 impl VtepMac {
-    /// A stable, locally administered unicast MAC derived from the node name and VNI (flannel.md §16 item 3):
-    /// the same node gets the same VTEP MAC after a daemon restart or a reboot that wiped /run, so peers need
-    /// no update. FNV-1a is used because its output is fixed forever, unlike std's hasher.
-    pub fn derive(node_name: &str, vni: u32) -> VtepMac {
+    /// A stable, locally administered unicast MAC derived from the node name, the public IP, the VNI and a
+    /// generation (raised only to step away from a MAC another node already uses, see [`crate::vtep_mac`]).
+    /// Derived rather than random, so the same node gets the same VTEP MAC after a daemon restart or a reboot
+    /// that wiped /run and peers need no update; the public IP is part of it because node names are not
+    /// unique in practice (cloned machines, nodes in namespaces of one host all default to one hostname),
+    /// while the public IP is unique on the underlay by construction (it is the VXLAN tunnel endpoint). A
+    /// persisted random MAC was not chosen: a cloned disk would clone it too. FNV-1a is used because its
+    /// output is fixed forever, unlike std's hasher.
+    pub fn derive(node_name: &str, public_ip: Ipv4Addr, vni: u32, generation: u32) -> VtepMac {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in node_name.bytes().chain(vni.to_be_bytes()) {
+        let bytes = node_name
+            .bytes()
+            .chain([0])
+            .chain(public_ip.octets())
+            .chain(vni.to_be_bytes())
+            .chain(generation.to_be_bytes());
+        for b in bytes {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
+        // FNV-1a barely mixes its last input bytes into the high bytes used here (generation 0 and 1 would
+        // differ in one bit); the splitmix64 finaliser spreads every input bit over the whole MAC.
+        h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        h ^= h >> 31;
         let b = h.to_be_bytes();
         let mut m = [b[0], b[1], b[2], b[3], b[4], b[5]];
         m[0] = (m[0] | 0x02) & 0xfe;
         VtepMac(m)
+    }
+
+    /// A unicast address other than all-zero (a multicast VTEP MAC would make the neighbour entry flood).
+    pub fn is_valid_unicast(&self) -> bool {
+        self.0[0] & 0x01 == 0 && self.0 != [0; 6]
     }
 }
 
@@ -99,6 +120,15 @@ impl LeaseAttrs {
             .as_str()?
             .parse()
             .ok()
+    }
+
+    /// The same attributes with another VTEP MAC.
+    pub fn with_mac(&self, mac: VtepMac) -> Self {
+        let mut a = self.clone();
+        if let Some(serde_json::Value::Object(d)) = a.backend_data.as_mut() {
+            d.insert("VtepMAC".into(), mac.to_string().into());
+        }
+        a
     }
 
     pub fn to_json(&self) -> String {
@@ -170,9 +200,22 @@ mod tests {
 
     #[test]
     fn derived_mac_is_stable_unicast_and_local() {
-        let a = VtepMac::derive("node-a", 1);
-        assert_eq!(a, VtepMac::derive("node-a", 1));
-        assert_ne!(a, VtepMac::derive("node-b", 1));
+        let ip: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let a = VtepMac::derive("node-a", ip, 1, 0);
+        assert_eq!(a, VtepMac::derive("node-a", ip, 1, 0));
+        assert_ne!(a, VtepMac::derive("node-b", ip, 1, 0));
+        assert_ne!(
+            a,
+            VtepMac::derive("node-a", "10.0.0.2".parse().unwrap(), 1, 0)
+        );
+        let next = VtepMac::derive("node-a", ip, 1, 1);
+        let differing_bits: u32 =
+            a.0.iter()
+                .zip(next.0)
+                .map(|(x, y)| (x ^ y).count_ones())
+                .sum();
+        assert!(differing_bits > 8, "{a} vs {next}");
         assert_eq!(a.0[0] & 0x03, 0x02);
+        assert!(a.is_valid_unicast());
     }
 }

@@ -15,19 +15,43 @@ pub struct Readiness {
     pub subnet_env: bool,
     pub etcd_ok: bool,
     pub last_etcd_error: Option<String>,
+    /// A peer lease carries our VTEP MAC (frames for us go to it, or its frames to us): not ready until
+    /// resolved.
+    pub mac_collision: Option<String>,
+    /// Peers sharing a VTEP MAC among themselves: our node works, those peers do not (a warning).
+    pub peer_mac_duplicates: Option<String>,
+    /// etcd lost or restored older data: set from detection until our lease is registered again.
+    pub store_reset: Option<String>,
 }
 
 impl Readiness {
-    /// etcd being unreachable alone does not make a programmed node unready: its data plane keeps working
-    /// (the problem is still reported, as a warning).
+    /// Ready when nothing but warnings is left.
     pub fn is_ready(&self) -> bool {
-        self.problems()
-            .iter()
-            .all(|p| p.starts_with("etcd unreachable"))
+        self.problems().is_empty()
+    }
+
+    /// What does not stop this node's data plane from working: etcd being unreachable (a programmed node
+    /// keeps forwarding), other nodes' MAC clashes.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.etcd_ok {
+            w.push(format!(
+                "etcd unreachable: {}",
+                self.last_etcd_error
+                    .as_deref()
+                    .unwrap_or("not connected yet")
+            ));
+        }
+        w.extend(self.peer_mac_duplicates.clone());
+        w
     }
 
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
+        if let Some(r) = &self.store_reset {
+            p.push(format!("etcd store reset, recovering: {r}"));
+        }
+        p.extend(self.mac_collision.clone());
         if self.lease_lost {
             p.push(
                 "subnet lease lost: this node's subnet is no longer registered as ours in etcd"
@@ -44,14 +68,6 @@ impl Readiness {
         }
         if !self.subnet_env {
             p.push("subnet.env not written".to_string());
-        }
-        if !self.etcd_ok {
-            p.push(format!(
-                "etcd unreachable: {}",
-                self.last_etcd_error
-                    .as_deref()
-                    .unwrap_or("not connected yet")
-            ));
         }
         p
     }
@@ -71,6 +87,12 @@ pub struct Metrics {
     pub netlink_errors: AtomicU64,
     pub lease_events: AtomicU64,
     pub device_recreated: AtomicU64,
+    pub vtep_mac_collisions: AtomicU64,
+    pub peer_mac_duplicates: AtomicU64,
+    pub vtep_mac_changes: AtomicU64,
+    pub store_resets: AtomicU64,
+    /// Invalid leases currently in etcd, by reason.
+    pub invalid_leases: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     latency: Mutex<([u64; BUCKETS.len()], u64, f64)>,
 }
 
@@ -191,6 +213,48 @@ impl Metrics {
             "Lease events received from the etcd watch",
             self.lease_events.load(Relaxed),
         );
+        gauge(
+            &mut o,
+            "twilld_vtep_mac_collision",
+            "Peer leases carrying this node's VTEP MAC",
+            self.vtep_mac_collisions.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut o,
+            "twilld_peer_vtep_mac_duplicates",
+            "Peer leases whose VTEP MAC another peer lease also carries",
+            self.peer_mac_duplicates.load(Relaxed) as f64,
+        );
+        counter(
+            &mut o,
+            "twilld_vtep_mac_changes_total",
+            "Times this node changed its VTEP MAC to resolve a collision",
+            self.vtep_mac_changes.load(Relaxed),
+        );
+        counter(
+            &mut o,
+            "twilld_etcd_store_resets_total",
+            "Times etcd was found to have lost or restored older data (revision or raft term went back, cluster changed, our key gone)",
+            self.store_resets.load(Relaxed),
+        );
+        gauge(
+            &mut o,
+            "twilld_etcd_store_recovering",
+            "1 from the detection of an etcd store reset until this node's lease is registered again",
+            f64::from(u8::from(r.store_reset.is_some())),
+        );
+        {
+            let name = "twilld_invalid_leases";
+            let _ = writeln!(
+                o,
+                "# HELP {name} Leases in etcd skipped as invalid, by reason\n# TYPE {name} gauge"
+            );
+            if let Ok(m) = self.invalid_leases.lock() {
+                for (reason, n) in m.iter() {
+                    let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {n}");
+                }
+            }
+        }
         if let Ok(h) = self.latency.lock() {
             let name = "twilld_event_to_programmed_seconds";
             let _ = writeln!(o, "# HELP {name} Time from a lease event's arrival to its kernel state being programmed\n# TYPE {name} histogram");
@@ -204,5 +268,57 @@ impl Metrics {
             );
         }
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn programmed() -> Readiness {
+        Readiness {
+            lease: true,
+            device: true,
+            rules: true,
+            subnet_env: true,
+            etcd_ok: true,
+            ..Readiness::default()
+        }
+    }
+
+    #[test]
+    fn etcd_down_and_other_nodes_mac_clash_are_warnings_our_clash_and_a_store_reset_are_not() {
+        let mut r = programmed();
+        assert!(r.is_ready() && r.warnings().is_empty());
+        r.etcd_ok = false;
+        r.peer_mac_duplicates = Some("peers share a VTEP MAC".into());
+        assert!(r.is_ready());
+        assert_eq!(r.warnings().len(), 2);
+        r.mac_collision = Some("VTEP MAC collision".into());
+        assert!(!r.is_ready());
+        r.mac_collision = None;
+        r.store_reset = Some("etcd revision went back from 9 to 2".into());
+        assert_eq!(
+            r.problems(),
+            vec!["etcd store reset, recovering: etcd revision went back from 9 to 2".to_string()]
+        );
+    }
+
+    #[test]
+    fn invalid_leases_are_rendered_by_reason() {
+        let m = Metrics::default();
+        m.invalid_leases
+            .lock()
+            .unwrap()
+            .extend([("json", 2), ("vni", 1)]);
+        let text = m.render();
+        assert!(
+            text.contains("twilld_invalid_leases{reason=\"json\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("twilld_invalid_leases{reason=\"vni\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -13,6 +13,7 @@ use ipnet::Ipv4Net;
 
 use crate::lease::Lease;
 use crate::lease::VtepMac;
+use crate::lease_check::{check, Expect, Invalid, InvalidLeases};
 use crate::metrics::Metrics;
 use crate::registry::LeaseEvent;
 use crate::vxlan::{DeviceSpec, KernelView, Peer, Vxlan};
@@ -31,6 +32,9 @@ pub struct Reconciler {
     /// Whether `peers` came from a full etcd listing. Until then nothing is purged: a restarting daemon must
     /// not tear down the entries of peers it simply has not heard of yet (no lost packets on restart).
     synced: bool,
+    /// What a peer lease must match, and the leases that did not.
+    expect: Expect,
+    invalid: InvalidLeases,
     metrics: Arc<Metrics>,
 }
 
@@ -44,6 +48,12 @@ pub struct ReconcilerConfig {
 
 impl Reconciler {
     pub fn new(vxlan: Vxlan, c: ReconcilerConfig, metrics: Arc<Metrics>) -> Self {
+        let expect = Expect {
+            network: c.spec.network,
+            subnet_len: c.subnet_len,
+            vni: c.spec.vni,
+            own_public_ip: c.spec.local,
+        };
         Reconciler {
             vxlan,
             network: c.spec.network,
@@ -55,17 +65,22 @@ impl Reconciler {
             underlay_networks: c.underlay_networks,
             peers: BTreeMap::new(),
             synced: false,
+            expect,
+            invalid: InvalidLeases::default(),
             metrics,
         }
     }
 
-    fn peer_of(&self, lease: &Lease) -> Option<Peer> {
-        if lease.subnet == self.own || lease.subnet.prefix_len() != self.subnet_len {
+    /// The peer a lease of another node describes, if it is valid (invalid ones are recorded and logged).
+    fn peer_of(&mut self, lease: &Lease) -> Option<Peer> {
+        if lease.subnet == self.own {
             return None;
         }
-        if !self.network.contains(&lease.subnet) {
+        if let Err((why, detail)) = check(lease, &self.expect) {
+            self.invalid.set(lease.subnet, why, &detail);
             return None;
         }
+        self.invalid.clear(lease.subnet);
         let mac = lease.attrs.vtep_mac()?;
         let ip = lease.attrs.public_ip;
         // DirectRouting applies when the peer's underlay address is on one of our connected networks
@@ -82,6 +97,25 @@ impl Reconciler {
         self.peers.len()
     }
 
+    /// The desired peer table (valid leases of other nodes).
+    pub fn peers(&self) -> &BTreeMap<Ipv4Net, Peer> {
+        &self.peers
+    }
+
+    fn publish_invalid(&mut self) {
+        if !self.invalid.take_changed() {
+            return;
+        }
+        if let Ok(mut m) = self.metrics.invalid_leases.lock() {
+            *m = self.invalid.by_reason();
+        }
+    }
+
+    /// A new VTEP MAC for our device; the next full pass sets it.
+    pub fn set_mac(&mut self, mac: VtepMac) {
+        self.spec.mac = mac;
+    }
+
     fn count_netlink_error(&self, e: &impl std::fmt::Display) {
         self.metrics.netlink_errors.fetch_add(1, Relaxed);
         eprintln!("twilld: {e}");
@@ -89,17 +123,54 @@ impl Reconciler {
 
     /// Applies one lease event. Returns false if the kernel could not be updated (the next full pass retries).
     pub async fn apply(&mut self, ev: LeaseEvent, received: Instant) -> bool {
+        let ev = match ev {
+            // A value that is not a lease takes away whatever peer the key described before.
+            LeaseEvent::Garbled(g) => {
+                if g.subnet != self.own {
+                    self.invalid.set(g.subnet, Invalid::Json, &g.error);
+                }
+                LeaseEvent::Removed(g.subnet)
+            }
+            LeaseEvent::Removed(subnet) => {
+                self.invalid.clear(subnet);
+                LeaseEvent::Removed(subnet)
+            }
+            ev => ev,
+        };
         let ok = match ev {
-            LeaseEvent::Snapshot(leases) => {
-                self.peers = leases
+            LeaseEvent::Refill(leases) => {
+                for l in &leases {
+                    if let Some(p) = self.peer_of(l) {
+                        self.peers.insert(l.subnet, p);
+                    }
+                }
+                self.publish_invalid();
+                self.full().await.is_some()
+            }
+            LeaseEvent::Snapshot(leases, garbled) => {
+                let listed: std::collections::BTreeSet<Ipv4Net> = leases
                     .iter()
-                    .filter_map(|l| Some((l.subnet, self.peer_of(l)?)))
+                    .map(|l| l.subnet)
+                    .chain(garbled.iter().map(|g| g.subnet))
                     .collect();
+                self.invalid.retain(|s| listed.contains(s));
+                let mut peers = BTreeMap::new();
+                for l in &leases {
+                    if let Some(p) = self.peer_of(l) {
+                        peers.insert(l.subnet, p);
+                    }
+                }
+                for g in garbled.iter().filter(|g| g.subnet != self.own) {
+                    self.invalid.set(g.subnet, Invalid::Json, &g.error);
+                }
+                self.peers = peers;
                 self.synced = true;
+                self.publish_invalid();
                 self.full().await.is_some()
             }
             LeaseEvent::Added(lease) => {
                 let new = self.peer_of(&lease);
+                self.publish_invalid();
                 let old = match new {
                     Some(p) => self.peers.insert(lease.subnet, p),
                     None => self.peers.remove(&lease.subnet),
@@ -153,7 +224,9 @@ impl Reconciler {
                 }
                 ok
             }
+            LeaseEvent::Garbled(_) => true,
             LeaseEvent::Removed(subnet) => {
+                self.publish_invalid();
                 let mut ok = true;
                 if let (Some(old), Some(dev)) = (self.peers.remove(&subnet), self.dev) {
                     if let Err(e) = self.vxlan.remove_peer(dev, subnet, &old).await {

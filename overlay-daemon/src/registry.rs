@@ -12,6 +12,7 @@ use ipnet::Ipv4Net;
 
 use crate::flags::Options;
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs};
+use crate::store_epoch::StoreEpoch;
 
 #[derive(Debug)]
 pub enum RegistryError {
@@ -41,16 +42,30 @@ pub type Result<T> = std::result::Result<T, RegistryError>;
 #[derive(Debug, Clone)]
 pub enum LeaseEvent {
     /// A full listing (start-up, or after a compacted watch revision): replaces everything known.
-    Snapshot(Vec<Lease>),
+    Snapshot(Vec<Lease>, Vec<Garbled>),
+    /// A listing after an etcd store reset: adds and updates peers, removes none (nodes are still
+    /// re-registering; a `Snapshot` follows once they had time to).
+    Refill(Vec<Lease>),
     Added(Lease),
+    /// A subnet key whose value is not a lease: whatever it held before is no longer a peer.
+    Garbled(Garbled),
     /// etcd delete events carry no value (flannel.md §5): only the subnet is known.
     Removed(Ipv4Net),
+}
+
+/// A subnet key whose value does not decode as a lease.
+#[derive(Debug, Clone)]
+pub struct Garbled {
+    pub subnet: Ipv4Net,
+    pub error: String,
 }
 
 #[derive(Clone)]
 pub struct Registry {
     client: Client,
     prefix: String,
+    /// Shared by all clones: every response header is checked for a store that went backwards.
+    epoch: StoreEpoch,
 }
 
 impl Registry {
@@ -91,7 +106,12 @@ impl Registry {
         Ok(Registry {
             client,
             prefix: opts.etcd_prefix.clone(),
+            epoch: StoreEpoch::default(),
         })
+    }
+
+    pub fn epoch(&self) -> &StoreEpoch {
+        &self.epoch
     }
 
     fn subnets_prefix(&self) -> String {
@@ -109,6 +129,7 @@ impl Registry {
             .get(key.as_str(), None)
             .await
             .map_err(etcd("get config"))?;
+        self.epoch.observe(resp.header());
         match resp.kvs().first() {
             Some(kv) => Ok(String::from_utf8_lossy(kv.value()).into_owned()),
             None => Err(RegistryError::ConfigMissing(key)),
@@ -119,18 +140,27 @@ impl Registry {
     /// `TimeToLive` RPC per key is needed (flannel.md §16 item 13), and a key without lease is a reservation
     /// that is kept, not skipped (flannel#1329).
     pub async fn list(&mut self) -> Result<(Vec<Lease>, i64)> {
+        self.list_all().await.map(|(l, _, rev)| (l, rev))
+    }
+
+    /// Like `list`, with the subnet keys whose value is not a lease.
+    pub async fn list_all(&mut self) -> Result<(Vec<Lease>, Vec<Garbled>, i64)> {
         let resp = self
             .client
             .get(self.subnets_prefix(), Some(GetOptions::new().with_prefix()))
             .await
             .map_err(etcd("list leases"))?;
+        self.epoch.observe(resp.header());
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let leases = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| decode(kv.key(), kv.value(), kv.lease()))
-            .collect();
-        Ok((leases, revision))
+        let (mut leases, mut garbled) = (Vec::new(), Vec::new());
+        for kv in resp.kvs() {
+            match decode(kv.key(), kv.value(), kv.lease()) {
+                Some(Ok(l)) => leases.push(l),
+                Some(Err(g)) => garbled.push(g),
+                None => {}
+            }
+        }
+        Ok((leases, garbled, revision))
     }
 
     /// Grants an etcd lease of `ttl` and creates the key only if it does not exist (flannel.md §3). Returns
@@ -155,6 +185,7 @@ impl Registry {
                 Some(PutOptions::new().with_lease(grant.id())),
             )]);
         let resp = self.client.txn(txn).await.map_err(etcd("create lease"))?;
+        self.epoch.observe(resp.header());
         if resp.succeeded() {
             Ok(Some(grant.id()))
         } else {
@@ -163,32 +194,40 @@ impl Registry {
         }
     }
 
-    /// Renewal as flannel does it: a fresh etcd lease and a re-put of the key (flannel.md §3). The old etcd
-    /// lease no longer holds the key, so it is revoked instead of being left to expire.
+    /// Renewal as flannel does it: a fresh etcd lease and a re-put of the key, but only while
+    /// the key exists: a key gone at renewal means it expired or the store lost it, which the caller must
+    /// know (`None`; it re-creates the key if-absent, never overwriting another node's). The old etcd lease
+    /// no longer holds the key, so it is revoked instead of being left to expire.
     pub async fn renew(
         &mut self,
         subnet: Ipv4Net,
         attrs: &LeaseAttrs,
         ttl: Duration,
         old: i64,
-    ) -> Result<i64> {
+    ) -> Result<Option<i64>> {
         let grant = self
             .client
             .lease_grant(ttl.as_secs() as i64, None)
             .await
             .map_err(etcd("grant lease"))?;
-        self.client
-            .put(
-                self.lease_key(subnet),
+        let key = self.lease_key(subnet);
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Greater, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
                 attrs.to_json(),
                 Some(PutOptions::new().with_lease(grant.id())),
-            )
-            .await
-            .map_err(etcd("renew lease"))?;
+            )]);
+        let resp = self.client.txn(txn).await.map_err(etcd("renew lease"))?;
+        self.epoch.observe(resp.header());
+        if !resp.succeeded() {
+            let _ = self.client.lease_revoke(grant.id()).await;
+            return Ok(None);
+        }
         if old != 0 {
             let _ = self.client.lease_revoke(old).await;
         }
-        Ok(grant.id())
+        Ok(Some(grant.id()))
     }
 
     /// Updates the value of a reservation (a key without lease) and keeps it lease-less.
@@ -220,23 +259,24 @@ impl Registry {
     }
 }
 
-fn decode(key: &[u8], value: &[u8], lease_id: i64) -> Option<Lease> {
+/// A lease, a subnet key with a value that is not a lease, or (None) a key that is not a subnet key.
+fn decode(key: &[u8], value: &[u8], lease_id: i64) -> Option<std::result::Result<Lease, Garbled>> {
     let key = String::from_utf8_lossy(key);
     let Some(subnet) = parse_subnet_key(&key) else {
         eprintln!("twilld: warning: ignoring {key}: not a subnet lease key");
         return None;
     };
-    match serde_json::from_slice::<LeaseAttrs>(value) {
-        Ok(attrs) => Some(Lease {
+    Some(match serde_json::from_slice::<LeaseAttrs>(value) {
+        Ok(attrs) => Ok(Lease {
             subnet,
             attrs,
             lease_id,
         }),
-        Err(e) => {
-            eprintln!("twilld: warning: ignoring lease {key}: bad value: {e}");
-            None
-        }
-    }
+        Err(e) => Err(Garbled {
+            subnet,
+            error: e.to_string(),
+        }),
+    })
 }
 
 /// What one watch response means for the lease table.
@@ -255,11 +295,11 @@ pub fn interpret(resp: &etcd_client::WatchResponse, mut next_revision: i64) -> W
         let Some(kv) = ev.kv() else { continue };
         next_revision = next_revision.max(kv.mod_revision() + 1);
         match ev.event_type() {
-            EventType::Put => {
-                if let Some(lease) = decode(kv.key(), kv.value(), kv.lease()) {
-                    out.push(LeaseEvent::Added(lease));
-                }
-            }
+            EventType::Put => match decode(kv.key(), kv.value(), kv.lease()) {
+                Some(Ok(lease)) => out.push(LeaseEvent::Added(lease)),
+                Some(Err(g)) => out.push(LeaseEvent::Garbled(g)),
+                None => {}
+            },
             EventType::Delete => {
                 if let Some(subnet) = parse_subnet_key(&String::from_utf8_lossy(kv.key())) {
                     out.push(LeaseEvent::Removed(subnet));

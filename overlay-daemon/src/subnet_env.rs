@@ -31,13 +31,12 @@ impl SubnetEnv {
     }
 
     pub fn write_atomically(&self, path: &Path) -> std::io::Result<()> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755));
+        create_missing_dirs(dir)?;
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -58,6 +57,32 @@ impl SubnetEnv {
         }
         Ok(())
     }
+}
+
+/// Creates `dir` and its missing ancestors with mode 0755 (readable by the CNI plugin whatever the umask).
+/// Directories that already exist are left exactly as they are: they belong to someone else (`/tmp` is 1777,
+/// `/run` is the system's), and a daemon running as root must not change their mode or owner.
+fn create_missing_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let mut missing = Vec::new();
+    let mut cur = Some(dir);
+    while let Some(d) = cur.filter(|d| !d.as_os_str().is_empty()) {
+        if d.exists() {
+            break;
+        }
+        missing.push(d);
+        cur = d.parent();
+    }
+    for d in missing.into_iter().rev() {
+        match std::fs::DirBuilder::new().mode(0o755).create(d) {
+            // Only a directory this call created gets its mode fixed (the umask may have narrowed it).
+            Ok(()) => std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?,
+            // Created by someone else in the meantime: theirs, left alone.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// What a previous run left in subnet.env: the previous subnet, reused on restart (flannel.md §4 step 4).
@@ -94,5 +119,26 @@ mod tests {
             Some("10.244.1.0/24".parse().unwrap())
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn existing_directory_keeps_its_mode_and_missing_ones_get_0755() {
+        use std::os::unix::fs::PermissionsExt;
+        let env = SubnetEnv {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.1.0/24".parse().unwrap(),
+            mtu: 1450,
+            ip_masq: false,
+        };
+        let top = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        env.write_atomically(&top.path().join("subnet.env"))
+            .unwrap();
+        env.write_atomically(&top.path().join("a/b/subnet.env"))
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(top.path()), 0o1777);
+        assert_eq!(mode(&top.path().join("a")), 0o755);
+        assert_eq!(mode(&top.path().join("a/b")), 0o755);
     }
 }

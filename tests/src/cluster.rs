@@ -158,6 +158,12 @@ impl Node {
 
     /// Starts `twilld` inside the node, identity `node<index>`, underlay `eth0`.
     pub fn start_twilld(&self, args: &TwilldArgs) -> Twilld {
+        self.start_twilld_limited(args, None)
+    }
+
+    /// Like `start_twilld`, with `RLIMIT_NOFILE` set to `nofile` (soft and hard) when given.
+    pub fn start_twilld_limited(&self, args: &TwilldArgs, nofile: Option<u64>) -> Twilld {
+        use std::os::unix::process::CommandExt;
         let bin = crate::bins::bin("twilld");
         let log = self.log_file();
         let out = std::fs::OpenOptions::new()
@@ -168,7 +174,23 @@ impl Node {
         let err = out
             .try_clone()
             .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if let Some(n) = nofile {
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `limit`, copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .args(["netns", "exec", self.ns.name()])
             .arg(&bin)
             .arg(format!("--etcd-endpoints={}", args.etcd))

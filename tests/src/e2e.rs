@@ -86,22 +86,31 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 enum WorkDir {
     Temp(tempfile::TempDir),
-    Fixed(PathBuf),
+    /// A given path; `created` says whether `up` created it (only then is it removed on drop: a directory
+    /// that existed before belongs to whoever made it).
+    Fixed {
+        path: PathBuf,
+        created: bool,
+    },
 }
 
 impl WorkDir {
     fn path(&self) -> &Path {
         match self {
             WorkDir::Temp(t) => t.path(),
-            WorkDir::Fixed(p) => p,
+            WorkDir::Fixed { path, .. } => path,
         }
     }
 }
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        if let WorkDir::Fixed(p) = self {
-            let _ = std::fs::remove_dir_all(p);
+        if let WorkDir::Fixed {
+            path,
+            created: true,
+        } = self
+        {
+            let _ = std::fs::remove_dir_all(path);
         }
     }
 }
@@ -259,9 +268,13 @@ impl Cluster {
         crate::bins::require_root();
         let workdir = match &opts.workdir {
             Some(p) => {
+                let created = !p.exists();
                 std::fs::create_dir_all(p)
                     .unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-                WorkDir::Fixed(p.clone())
+                WorkDir::Fixed {
+                    path: p.clone(),
+                    created,
+                }
             }
             None => WorkDir::Temp(
                 tempfile::Builder::new()

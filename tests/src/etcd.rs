@@ -313,6 +313,45 @@ impl Etcd {
         self.spawn();
     }
 
+    /// Loses all data: SIGKILL, data dir removed, started again empty on the same ports (a new store).
+    pub fn wipe_and_restart(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.data_dir());
+        self.spawn();
+    }
+
+    /// `etcdctl snapshot save` to `file` (etcd keeps running).
+    pub fn snapshot_save(&self, file: &Path) {
+        let f = file.to_string_lossy().into_owned();
+        self.ctl_ok(&["snapshot", "save", &f]);
+    }
+
+    /// Restores an older snapshot as an operator would: SIGKILL, data dir replaced by `etcdctl snapshot
+    /// restore` of `file` (same member name and peer URL), started again on the same ports.
+    pub fn restore_snapshot(&mut self, file: &Path) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(self.data_dir());
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("snapshot")
+            .arg("restore")
+            .arg(file)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--name", "twill-test"])
+            .args(["--initial-cluster", &format!("twill-test={peer}")])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .output()
+            .unwrap_or_else(|e| panic!("running etcdctl snapshot restore: {e}"));
+        assert!(
+            out.status.success(),
+            "etcdctl snapshot restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.spawn();
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

@@ -29,6 +29,7 @@ use config::BridgeConf;
 use ipnet::IpNet;
 use std::path::Path;
 use twill_cni::env::Command;
+use twill_cni::lock::AttachmentLock;
 use twill_cni::{CniResult, Context, Error, Plugin, Request, Result};
 use twill_kernel::{Handle, NetNs};
 
@@ -98,6 +99,16 @@ pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
         ))
     }
 }
+/// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race: the interface,
+/// its lease and its masquerade rule then always end up all present or all gone.
+fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
+    AttachmentLock::acquire(
+        req.config.name.as_str(),
+        req.container_id()?.as_str(),
+        req.ifname()?.as_str(),
+    )
+}
+
 impl Plugin for Bridge {
     /// ADD and CHECK create and inspect the pod's end of the veth; DEL treats a namespace that is gone (or no
     /// longer a namespace) as nothing to delete there.
@@ -106,10 +117,12 @@ impl Plugin for Bridge {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult> {
+        let _lock = lock_attachment(req)?;
         add::add(req)
     }
 
     fn del(&self, req: &Request) -> Result<()> {
+        let _lock = lock_attachment(req)?;
         del::del(req)
     }
 

@@ -14,7 +14,8 @@ use twill_kernel::MacAddr;
 
 fn nft(args: &[&str], script: Option<&str>) -> Result<String> {
     let mut cmd = Command::new("nft");
-    cmd.args(args)
+    twill_cni::child::bind_to_parent(&mut cmd)
+        .args(args)
         .stdin(if script.is_some() {
             Stdio::piped()
         } else {

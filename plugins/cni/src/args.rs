@@ -28,9 +28,12 @@ impl CniArgs {
         Ok(CniArgs { pairs })
     }
 
+    /// The value of `key`. A key given twice takes its last value, as the reference's `LoadArgs` assigns
+    /// each pair in order to the same field.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.pairs
             .iter()
+            .rev()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
@@ -77,6 +80,13 @@ mod tests {
     fn unknown_keys_fail_without_ignore_unknown() {
         let a = CniArgs::parse("K8S_POD_NAME=p").unwrap();
         assert_eq!(a.check_known(&["IP"]).unwrap_err().code, 4);
+    }
+
+    #[test]
+    fn a_repeated_key_takes_its_last_value() {
+        let a = CniArgs::parse("IP=10.0.0.5;IgnoreUnknown=0;IP=10.0.0.6;IgnoreUnknown=1").unwrap();
+        assert_eq!(a.get("IP"), Some("10.0.0.6"));
+        assert!(a.ignore_unknown());
     }
 
     #[test]

@@ -59,7 +59,8 @@ pub fn exec(plugin_type: &str, command: Command, stdin: &[u8], env: &Env) -> Res
 pub fn run_binary(bin: &Path, command: Command, stdin: &[u8]) -> std::io::Result<Output> {
     let mut attempts = 0;
     let mut child = loop {
-        let spawned = std::process::Command::new(bin)
+        let mut cmd = std::process::Command::new(bin);
+        let spawned = crate::child::bind_to_parent(&mut cmd)
             .env("CNI_COMMAND", command.as_str())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -3,10 +3,12 @@
 //! mapped to CNI error codes, verb dispatch, delegation to other plugins, and transactional undo.
 
 pub mod args;
+pub mod child;
 pub mod config;
 pub mod delegate;
 pub mod env;
 pub mod error;
+pub mod lock;
 pub mod names;
 pub mod result;
 pub mod skel;

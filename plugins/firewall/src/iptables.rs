@@ -48,7 +48,7 @@ impl Iptables {
     /// Runs `iptables -w <args>` and returns its stdout.
     pub fn run(&self, args: &[&str]) -> Result<String> {
         let context = format!("{} {}", self.binary(), args.join(" "));
-        let out = Command::new(self.binary())
+        let out = twill_cni::child::bind_to_parent(&mut Command::new(self.binary()))
             .arg("-w")
             .args(args)
             .stdin(Stdio::null())
@@ -96,7 +96,9 @@ impl Iptables {
 
     fn restore_once(&self, input: &str) -> Result<()> {
         let context = format!("{} --noflush -w", self.restore_binary());
-        let mut child = Command::new(self.restore_binary())
+        // Bound to us and holding our locks: a restore outliving a killed plugin could commit after the DEL
+        // that was meant to undo it.
+        let mut child = twill_cni::child::bind_to_parent(&mut Command::new(self.restore_binary()))
             .args(["--noflush", "-w"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

@@ -22,10 +22,21 @@ use store::Store;
 use subnet_change::ExpectedGateways;
 use subnet_env::SubnetEnv;
 use twill_cni::delegate;
+use twill_cni::lock::AttachmentLock;
 use twill_cni::{CniResult, Command, Error, Plugin, Request, Result, Undo};
 
 #[derive(Debug, Default)]
 pub struct Flannel;
+
+/// ADD and DEL of one attachment never overlap (a saved config removed by a DEL while an ADD runs the
+/// delegate would strand what that ADD creates).
+fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
+    AttachmentLock::acquire(
+        req.config.name.as_str(),
+        req.container_id()?.as_str(),
+        req.ifname()?.as_str(),
+    )
+}
 
 impl Plugin for Flannel {
     /// Never itself: the namespace is its delegate's business (the bridge checks it on ADD and CHECK).
@@ -34,6 +45,8 @@ impl Plugin for Flannel {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult> {
+        // Held across the delegate, which is told so and does not wait for it (see twill_cni::lock).
+        let _lock = lock_attachment(req)?;
         let conf = FlannelConf::from_netconf(&req.config)?;
         let env = SubnetEnv::load(&conf.subnet_file)?;
         let delegate_conf = render::delegate_config(&conf, &env);
@@ -61,6 +74,7 @@ impl Plugin for Flannel {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
+        let _lock = lock_attachment(req)?;
         let store = Store::new(config::data_dir(&req.config)?);
         let (id, ifname) = (req.container_id()?, req.ifname()?);
         // Nothing saved: ADD never got as far as the delegate, or DEL already succeeded (spec: DEL is

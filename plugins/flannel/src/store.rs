@@ -157,15 +157,23 @@ pub fn read_config(path: &Path) -> Result<Option<Map<String, Value>>> {
     }
 }
 
+/// Writes a temporary file at a name private to this process. Whatever is already there (a leftover of a
+/// killed process with our pid, or a symbolic link planted to make us write through it) is removed first and
+/// the file is created exclusively, without following links.
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::failed(format!("remove {}: {e}", path.display()))),
+    }
     let mut f = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o600)
         .open(path)
         .with_context(|| format!("create {}", path.display()))?;
-    // The umask only ever narrows 0600, but a leftover temporary file from a crashed run keeps its old mode.
+    // The umask only ever narrows 0600; set it exactly all the same.
     f.set_permissions(Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", path.display()))?;
     f.write_all(bytes)
@@ -251,6 +259,26 @@ mod tests {
                 path: tmp.path().join("abc")
             }]
         );
+    }
+
+    #[test]
+    fn save_never_writes_through_planted_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let dir = tmp.path().join("flannel");
+        std::fs::create_dir(&dir).unwrap();
+        let store = Store::new(&dir);
+        let (id, ifname) = ids("c", "eth0");
+        let pid = std::process::id();
+        std::os::unix::fs::symlink(&victim, dir.join(format!(".c:eth0.{pid}.tmp"))).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("c:eth0")).unwrap();
+        let path = store
+            .save(&id, &ifname, json!({"n": 1}).as_object().unwrap())
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(store.load(&id, &ifname).unwrap().unwrap().1["n"], 1);
     }
 
     #[test]

@@ -1,18 +1,20 @@
 //! The portmap lock: list-check-add must be one step across processes, or two ADDs asking for the same host
-//! port could both see it free (issue 7). An exclusive `flock` on one file serialises every portmap
+//! port could both see it free. An exclusive `flock` on one file serialises every portmap
 //! operation on the machine; the kernel releases it when the process exits, so a crashed plugin cannot
 //! leave it held. It is global rather than per network namespace, which only costs a little concurrency.
 
-use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::path::Path;
-use twill_cni::{Error, Result};
+use twill_cni::lock::FileLock;
+use twill_cni::Result;
 
 pub const DEFAULT_DIR: &str = "/run/twill";
 const FILE: &str = "portmap.lock";
 
+/// Held for a whole operation. The helpers run meanwhile (`iptables-restore`) inherit it, so a killed
+/// plugin's lock is only released once its last helper has exited: the next DEL cannot list the rules while
+/// a dying ADD's restore may still commit.
 pub struct Lock {
-    _file: File,
+    _file: FileLock,
 }
 
 impl Lock {
@@ -22,28 +24,7 @@ impl Lock {
             .filter(|d| !d.is_empty())
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| Path::new(DEFAULT_DIR).to_path_buf());
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::failed(format!("portmap lock: create {}: {e}", dir.display())))?;
-        let path = dir.join(FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::failed(format!("portmap lock: open {}: {e}", path.display())))?;
-        loop {
-            // SAFETY: flock on a file descriptor we own.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(Lock { _file: file });
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(Error::failed(format!(
-                    "portmap lock: flock {}: {e}",
-                    path.display()
-                )));
-            }
-        }
+        let file = FileLock::exclusive(&dir.join(FILE)).map_err(|e| e.context("portmap lock"))?;
+        Ok(Lock { _file: file })
     }
 }

@@ -17,6 +17,7 @@
 mod iptables;
 mod nftables;
 mod owner;
+mod reference;
 
 use std::fmt;
 use std::str::FromStr;
@@ -85,12 +86,21 @@ pub fn add(backend: Backend, owner: &Owner, addrs: &[IpNet]) -> Result<()> {
     }
 }
 
-/// Removes every masquerade rule of `owner`; succeeds when there is nothing to remove.
+/// Removes every masquerade rule of `owner`, ours and any the reference plugin installed for the same
+/// attachment before the node was upgraded; succeeds when there is nothing to remove.
 pub fn del(backend: Backend, owner: &Owner) -> Result<()> {
     owner.validate()?;
-    match backend {
+    // Both are always attempted: teardown never stops half way. The reference's first: its check opens
+    // and closes a netlink socket, and a close after our rule deletions would wait for their grace period.
+    let reference = reference::del(&owner.network, &owner.container_id);
+    let ours = match backend {
         Backend::Nftables => nftables::del(owner),
         Backend::Iptables => iptables::del(owner),
+    };
+    match (ours, reference) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(e), Ok(())) | (Ok(()), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(Error::Protocol(format!("{a}; also: {b}"))),
     }
 }
 
@@ -101,13 +111,20 @@ pub fn gc<C: AsRef<str>, I: AsRef<str>>(
     network: &str,
     keep: &[(C, I)],
 ) -> Result<usize> {
+    let keep_ids: std::collections::HashSet<&str> = keep.iter().map(|(c, _)| c.as_ref()).collect();
+    let reference = reference::gc(network, &keep_ids);
     let keep: Vec<Owner> = keep
         .iter()
         .map(|(c, i)| Owner::new(network, c.as_ref(), i.as_ref()))
         .collect();
-    match backend {
+    let ours = match backend {
         Backend::Nftables => nftables::gc(network, &keep),
         Backend::Iptables => iptables::gc(network, &keep),
+    };
+    match (ours, reference) {
+        (Ok(a), Ok(b)) => Ok(a + b),
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+        (Err(a), Err(b)) => Err(Error::Protocol(format!("{a}; also: {b}"))),
     }
 }
 
