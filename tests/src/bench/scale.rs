@@ -280,14 +280,16 @@ pub fn run(options: &Options) -> Report {
         .pods
         .clone()
         .unwrap_or_else(|| DEFAULT_SIZES.to_vec());
-    let rounds = options
-        .rounds_given
-        .then_some(options.rounds)
-        .unwrap_or(DEFAULT_ROUNDS);
-    let warmup = options
-        .warmup_given
-        .then_some(options.warmup)
-        .unwrap_or(DEFAULT_WARMUP);
+    let rounds = if options.rounds_given {
+        options.rounds
+    } else {
+        DEFAULT_ROUNDS
+    };
+    let warmup = if options.warmup_given {
+        options.warmup
+    } else {
+        DEFAULT_WARMUP
+    };
     let reference_dir = options.reference.display().to_string();
     let mut sides = vec![Side::plugin(
         "twill",

@@ -109,11 +109,16 @@ fn main() -> ExitCode {
     }
     require_root();
     println!(
-        "ours: {}  reference: {}  rounds: {} (+{} warm-up, interleaved)",
+        "ours: {}  reference: {}  rounds: {} (+{} warm-up, interleaved){}",
         options.ours.display(),
         options.reference.display(),
         options.rounds,
-        options.warmup
+        options.warmup,
+        if options.rounds_given {
+            ""
+        } else {
+            " unless the scenario has its own default"
+        }
     );
     for scenario in chosen {
         let report = (scenario.run)(&options);
