@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Benchmarks twill against the reference CNI plugins in /usr/lib/cni (Debian's
-# containernetworking-plugins), interleaved in one run; prints medians, p90, the ratio and floors.
+# Benchmarks twill against the reference CNI plugins, interleaved in one run: by default the current
+# upstream release (built from tests/upstream/plugins) and Debian's 1.1.1 in /usr/lib/cni, both in every
+# round; prints medians, p90, the ratio against each and floors.
 #
 #   scripts/bench.sh                          list scenarios
 #   scripts/bench.sh loopback [--rounds N] [--warmup N]
-#   scripts/bench.sh scale [--pods 0,200,1000] [--rounds N] [--upstream DIR]   (pods on the bridge)
+#   scripts/bench.sh scale [--pods 0,200,1000] [--rounds 30]   pods already on the bridge
+#   scripts/bench.sh bridge --reference DIR   compare with the plugins in DIR only (repeatable)
 #
 # Rust scenarios are tests/src/bench/<name>.rs (run by the twill-bench binary); shell scenarios are
 # scripts/bench/<name>.sh and get the same options. Builds release binaries first. Needs root.
@@ -18,7 +20,7 @@ scenarios=()
 options=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --rounds|--warmup|--ours|--reference|--pods|--upstream)
+    --rounds|--warmup|--ours|--reference|--pods)
       [ $# -ge 2 ] || die "$1 needs a value"; options+=("$1" "$2"); shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -29,7 +31,7 @@ done
 log "building release binaries"
 cargo build --release --workspace --bins
 release="$TWILL_TARGET_DIR/release"
-bench=("$release/twill-bench" --ours "$release" --reference /usr/lib/cni)
+bench=("$release/twill-bench" --ours "$release")
 
 if [ "${#scenarios[@]}" -eq 0 ]; then
   echo "scenarios:"
@@ -42,6 +44,7 @@ if [ "${#scenarios[@]}" -eq 0 ]; then
 fi
 
 need_root "scripts/bench.sh"
+build_upstream plugins
 rc=0
 for s in "${scenarios[@]}"; do
   if [ -f "scripts/bench/$s.sh" ]; then

@@ -1,4 +1,4 @@
-//! ADD: one address per range set for an attachment (cni-spec.md §11.3), under the network's lock.
+//! ADD: one address per range set for an attachment (docs/cni-spec-notes.md §11.3), under the network's lock.
 //!
 //! Differences from the reference, on purpose:
 //! * An attachment that already holds an address in a range set gets that address back (ADD is idempotent),

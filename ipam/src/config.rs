@@ -1,5 +1,5 @@
-//! host-local's configuration (cni-spec.md §11.1): every key of the reference, validated up front so that bad
-//! input is a code-7 error naming the field before anything touches the disk.
+//! host-local's configuration (docs/cni-spec-notes.md §11.1): every key of the reference, validated up front so that
+//! bad input is a code-7 error naming the field before anything touches the disk.
 //!
 //! Range sets are assembled in the reference's order: `runtimeConfig.ipRanges` first, then the legacy
 //! single-range keys (`ipam.subnet`, `rangeStart`, `rangeEnd`, `gateway`), then `ipam.ranges`. Requested

@@ -1,5 +1,5 @@
 //! The attachment index: which addresses each attachment holds, so DEL and ADD cost the same at 10 leases and
-//! at 10,000 (the reference reads every lease file on both, cni-spec.md §11.4).
+//! at 10,000 (the reference reads every lease file on both, docs/cni-spec-notes.md §11.4).
 //!
 //! Layout, in `<dataDir>/.twill/<network>/idx/` (never inside the network directory, see [`crate::store`]):
 //! * 256 bucket files `b00`..`bff`: `twill-ipam index v2`, then `<key> <address>` lines, where the key is

@@ -1,4 +1,4 @@
-//! The content of a lease file (cni-spec.md §11.2): `<containerID>\r\n<ifname>` with no trailing newline, or
+//! The content of a lease file (docs/cni-spec-notes.md §11.2): `<containerID>\r\n<ifname>` with no trailing newline, or
 //! just `<containerID>` as very old reference versions wrote. The reference compares the whitespace-trimmed
 //! content, so we parse the same way.
 

@@ -1,4 +1,4 @@
-//! host-local IPAM (cni-spec.md §11): range sets, the allocator, and the on-disk store shared with the
+//! host-local IPAM (docs/cni-spec-notes.md §11): range sets, the allocator, and the on-disk store shared with the
 //! reference `host-local`, plus the plugin verbs. The `host-local` binary is a thin `main` over [`HostLocal`].
 
 pub mod allocator;

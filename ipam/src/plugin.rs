@@ -1,4 +1,4 @@
-//! The host-local verbs (cni-spec.md §4, §11): ADD, DEL, CHECK, STATUS and GC over the on-disk store.
+//! The host-local verbs (docs/cni-spec-notes.md §4, §11): ADD, DEL, CHECK, STATUS and GC over the on-disk store.
 
 use crate::allocator;
 use crate::config::IpamConfig;

@@ -1,4 +1,4 @@
-//! Ranges and range sets (cni-spec.md §11.1, §11.3): one `Range` is a contiguous, inclusive span of a subnet
+//! Ranges and range sets (docs/cni-spec-notes.md §11.1, §11.3): one `Range` is a contiguous, inclusive span of a subnet
 //! with its gateway; a `RangeSet` is the pool of same-family ranges one address of a result is drawn from.
 //! Iteration is round-robin as the reference's `RangeIter`: start after the last reserved address, walk to the
 //! range's end, continue with the next range of the set, wrap around, skip each range's gateway, stop when

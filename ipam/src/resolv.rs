@@ -1,5 +1,5 @@
 //! `ipam.resolvConf`: a resolv.conf turned into the result's `dns`, parsed as the reference does
-//! (cni-spec.md §11.1): `nameserver` (one per line), `domain`, `search` and `options` (every word), lines
+//! (docs/cni-spec-notes.md §11.1): `nameserver` (one per line), `domain`, `search` and `options` (every word), lines
 //! starting with `#` or `;` skipped, lines with fewer than two words ignored.
 
 use std::path::Path;

@@ -1,5 +1,5 @@
-//! The on-disk store, byte-compatible with the reference (cni-spec.md §11.2): `<dataDir>/<network>/<ip>` holds
-//! `<containerID>\r\n<ifname>`, `last_reserved_ip.<N>` the last address handed out from range set N, and `lock`
+//! The on-disk store, byte-compatible with the reference (docs/cni-spec-notes.md §11.2): `<dataDir>/<network>/<ip>`
+//! holds `<containerID>\r\n<ifname>`, `last_reserved_ip.<N>` the last address handed out from range set N, and `lock`
 //! is taken with `flock(LOCK_EX)` by every writer, ours and the reference's alike.
 //!
 //! Crash safety: a lease is created by writing its content to a temporary file first and then `link(2)`ing it

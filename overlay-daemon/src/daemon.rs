@@ -1,32 +1,27 @@
-//! Wires the parts together: subnet manager (etcd), VXLAN backend + reconciler, traffic rules, subnet.env,
-//! health. Start-up order follows flannel (flannel.md §1): config, lease, device, rules, subnet.env; then the
-//! lease keeper, the lease watcher and the link watcher feed the reconciler until SIGTERM, which leaves all
-//! kernel state in place so a restart does not disturb traffic (flannel.md §11).
+//! Start-up wiring: subnet manager (etcd), VXLAN backend + reconciler, traffic rules, subnet.env, health.
+//! Start-up order follows flannel (flannel.md §1): config, lease, device, rules, subnet.env; then the subnet
+//! manager's membership (lease keeper and watcher) and the link watcher feed the reconciler until SIGTERM,
+//! which leaves all kernel state in place so a restart does not disturb traffic (flannel.md §11).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use futures_util::StreamExt;
-use netlink_packet_core::NetlinkPayload;
-use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::RouteNetlinkMessage;
-use tokio::sync::mpsc;
+use twill_files::subnet_env::{self, SubnetEnv};
 
-use crate::acquire::{acquire, AcquireError, OwnLease};
-use crate::config::NetworkConfig;
+use crate::backend::vxlan::mac_guard::{event_matters, guard_mac};
+use crate::backend::vxlan::vtep_mac::MacIdentity;
+use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
 use crate::flags::Options;
 use crate::iface;
-use crate::lease::{LeaseAttrs, VtepMac};
-use crate::membership::{watch_leases, LeaseKeeper, OwnEvent};
+use crate::link_watch;
 use crate::metrics::Metrics;
-use crate::reconcile::{Reconciler, ReconcilerConfig};
-use crate::registry::{LeaseEvent, Registry, RegistryError};
+use crate::reconcile::Reconciler;
 use crate::rules::TrafficRules;
-use crate::subnet_env::{previous_subnet, SubnetEnv};
-use crate::vtep_mac::MacIdentity;
-use crate::vxlan::{DeviceSpec, Vxlan};
+use crate::subnet::etcd::EtcdManager;
+use crate::subnet::lease_check::Expect;
+use crate::subnet::{LeaseAttrs, SubnetError, SubnetManager};
 
 /// Exponential backoff 100 ms -> 5 s, as flannel's watch reconnect (flannel.md §5).
 pub struct Backoff(Duration);
@@ -81,10 +76,12 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     ));
 
     // etcd unreachable at start: keep trying, say so (flannel.md §12; issue: "retries with backoff").
+    let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
     let mut backoff = Backoff::new();
-    let mut registry = loop {
-        match Registry::connect(&opts).await {
-            Ok(r) => break r,
+    let mut subnets = loop {
+        match EtcdManager::connect(&opts, metrics.clone(), grace.max(Duration::from_secs(5))).await
+        {
+            Ok(m) => break m,
             Err(e) => {
                 log(format!(
                     "cannot reach etcd at {}: {e}; retrying",
@@ -96,12 +93,13 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         }
     };
     let cfg = loop {
-        match registry.config().await {
-            Ok(text) => break NetworkConfig::parse(&text).map_err(|e| e.to_string())?,
+        match subnets.network_config().await {
+            Ok(cfg) => break cfg,
+            Err(SubnetError::ConfigInvalid(e)) => return Err(e),
             Err(e) => {
                 log(format!("{e}; retrying"));
                 metrics.etcd_error(&e.to_string());
-                if matches!(e, RegistryError::ConfigMissing(_)) {
+                if matches!(e, SubnetError::ConfigMissing(_)) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 } else {
                     backoff.wait().await;
@@ -122,8 +120,8 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     }
     // The MAC is chosen against the leases already in etcd, so it is not one another node uses.
     let leases = loop {
-        match registry.list().await {
-            Ok((l, _)) => break l,
+        match subnets.leases().await {
+            Ok(l) => break l,
             Err(e) => {
                 log(format!("listing leases: {e}; retrying"));
                 metrics.etcd_error(&e.to_string());
@@ -131,7 +129,6 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             }
         }
     };
-    let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
     let mut identity = MacIdentity::choose(
         &opts.node_name,
         underlay.public_ip,
@@ -139,19 +136,59 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         &leases,
         grace,
     );
+    // A compatible device left by flanneld or an earlier run already carries a MAC peers know: keep it (the
+    // device carries it before the lease publishes it, and ensure_device below keeps the device).
+    let probe = DeviceSpec {
+        name: cfg.backend.device_name(),
+        vni: cfg.backend.vni,
+        port: cfg.backend.port,
+        learning: cfg.backend.learning,
+        gbp: cfg.backend.gbp,
+        local: underlay.public_ip,
+        underlay_index: underlay.index,
+        mtu: outer_mtu - 50,
+        mac: identity.mac(),
+        address: std::net::Ipv4Addr::UNSPECIFIED,
+        network: cfg.network,
+    };
+    let vxlan = Vxlan::new(handle.clone());
+    let existing = vxlan
+        .compatible_device_mac(&probe)
+        .await
+        .unwrap_or_else(|e| {
+            log(format!("{e}: deriving the VTEP MAC"));
+            None
+        });
+    let kept = existing.is_some_and(|(_, m)| identity.keep_existing(m, &leases));
     let mac = identity.mac();
-    if identity.generation() > 0 {
+    if kept {
+        log(format!(
+            "keeping the VTEP MAC {mac} of the existing {}",
+            probe.name
+        ));
+    } else if let Some((index, m)) = existing {
+        log(format!(
+            "the VTEP MAC {m} of the existing {} is in another node's lease or not unicast: using {mac}",
+            probe.name
+        ));
+        // The device gets the new MAC before the lease publishes it. Best effort: the reconciler sets it
+        // again (or recreates the device) right after the lease.
+        if let Err(e) = vxlan.set_link_mac(index, mac).await {
+            log(e);
+        }
+    }
+    if !kept && identity.generation() > 0 {
         log(format!(
             "VTEP MAC of generation 0 is in another node's lease: using {mac} (generation {})",
             identity.generation()
         ));
     }
-    let attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &opts.node_name);
-    let previous = previous_subnet(&opts.subnet_file);
+    let mut attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &opts.node_name);
+    let (previous, _) = subnet_env::previous_subnets(&opts.subnet_file);
     let own = loop {
-        match acquire(&mut registry, &cfg, &attrs, previous, opts.lease_ttl).await {
+        match subnets.acquire(&cfg, &attrs, previous).await {
             Ok(l) => break l,
-            Err(AcquireError::Etcd(e)) => {
+            Err(e @ SubnetError::Unavailable(_)) => {
                 log(format!("acquiring a lease: {e}; retrying"));
                 metrics.etcd_error(&e.to_string());
                 backoff.wait().await;
@@ -166,40 +203,37 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     log(format!(
         "acquired subnet {} (VTEP MAC {mac}){}",
         own.subnet,
-        if own.lease_id == 0 {
+        if own.reservation {
             ", a reservation"
         } else {
             ""
         }
     ));
     metrics.set_ready(|r| r.lease = true);
-    set_expiry(&metrics, &own, opts.lease_ttl);
     identity.set_own_subnet(own.subnet);
 
     let spec = DeviceSpec {
-        name: cfg.backend.device_name(),
-        vni: cfg.backend.vni,
-        port: cfg.backend.port,
-        learning: cfg.backend.learning,
-        gbp: cfg.backend.gbp,
-        local: underlay.public_ip,
-        underlay_index: underlay.index,
-        mtu: outer_mtu - 50,
         mac,
         address: own.subnet.network(),
-        network: cfg.network,
+        ..probe
     };
-    let mut reconciler = Reconciler::new(
+    let backend = VxlanBackend::new(
         Vxlan::new(handle.clone()),
-        ReconcilerConfig {
+        VxlanConfig {
             spec: spec.clone(),
             own: own.subnet,
             subnet_len: cfg.subnet_len,
             direct_routing: cfg.backend.direct_routing,
             underlay_networks: underlay.networks.clone(),
         },
-        metrics.clone(),
     );
+    let expect = Expect {
+        network: cfg.network,
+        subnet_len: cfg.subnet_len,
+        vni: cfg.backend.vni,
+        own_public_ip: underlay.public_ip,
+    };
+    let mut reconciler = Reconciler::new(backend, own.subnet, expect, metrics.clone());
     while reconciler.full().await.is_none() {
         log("vxlan device not ready; retrying");
         backoff.wait().await;
@@ -220,39 +254,21 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     metrics.set_ready(|r| r.rules = true);
 
     let env = SubnetEnv {
-        network: cfg.network,
-        subnet: own.subnet,
+        networks_v4: vec![cfg.network],
+        networks_v6: Vec::new(),
+        subnet_v4: Some(subnet_env::gateway_v4(own.subnet)),
+        subnet_v6: None,
         mtu: spec.mtu,
-        ip_masq: opts.ip_masq,
+        ipmasq: opts.ip_masq,
     };
-    env.write_atomically(&opts.subnet_file)
+    env.write(&opts.subnet_file)
         .map_err(|e| format!("writing {}: {e}", opts.subnet_file.display()))?;
     metrics.set_ready(|r| r.subnet_env = true);
     log(format!("wrote {}; ready", opts.subnet_file.display()));
 
-    let (ev_tx, mut ev_rx) = mpsc::channel::<(Instant, LeaseEvent)>(4096);
-    let (own_tx, own_rx) = mpsc::channel::<OwnEvent>(64);
-    let (mac_tx, mac_rx) = mpsc::channel::<VtepMac>(4);
-    tokio::spawn(watch_leases(
-        registry.clone(),
-        own.subnet,
-        attrs.clone(),
-        ev_tx,
-        own_tx,
-        metrics.clone(),
-        grace.max(Duration::from_secs(5)),
-    ));
-    let keeper = LeaseKeeper {
-        registry: registry.clone(),
-        own: own.clone(),
-        attrs: attrs.clone(),
-        cfg: cfg.clone(),
-        ttl: opts.lease_ttl,
-        margin: opts.renew_margin,
-        metrics: metrics.clone(),
-    };
-    tokio::spawn(keeper.run(own_rx, mac_rx));
-    let mut link_rx = watch_link(spec.name.clone())?;
+    let membership = subnets.start(&own, &attrs, &cfg);
+    let (mut ev_rx, publish) = (membership.events, membership.publish);
+    let mut link_rx = link_watch::watch_link(spec.name.clone())?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
@@ -265,16 +281,10 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     loop {
         tokio::select! {
             Some((at, ev)) = ev_rx.recv() => {
-                // The full check is linear in the peers: per event only when the event can matter (a
-                // lease with our MAC, or a clash being reported); every resync catches the rest.
-                let check = match &ev {
-                    LeaseEvent::Added(l) => mac_alarm || l.attrs.vtep_mac() == Some(identity.mac()),
-                    LeaseEvent::Removed(_) | LeaseEvent::Garbled(_) => mac_alarm,
-                    LeaseEvent::Snapshot(..) | LeaseEvent::Refill(_) => true,
-                };
+                let check = event_matters(&ev, &identity, mac_alarm);
                 reconciler.apply(ev, at).await;
                 if check {
-                    mac_alarm = guard_mac(&mut identity, &mut reconciler, &mac_tx, &metrics).await;
+                    mac_alarm = guard_mac(&mut identity, &mut reconciler, &mut attrs, &publish, &metrics).await;
                 }
             }
             Some(()) = link_rx.recv() => {
@@ -283,7 +293,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             }
             _ = resync.tick() => {
                 reconciler.full().await;
-                mac_alarm = guard_mac(&mut identity, &mut reconciler, &mac_tx, &metrics).await;
+                mac_alarm = guard_mac(&mut identity, &mut reconciler, &mut attrs, &publish, &metrics).await;
                 if let Some(r) = &rules {
                     match r.ensure().await {
                         Ok(true) => {
@@ -306,98 +316,4 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     }
     log("signal received: exiting, leaving kernel state in place");
     Ok(())
-}
-
-/// Checks the peer table for VTEP MAC clashes; reports them (log on change, `/readyz`, metrics) and, when
-/// this node is the one to step away, switches the device and the lease to a new MAC. Returns whether a
-/// clash is still being reported.
-async fn guard_mac(
-    identity: &mut MacIdentity,
-    reconciler: &mut Reconciler,
-    mac_tx: &mpsc::Sender<VtepMac>,
-    metrics: &Metrics,
-) -> bool {
-    let old = identity.mac();
-    let v = identity.check(reconciler.peers(), Instant::now());
-    let with_us = v.describe_with_us(old);
-    let among = v.describe_among_peers();
-    let before = metrics.readiness();
-    if with_us != before.mac_collision {
-        match &with_us {
-            Some(w) => log(format!("ERROR: {w}")),
-            None => log(format!("VTEP MAC collision resolved (our MAC is {old})")),
-        }
-    }
-    if among != before.peer_mac_duplicates {
-        if let Some(a) = &among {
-            log(format!("warning: {a}"));
-        }
-    }
-    metrics
-        .vtep_mac_collisions
-        .store(v.with_us.len() as u64, Relaxed);
-    metrics.peer_mac_duplicates.store(
-        v.among_peers.iter().map(|(_, s)| s.len() as u64).sum(),
-        Relaxed,
-    );
-    metrics.set_ready(|r| {
-        r.mac_collision = with_us;
-        r.peer_mac_duplicates = among;
-    });
-    if let Some(new) = v.change_to {
-        log(format!(
-            "changing our VTEP MAC from {old} to {new} (generation {}) to resolve the collision",
-            identity.generation()
-        ));
-        metrics.vtep_mac_changes.fetch_add(1, Relaxed);
-        reconciler.set_mac(new);
-        reconciler.full().await;
-        let _ = mac_tx.send(new).await;
-        log(format!(
-            "VTEP MAC collision resolved: our MAC is now {new}, lease re-published"
-        ));
-        metrics.vtep_mac_collisions.store(0, Relaxed);
-        metrics.set_ready(|r| r.mac_collision = None);
-        return !v.among_peers.is_empty();
-    }
-    !v.with_us.is_empty() || !v.among_peers.is_empty()
-}
-
-pub fn set_expiry(metrics: &Metrics, own: &OwnLease, ttl: Duration) {
-    let v = if own.lease_id == 0 {
-        0
-    } else {
-        (SystemTime::now() + ttl)
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    };
-    metrics.lease_expiry_unix.store(v, Relaxed);
-}
-
-/// Notifies when our device is deleted or changed (flannel.md §6.1: flannel recreates it but does not replay
-/// peers; we trigger a full reconcile, which does).
-fn watch_link(name: String) -> Result<mpsc::Receiver<()>, Fatal> {
-    let (conn, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])
-            .map_err(|e| format!("opening netlink link monitor: {e}"))?;
-    tokio::spawn(conn);
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        while let Some((msg, _)) = messages.next().await {
-            let link = match msg.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l))
-                | NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => l,
-                _ => continue,
-            };
-            let ours = link
-                .attributes
-                .iter()
-                .any(|a| matches!(a, LinkAttribute::IfName(n) if *n == name));
-            if ours && tx.try_send(()).is_err() && tx.is_closed() {
-                return;
-            }
-        }
-    });
-    Ok(rx)
 }

@@ -1,23 +1,20 @@
-//! twilld: a flannel-compatible VXLAN overlay daemon (issue 5; reference: shared/docs/flannel.md).
+//! twilld: a flannel-compatible overlay daemon.
 //!
-//! Two narrow interfaces carry the design, as in flannel: the subnet manager ([`registry`], [`acquire`]) and the
-//! backend ([`vxlan`]); [`reconcile`] keeps the kernel equal to the desired peer table; [`subnet_env`],
-//! [`rules`], [`http`] and [`metrics`] are the node-facing outputs.
+//! Two seams carry the design, as in flannel: the subnet manager ([`subnet::SubnetManager`], etcd in
+//! [`subnet::etcd`]) gives the node its subnet and streams the peers' leases; the backend
+//! ([`backend::Backend`], VXLAN in [`backend::vxlan`]) programs the data path to each peer. [`reconcile`]
+//! keeps the kernel equal to the desired peer table through the backend, knowing nothing of the store;
+//! [`daemon`] wires them at start-up. `subnet.env` (in the format shared with the flannel plugin, from
+//! `twill-files`), [`rules`], [`http`] and [`metrics`] are the node-facing outputs.
 
-pub mod acquire;
+pub mod backend;
 pub mod config;
 pub mod daemon;
 pub mod flags;
 pub mod http;
 pub mod iface;
-pub mod lease;
-pub mod lease_check;
-pub mod membership;
+pub mod link_watch;
 pub mod metrics;
 pub mod reconcile;
-pub mod registry;
 pub mod rules;
-pub mod store_epoch;
-pub mod subnet_env;
-pub mod vtep_mac;
-pub mod vxlan;
+pub mod subnet;

@@ -3,6 +3,8 @@
 # Called by scripts/bench.sh with TWILL_BIN_DIR set to the release binaries; also runs standalone (builds
 # release twilld itself). Needs root, etcd-server, etcd-client, iproute2 and iperf3. Everything runs in
 # network namespaces the benchmark creates (tests/tests/overlay_bench.rs) and removes again.
+# Then twilld against the real flanneld (tests/upstream/flannel, built if needed) in one run, clusters side
+# by side: convergence, idle RSS/CPU, start to subnet.env, restart to ready (tests/tests/flanneld_bench.rs).
 #
 #   --rounds N          leases written per cluster size (default 40)
 #   --sizes A,B         cluster sizes (default 10,30)
@@ -23,7 +25,7 @@ while [ $# -gt 0 ]; do
     --idle-secs) idle="$2"; shift 2 ;;
     --iperf-secs) iperf="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "overlay.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -40,3 +42,14 @@ echo "==> twilld benchmark: sizes $sizes, $samples leases each, idle ${idle}s, i
 TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_SIZES="$sizes" TWILL_BENCH_SAMPLES="$samples" \
   TWILL_BENCH_IDLE_SECS="$idle" TWILL_BENCH_IPERF_SECS="$iperf" TWILL_BENCH_OUT="$out" \
   cargo test --release -p twill-tests --test overlay_bench -- --ignored --nocapture --test-threads=1
+echo "==> twilld against flanneld: sizes $sizes, $samples leases each, idle ${idle}s" >&2
+# shellcheck source=../lib/common.sh
+. "$root/scripts/lib/common.sh"
+build_upstream flannel
+TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_SIZES="$sizes" TWILL_BENCH_SAMPLES="$samples" \
+  TWILL_BENCH_IDLE_SECS="$idle" TWILL_BENCH_OUT="${out:+$out.flanneld}" \
+  cargo test --release -p twill-tests --test flanneld_bench -- --ignored --nocapture --test-threads=1
+if [ -n "$out" ]; then
+  cat "$out.flanneld" >> "$out"
+  rm -f "$out.flanneld"
+fi

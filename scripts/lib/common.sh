@@ -4,14 +4,15 @@ TWILL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TWILL_TARGET_DIR="${CARGO_TARGET_DIR:-$TWILL_ROOT/target}"
 case "$TWILL_TARGET_DIR" in /*) ;; *) TWILL_TARGET_DIR="$TWILL_ROOT/$TWILL_TARGET_DIR" ;; esac
 
-# Everything twill needs on a Debian 12 machine: kernel tools, the Go toolchain and libcni sources
-# for the libcni driver, the reference plugins (the oracle the tests and benches compare against),
+# Everything twill needs on a Debian 12 machine: kernel tools, Debian's Go and libcni sources
+# for the libcni driver (GOPATH mode; the upstream modules are built by the machine's own Go, with gcc for
+# flanneld's cgo), the reference plugins (the oracle the tests and benches compare against),
 # protobuf for etcd-client's build, etcd for the overlay daemon's tests, the container runtimes that drive
 # the plugins in the runtime tests (podman with its CNI backend, containerd's CRI; busybox-static is their
 # root filesystem), and tools for benches/demos.
 TWILL_DEBIAN_PACKAGES=(
   iproute2 nftables iptables
-  golang-go golang-github-appc-cni-dev
+  golang-go golang-github-appc-cni-dev gcc libc6-dev
   containernetworking-plugins
   protobuf-compiler libprotobuf-dev
   etcd-server etcd-client
@@ -100,8 +101,10 @@ ensure_packages() {
 build_cnitool() {
   local dir="$TWILL_TARGET_DIR/cnitool"
   mkdir -p "$dir"
-  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS= \
-    go build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go" \
+  local go
+  go="$(upstream_go)"
+  GO111MODULE=off GOPATH="/usr/share/gocode:$dir/gopath" GOCACHE="$dir/gocache" GOFLAGS='' GOTOOLCHAIN=local \
+    "$go" build -o "$dir/cnitool.tmp.$$" "$TWILL_ROOT/tests/cnitool/main.go" \
     && mv -f "$dir/cnitool.tmp.$$" "$dir/cnitool"
 }
 
@@ -135,3 +138,6 @@ clean_stale_namespaces() {
     fi
   done
 }
+
+# shellcheck source=upstream.sh
+. "$TWILL_ROOT/scripts/lib/upstream.sh"

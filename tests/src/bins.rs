@@ -1,5 +1,7 @@
-//! Where the binaries under test live: ours (built by cargo) and the reference plugins (Debian's
-//! `containernetworking-plugins`), plus the privilege check every namespace-using test starts with.
+//! Where the binaries under test live: ours (built by cargo), the reference plugins (Debian's
+//! `containernetworking-plugins`), the upstream programs built from the Go modules under
+//! `tests/upstream/` (`scripts/lib/upstream.sh`), plus the privilege check every namespace-using test
+//! starts with.
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +67,143 @@ pub fn ref_bin(name: &str) -> PathBuf {
         );
     }
     path
+}
+
+/// The reference plugin builds that differential tests compare with: every such test runs against
+/// both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reference {
+    /// Debian's `containernetworking-plugins` 1.1.1 in `/usr/lib/cni` (what older hosts run).
+    Debian,
+    /// The newest upstream release, built from `tests/upstream/plugins` (v1.10.0).
+    Current,
+}
+
+impl Reference {
+    pub const ALL: [Reference; 2] = [Reference::Debian, Reference::Current];
+
+    /// Directory holding this build's plugins; panics with the fix when it is missing.
+    pub fn dir(self) -> PathBuf {
+        match self {
+            Reference::Debian => {
+                ref_bin("bridge");
+                ref_dir()
+            }
+            Reference::Current => upstream_dir("plugins"),
+        }
+    }
+
+    /// Path of one of this build's plugins; panics with the fix when it is missing.
+    pub fn bin(self, name: &str) -> PathBuf {
+        match self {
+            Reference::Debian => ref_bin(name),
+            Reference::Current => upstream_bin("plugins", name),
+        }
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reference::Debian => "reference 1.1.1 (Debian)",
+            Reference::Current => "reference v1.10.0 (upstream)",
+        })
+    }
+}
+
+/// Root of the upstream build cache: `TWILL_UPSTREAM_CACHE`, else `/var/cache/twill/upstream`
+/// (the same default as `scripts/lib/upstream.sh`).
+pub fn upstream_cache() -> PathBuf {
+    match std::env::var_os("TWILL_UPSTREAM_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from("/var/cache/twill/upstream"),
+    }
+}
+
+/// Hash naming a module's cache entry, computed exactly as `upstream_hash` in
+/// `scripts/lib/upstream.sh`: sha256 over that script (the build recipe), then the contents of the
+/// module's go.mod, go.sum and *.go files in byte order of their paths; first 16 hex digits. A
+/// changed pin, recipe or driver source gets a new entry.
+pub fn upstream_hash(module: &str) -> String {
+    use sha2::{Digest, Sha256};
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) {
+        let entries = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("read upstream module dir {}: {e}", dir.display()));
+        for entry in entries {
+            let entry = entry.unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let rel = format!("{rel}/{name}");
+            let kind = entry
+                .file_type()
+                .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()));
+            if kind.is_dir() {
+                walk(&path, &rel, out);
+            } else if kind.is_file()
+                && (name == "go.mod" || name == "go.sum" || name.ends_with(".go"))
+            {
+                out.push((rel, path));
+            }
+        }
+    }
+    let dir = workspace_dir().join("tests/upstream").join(module);
+    let mut files = Vec::new();
+    walk(&dir, ".", &mut files);
+    files.sort();
+    let mut hasher = Sha256::new();
+    let recipe = workspace_dir().join("scripts/lib/upstream.sh");
+    hasher.update(
+        std::fs::read(&recipe).unwrap_or_else(|e| panic!("read {}: {e}", recipe.display())),
+    );
+    for (_, path) in &files {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        hasher.update(&bytes);
+    }
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex[..16].to_string()
+}
+
+/// Directory of an upstream module's binaries (`cni`, `plugins`, `flannel`, `flannel-cni`,
+/// `cri-tools`); panics with the fix when it has not been built for the module's current pins.
+pub fn upstream_dir(module: &str) -> PathBuf {
+    let entry = upstream_cache().join(format!("{module}-{}", upstream_hash(module)));
+    if !entry.join(".complete").is_file() {
+        panic!(
+            "upstream module tests/upstream/{module} is not built (no {}): run \
+             `scripts/build-upstream.sh {module}` (scripts/test.sh does; needs Go >= 1.26.8 at \
+             /usr/local/go/bin/go or TWILL_GO, and the Go module proxy)",
+            entry.display()
+        );
+    }
+    entry.join("bin")
+}
+
+/// Path of one upstream program, e.g. `upstream_bin("plugins", "bridge")`,
+/// `upstream_bin("cni", "cnitool")`, `upstream_bin("flannel", "flanneld")`,
+/// `upstream_bin("flannel-cni", "flannel")`; panics with the fix when missing.
+pub fn upstream_bin(module: &str, program: &str) -> PathBuf {
+    let path = upstream_dir(module).join(program);
+    if !path.is_file() {
+        panic!(
+            "upstream program {} is missing from a complete build of tests/upstream/{module}: \
+             remove its cache entry and run `scripts/build-upstream.sh {module}`",
+            path.display()
+        );
+    }
+    path
+}
+
+/// The Go toolchain the tests build with: `TWILL_GO`, else the machine's `/usr/local/go/bin/go`
+/// (not Debian's older golang-go, which may come first on some PATHs).
+pub fn go_bin() -> PathBuf {
+    match std::env::var_os("TWILL_GO") {
+        Some(go) if !go.is_empty() => PathBuf::from(go),
+        _ => PathBuf::from("/usr/local/go/bin/go"),
+    }
 }
 
 /// True when running under CI (`CI=true`), where nothing that needs root may be skipped.

@@ -1,4 +1,4 @@
-//! A multi-node cluster on one machine (architecture.md "Testing topology"): a "switch" namespace holding an
+//! A multi-node cluster on one machine (docs/testing.md, topologies): a "switch" namespace holding an
 //! underlay bridge (and usually etcd), "node" namespaces each joined to it by a veth (`eth0`, 10.250.0.<n>/24),
 //! "pods" as namespaces wired to a node, and `twilld` running inside a node. Every namespace, link and
 //! process is owned by a guard and removed on drop, even when the test panics.

@@ -1,8 +1,8 @@
-//! A whole twill cluster on one machine, as a runtime and an operator see it (issue 8, architecture.md "Testing
-//! topology"): an underlay switch namespace running etcd, N node namespaces each running `twilld`, and pods
+//! A whole twill cluster on one machine, as a runtime and an operator see it (docs/testing.md,
+//! topologies): an underlay switch namespace running etcd, N node namespaces each running `twilld`, and pods
 //! created and deleted through the real libcni driver inside their node with the stock flannel + portmap
-//! conflist (flannel.md §13), every node with its own CNI config dir, result cache, host-local and flannel data
-//! dirs and the subnet file its own twilld writes (§8).
+//! conflist (docs/architecture.md, flannel contracts), every node with its own CNI config dir, result cache, host-local
+//! and flannel data dirs and the subnet file its own twilld writes (subnet.env, same page).
 //!
 //! Two halves:
 //! - [`Cluster`] owns everything (guards from `cluster.rs`, removed on drop even after a panic) and changes the
@@ -35,9 +35,9 @@ use crate::netns::{Netns, NETNS_RUN_DIR};
 pub const NET_CONFIG: &str = include_str!("../../conf/net-conf.json");
 /// The stock Kubernetes conflist (flannel + portmap), as shipped in `conf/`.
 pub const STOCK_CONFLIST: &str = include_str!("../../conf/10-flannel.conflist");
-/// etcd key of the network config (flannel.md §3).
+/// etcd key of the network config (docs/architecture.md, flannel contracts, etcd layout).
 pub const CONFIG_KEY: &str = "/coreos.com/network/config";
-/// etcd prefix of the node leases (flannel.md §3).
+/// etcd prefix of the node leases (docs/architecture.md, flannel contracts, etcd layout).
 pub const SUBNETS_PREFIX: &str = "/coreos.com/network/subnets/";
 /// The port every pod's greeting server listens on for the host-port check.
 pub const POD_PORT: u16 = 8080;
@@ -126,7 +126,7 @@ pub struct NodeCni {
 }
 
 impl NodeCni {
-    fn create(node: &Node, dir: PathBuf) -> NodeCni {
+    pub fn create(node: &Node, dir: PathBuf) -> NodeCni {
         let bin_dir = dir.join("bin");
         for d in [&bin_dir, &dir.join("net.d"), &dir.join("cache")] {
             std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
@@ -222,7 +222,7 @@ pub struct Cluster {
 }
 
 /// The libcni driver for one attachment on a node: container id, and the portmap capability argument when the
-/// pod maps a host port (libcni passes it as `runtimeConfig.portMappings`, cni-spec.md §3; the same on DEL).
+/// pod maps a host port (libcni passes it as `runtimeConfig.portMappings`, docs/cni-spec-notes.md §3; the same on DEL).
 fn attachment(cni: &NodeCni, container_id: &str, host_port: Option<u16>) -> LibCni {
     let lib = cni.lib.with_container_id(container_id);
     match host_port {
@@ -407,7 +407,7 @@ impl Cluster {
     }
 
     /// A node leaves for good, as an operator removes one: its pods are deleted, its twilld stopped, its lease
-    /// removed from etcd (flannel in etcd mode would otherwise keep it until the TTL runs out, §3), and its
+    /// removed from etcd (flannel in etcd mode would otherwise keep it until the TTL runs out), and its
     /// namespace goes. Returns the removed lease's subnet.
     pub fn remove_node(&mut self, i: usize) -> Option<(Ipv4Addr, u8)> {
         let name = self.nodes[i].name();
@@ -496,7 +496,8 @@ impl Cluster {
         let ns = Netns::new(&format!("{}churn", self.opts.prefix));
         let lib = attachment(&n.cni, &container_id, host_port);
         let ip = cni_add(&lib, &n.cni.net, &ns)?;
-        // The bridge gateway is the node subnet's first address (flannel.md §8: FLANNEL_SUBNET = network + 1).
+        // The bridge gateway is the node subnet's first address (docs/architecture.md, flannel contracts:
+        // FLANNEL_SUBNET = network + 1).
         let (net, _) = n
             .node
             .subnet()
@@ -664,7 +665,7 @@ pub struct PodInfo {
     pub host_port: Option<u16>,
 }
 
-/// One lease record from etcd (flannel.md §3).
+/// One lease record from etcd (docs/architecture.md, flannel contracts, etcd layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub subnet: Ipv4Addr,
@@ -1058,7 +1059,8 @@ impl ClusterState {
         exec_in(&self.switch_ns, &cmd)
     }
 
-    /// Every lease in etcd, parsed (flannel.md §3); keys of other shapes are skipped.
+    /// Every lease in etcd, parsed (docs/architecture.md, flannel contracts, etcd layout); keys of other shapes are
+    /// skipped.
     pub fn leases(&self) -> Result<Vec<Lease>, String> {
         let out = self.etcdctl(&["get", "--prefix", SUBNETS_PREFIX])?;
         let lines: Vec<&str> = out.lines().collect();
@@ -1143,7 +1145,7 @@ impl ClusterState {
     }
 
     /// Whether the node in namespace `ns` has the route, permanent neighbour and FDB entry for `lease`
-    /// (flannel.md §6.2).
+    /// (docs/architecture.md, flannel contracts, VXLAN programming).
     pub fn node_knows(ns: &str, lease: &Lease) -> bool {
         let routes = ip_n(ns, &["route", "show", "dev", "flannel.1"]);
         let neigh = ip_n(ns, &["neigh", "show", "dev", "flannel.1"]);

@@ -1,4 +1,4 @@
-//! Running a CNI plugin the way a runtime does (cni-spec.md §2): `CNI_*` environment variables, the
+//! Running a CNI plugin the way a runtime does (docs/cni-spec-notes.md §2): `CNI_*` environment variables, the
 //! request config on stdin, the result or error object read from stdout, stderr kept for diagnostics.
 //! The plugin can be run inside a test-created "host" namespace so bridges, routes and netfilter
 //! state it touches are isolated per test and vanish with the namespace.
@@ -18,7 +18,7 @@ use serde_json::Value;
 /// test instead of hanging CI).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The spec versions every plugin must advertise (cni-spec.md §1).
+/// The spec versions every plugin must advertise (docs/cni-spec-notes.md §1).
 pub const ALL_VERSIONS: [&str; 7] = [
     "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
 ];
@@ -28,7 +28,7 @@ pub const ALL_VERSIONS: [&str; 7] = [
 pub enum UnsetVars {
     /// Left out of the environment entirely (a hand-written runtime, the spec's minimum).
     Absent,
-    /// Present with an empty value, as libcni does: it always sets all six variables (§2).
+    /// Present with an empty value, as libcni does: it always sets all six variables (docs/cni-spec-notes.md §2).
     Empty,
 }
 
@@ -320,7 +320,7 @@ impl Outcome {
     }
 
     /// Panics unless the run failed cleanly with a CNI error object on stdout carrying `code` and a
-    /// non-empty `msg` (cni-spec.md §6). Returns the error object.
+    /// non-empty `msg` (docs/cni-spec-notes.md §6). Returns the error object.
     pub fn assert_error(&self, code: u64) -> Value {
         self.assert_no_panic();
         assert!(
@@ -392,7 +392,7 @@ impl Outcome {
     }
 }
 
-/// Runs `CNI_COMMAND=VERSION` the way libcni probes (§2: dummy netns/ifname/path, its current
+/// Runs `CNI_COMMAND=VERSION` the way libcni probes (docs/cni-spec-notes.md §2: dummy netns/ifname/path, its current
 /// version on stdin) and returns the outcome.
 pub fn version(plugin: impl Into<PathBuf>) -> Outcome {
     Invocation::new(plugin, "VERSION")

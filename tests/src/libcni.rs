@@ -1,9 +1,17 @@
-//! A cnitool-compatible driver on the real libcni (Debian's `golang-github-appc-cni-dev`, libcni
-//! 1.1.2): the Go program in `tests/cnitool/main.go`, built once per test process (and guarded by a file
-//! lock across parallel test binaries) into `<target>/cnitool/`. Tests drive network lists through it
-//! exactly as runtimes do: config loading, version reconciliation, chaining, result cache, prevResult
-//! on CHECK/DEL (cni-spec.md §9). libcni 1.1.2 speaks spec ≤ 1.0.0, so GC and STATUS are tested by
-//! direct exec (`crate::exec`).
+//! Runtimes' view of CNI through the real libcni, three ways ([`Driver`]):
+//! - Debian's libcni 1.1.2 (`golang-github-appc-cni-dev`, spec ≤ 1.0.0: the "older runtime", with
+//!   down-conversion of results to 0.4.0/0.3.1): the cnitool-compatible Go program in
+//!   `tests/cnitool/main.go`, built once per test process (and guarded by a file lock across parallel
+//!   test binaries) into `<target>/cnitool/`;
+//! - upstream libcni (the release `tests/upstream/cni` pins, spec 1.1: GC with
+//!   `cni.dev/valid-attachments`, STATUS, `cniVersions`, `disableGC`) through our small driver
+//!   `tests/upstream/cni/libcni-driver`, which adds to cnitool what tests need (cache dir, container
+//!   id, the attachments a GC keeps);
+//! - the real upstream `cnitool` itself (results cached in libcni's default `/var/lib/cni`, container
+//!   id derived from the netns path; its `gc` keeps no attachment).
+//!
+//! Tests drive network lists through them exactly as runtimes do: config loading, version
+//! reconciliation, chaining, result cache, prevResult on CHECK/DEL (docs/cni-spec-notes.md §9).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -14,7 +22,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::bins::{target_dir, workspace_dir};
+use crate::bins::{go_bin, target_dir, upstream_bin, workspace_dir};
 use crate::exec::{run_command, Outcome, DEFAULT_TIMEOUT};
 
 /// Debian's Go source tree holding libcni, for GOPATH mode.
@@ -68,7 +76,7 @@ pub fn build_cnitool() -> Result<PathBuf, String> {
         ));
     }
     let tmp = dir.join(format!("cnitool.tmp.{}", std::process::id()));
-    let result = Command::new("go")
+    let result = Command::new(go_bin())
         .arg("build")
         .arg("-o")
         .arg(&tmp)
@@ -80,8 +88,14 @@ pub fn build_cnitool() -> Result<PathBuf, String> {
         )
         .env("GOCACHE", dir.join("gocache"))
         .env("GOFLAGS", "")
+        .env("GOTOOLCHAIN", "local")
         .output()
-        .map_err(|e| format!("run `go build` (install golang-go): {e}"))?;
+        .map_err(|e| {
+            format!(
+                "run `{} build` (set TWILL_GO to a Go toolchain): {e}",
+                go_bin().display()
+            )
+        })?;
     if !result.status.success() {
         let _ = std::fs::remove_file(&tmp);
         return Err(format!(
@@ -93,6 +107,20 @@ pub fn build_cnitool() -> Result<PathBuf, String> {
     std::fs::rename(&tmp, &out).map_err(|e| format!("rename {} into place: {e}", tmp.display()))?;
     Ok(out)
 }
+
+/// Which libcni build runs the network lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// Debian's libcni 1.1.2 through `tests/cnitool` (spec ≤ 1.0.0; no GC, no STATUS).
+    Debian,
+    /// Upstream libcni through `tests/upstream/cni/libcni-driver`.
+    Upstream,
+    /// The real upstream `cnitool`: no cache dir, container id or GC attachments of our choosing.
+    Cnitool,
+}
+
+/// Where the real `cnitool` caches results (libcni's default; it offers no way to change it).
+pub const CNITOOL_CACHE_DIR: &str = "/var/lib/cni";
 
 /// A runtime's view of libcni: where network lists live, where plugins are found, where results are
 /// cached, and the per-attachment parameters cnitool takes from its environment.
@@ -115,6 +143,9 @@ pub struct LibCni {
     /// Namespace the driver (and so every plugin it runs) executes in: the simulated node.
     pub host_netns: Option<PathBuf>,
     pub timeout: Duration,
+    pub driver: Driver,
+    /// For GC: the attachments to keep, `(container id, ifname)`; `None` passes libcni no GC arguments.
+    pub valid_attachments: Option<Vec<(String, String)>>,
     /// Keeps a scratch directory alive as long as any clone of this driver.
     scratch: Option<Arc<tempfile::TempDir>>,
 }
@@ -135,7 +166,30 @@ impl LibCni {
             cap_args: None,
             host_netns: None,
             timeout: DEFAULT_TIMEOUT,
+            driver: Driver::Debian,
+            valid_attachments: None,
             scratch: None,
+        }
+    }
+
+    /// The same directories and parameters, run by another libcni build. With [`Driver::Cnitool`]
+    /// results are cached in [`CNITOOL_CACHE_DIR`] whatever `cache_dir` says.
+    pub fn with_driver(&self, driver: Driver) -> LibCni {
+        LibCni {
+            driver,
+            ..self.clone()
+        }
+    }
+
+    /// The attachments a GC keeps (sent as `cni.dev/valid-attachments` and `cni.dev/attachments`).
+    pub fn with_valid_attachments(&self, keep: &[(&str, &str)]) -> LibCni {
+        LibCni {
+            valid_attachments: Some(
+                keep.iter()
+                    .map(|(id, ifname)| (id.to_string(), ifname.to_string()))
+                    .collect(),
+            ),
+            ..self.clone()
         }
     }
 
@@ -220,7 +274,28 @@ impl LibCni {
         self.run(&["del", net, &netns.display().to_string()])
     }
 
-    /// `GetVersionInfo` for each plugin of the list: `[{"type", "supportedVersions"}]`.
+    /// `GCNetworkList`: DEL of every cached attachment of the list not kept, then GC of each plugin
+    /// (spec ≥ 1.1.0 lists). Upstream libcni only.
+    pub fn gc(&self, net: &str) -> Outcome {
+        match self.driver {
+            Driver::Debian => panic!("Debian's libcni 1.1.2 has no GC: use Driver::Upstream"),
+            // cnitool wants a netns argument it does not use for gc.
+            Driver::Cnitool => self.run(&["gc", net, "/run/netns/unused"]),
+            Driver::Upstream => self.run(&["gc", net]),
+        }
+    }
+
+    /// `GetStatusNetworkList` (a no-op below spec 1.1.0). Upstream libcni only.
+    pub fn status(&self, net: &str) -> Outcome {
+        match self.driver {
+            Driver::Debian => panic!("Debian's libcni 1.1.2 has no STATUS: use Driver::Upstream"),
+            Driver::Cnitool => self.run(&["status", net, "/run/netns/unused"]),
+            Driver::Upstream => self.run(&["status", net]),
+        }
+    }
+
+    /// `GetVersionInfo` for each plugin of the list: `[{"type", "supportedVersions"}]`; with the
+    /// upstream driver `{"cniVersion": <the list's version after cniVersions>, "plugins": [...]}`.
     pub fn version(&self, net: &str) -> Outcome {
         self.run(&["version", net])
     }
@@ -232,13 +307,27 @@ impl LibCni {
 
     /// The cached result file libcni wrote for an attachment, if any.
     pub fn cached_result_path(&self, net: &str, container_id: &str, ifname: &str) -> PathBuf {
-        self.cache_dir
+        let cache = match self.driver {
+            Driver::Cnitool => Path::new(CNITOOL_CACHE_DIR),
+            _ => self.cache_dir.as_path(),
+        };
+        cache
             .join("results")
             .join(format!("{net}-{container_id}-{ifname}"))
     }
 
     fn run(&self, args: &[&str]) -> Outcome {
-        let tool = cnitool();
+        let tool = match self.driver {
+            Driver::Debian => cnitool(),
+            Driver::Upstream => upstream_bin("cni", "libcni-driver"),
+            Driver::Cnitool => {
+                assert!(
+                    self.container_id.is_none(),
+                    "the real cnitool derives the container id from the netns path"
+                );
+                upstream_bin("cni", "cnitool")
+            }
+        };
         let mut cmd = Command::new(&tool);
         cmd.args(args).env_clear();
         cmd.env(
@@ -261,6 +350,13 @@ impl LibCni {
         }
         if let Some(cap) = &self.cap_args {
             cmd.env("CAP_ARGS", cap.to_string());
+        }
+        if let Some(keep) = &self.valid_attachments {
+            let keep: Vec<Value> = keep
+                .iter()
+                .map(|(id, ifname)| serde_json::json!({"containerID": id, "ifname": ifname}))
+                .collect();
+            cmd.env("CNI_VALID_ATTACHMENTS", Value::Array(keep).to_string());
         }
         let host = self.host_netns.as_ref().map(|p| {
             File::open(p).unwrap_or_else(|e| panic!("open host namespace {}: {e}", p.display()))

@@ -99,7 +99,8 @@ impl Netns {
 
     /// Runs `f` on a short-lived thread that has `setns`'d into this namespace, so netlink sockets,
     /// sysctl writes and child processes created by `f` live there. The calling thread never changes
-    /// namespace (architecture.md: never setns a thread other work runs on). Panics in `f` propagate.
+    /// namespace (docs/architecture.md, namespace-scoped sockets: never setns a thread other work runs on). Panics in
+    /// `f` propagate.
     pub fn run_in<F, R>(&self, f: F) -> R
     where
         F: FnOnce() -> R + Send,

@@ -1,4 +1,4 @@
-//! The bridge plugin end to end (issue 4): through the real libcni driver with host-local and loopback and
+//! The bridge plugin end to end: through the real libcni driver with host-local and loopback and
 //! real pings, transactional ADD (every failure leaves no veth, lease or rule), DEL that succeeds and cleans
 //! up when the netns is gone (no masquerade leak, both backends), 40 parallel ADDs and DELs on one bridge,
 //! CHECK, STATUS and GC. Every test runs the plugin inside its own node namespace.

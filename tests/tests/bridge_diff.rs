@@ -1,15 +1,21 @@
-//! Differential test of the bridge plugin against the reference `/usr/lib/cni/bridge` (issue 4): for each
-//! config of the matrix, the reference and ours run on fresh nodes and pods with the same container id,
-//! ifname and IPAM ranges (each with its own host-local: the reference's, and ours first in CNI_PATH),
-//! and must produce the same result JSON and the same kernel state (pod addresses,
-//! routes, link flags and MTU, bridge and port attributes, sysctls), ignoring only random names and MACs.
+//! Differential test of the bridge plugin against the reference builds, Debian's 1.1.1 in `/usr/lib/cni`
+//! and the newest upstream release built from `tests/upstream/plugins`: for each config of the matrix, ours
+//! and each reference run on fresh nodes and pods with the same container id, ifname and IPAM ranges (each
+//! with its own host-local: the reference's, and ours first in CNI_PATH), and must produce the same result
+//! JSON and the same kernel state (pod addresses, routes, link flags and MTU, bridge and port attributes,
+//! sysctls), ignoring only random names and MACs. Every case states whether ADD must succeed on this
+//! kernel, so a case both sides refuse fails unless refusing is expected.
 //!
 //! Intended differences, asserted as such (and listed in the README):
-//! - masquerade: the reference (1.1.1 here) always uses iptables; ours uses nftables unless
+//! - masquerade: the reference 1.1.1 always uses iptables; ours uses nftables unless
 //!   `ipMasqBackend: "iptables"`. Both must install a rule for the pod address and remove it on DEL.
-//! - CHECK: the reference fails it in L2-only mode (it delegates CHECK to an empty IPAM type) and when an
-//!   IPAM route without `gw` was installed via the gateway (plugins#886); ours passes both.
-//! - on this kernel (no CONFIG_BRIDGE_VLAN_FILTERING) VLAN configs fail on both sides; both must fail.
+//! - CHECK: the reference 1.1.1 fails it in L2-only mode (it delegates CHECK to an empty IPAM type) and
+//!   when an IPAM route without `gw` was installed via the gateway (plugins#886); ours passes both, as
+//!   v1.10 does.
+//! - an empty `dns` object in the result: 1.1.1 and ours print `"dns": {}`, v1.10 (libcni >= 1.2 types)
+//!   leaves it out; the comparison treats both as "no DNS settings".
+//! - VLAN configs need CONFIG_BRIDGE_VLAN_FILTERING: without it both sides must fail ADD, with it both
+//!   must succeed.
 
 #[path = "bridge_support/mod.rs"]
 mod support;
@@ -17,6 +23,7 @@ mod support;
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
+use twill_tests::bins::Reference;
 use twill_tests::netns::Netns;
 
 const CID: &str = "diff-container";
@@ -146,43 +153,85 @@ fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
 enum Check {
     /// Same outcome on both sides.
     Same,
-    /// Ours passes where the reference is known to fail (L2 mode; routes recorded without gateway but
-    /// installed with one, plugins#886).
-    OursPasses,
+    /// Ours passes where the given reference builds are known to fail (L2 mode; routes recorded
+    /// without gateway but installed with one, plugins#886); the same outcome as the others.
+    OursPasses(&'static [Reference]),
 }
 
-/// Run both sides and compare. `masq` says whether masquerade rules are expected.
-fn differential_with(extra: Value, masq: bool, check: Check) {
-    // The reference with its own host-local; ours with ours (first in CNI_PATH).
-    let theirs = run_side(&reference(), twill_tests::bins::REFERENCE_DIR, &extra);
+/// Whether ADD must succeed on this kernel: a differential case that both sides refuse proves
+/// nothing unless refusing is what this kernel must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Add {
+    Succeeds,
+    /// Fails on both sides (and leaves nothing behind).
+    Fails,
+}
+
+/// The kernel filters VLANs on bridges (CONFIG_BRIDGE_VLAN_FILTERING): probed by creating such a
+/// bridge in a scratch namespace.
+fn kernel_has_bridge_vlan_filtering() -> bool {
+    let ns = Netns::new("brv");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns.name(), "ip", "link", "add", "vfprobe"])
+        .args(["type", "bridge", "vlan_filtering", "1"])
+        .output()
+        .expect("run ip link add");
+    out.status.success()
+}
+
+/// Run ours and each reference build and compare. `masq` says whether masquerade rules are expected.
+fn differential_with(extra: Value, masq: bool, check: Check, add: Add) {
+    twill_tests::bins::require_root();
+    // Ours with our host-local (first in CNI_PATH); each reference with its own.
     let ours = run_side(&ours(), &cni_path(), &extra);
     assert_eq!(
+        ours.add_ok,
+        add == Add::Succeeds,
+        "ours: ADD expected to {} on this kernel\n{}",
+        if add == Add::Succeeds {
+            "succeed"
+        } else {
+            "fail"
+        },
+        ours.add_out
+    );
+    for r in Reference::ALL {
+        let theirs = run_side(&r.bin("bridge"), &r.dir().display().to_string(), &extra);
+        compare(&ours, &theirs, r, &extra, masq, check);
+    }
+}
+
+fn compare(ours: &Side, theirs: &Side, r: Reference, extra: &Value, masq: bool, check: Check) {
+    assert_eq!(
         ours.add_ok, theirs.add_ok,
-        "ADD outcome differs\n=== ours ===\n{}\n=== reference ===\n{}",
+        "ADD outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
         ours.add_out, theirs.add_out
     );
     if !ours.add_ok {
         // Both refused: both must have left nothing behind.
-        for s in [&ours, &theirs] {
+        for s in [ours, theirs] {
             assert!(
                 s.veths_after.is_empty(),
-                "veth left after failed ADD: {s:?}"
+                "veth left after failed ADD ({r}): {s:?}"
             );
             assert!(
                 s.leases_after.is_empty(),
-                "lease left after failed ADD: {s:?}"
+                "lease left after failed ADD ({r}): {s:?}"
             );
         }
         return;
     }
     assert_eq!(
         ours.result, theirs.result,
-        "result JSON differs (normalised)"
+        "result JSON differs from {r} (normalised)"
     );
-    assert_eq!(ours.pod, theirs.pod, "pod kernel state differs");
-    assert_eq!(ours.node, theirs.node, "node kernel state differs");
+    assert_eq!(ours.pod, theirs.pod, "pod kernel state differs from {r}");
+    assert_eq!(ours.node, theirs.node, "node kernel state differs from {r}");
     if extra.pointer("/runtimeConfig/mac").is_some() {
-        assert_eq!(ours.pod_mac, theirs.pod_mac, "container MAC differs");
+        assert_eq!(
+            ours.pod_mac, theirs.pod_mac,
+            "container MAC differs from {r}"
+        );
     }
     if masq {
         assert!(
@@ -191,7 +240,7 @@ fn differential_with(extra: Value, masq: bool, check: Check) {
         );
         assert!(
             !theirs.masq_during.is_empty(),
-            "reference installed no masquerade rule: {theirs:?}"
+            "{r} installed no masquerade rule: {theirs:?}"
         );
     } else {
         assert!(
@@ -200,26 +249,28 @@ fn differential_with(extra: Value, masq: bool, check: Check) {
             ours.masq_during
         );
     }
-    if check == Check::OursPasses {
-        assert_eq!(
-            ours.check_ok,
-            Some(true),
-            "ours must pass CHECK: {}",
-            ours.check_out
-        );
-        assert_eq!(
-            theirs.check_ok,
-            Some(false),
-            "the reference was expected to fail CHECK here"
-        );
-    } else {
-        assert_eq!(
+    match check {
+        Check::OursPasses(failing) if failing.contains(&r) => {
+            assert_eq!(
+                ours.check_ok,
+                Some(true),
+                "ours must pass CHECK: {}",
+                ours.check_out
+            );
+            assert_eq!(
+                theirs.check_ok,
+                Some(false),
+                "{r} was expected to fail CHECK here: {}",
+                theirs.check_out
+            );
+        }
+        _ => assert_eq!(
             ours.check_ok, theirs.check_ok,
-            "CHECK outcome differs\n=== ours ===\n{}\n=== reference ===\n{}",
+            "CHECK outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
             ours.check_out, theirs.check_out
-        );
+        ),
     }
-    for s in [&ours, &theirs] {
+    for s in [ours, theirs] {
         assert!(s.del_ok, "DEL failed: {}", s.del_out);
         assert_eq!(
             s.pod_links_after,
@@ -245,7 +296,7 @@ fn differential_with(extra: Value, masq: bool, check: Check) {
 }
 
 fn differential(extra: Value, masq: bool) {
-    differential_with(extra, masq, Check::Same)
+    differential_with(extra, masq, Check::Same, Add::Succeeds)
 }
 
 fn dual_stack_ranges() -> Value {
@@ -302,9 +353,16 @@ fn same_as_reference_promisc() {
 
 #[test]
 fn same_as_reference_vlan() {
-    differential(
+    let add = if kernel_has_bridge_vlan_filtering() {
+        Add::Succeeds
+    } else {
+        Add::Fails
+    };
+    differential_with(
         json!({"vlan": 100, "isGateway": true, "preserveDefaultVlan": true}),
         false,
+        Check::Same,
+        add,
     );
 }
 
@@ -324,7 +382,12 @@ fn same_as_reference_ipv6_only_gateway() {
 
 #[test]
 fn same_as_reference_l2_only() {
-    differential_with(json!({"ipam": null}), false, Check::OursPasses);
+    differential_with(
+        json!({"ipam": null}),
+        false,
+        Check::OursPasses(&[Reference::Debian]),
+        Add::Succeeds,
+    );
 }
 
 #[test]
@@ -332,7 +395,8 @@ fn same_as_reference_ipam_routes_get_the_gateway() {
     differential_with(
         json!({"isGateway": true, "ipam": {"routes": [{"dst": "192.168.0.0/16"}, {"dst": "172.16.0.0/12", "gw": "10.88.0.254"}]}}),
         false,
-        Check::OursPasses,
+        Check::OursPasses(&[Reference::Debian]),
+        Add::Succeeds,
     );
 }
 

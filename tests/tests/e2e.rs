@@ -1,4 +1,4 @@
-//! End-to-end: a whole cluster on one machine (issue 8) — etcd on an underlay switch, three nodes each running
+//! End-to-end: a whole cluster on one machine — etcd on an underlay switch, three nodes each running
 //! twilld, pods added through the real libcni with the stock flannel + portmap conflist — checked the way an
 //! operator would: lease table, pod-to-pod matrix across all nodes, host ports reachable from other nodes.
 //!
@@ -22,7 +22,7 @@ fn full_matrix_on_three_nodes_with_two_pods_each() {
     let state = cluster.state();
 
     // Lease table: one lease per node, distinct subnets, the VTEP MAC in etcd is the node's flannel.1 MAC,
-    // and subnet.env names the same subnet (gateway .1, flannel.md §8).
+    // and subnet.env names the same subnet (gateway .1, docs/architecture.md, flannel contracts, subnet.env).
     let rows = state.lease_table().expect("lease table");
     assert_eq!(rows.len(), 3, "{}", state.render_lease_table(&rows));
     let mut subnets: Vec<_> = rows.iter().map(|r| r.lease.subnet).collect();
@@ -79,7 +79,7 @@ fn full_matrix_on_three_nodes_with_two_pods_each() {
     );
 }
 
-/// Pod churn (issue 8): 100 ADD/DEL cycles spread over three nodes, three at a time, every fifth with a host
+/// Pod churn: 100 ADD/DEL cycles spread over three nodes, three at a time, every fifth with a host
 /// port; afterwards every node holds exactly what it held before — no host-local lease, host veth, policy /
 /// nftables / iptables rule, saved flannel delegate config or libcni cached result is left, none is lost —
 /// and the standing pods still reach each other.

@@ -1,4 +1,4 @@
-//! End-to-end cluster lifecycle (issue 8): a node joins and one leaves, daemons restart, etcd restarts, a node
+//! End-to-end cluster lifecycle: a node joins and one leaves, daemons restart, etcd restarts, a node
 //! dies without cleanup — each followed by a full pod-to-pod matrix across the nodes that remain. Same library
 //! as `twill-cluster` (`twill_tests::e2e`). Build first: `cargo build --workspace --bins`.
 

@@ -1,7 +1,7 @@
-//! The `flannel` meta plugin (issue 6, flannel.md §13) on a simulated node: each test gets a "node" network
-//! namespace where the plugin, its delegates (`bridge` -> `host-local`) and `portmap` run, a private
-//! directory holding `subnet.env` (written by the test in the daemon's format), the saved delegate configs
-//! and host-local's leases, and pod namespaces. Nothing touches the machine's own bridges, files or rules.
+//! The `flannel` meta plugin (docs/architecture.md, flannel contracts, the flannel CNI plugin) on a simulated node:
+//! each test gets a "node" network namespace where the plugin, its delegates (`bridge` -> `host-local`) and `portmap`
+//! run, a private directory holding `subnet.env` (written by the test in the daemon's format), the saved delegate
+//! configs and host-local's leases, and pod namespaces. Nothing touches the machine's own bridges, files or rules.
 //!
 //! Build first: `cargo build -p twill-flannel -p twill-bridge -p twill-ipam -p twill-portmap`.
 
@@ -91,7 +91,7 @@ impl Node {
         std::fs::remove_file(self.subnet_env()).unwrap();
     }
 
-    /// The stock conflist of issue 6 pointed at this node's files (name, version and delegate unchanged).
+    /// The stock Kubernetes conflist pointed at this node's files (name, version and delegate unchanged).
     fn stock_conflist(&self, version: &str, name: &str) -> Value {
         let stock: Value = serde_json::from_str(
             &std::fs::read_to_string(
@@ -278,7 +278,8 @@ fn stock_conflist_add_del_through_libcni() {
     assert!(routes.contains("default via 10.244.1.1"), "{routes}");
     assert!(routes.contains("10.244.0.0/16 via 10.244.1.1"), "{routes}");
 
-    // The rendered delegate is the reference's (flannel.md §13), saved privately and atomically.
+    // The rendered delegate is the reference's (docs/architecture.md, flannel contracts, the flannel CNI plugin), saved
+    // privately and atomically.
     let saved = node.saved("stockpod", "eth0");
     assert_eq!(std::fs::metadata(&saved).unwrap().mode() & 0o777, 0o600);
     assert_eq!(

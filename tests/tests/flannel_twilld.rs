@@ -1,4 +1,4 @@
-//! The flannel meta plugin with `subnet.env` written by twilld (issue 6 "Done when"): two nodes on an underlay
+//! The flannel meta plugin with `subnet.env` written by twilld: two nodes on an underlay
 //! switch with a real etcd, twilld running in each node, the stock flannel conflist driven through the real
 //! libcni in each node, pods pinging across nodes; then twilld is stopped and its `subnet.env` removed, and DEL
 //! still releases the address from the saved delegate config.

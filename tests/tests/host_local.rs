@@ -1,4 +1,4 @@
-//! host-local IPAM (issue 3, cni-spec.md §11), driven like a runtime: our `host-local` binary exec'd with
+//! host-local IPAM (docs/cni-spec-notes.md §11), driven like a runtime: our `host-local` binary exec'd with
 //! `CNI_*` variables and the config on stdin, each test on its own temporary dataDir. Covers the verbs, the
 //! config keys and validation, requested addresses, idempotent ADD, round-robin, GC and STATUS by direct exec,
 //! and ADD/CHECK/DEL through the real libcni. Concurrency, crash and interop tests live in

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use twill_tests::bins::{bin, ref_bin};
+use twill_tests::bins::{bin, ref_bin, Reference};
 use twill_tests::exec::{Invocation, Outcome};
 
 pub fn ours() -> PathBuf {
@@ -130,6 +130,46 @@ pub fn run_ref(command: &str, id: &str, ifname: &str, conf: &Value) -> Outcome {
     let mut conf = conf.clone();
     conf["cniVersion"] = json!("1.0.0");
     run(&reference(), command, id, ifname, &conf, None)
+}
+
+/// One of the reference builds, as a runtime would run it: Debian's 1.1.1 speaks up to 1.0.0, so a
+/// 1.1.0 config is given to it as 1.0.0; the current release gets it as it is.
+pub fn run_reference(r: Reference, command: &str, id: &str, ifname: &str, conf: &Value) -> Outcome {
+    let mut conf = conf.clone();
+    if r == Reference::Debian && conf["cniVersion"] == "1.1.0" {
+        conf["cniVersion"] = json!("1.0.0");
+    }
+    Invocation::new(r.bin("host-local"), command)
+        .container_id(Some(id))
+        .ifname(Some(ifname))
+        .netns_str(Some(reference_netns(r)))
+        .stdin_json(&conf)
+        .run()
+}
+
+/// The `CNI_NETNS` a reference build is given. Upstream's skel (libcni >= 1.2) fails ADD and DEL with
+/// code 8 when CNI_NETNS is the plugin's own namespace, after the plugin already ran (the lease of a
+/// failed ADD stays); host-local never enters the namespace, so a path that is no namespace at all is
+/// what the current release accepts.
+pub fn reference_netns(r: Reference) -> &'static str {
+    match r {
+        Reference::Debian => "/proc/self/ns/net",
+        Reference::Current => "/run/netns/twill-ipam-placeholder",
+    }
+}
+
+/// A result with an empty `dns` object removed: the reference 1.1.1 and ours print `"dns": {}`,
+/// libcni >= 1.2 results (reference v1.10) leave it out; both mean "no DNS settings".
+pub fn without_empty_dns(v: &Value) -> Value {
+    let mut v = v.clone();
+    if v.get("dns")
+        .is_some_and(|d| d.as_object().is_some_and(|o| o.is_empty()))
+    {
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("dns");
+        }
+    }
+    v
 }
 
 /// STATUS or GC: only `CNI_COMMAND` and `CNI_PATH` (spec 1.1).

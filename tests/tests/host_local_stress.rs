@@ -1,4 +1,4 @@
-//! host-local under concurrency and crashes (issue 3): many ADD processes at once on a small pool, and
+//! host-local under concurrency and crashes: many ADD processes at once on a small pool, and
 //! SIGKILL at random moments during ADD and DEL followed by GC with the true set of live attachments.
 
 mod host_local_common;

@@ -1,18 +1,23 @@
-//! Conformance of our `loopback` plugin (cni-spec.md §12): driven through the real libcni like a
-//! runtime, and compared byte-for-byte (as JSON) with Debian's reference loopback.
+//! Conformance of our `loopback` plugin (docs/cni-spec-notes.md §12): driven through the real libcni like a
+//! runtime, and compared byte-for-byte (as JSON) with each reference build's loopback (Debian's 1.1.1
+//! and upstream v1.10.0).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
-use twill_tests::bins::{bin, bin_dir, ref_bin, require_root};
+use twill_tests::bins::{bin, bin_dir, require_root, Reference};
 use twill_tests::exec::{Invocation, Outcome, ALL_VERSIONS};
 use twill_tests::libcni::LibCni;
 use twill_tests::netns::Netns;
 
-/// Versions at which our results must equal the reference's (issue 2; Debian's reference plugins
-/// stop at 1.0.0).
-const COMPARED_VERSIONS: [&str; 3] = ["0.3.1", "0.4.0", "1.0.0"];
+/// Versions at which our results must equal a reference build's (Debian's 1.1.1 stops at 1.0.0).
+fn compared_versions(r: Reference) -> &'static [&'static str] {
+    match r {
+        Reference::Debian => &["0.3.1", "0.4.0", "1.0.0"],
+        Reference::Current => &["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+    }
+}
 
 fn unique_net(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -27,8 +32,8 @@ fn ours() -> PathBuf {
     bin("loopback")
 }
 
-fn reference() -> PathBuf {
-    ref_bin("loopback")
+fn reference(r: Reference) -> PathBuf {
+    r.bin("loopback")
 }
 
 fn conf(version: &str, name: &str) -> Value {
@@ -50,7 +55,7 @@ fn run(plugin: &PathBuf, command: &str, ns: &Netns, config: &Value) -> Outcome {
 
 /// Debian's reference loopback (plugins 1.1.1) prints its 1.0.0-shaped result under whatever
 /// `cniVersion` was requested: at 0.3.x/0.4.0 its `ips` lack the `version` field those versions
-/// require (cni-spec.md §5.2), and libcni reads them back as `"version": ""`. We emit the field as
+/// require (docs/cni-spec-notes.md §5.2), and libcni reads them back as `"version": ""`. We emit the field as
 /// the spec says, so results below 1.0.0 are compared without it, and ours is checked on its own.
 fn without_ip_versions(result: &Value) -> Value {
     let mut result = result.clone();
@@ -99,10 +104,18 @@ fn assert_same_result(got: &Value, want: &Value, version: &str, what: &str) {
     }
 }
 
-/// A result with the netns path replaced, so results from two namespaces compare equal.
+/// A result with the netns path replaced, so results from two namespaces compare equal, and an empty
+/// `dns` object left out: 1.1.1 and ours print `"dns": {}`, libcni >= 1.2 results (v1.10) omit it,
+/// and both mean "no DNS settings".
 fn normalised(result: &Value, ns: &Netns) -> Value {
     let text = result.to_string().replace(&ns.path_str(), "NETNS");
-    serde_json::from_str(&text).expect("re-parse normalised result")
+    let mut v: Value = serde_json::from_str(&text).expect("re-parse normalised result");
+    if v.get("dns")
+        .is_some_and(|d| d.as_object().is_some_and(|o| o.is_empty()))
+    {
+        v.as_object_mut().map(|o| o.remove("dns"));
+    }
+    v
 }
 
 #[test]
@@ -158,40 +171,53 @@ fn libcni_version_lists_every_spec_version() {
 }
 
 #[test]
-fn add_result_equals_reference_at_0_3_1_0_4_0_and_1_0_0() {
+fn add_result_equals_reference_at_every_version_both_speak() {
     require_root();
-    for version in COMPARED_VERSIONS {
+    for r in Reference::ALL {
+        add_result_equals(r);
+    }
+}
+
+fn add_result_equals(r: Reference) {
+    for &version in compared_versions(r) {
         let name = unique_net("lo");
         let (ns_ours, ns_ref) = (Netns::new("lo"), Netns::new("lo"));
         let got = run(&ours(), "ADD", &ns_ours, &conf(version, &name)).assert_success();
-        let want = run(&reference(), "ADD", &ns_ref, &conf(version, &name)).assert_success();
+        let want = run(&reference(r), "ADD", &ns_ref, &conf(version, &name)).assert_success();
         assert_same_result(
             &normalised(&got, &ns_ours),
             &normalised(&want, &ns_ref),
             version,
-            "ADD result",
+            &format!("ADD result ({r})"),
         );
         assert_eq!(
             ns_ours.state(),
             ns_ref.state(),
-            "kernel state after ADD at {version}"
+            "kernel state after ADD at {version} ({r})"
         );
 
         run(&ours(), "DEL", &ns_ours, &conf(version, &name)).assert_success();
-        run(&reference(), "DEL", &ns_ref, &conf(version, &name)).assert_success();
+        run(&reference(r), "DEL", &ns_ref, &conf(version, &name)).assert_success();
         assert_eq!(
             ns_ours.state(),
             ns_ref.state(),
-            "kernel state after DEL at {version}"
+            "kernel state after DEL at {version} ({r})"
         );
     }
 }
 
 #[test]
-fn libcni_add_result_equals_reference_at_0_3_1_0_4_0_and_1_0_0() {
+fn libcni_add_result_equals_reference_at_every_version_both_speak() {
     require_root();
-    for version in COMPARED_VERSIONS {
-        let results: Vec<Value> = [bin_dir(), PathBuf::from(twill_tests::bins::REFERENCE_DIR)]
+    for r in Reference::ALL {
+        libcni_add_result_equals(r);
+    }
+}
+
+fn libcni_add_result_equals(r: Reference) {
+    // Debian's libcni 1.1.2 speaks up to 1.0.0.
+    for &version in compared_versions(r).iter().filter(|v| **v != "1.1.0") {
+        let results: Vec<Value> = [bin_dir(), r.dir()]
             .into_iter()
             .map(|dir| {
                 let lib = LibCni::scratch(vec![dir]);
@@ -209,7 +235,7 @@ fn libcni_add_result_equals_reference_at_0_3_1_0_4_0_and_1_0_0() {
             &results[0],
             &results[1],
             version,
-            "ADD result through libcni",
+            &format!("ADD result through libcni ({r})"),
         );
     }
 }
@@ -257,7 +283,7 @@ fn status_and_gc_succeed_by_direct_exec() {
     require_root();
     let name = unique_net("lo");
     // libcni 1.1.2 cannot send these verbs (spec 1.1.0), so exec them like a 1.1 runtime would:
-    // all six variables present, the attachment ones empty (cni-spec.md §2).
+    // all six variables present, the attachment ones empty (docs/cni-spec-notes.md §2).
     let status = Invocation::new(ours(), "STATUS")
         .libcni_style()
         .container_id(None)
@@ -301,16 +327,21 @@ fn add_passes_prev_result_through() {
     let mut prev_0_4 = prev_1_0.clone();
     prev_0_4["cniVersion"] = json!("0.4.0");
     prev_0_4["ips"][0]["version"] = json!("4");
-    for (version, prev) in [("1.0.0", prev_1_0), ("0.4.0", prev_0_4)] {
+    for (r, (version, prev)) in Reference::ALL.into_iter().flat_map(|r| {
+        [
+            (r, ("1.0.0", prev_1_0.clone())),
+            (r, ("0.4.0", prev_0_4.clone())),
+        ]
+    }) {
         let name = unique_net("lo");
         let mut config = conf(version, &name);
         config["prevResult"] = prev.clone();
         let (ns_ours, ns_ref) = (Netns::new("lo"), Netns::new("lo"));
         let got = run(&ours(), "ADD", &ns_ours, &config).assert_success();
-        let want = run(&reference(), "ADD", &ns_ref, &config).assert_success();
+        let want = run(&reference(r), "ADD", &ns_ref, &config).assert_success();
         assert_eq!(
             got, want,
-            "prevResult pass-through at {version}: ours vs reference"
+            "prevResult pass-through at {version}: ours vs {r}"
         );
         assert_eq!(
             got["ips"], prev["ips"],
@@ -362,8 +393,14 @@ fn plugin_runs_inside_a_node_namespace() {
 #[test]
 fn libcni_chain_of_two_loopbacks_passes_the_first_result_through() {
     require_root();
+    for r in Reference::ALL {
+        chain_of_two_loopbacks_like(r);
+    }
+}
+
+fn chain_of_two_loopbacks_like(r: Reference) {
     // The second plugin gets the first one's result as prevResult and must return it unchanged.
-    let results: Vec<Value> = [bin_dir(), PathBuf::from(twill_tests::bins::REFERENCE_DIR)]
+    let results: Vec<Value> = [bin_dir(), r.dir()]
         .into_iter()
         .map(|dir| {
             let lib = LibCni::scratch(vec![dir]);
@@ -381,7 +418,7 @@ fn libcni_chain_of_two_loopbacks_passes_the_first_result_through() {
             normalised(&result, &ns)
         })
         .collect();
-    assert_eq!(results[0], results[1], "chained result: ours vs reference");
+    assert_eq!(results[0], results[1], "chained result: ours vs {r}");
 }
 
 #[test]
@@ -389,7 +426,7 @@ fn libcni_driver_names_attachments_like_cnitool() {
     require_root();
     use sha2::{Digest, Sha512};
     // cnitool's container id: "cnitool-" + hex of the first 10 bytes of sha512(netns path); the
-    // result cache file is <cache>/results/<net>-<id>-<ifname> (cni-spec.md §9).
+    // result cache file is <cache>/results/<net>-<id>-<ifname> (docs/cni-spec-notes.md §9).
     let lib = LibCni::scratch(vec![bin_dir()]);
     let net = lib.write_conflist(&conflist("1.0.0", &unique_net("lo")));
     let ns = Netns::new("lo");

@@ -1,4 +1,4 @@
-//! twilld on real namespaces (issue 5 "Done when"): nodes are network namespaces on an underlay switch, one
+//! twilld on real namespaces: nodes are network namespaces on an underlay switch, one
 //! real etcd runs in the switch namespace, pods are namespaces behind `cni0`, and every check reads the kernel.
 //! This file: the data plane, node lifecycle, repairs, config and flags; `overlay_etcd.rs`: leases and etcd.
 
@@ -478,7 +478,8 @@ fn flanneld_lease_is_programmed_and_a_changed_vtep_mac_drops_the_old_fdb_entry()
         "old FDB entry left after a MAC change\n{}",
         c.dump()
     );
-    // A lease of another backend type is not programmed (flannel.md §6.2), and replaces the vxlan one.
+    // A lease of another backend type is not programmed (docs/architecture.md, flannel contracts, VXLAN programming),
+    // and replaces the vxlan one.
     c.etcd.put(
         &key,
         r#"{"PublicIP":"10.250.0.200","BackendType":"host-gw"}"#,
@@ -745,8 +746,8 @@ fn entries_of_a_peer_gone_while_the_daemon_was_down_are_purged_at_start_up() {
         c.nodes[0].has_any_trace_of(gone, &gone_mac),
         "kernel state went with the daemon"
     );
-    // flanneld would keep these forever (flannel.md §6.2 "Gaps"); the start-up reconcile removes them
-    // (the resync period is 30 s here, so it is not the periodic pass doing it).
+    // flanneld would keep these forever (docs/architecture.md, flannel contracts, VXLAN programming); the start-up
+    // reconcile removes them (the resync period is 30 s here, so it is not the periodic pass doing it).
     let args = c.args();
     c.daemons[0] = c.nodes[0].start_twilld(&args);
     assert!(

@@ -1,9 +1,10 @@
-//! twilld benchmark (issue 5 "Performance"); ignored in normal runs, driven by `scripts/bench/overlay.sh`
+//! twilld benchmark; ignored in normal runs, driven by `scripts/bench/overlay.sh`
 //! against release binaries (`TWILL_BIN_DIR=target/release`). Everything runs in test-created namespaces.
 //!
 //! * convergence: time from a new node's lease write in etcd to its route (programmed last, after the
-//!   neighbour and FDB entries, flannel.md §6.2) being present on every node, seen through `ip monitor route`
-//!   in each node; p50/p99 for each cluster size in `TWILL_BENCH_SIZES` (default "10,30");
+//!   neighbour and FDB entries, docs/architecture.md, flannel contracts, VXLAN programming) being present on
+//!   every node, seen through `ip monitor route` in each node; p50/p99 for each cluster size in
+//!   `TWILL_BENCH_SIZES` (default "10,30");
 //! * idle cost of one daemon over `TWILL_BENCH_IDLE_SECS` (default 60): RSS, CPU time, wake-ups;
 //! * pod-to-pod iperf3 over twilld's overlay vs a hand-built VXLAN path with the same MTU vs the raw underlay,
 //!   and the IP fragment counters (must stay 0).

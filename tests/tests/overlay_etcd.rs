@@ -482,12 +482,13 @@ fn after_the_lease_expired_a_restart_takes_the_subnet_from_subnet_env() {
     let (net, _) = before.unwrap_or_else(|| unreachable!());
     let key = format!("{SUBNETS}{net}-24");
     d.terminate();
-    // The node stays down past its TTL: etcd expires the lease (flannel.md §3).
+    // The node stays down past its TTL: etcd expires the lease (docs/architecture.md, flannel contracts, etcd layout).
     assert!(
         wait_until(Duration::from_secs(15), || etcd.get(&key).is_none()),
         "lease did not expire"
     );
-    // Nothing in etcd names this node any more: only subnet.env remembers its subnet (flannel.md §4 step 4).
+    // Nothing in etcd names this node any more: only subnet.env remembers its subnet (flanneld reads the previous
+    // subnet from it, docs/architecture.md, flannel contracts).
     let d2 = n.start_twilld(&args);
     assert!(
         wait_until(READY, || etcd.get(&key).is_some()),

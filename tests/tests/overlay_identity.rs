@@ -1,6 +1,7 @@
 //! twilld's footprint on the node and its identity among nodes: it leaves directories it did not create as
 //! they are, and nodes that share a name (cloned machines, namespaces of one host) still get distinct VTEP
-//! MACs, with a duplicate MAC detected, reported and resolved by itself.
+//! MACs, with a duplicate MAC detected, reported and resolved by itself; a VXLAN device found at start-up (left
+//! by flanneld or an earlier run) keeps its MAC unless another node's lease carries it.
 
 mod overlay_support;
 
@@ -270,4 +271,86 @@ fn a_restart_next_to_a_lease_carrying_our_first_mac_keeps_the_mac_it_stepped_to(
         c.dump()
     );
     assert_eq!(metric(&c, 0, "twilld_vtep_mac_changes_total"), Some(0.0));
+}
+
+/// Creates, in node `n`, the `flannel.1` flanneld would have left there for the default config.
+fn leftover_device(n: &twill_tests::cluster::Node, mac: &str) {
+    let local = n.underlay_ip.to_string();
+    n.ip(&[
+        "link",
+        "add",
+        "flannel.1",
+        "address",
+        mac,
+        "type",
+        "vxlan",
+        "id",
+        "1",
+        "dev",
+        "eth0",
+        "local",
+        &local,
+        "dstport",
+        "8472",
+        "nolearning",
+    ]);
+}
+
+#[test]
+fn a_device_found_at_start_keeps_its_mac_unless_another_node_leases_it() {
+    let mut c = Cluster::new(1, 1.0);
+    let kept = "0a:58:0a:00:00:02";
+    let taken = "0a:58:0a:00:00:03";
+    c.etcd.put(
+        &format!("{SUBNETS}10.244.250.0-24"),
+        &flannel_lease("10.250.0.99", taken),
+    );
+    for (index, mac) in [(2u8, kept), (3, taken)] {
+        let node = c.switch.add_node(index);
+        leftover_device(&node, mac);
+        c.daemons.push(node.start_twilld(&c.args()));
+        c.nodes.push(node);
+        c.wait_ready(c.nodes.len() - 1);
+    }
+    let lease_mac = |i: usize| {
+        let (net, len) = c.nodes[i].subnet().unwrap_or_else(|| unreachable!());
+        c.etcd
+            .get(&format!("{SUBNETS}{net}-{len}"))
+            .unwrap_or_default()
+    };
+    assert_eq!(c.mac(1), kept, "{}", c.dump());
+    assert!(lease_mac(1).contains(kept), "{}", c.dump());
+    assert!(
+        c.daemons[1]
+            .log_text()
+            .contains(&format!("keeping the VTEP MAC {kept}")),
+        "{}",
+        c.daemons[1].log_text()
+    );
+    // Another node's lease carries the leftover MAC: a derived one, on the device and in the lease.
+    let derived = c.mac(2);
+    assert_ne!(derived, taken, "{}", c.dump());
+    assert!(lease_mac(2).contains(&derived), "{}", c.dump());
+    assert!(
+        c.daemons[2]
+            .log_text()
+            .contains(&format!("the VTEP MAC {taken} of the existing flannel.1")),
+        "{}",
+        c.daemons[2].log_text()
+    );
+    for d in &c.daemons[1..] {
+        assert!(
+            !d.log_text().contains("recreating it"),
+            "the leftover device was not taken over\n{}",
+            d.log_text()
+        );
+    }
+    c.wait_mesh(&[0, 1, 2], Duration::from_secs(10));
+    for d in &c.daemons {
+        assert!(
+            !d.log_text().contains("VTEP MAC collision"),
+            "{}",
+            d.log_text()
+        );
+    }
 }

@@ -1,9 +1,10 @@
-//! The `portmap` plugin on real namespaces (issue 7, cni-spec.md §12 portmap). Each test builds a "node"
+//! The `portmap` plugin on real namespaces (docs/cni-spec-notes.md §12 portmap). Each test builds a "node"
 //! namespace whose pods are attached with a `bridge` + `portmap` conflist driven through the real libcni,
 //! plus a "remote host" namespace on a veth. TCP and UDP servers run inside the pod (in-process threads
 //! that `setns`'d into it), and clients connect through the host port from the remote host via the node
 //! address, from the node itself via 127.0.0.1 and its own address, and from the pod itself (hairpin),
-//! over IPv4 and IPv6. The same matrix is run against `/usr/lib/cni/portmap` for a differential check.
+//! over IPv4 and IPv6. The same matrix is run against each reference build's portmap (Debian's 1.1.1 in
+//! `/usr/lib/cni`, upstream v1.10.0) for a differential check.
 //!
 //! All traffic stays inside the test's namespaces; all netfilter state lives in the node namespace and
 //! vanishes with it.
@@ -18,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use twill_tests::bins::{bin, ref_bin, require_root};
+use twill_tests::bins::{bin, require_root, Reference};
 use twill_tests::exec::{Invocation, Outcome};
 use twill_tests::libcni::LibCni;
 use twill_tests::netns::Netns;
@@ -46,13 +47,13 @@ fn unique(prefix: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Impl {
     Ours,
-    Reference,
+    Reference(Reference),
 }
 
 fn plugin_bin(which: Impl, name: &str) -> PathBuf {
     match which {
         Impl::Ours => bin(name),
-        Impl::Reference => ref_bin(name),
+        Impl::Reference(r) => r.bin(name),
     }
 }
 
@@ -513,7 +514,7 @@ fn reachability(which: Impl, bridge: Impl, extra: Value) -> Vec<(String, Result<
     match which {
         Impl::Ours => n.assert_no_portmap_rules(),
         // The reference keeps its shared chains forever; only the per-container chain must go.
-        Impl::Reference => {
+        Impl::Reference(_) => {
             let left: Vec<String> = n
                 .portmap_rules()
                 .into_iter()
@@ -549,16 +550,18 @@ fn iptables_backend_reaches_the_pod_the_same_way() {
 
 #[test]
 fn reachability_matches_the_reference_portmap() {
-    // Both on the reference bridge, so only portmap differs.
-    let theirs = reachability(Impl::Reference, Impl::Reference, json!({}));
-    let ours = reachability(Impl::Ours, Impl::Reference, json!({}));
-    assert_eq!(
-        ours,
-        theirs,
-        "ours:\n{}\nreference:\n{}",
-        render(&ours),
-        render(&theirs)
-    );
+    for r in Reference::ALL {
+        // Both on the reference bridge, so only portmap differs.
+        let theirs = reachability(Impl::Reference(r), Impl::Reference(r), json!({}));
+        let ours = reachability(Impl::Ours, Impl::Reference(r), json!({}));
+        assert_eq!(
+            ours,
+            theirs,
+            "ours:\n{}\n{r}:\n{}",
+            render(&ours),
+            render(&theirs)
+        );
+    }
 }
 
 #[test]

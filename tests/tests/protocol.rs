@@ -1,4 +1,4 @@
-//! The CNI protocol layer seen from outside (cni-spec.md §2, §6, §7): a table of bad inputs, each
+//! The CNI protocol layer seen from outside (docs/cni-spec-notes.md §2, §6, §7): a table of bad inputs, each
 //! checked for the right error object and code on stdout, a non-zero exit, no panic and no partial
 //! state. The table runs against every plugin binary listed in `PLUGINS`, each run inside a
 //! test-created node namespace.
@@ -89,7 +89,7 @@ fn netns_case(
     }
 }
 
-/// The bad-input table of issue 2.
+/// The bad-input table: one faulty request per row, each with the answer it must get.
 fn cases() -> Vec<Case> {
     use Expect::*;
     let without = |key: &'static str| {
@@ -280,7 +280,7 @@ fn bad_input_gets_the_right_cni_error_from_every_plugin() {
 fn version_answers_1_1_0_with_every_supported_version() {
     require_root();
     for plugin in PLUGINS.iter().map(|p| p.name) {
-        // skel answers VERSION from its own state and ignores stdin (cni-spec.md §4 VERSION), so
+        // skel answers VERSION from its own state and ignores stdin (docs/cni-spec-notes.md §4 VERSION), so
         // neither libcni's probe nor an empty stdin may change the answer.
         for stdin in [r#"{"cniVersion":"1.0.0"}"#, "", "{not json"] {
             let answer = Invocation::bare(bin(plugin))
@@ -304,7 +304,7 @@ fn version_answers_1_1_0_with_every_supported_version() {
 }
 
 /// Malformed or hostile stdin for every verb: whatever happens, no panic, and a failure is always a
-/// proper CNI error object (cni-spec.md §6).
+/// proper CNI error object (docs/cni-spec-notes.md §6).
 #[test]
 fn no_input_makes_a_plugin_panic() {
     require_root();
@@ -379,14 +379,20 @@ impl Rng {
     }
 }
 
-/// Container ids and interface names drawn around the edges of cni-spec.md §7 (charset, leading
+/// Container ids and interface names drawn around the edges of docs/cni-spec-notes.md §7 (charset, leading
 /// character, 15-byte limit, multi-byte characters, separators, whitespace) are accepted or refused
-/// with the same code by our loopback and the reference one.
+/// with the same code by our loopback and each reference build's (1.1.1 and v1.10.0).
 #[test]
 fn names_are_validated_like_the_reference() {
+    for r in twill_tests::bins::Reference::ALL {
+        names_are_validated_like(r);
+    }
+}
+
+fn names_are_validated_like(r: twill_tests::bins::Reference) {
     require_root();
     let ours = bin("loopback");
-    let reference = twill_tests::bins::ref_bin("loopback");
+    let reference = r.bin("loopback");
     let common = ['a', 'Z', '0', '9', '_', '.', '-'];
     let rare = ['/', ':', ' ', '\t', 'é', '@', '+', '=', ',', '\u{a0}'];
     let mut rng = Rng(0x7715_2026_c0ff_ee01);
@@ -427,17 +433,17 @@ fn names_are_validated_like_the_reference() {
         }
         if got != want {
             differences.push(format!(
-                "id {id:?} ifname {ifname:?}: ours {got:?}, reference {want:?} (error code, None = accepted)"
+                "id {id:?} ifname {ifname:?}: ours {got:?}, {r} {want:?} (error code, None = accepted)"
             ));
         }
     }
     assert!(
         differences.is_empty(),
-        "{} names judged differently from the reference:\n  {}",
+        "{} names judged differently from {r}:\n  {}",
         differences.len(),
         differences.join("\n  ")
     );
-    eprintln!("names: {accepted} accepted, {refused} refused by the reference; ours agreed on all");
+    eprintln!("names: {accepted} accepted, {refused} refused by {r}; ours agreed on all");
     assert!(
         accepted >= 20 && refused >= 20,
         "the generator must exercise both sides: {accepted} accepted, {refused} refused"

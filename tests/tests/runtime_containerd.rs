@@ -1,4 +1,4 @@
-//! containerd's CRI plugin drives twill's plugins (issue 9): RunPodSandbox gets an address from our IPAM,
+//! containerd's CRI plugin drives twill's plugins: RunPodSandbox gets an address from our IPAM,
 //! the sandbox is reachable from its node and from another sandbox, a host port reaches it, and
 //! StopPodSandbox + RemovePodSandbox (two DELs, the second with an empty netns and no prevResult) both
 //! succeed and release everything.

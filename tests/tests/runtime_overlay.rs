@@ -1,4 +1,4 @@
-//! Real runtimes on the twill overlay (issue 9): two nodes on an underlay switch with a real etcd and twilld,
+//! Real runtimes on the twill overlay: two nodes on an underlay switch with a real etcd and twilld,
 //! each running podman (and then containerd) with the stock flannel conflist; a container on node 1 reaches
 //! one on node 2 over VXLAN, and removal releases everything on both nodes.
 

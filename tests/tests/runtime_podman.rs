@@ -1,4 +1,4 @@
-//! podman (CNI backend) drives twill's plugins (issue 9): a container gets an address from our IPAM,
+//! podman (CNI backend) drives twill's plugins: a container gets an address from our IPAM,
 //! reaches another container and its host, a published port reaches it through our portmap, and
 //! `podman rm` releases everything. podman runs inside a fresh "node" namespace, so the bridge and firewall
 //! state the plugins create is the node's, and the node's kernel state can be checked for leftovers.

@@ -1,4 +1,4 @@
-//! ADD (cni-spec.md §10.2), transactional: every step registers its undo, rollback runs them in reverse,
+//! ADD (docs/cni-spec-notes.md §10.2), transactional: every step registers its undo, rollback runs them in reverse,
 //! and IPAM is released last.
 
 use crate::config::BridgeConf;
@@ -11,7 +11,7 @@ use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, Interface, Request, Result, Undo};
 use twill_kernel::{Family, Handle, Link, OperState};
 
-/// The reference polls the host port for oper-UP for up to ~2.55 s (§10.2 step 12).
+/// The reference polls the host port for oper-UP for up to ~2.55 s (docs/cni-spec-notes.md §10.2 step 12).
 const OPER_UP_TIMEOUT: Duration = Duration::from_millis(2550);
 
 fn iface(link: &Link) -> Interface {
@@ -71,8 +71,8 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let br = bridge_dev::ensure(&host, &conf)?;
     trace.mark("bridge ensured");
     let (pod_h, ifname_taken) = pod_worker.ready()?;
-    // §4: the name must be free in the pod. Checked before IPAM is asked, so a repeated ADD of a live
-    // attachment can never end in releasing that attachment's lease.
+    // docs/cni-spec-notes.md §4: the name must be free in the pod. Checked before IPAM is asked, so a repeated ADD of a
+    // live attachment can never end in releasing that attachment's lease.
     if ifname_taken {
         return Err(Error::failed(format!(
             "container veth name provided ({ifname}) already exists"

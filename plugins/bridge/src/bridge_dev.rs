@@ -1,4 +1,4 @@
-//! The bridge device and the gateway addresses on it (cni-spec.md §10.2 steps 2 and 9).
+//! The bridge device and the gateway addresses on it (docs/cni-spec-notes.md §10.2 steps 2 and 9).
 //!
 //! Many plugin processes race to create the same bridge and put the same gateway address on it: both
 //! creations tolerate "already exists" (the kernel serialises them), so every racer succeeds.

@@ -1,4 +1,4 @@
-//! CHECK (cni-spec.md §10.5): the attachment described by `prevResult` still exists as the bridge made it.
+//! CHECK (docs/cni-spec-notes.md §10.5): the attachment described by `prevResult` still exists as the bridge made it.
 //! Tolerant of later chained plugins (extra routes and addresses are fine; a route recorded without gateway
 //! matches whatever gateway it was installed with, plugins#886) and working in L2-only mode, where the
 //! reference fails because it delegates CHECK to an empty IPAM type.

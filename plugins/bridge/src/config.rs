@@ -1,5 +1,5 @@
-//! The bridge plugin's configuration (cni-spec.md §10.1): every key of the reference with its default and
-//! meaning, validated up front (§10.2 step 1) so a bad config fails before anything is touched.
+//! The bridge plugin's configuration (docs/cni-spec-notes.md §10.1): every key of the reference with its default and
+//! meaning, validated up front (docs/cni-spec-notes.md §10.2 step 1) so a bad config fails before anything is touched.
 
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -239,7 +239,7 @@ impl BridgeConf {
 
         Ok(BridgeConf {
             bridge,
-            // isDefaultGateway implies isGateway (§10.1).
+            // isDefaultGateway implies isGateway (docs/cni-spec-notes.md §10.1).
             is_gateway: raw.is_gateway || raw.is_default_gateway,
             is_default_gateway: raw.is_default_gateway,
             force_address: raw.force_address,

@@ -1,4 +1,4 @@
-//! Configuring the container end inside the pod (cni-spec.md §10.2 step 8, the reference's sysctls and
+//! Configuring the container end inside the pod (docs/cni-spec-notes.md §10.2 step 8, the reference's sysctls and
 //! `ConfigureIface`): DAD and ARP-notify sysctls, IPv6 enabled where needed, addresses, link up, addresses
 //! settled, routes.
 

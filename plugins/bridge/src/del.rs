@@ -1,4 +1,4 @@
-//! DEL (cni-spec.md §10.3): idempotent and independent of the pod's namespace. IPAM DEL and the removal of
+//! DEL (docs/cni-spec-notes.md §10.3): idempotent and independent of the pod's namespace. IPAM DEL and the removal of
 //! masquerade rules (by owner) run while the kernel deletes the veth, whose RCU wait dominates.
 
 use crate::config::BridgeConf;
@@ -10,7 +10,8 @@ use twill_cni::{Error, Request, Result};
 use twill_kernel::{Handle, NetNs};
 
 /// A socket in the pod's namespace, or `None` when there is nothing to delete there: no netns given, the
-/// path is gone, or it no longer is a namespace (an unmounted leftover file) — all success for DEL (§4).
+/// path is gone, or it no longer is a namespace (an unmounted leftover file) — all success for DEL
+/// (docs/cni-spec-notes.md §4).
 fn pod_socket(netns: Option<&Path>) -> Result<Option<Handle>> {
     let Some(path) = netns else {
         return Ok(None);

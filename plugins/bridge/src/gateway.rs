@@ -1,4 +1,4 @@
-//! Shaping the IPAM result into the bridge's result and gateway plan (cni-spec.md §10.2 step 7, the
+//! Shaping the IPAM result into the bridge's result and gateway plan (docs/cni-spec-notes.md §10.2 step 7, the
 //! reference's `calcGateways`): every IP points at the container interface, a missing gateway becomes the
 //! subnet's first address when `isGateway`, `isDefaultGateway` adds a default route per family unless IPAM
 //! already returned one with a gateway, and the gateway addresses for the bridge are collected per family.
@@ -34,7 +34,7 @@ fn default_dst(v4: bool) -> IpNet {
     }
 }
 
-/// Apply §10.2 step 7 to `result` in place and return the bridge's gateway addresses.
+/// Apply docs/cni-spec-notes.md §10.2 step 7 to `result` in place and return the bridge's gateway addresses.
 pub fn shape(result: &mut CniResult, conf: &BridgeConf) -> Result<Gateways> {
     let mut gws = Gateways::default();
     let mut default_found = [false, false];

@@ -1,4 +1,4 @@
-//! IPAM for the bridge (cni-spec.md §8), overlapped with the kernel work: it is started first, on its own
+//! IPAM for the bridge (docs/cni-spec-notes.md §8), overlapped with the kernel work: it is started first, on its own
 //! thread, and waited for only when its answer is needed, so it runs while this process creates the bridge
 //! and the veth pair (ADD) or while the kernel deletes the veth (DEL).
 //!
@@ -136,7 +136,8 @@ impl Pending {
         }
     }
 
-    /// Wait for an ADD and read its result in the request's version (§8: convert to the current model).
+    /// Wait for an ADD and read its result in the request's version (docs/cni-spec-notes.md §8: convert to the current
+    /// model).
     pub fn wait_result(mut self, req: &Request) -> Result<CniResult> {
         let plugin = self.plugin.clone();
         let missing = || Error::failed(format!("IPAM plugin {plugin} ADD printed no result"));

@@ -1,4 +1,4 @@
-//! The `bridge` CNI plugin (cni-spec.md §10): every reference option, a transactional ADD, masquerade owned
+//! The `bridge` CNI plugin (docs/cni-spec-notes.md §10): every reference option, a transactional ADD, masquerade owned
 //! by the attachment so it never leaks, CHECK that works in L2-only mode, STATUS and GC.
 //!
 //! Verb flow (one netlink socket per namespace, reused for the whole request):

@@ -1,6 +1,6 @@
-//! `ipMasq` (cni-spec.md §10.4) through twill-firewall. Rules are owned by the attachment
+//! `ipMasq` (docs/cni-spec-notes.md §10.4) through twill-firewall. Rules are owned by the attachment
 //! `(network, container id, ifname)`, so DEL and GC remove them without the pod's addresses or namespace:
-//! the reference's leak when the netns is already gone (§10.3) cannot happen.
+//! the reference's leak when the netns is already gone (docs/cni-spec-notes.md §10.3) cannot happen.
 
 use ipnet::IpNet;
 use twill_cni::{Error, Result};

@@ -2,8 +2,8 @@
 //!
 //! The host end of the veth gets a name that is stable per attachment (`veth` + 8 hex digits of a hash), so
 //! an operator can tell which pod a host interface belongs to and a retried ADD after a crash lands on the
-//! same name. The reference uses 4 random bytes instead (§10.2 step 4). A collision with another device is
-//! handled like the reference's retry: the next candidate mixes in the attempt number.
+//! same name. The reference uses 4 random bytes instead (docs/cni-spec-notes.md §10.2 step 4). A collision with another
+//! device is handled like the reference's retry: the next candidate mixes in the attempt number.
 
 /// How many names to try before giving up (the reference also tries 10 random ones).
 pub const VETH_NAME_ATTEMPTS: u32 = 10;

@@ -1,7 +1,7 @@
 //! One thread that lives in the pod's network namespace for the whole ADD: it opens the pod's netlink
 //! socket and later writes the pod's sysctls (`/proc/sys/net` resolves against the namespace of the thread
 //! that opens the file). One thread instead of one per trip into the pod; the calling thread never changes
-//! namespace (architecture.md).
+//! namespace (docs/architecture.md, namespace-scoped sockets).
 
 use std::os::fd::AsRawFd;
 use std::sync::mpsc;

@@ -1,4 +1,4 @@
-//! The veth pair and the bridge port (cni-spec.md §10.2 step 4).
+//! The veth pair and the bridge port (docs/cni-spec-notes.md §10.2 step 4).
 //!
 //! Unlike the reference, which creates the pair inside the pod namespace and moves the host end out, the
 //! pair is created from the host in one request with the container end placed directly in the pod namespace
@@ -44,8 +44,8 @@ impl<'a> PortConfig<'a> {
 
 /// Create the pair: the host end (up, already a port of `bridge`) under a stable per-attachment name, the
 /// container end `ifname` (down until its addresses are on, so `arp_notify` announces them) directly inside
-/// `pod`. `ifname` already in the pod is an error (§4 ADD); a taken host name moves on to the next candidate.
-/// Finish the port with [`configure_port`].
+/// `pod`. `ifname` already in the pod is an error (docs/cni-spec-notes.md §4 ADD); a taken host name moves on to the
+/// next candidate. Finish the port with [`configure_port`].
 #[allow(clippy::too_many_arguments)]
 pub fn create_pair(
     host: &Handle,
@@ -153,7 +153,8 @@ pub fn configure_port(host: &Handle, port: &Link, pc: &PortConfig<'_>) -> Result
                 })?;
         }
     }
-    // Access port: the VLAN is PVID and untagged. Trunk port without access VLAN: VLAN 1 native (§10.1).
+    // Access port: the VLAN is PVID and untagged. Trunk port without access VLAN: VLAN 1 native
+    // (docs/cni-spec-notes.md §10.1).
     let access = pc.vlan.or((!pc.trunk.is_empty()).then_some(1));
     if let Some(vid) = access {
         let v = BridgeVlan {

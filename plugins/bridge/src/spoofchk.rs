@@ -1,4 +1,4 @@
-//! `macspoofchk` (cni-spec.md §10.1): bridge-family nftables rules that drop frames entering the bridge from
+//! `macspoofchk` (docs/cni-spec-notes.md §10.1): bridge-family nftables rules that drop frames entering the bridge from
 //! the pod's port unless their source MAC is the container's. Off by default, so it is driven through the
 //! `nft` command (one atomic script per operation) rather than the native netlink client.
 //!

@@ -1,5 +1,5 @@
-//! `CNI_ARGS` (`K1=V1;K2=V2`), parsed as the reference `types.LoadArgs` does (spec §2): each pair has exactly
-//! one `=`, and keys a plugin does not know are an error unless `IgnoreUnknown` is true — Kubernetes runtimes
+//! `CNI_ARGS` (`K1=V1;K2=V2`), parsed as the reference `types.LoadArgs` does (docs/cni-spec-notes.md §2): each pair has
+//! exactly one `=`, and keys a plugin does not know are an error unless `IgnoreUnknown` is true — Kubernetes runtimes
 //! always send `IgnoreUnknown=1` with their `K8S_POD_*` keys.
 
 use crate::error::{Error, Result};

@@ -1,5 +1,5 @@
-//! The request configuration on stdin (spec §3.2): the protocol keys every plugin reads, and typed access to
-//! the plugin's own keys. Unknown keys are tolerated everywhere (the reference plugins ignore them).
+//! The request configuration on stdin (docs/cni-spec-notes.md §3.2): the protocol keys every plugin reads, and typed
+//! access to the plugin's own keys. Unknown keys are tolerated everywhere (the reference plugins ignore them).
 
 use crate::error::{Error, Result};
 use crate::names::{ContainerId, IfName, NetworkName};
@@ -154,7 +154,8 @@ impl Attachment {
     }
 }
 
-/// Capabilities whose entries are structs in the runtime's Go code (CONVENTIONS.md §capabilities).
+/// Capabilities whose entries are structs in the runtime's Go code (docs/cni-spec-notes.md §3.3; the CNI
+/// CONVENTIONS.md, capabilities).
 const STRUCTURED_CAPABILITIES: &[&str] = &["portMappings", "ipRanges", "bandwidth", "dns"];
 
 /// containerd's go-cni serialises capability structs without JSON tags (`{"HostPort":80,"ContainerPort":80,

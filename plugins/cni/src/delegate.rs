@@ -1,5 +1,5 @@
-//! Delegation (spec §8): find a plugin binary in `CNI_PATH`, run it with our environment (verb overridden)
-//! and our whole stdin, pass its stderr through, and read its result or error.
+//! Delegation (docs/cni-spec-notes.md §8): find a plugin binary in `CNI_PATH`, run it with our environment (verb
+//! overridden) and our whole stdin, pass its stderr through, and read its result or error.
 
 use crate::env::{Command, Env};
 use crate::error::{Error, Result};

@@ -1,5 +1,5 @@
-//! The execution environment (spec §2). libcni sets all six variables and leaves unused ones empty, so a
-//! present-but-empty variable is treated exactly like an absent one.
+//! The execution environment (docs/cni-spec-notes.md §2). libcni sets all six variables and leaves unused ones empty,
+//! so a present-but-empty variable is treated exactly like an absent one.
 
 use crate::args::CniArgs;
 use crate::error::{Error, Result};

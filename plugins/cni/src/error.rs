@@ -1,4 +1,4 @@
-//! The one error type of the CNI protocol layer and its mapping to the CNI error object (spec §6).
+//! The one error type of the CNI protocol layer and its mapping to the CNI error object (docs/cni-spec-notes.md §6).
 //!
 //! Library code returns `Error`; only `skel::run` prints it (JSON on stdout) and decides the exit code.
 

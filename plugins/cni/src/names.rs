@@ -1,5 +1,5 @@
-//! Validated names from input (spec §7). Each is checked once, before it reaches a path or the kernel, so code
-//! holding a `ContainerId`, `IfName` or `NetworkName` never has to wonder whether it is safe to use.
+//! Validated names from input (docs/cni-spec-notes.md §7). Each is checked once, before it reaches a path or the
+//! kernel, so code holding a `ContainerId`, `IfName` or `NetworkName` never has to wonder whether it is safe to use.
 
 use crate::error::{Error, Result};
 use std::fmt;

@@ -1,5 +1,5 @@
 //! Results: the 1.x model, its exact rendering in every older version, and reading a result of any version
-//! (spec §5; conversion rules §5.2).
+//! (docs/cni-spec-notes.md §5; conversion rules §5.2).
 
 use crate::error::{Error, Result};
 use crate::version::Version;

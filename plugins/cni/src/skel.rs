@@ -1,4 +1,4 @@
-//! Verb dispatch, the part every plugin binary shares (spec §4, checklist §13): read the environment and
+//! Verb dispatch, the part every plugin binary shares (docs/cni-spec-notes.md §4): read the environment and
 //! stdin, validate them in the order the reference skel does (so errors and codes match), call the plugin,
 //! print its result in the request's version or the error object, and choose the exit code.
 

@@ -1,5 +1,5 @@
-//! Transactional ADD (architecture.md): every step that changes something registers how to undo it; on any
-//! failure the steps are undone in reverse order. Undo keeps going past errors and reports them on stderr,
+//! Transactional ADD (docs/architecture.md, design decisions): every step that changes something registers how to undo
+//! it; on any failure the steps are undone in reverse order. Undo keeps going past errors and reports them on stderr,
 //! because the error the caller returns is the one that made ADD fail.
 
 use crate::error::Result;

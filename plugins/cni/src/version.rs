@@ -1,4 +1,4 @@
-//! CNI spec versions this suite speaks, and the rules that depend on them (spec §1, §5.2).
+//! CNI spec versions this suite speaks, and the rules that depend on them (docs/cni-spec-notes.md §1, §5.2).
 
 use crate::error::{code, Error, Result};
 use std::fmt;

@@ -1,5 +1,5 @@
 //! SHA-512 (FIPS 180-4), used only to derive rule identities. The reference plugins name their
-//! iptables chains `CNI-` + hex(SHA-512(...))[..24] (`utils.FormatChainName`, cni-spec.md §10.4);
+//! iptables chains `CNI-` + hex(SHA-512(...))[..24] (`utils.FormatChainName`, docs/cni-spec-notes.md §10.4);
 //! a dozen lines of a well-known algorithm cost less than a dependency tree in every plugin binary.
 
 const K: [u64; 80] = [

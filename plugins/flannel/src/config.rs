@@ -1,7 +1,7 @@
-//! The flannel plugin's own keys (flannel.md §13): `subnetFile`, `dataDir`, `delegate`, `ipam`,
-//! `runtimeConfig`, next to the protocol keys `name`, `type`, `cniVersion` that skel already checked.
-//! Every key is validated up front so a bad config is a code-7 error naming the key, never a surprise in
-//! the delegate.
+//! The flannel plugin's own keys (docs/architecture.md, flannel contracts, the flannel CNI plugin): `subnetFile`,
+//! `dataDir`, `delegate`, `ipam`, `runtimeConfig`, next to the protocol keys `name`, `type`, `cniVersion` that skel
+//! already checked. Every key is validated up front so a bad config is a code-7 error naming the key, never a surprise
+//! in the delegate.
 
 use crate::subnet_env;
 use serde_json::{Map, Value};
@@ -85,9 +85,9 @@ fn optional_object(conf: &NetConf, key: &str) -> Result<Option<Map<String, Value
     }
 }
 
-/// The reference's rules (flannel.md §13 step 2): flannel owns the delegate's `name` and `ipam`, and the
-/// delegate's `type` picks a binary, so it must be a string. A key that is present counts even when null,
-/// as with the reference's `hasKey`.
+/// The reference's rules (docs/architecture.md, flannel contracts, the flannel CNI plugin): flannel owns the delegate's
+/// `name` and `ipam`, and the delegate's `type` picks a binary, so it must be a string. A key that is present counts
+/// even when null, as with the reference's `hasKey`.
 fn validate_delegate(delegate: &Map<String, Value>) -> Result<()> {
     if let Some(t) = delegate.get("type") {
         match t {

@@ -1,5 +1,5 @@
-//! The `flannel` CNI meta plugin (flannel.md §13): turns the node's `subnet.env` into a `bridge` +
-//! `host-local` delegate config, saves it per attachment, and runs the delegate.
+//! The `flannel` CNI meta plugin (docs/architecture.md, flannel contracts, the flannel CNI plugin): turns the node's
+//! `subnet.env` into a `bridge` + `host-local` delegate config, saves it per attachment, and runs the delegate.
 //!
 //! Differences from the reference plugin, each fixing a known failure:
 //! - the saved config is keyed by container id **and** interface name, so two interfaces of one container
@@ -20,7 +20,6 @@ use config::FlannelConf;
 use serde_json::{Map, Value};
 use store::Store;
 use subnet_change::ExpectedGateways;
-use subnet_env::SubnetEnv;
 use twill_cni::delegate;
 use twill_cni::lock::AttachmentLock;
 use twill_cni::{CniResult, Command, Error, Plugin, Request, Result, Undo};
@@ -48,7 +47,7 @@ impl Plugin for Flannel {
         // Held across the delegate, which is told so and does not wait for it (see twill_cni::lock).
         let _lock = lock_attachment(req)?;
         let conf = FlannelConf::from_netconf(&req.config)?;
-        let env = SubnetEnv::load(&conf.subnet_file)?;
+        let env = subnet_env::load(&conf.subnet_file)?;
         let delegate_conf = render::delegate_config(&conf, &env);
         let (id, ifname) = (req.container_id()?, req.ifname()?);
         let expected = ExpectedGateways::of(&delegate_conf, &env);
@@ -107,7 +106,7 @@ impl Plugin for Flannel {
         })?;
         // A pod on the old subnet is no longer reachable from other nodes once the node's subnet changed.
         // A missing subnet.env only means the daemon is down, which does not break existing pods.
-        if let Ok(env) = SubnetEnv::load(&conf.subnet_file) {
+        if let Ok(env) = subnet_env::load(&conf.subnet_file) {
             let now = render::delegate_config(&conf, &env);
             let ranges =
                 |c: &Map<String, Value>| c.get("ipam").and_then(|i| i.get("ranges")).cloned();
@@ -136,7 +135,7 @@ impl Plugin for Flannel {
     /// Not ready while the daemon has not written (a valid) `subnet.env`; then whatever the delegate says.
     fn status(&self, req: &Request) -> Result<()> {
         let conf = FlannelConf::from_netconf(&req.config)?;
-        let env = SubnetEnv::load(&conf.subnet_file).map_err(|e| Error::not_available(e.msg))?;
+        let env = subnet_env::load(&conf.subnet_file).map_err(|e| Error::not_available(e.msg))?;
         let delegate_conf = render::delegate_config(&conf, &env);
         delegate::run(
             conf.delegate_type(),
@@ -169,12 +168,12 @@ impl Plugin for Flannel {
             .collect();
 
         // The delegate needs a config even while the daemon is down: any saved one will do.
-        let base = match SubnetEnv::load(&conf.subnet_file) {
+        let base = match subnet_env::load(&conf.subnet_file) {
             Ok(env) => Some(render::delegate_config(&conf, &env)),
             Err(_) => ours.first().map(|(_, c)| c.clone()),
         };
         if let Some(mut d) = base {
-            // GC carries neither (cni-spec.md §3.2); a saved config may hold ADD's runtimeConfig.
+            // GC carries neither (docs/cni-spec-notes.md §3.2); a saved config may hold ADD's runtimeConfig.
             d.remove("prevResult");
             d.remove("runtimeConfig");
             for key in [
@@ -197,7 +196,7 @@ impl Plugin for Flannel {
 
         // An absent list is not an empty one: without it nothing may be released.
         let Some(valid) = valid else { return Ok(()) };
-        // GC continues past errors and reports them together (cni-spec.md §4 GC).
+        // GC continues past errors and reports them together (docs/cni-spec-notes.md §4 GC).
         let mut failures = Vec::new();
         for (saved, _) in &ours {
             let keep = valid.iter().any(|a| {

@@ -1,5 +1,6 @@
-//! The delegate config flannel renders from its own config and `subnet.env` (flannel.md §13 step 3), with
-//! the reference's defaults so a node switching from the reference plugin gets the same bridge and pods.
+//! The delegate config flannel renders from its own config and `subnet.env` (docs/architecture.md, flannel contracts,
+//! the flannel CNI plugin), with the reference's defaults so a node switching from the reference plugin gets the same
+//! bridge and pods.
 
 use crate::config::FlannelConf;
 use crate::subnet_env::SubnetEnv;
@@ -77,7 +78,8 @@ mod tests {
             .unwrap()
     }
 
-    /// The effective delegate of flannel.md §13 for the stock Kubernetes conflist.
+    /// The effective delegate for the stock Kubernetes conflist (docs/architecture.md, flannel contracts, the flannel
+    /// CNI plugin).
     #[test]
     fn stock_conflist_renders_the_reference_delegate() {
         let c = conf(json!({"cniVersion":"0.3.1","name":"cbr0","type":"flannel",

@@ -1,16 +1,15 @@
 //! The saved delegate configs in `dataDir`: one file per attachment, written before the delegate's ADD runs,
 //! so DEL can run the delegate with exactly the config ADD used even when `subnet.env` is gone or the node's
-//! subnet changed (flannel.md §13). The reference keys the file by container id alone, so two interfaces of
-//! one container overwrite each other's; ours is `<containerID>:<ifname>` (neither may contain `:`, so the
-//! name splits back unambiguously for GC). A file named by the container id alone is the reference's and is
-//! still honoured by DEL, so a node can switch plugins without stranding addresses.
+//! subnet changed (docs/architecture.md, flannel contracts, the flannel CNI plugin). The reference keys the file by
+//! container id alone, so two interfaces of one container overwrite each other's; ours is `<containerID>:<ifname>`
+//! (neither may contain `:`, so the name splits back unambiguously for GC). A file named by the container id alone is
+//! the reference's and is still honoured by DEL, so a node can switch plugins without stranding addresses.
 
 use serde_json::{Map, Value};
-use std::fs::{DirBuilder, File, OpenOptions, Permissions};
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use twill_cni::{ContainerId, Context, Error, IfName, Result};
+use twill_files::{create_missing_dirs, write_atomically};
 
 const SEPARATOR: char = ':';
 
@@ -41,9 +40,9 @@ impl Store {
         self.dir.join(id.as_str())
     }
 
-    /// Writes the attachment's delegate config atomically and durably: a temporary file (0600) is written
-    /// and fsynced, renamed over the final name, and the directory (0700: the configs may carry secrets from
-    /// runtimeConfig) fsynced, so a crash leaves either the old file or the new one, never a torn one.
+    /// Writes the attachment's delegate config atomically and durably (mode 0600, in a directory created
+    /// 0700 if missing: the configs may carry secrets from runtimeConfig), so a crash leaves either the old
+    /// file or the new one, never a torn one, and a planted link is never written through.
     pub fn save(
         &self,
         id: &ContainerId,
@@ -51,27 +50,10 @@ impl Store {
         config: &Map<String, Value>,
     ) -> Result<PathBuf> {
         let bytes = serde_json::to_vec(config).context("serialise delegate config")?;
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
+        create_missing_dirs(&self.dir, 0o700)
             .with_context(|| format!("create data directory {}", self.dir.display()))?;
         let path = self.path(id, ifname);
-        let tmp = self.dir.join(format!(
-            ".{id}{SEPARATOR}{ifname}.{}.tmp",
-            std::process::id()
-        ));
-        let written = write_synced(&tmp, &bytes).and_then(|()| {
-            std::fs::rename(&tmp, &path)
-                .with_context(|| format!("rename {} to {}", tmp.display(), path.display()))
-        });
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("fsync data directory {}", self.dir.display()))?;
+        write_atomically(&path, &bytes, 0o600).context("save delegate config")?;
         Ok(path)
     }
 
@@ -155,30 +137,6 @@ pub fn read_config(path: &Path) -> Result<Option<Map<String, Value>>> {
             path.display()
         ))),
     }
-}
-
-/// Writes a temporary file at a name private to this process. Whatever is already there (a leftover of a
-/// killed process with our pid, or a symbolic link planted to make us write through it) is removed first and
-/// the file is created exclusively, without following links.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::failed(format!("remove {}: {e}", path.display()))),
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("create {}", path.display()))?;
-    // The umask only ever narrows 0600; set it exactly all the same.
-    f.set_permissions(Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("write {}", path.display()))
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Detecting that the node's subnet changed under an existing bridge (flannel.md §4.1, §14 complaint 9).
+//! Detecting that the node's subnet changed under an existing bridge (a common flannel complaint: the bridge keeps the
+//! old gateway and every new pod fails with a bare "already has an IP address different from").
 //!
 //! When the daemon comes back with a different subnet, `subnet.env` names the new one but the bridge still
 //! carries the old gateway. The bridge delegate then refuses every ADD with a bare

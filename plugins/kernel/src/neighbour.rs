@@ -1,7 +1,7 @@
 //! Neighbour (ARP/NDP) entries and forwarding-database (FDB) entries.
 //!
-//! The VXLAN overlay programs both per peer (flannel.md): a permanent neighbour `S.0 -> VTEP MAC`
-//! on `flannel.<VNI>`, and an FDB entry `VTEP MAC -> underlay IP` on the same device.
+//! The VXLAN overlay programs both per peer (docs/architecture.md, flannel contracts, VXLAN programming): a permanent
+//! neighbour `S.0 -> VTEP MAC` on `flannel.<VNI>`, and an FDB entry `VTEP MAC -> underlay IP` on the same device.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

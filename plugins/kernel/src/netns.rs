@@ -1,8 +1,8 @@
 //! Network namespaces as explicit values.
 //!
-//! architecture.md: "Never setns a thread that other work runs on". Everything that must happen
-//! inside a namespace runs on a short-lived thread that `setns`es, does its work and exits, so the
-//! caller's thread (and any tokio worker) stays where it was.
+//! docs/architecture.md (namespace-scoped sockets): never setns a thread that other work runs on. Everything that must
+//! happen inside a namespace runs on a short-lived thread that `setns`es, does its work and exits, so the caller's
+//! thread (and any tokio worker) stays where it was.
 
 use std::fs::File;
 use std::io;

@@ -1,4 +1,4 @@
-//! The `loopback` plugin (cni-spec.md §12): brings `lo` up in the pod's namespace on ADD and down on DEL,
+//! The `loopback` plugin (docs/cni-spec-notes.md §12): brings `lo` up in the pod's namespace on ADD and down on DEL,
 //! like the reference, and reports the loopback addresses it finds.
 
 use std::net::IpAddr;
@@ -72,7 +72,8 @@ impl Plugin for Loopback {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        // DEL must succeed when the namespace is already gone (spec §4 DEL; the runtime may call it late).
+        // DEL must succeed when the namespace is already gone (docs/cni-spec-notes.md §4 DEL; the runtime may call it
+        // late).
         let Some(path) = req.env.netns.as_deref() else {
             return Ok(());
         };

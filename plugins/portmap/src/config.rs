@@ -1,6 +1,6 @@
-//! The portmap configuration (spec §12 portmap, §3.3 `portMappings` capability): the reference plugin's keys
-//! with its defaults and validation, plus `backend`. Everything is validated before any rule is touched, so a
-//! bad request is a code-7 error and never partial state.
+//! The portmap configuration (docs/cni-spec-notes.md §12 portmap, §3.3 `portMappings` capability): the reference
+//! plugin's keys with its defaults and validation, plus `backend`. Everything is validated before any rule is touched,
+//! so a bad request is a code-7 error and never partial state.
 
 use serde::Deserialize;
 use std::net::IpAddr;
@@ -60,7 +60,7 @@ pub struct PortMapping {
     pub host_ip: Option<IpAddr>,
 }
 
-/// What to mark for masquerading (spec §12: hairpin and localhost traffic, or all with `masqAll`).
+/// What to mark for masquerading (docs/cni-spec-notes.md §12: hairpin and localhost traffic, or all with `masqAll`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MarkWith {
     /// Set bit `n` of the packet mark; our own postrouting rule masquerades marked packets.
@@ -207,7 +207,7 @@ fn parse_mappings(conf: &NetConf) -> Result<Vec<PortMapping>> {
         let host_port = port(m.host_port, "hostPort")?;
         let container_port = port(m.container_port, "containerPort")?;
         let protocol = match m.protocol.as_deref() {
-            // CONVENTIONS.md always names the protocol; runtimes that omit it mean TCP (Kubernetes' default).
+            // The CNI CONVENTIONS.md always names the protocol; runtimes that omit it mean TCP (Kubernetes' default).
             None | Some("") => Protocol::Tcp,
             Some(p) => Protocol::parse(p)
                 .ok_or_else(|| at(format!("unsupported protocol {p:?} (tcp, udp or sctp)")))?,

@@ -1,8 +1,8 @@
-//! Flushing stale UDP conntrack entries for newly mapped host ports (spec §12 portmap). A UDP "connection"
-//! to a host port that existed before the DNAT rule (e.g. a client retrying while the pod starts) would
-//! otherwise keep its old, un-NATed mapping until it idles out. Done over ctnetlink: one dump of the
-//! family's table, then one delete per matching original tuple (the tuple attribute sent back verbatim) —
-//! tens of microseconds, where exec'ing `conntrack -D` costs milliseconds per port.
+//! Flushing stale UDP conntrack entries for newly mapped host ports (docs/cni-spec-notes.md §12 portmap). A UDP
+//! "connection" to a host port that existed before the DNAT rule (e.g. a client retrying while the pod starts) would
+//! otherwise keep its old, un-NATed mapping until it idles out. Done over ctnetlink: one dump of the family's table,
+//! then one delete per matching original tuple (the tuple attribute sent back verbatim) — tens of microseconds, where
+//! exec'ing `conntrack -D` costs milliseconds per port.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -1,5 +1,5 @@
-//! Which container addresses the host ports forward to (spec §12 portmap): the first IPv4 and the first IPv6
-//! address of `prevResult`, skipping addresses whose `interface` index names a host-side interface (no
+//! Which container addresses the host ports forward to (docs/cni-spec-notes.md §12 portmap): the first IPv4 and the
+//! first IPv6 address of `prevResult`, skipping addresses whose `interface` index names a host-side interface (no
 //! sandbox) or an interface other than `CNI_IFNAME` — the reference's selection, so chains behave the same.
 
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -1,7 +1,7 @@
-//! The iptables backend (`"backend": "iptables"`), shaped like the reference's (spec §12 portmap): chain
-//! `TWILL-HOSTPORTS` entered from PREROUTING and OUTPUT for `--dst-type LOCAL`, and `TWILL-HOSTPORTS-MASQ`
-//! prepended to POSTROUTING. Per-attachment rules carry their owner in a comment (see `owner`). One
-//! `iptables-save` to read and one `iptables-restore --noflush` to change, so each change is one atomic commit.
+//! The iptables backend (`"backend": "iptables"`), shaped like the reference's (docs/cni-spec-notes.md §12 portmap):
+//! chain `TWILL-HOSTPORTS` entered from PREROUTING and OUTPUT for `--dst-type LOCAL`, and `TWILL-HOSTPORTS-MASQ`
+//! prepended to POSTROUTING. Per-attachment rules carry their owner in a comment (see `owner`). One `iptables-save` to
+//! read and one `iptables-restore --noflush` to change, so each change is one atomic commit.
 
 use crate::config::MarkWith;
 use crate::owner::Tag;

@@ -1,4 +1,4 @@
-//! The `portmap` CNI plugin (issue 7, spec §12 portmap and §3.3 `portMappings`): host ports forwarded to a
+//! The `portmap` CNI plugin (docs/cni-spec-notes.md §12 portmap and §3.3 `portMappings`): host ports forwarded to a
 //! pod, chained after an interface plugin. nftables over netlink by default, iptables with
 //! `"backend": "iptables"`.
 //!
@@ -63,7 +63,7 @@ fn prev_result(req: &Request) -> Result<CniResult> {
 }
 
 /// Refuses a plan whose host sockets another attachment already forwards (the reference lets the last
-/// writer win silently; issue 7 asks for a clear error naming the owner).
+/// writer win silently; we fail with a clear error naming the owner instead).
 fn check_conflicts(plan: &Plan, listed: &[Listed], container_id: &str, ifname: &str) -> Result<()> {
     for r in &plan.rules {
         let Some(want) = &r.dnat_tag.claim else {
@@ -229,7 +229,7 @@ impl Plugin for Portmap {
         let _lock = lock::Lock::acquire()?;
         let mut errors = Vec::new();
         for family in Family::BOTH {
-            // GC keeps going past a failing family (spec §4 GC) and reports everything at the end.
+            // GC keeps going past a failing family (docs/cni-spec-notes.md §4 GC) and reports everything at the end.
             let result = fw.list(family).and_then(|listed| {
                 let stale: Vec<Listed> = listed
                     .iter()

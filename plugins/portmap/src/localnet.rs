@@ -1,7 +1,7 @@
-//! `127.0.0.1` host ports (spec §12 portmap): a packet from 127.0.0.1 DNAT'd to a pod leaves through the
-//! interface that routes to the pod, and the kernel drops loopback sources on other interfaces unless that
-//! interface has `route_localnet=1`. Like the reference, set it on the interface routing to the container
-//! (found by longest-prefix match in the main table) and never reset it: other pods may rely on it.
+//! `127.0.0.1` host ports (docs/cni-spec-notes.md §12 portmap): a packet from 127.0.0.1 DNAT'd to a pod leaves through
+//! the interface that routes to the pod, and the kernel drops loopback sources on other interfaces unless that
+//! interface has `route_localnet=1`. Like the reference, set it on the interface routing to the container (found by
+//! longest-prefix match in the main table) and never reset it: other pods may rely on it.
 
 use std::net::Ipv4Addr;
 use twill_cni::{Error, Result};

@@ -1,7 +1,7 @@
 //! Who a rule belongs to. Every rule we add carries a comment naming its attachment — (network, container id,
-//! ifname), the identity spec §4 gives an attachment — and, for the DNAT rule, the host socket it claims. The
-//! ruleset itself is therefore the state: DEL needs neither `runtimeConfig` nor the netns, GC can tell which
-//! attachments are gone, and a conflicting ADD can name the owner, all from what the kernel holds.
+//! ifname), the identity docs/cni-spec-notes.md §4 gives an attachment — and, for the DNAT rule, the host socket it
+//! claims. The ruleset itself is therefore the state: DEL needs neither `runtimeConfig` nor the netns, GC can tell
+//! which attachments are gone, and a conflicting ADD can name the owner, all from what the kernel holds.
 //!
 //! Comment: `<owner> <claim>`, owner `net/id/ifname` (none of the three may contain `/` or spaces), claim
 //! `proto/hostIP-or-*/port`. nft's comment limit is 128 bytes, so a long owner is shortened to a stable

@@ -1,4 +1,4 @@
-//! What one attachment needs in one address family, independent of how a backend spells it (spec §12
+//! What one attachment needs in one address family, independent of how a backend spells it (docs/cni-spec-notes.md §12
 //! portmap): per mapping, mark-for-masquerade rules for hairpin and localhost traffic (or all traffic with
 //! `masqAll`), then the DNAT rule; plus the shared structure (hooks, masquerading of marked packets).
 

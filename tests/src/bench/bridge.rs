@@ -1,6 +1,6 @@
-//! Scenario `bridge` (issue 4): bridge + host-local ADD and DEL by direct exec, ours vs
-//! `/usr/lib/cni/bridge` (each side with its own host-local: ours first in `CNI_PATH` for ours, the
-//! reference's for the reference), with masquerade off and on, and 40 ADDs in parallel on one bridge.
+//! Scenario `bridge`: bridge + host-local ADD and DEL by direct exec, ours vs each reference build's
+//! `bridge` (each side with its own host-local: ours first in `CNI_PATH` for ours, the reference's for
+//! the reference), with masquerade off and on, and 40 ADDs in parallel on one bridge.
 //! Each side has its own node namespace that persists across rounds (like a real node: the bridge exists
 //! after the first ADD); every round gets a fresh pod namespace, created and removed outside the timing.
 //!
@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{interleaved, series, Options, Report, Row, Stats};
+use super::{interleaved_each, ratio, row, series, Options, Report};
 use twill_kernel::{Handle, NetNs, VethSpec};
 use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
 /// One side: a plugin, its CNI_PATH, its node and IPAM directory.
 struct Side {
+    label: String,
     plugin: PathBuf,
     cni_path: String,
     node: Netns,
@@ -31,11 +32,12 @@ struct Side {
 }
 
 impl Side {
-    fn new(plugin: PathBuf, cni_path: String) -> Side {
+    fn new(label: String, plugin: PathBuf, cni_path: String) -> Side {
         let node = Netns::new("bench");
         node.exec_ok(&["ip", "link", "set", "lo", "up"]);
         let ipam = tempfile::tempdir().expect("ipam dir");
         Side {
+            label,
             plugin,
             cni_path,
             node,
@@ -114,17 +116,6 @@ impl Side {
     }
 }
 
-fn row(label: &str, samples: &[Duration]) -> Row {
-    Row {
-        label: label.to_string(),
-        stats: Stats::of(samples),
-    }
-}
-
-fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
-    Stats::of(a).median.as_secs_f64() / Stats::of(b).median.as_secs_f64()
-}
-
 /// The kernel's part of a DEL: deleting a veth pair whose peer is in a pod namespace, in-process.
 fn veth_delete_floor(options: &Options) -> Vec<Duration> {
     let node = NetNs::create_unnamed().expect("node netns");
@@ -156,99 +147,98 @@ fn veth_delete_floor(options: &Options) -> Vec<Duration> {
 
 pub fn run(options: &Options) -> Report {
     let ours_bin = options.ours.join("bridge");
-    let ref_bin = options.reference.join("bridge");
-    for p in [&ours_bin, &ref_bin, &options.ours.join("host-local")] {
-        assert!(p.is_file(), "{} is missing", p.display());
+    assert!(ours_bin.is_file(), "{} is missing", ours_bin.display());
+    let host_local = options.ours.join("host-local");
+    assert!(host_local.is_file(), "{} is missing", host_local.display());
+    let primary = options.primary().dir.display().to_string();
+    let mut sides = vec![Side::new(
+        "twill".into(),
+        ours_bin,
+        format!("{}:{primary}", options.ours.display()),
+    )];
+    for reference in &options.references {
+        let plugin = reference.dir.join("bridge");
+        assert!(plugin.is_file(), "{} is missing", plugin.display());
+        sides.push(Side::new(
+            reference.label.clone(),
+            plugin,
+            reference.dir.display().to_string(),
+        ));
     }
-    let reference_dir = options.reference.display().to_string();
-    let mut ours = Side::new(
-        ours_bin.clone(),
-        format!("{}:{reference_dir}", options.ours.display()),
-    );
-    let mut theirs = Side::new(ref_bin.clone(), reference_dir);
+    let n = sides.len();
 
+    // Per masquerade setting: (ADD series, DEL series) of every side.
     let mut results = Vec::new();
     for masq in [false, true] {
-        let mut ours_del = Vec::new();
-        let mut ref_del = Vec::new();
-        let (ours_add, ref_add) = interleaved(
-            options,
-            || {
-                let (a, d) = ours.add_del(masq);
-                ours_del.push(d);
-                a
-            },
-            || {
-                let (a, d) = theirs.add_del(masq);
-                ref_del.push(d);
-                a
-            },
-        );
-        // `interleaved` discards warm-up rounds of the returned series; do the same for DEL.
-        let skip = options.warmup;
-        let ours_del: Vec<Duration> = ours_del.into_iter().skip(skip).collect();
-        let ref_del: Vec<Duration> = ref_del.into_iter().skip(skip).collect();
-        results.push((masq, ours_add, ref_add, ours_del, ref_del));
+        let mut dels = vec![Vec::new(); n];
+        let adds = interleaved_each(options, &mut sides, |i, side| {
+            let (a, d) = side.add_del(masq);
+            dels[i].push(d);
+            a
+        });
+        // `interleaved_each` discards warm-up rounds of the returned series; do the same for DEL.
+        let dels: Vec<Vec<Duration>> = dels
+            .into_iter()
+            .map(|d| d.into_iter().skip(options.warmup).collect())
+            .collect();
+        results.push((adds, dels));
     }
     let par_rounds = Options {
         rounds: options.rounds.clamp(1, 5),
         warmup: 1,
         ..options.clone()
     };
-    let (ours_par, ref_par) = interleaved(
-        &par_rounds,
-        || ours.parallel_adds(40),
-        || theirs.parallel_adds(40),
-    );
+    let par = interleaved_each(&par_rounds, &mut sides, |_, side| side.parallel_adds(40));
     let kernel_add = twill_kernel::measure_kernel_floor(options.rounds.max(1))
         .expect("kernel floor")
         .samples;
     let kernel_del = veth_delete_floor(options);
 
-    let (_, ours_add, ref_add, ours_del, ref_del) = &results[0];
-    let (_, ours_add_m, ref_add_m, ours_del_m, ref_del_m) = &results[1];
-    let notes = vec![
-        format!(
-            "ADD ratio without masquerade: {:.2} (target <= 0.35)",
-            ratio(ours_add, ref_add)
-        ),
-        format!(
-            "ADD ratio with masquerade: {:.2} (target <= 0.20)",
-            ratio(ours_add_m, ref_add_m)
-        ),
-        format!(
-            "DEL ratio without masquerade: {:.2}; with: {:.2}",
-            ratio(ours_del, ref_del),
-            ratio(ours_del_m, ref_del_m)
-        ),
-        format!(
-            "DEL / kernel veth delete: {:.2} without masquerade, {:.2} with (target <= 1.3)",
-            ratio(ours_del, &kernel_del),
-            ratio(ours_del_m, &kernel_del)
-        ),
-        format!(
-            "40 parallel ADDs ratio: {:.2} (target <= 0.4)",
-            ratio(&ours_par, &ref_par)
-        ),
-        "masquerade: ours nftables (native netlink), reference iptables (exec)".to_string(),
-    ];
+    let (adds, dels) = &results[0];
+    let (adds_m, dels_m) = &results[1];
+    let mut notes = Vec::new();
+    for (r, side) in sides.iter().enumerate().skip(1) {
+        notes.push(format!(
+            "vs {}: ADD {:.2} (target <= 0.35), ADD ipMasq {:.2} (target <= 0.20), DEL {:.2}, DEL \
+             ipMasq {:.2}, 40 parallel ADDs {:.2} (target <= 0.4)",
+            side.label,
+            ratio(&adds[0], &adds[r]),
+            ratio(&adds_m[0], &adds_m[r]),
+            ratio(&dels[0], &dels[r]),
+            ratio(&dels_m[0], &dels_m[r]),
+            ratio(&par[0], &par[r]),
+        ));
+    }
+    notes.push(format!(
+        "DEL / kernel veth delete: {:.2} without masquerade, {:.2} with (target <= 1.3)",
+        ratio(&dels[0], &kernel_del),
+        ratio(&dels_m[0], &kernel_del)
+    ));
+    notes.push("masquerade: ours nftables (native netlink), reference iptables (exec)".to_string());
+    let mut floors = Vec::new();
+    for (what, series) in [
+        ("DEL", dels),
+        ("ADD  (ipMasq)", adds_m),
+        ("DEL  (ipMasq)", dels_m),
+        ("40 parallel ADDs (wall)", &par),
+    ] {
+        for (side, t) in sides.iter().zip(series) {
+            floors.push(row(&format!("{} {what}", side.label), t));
+        }
+    }
+    floors.push(row("kernel floor: ADD netlink work", &kernel_add));
+    floors.push(row("kernel floor: veth delete", &kernel_del));
     Report {
         scenario: "bridge".into(),
         what: "bridge + host-local ADD (isGateway, fresh pod, existing bridge), direct exec".into(),
-        ours: row("twill ADD", ours_add),
-        reference: row("reference ADD", ref_add),
-        floors: vec![
-            row("twill DEL", ours_del),
-            row("reference DEL", ref_del),
-            row("twill ADD  (ipMasq)", ours_add_m),
-            row("reference ADD  (ipMasq)", ref_add_m),
-            row("twill DEL  (ipMasq)", ours_del_m),
-            row("reference DEL  (ipMasq)", ref_del_m),
-            row("twill 40 parallel ADDs (wall)", &ours_par),
-            row("reference 40 parallel ADDs (wall)", &ref_par),
-            row("kernel floor: ADD netlink work", &kernel_add),
-            row("kernel floor: veth delete", &kernel_del),
-        ],
+        ours: row("twill ADD", &adds[0]),
+        references: sides
+            .iter()
+            .zip(adds)
+            .skip(1)
+            .map(|(side, t)| row(&format!("{} ADD", side.label), t))
+            .collect(),
+        floors,
         notes,
     }
 }

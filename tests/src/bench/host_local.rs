@@ -1,16 +1,17 @@
-//! Scenario `host-local` (issue 3): ADD and DEL latency of host-local on a /16 that already holds 0, 1,000
-//! and 10,000 leases, ours vs `/usr/lib/cni/host-local`, rounds interleaved (the side going first alternates).
+//! Scenario `host-local`: ADD and DEL latency of host-local on a /16 that already holds 0, 1,000 and
+//! 10,000 leases, ours vs each reference build's, rounds interleaved (the side going first rotates).
 //! Each side has its own dataDir (prefilled identically, cursor after the prefill) so neither disturbs the
 //! other's state; each round is an ADD of a new attachment then its DEL, so the lease count stays at N.
 //!
 //! Our first operation after the prefill rebuilds the attachment index (the prefill is a "foreign" change,
 //! like leases written by the reference); it is run untimed before the rounds and reported in a note. A
-//! further row per level measures our ADD right after the reference wrote into our directory (mixed writers
+//! further row per level measures our ADD right after the first reference wrote into our directory (mixed writers
 //! during a rolling upgrade), where our index must first catch up with a scan.
 
-use super::{timed, Options, Report, Row, Stats};
+use super::{interleaved_each, timed, Options, Report, Row, Stats};
 use serde_json::{json, Value};
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 use twill_tests::exec::{Invocation, Outcome};
 
@@ -67,91 +68,112 @@ fn add_del(plugin: &Path, conf: &Value, id: &str) -> (Duration, Duration) {
     (add, del)
 }
 
+/// One side at one level: a plugin with its own prefilled dataDir.
+struct Side {
+    label: String,
+    plugin: PathBuf,
+    conf: Value,
+    dels: Vec<Duration>,
+}
+
 pub fn run(options: &Options) -> Report {
     let ours = options.ours.join("host-local");
-    let reference = options.reference.join("host-local");
-    for p in [&ours, &reference] {
+    let mut plugins = vec![("twill".to_string(), ours.clone())];
+    for reference in &options.references {
+        plugins.push((reference.label.clone(), reference.dir.join("host-local")));
+    }
+    for (_, p) in &plugins {
         assert!(p.is_file(), "{} is missing", p.display());
     }
+    let primary = plugins[1].1.clone();
     let mut rows: Vec<(String, Stats)> = Vec::new();
     let mut notes = Vec::new();
-    let mut headline: Option<(Stats, Stats)> = None;
+    let mut headline: Vec<Stats> = Vec::new();
     for n in LEVELS {
         let tmp = tempfile::Builder::new()
             .prefix("twill-bench-hl-")
             .tempdir()
             .unwrap_or_else(|e| panic!("create bench dataDir: {e}"));
-        let (ours_dir, ref_dir) = (tmp.path().join("ours"), tmp.path().join("ref"));
-        prefill(&ours_dir, n);
-        prefill(&ref_dir, n);
-        let (ours_conf, ref_conf) = (conf(&ours_dir), conf(&ref_dir));
+        let mut sides: Vec<Side> = plugins
+            .iter()
+            .enumerate()
+            .map(|(i, (label, plugin))| {
+                let dir = tmp.path().join(format!("side{i}"));
+                prefill(&dir, n);
+                Side {
+                    label: label.clone(),
+                    plugin: plugin.clone(),
+                    conf: conf(&dir),
+                    dels: Vec::new(),
+                }
+            })
+            .collect();
+        let ours_conf = sides[0].conf.clone();
         let rebuild = timed(|| {
             add_del(&ours, &ours_conf, "bench-index-build");
         });
-        let mut t = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-        for round in 0..options.warmup + options.rounds {
-            let id = format!("bench-{round}");
-            let (o, r) = if round % 2 == 0 {
-                let o = add_del(&ours, &ours_conf, &id);
-                (o, add_del(&reference, &ref_conf, &id))
-            } else {
-                let r = add_del(&reference, &ref_conf, &id);
-                (add_del(&ours, &ours_conf, &id), r)
-            };
-            if round >= options.warmup {
-                t[0].push(o.0);
-                t[1].push(r.0);
-                t[2].push(o.1);
-                t[3].push(r.1);
+        let mut round = 0usize;
+        let adds = interleaved_each(options, &mut sides, |i, side| {
+            if i == 0 {
+                round += 1;
             }
-        }
+            let (add, del) = add_del(&side.plugin, &side.conf, &format!("bench-{round}"));
+            side.dels.push(del);
+            add
+        });
         // Mixed operation (rolling upgrade): the reference writes into our directory before each of our ADDs,
         // so every one of them pays the scan that brings the index up to date.
         let mut mixed = Vec::new();
         for round in 0..options.rounds.min(MIXED_ROUNDS) {
             let (foreign, id) = (format!("ref-{round}"), format!("mixed-{round}"));
-            exec(&reference, "ADD", &foreign, &ours_conf);
+            exec(&primary, "ADD", &foreign, &ours_conf);
             mixed.push(exec(&ours, "ADD", &id, &ours_conf).elapsed);
             exec(&ours, "DEL", &id, &ours_conf);
             exec(&ours, "DEL", &foreign, &ours_conf);
         }
-        let s: Vec<Stats> = t.iter().map(|v| Stats::of(v)).collect();
-        for (i, label) in ["twill ADD", "reference ADD", "twill DEL", "reference DEL"]
+        let add_stats: Vec<Stats> = adds.iter().map(|t| Stats::of(t)).collect();
+        let del_stats: Vec<Stats> = sides
             .iter()
-            .enumerate()
-        {
-            rows.push((format!("{label} @{n} leases"), s[i]));
+            .map(|s| Stats::of(&s.dels[options.warmup..]))
+            .collect();
+        for (side, s) in sides.iter().zip(&add_stats) {
+            rows.push((format!("{} ADD @{n} leases", side.label), *s));
+        }
+        for (side, s) in sides.iter().zip(&del_stats) {
+            rows.push((format!("{} DEL @{n} leases", side.label), *s));
         }
         rows.push((
             format!("twill ADD after a ref write @{n}"),
             Stats::of(&mixed),
         ));
         let ratio = |a: Stats, b: Stats| a.median.as_secs_f64() / b.median.as_secs_f64();
+        for (r, side) in sides.iter().enumerate().skip(1) {
+            notes.push(format!(
+                "@{n} leases vs {}: ADD {:.3}, DEL {:.3}",
+                side.label,
+                ratio(add_stats[0], add_stats[r]),
+                ratio(del_stats[0], del_stats[r]),
+            ));
+        }
         notes.push(format!(
-            "@{n} leases: ADD ours/ref {:.3}, DEL ours/ref {:.3}; first twill op after the prefill (index \
-             rebuild, untimed above): {}",
-            ratio(s[0], s[1]),
-            ratio(s[2], s[3]),
+            "@{n} leases: first twill op after the prefill (index rebuild, untimed above): {}",
             super::fmt(rebuild)
         ));
         if n == 10_000 {
-            headline = Some((s[0], s[1]));
+            headline = add_stats;
         }
     }
-    let (ours_add, ref_add) = headline.unwrap_or_else(|| (rows[0].1, rows[1].1));
+    let headline_row = |i: usize| Row {
+        label: format!("{} ADD @10000 leases", plugins[i].0),
+        stats: headline[i],
+    };
     Report {
         scenario: "host-local".into(),
         what: "ADD then DEL of a new attachment on a /16 holding N leases (cniVersion 1.0.0); headline rows: ADD @10000"
             .into(),
-        ours: Row {
-            label: "twill ADD @10000 leases".into(),
-            stats: ours_add,
-        },
-        reference: Row {
-            label: "reference ADD @10000 leases".into(),
-            stats: ref_add,
-        },
-        // Every other level and verb, the headline pair excluded.
+        ours: headline_row(0),
+        references: (1..plugins.len()).map(headline_row).collect(),
+        // Every other level and verb, the headline rows excluded.
         floors: rows
             .into_iter()
             .filter(|(label, _)| !label.ends_with("ADD @10000 leases"))

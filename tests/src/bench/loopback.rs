@@ -1,65 +1,114 @@
 //! Scenario `loopback`: one ADD then one DEL of the loopback plugin on a fresh namespace, ours vs
-//! `/usr/lib/cni/loopback`. All namespaces are created before and removed after the measurement:
+//! each reference build's. All namespaces are created before and removed after the measurement:
 //! the kernel tears a namespace down asynchronously, and that work would otherwise land in the
 //! next timed round.
 //! Floors: the same kernel work done in-process (open the namespace, a netlink socket in it, set lo
 //! up; again for down), and the cost of two process executions of `/bin/true`, which bounds how fast
 //! any exec'd plugin can answer ADD+DEL.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::json;
 use twill_kernel::{Handle, NetNs};
 
-use super::{interleaved_all, Options, Report, Row, Stats};
+use super::{interleaved_each, Options, Report, Row, Stats};
 use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
-pub fn run(options: &Options) -> Report {
-    let ours = options.ours.join("loopback");
-    let reference = options.reference.join("loopback");
-    for p in [&ours, &reference] {
-        assert!(p.is_file(), "{} is missing", p.display());
+/// What one side of the interleaved rounds runs.
+enum Work {
+    Plugin(PathBuf),
+    KernelFloor,
+    ExecFloor,
+}
+
+/// A side and its pool of fresh namespaces (one per round).
+struct Side {
+    label: String,
+    work: Work,
+    pool: Vec<Netns>,
+    next: usize,
+}
+
+impl Side {
+    fn new(label: String, work: Work, rounds: usize) -> Side {
+        let pool = match work {
+            Work::ExecFloor => Vec::new(),
+            _ => pool(rounds),
+        };
+        Side {
+            label,
+            work,
+            pool,
+            next: 0,
+        }
     }
+
+    fn round(&mut self) -> Duration {
+        if let Work::ExecFloor = self.work {
+            return exec_floor();
+        }
+        let ns = self
+            .pool
+            .get(self.next)
+            .expect("namespace pool sized for warm-up + rounds");
+        self.next += 1;
+        match &self.work {
+            Work::Plugin(plugin) => add_del(plugin, ns),
+            _ => kernel_floor(ns),
+        }
+    }
+}
+
+pub fn run(options: &Options) -> Report {
     let per_side = options.warmup + options.rounds;
-    let (pool_ours, pool_ref, pool_floor) = (pool(per_side), pool(per_side), pool(per_side));
-    let (mut next_ours, mut next_ref, mut next_floor) =
-        (pool_ours.iter(), pool_ref.iter(), pool_floor.iter());
-    let mut all = interleaved_all(
-        options,
-        &mut [
-            &mut || add_del(&ours, take(&mut next_ours)),
-            &mut || add_del(&reference, take(&mut next_ref)),
-            &mut || kernel_floor(take(&mut next_floor)),
-            &mut exec_floor,
-        ],
-    );
-    let exec = all.pop().unwrap_or_default();
-    let kernel = all.pop().unwrap_or_default();
-    let t_ref = all.pop().unwrap_or_default();
-    let t_ours = all.pop().unwrap_or_default();
+    let ours = options.ours.join("loopback");
+    let mut sides = vec![Side::new(
+        format!("twill {}", ours.display()),
+        Work::Plugin(ours),
+        per_side,
+    )];
+    for reference in &options.references {
+        let plugin = reference.dir.join("loopback");
+        sides.push(Side::new(
+            format!("{} {}", reference.label, plugin.display()),
+            Work::Plugin(plugin),
+            per_side,
+        ));
+    }
+    for side in &sides {
+        if let Work::Plugin(p) = &side.work {
+            assert!(p.is_file(), "{} is missing", p.display());
+        }
+    }
+    sides.push(Side::new(
+        KERNEL_FLOOR_LABEL.into(),
+        Work::KernelFloor,
+        per_side,
+    ));
+    sides.push(Side::new(
+        "exec floor: 2 × /bin/true".into(),
+        Work::ExecFloor,
+        per_side,
+    ));
+    let all = interleaved_each(options, &mut sides, |_, side| side.round());
+    let mut rows: Vec<Row> = sides
+        .iter()
+        .zip(&all)
+        .map(|(side, t)| Row {
+            label: side.label.clone(),
+            stats: Stats::of(t),
+        })
+        .collect();
+    let floors = rows.split_off(1 + options.references.len());
+    let references = rows.split_off(1);
     Report {
         scenario: "loopback".into(),
         what: "ADD+DEL on a fresh namespace (cniVersion 1.0.0)".into(),
-        ours: Row {
-            label: format!("twill {}", ours.display()),
-            stats: Stats::of(&t_ours),
-        },
-        reference: Row {
-            label: format!("reference {}", reference.display()),
-            stats: Stats::of(&t_ref),
-        },
-        floors: vec![
-            Row {
-                label: KERNEL_FLOOR_LABEL.into(),
-                stats: Stats::of(&kernel),
-            },
-            Row {
-                label: "exec floor: 2 × /bin/true".into(),
-                stats: Stats::of(&exec),
-            },
-        ],
+        ours: rows.remove(0),
+        references,
+        floors,
         notes: vec![],
     }
 }
@@ -67,12 +116,6 @@ pub fn run(options: &Options) -> Report {
 /// `n` fresh namespaces, used once each.
 fn pool(n: usize) -> Vec<Netns> {
     (0..n).map(|_| Netns::new("bench")).collect()
-}
-
-/// The next unused namespace of a pool; used ones stay alive until the pool drops.
-fn take<'a>(next: &mut std::slice::Iter<'a, Netns>) -> &'a Netns {
-    next.next()
-        .expect("namespace pool sized for warm-up + rounds")
 }
 
 /// ADD then DEL of `plugin` on a fresh namespace; returns the time spent in the two executions.

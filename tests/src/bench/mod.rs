@@ -1,6 +1,6 @@
-//! Benchmark scenarios: our binaries against the reference plugins in `/usr/lib/cni`, measured in
-//! one run with interleaved rounds (ours, reference, ours, ...) so machine noise hits both sides
-//! alike; warm-up rounds are discarded. Each scenario is one file here, registered in [`scenarios`].
+//! Benchmark scenarios: our binaries against the reference plugin builds (by default the current
+//! upstream release and Debian's 1.1.1), measured in one run with interleaved rounds (ours, each
+//! reference, ours, ...) so machine noise hits every side alike; warm-up rounds are discarded. Each scenario is one file here, registered in [`scenarios`].
 //! Shell-only scenarios live in `scripts/bench/<name>.sh` and are dispatched by `scripts/bench.sh`.
 
 pub mod bridge;
@@ -22,15 +22,28 @@ pub struct Options {
     pub warmup: usize,
     /// Directory of our binaries.
     pub ours: PathBuf,
-    /// Directory of the reference plugins.
-    pub reference: PathBuf,
+    /// The reference plugin builds, each compared with ours in the same interleaved rounds; the
+    /// first one is the headline.
+    pub references: Vec<RefBuild>,
     /// Whether `--rounds` / `--warmup` were given (scenarios with costly rounds pick their own defaults).
     pub rounds_given: bool,
     pub warmup_given: bool,
     /// Pod counts of scenarios that measure at several sizes (`--pods 0,200,1000`).
     pub pods: Option<Vec<usize>>,
-    /// A second reference build (e.g. a newer upstream release), measured as its own side where supported.
-    pub upstream: Option<PathBuf>,
+}
+
+/// One reference plugin build: a label for the tables and its directory.
+#[derive(Debug, Clone)]
+pub struct RefBuild {
+    pub label: String,
+    pub dir: PathBuf,
+}
+
+impl Options {
+    /// The first reference build (what the single-reference runtime scenarios use).
+    pub fn primary(&self) -> &RefBuild {
+        &self.references[0]
+    }
 }
 
 /// A named scenario.
@@ -67,7 +80,7 @@ pub fn scenarios() -> Vec<Scenario> {
         Scenario { name: "bridge", about: "bridge+host-local ADD/DEL ours vs reference, ipMasq off/on, 40 parallel ADDs; floors: kernel ADD work, veth delete", run: bridge::run },
         Scenario {
             name: "scale",
-            about: "bridge+host-local ADD/DEL with 0/200/1,000 pods on the bridge, ours vs reference(s) vs kernel floor",
+            about: "bridge+host-local ADD/DEL with 0/200/1,000 pods on the bridge, ours vs the references vs the kernel floor",
             run: scale::run,
         },
         Scenario {
@@ -112,24 +125,19 @@ pub struct Row {
     pub stats: Stats,
 }
 
-/// A scenario's result: ours, the reference, and optional floors (the least the kernel or the
-/// process model needs for the same work).
+/// A scenario's result: ours, each reference build's matching row, and optional floors (the least
+/// the kernel or the process model needs for the same work).
 #[derive(Debug, Clone)]
 pub struct Report {
     pub scenario: String,
     pub what: String,
     pub ours: Row,
-    pub reference: Row,
+    pub references: Vec<Row>,
     pub floors: Vec<Row>,
     pub notes: Vec<String>,
 }
 
 impl Report {
-    /// Median of ours divided by median of the reference (< 1 means we are faster).
-    pub fn ratio(&self) -> f64 {
-        self.ours.stats.median.as_secs_f64() / self.reference.stats.median.as_secs_f64()
-    }
-
     /// The table printed by `twill-bench`.
     pub fn render(&self) -> String {
         let mut out = format!("scenario {}: {}\n", self.scenario, self.what);
@@ -137,8 +145,8 @@ impl Report {
             "  {:<38} {:>6} {:>10} {:>10} {:>10} {:>10}\n",
             "", "n", "median", "p90", "min", "mean"
         ));
-        for row in [&self.ours, &self.reference]
-            .into_iter()
+        for row in std::iter::once(&self.ours)
+            .chain(self.references.iter())
             .chain(self.floors.iter())
         {
             let s = row.stats;
@@ -152,11 +160,14 @@ impl Report {
                 fmt(s.mean)
             ));
         }
-        out.push_str(&format!(
-            "  ratio ours/reference (median): {:.2}  (p90: {:.2})\n",
-            self.ratio(),
-            self.ours.stats.p90.as_secs_f64() / self.reference.stats.p90.as_secs_f64()
-        ));
+        for reference in &self.references {
+            out.push_str(&format!(
+                "  ratio ours / {} (median): {:.2}  (p90: {:.2})\n",
+                reference.label,
+                self.ours.stats.median.as_secs_f64() / reference.stats.median.as_secs_f64(),
+                self.ours.stats.p90.as_secs_f64() / reference.stats.p90.as_secs_f64()
+            ));
+        }
         for note in &self.notes {
             out.push_str(&format!("  note: {note}\n"));
         }
@@ -208,6 +219,40 @@ pub fn interleaved_all(
         }
     }
     out
+}
+
+/// Like [`interleaved_all`] over a slice of sides of one kind: every round calls `f` once per side
+/// (with its index), starting with a different side each round. Returns one series per side.
+pub fn interleaved_each<T>(
+    options: &Options,
+    sides: &mut [T],
+    mut f: impl FnMut(usize, &mut T) -> Duration,
+) -> Vec<Vec<Duration>> {
+    let n = sides.len();
+    let mut out = vec![Vec::with_capacity(options.rounds); n];
+    for round in 0..options.warmup + options.rounds {
+        for k in 0..n {
+            let side = (round + k) % n;
+            let d = f(side, &mut sides[side]);
+            if round >= options.warmup {
+                out[side].push(d);
+            }
+        }
+    }
+    out
+}
+
+/// Median of `a` divided by median of `b`.
+pub fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    Stats::of(a).median.as_secs_f64() / Stats::of(b).median.as_secs_f64()
+}
+
+/// A row from a series.
+pub fn row(label: &str, samples: &[Duration]) -> Row {
+    Row {
+        label: label.to_string(),
+        stats: Stats::of(samples),
+    }
 }
 
 /// Runs `f` `warmup` + `rounds` times and returns the measured timings.

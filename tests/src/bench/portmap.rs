@@ -1,7 +1,7 @@
-//! Scenario `portmap` (issue 7): ADD+DEL of a `bridge` + `portmap` chain with two port mappings, by
+//! Scenario `portmap`: ADD+DEL of a `bridge` + `portmap` chain with two port mappings, by
 //! direct exec the way libcni runs a conflist (bridge ADD, portmap ADD with the bridge's result as
 //! `prevResult`; then portmap DEL, bridge DEL, both with the cached `runtimeConfig` as libcni replays
-//! it). Ours (bridge + host-local + portmap from the twill build) vs the reference's three plugins.
+//! it). Ours (bridge + host-local + portmap from the twill build) vs each reference build's three plugins.
 //! Each side has a persistent node namespace (the bridge and the reference's shared chains exist after
 //! the first round, as on a real node); every round gets a fresh pod namespace, outside the timing.
 //!
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{interleaved, series, Options, Report, Row, Stats};
+use super::{interleaved_each, ratio, row, series, Options, Report};
 use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
@@ -111,17 +111,6 @@ impl Side {
     }
 }
 
-fn row(label: &str, samples: &[Duration]) -> Row {
-    Row {
-        label: label.to_string(),
-        stats: Stats::of(samples),
-    }
-}
-
-fn ratio(a: &[Duration], b: &[Duration]) -> f64 {
-    Stats::of(a).median.as_secs_f64() / Stats::of(b).median.as_secs_f64()
-}
-
 fn exec_floor() -> Duration {
     (0..4)
         .map(|_| {
@@ -137,40 +126,54 @@ fn exec_floor() -> Duration {
 }
 
 pub fn run(options: &Options) -> Report {
-    for dir in [&options.ours, &options.reference] {
+    let mut labels = vec![format!("twill {}", options.ours.display())];
+    let mut dirs = vec![options.ours.clone()];
+    for reference in &options.references {
+        labels.push(format!("{} {}", reference.label, reference.dir.display()));
+        dirs.push(reference.dir.clone());
+    }
+    for dir in &dirs {
         for plugin in ["bridge", "host-local", "portmap"] {
             let p = dir.join(plugin);
             assert!(p.is_file(), "{} is missing", p.display());
         }
     }
-    let mut ours = Side::new(&options.ours);
-    let mut theirs = Side::new(&options.reference);
-    let (t_ours, t_ref) = interleaved(options, || ours.round(), || theirs.round());
+    let mut sides: Vec<Side> = dirs.iter().map(|d| Side::new(d)).collect();
+    let t = interleaved_each(options, &mut sides, |_, side| side.round());
     let skip = options.warmup;
-    let pm_ours: Vec<Duration> = ours.portmap_only.iter().skip(skip).copied().collect();
-    let pm_ref: Vec<Duration> = theirs.portmap_only.iter().skip(skip).copied().collect();
+    let pm: Vec<Vec<Duration>> = sides
+        .iter()
+        .map(|s| s.portmap_only.iter().skip(skip).copied().collect())
+        .collect();
     let exec = series(options, exec_floor);
+    let mut notes = Vec::new();
+    for r in 1..sides.len() {
+        notes.push(format!(
+            "vs {}: chain ratio {:.2} (target <= 0.30), portmap-only ratio {:.2}",
+            options.references[r - 1].label,
+            ratio(&t[0], &t[r]),
+            ratio(&pm[0], &pm[r])
+        ));
+    }
+    notes.push("portmap: ours nftables over netlink, reference iptables (exec)".to_string());
+    let mut floors: Vec<_> = std::iter::once("twill".to_string())
+        .chain(options.references.iter().map(|r| r.label.clone()))
+        .zip(&pm)
+        .map(|(label, t)| row(&format!("{label} portmap ADD+DEL only"), t))
+        .collect();
+    floors.push(row("exec floor: 4 × /bin/true", &exec));
     Report {
         scenario: "portmap".into(),
         what: "bridge + portmap (2 mappings) ADD+DEL, direct exec, fresh pod, existing bridge"
             .into(),
-        ours: row(&format!("twill {}", options.ours.display()), &t_ours),
-        reference: row(
-            &format!("reference {}", options.reference.display()),
-            &t_ref,
-        ),
-        floors: vec![
-            row("twill portmap ADD+DEL only", &pm_ours),
-            row("reference portmap ADD+DEL only", &pm_ref),
-            row("exec floor: 4 × /bin/true", &exec),
-        ],
-        notes: vec![
-            format!(
-                "chain ratio: {:.2} (target <= 0.30)",
-                ratio(&t_ours, &t_ref)
-            ),
-            format!("portmap-only ratio: {:.2}", ratio(&pm_ours, &pm_ref)),
-            "portmap: ours nftables over netlink, reference iptables (exec)".to_string(),
-        ],
+        ours: row(&labels[0], &t[0]),
+        references: labels
+            .iter()
+            .zip(&t)
+            .skip(1)
+            .map(|(label, t)| row(label, t))
+            .collect(),
+        floors,
+        notes,
     }
 }

@@ -8,6 +8,7 @@
 //! first alternates. The floor's ADD is [`twill_kernel::pod_add_on_bridge`] (veth + master + up + address
 //! + route, one synchronous netlink sequence in-process) and its DEL the host end's delete.
 //!
+//! The references are the harness's (`--reference DIR`, repeatable; by default upstream and Debian).
 //! Sizes: `--pods 0,200,1000`; rounds per size: `--rounds` (default here 30) and `--warmup` (default 3).
 //! Namespaces of measured rounds and fillers are removed only at the end: the kernel tears a namespace
 //! down in a worker that takes the RTNL lock, which would otherwise land inside later samples.
@@ -290,20 +291,17 @@ pub fn run(options: &Options) -> Report {
     } else {
         DEFAULT_WARMUP
     };
-    let reference_dir = options.reference.display().to_string();
-    let mut sides = vec![Side::plugin(
-        "twill",
-        &options.ours,
-        format!("{}:{reference_dir}", options.ours.display()),
-    )];
-    sides.push(Side::plugin("reference", &options.reference, reference_dir));
-    if let Some(upstream) = &options.upstream {
-        sides.push(Side::plugin(
-            "upstream",
-            upstream,
-            upstream.display().to_string(),
-        ));
+    // Ours finds host-local in its own directory; the reference directories follow for anything else.
+    let mut cni_path = options.ours.display().to_string();
+    for r in &options.references {
+        cni_path.push(':');
+        cni_path.push_str(&r.dir.display().to_string());
     }
+    let mut sides = vec![Side::plugin("twill", &options.ours, cni_path)];
+    for r in &options.references {
+        sides.push(Side::plugin(&r.label, &r.dir, r.dir.display().to_string()));
+    }
+    let references = 1..sides.len();
     sides.push(Side::floor(false));
     let floor = sides.len() - 1;
     sides.push(Side::floor(true));
@@ -354,22 +352,28 @@ pub fn run(options: &Options) -> Report {
         }
         let ours = &sides[0];
         line.push_str(&format!(
-            "; twill/floor {:.2}, twill/(floor + GARP) {:.2}, twill/reference {:.2}",
+            "; twill/floor {:.2}, twill/(floor + GARP) {:.2}",
             median(&ours.add) / median(&f.add),
             median(&ours.add) / median(&sides[floor_garp].add),
-            median(&ours.add) / median(&sides[1].add)
         ));
-        if options.upstream.is_some() {
+        for r in references.clone() {
             line.push_str(&format!(
-                ", twill/upstream {:.2}",
-                median(&ours.add) / median(&sides[2].add)
+                ", twill/{} {:.2}",
+                sides[r].label,
+                median(&ours.add) / median(&sides[r].add)
             ));
         }
         line.push_str(&format!(
-            "; DEL twill/floor {:.2}, twill/reference {:.2}",
-            median(&ours.del) / median(&f.del),
-            median(&ours.del) / median(&sides[1].del)
+            "; DEL twill/floor {:.2}",
+            median(&ours.del) / median(&f.del)
         ));
+        for r in references.clone() {
+            line.push_str(&format!(
+                ", twill/{} {:.2}",
+                sides[r].label,
+                median(&ours.del) / median(&sides[r].del)
+            ));
+        }
         summary.push(line);
         last = sides
             .iter()
@@ -380,6 +384,7 @@ pub fn run(options: &Options) -> Report {
     notes.push(format!(
         "{rounds} rounds (+{warmup} warm-up) per size; the floor is veth + master + up + address + route in-process"
     ));
+    let labels: Vec<String> = sides.iter().map(|s| s.label.clone()).collect();
     drop(sides);
     drop(done);
     drop(done_floor);
@@ -390,7 +395,13 @@ pub fn run(options: &Options) -> Report {
             "bridge + host-local ADD/DEL with {sizes:?} pods already on the bridge (main rows: {largest} pods)"
         ),
         ours: row(format!("twill ADD @{largest}"), &last[0].0),
-        reference: row(format!("reference ADD @{largest}"), &last[1].0),
+        references: labels
+            .iter()
+            .zip(&last)
+            .skip(1)
+            .take(options.references.len())
+            .map(|(label, (add, _))| row(format!("{label} ADD @{largest}"), add))
+            .collect(),
         floors: rows,
         notes,
     }

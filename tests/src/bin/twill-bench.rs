@@ -1,8 +1,12 @@
-//! `twill-bench`: runs named benchmark scenarios (ours vs the reference plugins) and prints a table
-//! per scenario. Called by `scripts/bench.sh`, which builds release binaries first.
+//! `twill-bench`: runs named benchmark scenarios (ours vs the reference plugin builds) and prints a
+//! table per scenario. Called by `scripts/bench.sh`, which builds release binaries first.
 //!
-//! Usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR] [--upstream DIR]
-//!                    [--pods N,N,..] <scenario>...
+//! Usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR]... [--pods N,N,..]
+//!                    <scenario>...
+//!
+//! Without `--reference`, every scenario compares with the current upstream release (built from
+//! `tests/upstream/plugins`) and Debian's 1.1.1 in `/usr/lib/cni`, in that order; each
+//! `--reference DIR` replaces that list (repeat it for several).
 //!        twill-bench --list
 
 #[path = "../bench/mod.rs"]
@@ -11,13 +15,13 @@ mod bench;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bench::{scenarios, Options};
-use twill_tests::bins::{bin_dir, ref_dir, require_root};
+use bench::{scenarios, Options, RefBuild};
+use twill_tests::bins::{bin_dir, require_root, Reference};
 
 fn usage() -> String {
     let mut text = String::from(
-        "usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR] [--upstream DIR]\n\
-         \x20                  [--pods N,N,..] <scenario>...\n\
+        "usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR]... [--pods N,N,..]\n\
+         \x20                  <scenario>...\n\
          \x20      twill-bench --list\n\nscenarios:\n",
     );
     for s in scenarios() {
@@ -31,11 +35,10 @@ fn main() -> ExitCode {
         rounds: 200,
         warmup: 10,
         ours: bin_dir(),
-        reference: ref_dir(),
+        references: Vec::new(),
         rounds_given: false,
         warmup_given: false,
         pods: None,
-        upstream: None,
     };
     let mut wanted = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -74,9 +77,13 @@ fn main() -> ExitCode {
                     .collect::<Result<Vec<_>, _>>()
                     .map(|list| options.pods = Some(list))
             }),
-            "--upstream" => value("--upstream").map(|v| options.upstream = Some(PathBuf::from(v))),
             "--ours" => value("--ours").map(|v| options.ours = PathBuf::from(v)),
-            "--reference" => value("--reference").map(|v| options.reference = PathBuf::from(v)),
+            "--reference" => value("--reference").map(|v| {
+                options.references.push(RefBuild {
+                    label: format!("reference {v}"),
+                    dir: PathBuf::from(v),
+                })
+            }),
             s if s.starts_with('-') => Err(format!("unknown option {s}")),
             s => {
                 wanted.push(s.to_string());
@@ -108,10 +115,18 @@ fn main() -> ExitCode {
         }
     }
     require_root();
+    if options.references.is_empty() {
+        // Current first: the headline ratio is against what users run today.
+        for reference in [Reference::Current, Reference::Debian] {
+            options.references.push(RefBuild {
+                label: short_label(reference).into(),
+                dir: reference.dir(),
+            });
+        }
+    }
     println!(
-        "ours: {}  reference: {}  rounds: {} (+{} warm-up, interleaved){}",
+        "ours: {}  rounds: {} (+{} warm-up, interleaved){}",
         options.ours.display(),
-        options.reference.display(),
         options.rounds,
         options.warmup,
         if options.rounds_given {
@@ -120,9 +135,20 @@ fn main() -> ExitCode {
             " unless the scenario has its own default"
         }
     );
+    for reference in &options.references {
+        println!("{}: {}", reference.label, reference.dir.display());
+    }
     for scenario in chosen {
         let report = (scenario.run)(&options);
         println!("\n{}", report.render());
     }
     ExitCode::SUCCESS
+}
+
+/// Row label of a default reference build.
+fn short_label(reference: Reference) -> &'static str {
+    match reference {
+        Reference::Current => "ref v1.10.0",
+        Reference::Debian => "ref 1.1.1 (Debian)",
+    }
 }

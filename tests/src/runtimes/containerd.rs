@@ -86,7 +86,16 @@ impl Containerd {
     }
 
     fn import_pause_image(&self) {
-        let tar = image::pause_image_tar(self.dir.path());
+        self.import_tar(&image::pause_image_tar(self.dir.path()));
+    }
+
+    /// Imports a busybox image named `name` (a full reference, e.g. `twill.test/web:1`) running
+    /// `entrypoint`, so CRI finds it without a registry.
+    pub fn import_image(&self, key: &str, name: &str, entrypoint: &[&str]) {
+        self.import_tar(&image::image_tar(self.dir.path(), key, name, entrypoint));
+    }
+
+    fn import_tar(&self, tar: &Path) {
         let sock = self.socket.display().to_string();
         let tar = tar.display().to_string();
         let (ok, out, err) = run_in(
@@ -102,7 +111,7 @@ impl Containerd {
                 &tar,
             ],
         );
-        assert!(ok, "import pause image: {err}\n{out}");
+        assert!(ok, "import image {tar}: {err}\n{out}");
     }
 
     pub fn cri(&self) -> CriClient {

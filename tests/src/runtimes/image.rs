@@ -8,7 +8,7 @@ use std::process::Command;
 /// Applets linked into the rootfs: enough for addresses, ping, TCP/UDP servers and clients.
 const APPLETS: &[&str] = &[
     "sh", "ip", "ping", "nc", "sleep", "wget", "cat", "true", "echo", "hostname", "httpd",
-    "ifconfig", "ls", "grep", "route",
+    "ifconfig", "ls", "grep", "route", "top",
 ];
 
 pub const BUSYBOX: &str = "/bin/busybox";
@@ -53,7 +53,14 @@ fn put_blob(blobs: &Path, bytes: &[u8]) -> (String, usize) {
 /// Builds an OCI-layout tarball with one uncompressed layer (the busybox rootfs) whose entrypoint sleeps
 /// forever, named [`PAUSE_IMAGE`]; returns the tarball's path (`<dir>/pause.tar`).
 pub fn pause_image_tar(dir: &Path) -> PathBuf {
+    image_tar(dir, "pause", PAUSE_IMAGE, &["/bin/sleep", "infinity"])
+}
+
+/// Builds an OCI-layout tarball of the busybox rootfs named `name` with `entrypoint`, in
+/// `<dir>/<key>.tar` (`key` keeps the layouts of several images in one directory apart).
+pub fn image_tar(dir: &Path, key: &str, name: &str, entrypoint: &[&str]) -> PathBuf {
     let rootfs = busybox_rootfs(dir);
+    let dir = &dir.join(format!("image-{key}"));
     let layout = dir.join("oci");
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap_or_else(|e| panic!("create {}: {e}", blobs.display()));
@@ -73,7 +80,7 @@ pub fn pause_image_tar(dir: &Path) -> PathBuf {
     let config = serde_json::json!({
         "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
         "os": "linux",
-        "config": {"Entrypoint": ["/bin/sleep", "infinity"]},
+        "config": {"Entrypoint": entrypoint},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });
     let (config_digest, config_size) = put_blob(&blobs, config.to_string().as_bytes());
@@ -91,8 +98,8 @@ pub fn pause_image_tar(dir: &Path) -> PathBuf {
             "digest": manifest_digest,
             "size": manifest_size,
             "annotations": {
-                "org.opencontainers.image.ref.name": PAUSE_IMAGE,
-                "io.containerd.image.name": PAUSE_IMAGE,
+                "org.opencontainers.image.ref.name": name,
+                "io.containerd.image.name": name,
             },
         }],
     });
@@ -103,7 +110,7 @@ pub fn pause_image_tar(dir: &Path) -> PathBuf {
         r#"{"imageLayoutVersion":"1.0.0"}"#,
     )
     .unwrap_or_else(|e| panic!("write oci-layout: {e}"));
-    let tarball = dir.join("pause.tar");
+    let tarball = dir.join(format!("{key}.tar"));
     let ok = Command::new("tar")
         .arg("-C")
         .arg(&layout)

@@ -1,4 +1,4 @@
-//! Real container runtimes driving CNI plugins (issue 9): podman with its CNI backend and containerd's CRI
+//! Real container runtimes driving CNI plugins: podman with its CNI backend and containerd's CRI
 //! plugin, configured to exec a chosen plugin directory. Facts and workarounds: shared/docs/runtimes.md.
 //!
 //! Both runtimes exec plugins in the network namespace they themselves run in; a fixture can be started

@@ -325,6 +325,15 @@ pub fn node_state(node: &Netns, bridge: &str) -> Value {
 /// A result with everything random replaced: MACs, the host veth's name, the sandbox path.
 pub fn normalize_result(v: &Value) -> Value {
     let mut v = v.clone();
+    // An empty `dns` object: the reference 1.1.1 (and ours) print it, libcni >= 1.2 results (reference
+    // v1.10) leave it out; both mean "no DNS settings".
+    if v.get("dns")
+        .is_some_and(|d| d.as_object().is_some_and(|o| o.is_empty()))
+    {
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("dns");
+        }
+    }
     if let Some(ifs) = v.get_mut("interfaces").and_then(Value::as_array_mut) {
         for i in ifs {
             if let Some(obj) = i.as_object_mut() {

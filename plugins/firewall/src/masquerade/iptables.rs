@@ -1,4 +1,4 @@
-//! Masquerade with iptables/ip6tables, shaped like the reference (cni-spec.md §10.4): table
+//! Masquerade with iptables/ip6tables, shaped like the reference (docs/cni-spec-notes.md §10.4): table
 //! `nat`, a `CNI-…` chain per owner entered from `POSTROUTING` by `-s <addr>`, holding an ACCEPT
 //! for the container's own subnet and a MASQUERADE for non-multicast destinations.
 //!

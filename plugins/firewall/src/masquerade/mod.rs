@@ -1,5 +1,5 @@
 //! The bridge (and ptp) plugin's `ipMasq`: source NAT for traffic from a container address to
-//! anything outside its subnet and not multicast (cni-spec.md §10.4).
+//! anything outside its subnet and not multicast (docs/cni-spec-notes.md §10.4).
 //!
 //! Unlike the reference, every rule is identified by its *owner* — network name, container id
 //! and interface name — written into rule comments (and, for iptables, the chain name). So
@@ -105,7 +105,7 @@ pub fn del(backend: Backend, owner: &Owner) -> Result<()> {
 }
 
 /// Removes the rules of `network`'s owners whose `(container_id, ifname)` is not in `keep`
-/// (CNI GC, cni-spec.md §4). Returns how many owners were removed.
+/// (CNI GC, docs/cni-spec-notes.md §4). Returns how many owners were removed.
 pub fn gc<C: AsRef<str>, I: AsRef<str>>(
     backend: Backend,
     network: &str,

@@ -1,5 +1,5 @@
 //! Masquerade with native nf_tables, laid out like the reference's nftables backend
-//! (cni-spec.md §10.4) so both can share a node:
+//! (docs/cni-spec-notes.md §10.4) so both can share a node:
 //!
 //! ```text
 //! table inet cni_plugins_masquerade {

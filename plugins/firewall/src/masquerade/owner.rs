@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::hash::sha512_hex;
 
 /// The attachment a rule belongs to: CNI network name, container id and interface name. This
-/// triple is what CNI DEL and GC name, so it is all teardown needs (architecture.md).
+/// triple is what CNI DEL and GC name, so it is all teardown needs (docs/architecture.md, owner-keyed firewall state).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub network: String,

@@ -203,7 +203,7 @@ impl Rule {
     }
 
     /// `fib daddr type local`: the destination is an address of this host (portmap's
-    /// `--dst-type LOCAL`, cni-spec.md §12).
+    /// `--dst-type LOCAL`, docs/cni-spec-notes.md §12).
     pub fn match_fib_daddr_local(mut self) -> Rule {
         self.exprs.push(Expr::fib_daddr_type(Reg::R1));
         self.exprs
@@ -211,7 +211,7 @@ impl Rule {
         self
     }
 
-    /// `meta mark set mark or <bits>` (portmap's SETMARK chain, cni-spec.md §12).
+    /// `meta mark set mark or <bits>` (portmap's SETMARK chain, docs/cni-spec-notes.md §12).
     pub fn set_mark_or(mut self, bits: u32) -> Rule {
         self.exprs.push(Expr::meta_load(MetaKey::Mark, Reg::R1));
         self.exprs.push(Expr::bitwise(

@@ -1,6 +1,5 @@
-//! The etcd subnet manager (flannel.md §3–§5): reads the network config, lists, creates, renews and watches
-//! leases under `<prefix>/subnets/`. One narrow interface, like flannel's `subnet.Manager`; the daemon never
-//! talks to etcd except through it.
+//! The etcd client of the subnet manager (flannel.md §3–§5): reads the network config, lists, creates, renews
+//! and watches leases under `<prefix>/subnets/`.
 
 use std::time::Duration;
 
@@ -10,9 +9,10 @@ use etcd_client::{
 };
 use ipnet::Ipv4Net;
 
+use super::store_epoch::StoreEpoch;
 use crate::flags::Options;
-use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs};
-use crate::store_epoch::StoreEpoch;
+use crate::subnet::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs};
+use crate::subnet::{Garbled, LeaseEvent};
 
 #[derive(Debug)]
 pub enum RegistryError {
@@ -37,28 +37,6 @@ fn etcd(what: &str) -> impl Fn(etcd_client::Error) -> RegistryError + '_ {
 }
 
 pub type Result<T> = std::result::Result<T, RegistryError>;
-
-/// One change seen on `<prefix>/subnets/`.
-#[derive(Debug, Clone)]
-pub enum LeaseEvent {
-    /// A full listing (start-up, or after a compacted watch revision): replaces everything known.
-    Snapshot(Vec<Lease>, Vec<Garbled>),
-    /// A listing after an etcd store reset: adds and updates peers, removes none (nodes are still
-    /// re-registering; a `Snapshot` follows once they had time to).
-    Refill(Vec<Lease>),
-    Added(Lease),
-    /// A subnet key whose value is not a lease: whatever it held before is no longer a peer.
-    Garbled(Garbled),
-    /// etcd delete events carry no value (flannel.md §5): only the subnet is known.
-    Removed(Ipv4Net),
-}
-
-/// A subnet key whose value does not decode as a lease.
-#[derive(Debug, Clone)]
-pub struct Garbled {
-    pub subnet: Ipv4Net,
-    pub error: String,
-}
 
 #[derive(Clone)]
 pub struct Registry {

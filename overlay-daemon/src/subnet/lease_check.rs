@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use crate::lease::Lease;
+use crate::subnet::lease::Lease;
 
 /// Why a lease is not programmed. The names are the `reason` label of `twilld_invalid_leases`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -201,7 +201,7 @@ impl InvalidLeases {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::{LeaseAttrs, VtepMac};
+    use crate::subnet::lease::{LeaseAttrs, VtepMac};
 
     fn expect() -> Expect {
         Expect {

@@ -1,6 +1,7 @@
-//! The VXLAN backend (flannel.md §6): the `flannel.<VNI>` device and, per remote node, a permanent neighbour
-//! `S.0 -> MAC`, an FDB entry `MAC -> public IP` and a route `S via S.0 dev flannel.<VNI> onlink`, or with
-//! DirectRouting a plain route `S via P`. It also reads back what the kernel has, so the reconciler can diff.
+//! The VXLAN backend's kernel objects (flannel.md §6): the `flannel.<VNI>` device and, per remote node, a
+//! permanent neighbour `S.0 -> MAC`, an FDB entry `MAC -> public IP` and a route
+//! `S via S.0 dev flannel.<VNI> onlink`, or with DirectRouting a plain route `S via P`. It also reads back
+//! what the kernel has, so a full pass can diff.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,7 +22,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
-use crate::lease::VtepMac;
+use crate::subnet::lease::VtepMac;
 
 /// A netlink failure with what we were doing.
 #[derive(Debug)]
@@ -98,6 +99,12 @@ pub struct Peer {
     pub mac: VtepMac,
     /// DirectRouting and the peer is on our L2 segment: plain route via the peer, no encapsulation.
     pub direct: bool,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.public_ip)
+    }
 }
 
 /// What the kernel currently has on (or for) the device.
@@ -183,6 +190,22 @@ impl Vxlan {
             && has(&InfoVxlan::Port(spec.port))
             && has(&InfoVxlan::Learning(spec.learning))
             && gbp == spec.gbp
+    }
+
+    /// Index and MAC of an existing device that [`Vxlan::ensure_device`] would keep rather than recreate (the
+    /// MAC and address of `spec` are not looked at).
+    pub async fn compatible_device_mac(&self, spec: &DeviceSpec) -> Result<Option<(u32, VtepMac)>> {
+        let link = self.link_by_name(&spec.name).await?;
+        Ok(link
+            .filter(|m| Self::compatible(m, spec))
+            .and_then(|m| Some((m.header.index, link_mac(&m)?))))
+    }
+
+    pub async fn set_link_mac(&self, index: u32, mac: VtepMac) -> Result<()> {
+        let set = LinkUnspec::new_with_index(index).address(mac.0.to_vec());
+        ctx(self.handle.link().set(set.build()).execute().await, || {
+            format!("setting MAC {mac} on link {index}")
+        })
     }
 
     /// Brings the device to `spec`. Returns its index and whether it was (re)created, in which case every

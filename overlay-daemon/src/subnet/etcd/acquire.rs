@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 
+use super::registry::{Registry, RegistryError};
 use crate::config::NetworkConfig;
-use crate::lease::{Lease, LeaseAttrs};
-use crate::registry::{Registry, RegistryError};
+use crate::subnet::lease::{Lease, LeaseAttrs};
 
-/// The lease this node holds.
+/// The lease this node holds, with its etcd lease id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwnLease {
+pub struct HeldLease {
     pub subnet: Ipv4Net,
     /// etcd lease id; 0 for a reservation (a key without lease, never renewed, never expires).
     pub lease_id: i64,
@@ -65,7 +65,7 @@ pub async fn acquire(
     attrs: &LeaseAttrs,
     previous: Option<Ipv4Net>,
     ttl: Duration,
-) -> Result<OwnLease, AcquireError> {
+) -> Result<HeldLease, AcquireError> {
     for _attempt in 0..10 {
         let (leases, _) = registry.list().await?;
 
@@ -83,14 +83,14 @@ pub async fn acquire(
             if cfg.allows(l.subnet) {
                 if l.is_reservation() {
                     registry.put_reservation(l.subnet, attrs).await?;
-                    return Ok(OwnLease {
+                    return Ok(HeldLease {
                         subnet: l.subnet,
                         lease_id: 0,
                     });
                 }
                 match registry.renew(l.subnet, attrs, ttl, l.lease_id).await? {
                     Some(id) => {
-                        return Ok(OwnLease {
+                        return Ok(HeldLease {
                             subnet: l.subnet,
                             lease_id: id,
                         })
@@ -115,7 +115,7 @@ pub async fn acquire(
         // Step 4: the subnet of our previous run, if still free.
         if let Some(prev) = previous.filter(|p| cfg.allows(*p) && !taken(*p)) {
             if let Some(id) = registry.create(prev, attrs, ttl).await? {
-                return Ok(OwnLease {
+                return Ok(HeldLease {
                     subnet: prev,
                     lease_id: id,
                 });
@@ -130,7 +130,7 @@ pub async fn acquire(
         }
         let pick = free[(random_u64() % free.len() as u64) as usize];
         if let Some(id) = registry.create(pick, attrs, ttl).await? {
-            return Ok(OwnLease {
+            return Ok(HeldLease {
                 subnet: pick,
                 lease_id: id,
             });
@@ -155,7 +155,7 @@ pub fn random_u64() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::VtepMac;
+    use crate::subnet::lease::VtepMac;
 
     fn lease(subnet: &str, ip: &str, name: Option<&str>) -> Lease {
         let mut attrs = LeaseAttrs::vxlan(ip.parse().unwrap(), 1, VtepMac([2, 0, 0, 0, 0, 1]), "x");

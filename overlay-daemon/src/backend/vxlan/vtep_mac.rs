@@ -1,7 +1,8 @@
 //! This node's VTEP MAC among the others'. Two VTEPs with one MAC break the overlay silently: FDB entries are
 //! keyed by MAC, so a peer's entry for "our" MAC (or two peers' entries for one MAC) sends frames to the wrong
 //! node. The MAC is derived ([`VtepMac::derive`]) and chosen at start-up so that no other node's lease
-//! already carries it; afterwards every change of the peer table is checked, a collision is reported, and
+//! already carries it, unless the VXLAN device already exists (flanneld's, or an earlier run's): its MAC is
+//! kept when no other node's lease carries it ([`MacIdentity::keep_existing`]); afterwards every change of the peer table is checked, a collision is reported, and
 //! exactly one side steps to the next generation of its derived MAC:
 //!
 //! - of two nodes with one MAC, the one with the higher (public IP, subnet) changes at once; both sides see
@@ -15,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
-use crate::lease::{Lease, VtepMac};
-use crate::vxlan::Peer;
+use super::netlink::Peer;
+use crate::subnet::lease::{Lease, VtepMac};
 
 /// How many generations are tried before giving up on finding a free MAC (2^-46 per try to hit one in use).
 const MAX_GENERATION: u32 = 64;
@@ -30,6 +31,8 @@ pub struct MacIdentity {
     own_subnet: Option<Ipv4Net>,
     grace: Duration,
     conflict_since: Option<Instant>,
+    /// The MAC is the existing device's, not a derived one: a collision steps to the first free generation.
+    kept: bool,
 }
 
 /// What one check of the peer table found.
@@ -53,11 +56,7 @@ impl MacIdentity {
         leases: &[Lease],
         grace: Duration,
     ) -> MacIdentity {
-        let used: BTreeSet<VtepMac> = leases
-            .iter()
-            .filter(|l| l.attrs.public_ip != public_ip)
-            .filter_map(|l| l.attrs.vtep_mac())
-            .collect();
+        let used = used_by_others(leases, public_ip);
         let mut me = MacIdentity {
             node_name: node_name.to_string(),
             public_ip,
@@ -67,9 +66,23 @@ impl MacIdentity {
             own_subnet: None,
             grace,
             conflict_since: None,
+            kept: false,
         };
         me.step_away_from(&used, 0);
         me
+    }
+
+    /// Keeps `mac`, the MAC of the compatible device found at start-up, unless another node's lease carries
+    /// it (or it is not a unicast MAC). Taking over from flanneld thus changes nothing peers know: flanneld
+    /// peers never drop the FDB entry of a MAC that left a lease, so a new MAC would leave a stale one.
+    /// Returns whether `mac` is kept.
+    pub fn keep_existing(&mut self, mac: VtepMac, leases: &[Lease]) -> bool {
+        if !mac.is_valid_unicast() || used_by_others(leases, self.public_ip).contains(&mac) {
+            return false;
+        }
+        self.mac = mac;
+        self.kept = true;
+        true
     }
 
     pub fn mac(&self) -> VtepMac {
@@ -121,7 +134,8 @@ impl MacIdentity {
         let yield_now = v.with_us.iter().any(|(s, ip)| self.yields_to(*s, *ip));
         if yield_now || now.duration_since(since) >= self.grace {
             let used: BTreeSet<VtepMac> = peers.values().map(|p| p.mac).collect();
-            let from = self.generation + 1;
+            let from = if self.kept { 0 } else { self.generation + 1 };
+            self.kept = false;
             self.step_away_from(&used, from);
             if !used.contains(&self.mac) {
                 self.conflict_since = None;
@@ -130,6 +144,15 @@ impl MacIdentity {
         }
         v
     }
+}
+
+/// MACs in leases of other nodes (leases with our public IP are ours, from an earlier run or flanneld).
+fn used_by_others(leases: &[Lease], public_ip: Ipv4Addr) -> BTreeSet<VtepMac> {
+    leases
+        .iter()
+        .filter(|l| l.attrs.public_ip != public_ip)
+        .filter_map(|l| l.attrs.vtep_mac())
+        .collect()
 }
 
 impl Verdict {
@@ -170,7 +193,7 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lease::LeaseAttrs;
+    use crate::subnet::lease::LeaseAttrs;
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
@@ -208,6 +231,44 @@ mod tests {
         let other = MacIdentity::choose("n", ip("10.0.0.1"), 1, &[lease("10.0.0.9")], G);
         assert_ne!(other.mac(), mine);
         assert_eq!(other.generation(), 1);
+    }
+
+    #[test]
+    fn an_existing_device_mac_is_kept_unless_another_node_leases_it() {
+        let existing = VtepMac([0x5a, 1, 2, 3, 4, 5]);
+        let lease = |public: &str| Lease {
+            subnet: net("10.244.9.0/24"),
+            attrs: LeaseAttrs::vxlan(ip(public), 1, existing, "x"),
+            lease_id: 1,
+        };
+        // Its own lease (flanneld's, same public IP) carries it: kept.
+        let leases = [lease("10.0.0.1")];
+        let mut me = MacIdentity::choose("n", ip("10.0.0.1"), 1, &leases, G);
+        assert!(me.keep_existing(existing, &leases));
+        assert_eq!(me.mac(), existing);
+        // Another node's lease carries it: the derived MAC.
+        let leases = [lease("10.0.0.9")];
+        let mut me = MacIdentity::choose("n", ip("10.0.0.1"), 1, &leases, G);
+        assert!(!me.keep_existing(existing, &leases));
+        assert_eq!(me.mac(), VtepMac::derive("n", ip("10.0.0.1"), 1, 0));
+        // Not a unicast MAC: the derived MAC.
+        assert!(!me.keep_existing(VtepMac([1, 0, 0, 0, 0, 1]), &[]));
+        assert!(!me.keep_existing(VtepMac([0; 6]), &[]));
+    }
+
+    #[test]
+    fn a_kept_mac_in_collision_steps_to_the_first_free_derived_mac() {
+        let existing = VtepMac([0x5a, 1, 2, 3, 4, 5]);
+        let mut me = MacIdentity::choose("n", ip("10.0.0.2"), 1, &[], G);
+        assert!(me.keep_existing(existing, &[]));
+        me.set_own_subnet(net("10.244.2.0/24"));
+        let peers = BTreeMap::from([(net("10.244.1.0/24"), peer("10.0.0.1", existing))]);
+        let v = me.check(&peers, Instant::now());
+        assert_eq!(
+            v.change_to,
+            Some(VtepMac::derive("n", ip("10.0.0.2"), 1, 0))
+        );
+        assert_eq!(me.generation(), 0);
     }
 
     #[test]

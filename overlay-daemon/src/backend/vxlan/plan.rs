@@ -1,0 +1,209 @@
+//! The VXLAN backend's full pass: the diff between the desired peers and what the kernel has (pure, so it is
+//! unit-tested without a kernel).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use super::netlink::{KernelView, Peer};
+use crate::subnet::lease::VtepMac;
+
+/// What a full reconciliation has to change: kernel entries nobody wants, and peers not fully programmed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub stale_neighbours: Vec<Ipv4Addr>,
+    pub stale_fdb: Vec<(VtepMac, Option<Ipv4Addr>)>,
+    pub stale_device_routes: Vec<Ipv4Net>,
+    pub stale_direct_routes: Vec<Ipv4Net>,
+    pub missing_peers: Vec<Ipv4Net>,
+}
+
+impl Plan {
+    pub fn len(&self) -> usize {
+        self.stale_neighbours.len()
+            + self.stale_fdb.len()
+            + self.stale_device_routes.len()
+            + self.stale_direct_routes.len()
+            + self.missing_peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Diffs the desired peer table against the kernel's view (pure, so it is unit-tested without a kernel).
+pub fn plan(
+    peers: &BTreeMap<Ipv4Net, Peer>,
+    view: &KernelView,
+    own: Ipv4Net,
+    subnet_len: u8,
+    direct_routing: bool,
+) -> Plan {
+    let mut p = Plan::default();
+    let encap = |peer: &&Peer| !peer.direct;
+    for (ip, mac) in &view.neighbours {
+        let want = peers
+            .iter()
+            .find(|(s, peer)| s.network() == *ip && encap(peer))
+            .map(|(_, peer)| peer.mac);
+        if want.is_none() || want != *mac {
+            p.stale_neighbours.push(*ip);
+        }
+    }
+    for (mac, dst) in &view.fdb {
+        // FDB entries are keyed by MAC: a peer whose MAC changed leaves its old entry here (flannel.md §6.2).
+        let wanted = peers
+            .values()
+            .filter(encap)
+            .any(|peer| peer.mac == *mac && Some(peer.public_ip) == *dst);
+        if !wanted {
+            p.stale_fdb.push((*mac, *dst));
+        }
+    }
+    for (net, (gw, onlink)) in &view.device_routes {
+        let wanted = peers.get(net).is_some_and(|peer| !peer.direct)
+            && *gw == Some(net.network())
+            && *onlink;
+        if !wanted {
+            p.stale_device_routes.push(*net);
+        }
+    }
+    if direct_routing {
+        // Only routes shaped like ours (a node subnet via a gateway) are candidates: other gateway routes into
+        // the pod network are someone else's business.
+        for (net, gw) in &view.direct_routes {
+            if net.prefix_len() != subnet_len || *net == own {
+                continue;
+            }
+            if !peers
+                .get(net)
+                .is_some_and(|peer| peer.direct && Some(peer.public_ip) == *gw)
+            {
+                p.stale_direct_routes.push(*net);
+            }
+        }
+    }
+    for (subnet, peer) in peers {
+        let present = if peer.direct {
+            view.direct_routes.get(subnet) == Some(&Some(peer.public_ip))
+        } else {
+            view.neighbours.get(&subnet.network()) == Some(&Some(peer.mac))
+                && view.fdb.contains(&(peer.mac, Some(peer.public_ip)))
+                && view.device_routes.get(subnet) == Some(&(Some(subnet.network()), true))
+        };
+        if !present {
+            p.missing_peers.push(*subnet);
+        }
+    }
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+    fn mac(last: u8) -> VtepMac {
+        VtepMac([2, 0, 0, 0, 0, last])
+    }
+    fn peer(public: &str, m: u8) -> Peer {
+        Peer {
+            public_ip: ip(public),
+            mac: mac(m),
+            direct: false,
+        }
+    }
+    fn programmed(peers: &BTreeMap<Ipv4Net, Peer>) -> KernelView {
+        let mut v = KernelView::default();
+        for (s, p) in peers {
+            v.neighbours.insert(s.network(), Some(p.mac));
+            v.fdb.push((p.mac, Some(p.public_ip)));
+            v.device_routes.insert(*s, (Some(s.network()), true));
+        }
+        v
+    }
+    const OWN: &str = "10.244.1.0/24";
+
+    #[test]
+    fn programmed_peers_need_nothing() {
+        let peers = BTreeMap::from([
+            (net("10.244.2.0/24"), peer("10.0.0.2", 2)),
+            (net("10.244.3.0/24"), peer("10.0.0.3", 3)),
+        ]);
+        assert!(plan(&peers, &programmed(&peers), net(OWN), 24, false).is_empty());
+    }
+
+    #[test]
+    fn entries_of_gone_peers_are_purged_and_missing_peers_added() {
+        let before = BTreeMap::from([
+            (net("10.244.2.0/24"), peer("10.0.0.2", 2)),
+            (net("10.244.3.0/24"), peer("10.0.0.3", 3)),
+        ]);
+        let view = programmed(&before);
+        let now = BTreeMap::from([
+            (net("10.244.3.0/24"), peer("10.0.0.3", 3)),
+            (net("10.244.4.0/24"), peer("10.0.0.4", 4)),
+        ]);
+        let p = plan(&now, &view, net(OWN), 24, false);
+        assert_eq!(p.stale_neighbours, vec![ip("10.244.2.0")]);
+        assert_eq!(p.stale_fdb, vec![(mac(2), Some(ip("10.0.0.2")))]);
+        assert_eq!(p.stale_device_routes, vec![net("10.244.2.0/24")]);
+        assert_eq!(p.missing_peers, vec![net("10.244.4.0/24")]);
+    }
+
+    #[test]
+    fn changed_mac_replaces_neighbour_and_drops_old_fdb_entry() {
+        let old = BTreeMap::from([(net("10.244.2.0/24"), peer("10.0.0.2", 2))]);
+        let view = programmed(&old);
+        let new = BTreeMap::from([(net("10.244.2.0/24"), peer("10.0.0.2", 9))]);
+        let p = plan(&new, &view, net(OWN), 24, false);
+        assert_eq!(p.stale_neighbours, vec![ip("10.244.2.0")]);
+        assert_eq!(p.stale_fdb, vec![(mac(2), Some(ip("10.0.0.2")))]);
+        assert_eq!(p.missing_peers, vec![net("10.244.2.0/24")]);
+    }
+
+    #[test]
+    fn bogus_route_and_fdb_entry_on_the_device_are_removed() {
+        let peers = BTreeMap::from([(net("10.244.2.0/24"), peer("10.0.0.2", 2))]);
+        let mut view = programmed(&peers);
+        view.device_routes
+            .insert(net("10.99.0.0/24"), (None, false));
+        view.fdb.push((VtepMac([0; 6]), Some(ip("10.0.0.77"))));
+        let p = plan(&peers, &view, net(OWN), 24, false);
+        assert_eq!(p.stale_device_routes, vec![net("10.99.0.0/24")]);
+        assert_eq!(p.stale_fdb, vec![(VtepMac([0; 6]), Some(ip("10.0.0.77")))]);
+        assert!(p.missing_peers.is_empty());
+    }
+
+    #[test]
+    fn direct_routes_are_managed_only_with_direct_routing() {
+        let mut peers = BTreeMap::new();
+        peers.insert(
+            net("10.244.2.0/24"),
+            Peer {
+                public_ip: ip("10.0.0.2"),
+                mac: mac(2),
+                direct: true,
+            },
+        );
+        let mut view = KernelView::default();
+        view.direct_routes
+            .insert(net("10.244.2.0/24"), Some(ip("10.0.0.2")));
+        view.direct_routes
+            .insert(net("10.244.7.0/24"), Some(ip("10.0.0.7")));
+        view.direct_routes
+            .insert(net("10.244.8.0/25"), Some(ip("10.0.0.8")));
+        let p = plan(&peers, &view, net(OWN), 24, true);
+        assert_eq!(p.stale_direct_routes, vec![net("10.244.7.0/24")]);
+        assert!(p.missing_peers.is_empty());
+        let p = plan(&BTreeMap::new(), &view, net(OWN), 24, false);
+        assert!(p.stale_direct_routes.is_empty());
+    }
+}

@@ -1,0 +1,133 @@
+//! The real flanneld (upstream `github.com/flannel-io/flannel`, built from its Go module) running inside a
+//! test node, in etcd mode, beside or instead of twilld: same etcd, same `--iface=eth0`, and the same
+//! `subnet.env` path twilld uses on that node (so a node can switch daemons and keep its lease and its pods).
+//! SIGKILLed on drop; its kernel state and firewall rules stay in the node namespace, which goes with the node.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cluster::Node;
+
+/// The flanneld binary: the build of `tests/upstream/flannel` (`scripts/build-upstream.sh flannel`).
+pub fn flanneld_bin() -> PathBuf {
+    crate::bins::upstream_bin("flannel", "flanneld")
+}
+
+/// Options for one flanneld run (flag names are flanneld's own).
+#[derive(Debug, Clone)]
+pub struct FlanneldArgs {
+    /// `--etcd-endpoints`.
+    pub etcd: String,
+    /// `--etcd-prefix`; None: flanneld's default `/coreos.com/network`.
+    pub etcd_prefix: Option<String>,
+    /// `--ip-masq`.
+    pub ip_masq: bool,
+    /// `--healthz-port` (0 = off, flanneld's default).
+    pub healthz_port: u16,
+    pub extra: Vec<String>,
+}
+
+impl FlanneldArgs {
+    pub fn new(etcd: &str) -> FlanneldArgs {
+        FlanneldArgs {
+            etcd: etcd.to_string(),
+            etcd_prefix: None,
+            ip_masq: true,
+            healthz_port: 0,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// flanneld's log on `node` (stderr of every run there, appended).
+pub fn log_file(node: &Node) -> PathBuf {
+    std::env::temp_dir().join(format!("{}-flanneld.log", node.ns.name()))
+}
+
+/// A running flanneld.
+pub struct Flanneld {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Flanneld {
+    /// Starts flanneld inside `node`: underlay `eth0`, subnet file = the node's `subnet.env`.
+    pub fn start(node: &Node, args: &FlanneldArgs) -> Flanneld {
+        let bin = flanneld_bin();
+        let log = log_file(node);
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+        let err = out
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", node.ns.name()])
+            .arg(&bin)
+            .arg(format!("--etcd-endpoints={}", args.etcd))
+            .arg("--iface=eth0")
+            .arg(format!("--subnet-file={}", node.subnet_file().display()))
+            .arg(format!("--healthz-port={}", args.healthz_port));
+        if let Some(prefix) = &args.etcd_prefix {
+            cmd.arg(format!("--etcd-prefix={prefix}"));
+        }
+        if args.ip_masq {
+            cmd.arg("--ip-masq");
+        }
+        let child = cmd
+            .args(&args.extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        Flanneld {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// SIGTERM (flanneld's orderly shutdown, which leaves kernel state and the lease in place) and wait;
+    /// returns the exit code, None when it had to be killed.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Flanneld {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
