@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh                          list scenarios
 #   scripts/bench.sh loopback [--rounds N] [--warmup N]
+#   scripts/bench.sh scale [--pods 0,200,1000] [--rounds 30]   pods already on the bridge
 #   scripts/bench.sh bridge --reference DIR   compare with the plugins in DIR only (repeatable)
 #
 # Rust scenarios are tests/src/bench/<name>.rs (run by the twill-bench binary); shell scenarios are
@@ -19,7 +20,7 @@ scenarios=()
 options=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --rounds|--warmup|--ours|--reference)
+    --rounds|--warmup|--ours|--reference|--pods)
       [ $# -ge 2 ] || die "$1 needs a value"; options+=("$1" "$2"); shift 2 ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;

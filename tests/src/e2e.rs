@@ -968,7 +968,7 @@ impl Drop for Background {
 }
 
 /// iperf3 from `client_ns` to a server started in `server_ns` at `ip`; bits per second received.
-fn iperf(server_ns: &str, client_ns: &str, ip: Ipv4Addr, secs: u32) -> Result<f64, String> {
+pub fn iperf(server_ns: &str, client_ns: &str, ip: Ipv4Addr, secs: u32) -> Result<f64, String> {
     let port = "5201";
     let _server = Background(
         Command::new("ip")
@@ -980,24 +980,53 @@ fn iperf(server_ns: &str, client_ns: &str, ip: Ipv4Addr, secs: u32) -> Result<f6
             .map_err(|e| format!("start iperf3 server (install iperf3): {e}"))?,
     );
     let mut last = String::new();
-    for _ in 0..50 {
-        let out = Command::new("ip")
-            .args(["netns", "exec", client_ns, "iperf3", "-J", "-c"])
+    // Bounded everywhere: the cluster (namespaces, daemons) can go away under a report run by another
+    // process, and an iperf3 client waiting on a vanished peer would otherwise wait for minutes.
+    let deadline = Instant::now() + IPERF_RETRY_WINDOW;
+    while Instant::now() < deadline {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", client_ns, "iperf3", "-J", "-c"])
             .arg(ip.to_string())
             .args(["-p", port, "-t", &secs.to_string()])
-            .output()
+            .args([
+                "--connect-timeout",
+                &IPERF_CONNECT_TIMEOUT.as_millis().to_string(),
+            ])
+            .args(["--rcv-timeout", &IPERF_IDLE_TIMEOUT.as_millis().to_string()]);
+        let out = crate::exec::run_command(cmd, None, &[], iperf_timeout(secs))
             .map_err(|e| format!("run iperf3 client: {e}"))?;
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        if out.timed_out {
+            return Err(format!(
+                "iperf3 {client_ns} -> {ip}: no result within {:?} (killed)",
+                iperf_timeout(secs)
+            ));
+        }
+        let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
             return Ok(bps);
         }
         last = v["error"]
             .as_str()
             .map(str::to_string)
-            .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned());
+            .unwrap_or_else(|| out.stderr.clone());
         std::thread::sleep(Duration::from_millis(100));
     }
     Err(format!("iperf3 {client_ns} -> {ip}: {last}"))
+}
+
+/// How long the iperf3 client waits for the control connection (the server may still be starting).
+const IPERF_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a running test may receive nothing before iperf3 gives up on it.
+const IPERF_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`iperf`] keeps retrying a client that could not connect (server not listening yet).
+const IPERF_RETRY_WINDOW: Duration = Duration::from_secs(10);
+
+/// The most one iperf3 client run of `secs` seconds may take before it is killed.
+fn iperf_timeout(secs: u32) -> Duration {
+    Duration::from_secs(u64::from(secs))
+        + IPERF_CONNECT_TIMEOUT
+        + IPERF_IDLE_TIMEOUT
+        + Duration::from_secs(5)
 }
 
 impl ClusterState {

@@ -196,3 +196,40 @@ fn leak_check_reports_a_pod_that_was_never_deleted() {
     let leaked = cluster.state().snapshot("node1").leaked_since(&before);
     assert!(leaked.is_empty(), "{leaked:#?}");
 }
+
+/// The throughput check gives up on a peer that went silent (a report run while the cluster goes away)
+/// instead of waiting on TCP's retries: its iperf3 client is bounded by a connect timeout and a deadline.
+#[test]
+fn throughput_to_a_silent_peer_fails_within_its_deadline() {
+    let ns = twill_tests::netns::Netns::new("e2eiperf");
+    // Frames to the peer's (made-up, permanent) MAC are dropped by the other end of the veth: no answer, no
+    // reset, no neighbour failure, like a peer whose namespace was deleted.
+    ns.exec_ok(&[
+        "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+    ]);
+    ns.exec_ok(&["ip", "addr", "add", "10.250.0.1/24", "dev", "v0"]);
+    ns.exec_ok(&["ip", "link", "set", "v0", "up"]);
+    ns.exec_ok(&["ip", "link", "set", "v1", "up"]);
+    ns.exec_ok(&[
+        "ip",
+        "neigh",
+        "add",
+        "10.250.0.2",
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "v0",
+        "nud",
+        "permanent",
+    ]);
+    let start = Instant::now();
+    let result = twill_tests::e2e::iperf(
+        ns.name(),
+        ns.name(),
+        std::net::Ipv4Addr::new(10, 250, 0, 2),
+        1,
+    );
+    let took = start.elapsed();
+    assert!(result.is_err(), "{result:?}");
+    assert!(took < Duration::from_secs(30), "took {took:?}: {result:?}");
+}

@@ -131,7 +131,9 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let sysctls = match conf.ipam_type {
         Some(_) => Some(container::start_sysctls(
             &pod_worker,
+            &pod_h,
             ifname,
+            pair.container_index,
             conf.enable_dad,
         )?),
         None => None,

@@ -48,8 +48,12 @@ pub fn ensure(host: &Handle, conf: &BridgeConf) -> Result<Link> {
             .with_context(|| format!("could not set promiscuous mode on {:?}", conf.bridge))?;
         br.promisc = true;
     }
-    // Best effort, as the reference: IPv6 may be disabled on this host.
-    let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
+    // Best effort, as the reference: IPv6 may be disabled on this host. The link message carries the
+    // current value, so the usual case (already 0) costs no path walk under /proc/sys/net/ipv6, which
+    // grows with the number of network namespaces on the host.
+    if br.ipv6_accept_ra != Some(0) {
+        let _ = sysctl::write(&format!("net/ipv6/conf/{}/accept_ra", conf.bridge), "0");
+    }
     if !br.up {
         host.set_link_up(br.index)
             .with_context(|| format!("could not set bridge {:?} up", conf.bridge))?;

@@ -16,10 +16,13 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// returned channel.
 pub fn start_sysctls(
     pod: &PodWorker,
+    pod_handle: &Handle,
     ifname: &str,
+    index: u32,
     enable_dad: bool,
 ) -> Result<std::sync::mpsc::Receiver<()>> {
     let ifname = ifname.to_string();
+    let h = pod_handle.clone();
     pod.submit(move || {
         // Best effort like the reference: IPv6 may be disabled in the pod. The interface was just created
         // (it holds the pod's defaults), so the values are written without reading them first.
@@ -29,8 +32,11 @@ pub fn start_sysctls(
         } else {
             let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
         }
-        // Gratuitous ARP when the link comes up: neighbours forget a reused IP's old MAC at once.
-        let _ = sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+        // Gratuitous ARP when the link comes up: neighbours forget a reused IP's old MAC at once. Over
+        // netlink: the /proc/sys/net/ipv4 path walk costs ~0.3 ms per 1,000 namespaces on the host.
+        if h.enable_arp_notify(index).is_err() {
+            let _ = sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+        }
     })
 }
 

@@ -126,3 +126,53 @@ pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
     drop(pods);
     Ok(FloorReport { samples, steps })
 }
+
+/// The kernel work of one pod ADD on a bridge, as one synchronous netlink sequence without a plugin: open
+/// a socket in `pod`, create a veth `host_name` (up, enslaved to `master` in the creating request, one
+/// queue per end) with its peer `eth0` directly in `pod`, set `eth0` up, add `address` to it and a default
+/// route via `gateway`. What the bridge plugin asks of the kernel for a pod, minus the process, IPAM and
+/// the checks; the scale benchmark times it next to the plugins at the same number of ports. Returns the
+/// host end's ifindex (deleting it is the kernel part of a DEL).
+///
+/// With `arp_notify`, `eth0` announces its address when it comes up (a gratuitous ARP, as the bridge plugin
+/// and the reference configure pods): the bridge floods that broadcast to every port and each pod's stack
+/// processes it, inside the sending request, so this part grows with the ports on the bridge.
+pub fn pod_add_on_bridge(
+    host: &Handle,
+    pod: &NetNs,
+    host_name: &str,
+    master: u32,
+    address: IpNet,
+    gateway: IpAddr,
+    arp_notify: bool,
+) -> Result<u32> {
+    let pod_handle = Handle::in_netns(pod)?;
+    let veth = host.create_veth_with(
+        &VethSpec {
+            name: host_name.to_string(),
+            peer_name: "eth0".to_string(),
+            peer_netns: Some(pod),
+            up: true,
+            ..Default::default()
+        },
+        &VethOptions {
+            master: Some(master),
+            single_queue: true,
+        },
+    )?;
+    let eth0 = match veth.peer_index {
+        Some(i) => i,
+        None => pod_handle.link_by_name("eth0")?.index,
+    };
+    if arp_notify {
+        // The gratuitous ARP goes out at link-up only: address first, then up (as the plugin does).
+        pod_handle.enable_arp_notify(eth0)?;
+        pod_handle.add_address(eth0, address)?;
+        pod_handle.set_link_up(eth0)?;
+    } else {
+        pod_handle.set_link_up(eth0)?;
+        pod_handle.add_address(eth0, address)?;
+    }
+    pod_handle.add_route(&Route::default_via(gateway).dev(eth0))?;
+    Ok(veth.index)
+}

@@ -33,7 +33,7 @@ pub mod sysctl;
 
 pub use address::{Address, AddressOptions, Family};
 pub use error::{Error, Result};
-pub use floor::{measure_kernel_floor, FloorReport};
+pub use floor::{measure_kernel_floor, pod_add_on_bridge, FloorReport};
 pub use handle::Handle;
 pub use link::{
     BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethOptions, VethSpec,

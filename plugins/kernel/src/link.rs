@@ -5,9 +5,10 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoBridgePort,
-    InfoData, InfoKind, InfoPortData, InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask,
-    LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
+    AfSpecBridge, AfSpecInet, AfSpecInet6, AfSpecUnspec, BridgeFlag, BridgeVlanInfo,
+    BridgeVlanInfoFlags, InetDevConf, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
+    LinkProtoInfoBridge,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -45,6 +46,10 @@ pub struct Link {
     pub vlan_filtering: Option<bool>,
     /// For a bridge port: its port flags.
     pub bridge_port: Option<BridgePort>,
+    /// The device's IPv6 `accept_ra` (from `IFLA_AF_SPEC`); `None` when IPv6 is off or not reported.
+    /// Reading it here spares a path walk under `/proc/sys/net/ipv6`, which costs time in proportion to
+    /// the network namespaces on the host (their sysctl directories share the same dentry names).
+    pub ipv6_accept_ra: Option<i32>,
 }
 
 /// Flags of a device enslaved to a bridge, as reported.
@@ -181,6 +186,7 @@ impl Link {
             link_netnsid: None,
             vlan_filtering: None,
             bridge_port: None,
+            ipv6_accept_ra: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -191,6 +197,17 @@ impl Link {
                 LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
                 LinkAttribute::Link(l) if *l != 0 => link.peer_index = Some(*l),
                 LinkAttribute::LinkNetNsId(id) => link.link_netnsid = Some(*id),
+                LinkAttribute::AfSpecUnspec(specs) => {
+                    for spec in specs {
+                        if let AfSpecUnspec::Inet6(v6) = spec {
+                            for a in v6 {
+                                if let AfSpecInet6::DevConf(c) = a {
+                                    link.ipv6_accept_ra = Some(c.accept_ra);
+                                }
+                            }
+                        }
+                    }
+                }
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -294,6 +311,20 @@ impl Handle {
         let mut msg = new_link_message(index);
         up_flags(&mut msg, true);
         self.set_link(msg, "set link up", || format!("index {index}"))
+    }
+
+    /// Turns the device's IPv4 `arp_notify` on (a gratuitous ARP when it comes up or changes address), over
+    /// netlink (`IFLA_INET_CONF`) rather than `/proc/sys/net/ipv4/conf/<dev>/arp_notify`, whose path walk
+    /// grows with the number of network namespaces on the host.
+    pub fn enable_arp_notify(&self, index: u32) -> Result<()> {
+        let mut msg = new_link_message(index);
+        let mut conf = InetDevConf::default();
+        conf.arp_notify = 1;
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+                AfSpecInet::DevConfRequest(conf),
+            ])]));
+        self.set_link(msg, "enable arp_notify", || format!("index {index}"))
     }
 
     /// Sets the device administratively down.

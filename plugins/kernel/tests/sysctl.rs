@@ -90,3 +90,25 @@ fn sysctl_rejects_keys_that_escape_proc_sys() {
         assert!(err.to_string().contains("invalid sysctl key"), "{err}");
     }
 }
+
+#[test]
+fn arp_notify_over_netlink_and_accept_ra_from_the_link_message_match_proc_sys() {
+    let t = TestNs::new();
+    let h = twill_kernel::Handle::in_netns(&t.ns).unwrap();
+    let lo = h.link_by_name("lo").unwrap();
+    assert_eq!(
+        sysctl::read_in(&t.ns, "net/ipv4/conf/lo/arp_notify").unwrap(),
+        "0"
+    );
+    h.enable_arp_notify(lo.index).unwrap();
+    assert_eq!(
+        sysctl::read_in(&t.ns, "net/ipv4/conf/lo/arp_notify").unwrap(),
+        "1"
+    );
+    // The link message reports what /proc/sys says, before and after a change.
+    for value in ["0", "2"] {
+        sysctl::write_in(&t.ns, "net/ipv6/conf/lo/accept_ra", value).unwrap();
+        let reported = h.link_by_name("lo").unwrap().ipv6_accept_ra;
+        assert_eq!(reported.map(|v| v.to_string()).as_deref(), Some(value));
+    }
+}

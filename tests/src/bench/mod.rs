@@ -9,6 +9,7 @@ pub mod host_local;
 pub mod loopback;
 pub mod portmap;
 pub mod runtimes;
+pub mod scale;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -25,6 +26,11 @@ pub struct Options {
     /// The reference plugin builds, each compared with ours in the same interleaved rounds; the
     /// first one is the headline.
     pub references: Vec<RefBuild>,
+    /// Whether `--rounds` / `--warmup` were given (scenarios with costly rounds pick their own defaults).
+    pub rounds_given: bool,
+    pub warmup_given: bool,
+    /// Pod counts of scenarios that measure at several sizes (`--pods 0,200,1000`).
+    pub pods: Option<Vec<usize>>,
 }
 
 /// One reference plugin build: a label for the tables and its directory.
@@ -77,6 +83,11 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "flannel",
             about: "flannel -> bridge+host-local ADD/DEL ours vs flannel's plugin (v0.9.1) on each reference",
             run: flannel::run,
+        },
+        Scenario {
+            name: "scale",
+            about: "bridge+host-local ADD/DEL with 0/200/1,000 pods on the bridge, ours vs the references vs the kernel floor",
+            run: scale::run,
         },
         Scenario {
             name: "portmap",

@@ -1,7 +1,8 @@
 //! `twill-bench`: runs named benchmark scenarios (ours vs the reference plugin builds) and prints a
 //! table per scenario. Called by `scripts/bench.sh`, which builds release binaries first.
 //!
-//! Usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR]... <scenario>...
+//! Usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR]... [--pods N,N,..]
+//!                    <scenario>...
 //!
 //! Without `--reference`, every scenario compares with the current upstream release (built from
 //! `tests/upstream/plugins`) and Debian's 1.1.1 in `/usr/lib/cni`, in that order; each
@@ -19,7 +20,8 @@ use twill_tests::bins::{bin_dir, require_root, Reference};
 
 fn usage() -> String {
     let mut text = String::from(
-        "usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR]... <scenario>...\n\
+        "usage: twill-bench [--rounds N] [--warmup N] [--ours DIR] [--reference DIR]... [--pods N,N,..]\n\
+         \x20                  <scenario>...\n\
          \x20      twill-bench --list\n\nscenarios:\n",
     );
     for s in scenarios() {
@@ -34,6 +36,9 @@ fn main() -> ExitCode {
         warmup: 10,
         ours: bin_dir(),
         references: Vec::new(),
+        rounds_given: false,
+        warmup_given: false,
+        pods: None,
     };
     let mut wanted = Vec::new();
     let mut args = std::env::args().skip(1);
@@ -52,10 +57,26 @@ fn main() -> ExitCode {
             }
             "--rounds" => value("--rounds")
                 .and_then(|v| v.parse().map_err(|e| format!("--rounds {v}: {e}")))
-                .map(|n| options.rounds = n),
+                .map(|n| {
+                    options.rounds = n;
+                    options.rounds_given = true;
+                }),
             "--warmup" => value("--warmup")
                 .and_then(|v| v.parse().map_err(|e| format!("--warmup {v}: {e}")))
-                .map(|n| options.warmup = n),
+                .map(|n| {
+                    options.warmup = n;
+                    options.warmup_given = true;
+                }),
+            "--pods" => value("--pods").and_then(|v| {
+                v.split(',')
+                    .map(|p| {
+                        p.trim()
+                            .parse::<usize>()
+                            .map_err(|e| format!("--pods {v}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|list| options.pods = Some(list))
+            }),
             "--ours" => value("--ours").map(|v| options.ours = PathBuf::from(v)),
             "--reference" => value("--reference").map(|v| {
                 options.references.push(RefBuild {
@@ -104,10 +125,15 @@ fn main() -> ExitCode {
         }
     }
     println!(
-        "ours: {}  rounds: {} (+{} warm-up, interleaved)",
+        "ours: {}  rounds: {} (+{} warm-up, interleaved){}",
         options.ours.display(),
         options.rounds,
-        options.warmup
+        options.warmup,
+        if options.rounds_given {
+            ""
+        } else {
+            " unless the scenario has its own default"
+        }
     );
     for reference in &options.references {
         println!("{}: {}", reference.label, reference.dir.display());
