@@ -1,8 +1,8 @@
-//! The cluster-wide network configuration stored at `<prefix>/config` (flannel.md §2, §2.1).
+//! The cluster-wide network configuration stored at `<prefix>/config` (docs/architecture.md, "Network config").
 //!
 //! flannel parses it with Go's `encoding/json`, which matches keys case-insensitively, so `"network"`,
 //! `"Network"` and `"NETWORK"` (and `"VNI"` / `"vni"` in the backend object) are all accepted; we fold keys to
-//! lower case before reading them to stay config-compatible (flannel.md §2 "Trap for a Rust port").
+//! lower case before reading them to stay config-compatible (docs/architecture.md, "Network config").
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
-/// Kernel default VXLAN port used by flannel when `Backend.Port` is 0 or absent (flannel.md §2.1).
+/// Kernel default VXLAN port used by flannel when `Backend.Port` is 0 or absent (docs/architecture.md, "Network
+/// config").
 pub const DEFAULT_VXLAN_PORT: u16 = 8472;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +33,8 @@ pub struct VxlanBackend {
     pub gbp: bool,
     pub learning: bool,
     pub direct_routing: bool,
-    /// Desired outer MTU; the device gets `mtu - 50` (flannel.md §6.3). `None` = underlay MTU.
+    /// Desired outer MTU; the device gets `mtu - 50` (docs/architecture.md, "VXLAN programming"). `None` = underlay
+    /// MTU.
     pub mtu: Option<u32>,
 }
 
@@ -104,8 +106,9 @@ impl Folded {
 }
 
 impl NetworkConfig {
-    /// Parses and validates the config (flannel's `CheckNetworkConfig`, flannel.md §2). Every rule is checked
-    /// before anything is written to etcd or the kernel, so an invalid config leaves both untouched.
+    /// Parses and validates the config (flannel's `CheckNetworkConfig`, docs/architecture.md, "Network config").
+    /// Every rule is checked before anything is written to etcd or the kernel, so an invalid config leaves both
+    /// untouched.
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let value: Value =
             serde_json::from_str(text).map_err(|e| ConfigError(format!("not valid JSON: {e}")))?;
@@ -170,7 +173,8 @@ impl NetworkConfig {
             }
             Ok(addr)
         };
-        // The first subnet holds the network address and is skipped by default (flannel.md §2).
+        // The first subnet holds the network address and is skipped by default (docs/architecture.md, "Network
+        // config").
         let subnet_min = bound("subnetmin", "SubnetMin", first + step)?;
         let subnet_max = bound("subnetmax", "SubnetMax", last)?;
         if u32::from(subnet_min) > u32::from(subnet_max) {
@@ -196,7 +200,7 @@ impl NetworkConfig {
     }
 
     /// Whether `subnet` may be held under this config: right length, aligned, within [SubnetMin, SubnetMax]
-    /// (flannel.md §4 step 3, "compatible with the current config").
+    /// (docs/architecture.md, "Subnet acquisition").
     pub fn allows(&self, subnet: Ipv4Net) -> bool {
         let start = u32::from(subnet.network());
         subnet.prefix_len() == self.subnet_len
@@ -232,8 +236,8 @@ impl Default for VxlanBackend {
 impl VxlanBackend {
     fn parse(v: &Value) -> Result<Self, ConfigError> {
         let b = Folded::new(v, "Backend")?;
-        // flannel lower-cases the type before looking it up (flannel.md §2). A missing type is vxlan: the
-        // documented intent, rather than flannel's accidental "udp" (flannel.md §16 item 6).
+        // flannel lower-cases the type before looking it up (docs/architecture.md, "Network config"). A missing type
+        // is vxlan: the documented intent, rather than flannel's accidental "udp".
         if let Some(t) = b.string("type", "Backend.Type")? {
             if !t.eq_ignore_ascii_case("vxlan") {
                 return err(format!(
@@ -267,7 +271,7 @@ impl VxlanBackend {
         })
     }
 
-    /// `flannel.<VNI>` (flannel.md §6.1).
+    /// `flannel.<VNI>` (docs/architecture.md, "VXLAN programming").
     pub fn device_name(&self) -> String {
         format!("flannel.{}", self.vni)
     }

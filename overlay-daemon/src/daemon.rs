@@ -1,7 +1,7 @@
-//! Start-up wiring: subnet manager (etcd), VXLAN backend + reconciler, traffic rules, subnet.env, health.
-//! Start-up order follows flannel (flannel.md §1): config, lease, device, rules, subnet.env; then the subnet
-//! manager's membership (lease keeper and watcher) and the link watcher feed the reconciler until SIGTERM,
-//! which leaves all kernel state in place so a restart does not disturb traffic (flannel.md §11).
+//! Start-up wiring: subnet manager (etcd), VXLAN backend + reconciler, traffic rules, subnet.env, health. Start-up
+//! order follows flannel (docs/architecture.md, "Health and lifecycle"): config, lease, device, rules, subnet.env;
+//! then the subnet manager's membership (lease keeper and watcher) and the link watcher feed the reconciler until
+//! SIGTERM, which leaves all kernel state in place so a restart does not disturb traffic (same section).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -23,7 +23,7 @@ use crate::subnet::etcd::EtcdManager;
 use crate::subnet::lease_check::Expect;
 use crate::subnet::{LeaseAttrs, SubnetError, SubnetManager};
 
-/// Exponential backoff 100 ms -> 5 s, as flannel's watch reconnect (flannel.md §5).
+/// Exponential backoff 100 ms -> 5 s, as flannel's watch reconnect (docs/architecture.md, "Watching leases").
 pub struct Backoff(Duration);
 
 impl Default for Backoff {
@@ -75,7 +75,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         underlay.name, underlay.index, underlay.mtu, underlay.public_ip
     ));
 
-    // etcd unreachable at start: keep trying, say so (flannel.md §12; issue: "retries with backoff").
+    // etcd unreachable at start: keep trying, say so (docs/architecture.md, "Health and lifecycle").
     let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
     let mut backoff = Backoff::new();
     let mut subnets = loop {
@@ -111,7 +111,8 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     backoff.reset();
 
     let outer_mtu = cfg.backend.mtu.unwrap_or(underlay.mtu);
-    // VXLAN over IPv4 costs 50 bytes (flannel.md §6.3); what is left must still carry an IPv4 packet.
+    // VXLAN over IPv4 costs 50 bytes (docs/architecture.md, "VXLAN programming"); what is left must still carry an
+    // IPv4 packet.
     if outer_mtu < 68 + 50 {
         return Err(format!(
             "MTU {outer_mtu} of {} leaves no room for VXLAN's 50 bytes; set Backend.MTU",

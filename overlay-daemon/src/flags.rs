@@ -1,12 +1,12 @@
-//! Command-line flags, named as flanneld's for etcd mode (flannel.md §12). Every flag can also be given as the
-//! environment variable `FLANNELD_<FLAG_UPPER_SNAKE>` (e.g. `FLANNELD_ETCD_ENDPOINTS`); a flag on the command
-//! line wins over the environment.
+//! Command-line flags, named as flanneld's for etcd mode (docs/architecture.md, "Flags"). Every flag can also be
+//! given as the environment variable `FLANNELD_<FLAG_UPPER_SNAKE>` (e.g. `FLANNELD_ETCD_ENDPOINTS`); a flag on the
+//! command line wins over the environment.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Which firewall tool carries the `--ip-masq` rules (flannel.md §10).
+/// Which firewall tool carries the `--ip-masq` rules (docs/architecture.md, "Traffic rules").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RulesBackend {
     Nftables,
@@ -29,7 +29,7 @@ pub struct Options {
     pub subnet_file: PathBuf,
     /// Renew this long before the lease expires (`--subnet-lease-renew-margin`, minutes, 1..=1439).
     pub renew_margin: Duration,
-    /// TTL of our etcd lease; flannel's is 24 h (flannel.md §3). Shorter values are for tests.
+    /// TTL of our etcd lease; flannel's is 24 h (docs/architecture.md, "etcd layout"). Shorter values are for tests.
     pub lease_ttl: Duration,
     pub healthz_ip: IpAddr,
     pub healthz_port: u16,

@@ -1,7 +1,7 @@
-//! `/healthz`, `/readyz` and `/metrics` (flannel.md §11). A tiny hand-written HTTP/1.0 responder: three
-//! fixed GET endpoints do not justify an HTTP stack in a daemon whose RSS target is 15 MB. Hardened against
-//! floods: connections are bounded and time out, and running out of file descriptors pauses the accept
-//! loop instead of spinning it, so a probe still gets an answer while idle connections pile up.
+//! `/healthz`, `/readyz` and `/metrics` (docs/architecture.md, "Health and lifecycle"). A tiny hand-written HTTP/1.0
+//! responder: three fixed GET endpoints do not justify an HTTP stack in a daemon whose RSS target is 15 MB. Hardened
+//! against floods: connections are bounded and time out, and running out of file descriptors pauses the accept loop
+//! instead of spinning it, so a probe still gets an answer while idle connections pile up.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

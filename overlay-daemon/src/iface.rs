@@ -1,4 +1,4 @@
-//! Underlay interface selection and public IP (flannel.md §9).
+//! Underlay interface selection and public IP (docs/architecture.md, "Interface selection").
 
 use std::net::{IpAddr, Ipv4Addr};
 

@@ -9,8 +9,8 @@ use tokio::sync::mpsc;
 
 use crate::daemon::Fatal;
 
-/// Notifies when our device is deleted or changed (flannel.md §6.1: flannel recreates it but does not replay
-/// peers; we trigger a full reconcile, which does).
+/// Notifies when our device is deleted or changed (docs/architecture.md, "VXLAN programming": flannel recreates it
+/// but does not replay peers; we trigger a full reconcile, which does).
 pub fn watch_link(name: String) -> Result<mpsc::Receiver<()>, Fatal> {
     let (conn, _handle, mut messages) =
         rtnetlink::new_multicast_connection(&[rtnetlink::MulticastGroup::Link])

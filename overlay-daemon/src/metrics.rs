@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Why the node is or is not ready (flannel.md §11: ready = lease, device, rules and subnet.env in place).
+/// Why the node is or is not ready (docs/architecture.md, "Health and lifecycle": ready = lease, device, rules and
+/// subnet.env in place).
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     pub lease: bool,

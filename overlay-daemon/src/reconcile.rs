@@ -1,7 +1,7 @@
-//! The reconciler (flannel.md §16 item 1): one desired-state table of peers, and the kernel brought to it on
-//! every lease event (targeted), and fully (diff against what the kernel has, purging strays) at start-up,
-//! when the device is deleted or changed, and every `--resync`. flannel only reacts to events, so a missed
-//! event or a hand-made change stays wrong until restart (flannel.md §5, §6.2 "Gaps"); here it cannot.
+//! The reconciler (docs/architecture.md, "Watching leases"): one desired-state table of peers, and the kernel brought
+//! to it on every lease event (targeted), and fully (diff against what the kernel has, purging strays) at start-up,
+//! when the device is deleted or changed, and every `--resync`. flannel only reacts to events, so a missed event or a
+//! hand-made change stays wrong until restart (docs/architecture.md, "Watching leases"); here it cannot.
 //!
 //! It knows leases and a [`Backend`], nothing of the store the leases come from nor of the kernel objects a
 //! peer takes.

@@ -1,6 +1,6 @@
-//! Masquerade and forward-accept rules for `--ip-masq` with flannel's semantics (flannel.md §10): pod->pod
-//! traffic stays un-NATed, pods->outside and host->pods are masqueraded, packets kube-proxy already marked
-//! (0x4000) are left alone, and FORWARD accepts the pod network. nftables by default (tables `flannel-ipv4`,
+//! Masquerade and forward-accept rules for `--ip-masq` with flannel's semantics (docs/architecture.md, "Traffic
+//! rules"): pod->pod traffic stays un-NATed, pods->outside and host->pods are masqueraded, packets kube-proxy already
+//! marked (0x4000) are left alone, and FORWARD accepts the pod network. nftables by default (tables `flannel-ipv4`,
 //! chains `postrtg`/`forward`, as flanneld's nftables mode), iptables (`FLANNEL-POSTRTG`/`FLANNEL-FWD`) selectable.
 
 use ipnet::Ipv4Net;
@@ -142,7 +142,8 @@ impl TrafficRules {
     }
 
     /// Removes what the other backend may have left from an earlier run (flannel cleans up the other mode's
-    /// chains/tables at start-up, flannel.md §10.1). Best effort: the other tool may not even be installed.
+    /// chains/tables at start-up, docs/architecture.md, "Traffic rules"). Best effort: the other tool may not even be
+    /// installed.
     pub async fn remove_other_backend(&self) {
         match self.backend {
             RulesBackend::Nftables => self.remove_iptables().await,

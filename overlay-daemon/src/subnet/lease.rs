@@ -1,8 +1,9 @@
-//! Lease records in flannel's etcd layout (flannel.md §3): key `<prefix>/subnets/<a.b.c.d>-<len>`, value
+//! Lease records in flannel's etcd layout (docs/architecture.md, "etcd layout"): key
+//! `<prefix>/subnets/<a.b.c.d>-<len>`, value
 //! `{"PublicIP":..,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":..,"VtepMAC":..}}`.
 //!
-//! We add one field, `NodeName`, so a node keeps its subnet when its address changes (flannel.md §16 item 7);
-//! flanneld's Go decoder ignores unknown fields, so both daemons still read each other's leases.
+//! We add one field, `NodeName`, so a node keeps its subnet when its address changes (docs/architecture.md, "Subnet
+//! acquisition"); flanneld's Go decoder ignores unknown fields, so both daemons still read each other's leases.
 
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -108,8 +109,8 @@ impl LeaseAttrs {
         }
     }
 
-    /// The VTEP MAC of a vxlan lease, if the lease is a usable vxlan lease (flannel.md §6.2: only leases with
-    /// `BackendType == "vxlan"` are considered).
+    /// The VTEP MAC of a vxlan lease, if the lease is a usable vxlan lease (docs/architecture.md, "VXLAN
+    /// programming": only leases with `BackendType == "vxlan"` are considered).
     pub fn vtep_mac(&self) -> Option<VtepMac> {
         if self.backend_type != "vxlan" {
             return None;
@@ -142,7 +143,7 @@ pub fn subnet_key(subnet: Ipv4Net) -> String {
 }
 
 /// Parses the last path element of a subnets key; dual-stack keys (`...&v6-len`) yield their v4 half.
-/// Anything else is not a lease (flannel.md §3: ignored with a warning by the caller).
+/// Anything else is not a lease (docs/architecture.md, "etcd layout": ignored with a warning by the caller).
 pub fn parse_subnet_key(key: &str) -> Option<Ipv4Net> {
     let last = key.rsplit('/').next()?;
     let v4 = last.split('&').next()?;
@@ -156,7 +157,8 @@ pub fn parse_subnet_key(key: &str) -> Option<Ipv4Net> {
 pub struct Lease {
     pub subnet: Ipv4Net,
     pub attrs: LeaseAttrs,
-    /// The etcd lease id; 0 = a key without lease, i.e. a permanent reservation (flannel.md §3, §16 item 12).
+    /// The etcd lease id; 0 = a key without lease, i.e. a permanent reservation (docs/architecture.md, "etcd
+    /// layout").
     pub lease_id: i64,
 }
 

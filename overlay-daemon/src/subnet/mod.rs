@@ -27,8 +27,8 @@ pub enum LeaseEvent {
     Added(Lease),
     /// A subnet entry whose value is not a lease: whatever it held before is no longer a peer.
     Garbled(Garbled),
-    /// A lease is gone; the store may not say what it held (etcd delete events carry no value, flannel.md
-    /// §5): only the subnet is known.
+    /// A lease is gone; the store may not say what it held (etcd delete events carry no value,
+    /// docs/architecture.md, "Watching leases"): only the subnet is known.
     Removed(Ipv4Net),
 }
 

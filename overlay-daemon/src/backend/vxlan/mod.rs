@@ -1,5 +1,6 @@
-//! The VXLAN backend (flannel.md §6): one `flannel.<VNI>` device, and per peer a neighbour, an FDB entry and
-//! an onlink route, or with DirectRouting a plain route via the peer when it shares our L2 segment.
+//! The VXLAN backend (docs/architecture.md, "VXLAN programming"): one `flannel.<VNI>` device, and per peer a
+//! neighbour, an FDB entry and an onlink route, or with DirectRouting a plain route via the peer when it shares our
+//! L2 segment.
 
 pub mod mac_guard;
 pub mod netlink;
@@ -63,7 +64,7 @@ impl Backend for VxlanBackend {
         let mac = lease.attrs.vtep_mac()?;
         let ip = lease.attrs.public_ip;
         // DirectRouting applies when the peer's underlay address is on one of our connected networks
-        // (flannel.md §2.1: the route lookup for it has no gateway).
+        // (docs/architecture.md, "Network config": the route lookup for it has no gateway).
         let direct = self.direct_routing && self.underlay_networks.iter().any(|n| n.contains(&ip));
         Some(Peer {
             public_ip: ip,
@@ -97,7 +98,8 @@ impl Backend for VxlanBackend {
             .into_iter()
             .collect();
         if !old.direct && (new.direct || old.mac != new.mac) {
-            // FDB entries are keyed by MAC: a changed MAC leaves the old one (flannel.md §6.2).
+            // FDB entries are keyed by MAC: a changed MAC leaves the old one (docs/architecture.md, "VXLAN
+            // programming").
             errors.extend(
                 self.nl
                     .del_fdb(dev, old.mac, Some(old.public_ip))

@@ -1,7 +1,7 @@
-//! The VXLAN backend's kernel objects (flannel.md §6): the `flannel.<VNI>` device and, per remote node, a
-//! permanent neighbour `S.0 -> MAC`, an FDB entry `MAC -> public IP` and a route
-//! `S via S.0 dev flannel.<VNI> onlink`, or with DirectRouting a plain route `S via P`. It also reads back
-//! what the kernel has, so a full pass can diff.
+//! The VXLAN backend's kernel objects (docs/architecture.md, "VXLAN programming"): the `flannel.<VNI>` device and,
+//! per remote node, a permanent neighbour `S.0 -> MAC`, an FDB entry `MAC -> public IP` and a route `S via S.0 dev
+//! flannel.<VNI> onlink`, or with DirectRouting a plain route `S via P`. It also reads back what the kernel has, so a
+//! full pass can diff.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -74,7 +74,7 @@ fn gone_ok(
     }
 }
 
-/// What the device must look like (flannel.md §6.1).
+/// What the device must look like (docs/architecture.md, "VXLAN programming").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceSpec {
     pub name: String,
@@ -176,8 +176,8 @@ impl Vxlan {
         }
     }
 
-    /// Whether an existing link can be reused as is (flannel.md §6.1: type, VNI, underlay dev, local IP,
-    /// port and the options we set must match; otherwise it is deleted and recreated).
+    /// Whether an existing link can be reused as is (docs/architecture.md, "VXLAN programming": type, VNI, underlay
+    /// dev, local IP, port and the options we set must match; otherwise it is deleted and recreated).
     fn compatible(m: &LinkMessage, spec: &DeviceSpec) -> bool {
         let Some(info) = vxlan_info(m).filter(|_| is_vxlan(m)) else {
             return false;
@@ -250,8 +250,8 @@ impl Vxlan {
         };
         let index = link.header.index;
         if created {
-            // As flannel (flannel.md §6.1): no router advertisements on the tunnel device. Best effort: the
-            // file is absent when IPv6 is disabled.
+            // As flannel (docs/architecture.md, "VXLAN programming"): no router advertisements on the tunnel device.
+            // Best effort: the file is absent when IPv6 is disabled.
             let _ = std::fs::write(
                 format!("/proc/sys/net/ipv6/conf/{}/accept_ra", spec.name),
                 "0",
@@ -321,7 +321,7 @@ impl Vxlan {
     }
 
     /// Programs one peer, in flannel's order (neighbour, FDB, route) so the kernel never has to resolve the
-    /// next hop; a later step's failure rolls back the earlier ones (flannel.md §6.2).
+    /// next hop; a later step's failure rolls back the earlier ones (docs/architecture.md, "VXLAN programming").
     pub async fn add_peer(&self, dev: u32, subnet: Ipv4Net, peer: &Peer) -> Result<()> {
         if peer.direct {
             let r = RouteMessageBuilder::<Ipv4Addr>::new()

@@ -53,7 +53,8 @@ pub fn plan(
         }
     }
     for (mac, dst) in &view.fdb {
-        // FDB entries are keyed by MAC: a peer whose MAC changed leaves its old entry here (flannel.md §6.2).
+        // FDB entries are keyed by MAC: a peer whose MAC changed leaves its old entry here (docs/architecture.md,
+        // "VXLAN programming").
         let wanted = peers
             .values()
             .filter(encap)

@@ -1,5 +1,6 @@
-//! Subnet acquisition (flannel.md §4): reuse by identity, reuse the previous subnet from subnet.env, else a
-//! random free subnet; always with a create-if-absent transaction so two nodes never get the same subnet.
+//! Subnet acquisition (docs/architecture.md, "Subnet acquisition"): reuse by identity, reuse the previous subnet from
+//! subnet.env, else a random free subnet; always with a create-if-absent transaction so two nodes never get the same
+//! subnet.
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
-//! The etcd subnet manager, flannel's etcd layout (flannel.md §3–§5): the network config at
-//! `<prefix>/config`, one key per lease under `<prefix>/subnets/`, held by etcd leases. Revisions,
+//! The etcd subnet manager, flannel's etcd layout (docs/architecture.md, "etcd layout" to "Watching leases"): the
+//! network config at `<prefix>/config`, one key per lease under `<prefix>/subnets/`, held by etcd leases. Revisions,
 //! compaction, etcd lease ids and store-reset detection stay in this folder.
 
 pub mod acquire;

@@ -1,5 +1,5 @@
-//! The etcd client of the subnet manager (flannel.md §3–§5): reads the network config, lists, creates, renews
-//! and watches leases under `<prefix>/subnets/`.
+//! The etcd client of the subnet manager (docs/architecture.md, "etcd layout" to "Watching leases"): reads the
+//! network config, lists, creates, renews and watches leases under `<prefix>/subnets/`.
 
 use std::time::Duration;
 
@@ -54,12 +54,13 @@ impl Registry {
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_keep_alive_while_idle(true)
-            // As flannel's watch (flannel.md §5): a member cut off from its cluster must not serve stale data.
+            // As flannel's watch (docs/architecture.md, "Watching leases"): a member cut off from its cluster must
+            // not serve stale data.
             .with_require_leader(true);
         if let (Some(user), Some(pass)) = (&opts.etcd_username, &opts.etcd_password) {
             co = co.with_user(user.clone(), pass.clone());
         }
-        // As flanneld: TLS only when both a client certificate and key are given (flannel.md §12).
+        // As flanneld: TLS only when both a client certificate and key are given (docs/architecture.md, "Flags").
         match (&opts.etcd_certfile, &opts.etcd_keyfile) {
             (Some(cert), Some(key)) => {
                 let read = |p: &std::path::Path| {
@@ -114,9 +115,9 @@ impl Registry {
         }
     }
 
-    /// All leases and the revision of the listing. The lease id comes with the key, so unlike flannel no
-    /// `TimeToLive` RPC per key is needed (flannel.md §16 item 13), and a key without lease is a reservation
-    /// that is kept, not skipped (flannel#1329).
+    /// All leases and the revision of the listing. The lease id comes with the key, so unlike flannel no `TimeToLive`
+    /// RPC per key is needed (docs/architecture.md, "etcd layout"), and a key without lease is a reservation that is
+    /// kept, not skipped.
     pub async fn list(&mut self) -> Result<(Vec<Lease>, i64)> {
         self.list_all().await.map(|(l, _, rev)| (l, rev))
     }
@@ -141,8 +142,9 @@ impl Registry {
         Ok((leases, garbled, revision))
     }
 
-    /// Grants an etcd lease of `ttl` and creates the key only if it does not exist (flannel.md §3). Returns
-    /// the lease id, or `None` if someone else holds the subnet (the granted lease is revoked then).
+    /// Grants an etcd lease of `ttl` and creates the key only if it does not exist (docs/architecture.md, "etcd
+    /// layout"). Returns the lease id, or `None` if someone else holds the subnet (the granted lease is revoked
+    /// then).
     pub async fn create(
         &mut self,
         subnet: Ipv4Net,
@@ -260,7 +262,8 @@ fn decode(key: &[u8], value: &[u8], lease_id: i64) -> Option<std::result::Result
 /// What one watch response means for the lease table.
 pub enum WatchOutcome {
     Events(Vec<LeaseEvent>, i64),
-    /// The start revision was compacted away (or the watch was cancelled): re-list (flannel.md §5).
+    /// The start revision was compacted away (or the watch was cancelled): re-list (docs/architecture.md, "Watching
+    /// leases").
     Relist,
 }
 
