@@ -104,5 +104,7 @@ step build cargo build --workspace --bins || exit 1
 step cnitool build_cnitool || exit 1
 step demo demo_round || true
 step test cargo test --workspace --no-fail-fast -- --test-threads="$THREADS" || true
+# The release artifacts from a clean clone: tarball conformance, Debian 11 chroot, .deb in a Debian 12 chroot.
+step release scripts/release-test.sh || true
 
 exit "$failed"
