@@ -34,8 +34,11 @@ done
 PLUGINS=(bridge loopback portmap flannel host-local)
 tmp="$(mktemp -d /tmp/twill-release-test.XXXXXX)"
 netns=()
+pids=()
 cleanup() {
-  local ns
+  local ns pid
+  for pid in "${pids[@]+"${pids[@]}"}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]+"${pids[@]}"}"; do wait "$pid" 2>/dev/null || true; done
   unmount_rootfs "$tmp/bullseye"
   unmount_rootfs "$tmp/bookworm"
   for ns in "${netns[@]+"${netns[@]}"}"; do ip netns delete "$ns" 2>/dev/null || true; done
@@ -61,9 +64,11 @@ if [ -z "$dist" ]; then
   scripts/release.sh --out "$dist"
   log "release.sh took $(($(date +%s) - start)) s"
 fi
-tarball="$(ls "$dist"/twill-cni-plugins-linux-amd64-v*.tgz)"
-twilld="$(ls "$dist"/twilld-linux-amd64-v* | grep -v '\.sha')"
-deb="$(ls "$dist"/twill_*_amd64.deb)"
+version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
+tarball="$dist/twill-cni-plugins-linux-amd64-v$version.tgz"
+twilld="$dist/twilld-linux-amd64-v$version"
+deb="$dist/twill_${version}-1_amd64.deb"
+for f in "$tarball" "$twilld" "$deb"; do [ -f "$f" ] || fail "$f is missing"; done
 
 # 1. Checksums.
 for f in "$tarball" "$twilld" "$deb" "$dist/twilld.service"; do
@@ -116,9 +121,36 @@ ip -n "$pod" -4 addr show eth0 | grep -q 'inet 10\.99\.0\.' || fail "pod has no 
 ip -n "$node" link show cni-rel0 >/dev/null || fail "no bridge in the node after ADD"
 cni DEL >/dev/null || fail "bridge DEL in bullseye"
 ! ip -n "$pod" link show eth0 >/dev/null 2>&1 || fail "eth0 still in the pod after DEL"
-[ -z "$(ls -A "$root/var/lib/cni/networks/relnet" | grep -v -e '^lock$' -e '^last_reserved_ip')" ] \
-  || fail "lease left after DEL"
+! find "$root/var/lib/cni/networks/relnet" -name '10.*' | grep -q . || fail "lease left after DEL"
 pass "bridge ADD/DEL from bullseye"
+
+# twilld from the chroot reaches an etcd named by host name: the static glibc resolves `localhost` through
+# /etc/hosts (a node has one; debootstrap makes none) without loading NSS modules of another glibc.
+printf '127.0.0.1 localhost\n' >"$root/etc/hosts"
+ip -n "$node" link add und0 type dummy
+ip -n "$node" addr add 192.0.2.10/24 dev und0
+ip -n "$node" link set und0 up
+ip netns exec "$node" etcd --name twill-release-test --data-dir "$tmp/etcd" \
+  --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
+  --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+  --initial-cluster twill-release-test=http://127.0.0.1:23800 >"$tmp/etcd.log" 2>&1 &
+etcd_pid=$!
+pids+=("$etcd_pid")
+for _ in $(seq 100); do
+  ip netns exec "$node" etcdctl --endpoints=http://127.0.0.1:23790 put /coreos.com/network/config \
+    '{"Network":"10.97.0.0/16","Backend":{"Type":"vxlan"}}' >/dev/null 2>&1 && break
+  sleep 0.1
+done
+ip netns exec "$node" chroot "$root" /usr/local/bin/twilld --etcd-endpoints=http://localhost:23790 \
+  --iface=und0 --subnet-file=/run/subnet.env --node-name=release-test >"$tmp/twilld.log" 2>&1 &
+twilld_pid=$!
+pids+=("$twilld_pid")
+for _ in $(seq 100); do [ -s "$root/run/subnet.env" ] && break; sleep 0.1; done
+kill "$twilld_pid" "$etcd_pid" 2>/dev/null || true
+wait "$twilld_pid" "$etcd_pid" 2>/dev/null || true
+grep -q '^FLANNEL_SUBNET=10\.97\.' "$root/run/subnet.env" 2>/dev/null \
+  || { cat "$tmp/twilld.log" >&2; fail "twilld in bullseye got no lease from etcd at localhost"; }
+pass "twilld in bullseye reaches etcd at http://localhost:23790"
 unmount_rootfs "$tmp/bullseye"
 
 # 4. Debian 12 with the reference package: dpkg -i, leases, dpkg -r, apt-get install.
@@ -129,7 +161,7 @@ files() {
   (cd "$root" && find . -xdev \( -path ./proc -o -path ./sys -o -path ./run -o -path ./tmp -o -path ./var/lib/dpkg \
     -o -path ./var/log -o -path ./var/cache -o -path ./var/lib/apt \) -prune -o -print | sort)
 }
-ref_pkg="$(ls "$root"/var/cache/apt/archives/containernetworking-plugins_*.deb | head -n 1)"
+ref_pkg="$(find "$root/var/cache/apt/archives" -name 'containernetworking-plugins_*.deb' | head -n 1)"
 [ -n "$ref_pkg" ] || fail "debootstrap kept no containernetworking-plugins package"
 files >"$tmp/files.before"
 ipam() { # ipam VERB CONTAINER: host-local as installed in /usr/lib/cni
@@ -142,15 +174,16 @@ first_ip="$(sed -n 's/.*"address":"\([0-9.]*\)\/.*/\1/p' <<<"$first")"
 [ -f "$root/var/lib/cni/networks/leases/$first_ip" ] || fail "no lease file for $first_ip"
 cp "$deb" "$root/tmp/twill.deb"
 in_root dpkg -i /tmp/twill.deb || fail "dpkg -i over containernetworking-plugins"
-in_root dpkg-query -W -f='${Status}' containernetworking-plugins 2>/dev/null | grep -q 'install ok installed' \
+in_root dpkg-query -W -f="\${Status}" containernetworking-plugins 2>/dev/null | grep -q 'install ok installed' \
   && fail "containernetworking-plugins still installed after dpkg -i"
 env -u CNI_COMMAND chroot "$root" /usr/lib/cni/bridge 2>&1 </dev/null | grep -q '(twill)' \
   || fail "/usr/lib/cni/bridge is not ours after dpkg -i"
 for p in "${PLUGINS[@]}"; do
   [ "$(readlink "$root/opt/cni/bin/$p")" = "/usr/lib/cni/$p" ] || fail "/opt/cni/bin/$p is not our link"
 done
-[ -f "$root/lib/systemd/system/twilld.service" ] && [ -x "$root/usr/bin/twilld" ] \
-  && [ -f "$root/usr/share/man/man8/twilld.8.gz" ] || fail "twilld, its unit or its man page not installed"
+for f in lib/systemd/system/twilld.service usr/bin/twilld usr/share/man/man8/twilld.8.gz; do
+  [ -f "$root/$f" ] || fail "/$f not installed"
+done
 second="$(ipam ADD after-upgrade)" || fail "our host-local ADD: $second"
 grep -q "\"$first_ip/" <<<"$second" && fail "our host-local handed out $first_ip, leased by the reference"
 ipam DEL before-upgrade >/dev/null || fail "our host-local DEL of the reference's lease"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Debian root filesystems for testing the release artifacts on other Debian versions than the host's.
 # Source after common.sh. Needs root.
 
