@@ -46,8 +46,11 @@ src="$work/src"
 mkdir -p "$work"
 log "cloning $(git rev-parse --short HEAD) into $src"
 rm -rf "$src"
-git clone --quiet --no-local --no-hardlinks "$TWILL_ROOT" "$src"
-git -C "$src" checkout --quiet --detach "$(git rev-parse HEAD)"
+# HEAD by name, not the default branch: CI may build a detached commit that no branch points at.
+git clone --quiet --no-local --no-checkout "$TWILL_ROOT" "$src"
+git -C "$src" fetch --quiet "$TWILL_ROOT" HEAD
+git -C "$src" checkout --quiet --detach FETCH_HEAD
+[ "$(git -C "$src" rev-parse HEAD)" = "$(git rev-parse HEAD)" ] || die "the clone is not at HEAD"
 
 commit="$(git -C "$src" rev-parse HEAD)"
 SOURCE_DATE_EPOCH="$(git -C "$src" log -1 --format=%ct)"
