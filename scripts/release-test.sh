@@ -58,6 +58,20 @@ new_netns() {
   printf '%s\n' "$name"
 }
 
+# hold_netns NAME: starts a process sleeping in namespace NAME (killed by the cleanup) and sets held to
+# /proc/<its pid>/ns/net: the namespace's path inside a chroot with its own /proc.
+hold_netns() {
+  ip netns exec "$1" sleep 3600 &
+  pids+=("$!")
+  held="/proc/$!/ns/net"
+  local _
+  for _ in $(seq 50); do
+    [ "$(readlink "$held" 2>/dev/null)" = "$(ip netns exec "$1" readlink /proc/self/ns/net)" ] && return 0
+    sleep 0.1
+  done
+  fail "no process in namespace $1"
+}
+
 if [ -z "$dist" ]; then
   dist="$tmp/dist"
   start=$(date +%s)
@@ -102,18 +116,20 @@ for p in "${PLUGINS[@]}"; do
   out="$(CNI_COMMAND=VERSION chroot "$root" "/opt/cni/bin/$p" </dev/null)" || fail "$p VERSION in bullseye"
   case "$out" in *'"supportedVersions":'*'"1.1.0"'*) ;; *) fail "$p VERSION answered: $out" ;; esac
   about="$(env -u CNI_COMMAND chroot "$root" "/opt/cni/bin/$p" 2>&1 </dev/null)"
-  case "$about" in *"twill) v"*", commit "[0-9a-f]*) ;; *) fail "$p about line: $about" ;; esac
+  case "$about" in *"(twill)"*" v"[0-9]*", commit "[0-9a-f]*) ;; *) fail "$p about line: $about" ;; esac
 done
 chroot "$root" /usr/local/bin/twilld --version | grep -Eq '^twilld v[0-9.]+, commit [0-9a-f]{40}$' \
   || fail "twilld --version in bullseye"
 pass "VERSION and about lines in bullseye"
 node="$(new_netns relnode)"
 pod="$(new_netns relpod)"
+hold_netns "$pod"
+pod_path="$held"
 conf='{"cniVersion":"1.0.0","name":"relnet","type":"bridge","bridge":"cni-rel0","isGateway":true,
   "ipam":{"type":"host-local","subnet":"10.99.0.0/24","dataDir":"/var/lib/cni/networks"}}'
 # cni VERB: the bridge plugin run from the chroot inside the node namespace, as a runtime there would.
 cni() {
-  CNI_COMMAND="$1" CNI_CONTAINERID=release-test CNI_NETNS="/run/netns/$pod" CNI_IFNAME=eth0 \
+  CNI_COMMAND="$1" CNI_CONTAINERID=release-test CNI_NETNS="$pod_path" CNI_IFNAME=eth0 \
     CNI_PATH=/opt/cni/bin ip netns exec "$node" chroot "$root" /opt/cni/bin/bridge <<<"$conf"
 }
 result="$(cni ADD)" || fail "bridge ADD in bullseye: $result"
@@ -127,7 +143,8 @@ pass "bridge ADD/DEL from bullseye"
 # twilld from the chroot reaches an etcd named by host name: the static glibc resolves `localhost` through
 # /etc/hosts (a node has one; debootstrap makes none) without loading NSS modules of another glibc.
 printf '127.0.0.1 localhost\n' >"$root/etc/hosts"
-ip -n "$node" link add und0 type dummy
+ip -n "$node" link add und0 type veth peer name und1
+ip -n "$node" link set und1 up
 ip -n "$node" addr add 192.0.2.10/24 dev und0
 ip -n "$node" link set und0 up
 ip netns exec "$node" etcd --name twill-release-test --data-dir "$tmp/etcd" \
@@ -165,12 +182,12 @@ ref_pkg="$(find "$root/var/cache/apt/archives" -name 'containernetworking-plugin
 [ -n "$ref_pkg" ] || fail "debootstrap kept no containernetworking-plugins package"
 files >"$tmp/files.before"
 ipam() { # ipam VERB CONTAINER: host-local as installed in /usr/lib/cni
-  in_root env CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="/run/netns/$pod" CNI_IFNAME=eth0 \
+  in_root env CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="$pod_path" CNI_IFNAME=eth0 \
     CNI_PATH=/usr/lib/cni /usr/lib/cni/host-local \
     <<<'{"cniVersion":"1.0.0","name":"leases","ipam":{"type":"host-local","subnet":"10.98.0.0/24"}}'
 }
 first="$(ipam ADD before-upgrade)" || fail "reference host-local ADD: $first"
-first_ip="$(sed -n 's/.*"address":"\([0-9.]*\)\/.*/\1/p' <<<"$first")"
+first_ip="$(sed -n 's/.*"address": *"\([0-9.]*\)\/.*/\1/p' <<<"$first")"
 [ -f "$root/var/lib/cni/networks/leases/$first_ip" ] || fail "no lease file for $first_ip"
 cp "$deb" "$root/tmp/twill.deb"
 in_root dpkg -i /tmp/twill.deb || fail "dpkg -i over containernetworking-plugins"

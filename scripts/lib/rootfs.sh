@@ -31,14 +31,14 @@ ensure_rootfs() {
 }
 
 # overlay_rootfs LOWER DIR: mounts a writable overlay of LOWER on DIR/root (changes go to DIR/upper, the
-# cache stays untouched) with /proc and the host's /run/netns inside; prints DIR/root.
+# cache stays untouched) with /proc inside; prints DIR/root. Nothing of the host's /run/netns is bound in: it
+# is a shared mount, and unmounting a bind of it would unmount every namespace file of the host with it.
+# Name namespaces inside the chroot as /proc/<pid>/ns/net of a process living in them.
 overlay_rootfs() {
   local lower="$1" dir="$2"
   mkdir -p "$dir/upper" "$dir/work" "$dir/root"
   mount -t overlay overlay -o "lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work" "$dir/root"
   mount -t proc proc "$dir/root/proc"
-  mkdir -p /run/netns "$dir/root/run/netns"
-  mount --bind /run/netns "$dir/root/run/netns"
   printf '%s\n' "$dir/root"
 }
 
