@@ -48,14 +48,13 @@ trap cleanup EXIT
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 pass() { printf 'ok: %s\n' "$*"; }
 
-# new_netns PREFIX: a namespace named as the tests name theirs (tw-<prefix>-<pid>-<n>), so test.sh's stale
-# namespace sweep knows it.
+# new_netns PREFIX: sets made to a new namespace named as the tests name theirs (tw-<prefix>-<pid>-<n>), so
+# test.sh's stale namespace sweep knows it. Not in a subshell: the cleanup needs the list.
 new_netns() {
-  local name="tw-$1-$$-${#netns[@]}"
-  ip netns add "$name"
-  netns+=("$name")
-  ip -n "$name" link set lo up
-  printf '%s\n' "$name"
+  made="tw-$1-$$-${#netns[@]}"
+  ip netns add "$made"
+  netns+=("$made")
+  ip -n "$made" link set lo up
 }
 
 # hold_netns NAME: starts a process sleeping in namespace NAME (killed by the cleanup) and sets held to
@@ -121,8 +120,10 @@ done
 chroot "$root" /usr/local/bin/twilld --version | grep -Eq '^twilld v[0-9.]+, commit [0-9a-f]{40}$' \
   || fail "twilld --version in bullseye"
 pass "VERSION and about lines in bullseye"
-node="$(new_netns relnode)"
-pod="$(new_netns relpod)"
+new_netns relnode
+node="$made"
+new_netns relpod
+pod="$made"
 hold_netns "$pod"
 pod_path="$held"
 conf='{"cniVersion":"1.0.0","name":"relnet","type":"bridge","bridge":"cni-rel0","isGateway":true,
