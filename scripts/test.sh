@@ -107,5 +107,7 @@ step cnitool build_cnitool || exit 1
 step upstream build_upstream || exit 1
 step demo demo_round || true
 step test cargo test --workspace --no-fail-fast -- --test-threads="$THREADS" || true
+# The release artifacts from a clean clone: tarball conformance, Debian 11 chroot, .deb in a Debian 12 chroot.
+step release scripts/release-test.sh || true
 
 exit "$failed"

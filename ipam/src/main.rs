@@ -12,10 +12,7 @@ use std::process::ExitCode;
 #[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    let code = twill_cni::skel::run(
-        &twill_ipam::HostLocal,
-        "CNI host-local IPAM plugin (twill): round-robin leases in <dataDir>/<network>, shared with the reference",
-    );
+    let code = twill_cni::skel::run(&twill_ipam::HostLocal, "CNI host-local IPAM plugin (twill)");
     // skel::run answers SUCCESS or 1.
     std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
 }

@@ -37,14 +37,24 @@ pub struct Options {
     pub resync: Duration,
 }
 
-/// Parsing outcome: run, or print help.
+/// Parsing outcome: run, print help, or print the version.
 pub enum Parsed {
     Run(Box<Options>),
     Help,
+    Version,
+}
+
+/// `twilld v<version>, commit <id>`: `TWILL_COMMIT` is set by `scripts/release.sh`; other builds say `unknown`.
+pub fn version_line() -> String {
+    format!(
+        "twilld v{}, commit {}",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("TWILL_COMMIT").unwrap_or("unknown")
+    )
 }
 
 pub const USAGE: &str = "\
-Usage: twilld [flags]   (each flag also as env FLANNELD_<FLAG>, e.g. FLANNELD_ETCD_ENDPOINTS)
+Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FLAG>, e.g. FLANNELD_ETCD_ENDPOINTS)
   --etcd-endpoints=URLS            comma list (default http://127.0.0.1:4001,http://127.0.0.1:2379)
   --etcd-prefix=PATH               default /coreos.com/network
   --etcd-cafile/--etcd-certfile/--etcd-keyfile=FILE   TLS (used when cert and key are both given)
@@ -98,6 +108,9 @@ where
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(Parsed::Help);
+        }
+        if arg == "--version" {
+            return Ok(Parsed::Version);
         }
         let Some(body) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
             return Err(format!("unexpected argument {arg:?}"));
@@ -260,7 +273,15 @@ mod tests {
         })? {
             Parsed::Run(o) => Ok(*o),
             Parsed::Help => Err("help".into()),
+            Parsed::Version => Err("version".into()),
         }
+    }
+
+    #[test]
+    fn version_flag_answers_version_and_commit() {
+        assert_eq!(run(&["--version"], &[]).unwrap_err(), "version");
+        let line = version_line();
+        assert!(line.starts_with(&format!("twilld v{}, commit ", env!("CARGO_PKG_VERSION"))));
     }
 
     #[test]

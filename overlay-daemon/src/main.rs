@@ -9,6 +9,10 @@ fn main() -> ExitCode {
             print!("{}", twilld::flags::USAGE);
             return ExitCode::SUCCESS;
         }
+        Ok(twilld::flags::Parsed::Version) => {
+            println!("{}", twilld::flags::version_line());
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("twilld: {e}\n{}", twilld::flags::USAGE);
             return ExitCode::from(2);

@@ -9,7 +9,8 @@ case "$TWILL_TARGET_DIR" in /*) ;; *) TWILL_TARGET_DIR="$TWILL_ROOT/$TWILL_TARGE
 # flanneld's cgo), the reference plugins (the oracle the tests and benches compare against),
 # protobuf for etcd-client's build, etcd for the overlay daemon's tests, the container runtimes that drive
 # the plugins in the runtime tests (podman with its CNI backend, containerd's CRI; busybox-static is their
-# root filesystem), and tools for benches/demos.
+# root filesystem), tools for benches/demos, and for releases: help2man (the man page of twilld) and
+# debootstrap (the Debian root filesystems the release artifacts are tested in).
 TWILL_DEBIAN_PACKAGES=(
   iproute2 nftables iptables
   golang-go golang-github-appc-cni-dev gcc libc6-dev
@@ -18,6 +19,7 @@ TWILL_DEBIAN_PACKAGES=(
   etcd-server etcd-client
   podman runc conmon golang-github-containers-common netavark containerd busybox-static
   conntrack iperf3 hyperfine procps psmisc iputils-ping openssl
+  debootstrap help2man
 )
 
 log() { printf '==> %s\n' "$*" >&2; }

@@ -449,3 +449,29 @@ fn names_are_validated_like(r: twill_tests::bins::Reference) {
         "the generator must exercise both sides: {accepted} accepted, {refused} refused"
     );
 }
+
+/// The about line names the build like the reference's (`CNI bridge plugin v1.4.0`), plus the commit:
+/// `v<version>, commit <id>` (`unknown` outside `scripts/release.sh`). VERSION keeps to the spec's two keys.
+#[test]
+fn about_line_names_the_version_and_commit_and_version_keeps_to_the_spec() {
+    for plugin in ["bridge", "loopback", "portmap", "flannel", "host-local"] {
+        let about = Invocation::new(bin(plugin), "ADD").command(None).run();
+        assert!(about.success(), "{plugin}: {}", about.describe());
+        let first = about.stderr.lines().next().unwrap_or_default().to_string();
+        let expected = format!("(twill) v{}, commit ", env!("CARGO_PKG_VERSION"));
+        assert!(
+            first.starts_with("CNI ") && first.contains(&expected),
+            "{plugin}: {first:?}"
+        );
+        let version = Invocation::new(bin(plugin), "VERSION").run();
+        assert!(version.success(), "{plugin}: {}", version.describe());
+        let answer: Value = serde_json::from_str(&version.stdout).expect("VERSION answers JSON");
+        let mut keys: Vec<&String> = answer.as_object().expect("an object").keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["cniVersion", "supportedVersions"],
+            "{plugin}: {answer}"
+        );
+    }
+}

@@ -75,6 +75,17 @@ pub fn version_info() -> Value {
     json!({ "cniVersion": Version::LATEST.as_str(), "supportedVersions": versions })
 }
 
+/// `v<version>, commit <id>` of this build, for the "about" line. The VERSION answer keeps to the two keys the
+/// spec defines (`cniVersion`, `supportedVersions`), so the build identity lives here. `TWILL_COMMIT` is set by
+/// `scripts/release.sh`; a build outside it (cargo in a work tree, a tarball without git) says `unknown`.
+pub fn build_version() -> String {
+    format!(
+        "v{}, commit {}",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("TWILL_COMMIT").unwrap_or("unknown")
+    )
+}
+
 /// Run the plugin for this process's environment and stdin; returns the process exit code.
 pub fn run<P: Plugin>(plugin: &P, about: &str) -> ExitCode {
     install_panic_hook();
@@ -82,7 +93,8 @@ pub fn run<P: Plugin>(plugin: &P, about: &str) -> ExitCode {
     if verb.is_empty() {
         let versions: Vec<&str> = SUPPORTED.iter().map(|v| v.as_str()).collect();
         eprintln!(
-            "{about}\nCNI protocol versions supported: {}",
+            "{about} {}\nCNI protocol versions supported: {}",
+            build_version(),
             versions.join(", ")
         );
         return ExitCode::SUCCESS;

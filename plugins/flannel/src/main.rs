@@ -1,8 +1,5 @@
 //! The `flannel` CNI plugin binary: everything is in the library.
 
 fn main() -> std::process::ExitCode {
-    twill_cni::skel::run(
-        &twill_flannel::Flannel,
-        "CNI flannel meta plugin (twill): subnet.env -> bridge + host-local",
-    )
+    twill_cni::skel::run(&twill_flannel::Flannel, "CNI flannel meta plugin (twill)")
 }
