@@ -151,27 +151,8 @@ impl Registry {
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<i64>> {
-        let grant = self
-            .client
-            .lease_grant(ttl.as_secs() as i64, None)
+        self.put_under_fresh_lease(subnet, attrs, ttl, CompareOp::Equal, "create lease")
             .await
-            .map_err(etcd("grant lease"))?;
-        let key = self.lease_key(subnet);
-        let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                attrs.to_json(),
-                Some(PutOptions::new().with_lease(grant.id())),
-            )]);
-        let resp = self.client.txn(txn).await.map_err(etcd("create lease"))?;
-        self.epoch.observe(resp.header());
-        if resp.succeeded() {
-            Ok(Some(grant.id()))
-        } else {
-            let _ = self.client.lease_revoke(grant.id()).await;
-            Ok(None)
-        }
     }
 
     /// Renewal as flannel does it: a fresh etcd lease and a re-put of the key, but only while
@@ -185,6 +166,29 @@ impl Registry {
         ttl: Duration,
         old: i64,
     ) -> Result<Option<i64>> {
+        let Some(id) = self
+            .put_under_fresh_lease(subnet, attrs, ttl, CompareOp::Greater, "renew lease")
+            .await?
+        else {
+            return Ok(None);
+        };
+        if old != 0 {
+            let _ = self.client.lease_revoke(old).await;
+        }
+        Ok(Some(id))
+    }
+
+    /// Grants an etcd lease of `ttl` and puts the key under it if the key's version compares to 0 by
+    /// `version` (`Equal`: absent, `Greater`: present). Returns the new lease id, or `None` when the
+    /// condition failed, revoking the unused lease rather than leaving it to expire.
+    async fn put_under_fresh_lease(
+        &mut self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+        version: CompareOp,
+        what: &'static str,
+    ) -> Result<Option<i64>> {
         let grant = self
             .client
             .lease_grant(ttl.as_secs() as i64, None)
@@ -192,22 +196,20 @@ impl Registry {
             .map_err(etcd("grant lease"))?;
         let key = self.lease_key(subnet);
         let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Greater, 0)])
+            .when([Compare::version(key.as_str(), version, 0)])
             .and_then([TxnOp::put(
                 key.as_str(),
                 attrs.to_json(),
                 Some(PutOptions::new().with_lease(grant.id())),
             )]);
-        let resp = self.client.txn(txn).await.map_err(etcd("renew lease"))?;
+        let resp = self.client.txn(txn).await.map_err(etcd(what))?;
         self.epoch.observe(resp.header());
-        if !resp.succeeded() {
+        if resp.succeeded() {
+            Ok(Some(grant.id()))
+        } else {
             let _ = self.client.lease_revoke(grant.id()).await;
-            return Ok(None);
+            Ok(None)
         }
-        if old != 0 {
-            let _ = self.client.lease_revoke(old).await;
-        }
-        Ok(Some(grant.id()))
     }
 
     /// Updates the value of a reservation (a key without lease) and keeps it lease-less.
