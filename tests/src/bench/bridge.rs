@@ -13,17 +13,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{interleaved_each, ratio, row, series, Options, Report};
+use super::{interleaved_each, ratio, row, series, CniNode, Options, Report};
 use twill_kernel::{Handle, NetNs, VethSpec};
-use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
 /// One side: a plugin, its CNI_PATH, its node and IPAM directory.
 struct Side {
     label: String,
     plugin: PathBuf,
-    cni_path: String,
-    node: Netns,
+    node: CniNode,
     ipam: tempfile::TempDir,
     counter: usize,
     /// Pods of finished rounds. Removed only at the end: the kernel tears a namespace down in a worker that
@@ -33,13 +31,11 @@ struct Side {
 
 impl Side {
     fn new(label: String, plugin: PathBuf, cni_path: String) -> Side {
-        let node = Netns::new("bench");
-        node.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        let node = CniNode::new("bench", cni_path);
         let ipam = tempfile::tempdir().expect("ipam dir");
         Side {
             label,
             plugin,
-            cni_path,
             node,
             ipam,
             counter: 0,
@@ -61,21 +57,7 @@ impl Side {
     }
 
     fn exec(&self, command: &str, pod: &Path, id: &str, conf: &Value) -> Duration {
-        let out = Invocation::new(&self.plugin, command)
-            .libcni_style()
-            .container_id(Some(id))
-            .netns(Some(pod))
-            .cni_path(Some(&self.cni_path))
-            .stdin_json(conf)
-            .in_netns(self.node.path())
-            .run();
-        assert!(
-            out.success(),
-            "{} {command} failed: {}",
-            self.plugin.display(),
-            out.describe()
-        );
-        out.elapsed
+        self.node.exec(&self.plugin, command, pod, id, conf).elapsed
     }
 
     /// ADD then DEL on a fresh pod; returns (ADD, DEL) durations.

@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{interleaved_each, ratio, row, Options, Report};
+use super::{interleaved_each, ratio, row, CniNode, Options, Report};
 use twill_tests::bins::upstream_bin;
-use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
 /// What flanneld writes for a node of a /16 cluster network that leased 10.244.1.0/24 (it masquerades
@@ -23,8 +22,7 @@ const SUBNET_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1
 struct Side {
     label: String,
     plugin: PathBuf,
-    cni_path: String,
-    node: Netns,
+    node: CniNode,
     dir: tempfile::TempDir,
     counter: usize,
     dels: Vec<Duration>,
@@ -33,14 +31,12 @@ struct Side {
 
 impl Side {
     fn new(label: String, plugin: PathBuf, cni_path: String) -> Side {
-        let node = Netns::new("benchfl");
-        node.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        let node = CniNode::new("benchfl", cni_path);
         let dir = tempfile::tempdir().expect("flannel bench dir");
         std::fs::write(dir.path().join("subnet.env"), SUBNET_ENV).expect("write subnet.env");
         Side {
             label,
             plugin,
-            cni_path,
             node,
             dir,
             counter: 0,
@@ -61,21 +57,7 @@ impl Side {
     }
 
     fn exec(&self, command: &str, pod: &Path, id: &str, conf: &Value) -> Duration {
-        let out = Invocation::new(&self.plugin, command)
-            .libcni_style()
-            .container_id(Some(id))
-            .netns(Some(pod))
-            .cni_path(Some(&self.cni_path))
-            .stdin_json(conf)
-            .in_netns(self.node.path())
-            .run();
-        assert!(
-            out.success(),
-            "{} {command} failed: {}",
-            self.plugin.display(),
-            out.describe()
-        );
-        out.elapsed
+        self.node.exec(&self.plugin, command, pod, id, conf).elapsed
     }
 
     /// ADD then DEL on a fresh pod; returns the ADD and keeps the DEL.

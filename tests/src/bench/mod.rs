@@ -11,8 +11,12 @@ pub mod portmap;
 pub mod runtimes;
 pub mod scale;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use twill_tests::exec::{Invocation, Outcome};
+use twill_tests::netns::Netns;
 
 /// Settings shared by every scenario.
 #[derive(Debug, Clone)]
@@ -213,18 +217,7 @@ pub fn interleaved_all(
     options: &Options,
     sides: &mut [&mut dyn FnMut() -> Duration],
 ) -> Vec<Vec<Duration>> {
-    let n = sides.len();
-    let mut out = vec![Vec::with_capacity(options.rounds); n];
-    for round in 0..options.warmup + options.rounds {
-        for k in 0..n {
-            let side = (round + k) % n;
-            let d = (sides[side])();
-            if round >= options.warmup {
-                out[side].push(d);
-            }
-        }
-    }
-    out
+    interleaved_each(options, sides, |_, side| side())
 }
 
 /// Like [`interleaved_all`] over a slice of sides of one kind: every round calls `f` once per side
@@ -274,4 +267,46 @@ pub fn timed(f: impl FnOnce()) -> Duration {
     let start = Instant::now();
     f();
     start.elapsed()
+}
+
+/// A side's node: a namespace (loopback up) kept across rounds like a real node's, so the bridge and
+/// chains an ADD creates exist in later rounds, and the `CNI_PATH` its plugins run with.
+pub struct CniNode {
+    pub netns: Netns,
+    pub cni_path: String,
+}
+
+impl CniNode {
+    pub fn new(prefix: &str, cni_path: String) -> CniNode {
+        let netns = Netns::new(prefix);
+        netns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        CniNode { netns, cni_path }
+    }
+
+    /// Execs `plugin` as libcni does, from inside the node for the pod namespace `pod`, and panics with
+    /// the plugin's output if it failed: a failed round must not be measured as if it were a result.
+    pub fn exec(
+        &self,
+        plugin: &Path,
+        command: &str,
+        pod: &Path,
+        id: &str,
+        conf: &Value,
+    ) -> Outcome {
+        let out = Invocation::new(plugin, command)
+            .libcni_style()
+            .container_id(Some(id))
+            .netns(Some(pod))
+            .cni_path(Some(&self.cni_path))
+            .stdin_json(conf)
+            .in_netns(self.netns.path())
+            .run();
+        assert!(
+            out.success(),
+            "{} {command} {id} failed: {}",
+            plugin.display(),
+            out.describe()
+        );
+        out
+    }
 }

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{interleaved_each, ratio, row, series, Options, Report};
+use super::{interleaved_each, ratio, row, series, CniNode, Options, Report};
 use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
 struct Side {
     dir: PathBuf,
-    node: Netns,
+    node: CniNode,
     ipam: tempfile::TempDir,
     counter: usize,
     portmap_only: Vec<Duration>,
@@ -33,11 +33,9 @@ fn mappings() -> Value {
 
 impl Side {
     fn new(dir: &Path) -> Side {
-        let node = Netns::new("benchpm");
-        node.exec_ok(&["ip", "link", "set", "lo", "up"]);
         Side {
             dir: dir.to_path_buf(),
-            node,
+            node: CniNode::new("benchpm", dir.display().to_string()),
             ipam: tempfile::tempdir().expect("ipam dir"),
             counter: 0,
             portmap_only: Vec::new(),
@@ -76,20 +74,7 @@ impl Side {
         conf: &Value,
     ) -> (Duration, Value) {
         let path = self.dir.join(plugin);
-        let out = Invocation::new(&path, command)
-            .libcni_style()
-            .container_id(Some(id))
-            .netns(Some(pod))
-            .cni_path(Some(&self.dir.display().to_string()))
-            .stdin_json(conf)
-            .in_netns(self.node.path())
-            .run();
-        assert!(
-            out.success(),
-            "{} {command} failed: {}",
-            path.display(),
-            out.describe()
-        );
+        let out = self.node.exec(&path, command, pod, id, conf);
         (out.elapsed, out.json.unwrap_or(Value::Null))
     }
 

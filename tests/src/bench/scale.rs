@@ -19,9 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{fmt, Options, Report, Row, Stats};
+use super::{fmt, CniNode, Options, Report, Row, Stats};
 use twill_kernel::{BridgeSpec, Handle, IpNet, NetNs, VethOptions, VethSpec};
-use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
 /// Pod counts measured when `--pods` is not given.
@@ -37,8 +36,7 @@ const FLOOR_GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 enum Kind {
     Plugin {
         plugin: PathBuf,
-        cni_path: String,
-        node: Netns,
+        node: CniNode,
         ipam: tempfile::TempDir,
         pods: Vec<Netns>,
     },
@@ -66,14 +64,11 @@ impl Side {
     fn plugin(label: &str, dir: &Path, cni_path: String) -> Side {
         let plugin = dir.join("bridge");
         assert!(plugin.is_file(), "{} is missing", plugin.display());
-        let node = Netns::new("scale");
-        node.exec_ok(&["ip", "link", "set", "lo", "up"]);
         Side::new(
             label,
             Kind::Plugin {
                 plugin,
-                cni_path,
-                node,
+                node: CniNode::new("scale", cni_path),
                 ipam: tempfile::tempdir().expect("ipam dir"),
                 pods: Vec::new(),
             },
@@ -168,30 +163,13 @@ impl Side {
 
     fn exec(&self, command: &str, pod: &Path, id: &str) -> Duration {
         let Kind::Plugin {
-            plugin,
-            cni_path,
-            node,
-            ipam,
-            ..
+            plugin, node, ipam, ..
         } = &self.kind
         else {
             unreachable!("exec on the floor side")
         };
-        let out = Invocation::new(plugin, command)
-            .libcni_style()
-            .container_id(Some(id))
-            .netns(Some(pod))
-            .cni_path(Some(cni_path))
-            .stdin_json(&conf(ipam.path()))
-            .in_netns(node.path())
-            .run();
-        assert!(
-            out.success(),
-            "{} {command} {id} failed: {}",
-            plugin.display(),
-            out.describe()
-        );
-        out.elapsed
+        node.exec(plugin, command, pod, id, &conf(ipam.path()))
+            .elapsed
     }
 
     /// One measured round: ADD then DEL of a fresh pod; returns (ADD, DEL).
