@@ -991,8 +991,7 @@ pub fn iperf(server_ns: &str, client_ns: &str, ip: Ipv4Addr, secs: u32) -> Resul
             .args([
                 "--connect-timeout",
                 &IPERF_CONNECT_TIMEOUT.as_millis().to_string(),
-            ])
-            .args(["--rcv-timeout", &IPERF_IDLE_TIMEOUT.as_millis().to_string()]);
+            ]);
         let out = crate::exec::run_command(cmd, None, &[], iperf_timeout(secs))
             .map_err(|e| format!("run iperf3 client: {e}"))?;
         if out.timed_out {
@@ -1016,7 +1015,8 @@ pub fn iperf(server_ns: &str, client_ns: &str, ip: Ipv4Addr, secs: u32) -> Resul
 
 /// How long the iperf3 client waits for the control connection (the server may still be starting).
 const IPERF_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a running test may receive nothing before iperf3 gives up on it.
+/// Slack for a running test that stalls: the client only sends, so iperf3's own `--rcv-timeout` (valid only
+/// in receiving mode) cannot bound it; the kill in [`iperf_timeout`] does.
 const IPERF_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long [`iperf`] keeps retrying a client that could not connect (server not listening yet).
 const IPERF_RETRY_WINDOW: Duration = Duration::from_secs(10);
