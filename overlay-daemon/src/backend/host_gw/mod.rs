@@ -3,7 +3,7 @@
 //! not in a network connected to our underlay cannot be a next hop, so it is reported (log, `/readyz`) and
 //! left out rather than given a route the kernel would refuse or send the wrong way.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
@@ -277,39 +277,115 @@ impl Backend for HostGwBackend {
         peers: &BTreeMap<Ipv4Net, Peer>,
         view: &RouteView,
     ) -> Repairs<HostGwError> {
-        let off: BTreeMap<Ipv4Net, Ipv4Addr> = peers
-            .iter()
-            .filter(|(_, p)| !p.on_link)
-            .map(|(s, p)| (*s, p.public_ip))
-            .collect();
+        let plan = plan(peers, view);
         let mut errors: Vec<HostGwError> = self
-            .set_off_link(off)
+            .set_off_link(plan.off_link)
             .into_iter()
             .map(|(s, ip)| self.off_link_error(s, ip))
             .collect();
-        let want: BTreeMap<Ipv4Net, Ipv4Addr> = peers
-            .iter()
-            .filter(|(_, p)| p.on_link)
-            .map(|(s, p)| (*s, p.public_ip))
-            .collect();
-        let mut count = 0;
-        let stale: BTreeSet<Ipv4Net> = view
-            .iter()
-            .filter(|(s, gw)| want.get(s) != Some(gw))
-            .map(|(s, _)| *s)
-            .collect();
-        for s in &stale {
-            if !want.contains_key(s) {
-                count += 1;
-                errors.extend(self.del_route(*s).await.err());
-            }
+        for s in &plan.stale {
+            errors.extend(self.del_route(*s).await.err());
         }
-        for (s, gw) in &want {
-            if view.get(s) != Some(gw) {
-                count += 1;
-                errors.extend(self.add_route(*s, *gw).await.err());
-            }
+        for (s, gw) in &plan.missing {
+            errors.extend(self.add_route(*s, *gw).await.err());
         }
-        Repairs { count, errors }
+        Repairs {
+            count: (plan.stale.len() + plan.missing.len()) as u64,
+            errors,
+        }
+    }
+}
+
+/// What a full pass does.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// Our routes that no peer wants (gone, or now off our segment).
+    pub stale: Vec<Ipv4Net>,
+    /// Routes to add or to correct in place (replace): absent, or via the wrong gateway.
+    pub missing: Vec<(Ipv4Net, Ipv4Addr)>,
+    /// Peers that cannot be routed.
+    pub off_link: BTreeMap<Ipv4Net, Ipv4Addr>,
+}
+
+pub fn plan(peers: &BTreeMap<Ipv4Net, Peer>, view: &RouteView) -> Plan {
+    let mut p = Plan::default();
+    for (s, peer) in peers {
+        if !peer.on_link {
+            p.off_link.insert(*s, peer.public_ip);
+        } else if view.get(s) != Some(&peer.public_ip) {
+            p.missing.push((*s, peer.public_ip));
+        }
+    }
+    p.stale = view
+        .keys()
+        .filter(|s| !peers.get(s).is_some_and(|p| p.on_link))
+        .copied()
+        .collect();
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_pass_adds_missing_fixes_wrong_and_drops_stale_and_off_segment_routes() {
+        let peers: BTreeMap<Ipv4Net, Peer> = [
+            ("10.244.1.0/24", "10.0.0.1", true),
+            ("10.244.2.0/24", "10.0.0.2", true),
+            ("10.244.3.0/24", "10.0.0.3", true),
+            ("10.244.4.0/24", "10.9.0.4", false),
+        ]
+        .into_iter()
+        .map(|(s, i, on_link)| {
+            (
+                net(s),
+                Peer {
+                    public_ip: ip(i),
+                    on_link,
+                },
+            )
+        })
+        .collect();
+        let view: RouteView = [
+            ("10.244.1.0/24", "10.0.0.1"),  // right
+            ("10.244.2.0/24", "10.0.0.99"), // wrong gateway (hand-edited, or the peer moved)
+            ("10.244.4.0/24", "10.9.0.4"),  // the peer left our segment
+            ("10.244.9.0/24", "10.0.0.9"),  // nobody holds it
+        ]
+        .into_iter()
+        .map(|(s, g)| (net(s), ip(g)))
+        .collect();
+        let p = plan(&peers, &view);
+        assert_eq!(p.stale, vec![net("10.244.4.0/24"), net("10.244.9.0/24")]);
+        assert_eq!(
+            p.missing,
+            vec![
+                (net("10.244.2.0/24"), ip("10.0.0.2")),
+                (net("10.244.3.0/24"), ip("10.0.0.3"))
+            ]
+        );
+        assert_eq!(
+            p.off_link.into_iter().collect::<Vec<_>>(),
+            vec![(net("10.244.4.0/24"), ip("10.9.0.4"))]
+        );
+        let done: RouteView = [
+            ("10.244.1.0/24", "10.0.0.1"),
+            ("10.244.2.0/24", "10.0.0.2"),
+            ("10.244.3.0/24", "10.0.0.3"),
+        ]
+        .into_iter()
+        .map(|(s, g)| (net(s), ip(g)))
+        .collect();
+        let p = plan(&peers, &done);
+        assert!(p.stale.is_empty() && p.missing.is_empty(), "{p:?}");
     }
 }
