@@ -21,9 +21,29 @@ pub struct NetworkConfig {
     pub subnet_len: u8,
     pub subnet_min: Ipv4Addr,
     pub subnet_max: Ipv4Addr,
+    /// Which data path: `Backend.Type`.
+    pub kind: BackendKind,
+    /// The VXLAN options (defaults for other backend types, which take no options).
     pub backend: VxlanBackend,
     /// `EnableNFTables` from the config; the daemon flag can also select nftables.
     pub enable_nftables: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Vxlan,
+    /// Routes via the peers' public IPs over the underlay, no encapsulation.
+    HostGw,
+}
+
+impl BackendKind {
+    /// The `BackendType` of this backend's leases, as flanneld writes it.
+    pub fn lease_type(self) -> &'static str {
+        match self {
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,15 +203,31 @@ impl NetworkConfig {
             ));
         }
 
-        let backend = match top.get("backend") {
-            None => VxlanBackend::default(),
-            Some(v) => VxlanBackend::parse(v)?,
+        let (kind, backend) = match top.get("backend") {
+            None => (BackendKind::Vxlan, VxlanBackend::default()),
+            Some(v) => {
+                let b = Folded::new(v, "Backend")?;
+                // flannel lower-cases the type before looking it up (docs/architecture.md, "Network config"). A
+                // missing type is vxlan: the documented intent, rather than flannel's accidental "udp".
+                match b.string("type", "Backend.Type")?.map(str::to_ascii_lowercase) {
+                    None => (BackendKind::Vxlan, VxlanBackend::parse(&b)?),
+                    Some(t) if t == "vxlan" => (BackendKind::Vxlan, VxlanBackend::parse(&b)?),
+                    // host-gw takes no options; flanneld ignores any other key there, and so do we.
+                    Some(t) if t == "host-gw" => (BackendKind::HostGw, VxlanBackend::default()),
+                    Some(t) => {
+                        return err(format!(
+                            "unknown or unsupported backend type {t:?}: twilld supports \"vxlan\" and \"host-gw\""
+                        ))
+                    }
+                }
+            }
         };
         Ok(NetworkConfig {
             network,
             subnet_len,
             subnet_min,
             subnet_max,
+            kind,
             backend,
             enable_nftables: top
                 .bool("enablenftables", "EnableNFTables")?
@@ -234,17 +270,7 @@ impl Default for VxlanBackend {
 }
 
 impl VxlanBackend {
-    fn parse(v: &Value) -> Result<Self, ConfigError> {
-        let b = Folded::new(v, "Backend")?;
-        // flannel lower-cases the type before looking it up (docs/architecture.md, "Network config"). A missing type
-        // is vxlan: the documented intent, rather than flannel's accidental "udp".
-        if let Some(t) = b.string("type", "Backend.Type")? {
-            if !t.eq_ignore_ascii_case("vxlan") {
-                return err(format!(
-                    "unknown or unsupported backend type {t:?}: twilld supports only \"vxlan\""
-                ));
-            }
-        }
+    fn parse(b: &Folded) -> Result<Self, ConfigError> {
         let vni = b.uint("vni", "Backend.VNI", (1 << 24) - 1)?.unwrap_or(1) as u32;
         let port = match b.uint("port", "Backend.Port", u64::from(u16::MAX))? {
             None | Some(0) => DEFAULT_VXLAN_PORT,
@@ -294,6 +320,15 @@ mod tests {
         assert_eq!(c.backend.port, 8472);
         let d = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16"}"#).unwrap();
         assert_eq!(d.backend, VxlanBackend::default());
+        assert_eq!(d.kind, BackendKind::Vxlan);
+    }
+
+    #[test]
+    fn host_gw_is_a_backend_type_of_its_own() {
+        let c = NetworkConfig::parse(r#"{"Network":"10.5.0.0/16","Backend":{"Type":"Host-GW"}}"#)
+            .unwrap();
+        assert_eq!(c.kind, BackendKind::HostGw);
+        assert_eq!(c.kind.lease_type(), "host-gw");
     }
 
     #[test]

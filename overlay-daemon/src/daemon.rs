@@ -10,18 +10,23 @@ use std::time::Duration;
 
 use twill_files::subnet_env::{self, SubnetEnv};
 
-use crate::backend::vxlan::mac_guard::{event_matters, guard_mac};
+use tokio::sync::mpsc;
+
+use crate::backend::host_gw::{HostGwBackend, HostGwConfig};
+use crate::backend::vxlan::mac_guard::MacGuard;
 use crate::backend::vxlan::vtep_mac::MacIdentity;
 use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
+use crate::backend::Backend;
+use crate::config::{BackendKind, NetworkConfig};
 use crate::flags::Options;
-use crate::iface;
+use crate::iface::{self, Underlay};
 use crate::link_watch;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::rules::TrafficRules;
 use crate::subnet::etcd::EtcdManager;
 use crate::subnet::lease_check::Expect;
-use crate::subnet::{LeaseAttrs, SubnetError, SubnetManager};
+use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetManager};
 
 /// Exponential backoff 100 ms -> 5 s, as flannel's watch reconnect (docs/architecture.md, "Watching leases").
 pub struct Backoff(Duration);
@@ -50,6 +55,47 @@ pub type Fatal = String;
 
 pub fn log(msg: impl std::fmt::Display) {
     eprintln!("twilld: {msg}");
+}
+
+/// What every backend's start-up shares once the network config is known.
+struct Start {
+    opts: Options,
+    metrics: Arc<Metrics>,
+    handle: rtnetlink::Handle,
+    underlay: Underlay,
+    subnets: EtcdManager,
+    cfg: NetworkConfig,
+    grace: Duration,
+    backoff: Backoff,
+}
+
+/// A backend's extra check on the peer table, run after lease events it cares about and on every resync (VXLAN:
+/// the VTEP MAC guard).
+pub trait Guard<B: Backend> {
+    fn wants(&self, ev: &LeaseEvent) -> bool;
+    fn check(
+        &mut self,
+        reconciler: &mut Reconciler<B>,
+        attrs: &mut LeaseAttrs,
+        publish: &mpsc::Sender<LeaseAttrs>,
+        metrics: &Metrics,
+    ) -> impl std::future::Future<Output = ()>;
+}
+
+struct NoGuard;
+
+impl<B: Backend> Guard<B> for NoGuard {
+    fn wants(&self, _: &LeaseEvent) -> bool {
+        false
+    }
+    async fn check(
+        &mut self,
+        _: &mut Reconciler<B>,
+        _: &mut LeaseAttrs,
+        _: &mpsc::Sender<LeaseAttrs>,
+        _: &Metrics,
+    ) {
+    }
 }
 
 pub async fn run(opts: Options) -> Result<(), Fatal> {
@@ -110,6 +156,75 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     metrics.etcd_ok();
     backoff.reset();
 
+    let s = Start {
+        opts,
+        metrics,
+        handle,
+        underlay,
+        subnets,
+        cfg,
+        grace,
+        backoff,
+    };
+    match s.cfg.kind {
+        BackendKind::Vxlan => run_vxlan(s).await,
+        BackendKind::HostGw => run_host_gw(s).await,
+    }
+}
+
+async fn acquire(s: &mut Start, attrs: &LeaseAttrs) -> OwnLease {
+    let (previous, _) = subnet_env::previous_subnets(&s.opts.subnet_file);
+    let own = loop {
+        match s.subnets.acquire(&s.cfg, attrs, previous).await {
+            Ok(l) => break l,
+            Err(e @ SubnetError::Unavailable(_)) => {
+                log(format!("acquiring a lease: {e}; retrying"));
+                s.metrics.etcd_error(&e.to_string());
+                s.backoff.wait().await;
+            }
+            Err(e) => {
+                log(format!("acquiring a lease: {e}; retrying in 10 s"));
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    };
+    s.metrics.etcd_ok();
+    s.metrics.set_ready(|r| r.lease = true);
+    own
+}
+
+async fn run_host_gw(mut s: Start) -> Result<(), Fatal> {
+    let u = s.underlay.clone();
+    // Peers send to our PublicIP as the next hop: it must be an address of the underlay itself (behind NAT it
+    // would not be reachable on the segment).
+    if !u.networks.iter().any(|n| n.addr() == u.public_ip) {
+        return Err(format!(
+            "host-gw: public IP {} is not an address of {}; host-gw needs the nodes' own addresses on one L2 \
+             segment",
+            u.public_ip, u.name
+        ));
+    }
+    let attrs = LeaseAttrs::host_gw(u.public_ip, &s.opts.node_name);
+    let own = acquire(&mut s, &attrs).await;
+    log(format!("acquired subnet {} (host-gw)", own.subnet));
+    let backend = HostGwBackend::new(
+        s.handle.clone(),
+        HostGwConfig {
+            underlay: u.name.clone(),
+            underlay_index: u.index,
+            underlay_networks: u.networks.clone(),
+            network: s.cfg.network,
+            subnet_len: s.cfg.subnet_len,
+            own: own.subnet,
+        },
+        s.metrics.clone(),
+    );
+    // No encapsulation: pods get the underlay's MTU.
+    serve(s, own, attrs, backend, u.mtu, u.name.clone(), NoGuard).await
+}
+
+async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
+    let (cfg, underlay, handle) = (s.cfg.clone(), s.underlay.clone(), s.handle.clone());
     let outer_mtu = cfg.backend.mtu.unwrap_or(underlay.mtu);
     // VXLAN over IPv4 costs 50 bytes (docs/architecture.md, "VXLAN programming"); what is left must still carry an
     // IPv4 packet.
@@ -121,21 +236,21 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     }
     // The MAC is chosen against the leases already in etcd, so it is not one another node uses.
     let leases = loop {
-        match subnets.leases().await {
+        match s.subnets.leases().await {
             Ok(l) => break l,
             Err(e) => {
                 log(format!("listing leases: {e}; retrying"));
-                metrics.etcd_error(&e.to_string());
-                backoff.wait().await;
+                s.metrics.etcd_error(&e.to_string());
+                s.backoff.wait().await;
             }
         }
     };
     let mut identity = MacIdentity::choose(
-        &opts.node_name,
+        &s.opts.node_name,
         underlay.public_ip,
         cfg.backend.vni,
         &leases,
-        grace,
+        s.grace,
     );
     // A compatible device left by flanneld or an earlier run already carries a MAC peers know: keep it (the
     // device carries it before the lease publishes it, and ensure_device below keeps the device).
@@ -184,23 +299,8 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             identity.generation()
         ));
     }
-    let mut attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &opts.node_name);
-    let (previous, _) = subnet_env::previous_subnets(&opts.subnet_file);
-    let own = loop {
-        match subnets.acquire(&cfg, &attrs, previous).await {
-            Ok(l) => break l,
-            Err(e @ SubnetError::Unavailable(_)) => {
-                log(format!("acquiring a lease: {e}; retrying"));
-                metrics.etcd_error(&e.to_string());
-                backoff.wait().await;
-            }
-            Err(e) => {
-                log(format!("acquiring a lease: {e}; retrying in 10 s"));
-                tokio::time::sleep(Duration::from_secs(10)).await;
-            }
-        }
-    };
-    metrics.etcd_ok();
+    let attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &s.opts.node_name);
+    let own = acquire(&mut s, &attrs).await;
     log(format!(
         "acquired subnet {} (VTEP MAC {mac}){}",
         own.subnet,
@@ -210,7 +310,6 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             ""
         }
     ));
-    metrics.set_ready(|r| r.lease = true);
     identity.set_own_subnet(own.subnet);
 
     let spec = DeviceSpec {
@@ -228,15 +327,44 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             underlay_networks: underlay.networks.clone(),
         },
     );
+    let mtu = spec.mtu;
+    let guard = MacGuard::new(identity);
+    serve(s, own, attrs, backend, mtu, spec.name, guard).await
+}
+
+/// The steady state, whatever the backend: reconciler, traffic rules, subnet.env, then lease and link events
+/// until SIGTERM.
+async fn serve<B: Backend>(
+    s: Start,
+    own: OwnLease,
+    mut attrs: LeaseAttrs,
+    backend: B,
+    mtu: u32,
+    link: String,
+    mut guard: impl Guard<B>,
+) -> Result<(), Fatal> {
+    let Start {
+        opts,
+        metrics,
+        underlay,
+        mut subnets,
+        cfg,
+        mut backoff,
+        ..
+    } = s;
     let expect = Expect {
         network: cfg.network,
         subnet_len: cfg.subnet_len,
         vni: cfg.backend.vni,
         own_public_ip: underlay.public_ip,
+        kind: cfg.kind,
     };
     let mut reconciler = Reconciler::new(backend, own.subnet, expect, metrics.clone());
     while reconciler.full().await.is_none() {
-        log("vxlan device not ready; retrying");
+        log(format!(
+            "{} not ready; retrying",
+            reconciler.backend_mut().device_name()
+        ));
         backoff.wait().await;
     }
 
@@ -259,7 +387,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         networks_v6: Vec::new(),
         subnet_v4: Some(subnet_env::gateway_v4(own.subnet)),
         subnet_v6: None,
-        mtu: spec.mtu,
+        mtu,
         ipmasq: opts.ip_masq,
     };
     env.write(&opts.subnet_file)
@@ -269,23 +397,22 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
 
     let membership = subnets.start(&own, &attrs, &cfg);
     let (mut ev_rx, publish) = (membership.events, membership.publish);
-    let mut link_rx = link_watch::watch_link(spec.name.clone())?;
+    let mut link_rx = link_watch::watch_link(link)?;
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(|e| format!("installing SIGINT handler: {e}"))?;
-    let mut mac_alarm = false;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
     loop {
         tokio::select! {
             Some((at, ev)) = ev_rx.recv() => {
-                let check = event_matters(&ev, &identity, mac_alarm);
+                let check = guard.wants(&ev);
                 reconciler.apply(ev, at).await;
                 if check {
-                    mac_alarm = guard_mac(&mut identity, &mut reconciler, &mut attrs, &publish, &metrics).await;
+                    guard.check(&mut reconciler, &mut attrs, &publish, &metrics).await;
                 }
             }
             Some(()) = link_rx.recv() => {
@@ -294,7 +421,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             }
             _ = resync.tick() => {
                 reconciler.full().await;
-                mac_alarm = guard_mac(&mut identity, &mut reconciler, &mut attrs, &publish, &metrics).await;
+                guard.check(&mut reconciler, &mut attrs, &publish, &metrics).await;
                 if let Some(r) = &rules {
                     match r.ensure().await {
                         Ok(true) => {

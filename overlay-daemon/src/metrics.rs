@@ -23,6 +23,8 @@ pub struct Readiness {
     pub peer_mac_duplicates: Option<String>,
     /// etcd lost or restored older data: set from detection until our lease is registered again.
     pub store_reset: Option<String>,
+    /// host-gw peers that cannot be routed (not on our L2 segment): part of the cluster is unreachable.
+    pub unroutable_peers: Option<String>,
 }
 
 impl Readiness {
@@ -53,6 +55,7 @@ impl Readiness {
             p.push(format!("etcd store reset, recovering: {r}"));
         }
         p.extend(self.mac_collision.clone());
+        p.extend(self.unroutable_peers.clone());
         if self.lease_lost {
             p.push(
                 "subnet lease lost: this node's subnet is no longer registered as ours in etcd"

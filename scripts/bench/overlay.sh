@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# twilld: lease-to-kernel convergence (10 and 30 nodes), idle RSS/CPU, pod-to-pod iperf3 vs hand-built VXLAN.
+# twilld: lease-to-kernel convergence (10 and 30 nodes), idle RSS/CPU, pod-to-pod iperf3 vs hand-built VXLAN;
+# host-gw: convergence and pod-to-pod iperf3 vs the raw underlay.
 # Called by scripts/bench.sh with TWILL_BIN_DIR set to the release binaries; also runs standalone (builds
 # release twilld itself). Needs root, etcd-server, etcd-client, iproute2 and iperf3. Everything runs in
 # network namespaces the benchmark creates (tests/tests/overlay_bench.rs) and removes again.
@@ -25,7 +26,7 @@ while [ $# -gt 0 ]; do
     --idle-secs) idle="$2"; shift 2 ;;
     --iperf-secs) iperf="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "overlay.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -38,7 +39,9 @@ if [ -z "${TWILL_BIN_DIR:-}" ]; then
   TWILL_BIN_DIR="$TWILL_TARGET_DIR/release"
 fi
 [ -x "$TWILL_BIN_DIR/twilld" ] || { echo "overlay.sh: no twilld in $TWILL_BIN_DIR" >&2; exit 1; }
-echo "==> twilld benchmark: sizes $sizes, $samples leases each, idle ${idle}s, iperf3 ${iperf}s ($TWILL_BIN_DIR/twilld)" >&2
+# Both benchmarks in overlay_bench (VXLAN, host-gw) append to the output file.
+if [ -n "$out" ]; then : >"$out"; fi
+echo "==> twilld benchmark (VXLAN and host-gw): sizes $sizes, $samples leases each, idle ${idle}s, iperf3 ${iperf}s ($TWILL_BIN_DIR/twilld)" >&2
 TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_SIZES="$sizes" TWILL_BENCH_SAMPLES="$samples" \
   TWILL_BENCH_IDLE_SECS="$idle" TWILL_BENCH_IPERF_SECS="$iperf" TWILL_BENCH_OUT="$out" \
   cargo test --release -p twill-tests --test overlay_bench -- --ignored --nocapture --test-threads=1

@@ -163,7 +163,8 @@ pub struct MixedCluster {
     workdir: tempfile::TempDir,
     prefix: String,
     twilld_resync_secs: f64,
-    /// `Backend.DirectRouting` of the network config.
+    /// Peers on the node's segment are reached by a plain route via their underlay address:
+    /// `Backend.DirectRouting` of a vxlan network config, or a host-gw one.
     direct_routing: bool,
 }
 
@@ -209,8 +210,10 @@ impl MixedCluster {
             twilld_resync_secs,
             direct_routing: serde_json::from_str::<Value>(net_config)
                 .ok()
-                .and_then(|v| v["Backend"]["DirectRouting"].as_bool())
-                .unwrap_or(false),
+                .is_some_and(|v| {
+                    v["Backend"]["DirectRouting"].as_bool() == Some(true)
+                        || v["Backend"]["Type"].as_str() == Some("host-gw")
+                }),
         };
         for (i, kind) in kinds.iter().enumerate() {
             let node = c.switch.add_node(i as u8 + 1);
@@ -534,7 +537,12 @@ impl MixedCluster {
                     .map(|k| k.to_string())
                     .unwrap_or("no daemon".into()),
                 n.node.ip(&["-4", "route"]),
-                n.node.ip(&["-4", "neigh", "show", "dev", "flannel.1"]),
+                // Not `Node::ip`: a host-gw node has no flannel.1, and a failure report must not panic.
+                Command::new("ip")
+                    .args(["-n", ns, "-4", "neigh", "show", "dev", "flannel.1"])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default(),
                 Command::new("bridge")
                     .args(["-n", ns, "fdb", "show", "dev", "flannel.1"])
                     .output()

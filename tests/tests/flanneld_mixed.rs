@@ -18,6 +18,7 @@ use twill_tests::mixed::{Kind, MixedCluster};
 use twill_tests::pinger::{PingReport, Pinger};
 
 const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
+const NET_CONFIG_HOST_GW: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"host-gw"}}"#;
 const NET_CONFIG_DIRECT: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"vxlan","VNI":1,"Port":8472,"DirectRouting":true}}"#;
 
 /// Every pod reaches every other pod (retried briefly); panics with the matrix and the logs.
@@ -350,6 +351,26 @@ fn direct_routing_flanneld_and_twilld_nodes_route_to_each_other_without_encapsul
         );
     }
     assert_full_matrix(&c, "DirectRouting");
+}
+
+#[test]
+fn host_gw_twilld_and_flanneld_nodes_route_to_each_other_via_their_underlay_addresses() {
+    let kinds = [Kind::Twilld, Kind::Flanneld, Kind::Twilld];
+    let c = MixedCluster::up("hg", &kinds, NET_CONFIG_HOST_GW, 1);
+    // `up` waited for `<peer subnet> via <peer underlay IP> dev eth0` on every node, from both daemons'
+    // leases; both write the same lease shape.
+    for (_, v) in c.etcd.get_prefix(twill_tests::e2e::SUBNETS_PREFIX) {
+        let v: Value = serde_json::from_str(&v).unwrap_or_else(|e| panic!("{v}: {e}"));
+        assert_eq!(v["BackendType"], "host-gw", "{v}");
+        assert!(v.get("BackendData").is_none(), "{v}");
+    }
+    for n in &c.nodes {
+        let links = n.node.ip(&["-br", "link"]);
+        assert!(!links.contains("flannel"), "{}: {links}", n.name());
+        // No encapsulation: the pods' MTU is the underlay's, as flanneld writes it.
+        assert_eq!(n.node.mtu(), Some(1500), "{}", n.name());
+    }
+    assert_full_matrix(&c, "host-gw");
 }
 
 /// flannel's CNI plugin: `github.com/flannel-io/cni-plugin` is not served by the Go module proxy, so the

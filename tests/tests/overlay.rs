@@ -405,7 +405,7 @@ fn invalid_network_configs_fail_at_start_and_touch_neither_etcd_nor_the_kernel()
             "not aligned",
         ),
         (
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
             "unsupported backend type",
         ),
         (

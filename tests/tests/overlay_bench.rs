@@ -142,9 +142,26 @@ struct Cluster {
 }
 
 fn cluster(size: u8, resync: f64) -> Cluster {
+    cluster_with(size, resync, CONFIG)
+}
+
+/// Peer routes on a node: on `flannel.1` for VXLAN, via the peers on `eth0` for host-gw.
+fn peer_routes(n: &Node, host_gw: bool) -> usize {
+    if host_gw {
+        n.ip(&["route", "show", "dev", "eth0"])
+            .lines()
+            .filter(|l| l.starts_with("10.244.") && l.contains(" via "))
+            .count()
+    } else {
+        n.ip(&["route", "show", "dev", "flannel.1"]).lines().count()
+    }
+}
+
+fn cluster_with(size: u8, resync: f64, config: &str) -> Cluster {
+    let host_gw = config.contains("host-gw");
     let switch = Switch::new();
     let etcd = switch.start_etcd();
-    etcd.put("/coreos.com/network/config", CONFIG);
+    etcd.put("/coreos.com/network/config", config);
     let args = TwilldArgs {
         etcd: etcd.underlay_endpoint(),
         resync_secs: resync,
@@ -158,9 +175,7 @@ fn cluster(size: u8, resync: f64) -> Cluster {
     assert!(all_ready, "cluster of {size} not ready");
     let peers = usize::from(size) - 1;
     let meshed = wait_until(Duration::from_secs(60), || {
-        nodes
-            .iter()
-            .all(|n| n.ip(&["route", "show", "dev", "flannel.1"]).lines().count() == peers)
+        nodes.iter().all(|n| peer_routes(n, host_gw) == peers)
     });
     assert!(meshed, "cluster of {size} did not converge");
     Cluster {
@@ -174,16 +189,27 @@ fn cluster(size: u8, resync: f64) -> Cluster {
 /// Lease add and delete convergence, plus how long etcd itself took to acknowledge each put (its WAL fsync
 /// is part of the end-to-end time, and on a shared disk it is where the tail comes from).
 fn convergence(c: &Cluster, samples: u32) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
+    convergence_of(c, samples, |k| {
+        format!(
+            r#"{{"PublicIP":"10.250.1.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:bb:00:00:00:{:02x}"}}}}"#,
+            k % 250 + 1,
+            k % 250
+        )
+    })
+}
+
+/// Convergence with the lease value `lease(k)` for the k-th benchmark lease.
+fn convergence_of(
+    c: &Cluster,
+    samples: u32,
+    lease: impl Fn(u32) -> String,
+) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
     let mon = RouteMonitors::start(&c.nodes);
     let (mut add, mut del, mut put) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..samples {
         let subnet = Ipv4Addr::new(10, 244, 200 + (k % 50) as u8, 0);
         let key = base64(format!("{SUBNETS}{subnet}-24").as_bytes());
-        let value = format!(
-            r#"{{"PublicIP":"10.250.1.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:bb:00:00:00:{:02x}"}}}}"#,
-            k % 250 + 1,
-            k % 250
-        );
+        let value = lease(k);
         mon.drain();
         let t0 = Instant::now();
         etcd_http(
@@ -501,9 +527,82 @@ fn overlay_benchmark() {
         eprintln!("{}", report.last().unwrap_or(&String::new()));
         drop((ha, hb, hpa, hpb));
     }
+    write_report(&report);
+}
+
+/// Prints the report and appends it to `TWILL_BENCH_OUT` (the script empties it first: two benchmarks write).
+fn write_report(report: &[String]) {
     let text = report.join("\n") + "\n";
     println!("\n{text}");
     if let Ok(path) = std::env::var("TWILL_BENCH_OUT") {
-        let _ = std::fs::write(path, &text);
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(text.as_bytes());
+        }
     }
+}
+
+/// The host-gw backend: lease-to-route convergence, and pod-to-pod throughput against the raw underlay
+/// (host-gw adds no encapsulation, so the pods' path should be the underlay's).
+#[test]
+#[ignore = "benchmark: run scripts/bench/overlay.sh"]
+fn host_gw_benchmark() {
+    const HOST_GW: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.100.0","Backend":{"Type":"host-gw"}}"#;
+    let sizes: Vec<u8> = env_or("TWILL_BENCH_SIZES", "10,30")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let samples: u32 = env_or("TWILL_BENCH_SAMPLES", "40").parse().unwrap_or(40);
+    let iperf_secs: u32 = env_or("TWILL_BENCH_IPERF_SECS", "5").parse().unwrap_or(5);
+    let mut report = Vec::new();
+    for &size in &sizes {
+        let c = cluster_with(size, 10.0, HOST_GW);
+        // Peers on the nodes' segment (10.250.0.101-200: no node uses them; a route's gateway need not answer).
+        let (add, del, _) = convergence_of(&c, samples, |k| {
+            format!(
+                r#"{{"PublicIP":"10.250.0.{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
+                k % 100 + 101
+            )
+        });
+        report.push(format!(
+            "host-gw convergence {size} nodes ({samples} leases): add p50 {:.1} ms p99 {:.1} ms | delete p50 {:.1} ms p99 {:.1} ms",
+            percentile(&add, 0.5).as_secs_f64() * 1e3,
+            percentile(&add, 0.99).as_secs_f64() * 1e3,
+            percentile(&del, 0.5).as_secs_f64() * 1e3,
+            percentile(&del, 0.99).as_secs_f64() * 1e3,
+        ));
+        eprintln!("{}", report.last().unwrap_or(&String::new()));
+    }
+    if iperf_secs > 0 {
+        let c = cluster_with(2, 10.0, HOST_GW);
+        let pa = c.nodes[0].add_pod(2);
+        let pb = c.nodes[1].add_pod(2);
+        assert!(wait_until(Duration::from_secs(5), || pa.can_reach(pb.ip)));
+        let (mut pods, mut raw) = (Vec::new(), Vec::new());
+        for round in 0..4 {
+            let (na, nb) = (&c.nodes[0], &c.nodes[1]);
+            if round % 2 == 0 {
+                pods.push(iperf(&pb.ns, &pa.ns, pb.ip, iperf_secs));
+                raw.push(iperf(&nb.ns, &na.ns, nb.underlay_ip, iperf_secs));
+            } else {
+                raw.push(iperf(&nb.ns, &na.ns, nb.underlay_ip, iperf_secs));
+                pods.push(iperf(&pb.ns, &pa.ns, pb.ip, iperf_secs));
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
+        };
+        let (pods, raw) = (median(&mut pods), median(&mut raw));
+        report.push(format!(
+            "host-gw iperf3 {iperf_secs} s x4 ABBA (medians), pod MTU {}: pod to pod {pods:.2} Gbit/s, raw underlay {raw:.2} Gbit/s (ratio {:.3})",
+            c.nodes[0].mtu().unwrap_or(0),
+            pods / raw
+        ));
+        eprintln!("{}", report.last().unwrap_or(&String::new()));
+    }
+    write_report(&report);
 }

@@ -1,5 +1,5 @@
 //! The backend seam: how packets reach the other nodes' subnets. The reconciler sees only [`Backend`]; each
-//! data path (VXLAN today) is one module under this folder.
+//! data path (VXLAN, host-gw) is one module under this folder.
 
 use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
@@ -9,6 +9,7 @@ use ipnet::Ipv4Net;
 
 use crate::subnet::Lease;
 
+pub mod host_gw;
 pub mod vxlan;
 
 /// What a full pass changed and what failed.

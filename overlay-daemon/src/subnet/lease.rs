@@ -109,6 +109,18 @@ impl LeaseAttrs {
         }
     }
 
+    /// A host-gw lease as flanneld writes it: `BackendType` "host-gw" and no `BackendData` (the peer is reached
+    /// at its `PublicIP`, nothing else is needed).
+    pub fn host_gw(public_ip: Ipv4Addr, node_name: &str) -> Self {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            node_name: Some(node_name.to_string()),
+        }
+    }
+
     /// The VTEP MAC of a vxlan lease, if the lease is a usable vxlan lease (docs/architecture.md, "VXLAN
     /// programming": only leases with `BackendType == "vxlan"` are considered).
     pub fn vtep_mac(&self) -> Option<VtepMac> {
@@ -198,6 +210,19 @@ mod tests {
         let b: LeaseAttrs = serde_json::from_str(flannel).unwrap();
         assert_eq!(b.vtep_mac(), Some(mac));
         assert_eq!(b.node_name, None);
+    }
+
+    #[test]
+    fn host_gw_lease_json_has_no_backend_data() {
+        let a = LeaseAttrs::host_gw("192.168.64.3".parse().unwrap(), "n1");
+        let j = a.to_json();
+        assert!(
+            j.starts_with(
+                r#"{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"host-gw","NodeName""#
+            ),
+            "{j}"
+        );
+        assert_eq!(a.vtep_mac(), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 
+use crate::config::BackendKind;
 use crate::subnet::lease::Lease;
 
 /// Why a lease is not programmed. The names are the `reason` label of `twilld_invalid_leases`.
@@ -48,6 +49,8 @@ pub struct Expect {
     pub subnet_len: u8,
     pub vni: u32,
     pub own_public_ip: Ipv4Addr,
+    /// The network's backend: a peer's lease must be of the same type.
+    pub kind: BackendKind,
 }
 
 fn bad_address(ip: Ipv4Addr, own: Ipv4Addr) -> Option<&'static str> {
@@ -93,11 +96,16 @@ pub fn check(lease: &Lease, e: &Expect) -> Result<(), (Invalid, String)> {
             format!("PublicIP {} is a {why}", a.public_ip),
         ));
     }
-    if a.backend_type != "vxlan" {
+    let want = e.kind.lease_type();
+    if a.backend_type != want {
         return Err((
             Invalid::BackendType,
-            format!("BackendType {:?} is not \"vxlan\"", a.backend_type),
+            format!("BackendType {:?} is not {want:?}", a.backend_type),
         ));
+    }
+    if e.kind == BackendKind::HostGw {
+        // A host-gw peer is reached at its PublicIP: its BackendData (none, as flanneld writes it) is not used.
+        return Ok(());
     }
     let data = a.backend_data.as_ref();
     match data.and_then(|d| d.get("VNI")).and_then(|v| v.as_u64()) {
@@ -209,6 +217,7 @@ mod tests {
             subnet_len: 24,
             vni: 1,
             own_public_ip: "10.0.0.1".parse().unwrap(),
+            kind: BackendKind::Vxlan,
         }
     }
 
@@ -253,6 +262,37 @@ mod tests {
             lease_id: 0,
         };
         assert!(check(&l, &expect()).is_ok());
+    }
+
+    #[test]
+    fn a_host_gw_lease_as_flanneld_writes_it_is_valid_only_on_a_host_gw_network() {
+        let hg = Expect {
+            kind: BackendKind::HostGw,
+            ..expect()
+        };
+        let l = lease(
+            "10.244.2.0/24",
+            r#"{"PublicIP":"10.0.0.2","BackendType":"host-gw"}"#,
+        );
+        assert!(check(&l, &hg).is_ok());
+        let ours = Lease {
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            attrs: LeaseAttrs::host_gw("10.0.0.3".parse().unwrap(), "n"),
+            lease_id: 0,
+        };
+        assert!(check(&ours, &hg).is_ok());
+        assert_eq!(
+            check(&l, &expect()).err().map(|(r, _)| r.reason()),
+            Some("backend_type")
+        );
+        let vx = lease(
+            "10.244.2.0/24",
+            &flannel("10.0.0.2", "1", "c6:d2:32:6f:8f:44"),
+        );
+        assert_eq!(
+            check(&vx, &hg).err().map(|(r, _)| r.reason()),
+            Some("backend_type")
+        );
     }
 
     #[test]

@@ -79,3 +79,34 @@ pub async fn guard_mac(
     }
     !v.with_us.is_empty() || !v.among_peers.is_empty()
 }
+
+/// The daemon's hook for the MAC guard: our MAC identity and whether a clash is being reported.
+pub struct MacGuard {
+    identity: MacIdentity,
+    alarm: bool,
+}
+
+impl MacGuard {
+    pub fn new(identity: MacIdentity) -> Self {
+        MacGuard {
+            identity,
+            alarm: false,
+        }
+    }
+}
+
+impl crate::daemon::Guard<VxlanBackend> for MacGuard {
+    fn wants(&self, ev: &LeaseEvent) -> bool {
+        event_matters(ev, &self.identity, self.alarm)
+    }
+
+    async fn check(
+        &mut self,
+        reconciler: &mut Reconciler<VxlanBackend>,
+        attrs: &mut LeaseAttrs,
+        publish: &mpsc::Sender<LeaseAttrs>,
+        metrics: &Metrics,
+    ) {
+        self.alarm = guard_mac(&mut self.identity, reconciler, attrs, publish, metrics).await;
+    }
+}
