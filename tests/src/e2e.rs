@@ -180,9 +180,9 @@ pub struct ClusterPod {
     pub container_id: String,
     pub ip: Ipv4Addr,
     pub host_port: Option<u16>,
-    lib: LibCni,
-    net: String,
-    deleted: bool,
+    pub(crate) lib: LibCni,
+    pub(crate) net: String,
+    pub(crate) deleted: bool,
     pub ns: Netns,
 }
 
@@ -234,7 +234,7 @@ fn attachment(cni: &NodeCni, container_id: &str, host_port: Option<u16>) -> LibC
 }
 
 /// `ADD` through libcni in namespace `ns`; returns the pod's IPv4 address from the result.
-fn cni_add(lib: &LibCni, net: &str, ns: &Netns) -> Result<Ipv4Addr, String> {
+pub(crate) fn cni_add(lib: &LibCni, net: &str, ns: &Netns) -> Result<Ipv4Addr, String> {
     let id = lib.container_id.clone().unwrap_or_default();
     let out = lib.add(net, ns.path());
     if !out.success() {

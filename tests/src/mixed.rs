@@ -13,10 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use crate::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
-use crate::e2e::{ClusterState, NodeCni, NodeInfo, PodInfo, CONFIG_KEY};
+use crate::e2e::{cni_add, ClusterPod, ClusterState, NodeCni, NodeInfo, PodInfo, CONFIG_KEY};
 use crate::etcd::Etcd;
 use crate::flanneld::{Flanneld, FlanneldArgs};
-use crate::libcni::LibCni;
 use crate::netns::Netns;
 
 /// How long a daemon may take to write subnet.env, and the mesh to converge.
@@ -120,43 +119,11 @@ impl Drop for MixedNode {
     }
 }
 
-/// A pod ADDed through libcni with the node's stock conflist; DEL'd (best effort) and removed on drop.
-pub struct MixedPod {
-    pub name: String,
-    pub node: String,
-    pub ip: Ipv4Addr,
-    pub container_id: String,
-    lib: LibCni,
-    net: String,
-    deleted: bool,
-    pub ns: Netns,
-}
-
-impl MixedPod {
-    pub fn del(&mut self) -> Result<(), String> {
-        let out = self.lib.del(&self.net, self.ns.path());
-        if out.success() {
-            self.deleted = true;
-            Ok(())
-        } else {
-            Err(format!("DEL of pod {}: {}", self.name, out.describe()))
-        }
-    }
-}
-
-impl Drop for MixedPod {
-    fn drop(&mut self) {
-        if !self.deleted {
-            let _ = self.lib.del(&self.net, self.ns.path());
-        }
-    }
-}
-
 static POD_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The cluster. Field order is drop order: pods, nodes (daemons killed), etcd, switch, work dir.
 pub struct MixedCluster {
-    pub pods: Vec<MixedPod>,
+    pub pods: Vec<ClusterPod>,
     pub nodes: Vec<MixedNode>,
     pub etcd: Etcd,
     pub switch: Switch,
@@ -404,26 +371,19 @@ impl MixedCluster {
             POD_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let lib = n.cni.lib.with_container_id(&container_id);
-        let out = lib.add(&n.cni.net, ns.path());
-        if !out.success() {
-            return Err(format!(
-                "ADD of {name} on {} ({}): {}",
+        let ip = cni_add(&lib, &n.cni.net, &ns).map_err(|e| {
+            format!(
+                "{name} on {} ({}): {e}",
                 n.name(),
-                n.kind().map(|k| k.to_string()).unwrap_or_default(),
-                out.describe()
-            ));
-        }
-        let result = out.json.unwrap_or(Value::Null);
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("ADD of {name}: no IPv4 address in {result}"))?;
-        self.pods.push(MixedPod {
+                n.kind().map(|k| k.to_string()).unwrap_or_default()
+            )
+        })?;
+        self.pods.push(ClusterPod {
             name,
             node: n.name(),
             ip,
             container_id,
+            host_port: None,
             lib,
             net: n.cni.net.clone(),
             deleted: false,
