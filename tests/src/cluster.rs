@@ -4,7 +4,7 @@
 //! process is owned by a guard and removed on drop, even when the test panics.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -166,14 +166,7 @@ impl Node {
         use std::os::unix::process::CommandExt;
         let bin = crate::bins::bin("twilld");
         let log = self.log_file();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+        let (out, err) = append_log(&log);
         let mut cmd = Command::new("ip");
         if let Some(n) = nofile {
             let limit = libc::rlimit {
@@ -452,6 +445,37 @@ impl Drop for BackgroundPing {
     }
 }
 
+/// A daemon's log file opened for appending, as its stdout and its stderr.
+pub fn append_log(log: &Path) -> (std::fs::File, std::fs::File) {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+    (out, err)
+}
+
+/// SIGTERM to a daemon and wait up to 10 s for its exit code; SIGKILL (and None) when it does not exit.
+pub fn terminate_child(mut child: Child) -> Option<i32> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running twilld; SIGKILLed on drop (kernel state stays in the node namespace, which goes with the node).
 pub struct Twilld {
     child: Option<Child>,
@@ -465,21 +489,7 @@ impl Twilld {
 
     /// Sends SIGTERM and waits for exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate_child(self.child.take()?)
     }
 
     /// Waits up to `timeout` for the daemon to exit by itself; returns its exit code.

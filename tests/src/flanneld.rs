@@ -5,9 +5,8 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use crate::cluster::Node;
+use crate::cluster::{append_log, terminate_child, Node};
 
 /// The flanneld binary: the build of `tests/upstream/flannel` (`scripts/build-upstream.sh flannel`).
 pub fn flanneld_bin() -> PathBuf {
@@ -56,14 +55,7 @@ impl Flanneld {
     pub fn start(node: &Node, args: &FlanneldArgs) -> Flanneld {
         let bin = flanneld_bin();
         let log = log_file(node);
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+        let (out, err) = append_log(&log);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", node.ns.name()])
             .arg(&bin)
@@ -101,21 +93,7 @@ impl Flanneld {
     /// SIGTERM (flanneld's orderly shutdown, which leaves kernel state and the lease in place) and wait;
     /// returns the exit code, None when it had to be killed.
     pub fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate_child(self.child.take()?)
     }
 
     pub fn log_text(&self) -> String {
