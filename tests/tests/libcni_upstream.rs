@@ -9,21 +9,11 @@
 
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
 use twill_tests::bins::{bin, require_root, Reference};
-use twill_tests::libcni::{Driver, LibCni, CNITOOL_CACHE_DIR};
+use twill_tests::libcni::{unique_name, Driver, LibCni, CNITOOL_CACHE_DIR};
 use twill_tests::netns::Netns;
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plugins {
@@ -87,7 +77,7 @@ impl Node {
 
     /// Writes `list` (named uniquely) into `lib`'s config directory; returns the network name.
     fn write(&self, lib: &LibCni, mut list: Value) -> String {
-        let name = unique("lcn");
+        let name = unique_name("lcn");
         list["name"] = json!(name);
         self.nets.borrow_mut().push(name.clone());
         lib.write_conflist(&list)
