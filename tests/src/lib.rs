@@ -13,4 +13,5 @@ pub mod mixed;
 pub mod netns;
 pub mod overlay_bench;
 pub mod pinger;
+pub mod rng;
 pub mod runtimes;
