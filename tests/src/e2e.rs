@@ -233,6 +233,33 @@ fn attachment(cni: &NodeCni, container_id: &str, host_port: Option<u16>) -> LibC
     }
 }
 
+/// Polls `missing` until it lists nothing; else an error naming `what` and the last things missing.
+pub(crate) fn wait_none_missing(
+    what: &str,
+    timeout: Duration,
+    mut missing: impl FnMut() -> Result<Vec<String>, String>,
+) -> Result<(), String> {
+    let mut last = Vec::new();
+    let ok = wait_until(timeout, || match missing() {
+        Ok(m) => {
+            last = m;
+            last.is_empty()
+        }
+        Err(e) => {
+            last = vec![e];
+            false
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} not complete after {timeout:?}: {}",
+            last.join("; ")
+        ))
+    }
+}
+
 /// `ADD` through libcni in namespace `ns`; returns the pod's IPv4 address from the result.
 pub(crate) fn cni_add(lib: &LibCni, net: &str, ns: &Netns) -> Result<Ipv4Addr, String> {
     let id = lib.container_id.clone().unwrap_or_default();
@@ -1192,25 +1219,7 @@ impl ClusterState {
     }
 
     pub fn wait_mesh(&self, timeout: Duration) -> Result<(), String> {
-        let mut last = Vec::new();
-        let ok = wait_until(timeout, || match self.mesh_missing() {
-            Ok(m) => {
-                last = m;
-                last.is_empty()
-            }
-            Err(e) => {
-                last = vec![e];
-                false
-            }
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "mesh not complete after {timeout:?}: {}",
-                last.join("; ")
-            ))
-        }
+        wait_none_missing("mesh", timeout, || self.mesh_missing())
     }
 
     /// Every pod pings every other pod (in parallel, 3 tries each).

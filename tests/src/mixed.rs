@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use crate::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
-use crate::e2e::{cni_add, ClusterPod, ClusterState, NodeCni, NodeInfo, PodInfo, CONFIG_KEY};
+use crate::e2e::{
+    cni_add, wait_none_missing, ClusterPod, ClusterState, NodeCni, NodeInfo, PodInfo, CONFIG_KEY,
+};
 use crate::etcd::Etcd;
 use crate::flanneld::{Flanneld, FlanneldArgs};
 use crate::netns::Netns;
@@ -323,25 +325,9 @@ impl MixedCluster {
     }
 
     fn wait_direct_mesh(&self) -> Result<(), String> {
-        let mut last = Vec::new();
-        let ok = wait_until(READY_TIMEOUT, || match self.direct_mesh_missing() {
-            Ok(m) => {
-                last = m;
-                last.is_empty()
-            }
-            Err(e) => {
-                last = vec![e];
-                false
-            }
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "direct routes not complete after {READY_TIMEOUT:?}: {}",
-                last.join("; ")
-            ))
-        }
+        wait_none_missing("direct routes", READY_TIMEOUT, || {
+            self.direct_mesh_missing()
+        })
     }
 
     /// Node `i` changes daemon: SIGTERM to the running one, `kind` started, until it has rewritten
