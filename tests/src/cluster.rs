@@ -197,10 +197,7 @@ impl Node {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        Twilld {
-            child: Some(child),
-            log,
-        }
+        DaemonProcess::new(child, log)
     }
 
     /// The node's subnet from subnet.env (`FLANNEL_SUBNET`, e.g. 10.244.7.1/24 -> (10.244.7.0, 24)).
@@ -459,7 +456,7 @@ pub fn append_log(log: &Path) -> (std::fs::File, std::fs::File) {
 }
 
 /// SIGTERM to a daemon and wait up to 10 s for its exit code; SIGKILL (and None) when it does not exit.
-pub fn terminate_child(mut child: Child) -> Option<i32> {
+fn terminate_child(mut child: Child) -> Option<i32> {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -476,13 +473,25 @@ pub fn terminate_child(mut child: Child) -> Option<i32> {
     }
 }
 
-/// A running twilld; SIGKILLed on drop (kernel state stays in the node namespace, which goes with the node).
-pub struct Twilld {
+/// A running daemon (twilld or flanneld) with its log; SIGKILLed on drop (kernel state stays in the node
+/// namespace, which goes with the node).
+pub struct DaemonProcess {
     child: Option<Child>,
     pub log: PathBuf,
 }
 
-impl Twilld {
+/// A running twilld.
+pub type Twilld = DaemonProcess;
+
+impl DaemonProcess {
+    /// Takes charge of `child`, which appends to `log`.
+    pub fn new(child: Child, log: PathBuf) -> DaemonProcess {
+        DaemonProcess {
+            child: Some(child),
+            log,
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -517,7 +526,7 @@ impl Twilld {
     }
 }
 
-impl Drop for Twilld {
+impl Drop for DaemonProcess {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

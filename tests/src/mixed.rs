@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
+use crate::cluster::{wait_until, DaemonProcess, Node, Switch, Twilld, TwilldArgs};
 use crate::e2e::{
     cni_add, wait_none_missing, ClusterPod, ClusterState, NodeCni, NodeInfo, PodInfo, CONFIG_KEY,
 };
@@ -53,25 +53,27 @@ impl Daemon {
         }
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    /// The process, whichever daemon it runs.
+    pub fn process(&self) -> &DaemonProcess {
         match self {
-            Daemon::Twilld(d) => d.pid(),
-            Daemon::Flanneld(d) => d.pid(),
+            Daemon::Twilld(d) | Daemon::Flanneld(d) => d,
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process().pid()
     }
 
     /// SIGTERM and wait: both daemons leave their kernel state and their lease in place.
     pub fn terminate(&mut self) -> Option<i32> {
         match self {
-            Daemon::Twilld(d) => d.terminate(),
-            Daemon::Flanneld(d) => d.terminate(),
+            Daemon::Twilld(d) | Daemon::Flanneld(d) => d.terminate(),
         }
     }
 
     pub fn is_running(&mut self) -> bool {
         match self {
-            Daemon::Twilld(d) => d.is_running(),
-            Daemon::Flanneld(d) => d.is_running(),
+            Daemon::Twilld(d) | Daemon::Flanneld(d) => d.is_running(),
         }
     }
 }
@@ -242,7 +244,9 @@ impl MixedCluster {
                 resync_secs,
                 extra: vec!["--ip-masq".to_string()],
             })),
-            Kind::Flanneld => Daemon::Flanneld(Flanneld::start(&n.node, &FlanneldArgs::new(&etcd))),
+            Kind::Flanneld => {
+                Daemon::Flanneld(crate::flanneld::start(&n.node, &FlanneldArgs::new(&etcd)))
+            }
         });
     }
 
