@@ -187,6 +187,18 @@ pub struct ClusterPod {
 }
 
 impl ClusterPod {
+    /// The serialisable description of this pod.
+    pub fn info(&self) -> PodInfo {
+        PodInfo {
+            name: self.name.clone(),
+            node: self.node.clone(),
+            ns: self.ns.name().to_string(),
+            ip: self.ip,
+            container_id: self.container_id.clone(),
+            host_port: self.host_port,
+        }
+    }
+
     /// CNI DEL through libcni; the namespace stays until drop.
     pub fn del(&mut self) -> Result<(), String> {
         let out = self.lib.del(&self.net, self.ns.path());
@@ -230,6 +242,26 @@ fn attachment(cni: &NodeCni, container_id: &str, host_port: Option<u16>) -> LibC
             {"hostPort": hp, "containerPort": POD_PORT, "protocol": "tcp"}
         ]})),
         None => lib,
+    }
+}
+
+/// The serialisable description of node `name`, whose daemon (pid `daemon_pid`) logs to `daemon_log`.
+pub(crate) fn node_info(
+    name: String,
+    node: &Node,
+    cni: &NodeCni,
+    daemon_log: PathBuf,
+    daemon_pid: Option<u32>,
+) -> NodeInfo {
+    NodeInfo {
+        name,
+        ns: node.ns.name().to_string(),
+        underlay_ip: node.underlay_ip,
+        subnet_file: node.subnet_file(),
+        twilld_log: daemon_log,
+        cni_dir: cni.dir.clone(),
+        net: cni.net.clone(),
+        twilld_pid: daemon_pid,
     }
 }
 
@@ -556,29 +588,12 @@ impl Cluster {
             nodes: self
                 .nodes
                 .iter()
-                .map(|n| NodeInfo {
-                    name: n.name(),
-                    ns: n.node.ns.name().to_string(),
-                    underlay_ip: n.node.underlay_ip,
-                    subnet_file: n.node.subnet_file(),
-                    twilld_log: n.node.log_file(),
-                    cni_dir: n.cni.dir.clone(),
-                    net: n.cni.net.clone(),
-                    twilld_pid: n.daemon.as_ref().and_then(Twilld::pid),
+                .map(|n| {
+                    let pid = n.daemon.as_ref().and_then(Twilld::pid);
+                    node_info(n.name(), &n.node, &n.cni, n.node.log_file(), pid)
                 })
                 .collect(),
-            pods: self
-                .pods
-                .iter()
-                .map(|p| PodInfo {
-                    name: p.name.clone(),
-                    node: p.node.clone(),
-                    ns: p.ns.name().to_string(),
-                    ip: p.ip,
-                    container_id: p.container_id.clone(),
-                    host_port: p.host_port,
-                })
-                .collect(),
+            pods: self.pods.iter().map(ClusterPod::info).collect(),
         }
     }
 

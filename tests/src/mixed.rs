@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use crate::cluster::{wait_until, DaemonProcess, Node, Switch, Twilld, TwilldArgs};
 use crate::e2e::{
-    cni_add, wait_none_missing, ClusterPod, ClusterState, NodeCni, NodeInfo, PodInfo, CONFIG_KEY,
+    cni_add, node_info, wait_none_missing, ClusterPod, ClusterState, NodeCni, CONFIG_KEY,
 };
 use crate::etcd::Etcd;
 use crate::flanneld::{Flanneld, FlanneldArgs};
@@ -442,32 +442,16 @@ impl MixedCluster {
             nodes: self
                 .nodes
                 .iter()
-                .map(|n| NodeInfo {
-                    name: n.name(),
-                    ns: n.node.ns.name().to_string(),
-                    underlay_ip: n.node.underlay_ip,
-                    subnet_file: n.node.subnet_file(),
-                    twilld_log: match n.kind() {
+                .map(|n| {
+                    let log = match n.kind() {
                         Some(Kind::Flanneld) => crate::flanneld::log_file(&n.node),
                         _ => n.node.log_file(),
-                    },
-                    cni_dir: n.cni.dir.clone(),
-                    net: n.cni.net.clone(),
-                    twilld_pid: n.daemon.as_ref().and_then(Daemon::pid),
+                    };
+                    let pid = n.daemon.as_ref().and_then(Daemon::pid);
+                    node_info(n.name(), &n.node, &n.cni, log, pid)
                 })
                 .collect(),
-            pods: self
-                .pods
-                .iter()
-                .map(|p| PodInfo {
-                    name: p.name.clone(),
-                    node: p.node.clone(),
-                    ns: p.ns.name().to_string(),
-                    ip: p.ip,
-                    container_id: p.container_id.clone(),
-                    host_port: None,
-                })
-                .collect(),
+            pods: self.pods.iter().map(ClusterPod::info).collect(),
         }
     }
 
