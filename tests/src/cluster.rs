@@ -166,7 +166,6 @@ impl Node {
         use std::os::unix::process::CommandExt;
         let bin = crate::bins::bin("twilld");
         let log = self.log_file();
-        let (out, err) = append_log(&log);
         let mut cmd = Command::new("ip");
         if let Some(n) = nofile {
             let limit = libc::rlimit {
@@ -183,21 +182,15 @@ impl Node {
                 });
             }
         }
-        let child = cmd
-            .args(["netns", "exec", self.ns.name()])
+        cmd.args(["netns", "exec", self.ns.name()])
             .arg(&bin)
             .arg(format!("--etcd-endpoints={}", args.etcd))
             .arg("--iface=eth0")
             .arg(format!("--node-name={}", self.name()))
             .arg(format!("--subnet-file={}", self.subnet_file().display()))
             .arg(format!("--resync={}", args.resync_secs))
-            .args(&args.extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        DaemonProcess::new(child, log)
+            .args(&args.extra);
+        DaemonProcess::spawn(cmd, log)
     }
 
     /// The node's subnet from subnet.env (`FLANNEL_SUBNET`, e.g. 10.244.7.1/24 -> (10.244.7.0, 24)).
@@ -443,7 +436,7 @@ impl Drop for BackgroundPing {
 }
 
 /// A daemon's log file opened for appending, as its stdout and its stderr.
-pub fn append_log(log: &Path) -> (std::fs::File, std::fs::File) {
+fn append_log(log: &Path) -> (std::fs::File, std::fs::File) {
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -484,8 +477,21 @@ pub struct DaemonProcess {
 pub type Twilld = DaemonProcess;
 
 impl DaemonProcess {
-    /// Takes charge of `child`, which appends to `log`.
-    pub fn new(child: Child, log: PathBuf) -> DaemonProcess {
+    /// Starts `cmd` (the daemon, under `ip netns exec`) with stdin closed and stdout and stderr appended to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> DaemonProcess {
+        // The daemon's binary follows `netns exec <ns>`.
+        let bin = cmd
+            .get_args()
+            .nth(3)
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (out, err) = append_log(&log);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
         DaemonProcess {
             child: Some(child),
             log,

@@ -4,9 +4,9 @@
 //! SIGKILLed on drop; its kernel state and firewall rules stay in the node namespace, which goes with the node.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::cluster::{append_log, DaemonProcess, Node};
+use crate::cluster::{DaemonProcess, Node};
 
 /// The flanneld binary: the build of `tests/upstream/flannel` (`scripts/build-upstream.sh flannel`).
 pub fn flanneld_bin() -> PathBuf {
@@ -51,7 +51,6 @@ pub type Flanneld = DaemonProcess;
 pub fn start(node: &Node, args: &FlanneldArgs) -> Flanneld {
     let bin = flanneld_bin();
     let log = log_file(node);
-    let (out, err) = append_log(&log);
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", node.ns.name()])
         .arg(&bin)
@@ -65,12 +64,6 @@ pub fn start(node: &Node, args: &FlanneldArgs) -> Flanneld {
     if args.ip_masq {
         cmd.arg("--ip-masq");
     }
-    let child = cmd
-        .args(&args.extra)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-    DaemonProcess::new(child, log)
+    cmd.args(&args.extra);
+    DaemonProcess::spawn(cmd, log)
 }
