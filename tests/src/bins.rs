@@ -227,3 +227,12 @@ pub fn require_root() {
         );
     }
 }
+
+/// Creates `dir` as a runtime's plugin directory: one symlink per `(name, binary)`.
+pub fn link_plugin_dir<'a>(dir: &Path, plugins: impl IntoIterator<Item = (&'a str, PathBuf)>) {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    for (name, binary) in plugins {
+        std::os::unix::fs::symlink(&binary, dir.join(name))
+            .unwrap_or_else(|e| panic!("symlink {} -> {}: {e}", name, binary.display()));
+    }
+}

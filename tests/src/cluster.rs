@@ -4,7 +4,7 @@
 //! process is owned by a guard and removed on drop, even when the test panics.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -166,14 +166,6 @@ impl Node {
         use std::os::unix::process::CommandExt;
         let bin = crate::bins::bin("twilld");
         let log = self.log_file();
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
         let mut cmd = Command::new("ip");
         if let Some(n) = nofile {
             let limit = libc::rlimit {
@@ -190,24 +182,15 @@ impl Node {
                 });
             }
         }
-        let child = cmd
-            .args(["netns", "exec", self.ns.name()])
+        cmd.args(["netns", "exec", self.ns.name()])
             .arg(&bin)
             .arg(format!("--etcd-endpoints={}", args.etcd))
             .arg("--iface=eth0")
             .arg(format!("--node-name={}", self.name()))
             .arg(format!("--subnet-file={}", self.subnet_file().display()))
             .arg(format!("--resync={}", args.resync_secs))
-            .args(&args.extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        Twilld {
-            child: Some(child),
-            log,
-        }
+            .args(&args.extra);
+        DaemonProcess::spawn(cmd, log)
     }
 
     /// The node's subnet from subnet.env (`FLANNEL_SUBNET`, e.g. 10.244.7.1/24 -> (10.244.7.0, 24)).
@@ -452,34 +435,76 @@ impl Drop for BackgroundPing {
     }
 }
 
-/// A running twilld; SIGKILLed on drop (kernel state stays in the node namespace, which goes with the node).
-pub struct Twilld {
+/// A daemon's log file opened for appending, as its stdout and its stderr.
+fn append_log(log: &Path) -> (std::fs::File, std::fs::File) {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
+    let err = out
+        .try_clone()
+        .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
+    (out, err)
+}
+
+/// SIGTERM to a daemon and wait up to 10 s for its exit code; SIGKILL (and None) when it does not exit.
+fn terminate_child(mut child: Child) -> Option<i32> {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running daemon (twilld or flanneld) with its log; SIGKILLed on drop (kernel state stays in the node
+/// namespace, which goes with the node).
+pub struct DaemonProcess {
     child: Option<Child>,
     pub log: PathBuf,
 }
 
-impl Twilld {
+/// A running twilld.
+pub type Twilld = DaemonProcess;
+
+impl DaemonProcess {
+    /// Starts `cmd` (the daemon, under `ip netns exec`) with stdin closed and stdout and stderr appended to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> DaemonProcess {
+        // The daemon's binary follows `netns exec <ns>`.
+        let bin = cmd
+            .get_args()
+            .nth(3)
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let (out, err) = append_log(&log);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        DaemonProcess {
+            child: Some(child),
+            log,
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
 
     /// Sends SIGTERM and waits for exit; returns the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        terminate_child(self.child.take()?)
     }
 
     /// Waits up to `timeout` for the daemon to exit by itself; returns its exit code.
@@ -507,7 +532,7 @@ impl Twilld {
     }
 }
 
-impl Drop for Twilld {
+impl Drop for DaemonProcess {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

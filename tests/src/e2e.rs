@@ -180,13 +180,25 @@ pub struct ClusterPod {
     pub container_id: String,
     pub ip: Ipv4Addr,
     pub host_port: Option<u16>,
-    lib: LibCni,
-    net: String,
-    deleted: bool,
+    pub(crate) lib: LibCni,
+    pub(crate) net: String,
+    pub(crate) deleted: bool,
     pub ns: Netns,
 }
 
 impl ClusterPod {
+    /// The serialisable description of this pod.
+    pub fn info(&self) -> PodInfo {
+        PodInfo {
+            name: self.name.clone(),
+            node: self.node.clone(),
+            ns: self.ns.name().to_string(),
+            ip: self.ip,
+            container_id: self.container_id.clone(),
+            host_port: self.host_port,
+        }
+    }
+
     /// CNI DEL through libcni; the namespace stays until drop.
     pub fn del(&mut self) -> Result<(), String> {
         let out = self.lib.del(&self.net, self.ns.path());
@@ -233,8 +245,55 @@ fn attachment(cni: &NodeCni, container_id: &str, host_port: Option<u16>) -> LibC
     }
 }
 
+/// The serialisable description of node `name`, whose daemon (pid `daemon_pid`) logs to `daemon_log`.
+pub(crate) fn node_info(
+    name: String,
+    node: &Node,
+    cni: &NodeCni,
+    daemon_log: PathBuf,
+    daemon_pid: Option<u32>,
+) -> NodeInfo {
+    NodeInfo {
+        name,
+        ns: node.ns.name().to_string(),
+        underlay_ip: node.underlay_ip,
+        subnet_file: node.subnet_file(),
+        twilld_log: daemon_log,
+        cni_dir: cni.dir.clone(),
+        net: cni.net.clone(),
+        twilld_pid: daemon_pid,
+    }
+}
+
+/// Polls `missing` until it lists nothing; else an error naming `what` and the last things missing.
+pub(crate) fn wait_none_missing(
+    what: &str,
+    timeout: Duration,
+    mut missing: impl FnMut() -> Result<Vec<String>, String>,
+) -> Result<(), String> {
+    let mut last = Vec::new();
+    let ok = wait_until(timeout, || match missing() {
+        Ok(m) => {
+            last = m;
+            last.is_empty()
+        }
+        Err(e) => {
+            last = vec![e];
+            false
+        }
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} not complete after {timeout:?}: {}",
+            last.join("; ")
+        ))
+    }
+}
+
 /// `ADD` through libcni in namespace `ns`; returns the pod's IPv4 address from the result.
-fn cni_add(lib: &LibCni, net: &str, ns: &Netns) -> Result<Ipv4Addr, String> {
+pub(crate) fn cni_add(lib: &LibCni, net: &str, ns: &Netns) -> Result<Ipv4Addr, String> {
     let id = lib.container_id.clone().unwrap_or_default();
     let out = lib.add(net, ns.path());
     if !out.success() {
@@ -529,29 +588,12 @@ impl Cluster {
             nodes: self
                 .nodes
                 .iter()
-                .map(|n| NodeInfo {
-                    name: n.name(),
-                    ns: n.node.ns.name().to_string(),
-                    underlay_ip: n.node.underlay_ip,
-                    subnet_file: n.node.subnet_file(),
-                    twilld_log: n.node.log_file(),
-                    cni_dir: n.cni.dir.clone(),
-                    net: n.cni.net.clone(),
-                    twilld_pid: n.daemon.as_ref().and_then(Twilld::pid),
+                .map(|n| {
+                    let pid = n.daemon.as_ref().and_then(Twilld::pid);
+                    node_info(n.name(), &n.node, &n.cni, n.node.log_file(), pid)
                 })
                 .collect(),
-            pods: self
-                .pods
-                .iter()
-                .map(|p| PodInfo {
-                    name: p.name.clone(),
-                    node: p.node.clone(),
-                    ns: p.ns.name().to_string(),
-                    ip: p.ip,
-                    container_id: p.container_id.clone(),
-                    host_port: p.host_port,
-                })
-                .collect(),
+            pods: self.pods.iter().map(ClusterPod::info).collect(),
         }
     }
 
@@ -1192,25 +1234,7 @@ impl ClusterState {
     }
 
     pub fn wait_mesh(&self, timeout: Duration) -> Result<(), String> {
-        let mut last = Vec::new();
-        let ok = wait_until(timeout, || match self.mesh_missing() {
-            Ok(m) => {
-                last = m;
-                last.is_empty()
-            }
-            Err(e) => {
-                last = vec![e];
-                false
-            }
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "mesh not complete after {timeout:?}: {}",
-                last.join("; ")
-            ))
-        }
+        wait_none_missing("mesh", timeout, || self.mesh_missing())
     }
 
     /// Every pod pings every other pod (in parallel, 3 tries each).

@@ -4,10 +4,9 @@
 //! SIGKILLed on drop; its kernel state and firewall rules stay in the node namespace, which goes with the node.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use crate::cluster::Node;
+use crate::cluster::{DaemonProcess, Node};
 
 /// The flanneld binary: the build of `tests/upstream/flannel` (`scripts/build-upstream.sh flannel`).
 pub fn flanneld_bin() -> PathBuf {
@@ -46,88 +45,25 @@ pub fn log_file(node: &Node) -> PathBuf {
 }
 
 /// A running flanneld.
-pub struct Flanneld {
-    child: Option<Child>,
-    pub log: PathBuf,
-}
+pub type Flanneld = DaemonProcess;
 
-impl Flanneld {
-    /// Starts flanneld inside `node`: underlay `eth0`, subnet file = the node's `subnet.env`.
-    pub fn start(node: &Node, args: &FlanneldArgs) -> Flanneld {
-        let bin = flanneld_bin();
-        let log = log_file(node);
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", log.display()));
-        let err = out
-            .try_clone()
-            .unwrap_or_else(|e| panic!("cloning log handle: {e}"));
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", node.ns.name()])
-            .arg(&bin)
-            .arg(format!("--etcd-endpoints={}", args.etcd))
-            .arg("--iface=eth0")
-            .arg(format!("--subnet-file={}", node.subnet_file().display()))
-            .arg(format!("--healthz-port={}", args.healthz_port));
-        if let Some(prefix) = &args.etcd_prefix {
-            cmd.arg(format!("--etcd-prefix={prefix}"));
-        }
-        if args.ip_masq {
-            cmd.arg("--ip-masq");
-        }
-        let child = cmd
-            .args(&args.extra)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        Flanneld {
-            child: Some(child),
-            log,
-        }
+/// Starts flanneld inside `node`: underlay `eth0`, subnet file = the node's `subnet.env`.
+pub fn start(node: &Node, args: &FlanneldArgs) -> Flanneld {
+    let bin = flanneld_bin();
+    let log = log_file(node);
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node.ns.name()])
+        .arg(&bin)
+        .arg(format!("--etcd-endpoints={}", args.etcd))
+        .arg("--iface=eth0")
+        .arg(format!("--subnet-file={}", node.subnet_file().display()))
+        .arg(format!("--healthz-port={}", args.healthz_port));
+    if let Some(prefix) = &args.etcd_prefix {
+        cmd.arg(format!("--etcd-prefix={prefix}"));
     }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+    if args.ip_masq {
+        cmd.arg("--ip-masq");
     }
-
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    /// SIGTERM (flanneld's orderly shutdown, which leaves kernel state and the lease in place) and wait;
-    /// returns the exit code, None when it had to be killed.
-    pub fn terminate(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Flanneld {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    cmd.args(&args.extra);
+    DaemonProcess::spawn(cmd, log)
 }

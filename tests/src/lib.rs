@@ -11,5 +11,7 @@ pub mod leases;
 pub mod libcni;
 pub mod mixed;
 pub mod netns;
+pub mod overlay_bench;
 pub mod pinger;
+pub mod rng;
 pub mod runtimes;

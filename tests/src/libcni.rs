@@ -17,6 +17,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -27,6 +28,16 @@ use crate::exec::{run_command, Outcome, DEFAULT_TIMEOUT};
 
 /// Debian's Go source tree holding libcni, for GOPATH mode.
 pub const DEBIAN_GOPATH: &str = "/usr/share/gocode";
+
+/// A network or container name no other test in this or a parallel run uses: `<prefix>-<pid>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
 /// Path of the built driver; builds it on first use (once per process, serialised across processes).
 /// `TWILL_CNITOOL` may point at a prebuilt binary instead.

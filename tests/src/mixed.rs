@@ -12,11 +12,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
-use crate::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
-use crate::e2e::{ClusterState, NodeCni, NodeInfo, PodInfo, CONFIG_KEY};
+use crate::cluster::{wait_until, DaemonProcess, Node, Switch, Twilld, TwilldArgs};
+use crate::e2e::{
+    cni_add, node_info, wait_none_missing, ClusterPod, ClusterState, NodeCni, CONFIG_KEY,
+};
 use crate::etcd::Etcd;
 use crate::flanneld::{Flanneld, FlanneldArgs};
-use crate::libcni::LibCni;
 use crate::netns::Netns;
 
 /// How long a daemon may take to write subnet.env, and the mesh to converge.
@@ -52,25 +53,27 @@ impl Daemon {
         }
     }
 
-    pub fn pid(&self) -> Option<u32> {
+    /// The process, whichever daemon it runs.
+    pub fn process(&self) -> &DaemonProcess {
         match self {
-            Daemon::Twilld(d) => d.pid(),
-            Daemon::Flanneld(d) => d.pid(),
+            Daemon::Twilld(d) | Daemon::Flanneld(d) => d,
         }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process().pid()
     }
 
     /// SIGTERM and wait: both daemons leave their kernel state and their lease in place.
     pub fn terminate(&mut self) -> Option<i32> {
         match self {
-            Daemon::Twilld(d) => d.terminate(),
-            Daemon::Flanneld(d) => d.terminate(),
+            Daemon::Twilld(d) | Daemon::Flanneld(d) => d.terminate(),
         }
     }
 
     pub fn is_running(&mut self) -> bool {
         match self {
-            Daemon::Twilld(d) => d.is_running(),
-            Daemon::Flanneld(d) => d.is_running(),
+            Daemon::Twilld(d) | Daemon::Flanneld(d) => d.is_running(),
         }
     }
 }
@@ -120,43 +123,11 @@ impl Drop for MixedNode {
     }
 }
 
-/// A pod ADDed through libcni with the node's stock conflist; DEL'd (best effort) and removed on drop.
-pub struct MixedPod {
-    pub name: String,
-    pub node: String,
-    pub ip: Ipv4Addr,
-    pub container_id: String,
-    lib: LibCni,
-    net: String,
-    deleted: bool,
-    pub ns: Netns,
-}
-
-impl MixedPod {
-    pub fn del(&mut self) -> Result<(), String> {
-        let out = self.lib.del(&self.net, self.ns.path());
-        if out.success() {
-            self.deleted = true;
-            Ok(())
-        } else {
-            Err(format!("DEL of pod {}: {}", self.name, out.describe()))
-        }
-    }
-}
-
-impl Drop for MixedPod {
-    fn drop(&mut self) {
-        if !self.deleted {
-            let _ = self.lib.del(&self.net, self.ns.path());
-        }
-    }
-}
-
 static POD_COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The cluster. Field order is drop order: pods, nodes (daemons killed), etcd, switch, work dir.
 pub struct MixedCluster {
-    pub pods: Vec<MixedPod>,
+    pub pods: Vec<ClusterPod>,
     pub nodes: Vec<MixedNode>,
     pub etcd: Etcd,
     pub switch: Switch,
@@ -276,7 +247,9 @@ impl MixedCluster {
                 resync_secs,
                 extra: vec!["--ip-masq".to_string()],
             })),
-            Kind::Flanneld => Daemon::Flanneld(Flanneld::start(&n.node, &FlanneldArgs::new(&etcd))),
+            Kind::Flanneld => {
+                Daemon::Flanneld(crate::flanneld::start(&n.node, &FlanneldArgs::new(&etcd)))
+            }
         });
     }
 
@@ -359,25 +332,9 @@ impl MixedCluster {
     }
 
     fn wait_direct_mesh(&self) -> Result<(), String> {
-        let mut last = Vec::new();
-        let ok = wait_until(READY_TIMEOUT, || match self.direct_mesh_missing() {
-            Ok(m) => {
-                last = m;
-                last.is_empty()
-            }
-            Err(e) => {
-                last = vec![e];
-                false
-            }
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "direct routes not complete after {READY_TIMEOUT:?}: {}",
-                last.join("; ")
-            ))
-        }
+        wait_none_missing("direct routes", READY_TIMEOUT, || {
+            self.direct_mesh_missing()
+        })
     }
 
     /// Node `i` changes daemon: SIGTERM to the running one, `kind` started, until it has rewritten
@@ -407,26 +364,19 @@ impl MixedCluster {
             POD_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let lib = n.cni.lib.with_container_id(&container_id);
-        let out = lib.add(&n.cni.net, ns.path());
-        if !out.success() {
-            return Err(format!(
-                "ADD of {name} on {} ({}): {}",
+        let ip = cni_add(&lib, &n.cni.net, &ns).map_err(|e| {
+            format!(
+                "{name} on {} ({}): {e}",
                 n.name(),
-                n.kind().map(|k| k.to_string()).unwrap_or_default(),
-                out.describe()
-            ));
-        }
-        let result = out.json.unwrap_or(Value::Null);
-        let ip = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("ADD of {name}: no IPv4 address in {result}"))?;
-        self.pods.push(MixedPod {
+                n.kind().map(|k| k.to_string()).unwrap_or_default()
+            )
+        })?;
+        self.pods.push(ClusterPod {
             name,
             node: n.name(),
             ip,
             container_id,
+            host_port: None,
             lib,
             net: n.cni.net.clone(),
             deleted: false,
@@ -495,32 +445,16 @@ impl MixedCluster {
             nodes: self
                 .nodes
                 .iter()
-                .map(|n| NodeInfo {
-                    name: n.name(),
-                    ns: n.node.ns.name().to_string(),
-                    underlay_ip: n.node.underlay_ip,
-                    subnet_file: n.node.subnet_file(),
-                    twilld_log: match n.kind() {
+                .map(|n| {
+                    let log = match n.kind() {
                         Some(Kind::Flanneld) => crate::flanneld::log_file(&n.node),
                         _ => n.node.log_file(),
-                    },
-                    cni_dir: n.cni.dir.clone(),
-                    net: n.cni.net.clone(),
-                    twilld_pid: n.daemon.as_ref().and_then(Daemon::pid),
+                    };
+                    let pid = n.daemon.as_ref().and_then(Daemon::pid);
+                    node_info(n.name(), &n.node, &n.cni, log, pid)
                 })
                 .collect(),
-            pods: self
-                .pods
-                .iter()
-                .map(|p| PodInfo {
-                    name: p.name.clone(),
-                    node: p.node.clone(),
-                    ns: p.ns.name().to_string(),
-                    ip: p.ip,
-                    container_id: p.container_id.clone(),
-                    host_port: None,
-                })
-                .collect(),
+            pods: self.pods.iter().map(ClusterPod::info).collect(),
         }
     }
 

@@ -46,6 +46,13 @@ impl Netns {
         Netns { name, path }
     }
 
+    /// A simulated node's host namespace: like `new`, with its loopback up (as on any real host).
+    pub fn node(prefix: &str) -> Netns {
+        let ns = Netns::new(prefix);
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
     /// The namespace name (as used by `ip -n` / `ip netns exec`).
     pub fn name(&self) -> &str {
         &self.name

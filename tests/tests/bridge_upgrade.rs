@@ -6,6 +6,7 @@ mod bridge_support;
 
 use bridge_support::*;
 use serde_json::{json, Value};
+use std::path::Path;
 use twill_tests::bins::{require_root, REFERENCE_DIR};
 use twill_tests::netns::Netns;
 
@@ -53,17 +54,29 @@ fn upgrade_conf(node: &Node, net: &str) -> Value {
     node.conf(net, json!({"isGateway": true, "ipMasq": true}))
 }
 
-#[test]
-fn del_of_a_pod_the_reference_attached_removes_the_reference_masquerade() {
+/// A node on which the reference bridge attached pod `id` to network `net`: the node, the network's config
+/// and the pod's namespace.
+fn node_with_a_reference_pod(net: &str, id: &str) -> (Node, Value, Netns) {
     require_root();
     let node = Node::new();
-    let conf = upgrade_conf(&node, "brupgrade");
+    let conf = upgrade_conf(&node, net);
     let pod = Netns::new("brup");
-    reference_add(&node, &pod, "refpod", &conf);
-    node.run(&ours(), "DEL", Some(pod.path()), "refpod", "eth0", &conf)
+    reference_add(&node, &pod, id, &conf);
+    (node, conf, pod)
+}
+
+/// Our DEL of `id` (in `netns`, when it still exists) succeeds and leaves no reference rule and no `CNI-` chain.
+fn our_del_leaves_no_reference_rule(node: &Node, netns: Option<&Path>, id: &str, conf: &Value) {
+    node.run(&ours(), "DEL", netns, id, "eth0", conf)
         .assert_success();
-    assert_eq!(reference_rules(&node, "refpod"), Vec::<String>::new());
-    assert_eq!(cni_chains(&node), Vec::<String>::new());
+    assert_eq!(reference_rules(node, id), Vec::<String>::new());
+    assert_eq!(cni_chains(node), Vec::<String>::new());
+}
+
+#[test]
+fn del_of_a_pod_the_reference_attached_removes_the_reference_masquerade() {
+    let (node, conf, pod) = node_with_a_reference_pod("brupgrade", "refpod");
+    our_del_leaves_no_reference_rule(&node, Some(pod.path()), "refpod", &conf);
     assert!(node.leases("brupgrade").is_empty());
     // Idempotent, and without the netns as well.
     node.run(&ours(), "DEL", None, "refpod", "eth0", &conf)
@@ -72,16 +85,9 @@ fn del_of_a_pod_the_reference_attached_removes_the_reference_masquerade() {
 
 #[test]
 fn del_without_netns_removes_the_reference_masquerade() {
-    require_root();
-    let node = Node::new();
-    let conf = upgrade_conf(&node, "brupgone");
-    let pod = Netns::new("brup");
-    reference_add(&node, &pod, "gonepod", &conf);
+    let (node, conf, pod) = node_with_a_reference_pod("brupgone", "gonepod");
     drop(pod);
-    node.run(&ours(), "DEL", None, "gonepod", "eth0", &conf)
-        .assert_success();
-    assert_eq!(reference_rules(&node, "gonepod"), Vec::<String>::new());
-    assert_eq!(cni_chains(&node), Vec::<String>::new());
+    our_del_leaves_no_reference_rule(&node, None, "gonepod", &conf);
 }
 
 #[test]

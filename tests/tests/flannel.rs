@@ -5,12 +5,12 @@
 //!
 //! Build first: `cargo build -p twill-flannel -p twill-bridge -p twill-ipam -p twill-portmap`.
 
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
-use twill_tests::bins::{bin, ref_bin, require_root};
+use twill_tests::bins::{bin, link_plugin_dir, ref_bin, require_root};
 use twill_tests::exec::{Invocation, Outcome};
 use twill_tests::libcni::LibCni;
 use twill_tests::netns::Netns;
@@ -49,18 +49,17 @@ struct Node {
 impl Node {
     fn new() -> Node {
         require_root();
-        let ns = Netns::new("flnode");
-        ns.ip(&["link", "set", "lo", "up"]);
+        let ns = Netns::node("flnode");
         let dir = tempfile::Builder::new()
             .prefix("twill-flannel-")
             .tempdir()
             .expect("node temp dir");
         let node = Node { ns, dir };
-        std::fs::create_dir_all(node.bin_dir()).unwrap();
-        symlink(bin("flannel"), node.bin_dir().join("flannel")).unwrap();
-        for name in DELEGATES {
-            symlink(delegate_binary(name), node.bin_dir().join(name)).unwrap();
-        }
+        link_plugin_dir(
+            &node.bin_dir(),
+            std::iter::once(("flannel", bin("flannel")))
+                .chain(DELEGATES.iter().map(|name| (*name, delegate_binary(name)))),
+        );
         node.write_subnet_env(SUBNET_ENV);
         node
     }
@@ -198,11 +197,11 @@ impl Node {
     /// A CNI bin dir whose `bridge` is a shell script (failure injection), the rest as on the node.
     fn bin_dir_with_bridge_script(&self, script: &str) -> PathBuf {
         let dir = self.dir.path().join(unique("scriptbin"));
-        std::fs::create_dir_all(&dir).unwrap();
-        symlink(bin("flannel"), dir.join("flannel")).unwrap();
-        for name in ["host-local", "portmap"] {
-            symlink(delegate_binary(name), dir.join(name)).unwrap();
-        }
+        link_plugin_dir(
+            &dir,
+            std::iter::once(("flannel", bin("flannel")))
+                .chain(["host-local", "portmap"].map(|name| (name, delegate_binary(name)))),
+        );
         let path = dir.join("bridge");
         std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();

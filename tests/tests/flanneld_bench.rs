@@ -11,191 +11,24 @@
 //!
 //! Everything runs in namespaces the benchmark creates and removes.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
 use twill_tests::mixed::{Daemon, Kind, MixedCluster};
-use twill_tests::netns::Netns;
+use twill_tests::overlay_bench::{
+    add_and_delete_lease, cpu_ticks, env_or, percentile, proc_field, RouteMonitors,
+};
 
-const SUBNETS: &str = "/coreos.com/network/subnets/";
 // Nodes allocate from 10.244.1-100; benchmark leases use 10.244.200+ (inside Network, never allocated).
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.100.0","EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
 const KINDS: [Kind; 2] = [Kind::Twilld, Kind::Flanneld];
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// One request to etcd's JSON gateway from inside the switch namespace (no etcdctl start-up in the timing).
-fn etcd_http(switch: &Netns, path: &str, body: &str) {
-    let mut sock = switch
-        .run_in(|| TcpStream::connect("127.0.0.1:2379"))
-        .unwrap_or_else(|e| panic!("connect etcd: {e}"));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes())
-        .unwrap_or_else(|e| panic!("etcd request: {e}"));
-    let mut resp = String::new();
-    let _ = sock.read_to_string(&mut resp);
-    assert!(resp.starts_with("HTTP/1.1 200"), "etcd {path}: {resp}");
-}
-
-/// `ip monitor route` in every node of a cluster; lines tagged with the node and when they were read.
-struct RouteMonitors {
-    children: Vec<Child>,
-    rx: mpsc::Receiver<(usize, Instant, String)>,
-    nodes: usize,
-}
-
-impl RouteMonitors {
-    fn start(c: &MixedCluster) -> RouteMonitors {
-        let (tx, rx) = mpsc::channel();
-        let mut children = Vec::new();
-        for (i, n) in c.nodes.iter().enumerate() {
-            let mut child = Command::new("ip")
-                .args(["-n", n.node.ns.name(), "monitor", "route"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("ip monitor: {e}"));
-            let out = child.stdout.take().unwrap_or_else(|| unreachable!());
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if tx.send((i, Instant::now(), line)).is_err() {
-                        return;
-                    }
-                }
-            });
-            children.push(child);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        RouteMonitors {
-            children,
-            rx,
-            nodes: c.nodes.len(),
-        }
-    }
-
-    fn drain(&self) {
-        while self.rx.try_recv().is_ok() {}
-    }
-
-    /// Waits until every node printed a line starting with `prefix`; returns the latest arrival.
-    fn wait_all(&self, prefix: &str, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = vec![None; self.nodes];
-        while seen.iter().any(Option::is_none) {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let (i, at, line) = self.rx.recv_timeout(left).ok()?;
-            if line.starts_with(prefix) && seen[i].is_none() {
-                seen[i] = Some(at);
-            }
-        }
-        seen.into_iter().flatten().max()
-    }
-}
-
-impl Drop for RouteMonitors {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// A lease written into cluster `c`: the time until its route is on every node, then the same for its removal.
-fn one_lease(c: &MixedCluster, mon: &RouteMonitors, k: u32) -> (Duration, Duration) {
-    let subnet = format!("10.244.{}.0", 200 + k % 50);
-    let key = base64(format!("{SUBNETS}{subnet}-24").as_bytes());
-    let value = format!(
-        r#"{{"PublicIP":"10.250.1.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:bb:00:00:00:{:02x}"}}}}"#,
-        k % 250 + 1,
-        k % 250
-    );
-    mon.drain();
-    let t0 = Instant::now();
-    etcd_http(
-        &c.switch.ns,
-        "/v3/kv/put",
-        &format!(
-            r#"{{"key":"{key}","value":"{}"}}"#,
-            base64(value.as_bytes())
-        ),
-    );
-    let done = mon
-        .wait_all(&format!("{subnet}/24 via"), Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("lease {subnet} not programmed everywhere within 10 s"));
-    let t1 = Instant::now();
-    etcd_http(
-        &c.switch.ns,
-        "/v3/kv/deleterange",
-        &format!(r#"{{"key":"{key}"}}"#),
-    );
-    let gone = mon
-        .wait_all(&format!("Deleted {subnet}/24"), Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("lease {subnet} not removed everywhere within 10 s"));
-    std::thread::sleep(Duration::from_millis(20));
-    (
-        done.saturating_duration_since(t0),
-        gone.saturating_duration_since(t1),
-    )
-}
-
-fn proc_kb(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime (fields 14 and 15) are at 11 and 12 after the ")".
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+/// `ip monitor route` in every node of cluster `c`.
+fn route_monitors(c: &MixedCluster) -> RouteMonitors {
+    RouteMonitors::start(c.nodes.iter().map(|n| &n.node.ns))
 }
 
 /// Polls `f` every 2 ms (the cluster helpers poll every 50 ms, too coarse for start-up times of this size).
@@ -300,14 +133,14 @@ fn twilld_against_flanneld_benchmark() {
         let mut add = [Vec::new(), Vec::new()];
         let mut del = [Vec::new(), Vec::new()];
         {
-            let mons: Vec<RouteMonitors> = clusters.iter().map(RouteMonitors::start).collect();
+            let mons: Vec<RouteMonitors> = clusters.iter().map(route_monitors).collect();
             for k in 0..samples {
                 // ABBA: neither daemon always goes first.
                 let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
                 for j in order {
-                    let (a, d) = one_lease(&clusters[j], &mons[j], k);
-                    add[j].push(a);
-                    del[j].push(d);
+                    let t = add_and_delete_lease(&clusters[j].switch.ns, &mons[j], k);
+                    add[j].push(t.add);
+                    del[j].push(t.delete);
                 }
             }
         }
@@ -333,8 +166,8 @@ fn twilld_against_flanneld_benchmark() {
             for (j, kind) in KINDS.iter().enumerate() {
                 say(format!(
                     "idle {idle_secs} s ({size}-node cluster) {kind:<8}: RSS {:.1} MB (peak {:.1} MB), CPU {:.2} s",
-                    proc_kb(pids[j], "VmRSS:") as f64 / 1024.0,
-                    proc_kb(pids[j], "VmHWM:") as f64 / 1024.0,
+                    proc_field(pids[j], "status", "VmRSS:") as f64 / 1024.0,
+                    proc_field(pids[j], "status", "VmHWM:") as f64 / 1024.0,
                     (cpu_ticks(pids[j]) - c0[j]) as f64 / 100.0
                 ));
             }

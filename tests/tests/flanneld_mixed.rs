@@ -9,12 +9,13 @@
 //! nftables by default, with the same table (`flannel-ipv4`) as flanneld.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use serde_json::Value;
 use twill_tests::cluster::wait_until;
-use twill_tests::e2e::ClusterState;
-use twill_tests::mixed::{Kind, MixedCluster};
+use twill_tests::e2e::{ClusterPod, ClusterState};
+use twill_tests::mixed::{Kind, MixedCluster, MixedNode};
 use twill_tests::pinger::{PingReport, Pinger};
 
 const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"vxlan","VNI":1,"Port":8472}}"#;
@@ -55,7 +56,7 @@ fn assert_one_lease_per_node(c: &MixedCluster, when: &str) {
             Some(r.lease.vtep_mac.as_str()),
             "{when}: {node}'s VTEP MAC in etcd is not its flannel.1 MAC\n{table}"
         );
-        let gw = std::net::Ipv4Addr::from(u32::from(r.lease.subnet) + 1);
+        let gw = Ipv4Addr::from(u32::from(r.lease.subnet) + 1);
         assert_eq!(
             r.subnet_env.as_deref(),
             Some(format!("{gw}/{}", r.lease.len).as_str()),
@@ -255,6 +256,25 @@ fn twilld_taking_over_from_flanneld_keeps_the_vtep_mac_and_leaves_no_stale_fdb_e
     );
 }
 
+/// `pod` got an address of node `n`'s subnet, and the node's `cni0` holds the gateway `gw`; returns cni0's
+/// addresses for further checks.
+fn assert_pod_in_subnet_behind_cni0(
+    n: &MixedNode,
+    pod: &ClusterPod,
+    (net, len): (Ipv4Addr, u8),
+    gw: Ipv4Addr,
+) -> String {
+    assert_eq!(
+        u32::from(pod.ip) >> 8,
+        u32::from(net) >> 8,
+        "{} outside {net}",
+        pod.ip
+    );
+    let cni0 = n.node.ip(&["-4", "addr", "show", "dev", "cni0"]);
+    assert!(cni0.contains(&format!("inet {gw}/{len}")), "{cni0}");
+    cni0
+}
+
 /// `KEY=value` lines of a subnet.env.
 fn env_lines(text: &str) -> Vec<(String, String)> {
     text.lines()
@@ -278,7 +298,7 @@ fn twill_flannel_plugin_wires_pods_from_a_subnet_env_written_by_flanneld() {
             .node
             .subnet()
             .unwrap_or_else(|| panic!("no subnet in {text}"));
-        let gw = std::net::Ipv4Addr::from(u32::from(net) + 1);
+        let gw = Ipv4Addr::from(u32::from(net) + 1);
         assert_eq!(get("FLANNEL_NETWORK"), Some("10.244.0.0/16"), "{text}");
         assert_eq!(
             get("FLANNEL_SUBNET"),
@@ -289,14 +309,7 @@ fn twill_flannel_plugin_wires_pods_from_a_subnet_env_written_by_flanneld() {
         assert_eq!(get("FLANNEL_IPMASQ"), Some("true"), "{text}");
         // The pod got an address of the node's subnet behind cni0 = gateway, with flanneld's MTU.
         let pod = &c.pods[i];
-        assert_eq!(
-            u32::from(pod.ip) >> 8,
-            u32::from(net) >> 8,
-            "{} outside {net}",
-            pod.ip
-        );
-        let cni0 = n.node.ip(&["-4", "addr", "show", "dev", "cni0"]);
-        assert!(cni0.contains(&format!("inet {gw}/{len}")), "{cni0}");
+        let cni0 = assert_pod_in_subnet_behind_cni0(n, pod, (net, len), gw);
         assert!(cni0.contains("mtu 1450"), "{cni0}");
         let eth0 = pod.ns.ip(&["link", "show", "dev", "eth0"]);
         assert!(eth0.contains("mtu 1450"), "{eth0}");
@@ -390,16 +403,9 @@ fn flannel_cni_plugin_binary_delegates_to_twill_bridge_and_host_local() {
     }
     for (i, n) in c.nodes.iter().enumerate() {
         let (net, len) = n.node.subnet().unwrap_or_else(|| panic!("no subnet"));
-        let gw = std::net::Ipv4Addr::from(u32::from(net) + 1);
+        let gw = Ipv4Addr::from(u32::from(net) + 1);
         let pod = &c.pods[i];
-        assert_eq!(
-            u32::from(pod.ip) >> 8,
-            u32::from(net) >> 8,
-            "{} outside {net}",
-            pod.ip
-        );
-        let cni0 = n.node.ip(&["-4", "addr", "show", "dev", "cni0"]);
-        assert!(cni0.contains(&format!("inet {gw}/{len}")), "{cni0}");
+        assert_pod_in_subnet_behind_cni0(n, pod, (net, len), gw);
         let routes = pod.ns.ip(&["-4", "route"]);
         assert!(routes.contains("10.244.0.0/16 via"), "{routes}");
         assert!(routes.contains(&format!("default via {gw}")), "{routes}");

@@ -8,9 +8,8 @@ mod host_local_common;
 use host_local_common::*;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use twill_tests::bins::{bin, ref_bin, require_root};
+use twill_tests::bins::{bin, link_plugin_dir, ref_bin, require_root};
 use twill_tests::exec::{Invocation, Outcome};
 use twill_tests::netns::Netns;
 
@@ -140,14 +139,13 @@ struct Node {
 impl Node {
     fn new() -> Node {
         require_root();
-        let ns = Netns::new("nsnode");
-        ns.ip(&["link", "set", "lo", "up"]);
+        let ns = Netns::node("nsnode");
         let dir = tempfile::tempdir().expect("node dir");
         let node = Node { ns, dir };
-        std::fs::create_dir_all(node.bin_dir()).unwrap();
-        for name in ["bridge", "host-local", "loopback", "flannel"] {
-            symlink(bin(name), node.bin_dir().join(name)).unwrap();
-        }
+        link_plugin_dir(
+            &node.bin_dir(),
+            ["bridge", "host-local", "loopback", "flannel"].map(|name| (name, bin(name))),
+        );
         node
     }
 

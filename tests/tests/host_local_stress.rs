@@ -10,6 +10,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
+use twill_tests::rng::Rng;
 
 #[test]
 fn sixty_four_concurrent_adds_on_a_slash_26_get_distinct_addresses() {

@@ -7,23 +7,12 @@
 //! sequence as a control. The "older runtime" path (Debian's libcni 1.1.2, results down-converted to
 //! 0.4.0/0.3.1) is `twill_tests::libcni` with `Driver::Debian`, used by the other test files.
 
-use std::os::unix::fs::symlink;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
-use twill_tests::bins::{bin, require_root, Reference};
-use twill_tests::libcni::{Driver, LibCni, CNITOOL_CACHE_DIR};
+use twill_tests::bins::{bin, link_plugin_dir, require_root, Reference};
+use twill_tests::libcni::{unique_name, Driver, LibCni, CNITOOL_CACHE_DIR};
 use twill_tests::netns::Netns;
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plugins {
@@ -43,8 +32,7 @@ struct Node {
 impl Node {
     fn new(plugins: Plugins) -> Node {
         require_root();
-        let ns = Netns::new("lcnode");
-        ns.ip(&["link", "set", "lo", "up"]);
+        let ns = Netns::node("lcnode");
         let dir = tempfile::Builder::new()
             .prefix("twill-libcni-up-")
             .tempdir()
@@ -56,10 +44,11 @@ impl Node {
             nets: Default::default(),
         };
         if plugins == Plugins::Ours {
-            std::fs::create_dir_all(node.bin_dir()).expect("mkdir bin");
-            for name in ["bridge", "host-local", "portmap", "loopback", "flannel"] {
-                symlink(bin(name), node.bin_dir().join(name)).expect("symlink plugin");
-            }
+            link_plugin_dir(
+                &node.bin_dir(),
+                ["bridge", "host-local", "portmap", "loopback", "flannel"]
+                    .map(|name| (name, bin(name))),
+            );
         }
         node
     }
@@ -87,7 +76,7 @@ impl Node {
 
     /// Writes `list` (named uniquely) into `lib`'s config directory; returns the network name.
     fn write(&self, lib: &LibCni, mut list: Value) -> String {
-        let name = unique("lcn");
+        let name = unique_name("lcn");
         list["name"] = json!(name);
         self.nets.borrow_mut().push(name.clone());
         lib.write_conflist(&list)

@@ -3,12 +3,11 @@
 //! and upstream v1.10.0).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::{json, Value};
 use twill_tests::bins::{bin, bin_dir, require_root, Reference};
 use twill_tests::exec::{Invocation, Outcome, ALL_VERSIONS};
-use twill_tests::libcni::LibCni;
+use twill_tests::libcni::{unique_name, LibCni};
 use twill_tests::netns::Netns;
 
 /// Versions at which our results must equal a reference build's (Debian's 1.1.1 stops at 1.0.0).
@@ -17,15 +16,6 @@ fn compared_versions(r: Reference) -> &'static [&'static str] {
         Reference::Debian => &["0.3.1", "0.4.0", "1.0.0"],
         Reference::Current => &["0.3.1", "0.4.0", "1.0.0", "1.1.0"],
     }
-}
-
-fn unique_net(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn ours() -> PathBuf {
@@ -122,7 +112,7 @@ fn normalised(result: &Value, ns: &Netns) -> Value {
 fn libcni_add_check_del_with_loopback_conflist() {
     require_root();
     let lib = LibCni::scratch(vec![bin_dir()]);
-    let net = lib.write_conflist(&conflist("1.0.0", &unique_net("lo")));
+    let net = lib.write_conflist(&conflist("1.0.0", &unique_name("lo")));
     let ns = Netns::new("lo");
     assert!(
         !ns.link_is_up("lo"),
@@ -159,7 +149,7 @@ fn libcni_add_check_del_with_loopback_conflist() {
 fn libcni_version_lists_every_spec_version() {
     require_root();
     let lib = LibCni::scratch(vec![bin_dir()]);
-    let net = lib.write_conflist(&conflist("1.0.0", &unique_net("lo")));
+    let net = lib.write_conflist(&conflist("1.0.0", &unique_name("lo")));
     let answer = lib.version(&net).assert_success();
     assert_eq!(
         answer,
@@ -180,7 +170,7 @@ fn add_result_equals_reference_at_every_version_both_speak() {
 
 fn add_result_equals(r: Reference) {
     for &version in compared_versions(r) {
-        let name = unique_net("lo");
+        let name = unique_name("lo");
         let (ns_ours, ns_ref) = (Netns::new("lo"), Netns::new("lo"));
         let got = run(&ours(), "ADD", &ns_ours, &conf(version, &name)).assert_success();
         let want = run(&reference(r), "ADD", &ns_ref, &conf(version, &name)).assert_success();
@@ -243,7 +233,7 @@ fn libcni_add_result_equals(r: Reference) {
 #[test]
 fn del_succeeds_when_netns_is_gone() {
     require_root();
-    let name = unique_net("lo");
+    let name = unique_name("lo");
     let gone = format!("/run/netns/tw-gone-{}", std::process::id());
     Invocation::new(ours(), "DEL")
         .libcni_style()
@@ -271,7 +261,7 @@ fn del_succeeds_when_netns_is_gone() {
 fn del_is_idempotent() {
     require_root();
     let ns = Netns::new("lo");
-    let config = conf("1.0.0", &unique_net("lo"));
+    let config = conf("1.0.0", &unique_name("lo"));
     run(&ours(), "ADD", &ns, &config).assert_success();
     run(&ours(), "DEL", &ns, &config).assert_success();
     run(&ours(), "DEL", &ns, &config).assert_success();
@@ -281,7 +271,7 @@ fn del_is_idempotent() {
 #[test]
 fn status_and_gc_succeed_by_direct_exec() {
     require_root();
-    let name = unique_net("lo");
+    let name = unique_name("lo");
     // libcni 1.1.2 cannot send these verbs (spec 1.1.0), so exec them like a 1.1 runtime would:
     // all six variables present, the attachment ones empty (docs/cni-spec-notes.md §2).
     let status = Invocation::new(ours(), "STATUS")
@@ -333,7 +323,7 @@ fn add_passes_prev_result_through() {
             (r, ("0.4.0", prev_0_4.clone())),
         ]
     }) {
-        let name = unique_net("lo");
+        let name = unique_name("lo");
         let mut config = conf(version, &name);
         config["prevResult"] = prev.clone();
         let (ns_ours, ns_ref) = (Netns::new("lo"), Netns::new("lo"));
@@ -362,7 +352,7 @@ fn add_passes_prev_result_through() {
 fn check_fails_when_lo_is_down() {
     require_root();
     let ns = Netns::new("lo");
-    let name = unique_net("lo");
+    let name = unique_name("lo");
     let added = run(&ours(), "ADD", &ns, &conf("1.0.0", &name)).assert_success();
     let mut config = conf("1.0.0", &name);
     config["prevResult"] = added;
@@ -378,7 +368,7 @@ fn plugin_runs_inside_a_node_namespace() {
     // namespace path still resolves because /run/netns is shared by the mount namespace.
     let node = Netns::new("node");
     let pod = Netns::new("pod");
-    let config = conf("1.0.0", &unique_net("lo"));
+    let config = conf("1.0.0", &unique_name("lo"));
     Invocation::new(ours(), "ADD")
         .libcni_style()
         .netns(Some(pod.path()))
@@ -428,7 +418,7 @@ fn libcni_driver_names_attachments_like_cnitool() {
     // cnitool's container id: "cnitool-" + hex of the first 10 bytes of sha512(netns path); the
     // result cache file is <cache>/results/<net>-<id>-<ifname> (docs/cni-spec-notes.md §9).
     let lib = LibCni::scratch(vec![bin_dir()]);
-    let net = lib.write_conflist(&conflist("1.0.0", &unique_net("lo")));
+    let net = lib.write_conflist(&conflist("1.0.0", &unique_name("lo")));
     let ns = Netns::new("lo");
     let digest = Sha512::digest(ns.path_str().as_bytes());
     let hex: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();

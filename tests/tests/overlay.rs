@@ -61,24 +61,7 @@ fn three_nodes_get_distinct_subnets_and_pods_ping_across_nodes() {
     }
 
     let pods: Vec<_> = c.nodes.iter().map(|n| n.add_pod(2)).collect();
-    for a in &pods {
-        for b in &pods {
-            if a.ip != b.ip {
-                assert!(
-                    wait_until(Duration::from_secs(10), || a.can_reach(b.ip)),
-                    "pod {} cannot ping pod {}\nlast ping: {}\n{}",
-                    a.ip,
-                    b.ip,
-                    String::from_utf8_lossy(
-                        &a.ns
-                            .exec(&["ping", "-c", "1", "-W", "1", &b.ip.to_string()])
-                            .stdout
-                    ),
-                    c.dump()
-                );
-            }
-        }
-    }
+    c.assert_pods_reach_each_other(&pods);
     // Full-size packets pass without fragmentation at the pod MTU (1450 - 28 bytes of IP + ICMP header).
     let out = pods[0].ns.exec(&[
         "ping",

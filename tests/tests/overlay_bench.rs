@@ -9,130 +9,22 @@
 //! * pod-to-pod iperf3 over twilld's overlay vs a hand-built VXLAN path with the same MTU vs the raw underlay,
 //!   and the IP fragment counters (must stay 0).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::io::Write as _;
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
 use twill_tests::etcd::Etcd;
 use twill_tests::netns::Netns;
+use twill_tests::overlay_bench::{
+    add_and_delete_lease_value, cpu_ticks, env_or, percentile, proc_field, vxlan_lease,
+    RouteMonitors,
+};
 
-const SUBNETS: &str = "/coreos.com/network/subnets/";
 // Nodes allocate from 10.244.1-100; benchmark leases use 10.244.200+ (inside Network, never allocated).
 const CONFIG: &str =
     r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.100.0"}"#;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// One request to etcd's JSON gateway over a socket opened inside the switch namespace (the test process
-/// itself stays in the host namespace; the socket keeps working from any thread).
-fn etcd_http(switch: &Netns, path: &str, body: &str) {
-    let mut sock = switch
-        .run_in(|| TcpStream::connect("127.0.0.1:2379"))
-        .unwrap_or_else(|e| panic!("connect etcd: {e}"));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes())
-        .unwrap_or_else(|e| panic!("etcd request: {e}"));
-    let mut resp = String::new();
-    let _ = sock.read_to_string(&mut resp);
-    assert!(resp.starts_with("HTTP/1.1 200"), "etcd {path}: {resp}");
-}
-
-/// `ip monitor route` in every node; lines arrive tagged with the node and the moment they were read.
-struct RouteMonitors {
-    children: Vec<Child>,
-    rx: mpsc::Receiver<(usize, Instant, String)>,
-}
-
-impl RouteMonitors {
-    fn start(nodes: &[Node]) -> RouteMonitors {
-        let (tx, rx) = mpsc::channel();
-        let mut children = Vec::new();
-        for (i, n) in nodes.iter().enumerate() {
-            let mut child = Command::new("ip")
-                .args(["-n", n.ns.name(), "monitor", "route"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("ip monitor: {e}"));
-            let out = child.stdout.take().unwrap_or_else(|| unreachable!());
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    if tx.send((i, Instant::now(), line)).is_err() {
-                        return;
-                    }
-                }
-            });
-            children.push(child);
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        RouteMonitors { children, rx }
-    }
-
-    fn drain(&self) {
-        while self.rx.try_recv().is_ok() {}
-    }
-
-    /// Waits until every node printed a line starting with `prefix`; returns the latest arrival.
-    fn wait_all(&self, nodes: usize, prefix: &str, timeout: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + timeout;
-        let mut seen = vec![None; nodes];
-        while seen.iter().any(Option::is_none) {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            let (i, at, line) = self.rx.recv_timeout(left).ok()?;
-            if line.starts_with(prefix) && seen[i].is_none() {
-                seen[i] = Some(at);
-            }
-        }
-        seen.into_iter().flatten().max()
-    }
-}
-
-impl Drop for RouteMonitors {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
 
 struct Cluster {
     daemons: Vec<Twilld>,
@@ -189,13 +81,7 @@ fn cluster_with(size: u8, resync: f64, config: &str) -> Cluster {
 /// Lease add and delete convergence, plus how long etcd itself took to acknowledge each put (its WAL fsync
 /// is part of the end-to-end time, and on a shared disk it is where the tail comes from).
 fn convergence(c: &Cluster, samples: u32) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
-    convergence_of(c, samples, |k| {
-        format!(
-            r#"{{"PublicIP":"10.250.1.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:bb:00:00:00:{:02x}"}}}}"#,
-            k % 250 + 1,
-            k % 250
-        )
-    })
+    convergence_of(c, samples, vxlan_lease)
 }
 
 /// Convergence with the lease value `lease(k)` for the k-th benchmark lease.
@@ -204,68 +90,18 @@ fn convergence_of(
     samples: u32,
     lease: impl Fn(u32) -> String,
 ) -> (Vec<Duration>, Vec<Duration>, Vec<Duration>) {
-    let mon = RouteMonitors::start(&c.nodes);
+    let mon = RouteMonitors::start(c.nodes.iter().map(|n| &n.ns));
     let (mut add, mut del, mut put) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..samples {
-        let subnet = Ipv4Addr::new(10, 244, 200 + (k % 50) as u8, 0);
-        let key = base64(format!("{SUBNETS}{subnet}-24").as_bytes());
-        let value = lease(k);
-        mon.drain();
-        let t0 = Instant::now();
-        etcd_http(
-            &c.switch.ns,
-            "/v3/kv/put",
-            &format!(
-                r#"{{"key":"{key}","value":"{}"}}"#,
-                base64(value.as_bytes())
-            ),
-        );
-        put.push(t0.elapsed());
-        let done = mon
-            .wait_all(
-                c.nodes.len(),
-                &format!("{subnet}/24 via"),
-                Duration::from_secs(10),
-            )
-            .unwrap_or_else(|| panic!("lease {subnet} not programmed everywhere within 10 s"));
-        add.push(done.saturating_duration_since(t0));
-        let t1 = Instant::now();
-        etcd_http(
-            &c.switch.ns,
-            "/v3/kv/deleterange",
-            &format!(r#"{{"key":"{key}"}}"#),
-        );
-        let gone = mon
-            .wait_all(
-                c.nodes.len(),
-                &format!("Deleted {subnet}/24"),
-                Duration::from_secs(10),
-            )
-            .unwrap_or_else(|| panic!("lease {subnet} not removed everywhere within 10 s"));
-        del.push(gone.saturating_duration_since(t1));
-        std::thread::sleep(Duration::from_millis(20));
+        let t = add_and_delete_lease_value(&c.switch.ns, &mon, k, &lease(k));
+        put.push(t.put_ack);
+        add.push(t.add);
+        del.push(t.delete);
     }
     add.sort();
     del.sort();
     put.sort();
     (add, del, put)
-}
-
-fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn idle_cost(pid: u32, secs: u64) -> String {

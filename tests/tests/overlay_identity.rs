@@ -128,19 +128,7 @@ fn nodes_sharing_a_node_name_get_distinct_subnets_and_vtep_macs_and_a_full_pod_m
     assert_eq!(c.etcd.get_prefix(SUBNETS).len(), 4, "{}", c.dump());
     c.wait_mesh(&all, Duration::from_secs(15));
     let pods: Vec<_> = c.nodes.iter().map(|n| n.add_pod(2)).collect();
-    for a in &pods {
-        for b in &pods {
-            if a.ip != b.ip {
-                assert!(
-                    wait_until(Duration::from_secs(10), || a.can_reach(b.ip)),
-                    "pod {} cannot reach pod {}\n{}",
-                    a.ip,
-                    b.ip,
-                    c.dump()
-                );
-            }
-        }
-    }
+    c.assert_pods_reach_each_other(&pods);
     for d in &c.daemons {
         assert!(
             !d.log_text().contains("VTEP MAC collision"),

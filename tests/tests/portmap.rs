@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use twill_tests::bins::{bin, require_root, Reference};
 use twill_tests::exec::{Invocation, Outcome};
-use twill_tests::libcni::LibCni;
+use twill_tests::libcni::{unique_name, LibCni};
 use twill_tests::netns::Netns;
 
 const HOST_PORT: u16 = 8080;
@@ -34,15 +34,6 @@ const REMOTE_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
 /// hairpin and localhost connections come from.
 const BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 const BRIDGE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x88, 0, 0, 0, 0, 0, 1);
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Impl {
@@ -99,7 +90,7 @@ impl Node {
         for ns in [&node, &remote] {
             ns.ip(&["link", "set", "lo", "up"]);
         }
-        let up = unique("up").replace('-', "");
+        let up = unique_name("up").replace('-', "");
         let up = &up[..up.len().min(15)];
         node.ip(&[
             "link",
@@ -132,7 +123,7 @@ impl Node {
             "net.ipv4.ip_forward=1",
             "net.ipv6.conf.all.forwarding=1",
         ]);
-        let net = unique("pm");
+        let net = unique_name("pm");
         let conflist = json!({
             "cniVersion": "1.0.0",
             "name": net,

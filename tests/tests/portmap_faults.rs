@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use twill_tests::bins::{bin, require_root};
 use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
+use twill_tests::rng::Rng;
 
 const POD_IP: &str = "10.99.0.10";
 
@@ -48,27 +49,6 @@ fn rules_of_pod(node: &Netns) -> Vec<String> {
     out
 }
 
-/// A small deterministic PRNG, seeded from the clock (printed so a failure can be replayed).
-fn rng() -> impl FnMut() -> u64 {
-    let mut s = std::env::var("TWILL_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                | 1
-        });
-    eprintln!("TWILL_SEED={s}");
-    move || {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        s.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 #[test]
 fn del_right_after_a_killed_iptables_add_leaves_no_rule() {
     require_root();
@@ -84,11 +64,11 @@ fn del_right_after_a_killed_iptables_add_leaves_no_rule() {
         .map(|i| json!({"hostPort": 20000 + i, "containerPort": 8000 + i, "protocol": "tcp"}))
         .collect();
     let conf = request(&format!("pmkill-{}", std::process::id()), &json!(mappings));
-    let mut next = rng();
+    let mut rng = Rng::from_env_or_time("killed_iptables_add");
     let started = Instant::now();
     let mut killed = 0;
     for round in 0..50 {
-        let after = Duration::from_micros(1000 + next() % 7000);
+        let after = Duration::from_micros(1000 + rng.below(7000));
         let add = invocation(&node, &pod, "ADD", &conf).timeout(after).run();
         if add.signal.is_some() {
             killed += 1;

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use twill_tests::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
+use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
 use twill_tests::etcd::Etcd;
 
 pub const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -102,6 +102,28 @@ impl Cluster {
                 "nodes {among:?} did not learn each other within {timeout:?}\n{}",
                 self.dump()
             );
+        }
+    }
+
+    /// Every pod pings every other pod within 10 s each; a failure shows the last ping and the cluster state.
+    pub fn assert_pods_reach_each_other(&self, pods: &[Pod]) {
+        for a in pods {
+            for b in pods {
+                if a.ip != b.ip {
+                    assert!(
+                        wait_until(Duration::from_secs(10), || a.can_reach(b.ip)),
+                        "pod {} cannot ping pod {}\nlast ping: {}\n{}",
+                        a.ip,
+                        b.ip,
+                        String::from_utf8_lossy(
+                            &a.ns
+                                .exec(&["ping", "-c", "1", "-W", "1", &b.ip.to_string()])
+                                .stdout
+                        ),
+                        self.dump()
+                    );
+                }
+            }
         }
     }
 

@@ -1,0 +1,215 @@
+//! Pieces shared by the overlay benchmarks (`overlay_bench`, `flanneld_bench`): leases written straight into
+//! etcd's JSON gateway, `ip monitor route` in every node to see when they land, and /proc readings of a daemon.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::netns::Netns;
+
+const SUBNETS: &str = "/coreos.com/network/subnets/";
+
+/// The benchmark knob `name`, or `default` when it is unset or empty.
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// Standard base64 with padding, as etcd's JSON gateway wants keys and values.
+pub fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// One request to etcd's JSON gateway over a socket opened inside the switch namespace (no etcdctl start-up
+/// in the timing; the test process itself stays in the host namespace, and the socket works from any thread).
+pub fn etcd_http(switch: &Netns, path: &str, body: &str) {
+    let mut sock = switch
+        .run_in(|| TcpStream::connect("127.0.0.1:2379"))
+        .unwrap_or_else(|e| panic!("connect etcd: {e}"));
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    sock.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("etcd request: {e}"));
+    let mut resp = String::new();
+    let _ = sock.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "etcd {path}: {resp}");
+}
+
+/// `ip monitor route` in every node; lines arrive tagged with the node and the moment they were read.
+pub struct RouteMonitors {
+    children: Vec<Child>,
+    rx: mpsc::Receiver<(usize, Instant, String)>,
+    nodes: usize,
+}
+
+impl RouteMonitors {
+    /// Starts one monitor per namespace in `node_namespaces`.
+    pub fn start<'a>(node_namespaces: impl IntoIterator<Item = &'a Netns>) -> RouteMonitors {
+        let (tx, rx) = mpsc::channel();
+        let mut children = Vec::new();
+        for (i, ns) in node_namespaces.into_iter().enumerate() {
+            let mut child = Command::new("ip")
+                .args(["-n", ns.name(), "monitor", "route"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("ip monitor: {e}"));
+            let out = child.stdout.take().unwrap_or_else(|| unreachable!());
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if tx.send((i, Instant::now(), line)).is_err() {
+                        return;
+                    }
+                }
+            });
+            children.push(child);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let nodes = children.len();
+        RouteMonitors {
+            children,
+            rx,
+            nodes,
+        }
+    }
+
+    /// Forgets every line read so far.
+    pub fn drain(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+
+    /// Waits until every node printed a line starting with `prefix`; returns the latest arrival.
+    pub fn wait_all(&self, prefix: &str, timeout: Duration) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = vec![None; self.nodes];
+        while seen.iter().any(Option::is_none) {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let (i, at, line) = self.rx.recv_timeout(left).ok()?;
+            if line.starts_with(prefix) && seen[i].is_none() {
+                seen[i] = Some(at);
+            }
+        }
+        seen.into_iter().flatten().max()
+    }
+}
+
+impl Drop for RouteMonitors {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// How long one benchmark lease took: etcd acknowledging the put, its route on every node, its removal from
+/// every node after the delete.
+pub struct LeaseTimes {
+    pub put_ack: Duration,
+    pub add: Duration,
+    pub delete: Duration,
+}
+
+/// Lease number `k` (10.244.200+, inside the benchmarks' Network but never allocated to a node) written into
+/// the etcd of `switch` and deleted again, timed through `mon`.
+pub fn add_and_delete_lease(switch: &Netns, mon: &RouteMonitors, k: u32) -> LeaseTimes {
+    add_and_delete_lease_value(switch, mon, k, &vxlan_lease(k))
+}
+
+/// The vxlan lease value of the k-th benchmark lease (a made-up peer and VTEP MAC).
+pub fn vxlan_lease(k: u32) -> String {
+    format!(
+        r#"{{"PublicIP":"10.250.1.{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:bb:00:00:00:{:02x}"}}}}"#,
+        k % 250 + 1,
+        k % 250
+    )
+}
+
+/// [`add_and_delete_lease`] with the lease value given (another backend's lease format).
+pub fn add_and_delete_lease_value(
+    switch: &Netns,
+    mon: &RouteMonitors,
+    k: u32,
+    value: &str,
+) -> LeaseTimes {
+    let subnet = format!("10.244.{}.0", 200 + k % 50);
+    let key = base64(format!("{SUBNETS}{subnet}-24").as_bytes());
+    mon.drain();
+    let t0 = Instant::now();
+    etcd_http(
+        switch,
+        "/v3/kv/put",
+        &format!(
+            r#"{{"key":"{key}","value":"{}"}}"#,
+            base64(value.as_bytes())
+        ),
+    );
+    let put_ack = t0.elapsed();
+    let done = mon
+        .wait_all(&format!("{subnet}/24 via"), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("lease {subnet} not programmed everywhere within 10 s"));
+    let t1 = Instant::now();
+    etcd_http(
+        switch,
+        "/v3/kv/deleterange",
+        &format!(r#"{{"key":"{key}"}}"#),
+    );
+    let gone = mon
+        .wait_all(&format!("Deleted {subnet}/24"), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("lease {subnet} not removed everywhere within 10 s"));
+    std::thread::sleep(Duration::from_millis(20));
+    LeaseTimes {
+        put_ack,
+        add: done.saturating_duration_since(t0),
+        delete: gone.saturating_duration_since(t1),
+    }
+}
+
+/// The `p` quantile (0.0 to 1.0) of `sorted`.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+/// The number after `key` in /proc/<pid>/<file> (kB for memory lines), 0 when absent.
+pub fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of `pid`, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
