@@ -15,7 +15,7 @@ use crate::backend::vxlan::vtep_mac::MacIdentity;
 use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
 use crate::flags::Options;
 use crate::iface;
-use crate::link_watch;
+use crate::kernel_watch;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::rules::TrafficRules;
@@ -269,7 +269,11 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
 
     let membership = subnets.start(&own, &attrs, &cfg);
     let (mut ev_rx, publish) = (membership.events, membership.publish);
-    let mut link_rx = link_watch::watch_link(spec.name.clone())?;
+    let kernel_watch::KernelWatch {
+        link: mut link_rx,
+        state: kernel,
+    } = kernel_watch::watch_kernel(spec.name.clone(), cfg.network)?;
+    reconciler.set_full_every(opts.resync_full_every);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
@@ -291,10 +295,16 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             Some(()) = link_rx.recv() => {
                 while link_rx.try_recv().is_ok() {}
                 reconciler.full().await;
+                kernel.set_device(reconciler.device().unwrap_or(0));
             }
             _ = resync.tick() => {
-                reconciler.full().await;
-                mac_alarm = guard_mac(&mut identity, &mut reconciler, &mut attrs, &publish, &metrics).await;
+                // The MAC check is linear in the peers and depends only on them: it runs with every full pass
+                // (which every lease event causes) and while a clash is reported.
+                let full = reconciler.resync(kernel.take_dirty()).await;
+                kernel.set_device(reconciler.device().unwrap_or(0));
+                if full || mac_alarm {
+                    mac_alarm = guard_mac(&mut identity, &mut reconciler, &mut attrs, &publish, &metrics).await;
+                }
                 if let Some(r) = &rules {
                     match r.ensure().await {
                         Ok(true) => {
