@@ -200,7 +200,7 @@ mod tests {
             body.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
             body.extend_from_slice(&t.to_ne_bytes());
             body.extend_from_slice(v);
-            while body.len() % 4 != 0 {
+            while !body.len().is_multiple_of(4) {
                 body.push(0);
             }
         }
@@ -243,8 +243,14 @@ mod tests {
 
     #[test]
     fn routes_count_through_our_device_or_inside_the_network() {
-        assert_eq!(scan_all(&[route([192, 168, 1, 0], 24, 2)], 7), (false, false));
-        assert_eq!(scan_all(&[route([192, 168, 1, 0], 24, 7)], 7), (true, false));
+        assert_eq!(
+            scan_all(&[route([192, 168, 1, 0], 24, 2)], 7),
+            (false, false)
+        );
+        assert_eq!(
+            scan_all(&[route([192, 168, 1, 0], 24, 7)], 7),
+            (true, false)
+        );
         assert_eq!(scan_all(&[route([10, 244, 9, 0], 24, 2)], 7), (true, false));
         // A route covering more than the network is not one of ours.
         assert_eq!(scan_all(&[route([10, 0, 0, 0], 8, 2)], 7), (false, false));
@@ -263,6 +269,9 @@ mod tests {
     fn truncated_datagrams_are_read_up_to_the_damage() {
         let mut d = neigh(7);
         d.truncate(10);
-        assert_eq!(scan(&d, "flannel.1", 7, NET.parse().unwrap()), (false, false));
+        assert_eq!(
+            scan(&d, "flannel.1", 7, NET.parse().unwrap()),
+            (false, false)
+        );
     }
 }

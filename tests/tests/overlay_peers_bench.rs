@@ -19,7 +19,8 @@ use twill_tests::netns::Netns;
 
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 // Nodes allocate from 10.1.0.0-10.1.255.0; peers are 10.200.0.0/24 upwards (keys "…/10.2…", apart from ours).
-const CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"SubnetMin":"10.1.0.0","SubnetMax":"10.1.255.0"}"#;
+const CONFIG: &str =
+    r#"{"Network":"10.0.0.0/8","SubnetLen":24,"SubnetMin":"10.1.0.0","SubnetMax":"10.1.255.0"}"#;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)

@@ -414,7 +414,8 @@ fn idle_resyncs_skip_the_read_back_but_hand_made_changes_are_still_repaired() {
     let (p1, _) = c.nodes[1].subnet().unwrap_or_else(|| unreachable!());
     c.nodes[0].ip(&["route", "del", &format!("{p1}/24")]);
     assert!(
-        wait_until(Duration::from_secs_f64(resync * 2.0 + 0.5), || c.knows(0, 1)),
+        wait_until(Duration::from_secs_f64(resync * 2.0 + 0.5), || c
+            .knows(0, 1)),
         "deleted peer route not restored by the notified resync\n{}",
         c.dump()
     );
