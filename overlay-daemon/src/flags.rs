@@ -299,6 +299,10 @@ mod tests {
         assert_eq!(o.resync, Duration::from_millis(1500));
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.renew_margin, Duration::from_secs(3600));
+        assert_eq!(o.resync_full_every, 10);
+        let o = run(&["--node-name=n", "--resync-full-every=1"], &[]).unwrap();
+        assert_eq!(o.resync_full_every, 1);
+        assert!(run(&["--node-name=n", "--resync-full-every=0"], &[]).is_err());
         let e = run(&["--node-name=n", "--ip-masq=maybe"], &[]).unwrap_err();
         assert!(e.contains("not a boolean"), "{e}");
         assert!(run(&["--bogus"], &[]).unwrap_err().contains("unknown flag"));
