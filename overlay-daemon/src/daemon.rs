@@ -20,7 +20,7 @@ use crate::backend::Backend;
 use crate::config::{BackendKind, NetworkConfig};
 use crate::flags::Options;
 use crate::iface::{self, Underlay};
-use crate::link_watch;
+use crate::kernel_watch;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::rules::TrafficRules;
@@ -73,6 +73,8 @@ struct Start {
 /// the VTEP MAC guard).
 pub trait Guard<B: Backend> {
     fn wants(&self, ev: &LeaseEvent) -> bool;
+    /// Whether the guard is reporting a problem, so even a resync that skips the read-back must run it.
+    fn alarmed(&self) -> bool;
     fn check(
         &mut self,
         reconciler: &mut Reconciler<B>,
@@ -86,6 +88,9 @@ struct NoGuard;
 
 impl<B: Backend> Guard<B> for NoGuard {
     fn wants(&self, _: &LeaseEvent) -> bool {
+        false
+    }
+    fn alarmed(&self) -> bool {
         false
     }
     async fn check(
@@ -397,7 +402,11 @@ async fn serve<B: Backend>(
 
     let membership = subnets.start(&own, &attrs, &cfg);
     let (mut ev_rx, publish) = (membership.events, membership.publish);
-    let mut link_rx = link_watch::watch_link(link)?;
+    let kernel_watch::KernelWatch {
+        link: mut link_rx,
+        state: kernel,
+    } = kernel_watch::watch_kernel(link, cfg.network)?;
+    reconciler.set_full_every(opts.resync_full_every);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
@@ -418,10 +427,16 @@ async fn serve<B: Backend>(
             Some(()) = link_rx.recv() => {
                 while link_rx.try_recv().is_ok() {}
                 reconciler.full().await;
+                kernel.set_device(reconciler.device().unwrap_or(0));
             }
             _ = resync.tick() => {
-                reconciler.full().await;
-                guard.check(&mut reconciler, &mut attrs, &publish, &metrics).await;
+                // The guard's check is linear in the peers and depends only on them: it runs with every full
+                // pass (which every lease event causes) and while it reports a problem.
+                let full = reconciler.resync(kernel.take_dirty()).await;
+                kernel.set_device(reconciler.device().unwrap_or(0));
+                if full || guard.alarmed() {
+                    guard.check(&mut reconciler, &mut attrs, &publish, &metrics).await;
+                }
                 if let Some(r) = &rules {
                     match r.ensure().await {
                         Ok(true) => {

@@ -35,6 +35,8 @@ pub struct Options {
     pub healthz_port: u16,
     pub node_name: String,
     pub resync: Duration,
+    /// Every this many resyncs the kernel is read back even if no notification reported a change.
+    pub resync_full_every: u32,
 }
 
 /// Parsing outcome: run, print help, or print the version.
@@ -69,6 +71,8 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --healthz-ip=IP --healthz-port=N default 0.0.0.0 / 0 (off)
   --node-name=NAME                 node identity (default: hostname)
   --resync=SECONDS                 reconcile period (default 10)
+  --resync-full-every=N            read the kernel back every N-th resync even when no lease event or
+                                   kernel notification says anything changed (default 10; 1 = always)
 ";
 
 const FLAGS: &[&str] = &[
@@ -90,6 +94,7 @@ const FLAGS: &[&str] = &[
     "healthz-port",
     "node-name",
     "resync",
+    "resync-full-every",
 ];
 const BOOL_FLAGS: &[&str] = &["ip-masq"];
 
@@ -184,6 +189,14 @@ where
             "--resync={resync}: must be a positive number of seconds"
         ));
     }
+    let resync_full_every: u32 = num(
+        "resync-full-every",
+        one("resync-full-every"),
+        crate::reconcile::FULL_EVERY,
+    )?;
+    if resync_full_every == 0 {
+        return Err("--resync-full-every=0: must be at least 1".into());
+    }
     let public_ip = match one("public-ip") {
         None => None,
         Some(s) => Some(
@@ -249,6 +262,7 @@ where
         healthz_port: num("healthz-port", one("healthz-port"), 0)?,
         node_name,
         resync: Duration::from_secs_f64(resync),
+        resync_full_every,
     })))
 }
 
@@ -306,6 +320,10 @@ mod tests {
         assert_eq!(o.resync, Duration::from_millis(1500));
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.renew_margin, Duration::from_secs(3600));
+        assert_eq!(o.resync_full_every, 10);
+        let o = run(&["--node-name=n", "--resync-full-every=1"], &[]).unwrap();
+        assert_eq!(o.resync_full_every, 1);
+        assert!(run(&["--node-name=n", "--resync-full-every=0"], &[]).is_err());
         let e = run(&["--node-name=n", "--ip-masq=maybe"], &[]).unwrap_err();
         assert!(e.contains("not a boolean"), "{e}");
         assert!(run(&["--bogus"], &[]).unwrap_err().contains("unknown flag"));

@@ -13,7 +13,7 @@ pub mod daemon;
 pub mod flags;
 pub mod http;
 pub mod iface;
-pub mod link_watch;
+pub mod kernel_watch;
 pub mod metrics;
 pub mod reconcile;
 pub mod rules;

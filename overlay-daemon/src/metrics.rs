@@ -85,6 +85,9 @@ pub struct Metrics {
     pub peers: AtomicU64,
     pub lease_expiry_unix: AtomicU64,
     pub reconcile_runs: AtomicU64,
+    /// Periodic resyncs that read the kernel back, and those that found nothing to look at.
+    pub resync_full: AtomicU64,
+    pub resync_skipped: AtomicU64,
     pub reconcile_repairs: AtomicU64,
     pub rules_repairs: AtomicU64,
     pub etcd_errors: AtomicU64,
@@ -181,6 +184,19 @@ impl Metrics {
             "Full reconciliations of the kernel against the peer table",
             self.reconcile_runs.load(Relaxed),
         );
+        {
+            let name = "twilld_resync_total";
+            let _ = writeln!(
+                o,
+                "# HELP {name} Periodic resyncs: full (kernel read back and diffed) or skipped (no lease event, no kernel change notified, not the forced pass)\n# TYPE {name} counter"
+            );
+            let _ = writeln!(
+                o,
+                "{name}{{kind=\"full\"}} {}\n{name}{{kind=\"skipped\"}} {}",
+                self.resync_full.load(Relaxed),
+                self.resync_skipped.load(Relaxed)
+            );
+        }
         counter(
             &mut o,
             "twilld_reconcile_repairs_total",

@@ -19,6 +19,10 @@ use crate::subnet::lease::Lease;
 use crate::subnet::lease_check::{check, Expect, Invalid, InvalidLeases};
 use crate::subnet::LeaseEvent;
 
+/// Default for [`Reconciler::set_full_every`]: with the default 10 s period, a change no notification
+/// reported is repaired within 100 s.
+pub const FULL_EVERY: u32 = 10;
+
 pub struct Reconciler<B: Backend> {
     backend: B,
     dev: Option<u32>,
@@ -32,6 +36,11 @@ pub struct Reconciler<B: Backend> {
     expect: Expect,
     invalid: InvalidLeases,
     metrics: Arc<Metrics>,
+    /// A lease event arrived (or a pass failed) since the last full pass.
+    desired_dirty: bool,
+    /// Periodic resyncs since the last full pass; every `full_every`-th is full whatever the events said.
+    since_full: u32,
+    full_every: u32,
 }
 
 impl<B: Backend> Reconciler<B> {
@@ -46,7 +55,56 @@ impl<B: Backend> Reconciler<B> {
             expect,
             invalid: InvalidLeases::default(),
             metrics,
+            desired_dirty: true,
+            since_full: 0,
+            full_every: FULL_EVERY,
         }
+    }
+
+    /// Every `n`-th periodic resync reads the kernel back even when nothing was heard (at least 1: all).
+    pub fn set_full_every(&mut self, n: u32) {
+        self.full_every = n.max(1);
+    }
+
+    /// The periodic resync. A full pass costs a dump of the kernel's routes, neighbours and FDB and a diff
+    /// against every peer, so it runs only when a lease event arrived, the kernel reported a change of ours
+    /// (`kernel_changed`, which includes lost notifications), the last pass failed, or it is the forced
+    /// `full_every`-th: the safety net for a change nobody told us about. Otherwise only the device is checked
+    /// (a link lookup and its addresses, independent of the peer count). Returns whether it was a full pass.
+    pub async fn resync(&mut self, kernel_changed: bool) -> bool {
+        self.since_full += 1;
+        let full = kernel_changed
+            || self.desired_dirty
+            || !self.synced
+            || self.dev.is_none()
+            || self.since_full >= self.full_every;
+        if full {
+            self.metrics.resync_full.fetch_add(1, Relaxed);
+            self.full().await;
+            return true;
+        }
+        self.metrics.resync_skipped.fetch_add(1, Relaxed);
+        match self.backend.ensure_device().await {
+            Ok((dev, created)) => {
+                self.dev = Some(dev);
+                if created {
+                    // The kernel dropped every peer entry with the old device.
+                    self.full().await;
+                    return true;
+                }
+            }
+            Err(e) => {
+                self.count_netlink_error(&e);
+                self.dev = None;
+                self.metrics.set_ready(|r| r.device = false);
+            }
+        }
+        false
+    }
+
+    /// Our device's index, once it exists.
+    pub fn device(&self) -> Option<u32> {
+        self.dev
     }
 
     /// The peer a lease of another node describes, if it is valid (invalid ones are recorded and logged).
@@ -91,6 +149,7 @@ impl<B: Backend> Reconciler<B> {
 
     /// Applies one lease event. Returns false if the kernel could not be updated (the next full pass retries).
     pub async fn apply(&mut self, ev: LeaseEvent, received: Instant) -> bool {
+        self.desired_dirty = true;
         let ev = match ev {
             // A value that is not a lease takes away whatever peer the key described before.
             LeaseEvent::Garbled(g) => {
@@ -204,6 +263,17 @@ impl<B: Backend> Reconciler<B> {
     /// number of repairs, or None if the kernel could not be read or the device not created.
     pub async fn full(&mut self) -> Option<u64> {
         self.metrics.reconcile_runs.fetch_add(1, Relaxed);
+        self.since_full = 0;
+        // Cleared first: a lease event during the pass is not lost; a failed pass sets it again.
+        self.desired_dirty = false;
+        let r = self.full_pass().await;
+        if r.is_none() || !self.synced {
+            self.desired_dirty = true;
+        }
+        r
+    }
+
+    async fn full_pass(&mut self) -> Option<u64> {
         let (dev, created) = match self.backend.ensure_device().await {
             Ok(r) => r,
             Err(e) => {
@@ -236,6 +306,9 @@ impl<B: Backend> Reconciler<B> {
         let repairs = self.backend.repair(dev, &self.peers, &view).await;
         for e in &repairs.errors {
             self.count_netlink_error(e);
+        }
+        if !repairs.errors.is_empty() {
+            self.desired_dirty = true;
         }
         if repairs.count > 0 {
             self.metrics

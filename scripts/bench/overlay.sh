@@ -11,13 +11,15 @@
 #   --sizes A,B         cluster sizes (default 10,30)
 #   --idle-secs N       idle measurement of one daemon (default 60)
 #   --iperf-secs N      duration of each iperf3 run (default 5)
+#   --peers N           one daemon with N peer leases: programming, removal, CPU per idle resync
+#                       (default 10000; 0 skips; tests/tests/overlay_peers_bench.rs)
 #   --out FILE          also write the results to FILE
 set -euo pipefail
 # shellcheck source=../lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
 root="$TWILL_ROOT"
 cd "$root"
-samples=40 sizes=10,30 idle=60 iperf=5 out=""
+samples=40 sizes=10,30 idle=60 iperf=5 peers=10000 out=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) samples="$2"; shift 2 ;;
@@ -25,8 +27,9 @@ while [ $# -gt 0 ]; do
     --sizes) sizes="$2"; shift 2 ;;
     --idle-secs) idle="$2"; shift 2 ;;
     --iperf-secs) iperf="$2"; shift 2 ;;
+    --peers) peers="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "overlay.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -45,6 +48,15 @@ echo "==> twilld benchmark (VXLAN and host-gw): sizes $sizes, $samples leases ea
 TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_SIZES="$sizes" TWILL_BENCH_SAMPLES="$samples" \
   TWILL_BENCH_IDLE_SECS="$idle" TWILL_BENCH_IPERF_SECS="$iperf" TWILL_BENCH_OUT="$out" \
   cargo test --release -p twill-tests --test overlay_bench -- --ignored --nocapture --test-threads=1
+if [ "$peers" -gt 0 ]; then
+  echo "==> twilld at $peers peers" >&2
+  TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_PEERS="$peers" TWILL_BENCH_OUT="${out:+$out.peers}" \
+    cargo test --release -p twill-tests --test overlay_peers_bench -- --ignored --nocapture --test-threads=1
+  if [ -n "$out" ]; then
+    cat "$out.peers" >> "$out"
+    rm -f "$out.peers"
+  fi
+fi
 echo "==> twilld against flanneld: sizes $sizes, $samples leases each, idle ${idle}s" >&2
 # shellcheck source=../lib/common.sh
 . "$root/scripts/lib/common.sh"

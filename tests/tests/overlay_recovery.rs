@@ -1,5 +1,6 @@
 //! twilld under faults of its surroundings: an etcd that lost its data or went back to an older snapshot,
-//! a flood of idle connections on the health port with few file descriptors, and invalid leases in etcd.
+//! a flood of idle connections on the health port with few file descriptors, invalid leases in etcd, and
+//! hand-made kernel changes while the periodic resync skips the read-back because nothing was heard.
 
 mod overlay_support;
 
@@ -381,4 +382,64 @@ fn invalid_leases_are_skipped_logged_once_and_counted_by_reason() {
     .1
     .contains("twilld_invalid_leases{")));
     c.wait_mesh(&[0, 1], Duration::from_secs(5));
+}
+
+fn resyncs(c: &Cluster, i: usize) -> (f64, f64) {
+    let m = |kind: &str| {
+        metric(c, i, &format!("twilld_resync_total{{kind=\"{kind}\"}}")).unwrap_or(-1.0)
+    };
+    (m("full"), m("skipped"))
+}
+
+#[test]
+fn idle_resyncs_skip_the_read_back_but_hand_made_changes_are_still_repaired() {
+    let resync = 0.5;
+    let c = Cluster::with_flags(2, resync, &["--resync-full-every=4"]);
+    c.wait_mesh(&[0, 1], Duration::from_secs(10));
+    // The notifications of the start-up programming cause one more full pass; then the node is idle.
+    std::thread::sleep(Duration::from_secs(2));
+    let (f0, s0) = resyncs(&c, 0);
+    assert!(f0 >= 1.0 && s0 >= 0.0, "no resync metric: {f0} {s0}");
+    std::thread::sleep(Duration::from_secs(4));
+    let (f1, s1) = resyncs(&c, 0);
+    let (full, skipped) = (f1 - f0, s1 - s0);
+    // About 8 periods: 2 forced full passes (every 4th), the rest skipped. Loose bounds: the machine is shared.
+    assert!(
+        skipped >= 3.0 && full >= 1.0 && full < skipped,
+        "idle node: {full} full, {skipped} skipped resyncs\n{}",
+        c.daemons[0].log_text()
+    );
+
+    // A peer's route deleted by hand: its notification makes the next resync a full one, which restores it.
+    let (p1, _) = c.nodes[1].subnet().unwrap_or_else(|| unreachable!());
+    c.nodes[0].ip(&["route", "del", &format!("{p1}/24")]);
+    assert!(
+        wait_until(Duration::from_secs_f64(resync * 2.0 + 0.5), || c
+            .knows(0, 1)),
+        "deleted peer route not restored by the notified resync\n{}",
+        c.dump()
+    );
+    // A bogus FDB entry: the same through the AF_BRIDGE neighbour notifications.
+    let fdb = std::process::Command::new("bridge")
+        .args([
+            "-n",
+            c.nodes[0].ns.name(),
+            "fdb",
+            "append",
+            "02:00:00:00:00:99",
+            "dev",
+            "flannel.1",
+            "dst",
+            "10.250.0.99",
+        ])
+        .status()
+        .map(|s| s.success());
+    assert_eq!(fdb.ok(), Some(true));
+    assert!(
+        wait_until(Duration::from_secs_f64(resync * 2.0 + 0.5), || !c.nodes[0]
+            .fdb("flannel.1")
+            .contains("02:00:00:00:00:99")),
+        "bogus FDB entry not removed\n{}",
+        c.dump()
+    );
 }

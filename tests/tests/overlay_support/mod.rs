@@ -21,10 +21,16 @@ pub struct Cluster {
     pub etcd: Etcd,
     pub switch: Switch,
     pub resync: f64,
+    /// Flags every twilld of this cluster gets besides the usual ones.
+    pub extra: Vec<String>,
 }
 
 impl Cluster {
     pub fn new(nodes: u8, resync: f64) -> Cluster {
+        Cluster::with_flags(nodes, resync, &[])
+    }
+
+    pub fn with_flags(nodes: u8, resync: f64, extra: &[&str]) -> Cluster {
         let switch = Switch::new();
         let etcd = switch.start_etcd();
         etcd.put(CONFIG_KEY, NET_CONFIG);
@@ -34,6 +40,7 @@ impl Cluster {
             etcd,
             switch,
             resync,
+            extra: extra.iter().map(|f| f.to_string()).collect(),
         };
         for _ in 0..nodes {
             c.join();
@@ -46,7 +53,9 @@ impl Cluster {
             etcd: self.etcd.underlay_endpoint(),
             resync_secs: self.resync,
             // Every node serves health on the same port: each node is its own namespace.
-            extra: vec![format!("--healthz-port={HEALTH_PORT}")],
+            extra: std::iter::once(format!("--healthz-port={HEALTH_PORT}"))
+                .chain(self.extra.iter().cloned())
+                .collect(),
         }
     }
 

@@ -100,6 +100,10 @@ impl crate::daemon::Guard<VxlanBackend> for MacGuard {
         event_matters(ev, &self.identity, self.alarm)
     }
 
+    fn alarmed(&self) -> bool {
+        self.alarm
+    }
+
     async fn check(
         &mut self,
         reconciler: &mut Reconciler<VxlanBackend>,
