@@ -134,11 +134,11 @@ cni() {
     CNI_PATH=/opt/cni/bin ip netns exec "$node" chroot "$root" /opt/cni/bin/bridge <<<"$conf"
 }
 result="$(cni ADD)" || fail "bridge ADD in bullseye: $result"
-ip -n "$pod" -4 addr show eth0 2>/dev/null | grep -q 'inet 10\.99\.0\.' || fail "pod has no address after ADD: $result"
+ip -n "$pod" -4 addr show eth0 2>/dev/null | grep -- 'inet 10\.99\.0\.' >/dev/null || fail "pod has no address after ADD: $result"
 ip -n "$node" link show cni-rel0 >/dev/null 2>&1 || fail "no bridge in the node after ADD"
 cni DEL >/dev/null || fail "bridge DEL in bullseye"
 ! ip -n "$pod" link show eth0 >/dev/null 2>&1 || fail "eth0 still in the pod after DEL"
-! find "$root/var/lib/cni/networks/relnet" -name '10.*' | grep -q . || fail "lease left after DEL"
+! find "$root/var/lib/cni/networks/relnet" -name '10.*' | grep -- . >/dev/null || fail "lease left after DEL"
 pass "bridge ADD/DEL from bullseye"
 
 # twilld from the chroot reaches an etcd named by host name: the static glibc resolves `localhost` through
@@ -192,9 +192,9 @@ first_ip="$(sed -n 's/.*"address": *"\([0-9.]*\)\/.*/\1/p' <<<"$first")"
 [ -f "$root/var/lib/cni/networks/leases/$first_ip" ] || fail "no lease file for $first_ip"
 cp "$deb" "$root/tmp/twill.deb"
 in_root dpkg -i /tmp/twill.deb || fail "dpkg -i over containernetworking-plugins"
-in_root dpkg-query -W -f="\${Status}" containernetworking-plugins 2>/dev/null | grep -q 'install ok installed' \
+in_root dpkg-query -W -f="\${Status}" containernetworking-plugins 2>/dev/null | grep -- 'install ok installed' >/dev/null \
   && fail "containernetworking-plugins still installed after dpkg -i"
-env -u CNI_COMMAND chroot "$root" /usr/lib/cni/bridge 2>&1 </dev/null | grep -q '(twill)' \
+env -u CNI_COMMAND chroot "$root" /usr/lib/cni/bridge 2>&1 </dev/null | grep -- '(twill)' >/dev/null \
   || fail "/usr/lib/cni/bridge is not ours after dpkg -i"
 for p in "${PLUGINS[@]}"; do
   [ "$(readlink "$root/opt/cni/bin/$p")" = "/usr/lib/cni/$p" ] || fail "/opt/cni/bin/$p is not our link"
@@ -220,7 +220,7 @@ pass "dpkg -r restores a clean state"
 cp "$ref_pkg" "$root/tmp/"
 in_root apt-get install -y -q --no-install-recommends "/tmp/$(basename "$ref_pkg")" \
   || fail "apt-get install containernetworking-plugins"
-env -u CNI_COMMAND chroot "$root" /usr/lib/cni/bridge 2>&1 </dev/null | grep -q 'twill' \
+env -u CNI_COMMAND chroot "$root" /usr/lib/cni/bridge 2>&1 </dev/null | grep -- 'twill' >/dev/null \
   && fail "/usr/lib/cni/bridge is still ours"
 files >"$tmp/files.after"
 comm -3 "$tmp/files.before" "$tmp/files.after" | grep -v '^\s*\./var/lib/cni' >"$tmp/diff" || true

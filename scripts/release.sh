@@ -74,7 +74,7 @@ log "build took $(($(date +%s) - start)) s"
 rel="$CARGO_TARGET_DIR/$TRIPLE/release"
 for b in "${PLUGINS[@]}" twilld; do
   # A dynamic executable names its interpreter (ld-linux); a static one has none.
-  if readelf -l "$rel/$b" | grep -q 'Requesting program interpreter'; then
+  if readelf -l "$rel/$b" | grep -- 'Requesting program interpreter' >/dev/null; then
     die "$b is dynamically linked: the static build did not take"
   fi
 done

@@ -212,3 +212,55 @@ echo finished"#,
         stderr(&out)
     );
 }
+
+/// Every script runs under `pipefail`, where `writer | grep -q pattern` fails whenever grep stops reading at its
+/// first match while the writer still writes (SIGPIPE, exit 141): a check that passes or fails by timing.
+/// Found in the release test (the plugin's about text has two lines); no script may use the pattern.
+#[test]
+fn no_script_ends_a_pipeline_in_an_early_exiting_grep() {
+    let mut offenders = Vec::new();
+    let mut dirs = vec![workspace_dir().join("scripts")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read scripts dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "sh") {
+                let text = std::fs::read_to_string(&path).expect("read script");
+                for (n, line) in text.lines().enumerate() {
+                    let trimmed = line.trim_start();
+                    if !trimmed.starts_with('#')
+                        && (trimmed.contains("| grep -q") || trimmed.contains("| grep -m"))
+                    {
+                        offenders.push(format!("{}:{}: {}", path.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "pipelines ending in grep -q/-m:\n{}",
+        offenders.join("\n")
+    );
+}
+
+/// The failure behind that rule, shown: a long writer piped into `grep -q` for its first line fails under
+/// pipefail, and the same check with a grep that reads everything passes.
+#[test]
+fn grep_q_in_a_pipeline_fails_a_pipefail_check_that_a_full_grep_passes() {
+    let writer = "for i in $(seq 1 20000); do echo \"line $i\"; done";
+    let run = |check: &str| {
+        Command::new("bash")
+            .args(["-c", &format!("set -o pipefail; {writer} | {check}")])
+            .output()
+            .expect("run bash")
+    };
+    let quiet = run("grep -q 'line 1'");
+    let full = run("grep -- 'line 1' >/dev/null");
+    assert!(
+        !quiet.status.success(),
+        "grep -q should have cut the writer off"
+    );
+    assert!(full.status.success(), "{}", stderr(&full));
+}
