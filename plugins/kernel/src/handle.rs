@@ -5,25 +5,21 @@
 //! become [`Error`]s here and only here.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP,
-    NLM_F_DUMP_INTR, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
 use crate::error::{Error, NetlinkError, Result};
 use crate::netns::NetNs;
+use crate::nl::{Reply, Socket};
 
-/// The kernel caps one dump datagram at 32 KiB (netlink_recvmsg); twice that leaves room.
-const RECV_BUF: usize = 64 * 1024;
 /// A dump interrupted by a concurrent change (NLM_F_DUMP_INTR) is retried this many times.
 const DUMP_ATTEMPTS: usize = 5;
-/// `NLMSGERR_ATTR_MSG` from linux/netlink.h: the extended-ack text.
-const NLMSGERR_ATTR_MSG: u16 = 1;
-const NETLINK_HEADER_LEN: usize = 16;
 
 /// A NETLINK_ROUTE socket in one namespace. Cheap to clone (shared socket); safe to use from any
 /// thread (requests are serialised).
@@ -45,8 +41,6 @@ struct Inner {
 #[derive(Debug)]
 struct Conn {
     socket: Socket,
-    seq: u32,
-    buf: Vec<u8>,
 }
 
 impl Handle {
@@ -69,11 +63,7 @@ impl Handle {
     fn from_socket(socket: Socket, netns: String) -> Handle {
         Handle {
             inner: Arc::new(Inner {
-                conn: Mutex::new(Conn {
-                    socket,
-                    seq: 0,
-                    buf: Vec::with_capacity(RECV_BUF),
-                }),
+                conn: Mutex::new(Conn { socket }),
                 netns,
             }),
         }
@@ -126,16 +116,10 @@ impl Handle {
 }
 
 fn open_socket() -> io::Result<Socket> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    // Extended acks carry the kernel's reason ("Nexthop device is not up"); capped acks keep the
-    // request from being echoed back in every error.
-    let _ = socket.set_ext_ack(true);
-    let _ = socket.set_cap_ack(true);
+    let socket = Socket::open(NETLINK_ROUTE)?;
     // Strict checking makes the kernel honour the filters in dump headers (ifindex, family, table),
     // so dumps return only what was asked for.
-    let _ = socket.set_netlink_get_strict_chk(true);
+    let _ = socket.inner().set_netlink_get_strict_chk(true);
     Ok(socket)
 }
 
@@ -147,8 +131,7 @@ impl Conn {
         flags: u16,
         dump: bool,
     ) -> Result<(Vec<RouteNetlinkMessage>, bool), NetlinkError> {
-        self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
+        let seq = self.socket.next_seq();
         let mut header = NetlinkHeader::default();
         header.flags = flags;
         header.sequence_number = seq;
@@ -156,111 +139,51 @@ impl Conn {
         packet.finalize();
         let mut out = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut out);
-        self.socket.send(&out, 0)?;
 
         let mut replies = Vec::new();
         let mut interrupted = false;
-        loop {
-            self.buf.clear();
-            let n = match self.socket.recv(&mut self.buf, 0) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.into()),
-            };
-            if n > self.buf.len() {
-                return Err(
-                    io::Error::new(io::ErrorKind::InvalidData, "netlink reply truncated").into(),
-                );
-            }
-            let mut offset = 0;
-            while offset + NETLINK_HEADER_LEN <= self.buf.len() {
-                let bytes = &self.buf[offset..];
-                let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
-                if len < NETLINK_HEADER_LEN || len > bytes.len() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed netlink message",
-                    )
-                    .into());
-                }
-                let frame = &bytes[..len];
-                offset += (len + 3) & !3;
-                let msg_flags = u16::from_ne_bytes([frame[6], frame[7]]);
-                let msg_seq = u32::from_ne_bytes([frame[8], frame[9], frame[10], frame[11]]);
-                if msg_seq != seq {
-                    // A late reply to an earlier request that failed half way: not ours.
-                    continue;
-                }
-                if msg_flags & NLM_F_DUMP_INTR != 0 {
+        self.socket.exchange(
+            &out,
+            seq,
+            seq,
+            |_, e| NetlinkError::from(e),
+            |frame, reply| {
+                if frame.dump_interrupted() {
                     interrupted = true;
                 }
-                let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame);
-                match parsed {
-                    Ok(m) => match m.payload {
-                        // A dump that fails half way ends with NLMSG_DONE carrying -errno.
-                        NetlinkPayload::Done(done) if dump && done.code < 0 => {
-                            return Err(io::Error::from_raw_os_error(-done.code).into())
-                        }
-                        NetlinkPayload::Done(_) if dump => return Ok((replies, interrupted)),
-                        NetlinkPayload::Error(err) => match err.code {
-                            None if !dump => return Ok((replies, interrupted)),
-                            None => {}
-                            Some(_) => {
-                                return Err(NetlinkError {
-                                    source: err.to_io(),
-                                    detail: ext_ack_message(&err.header, msg_flags),
-                                })
+                match reply {
+                    // A dump that fails half way ends with NLMSG_DONE carrying -errno.
+                    Reply::Done { errno: Some(errno) } if dump => {
+                        Err(io::Error::from_raw_os_error(errno).into())
+                    }
+                    Reply::Done { errno: None } if dump => Ok(ControlFlow::Break(())),
+                    Reply::Done { .. } => Ok(ControlFlow::Continue(())),
+                    Reply::Ack if !dump => Ok(ControlFlow::Break(())),
+                    Reply::Ack => Ok(ControlFlow::Continue(())),
+                    Reply::Error { errno, detail } => Err(NetlinkError {
+                        source: io::Error::from_raw_os_error(errno),
+                        detail,
+                    }),
+                    Reply::Message => {
+                        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(frame.bytes) {
+                            Ok(m) => {
+                                if let NetlinkPayload::InnerMessage(inner) = m.payload {
+                                    replies.push(inner);
+                                }
+                                Ok(ControlFlow::Continue(()))
                             }
-                        },
-                        NetlinkPayload::InnerMessage(inner) => replies.push(inner),
-                        _ => {}
-                    },
-                    // An object the parser does not understand must not hide the others of a
-                    // dump; but the dump's end (DONE/ERROR) must be understood or we would wait
-                    // forever.
-                    Err(_) if dump && !is_control(frame) => {}
-                    Err(e) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()).into())
+                            // An object the parser does not understand must not hide the others
+                            // of a dump.
+                            Err(_) if dump => Ok(ControlFlow::Continue(())),
+                            Err(e) => {
+                                Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+                                    .into())
+                            }
+                        }
                     }
                 }
-            }
-        }
+            },
+        )?;
+        Ok((replies, interrupted))
     }
-}
-
-/// NLMSG_ERROR or NLMSG_DONE: the messages that end an exchange.
-fn is_control(frame: &[u8]) -> bool {
-    let kind = u16::from_ne_bytes([frame[4], frame[5]]);
-    kind == NLMSG_ERROR || kind == NLMSG_DONE
-}
-
-/// The extended-ack text of an NLMSG_ERROR: with NETLINK_CAP_ACK the payload is the original
-/// header followed by attributes (linux/netlink.h, `enum nlmsgerr_attrs`).
-fn ext_ack_message(payload: &[u8], flags: u16) -> Option<String> {
-    const NLM_F_ACK_TLVS: u16 = 0x200;
-    if flags & NLM_F_ACK_TLVS == 0 || payload.len() < NETLINK_HEADER_LEN {
-        return None;
-    }
-    let orig_len = u32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
-    // With CAP_ACK only the header is echoed; without it the whole request is.
-    let capped = flags & 0x100 != 0;
-    let mut rest = if capped {
-        &payload[NETLINK_HEADER_LEN..]
-    } else {
-        payload.get(((orig_len + 3) & !3)..)?
-    };
-    while rest.len() >= 4 {
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
-        if len < 4 || len > rest.len() {
-            break;
-        }
-        if kind == NLMSGERR_ATTR_MSG {
-            let text = &rest[4..len];
-            let text = text.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-        rest = rest.get(((len + 3) & !3)..).unwrap_or_default();
-    }
-    None
 }

@@ -28,6 +28,7 @@ pub mod mac;
 pub mod names;
 pub mod neighbour;
 pub mod netns;
+pub mod nl;
 pub mod route;
 pub mod sysctl;
 

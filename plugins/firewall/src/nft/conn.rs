@@ -1,11 +1,13 @@
 //! The `NETLINK_NETFILTER` socket: commits batches with one `sendmsg` and reads the kernel's
 //! answers; dumps tables, chains and rules.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell, RefMut};
 use std::io;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+use twill_kernel::nl::{self, Reply};
 
 use super::attr::{self, Attr, AttrWriter};
 use super::batch::{comment_from_userdata, Batch};
@@ -14,8 +16,6 @@ use super::sys::*;
 use super::{park, Family, Hook};
 use crate::error::{Error, Result};
 
-/// Receive buffer for one datagram; the kernel sizes dump skbs to at most 32 KiB.
-const RECV_BUF: usize = 64 * 1024;
 /// Batches larger than this get a bigger socket send buffer.
 const LARGE_BATCH: usize = 128 * 1024;
 /// A dump interrupted by a concurrent change (`NLM_F_DUMP_INTR`) is retried this many times.
@@ -64,8 +64,7 @@ pub struct TableInfo {
 /// over, or by the kernel at process exit, by when the plugin's remaining work has usually
 /// covered the grace period.
 pub struct Nft {
-    socket: Option<Socket>,
-    seq: Cell<u32>,
+    socket: Option<RefCell<nl::Socket>>,
     deleted: Cell<bool>,
 }
 
@@ -73,7 +72,7 @@ impl Drop for Nft {
     fn drop(&mut self) {
         if let Some(socket) = self.socket.take() {
             if self.deleted.get() {
-                park::park(socket);
+                park::park(socket.into_inner().into_inner());
             }
             // Otherwise the socket closes here: nothing of ours awaits a grace period.
         }
@@ -82,7 +81,11 @@ impl Drop for Nft {
 
 impl std::fmt::Debug for Nft {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Nft").field("seq", &self.seq.get()).finish()
+        let seq = self
+            .socket
+            .as_ref()
+            .and_then(|s| s.try_borrow().ok().map(|s| s.seq()));
+        f.debug_struct("Nft").field("seq", &seq).finish()
     }
 }
 
@@ -108,112 +111,45 @@ fn nlmsg(
     buf.extend_from_slice(attrs);
 }
 
-/// One received netlink message.
-struct Received<'a> {
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    payload: &'a [u8],
+/// Maps a failure of the shared netlink loop: a malformed or truncated answer is a protocol
+/// error, anything else a failed system call.
+fn loop_error(context: &str, what: &str, e: io::Error) -> Error {
+    if e.kind() == io::ErrorKind::InvalidData {
+        Error::Protocol(format!("{context}: {e}"))
+    } else {
+        Error::io(format!("{context}: {what}"), e)
+    }
 }
 
-fn split_messages(mut buf: &[u8]) -> Result<Vec<Received<'_>>> {
-    let mut out = Vec::new();
-    while buf.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        if len < NLMSG_HDRLEN || len > buf.len() {
-            return Err(Error::Protocol(format!(
-                "malformed netlink message of length {len} in a {} byte datagram",
-                buf.len()
-            )));
-        }
-        out.push(Received {
-            kind: u16::from_ne_bytes([buf[4], buf[5]]),
-            flags: u16::from_ne_bytes([buf[6], buf[7]]),
-            seq: u32::from_ne_bytes([buf[8], buf[9], buf[10], buf[11]]),
-            payload: &buf[NLMSG_HDRLEN..len],
-        });
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-    }
-    Ok(out)
-}
-
-/// Decodes an `NLMSG_ERROR` payload: (negative errno or 0, extended ack message).
-fn decode_error(msg: &Received<'_>) -> Result<(i32, Option<String>)> {
-    let p = msg.payload;
-    if p.len() < 4 + NLMSG_HDRLEN {
-        return Err(Error::Protocol("short netlink error message".into()));
-    }
-    let code = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
-    let mut text = None;
-    if msg.flags & NLM_F_ACK_TLVS != 0 {
-        // With NETLINK_CAP_ACK the original request is not echoed, only its header.
-        let orig_len = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]) as usize;
-        let skip = if msg.flags & 0x100 != 0 {
-            // NLM_F_CAPPED: only the header was echoed.
-            4 + NLMSG_HDRLEN
-        } else {
-            4 + ((orig_len + 3) & !3)
-        };
-        if let Some(tlvs) = p.get(skip..) {
-            if let Ok(attrs) = attr::parse(tlvs) {
-                text = attr::find(&attrs, NLMSGERR_ATTR_MSG).map(|a| a.string());
-            }
-        }
-    }
-    Ok((code, text))
+/// The string value of attribute `kind`, empty when absent.
+fn string_attr(attrs: &[Attr<'_>], kind: u16) -> String {
+    attr::find(attrs, kind)
+        .map(|a| a.string())
+        .unwrap_or_default()
 }
 
 impl Nft {
     /// Opens a socket in the calling thread's network namespace.
     pub fn open() -> Result<Nft> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)
+        let socket = nl::Socket::open(NETLINK_NETFILTER)
             .map_err(|e| Error::io("nftables: open netlink socket", e))?;
-        socket
-            .bind_auto()
-            .map_err(|e| Error::io("nftables: bind netlink socket", e))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(|e| Error::io("nftables: connect netlink socket", e))?;
-        // Best effort: without them errors are still reported, only less readable.
-        let _ = socket.set_ext_ack(true);
-        let _ = socket.set_cap_ack(true);
-        set_recv_timeout(&socket, RECV_TIMEOUT)?;
+        set_recv_timeout(socket.inner(), RECV_TIMEOUT)?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(1);
         Ok(Nft {
-            socket: Some(socket),
-            seq: Cell::new(seed),
+            socket: Some(RefCell::new(socket.with_seq(seed))),
             deleted: Cell::new(false),
         })
     }
 
-    fn socket(&self) -> &Socket {
-        // Only `drop` takes the socket out.
-        self.socket.as_ref().expect("nft socket present until drop")
-    }
-
-    fn next_seq(&self) -> u32 {
-        let s = self.seq.get().wrapping_add(1);
-        self.seq.set(s);
-        s
-    }
-
-    fn recv(&self, buf: &mut Vec<u8>, context: &str) -> Result<()> {
-        buf.clear();
-        loop {
-            match self.socket().recv(buf, libc::MSG_TRUNC) {
-                Ok(n) if n > buf.len() => {
-                    return Err(Error::Protocol(format!(
-                        "{context}: netlink message of {n} bytes truncated"
-                    )))
-                }
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::io(format!("{context}: receive"), e)),
-            }
-        }
+    fn socket(&self) -> RefMut<'_, nl::Socket> {
+        // Only `drop` takes the socket out; requests never nest.
+        self.socket
+            .as_ref()
+            .expect("nft socket present until drop")
+            .borrow_mut()
     }
 
     /// Applies `batch` atomically: either every change happens or none does. An empty batch is a
@@ -229,7 +165,8 @@ impl Nft {
                 .map(|m| m.attrs.len() + 20)
                 .sum::<usize>(),
         );
-        let begin = self.next_seq();
+        let mut socket = self.socket();
+        let begin = socket.next_seq();
         nlmsg(
             &mut buf,
             NFNL_MSG_BATCH_BEGIN,
@@ -242,7 +179,7 @@ impl Nft {
         let first = begin.wrapping_add(1);
         let mut last = begin;
         for (i, m) in batch.messages.iter().enumerate() {
-            last = self.next_seq();
+            last = socket.next_seq();
             // Errors are reported for every failing message regardless of NLM_F_ACK; asking for
             // an ack only on the last one keeps the answer small and tells us when to stop
             // reading (the kernel delivers answers in message order).
@@ -261,7 +198,7 @@ impl Nft {
                 &m.attrs,
             );
         }
-        let end = self.next_seq();
+        let end = socket.next_seq();
         nlmsg(
             &mut buf,
             NFNL_MSG_BATCH_END,
@@ -275,14 +212,11 @@ impl Nft {
             // A transaction must go in one datagram, which the default socket send buffer
             // (wmem_default, ~208 KiB) caps. Root can raise it past wmem_max; if that fails the
             // kernel's EMSGSIZE below explains it.
-            set_buffer(self.socket(), libc::SO_SNDBUFFORCE, buf.len() * 2);
+            set_buffer(socket.inner(), libc::SO_SNDBUFFORCE, buf.len() * 2);
         }
         if batch.messages.iter().any(|m| m.deletes()) {
             self.deleted.set(true);
         }
-        self.socket()
-            .send(&buf, 0)
-            .map_err(|e| Error::io("nftables: send batch", e))?;
 
         let describe = |seq: u32| -> String {
             let idx = seq.wrapping_sub(first) as usize;
@@ -293,53 +227,56 @@ impl Nft {
                 .unwrap_or_else(|| "commit transaction".to_string())
         };
         let mut first_error: Option<Error> = None;
-        let mut rbuf = Vec::with_capacity(RECV_BUF);
-        loop {
-            self.recv(&mut rbuf, "nftables: commit")?;
-            let mut done = false;
-            for msg in split_messages(&rbuf)? {
-                // Anything else is a leftover of an earlier, abandoned request on this socket.
-                let ours = msg.seq.wrapping_sub(begin) <= end.wrapping_sub(begin);
-                if msg.kind != NLMSG_ERROR || !ours {
-                    continue;
-                }
-                let (code, text) = decode_error(&msg)?;
-                if code != 0 && first_error.is_none() {
-                    first_error = Some(Error::Kernel {
-                        context: format!("nftables: {}", describe(msg.seq)),
-                        errno: -code,
-                        message: text,
-                    });
-                }
+        socket.exchange(
+            &buf,
+            begin,
+            end,
+            |what, e| loop_error("nftables: commit", what, e),
+            |frame, reply| {
+                let failed = match reply {
+                    Reply::Ack => false,
+                    Reply::Error { errno, detail } => {
+                        if first_error.is_none() {
+                            first_error = Some(Error::Kernel {
+                                context: format!("nftables: {}", describe(frame.seq)),
+                                errno,
+                                message: detail,
+                            });
+                        }
+                        true
+                    }
+                    _ => return Ok(ControlFlow::Continue(())),
+                };
                 // The last message's answer ends the batch's answers; an error on BATCH_BEGIN
                 // means the batch was refused as a whole and nothing else will come.
-                if msg.seq == last || (msg.seq == begin && code != 0) {
-                    done = true;
+                if frame.seq == last || (frame.seq == begin && failed) {
+                    Ok(ControlFlow::Break(()))
+                } else {
+                    Ok(ControlFlow::Continue(()))
                 }
-            }
-            if done {
-                break;
-            }
-        }
+            },
+        )?;
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
         }
     }
 
-    /// Runs a dump request and hands every answer message's attributes to `f`. Retries when the
-    /// kernel flags the dump as interrupted by a concurrent change. ENOENT (no such table or
-    /// chain) yields nothing.
+    /// Runs a dump request and hands every answer message's family and attributes to `f`
+    /// (messages of families this crate does not know are skipped). Retries when the kernel
+    /// flags the dump as interrupted by a concurrent change. ENOENT (no such table or chain)
+    /// yields nothing.
     fn dump<T>(
         &self,
         kind: u16,
         family: u8,
         attrs: &[u8],
         context: &str,
-        mut f: impl FnMut(u8, &[Attr<'_>]) -> Result<Option<T>>,
+        mut f: impl FnMut(Family, &[Attr<'_>]) -> Result<Option<T>>,
     ) -> Result<Vec<T>> {
-        'retry: for _ in 0..DUMP_RETRIES {
-            let seq = self.next_seq();
+        let mut socket = self.socket();
+        for _ in 0..DUMP_RETRIES {
+            let seq = socket.next_seq();
             let mut req = Vec::with_capacity(64 + attrs.len());
             nlmsg(
                 &mut req,
@@ -350,59 +287,58 @@ impl Nft {
                 0,
                 attrs,
             );
-            self.socket()
-                .send(&req, 0)
-                .map_err(|e| Error::io(format!("{context}: send"), e))?;
             let mut out = Vec::new();
             let mut interrupted = false;
-            let mut rbuf = Vec::with_capacity(RECV_BUF);
-            loop {
-                self.recv(&mut rbuf, context)?;
-                for msg in split_messages(&rbuf)? {
-                    if msg.seq != seq {
-                        continue; // a late answer to an earlier request
-                    }
-                    if msg.flags & NLM_F_DUMP_INTR != 0 {
+            // `None`: start again.
+            let result = socket.exchange(
+                &req,
+                seq,
+                seq,
+                |what, e| loop_error(context, what, e),
+                |frame, reply| {
+                    if frame.dump_interrupted() {
                         interrupted = true;
                     }
-                    match msg.kind {
-                        NLMSG_DONE => {
-                            if interrupted {
-                                continue 'retry;
-                            }
-                            return Ok(out);
+                    match reply {
+                        Reply::Done { .. } if interrupted => Ok(ControlFlow::Break(None)),
+                        Reply::Done { .. } => {
+                            Ok(ControlFlow::Break(Some(std::mem::take(&mut out))))
                         }
-                        NLMSG_ERROR => {
-                            let (code, text) = decode_error(&msg)?;
-                            if code == 0 {
-                                continue;
-                            }
-                            if -code == libc::ENOENT {
-                                return Ok(Vec::new());
-                            }
-                            if -code == libc::EINTR || -code == libc::EAGAIN {
-                                continue 'retry;
-                            }
-                            return Err(Error::Kernel {
-                                context: context.to_string(),
-                                errno: -code,
-                                message: text,
-                            });
+                        Reply::Ack => Ok(ControlFlow::Continue(())),
+                        Reply::Error { errno, .. } if errno == libc::ENOENT => {
+                            Ok(ControlFlow::Break(Some(Vec::new())))
                         }
-                        _ => {
-                            if msg.payload.len() < 4 {
+                        Reply::Error { errno, .. }
+                            if errno == libc::EINTR || errno == libc::EAGAIN =>
+                        {
+                            Ok(ControlFlow::Break(None))
+                        }
+                        Reply::Error { errno, detail } => Err(Error::Kernel {
+                            context: context.to_string(),
+                            errno,
+                            message: detail,
+                        }),
+                        Reply::Message => {
+                            let payload = frame.payload();
+                            if payload.len() < 4 {
                                 return Err(Error::Protocol(format!(
                                     "{context}: short nfnetlink message"
                                 )));
                             }
-                            let fam = msg.payload[0];
-                            let attrs = attr::parse(&msg.payload[4..])?;
-                            if let Some(item) = f(fam, &attrs)? {
+                            let Some(family) = Family::from_nfproto(payload[0]) else {
+                                return Ok(ControlFlow::Continue(()));
+                            };
+                            let attrs = attr::parse(&payload[4..])?;
+                            if let Some(item) = f(family, &attrs)? {
                                 out.push(item);
                             }
+                            Ok(ControlFlow::Continue(()))
                         }
                     }
-                }
+                },
+            )?;
+            if let Some(items) = result {
+                return Ok(items);
             }
         }
         Err(Error::Protocol(format!(
@@ -418,10 +354,7 @@ impl Nft {
             family.nfproto(),
             &[],
             &context,
-            |fam, attrs| {
-                let Some(family) = Family::from_nfproto(fam) else {
-                    return Ok(None);
-                };
+            |family, attrs| {
                 Ok(attr::find(attrs, NFTA_TABLE_NAME).map(|a| TableInfo {
                     family,
                     name: a.string(),
@@ -442,22 +375,15 @@ impl Nft {
             family.nfproto(),
             &w.buf,
             &context,
-            |fam, attrs| {
-                let Some(family) = Family::from_nfproto(fam) else {
-                    return Ok(None);
-                };
-                let table_name = attr::find(attrs, NFTA_CHAIN_TABLE)
-                    .map(|a| a.string())
-                    .unwrap_or_default();
+            |family, attrs| {
+                let table_name = string_attr(attrs, NFTA_CHAIN_TABLE);
                 if table.is_some_and(|t| t != table_name) {
                     return Ok(None);
                 }
                 let mut info = ChainInfo {
                     family,
                     table: table_name,
-                    name: attr::find(attrs, NFTA_CHAIN_NAME)
-                        .map(|a| a.string())
-                        .unwrap_or_default(),
+                    name: string_attr(attrs, NFTA_CHAIN_NAME),
                     handle: match attr::find(attrs, NFTA_CHAIN_HANDLE) {
                         Some(a) => a.be64()?,
                         None => 0,
@@ -491,16 +417,9 @@ impl Nft {
             family.nfproto(),
             &w.buf,
             &context,
-            |fam, attrs| {
-                let Some(family) = Family::from_nfproto(fam) else {
-                    return Ok(None);
-                };
-                let rule_table = attr::find(attrs, NFTA_RULE_TABLE)
-                    .map(|a| a.string())
-                    .unwrap_or_default();
-                let rule_chain = attr::find(attrs, NFTA_RULE_CHAIN)
-                    .map(|a| a.string())
-                    .unwrap_or_default();
+            |family, attrs| {
+                let rule_table = string_attr(attrs, NFTA_RULE_TABLE);
+                let rule_chain = string_attr(attrs, NFTA_RULE_CHAIN);
                 // Old kernels ignore the dump filter; filter here too.
                 if rule_table != table || rule_chain != chain {
                     return Ok(None);
@@ -512,9 +431,7 @@ impl Nft {
                 if let Some(list) = attr::find(attrs, NFTA_RULE_EXPRESSIONS) {
                     for elem in list.nested()? {
                         let inner = elem.nested()?;
-                        let name = attr::find(&inner, NFTA_EXPR_NAME)
-                            .map(|a| a.string())
-                            .unwrap_or_default();
+                        let name = string_attr(&inner, NFTA_EXPR_NAME);
                         let data = attr::find(&inner, NFTA_EXPR_DATA)
                             .map(|a| a.value.to_vec())
                             .unwrap_or_default();
