@@ -1,6 +1,6 @@
 //! A cluster whose nodes run either twilld or the real flanneld on one etcd: the same underlay switch, node
 //! namespaces, per-node CNI side (twill's stock flannel + portmap conflist through the real libcni) and checks
-//! as the twilld-only cluster in `e2e.rs`, plus switching one node's daemon mid-life (same node, same
+//! as the twilld-only cluster in `e2e/`, plus switching one node's daemon mid-life (same node, same
 //! `subnet.env`, same lease, pods kept).
 
 use std::collections::BTreeSet;
@@ -434,7 +434,7 @@ impl MixedCluster {
         }
     }
 
-    /// The serialisable description the checks of `e2e.rs` work on.
+    /// The serialisable description the checks of `e2e/state.rs` work on.
     pub fn state(&self) -> ClusterState {
         ClusterState {
             prefix: self.prefix.clone(),

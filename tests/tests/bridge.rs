@@ -57,6 +57,24 @@ fn ips_of(result: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A pod `container_id` (its `eth0`) ADDed by our plugin on `node` with network `name`'s config (`extra`
+/// merged in): the pod's namespace (removed on drop), the config and the ADD result.
+fn pod_added(node: &Node, name: &str, extra: Value, container_id: &str) -> (Netns, Value, Value) {
+    let pod = Netns::new("brp");
+    let conf = node.conf(name, extra);
+    let result = node
+        .run(
+            &ours(),
+            "ADD",
+            Some(pod.path()),
+            container_id,
+            "eth0",
+            &conf,
+        )
+        .assert_success();
+    (pod, conf, result)
+}
+
 #[test]
 fn libcni_add_check_del_with_pings_between_host_and_pods() {
     let node = Node::new();
@@ -251,10 +269,7 @@ fn del_succeeds_when_netns_is_gone_and_leaves_no_iptables_masquerade() {
 #[test]
 fn del_without_netns_releases_ipam() {
     let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf("brnons", json!({}));
-    node.run(&ours(), "ADD", Some(pod.path()), "nons", "eth0", &conf)
-        .assert_success();
+    let (_pod, conf, _) = pod_added(&node, "brnons", json!({}), "nons");
     assert_eq!(node.leases("brnons").len(), 1);
     node.run(&ours(), "DEL", None, "nons", "eth0", &conf)
         .assert_success();
@@ -322,11 +337,8 @@ fn forty_parallel_adds_then_forty_parallel_dels_on_one_bridge() {
 #[test]
 fn check_fails_when_an_address_is_removed() {
     let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf("brcheck", json!({"isDefaultGateway": true}));
-    let result = node
-        .run(&ours(), "ADD", Some(pod.path()), "check", "eth0", &conf)
-        .assert_success();
+    let (pod, conf, result) =
+        pod_added(&node, "brcheck", json!({"isDefaultGateway": true}), "check");
     let mut c = conf.clone();
     c["prevResult"] = result.clone();
     node.run(&ours(), "CHECK", Some(pod.path()), "check", "eth0", &c)
@@ -435,11 +447,7 @@ fn host_veth_name_is_stable_per_attachment() {
 #[test]
 fn check_tolerates_routes_added_by_later_plugins() {
     let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf("brchain", json!({"isGateway": true}));
-    let result = node
-        .run(&ours(), "ADD", Some(pod.path()), "chain", "eth0", &conf)
-        .assert_success();
+    let (pod, conf, result) = pod_added(&node, "brchain", json!({"isGateway": true}), "chain");
     pod.ip(&[
         "route",
         "add",
@@ -459,10 +467,12 @@ fn check_tolerates_routes_added_by_later_plugins() {
 #[test]
 fn macspoofchk_drops_frames_with_another_source_mac_and_del_removes_its_rules() {
     let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf("brspoof", json!({"isGateway": true, "macspoofchk": true}));
-    node.run(&ours(), "ADD", Some(pod.path()), "spoof", "eth0", &conf)
-        .assert_success();
+    let (pod, conf, _) = pod_added(
+        &node,
+        "brspoof",
+        json!({"isGateway": true, "macspoofchk": true}),
+        "spoof",
+    );
     let ruleset = node.nft();
     assert!(
         ruleset.contains("table bridge nat") && ruleset.contains("cni-br-iface-"),
@@ -491,10 +501,12 @@ fn macspoofchk_drops_frames_with_another_source_mac_and_del_removes_its_rules() 
 #[test]
 fn port_isolation_and_hairpin_flags_are_set_on_the_host_port() {
     let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf("briso", json!({"portIsolation": true, "hairpinMode": true}));
-    node.run(&ours(), "ADD", Some(pod.path()), "iso", "eth0", &conf)
-        .assert_success();
+    let (_pod, _, _) = pod_added(
+        &node,
+        "briso",
+        json!({"portIsolation": true, "hairpinMode": true}),
+        "iso",
+    );
     let ports = links(&node.ns, &["master", "cni0"]);
     assert_eq!(ports.len(), 1);
     let slave = &ports[0]["linkinfo"]["info_slave_data"];
@@ -505,14 +517,12 @@ fn port_isolation_and_hairpin_flags_are_set_on_the_host_port() {
 #[test]
 fn disable_container_interface_leaves_it_down_in_l2_mode() {
     let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf(
+    let (pod, _, r) = pod_added(
+        &node,
         "brdown",
         json!({"ipam": null, "disableContainerInterface": true}),
+        "down",
     );
-    let r = node
-        .run(&ours(), "ADD", Some(pod.path()), "down", "eth0", &conf)
-        .assert_success();
     assert!(r.get("ips").is_none(), "L2 mode has no IPs: {r}");
     assert!(
         !pod.link_is_up("eth0"),
@@ -528,14 +538,12 @@ fn disable_container_interface_leaves_it_down_in_l2_mode() {
 #[test]
 fn enabledad_turns_dad_on_and_waits_for_it() {
     let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf(
+    let (pod, _, r) = pod_added(
+        &node,
         "brdad",
         json!({"isGateway": true, "enabledad": true, "ipam": {"ranges": [[{"subnet": "fd89::/64"}]]}}),
+        "dad",
     );
-    let r = node
-        .run(&ours(), "ADD", Some(pod.path()), "dad", "eth0", &conf)
-        .assert_success();
     assert_eq!(sysctl(&pod, "net/ipv6/conf/eth0/accept_dad"), "1");
     let addr = result_ip(&r, true);
     let shown = pod.ip(&["-6", "addr", "show", "dev", "eth0"]);
@@ -606,11 +614,7 @@ fn an_ipam_type_missing_from_cni_path_fails_add_cleanly() {
 #[test]
 fn repeated_add_of_a_live_attachment_fails_and_keeps_its_lease() {
     let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf("brtwice", json!({"isGateway": true}));
-    let first = node
-        .run(&ours(), "ADD", Some(pod.path()), "twice", "eth0", &conf)
-        .assert_success();
+    let (pod, conf, first) = pod_added(&node, "brtwice", json!({"isGateway": true}), "twice");
     node.run(&ours(), "ADD", Some(pod.path()), "twice", "eth0", &conf)
         .assert_any_error();
     assert_eq!(

@@ -194,6 +194,18 @@ impl Node {
         twill_tests::leases::held(&self.ipam_dir().join(net))
     }
 
+    /// A pod `container_id` (its `eth0`) ADDed on a fresh 1.0.0 network named after `prefix`: the network's
+    /// name, its config, the pod's namespace and the ADD result.
+    fn pod_added(&self, prefix: &str, container_id: &str) -> (String, Value, Netns, Value) {
+        let net = unique(prefix);
+        let conf = self.conf("1.0.0", &net);
+        let pod = Netns::new("flpod");
+        let result = self
+            .exec("ADD", container_id, "eth0", Some(&pod), &conf)
+            .assert_success();
+        (net, conf, pod, result)
+    }
+
     /// A CNI bin dir whose `bridge` is a shell script (failure injection), the rest as on the node.
     fn bin_dir_with_bridge_script(&self, script: &str) -> PathBuf {
         let dir = self.dir.path().join(unique("scriptbin"));
@@ -385,11 +397,7 @@ fn del_releases_the_address_when_subnet_env_is_gone() {
 #[test]
 fn del_after_subnet_change_uses_the_old_subnet() {
     let node = Node::new();
-    let net = unique("chg");
-    let conf = node.conf("1.0.0", &net);
-    let pod = Netns::new("flpod");
-    node.exec("ADD", "oldpod", "eth0", Some(&pod), &conf)
-        .assert_success();
+    let (net, conf, pod, _) = node.pod_added("chg", "oldpod");
     node.write_subnet_env(&SUBNET_ENV.replace("10.244.1.1/24", "10.244.9.1/24"));
     node.exec("DEL", "oldpod", "eth0", Some(&pod), &conf)
         .assert_success();
@@ -399,11 +407,7 @@ fn del_after_subnet_change_uses_the_old_subnet() {
 #[test]
 fn failed_delegate_del_keeps_the_saved_config_and_a_retry_releases() {
     let node = Node::new();
-    let net = unique("fdel");
-    let conf = node.conf("1.0.0", &net);
-    let pod = Netns::new("flpod");
-    node.exec("ADD", "delpod", "eth0", Some(&pod), &conf)
-        .assert_success();
+    let (net, conf, pod, _) = node.pod_added("fdel", "delpod");
     let saved = node.saved("delpod", "eth0");
     let before = std::fs::read(&saved).unwrap();
 
@@ -441,12 +445,7 @@ fn failed_delegate_del_keeps_the_saved_config_and_a_retry_releases() {
 #[test]
 fn two_interfaces_of_one_container_keep_separate_saved_configs() {
     let node = Node::new();
-    let net = unique("two");
-    let conf = node.conf("1.0.0", &net);
-    let pod = Netns::new("flpod");
-    let r0 = node
-        .exec("ADD", "twopod", "eth0", Some(&pod), &conf)
-        .assert_success();
+    let (net, conf, pod, r0) = node.pod_added("two", "twopod");
     let r1 = node
         .exec("ADD", "twopod", "net1", Some(&pod), &conf)
         .assert_success();
@@ -605,12 +604,8 @@ fn gc_forwards_to_the_delegate_and_drops_saved_configs_of_gone_attachments() {
 #[test]
 fn gc_keeps_saved_configs_when_the_delegate_fails() {
     let node = Node::new();
-    let net = unique("gcf");
     // Added under an older version; GC comes once the network config was upgraded to 1.1.0.
-    let conf = node.conf("1.0.0", &net);
-    let pod = Netns::new("flpod");
-    node.exec("ADD", "gcfpod", "eth0", Some(&pod), &conf)
-        .assert_success();
+    let (net, conf, pod, _) = node.pod_added("gcf", "gcfpod");
     let failing = node.bin_dir_with_bridge_script(
         r#"echo '{"cniVersion":"1.1.0","code":999,"msg":"injected GC failure"}'; exit 1"#,
     );
@@ -633,11 +628,7 @@ fn gc_keeps_saved_configs_when_the_delegate_fails() {
 #[test]
 fn add_after_a_subnet_change_says_the_subnet_changed() {
     let node = Node::new();
-    let net = unique("sub");
-    let conf = node.conf("1.0.0", &net);
-    let old_pod = Netns::new("flpod");
-    node.exec("ADD", "oldpod", "eth0", Some(&old_pod), &conf)
-        .assert_success();
+    let (_, conf, old_pod, _) = node.pod_added("sub", "oldpod");
 
     // The daemon came back with another subnet.
     node.write_subnet_env(&SUBNET_ENV.replace("10.244.1.1/24", "10.244.7.1/24"));
@@ -917,12 +908,7 @@ fn dual_stack_subnet_env_gives_the_pod_both_families() {
          FLANNEL_IPV6_NETWORK=fd00:42::/56\nFLANNEL_IPV6_SUBNET=fd00:42:0:1::1/64\n\
          FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
     );
-    let net = unique("ds");
-    let conf = node.conf("1.0.0", &net);
-    let pod = Netns::new("flpod");
-    let r = node
-        .exec("ADD", "dspod", "eth0", Some(&pod), &conf)
-        .assert_success();
+    let (net, conf, pod, r) = node.pod_added("ds", "dspod");
     let addrs: Vec<&str> = r["ips"]
         .as_array()
         .unwrap()
@@ -952,11 +938,7 @@ fn dual_stack_subnet_env_gives_the_pod_both_families() {
 #[test]
 fn del_uses_a_config_saved_by_the_reference_plugin() {
     let node = Node::new();
-    let net = unique("ref");
-    let conf = node.conf("1.0.0", &net);
-    let pod = Netns::new("flpod");
-    node.exec("ADD", "refpod", "eth0", Some(&pod), &conf)
-        .assert_success();
+    let (net, conf, pod, _) = node.pod_added("ref", "refpod");
     // The reference keys its file by container id only: a node switching plugins has such files.
     std::fs::rename(node.saved("refpod", "eth0"), node.data_dir().join("refpod")).unwrap();
     node.exec("DEL", "refpod", "eth0", Some(&pod), &conf)

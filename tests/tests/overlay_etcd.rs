@@ -10,6 +10,28 @@ use overlay_support::*;
 use twill_tests::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
 use twill_tests::etcd::Etcd;
 
+/// A switch running etcd with the stock network config, and node 1 whose twilld (resync 1 s, `extra` flags)
+/// holds its lease; the daemon's arguments come along for a restart. Keep every part bound: each is removed
+/// when dropped (in reverse order of the tuple).
+fn one_leased_node(extra: Vec<String>) -> (Switch, Etcd, TwilldArgs, Node, Twilld) {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra,
+    };
+    let n = switch.add_node(1);
+    let d = n.start_twilld(&args);
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+    (switch, etcd, args, n, d)
+}
+
 #[test]
 fn etcd_outage_of_30s_loses_no_route_and_a_later_joiner_is_learned() {
     let mut c = Cluster::new(3, 1.0);
@@ -256,21 +278,7 @@ fn etcd_down_at_start_is_waited_for_and_readyz_says_why() {
 
 #[test]
 fn short_lease_is_renewed_before_it_expires() {
-    let switch = Switch::new();
-    let etcd = switch.start_etcd();
-    etcd.put(CONFIG_KEY, NET_CONFIG);
-    let args = TwilldArgs {
-        etcd: etcd.underlay_endpoint(),
-        resync_secs: 1.0,
-        extra: vec!["--subnet-lease-ttl=6".into()],
-    };
-    let n = switch.add_node(1);
-    let d = n.start_twilld(&args);
-    assert!(
-        wait_until(READY, || n.subnet().is_some()),
-        "{}",
-        d.log_text()
-    );
+    let (_switch, etcd, _args, n, d) = one_leased_node(vec!["--subnet-lease-ttl=6".into()]);
     let (net, _) = n.subnet().unwrap_or_else(|| unreachable!());
     let key = format!("{SUBNETS}{net}-24");
     // Three TTLs later the key is still there: it was renewed in time, every time.
@@ -283,21 +291,7 @@ fn short_lease_is_renewed_before_it_expires() {
 
 #[test]
 fn subnet_taken_by_another_node_is_reported_and_taken_back_once_free() {
-    let switch = Switch::new();
-    let etcd = switch.start_etcd();
-    etcd.put(CONFIG_KEY, NET_CONFIG);
-    let args = TwilldArgs {
-        etcd: etcd.underlay_endpoint(),
-        resync_secs: 1.0,
-        extra: vec!["--healthz-port=8471".into()],
-    };
-    let n = switch.add_node(1);
-    let d = n.start_twilld(&args);
-    assert!(
-        wait_until(READY, || n.subnet().is_some()),
-        "{}",
-        d.log_text()
-    );
+    let (_switch, etcd, _args, n, d) = one_leased_node(vec!["--healthz-port=8471".into()]);
     assert!(wait_until(Duration::from_secs(5), || curl(
         &n, 8471, "/readyz"
     )
@@ -463,21 +457,7 @@ fn simultaneous_joins_never_share_a_subnet_and_the_range_can_run_out() {
 
 #[test]
 fn after_the_lease_expired_a_restart_takes_the_subnet_from_subnet_env() {
-    let switch = Switch::new();
-    let etcd = switch.start_etcd();
-    etcd.put(CONFIG_KEY, NET_CONFIG);
-    let args = TwilldArgs {
-        etcd: etcd.underlay_endpoint(),
-        resync_secs: 1.0,
-        extra: vec!["--subnet-lease-ttl=5".into()],
-    };
-    let n = switch.add_node(1);
-    let mut d = n.start_twilld(&args);
-    assert!(
-        wait_until(READY, || n.subnet().is_some()),
-        "{}",
-        d.log_text()
-    );
+    let (_switch, etcd, args, n, mut d) = one_leased_node(vec!["--subnet-lease-ttl=5".into()]);
     let before = n.subnet();
     let (net, _) = before.unwrap_or_else(|| unreachable!());
     let key = format!("{SUBNETS}{net}-24");

@@ -2,8 +2,9 @@
 //! and IPAM is released last.
 
 use crate::config::BridgeConf;
+use crate::handles::{host_handle, open_pod};
+use crate::job::Job;
 use crate::{bridge_dev, container, gateway, ipam, masq, pod_worker, port, spoofchk, trace};
-use crate::{host_handle, open_pod, Job};
 use ipnet::IpNet;
 use std::cell::RefCell;
 use std::time::{Duration, Instant};

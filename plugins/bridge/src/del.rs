@@ -2,8 +2,10 @@
 //! masquerade rules (by owner) run while the kernel deletes the veth, whose RCU wait dominates.
 
 use crate::config::BridgeConf;
+use crate::handles::pod_handle;
+use crate::job::{combine, Job};
 use crate::trace::Trace;
-use crate::{combine, ipam, masq, pod_handle, spoofchk, Job};
+use crate::{ipam, masq, spoofchk};
 use std::path::Path;
 use twill_cni::env::Command;
 use twill_cni::{Error, Request, Result};

@@ -17,7 +17,9 @@ pub mod config;
 pub mod container;
 mod del;
 pub mod gateway;
+mod handles;
 pub mod ipam;
+mod job;
 pub mod masq;
 pub mod naming;
 pub mod pod_worker;
@@ -26,79 +28,16 @@ pub mod spoofchk;
 pub mod trace;
 
 use config::BridgeConf;
+use handles::{host_handle, open_pod, pod_handle};
 use ipnet::IpNet;
-use std::path::Path;
+use job::combine;
 use twill_cni::env::Command;
 use twill_cni::lock::AttachmentLock;
-use twill_cni::{CniResult, Context, Error, Plugin, Request, Result};
-use twill_kernel::{Handle, NetNs};
+use twill_cni::{CniResult, Error, Plugin, Request, Result};
 
 #[derive(Debug, Default)]
 pub struct Bridge;
 
-pub(crate) fn open_pod(path: &Path) -> Result<NetNs> {
-    NetNs::open(path).with_context(|| format!("failed to open netns {:?}", path.display()))
-}
-
-pub(crate) fn host_handle() -> Result<Handle> {
-    Handle::current().context("netlink socket in the host namespace")
-}
-
-pub(crate) fn pod_handle(pod: &NetNs) -> Result<Handle> {
-    Handle::in_netns(pod).context("netlink socket in the pod namespace")
-}
-/// Firewall work on its own thread, overlapping with netlink work on the main thread. Dropping joins it, so
-/// a rollback never races the job it undoes. (The thread starts in the main thread's, i.e. the host's,
-/// network namespace, where the firewall rules belong.)
-pub(crate) struct Job(Option<std::thread::JoinHandle<Result<()>>>);
-
-impl Job {
-    pub(crate) fn spawn(
-        what: &str,
-        f: impl FnOnce() -> Result<()> + Send + 'static,
-    ) -> Result<Job> {
-        std::thread::Builder::new()
-            .name(what.into())
-            .spawn(f)
-            .map(|h| Job(Some(h)))
-            .map_err(|e| Error::failed(format!("start {what} thread: {e}")))
-    }
-
-    pub(crate) fn join(mut self) -> Result<()> {
-        match self.0.take() {
-            Some(h) => h
-                .join()
-                .unwrap_or_else(|_| Err(Error::failed("firewall thread panicked"))),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Job {
-    fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
-            let _ = h.join();
-        }
-    }
-}
-/// Join several errors into one, keeping the first one's code.
-pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
-    let mut it = errors.into_iter();
-    let Some(first) = it.next() else {
-        return Ok(());
-    };
-    let rest: Vec<String> = it.map(|e| e.to_string()).collect();
-    if rest.is_empty() {
-        Err(first)
-    } else {
-        let code = first.code;
-        Err(Error::new(
-            code,
-            format!("{}; also: {}", first.msg, rest.join("; ")),
-            first.details,
-        ))
-    }
-}
 /// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race: the interface,
 /// its lease and its masquerade rule then always end up all present or all gone.
 fn lock_attachment(req: &Request) -> Result<AttachmentLock> {

@@ -21,7 +21,6 @@
 
 pub mod address;
 pub mod error;
-pub mod floor;
 pub mod handle;
 pub mod link;
 pub mod mac;
@@ -34,7 +33,6 @@ pub mod sysctl;
 
 pub use address::{Address, AddressOptions, Family};
 pub use error::{Error, Result};
-pub use floor::{measure_kernel_floor, pod_add_on_bridge, FloorReport};
 pub use handle::Handle;
 pub use link::{
     BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethOptions, VethSpec,

@@ -5,7 +5,7 @@
 //! after the first ADD); every round gets a fresh pod namespace, created and removed outside the timing.
 //!
 //! The main row pair is ADD without masquerade; the other comparisons are extra rows (labelled) with their
-//! ratios in the notes. Floors: the kernel work of an ADD done in-process (`twill_kernel::measure_kernel_floor`)
+//! ratios in the notes. Floors: the kernel work of an ADD done in-process ([`super::floor::measure_kernel_floor`])
 //! and the kernel's veth delete (the bulk of any DEL: it waits for an RCU grace period).
 
 use std::path::{Path, PathBuf};
@@ -171,9 +171,8 @@ pub fn run(options: &Options) -> Report {
         ..options.clone()
     };
     let par = interleaved_each(&par_rounds, &mut sides, |_, side| side.parallel_adds(40));
-    let kernel_add = twill_kernel::measure_kernel_floor(options.rounds.max(1))
-        .expect("kernel floor")
-        .samples;
+    let kernel_add =
+        super::floor::measure_kernel_floor(options.rounds.max(1)).expect("kernel floor");
     let kernel_del = veth_delete_floor(options);
 
     let (adds, dels) = &results[0];

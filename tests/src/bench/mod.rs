@@ -5,6 +5,7 @@
 
 pub mod bridge;
 pub mod flannel;
+pub mod floor;
 pub mod host_local;
 pub mod loopback;
 pub mod portmap;

@@ -5,7 +5,7 @@
 //! with real pods (one namespace each, ADDed by that side's own plugin, so the host-local store and the
 //! bridge look as a node's would), the floor with bare veth pairs whose peers are up in pod namespaces.
 //! At each size, every round ADDs then DELs one fresh pod per side (so the size stays put); the side going
-//! first alternates. The floor's ADD is [`twill_kernel::pod_add_on_bridge`] (veth + master + up + address
+//! first alternates. The floor's ADD is [`super::floor::pod_add_on_bridge`] (veth + master + up + address
 //! + route, one synchronous netlink sequence in-process) and its DEL the host end's delete.
 //!
 //! The references are the harness's (`--reference DIR`, repeatable; by default upstream and Debian).
@@ -203,7 +203,7 @@ impl Side {
                     (n % 250 + 2) as u8,
                 ));
                 let start = Instant::now();
-                let index = twill_kernel::pod_add_on_bridge(
+                let index = super::floor::pod_add_on_bridge(
                     host,
                     &pod,
                     &format!("vscale{n}"),

@@ -1,72 +1,12 @@
-//! The "kernel floor": the time the kernel work of one pod ADD takes on this machine, measured
-//! with this crate, so the bridge benchmark can report how far above it the plugin is.
+//! The "kernel floor": the time the kernel work of one pod ADD takes on this machine, done in-process with
+//! twill-kernel's public API, so the bridge and scale benchmarks can report how far above it the plugins are.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
-
-use crate::error::Result;
-use crate::handle::Handle;
-use crate::link::{VethOptions, VethSpec};
-use crate::names::random_veth_name;
-use crate::netns::NetNs;
-use crate::route::Route;
-
-/// Timings of [`measure_kernel_floor`].
-#[derive(Debug, Clone)]
-pub struct FloorReport {
-    /// One duration per iteration, in run order.
-    pub samples: Vec<Duration>,
-    /// Per iteration, the time of each step, in the order of [`FloorReport::STEPS`].
-    pub steps: Vec<[Duration; 5]>,
-}
-
-impl FloorReport {
-    /// Names of the timed steps.
-    pub const STEPS: [&'static str; 5] = [
-        "open socket in pod netns",
-        "create veth (peer in pod netns)",
-        "set eth0 up",
-        "add address",
-        "add default route",
-    ];
-
-    /// Median time of step `i` (see [`FloorReport::STEPS`]).
-    pub fn step_median(&self, i: usize) -> Duration {
-        let mut s: Vec<Duration> = self.steps.iter().map(|st| st[i]).collect();
-        s.sort();
-        s.get(s.len() / 2).copied().unwrap_or_default()
-    }
-
-    fn sorted(&self) -> Vec<Duration> {
-        let mut s = self.samples.clone();
-        s.sort();
-        s
-    }
-
-    /// The `q`-quantile (0.0..=1.0), nearest rank.
-    pub fn quantile(&self, q: f64) -> Duration {
-        let s = self.sorted();
-        if s.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((q.clamp(0.0, 1.0) * (s.len() - 1) as f64).round()) as usize;
-        s[rank]
-    }
-
-    pub fn min(&self) -> Duration {
-        self.quantile(0.0)
-    }
-
-    pub fn median(&self) -> Duration {
-        self.quantile(0.5)
-    }
-
-    pub fn p90(&self) -> Duration {
-        self.quantile(0.9)
-    }
-}
+use twill_kernel::{
+    random_veth_name, Error, Handle, IpNet, NetNs, Result, Route, VethOptions, VethSpec,
+};
 
 /// Per iteration, in a fresh pod namespace (created outside the timed part), times what a bridge
 /// ADD must ask of the kernel: open a netlink socket inside the pod namespace, create a veth (host end
@@ -74,26 +14,22 @@ impl FloorReport {
 /// default route via 10.99.0.1. The host ends live in one unnamed "node" namespace, so nothing
 /// touches the host; all namespaces are unnamed and vanish when the function returns. Not timed:
 /// namespace creation and teardown (the runtime's job). Needs CAP_SYS_ADMIN and CAP_NET_ADMIN.
-///
-/// Run it with `cargo run --release -p twill-kernel --example kernel_floor -- 200`.
-pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
+/// Returns one duration per iteration, in run order.
+pub fn measure_kernel_floor(iterations: usize) -> Result<Vec<Duration>> {
     let node = NetNs::create_unnamed()?;
     let host = Handle::in_netns(&node)?;
-    let pod_net = IpNet::V4(Ipv4Net::new(Ipv4Addr::new(10, 99, 0, 2), 24).unwrap_or_default());
+    let pod_net = IpNet::new(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)), 24).expect("prefix length");
     let gateway = IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1));
     let mut samples = Vec::with_capacity(iterations);
-    let mut steps = Vec::with_capacity(iterations);
     // Dropped only at the end: tearing a namespace down runs in a kernel worker that takes the
     // rtnl lock, which would otherwise land inside the next iteration's timing.
     let mut pods = Vec::with_capacity(iterations);
     for _ in 0..iterations {
         let pod = NetNs::create_unnamed()?;
         let host_name = random_veth_name()
-            .map_err(|e| crate::Error::new("generate veth name", "", host.netns(), e))?;
+            .map_err(|e| Error::new("generate veth name", "", host.netns(), e))?;
         let start = Instant::now();
-        let mut marks = [start; 6];
         let pod_handle = Handle::in_netns(&pod)?;
-        marks[1] = Instant::now();
         // One queue per end, as the bridge plugin asks (see `VethOptions::single_queue`).
         let veth = host.create_veth_with(
             &VethSpec {
@@ -112,19 +48,14 @@ pub fn measure_kernel_floor(iterations: usize) -> Result<FloorReport> {
             Some(i) => i,
             None => pod_handle.link_by_name("eth0")?.index,
         };
-        marks[2] = Instant::now();
         pod_handle.set_link_up(eth0)?;
-        marks[3] = Instant::now();
         pod_handle.add_address(eth0, pod_net)?;
-        marks[4] = Instant::now();
         pod_handle.add_route(&Route::default_via(gateway).dev(eth0))?;
-        marks[5] = Instant::now();
-        samples.push(marks[5] - start);
-        steps.push(std::array::from_fn(|i| marks[i + 1] - marks[i]));
+        samples.push(start.elapsed());
         pods.push(pod);
     }
     drop(pods);
-    Ok(FloorReport { samples, steps })
+    Ok(samples)
 }
 
 /// The kernel work of one pod ADD on a bridge, as one synchronous netlink sequence without a plugin: open
@@ -175,4 +106,20 @@ pub fn pod_add_on_bridge(
     }
     pod_handle.add_route(&Route::default_via(gateway).dev(eth0))?;
     Ok(veth.index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::measure_kernel_floor;
+
+    #[test]
+    fn kernel_floor_measures_every_iteration() {
+        let mut samples = measure_kernel_floor(5).unwrap();
+        assert_eq!(samples.len(), 5);
+        samples.sort();
+        let (min, median, p90) = (samples[0], samples[2], samples[4]);
+        assert!(min > std::time::Duration::ZERO);
+        assert!(min <= median && median <= p90);
+        eprintln!("kernel floor (debug build): min {min:?} median {median:?} p90 {p90:?}");
+    }
 }

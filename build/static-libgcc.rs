@@ -1,4 +1,5 @@
-//! Link the unwinder statically into the `bridge` binary (what `gcc -static-libgcc` does).
+//! Link the unwinder statically into a plugin's binaries (what `gcc -static-libgcc` does). The build script
+//! of every package that names it in `build =` (`bridge`, `host-local`).
 //!
 //! A plugin is a short-lived process and its start-up is part of every ADD and DEL: `libgcc_s.so.1` costs an
 //! extra object to map and relocate, and its constructor (`__cpu_indicator_init`) executes CPUID several
@@ -10,7 +11,8 @@
 use std::path::PathBuf;
 
 fn main() {
-    println!("cargo:rerun-if-changed=build.rs");
+    // The output is constant: run once (a change to this file rebuilds and reruns the script anyway).
+    println!("cargo:rerun-if-changed=Cargo.toml");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dir = out.join("static-libgcc");
     std::fs::create_dir_all(&dir).expect("create OUT_DIR/static-libgcc");
