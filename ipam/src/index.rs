@@ -30,6 +30,7 @@ use crate::store::{c_path, overwrite, LeaseEntry, Store};
 use std::fs;
 use std::io::ErrorKind;
 use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 use twill_cni::{Context, Error, Result};
@@ -96,19 +97,12 @@ const UNTRUSTED: (i64, i64) = (0, 0);
 
 /// `path`'s mtime; `None` when it does not exist.
 fn mtime_of(path: &Path) -> Result<Option<(i64, i64)>> {
-    let c = c_path(path)?;
-    // SAFETY: zeroed stat is a valid out-parameter; c is NUL-terminated. lstat: a link planted at the stamp
-    // is judged by itself, never by its target.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    if unsafe { libc::lstat(c.as_ptr(), &mut st) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.kind() == ErrorKind::NotFound {
-            return Ok(None);
-        }
-        return Err(Error::failed(format!("stat {}: {e}", path.display())));
+    // lstat: a link planted at the stamp is judged by itself, never by its target.
+    match std::fs::symlink_metadata(path) {
+        Ok(m) => Ok(Some((m.mtime(), m.mtime_nsec()))),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::failed(format!("stat {}: {e}", path.display()))),
     }
-    #[allow(clippy::unnecessary_cast)]
-    Ok(Some((st.st_mtime as i64, st.st_mtime_nsec as i64)))
 }
 
 /// Set `path`'s mtime (atime untouched); `Ok(false)` when it does not exist.

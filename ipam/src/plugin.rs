@@ -5,8 +5,7 @@ use crate::config::IpamConfig;
 use crate::lease::{LeaseContent, Owner};
 use crate::resolv;
 use crate::store::{
-    c_path, create_net_dir, create_state_dirs, leased_addresses, read_lease, write_file, Paths,
-    Store,
+    create_net_dir, create_state_dirs, leased_addresses, read_lease, write_file, Paths, Store,
 };
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -243,13 +242,11 @@ fn writable(paths: &Paths) -> Result<()> {
     create_net_dir(paths)?;
     create_state_dirs(paths)?;
     for dir in [&paths.net_dir, &paths.state_dir] {
-        let c = c_path(dir)?;
-        // SAFETY: valid NUL-terminated path.
-        if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        if let Err(e) = nix::unistd::access(dir.as_path(), nix::unistd::AccessFlags::W_OK) {
             return Err(Error::failed(format!(
                 "{}: {}",
                 dir.display(),
-                std::io::Error::last_os_error()
+                std::io::Error::from(e)
             )));
         }
     }

@@ -3,7 +3,8 @@
 //! that opens the file). One thread instead of one per trip into the pod; the calling thread never changes
 //! namespace (docs/architecture.md, namespace-scoped sockets).
 
-use std::os::fd::AsRawFd;
+use nix::sched::{setns, CloneFlags};
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use twill_cni::{Context, Error, Result};
@@ -23,17 +24,18 @@ impl PodWorker {
     /// Start the thread inside `pod`. It opens the pod's netlink socket and looks `ifname` up there; collect
     /// both with [`PodWorker::ready`] (meanwhile the caller can work in the host namespace).
     pub fn start(pod: &NetNs, ifname: &str) -> Result<PodWorker> {
-        let fd = pod.as_raw_fd();
+        let fd = pod
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Error::failed(format!("duplicate pod network namespace fd: {e}")))?;
         let ifname = ifname.to_string();
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(Handle, bool)>>();
         let thread = std::thread::Builder::new()
             .name("pod".into())
             .spawn(move || {
-                // SAFETY: setns on this thread only, with the fd of a namespace the caller keeps open for the
-                // worker's whole life.
-                if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                    let e = std::io::Error::last_os_error();
+                // This thread only enters the namespace.
+                if let Err(e) = setns(&fd, CloneFlags::CLONE_NEWNET) {
                     let _ = ready_tx.send(Err(Error::failed(format!(
                         "enter pod network namespace: {e}"
                     ))));

@@ -6,6 +6,10 @@
 //! the last descriptor of it closes, so the next writer waits until the helper is gone too.
 
 use std::os::unix::process::CommandExt;
+
+use nix::sys::prctl::set_pdeathsig;
+use nix::sys::signal::Signal;
+use nix::unistd::{getpid, getppid};
 use std::process::Command;
 
 /// Make `cmd`'s child die with this process: `SIGKILL` when the spawning thread exits (Linux ties the
@@ -13,23 +17,14 @@ use std::process::Command;
 /// A parent that died before the signal was armed is noticed by comparing the parent pid, closing the race
 /// between `fork` and `prctl`.
 pub fn bind_to_parent(cmd: &mut Command) -> &mut Command {
-    // SAFETY: getpid has no preconditions.
-    let parent = unsafe { libc::getpid() };
+    let parent = getpid();
     crate::lock::export_held(cmd);
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid) between fork and exec.
+    // SAFETY: the closure only makes async-signal-safe syscalls (prctl, getppid) between fork and exec: it
+    // neither allocates nor takes locks.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
+            set_pdeathsig(Signal::SIGKILL)?;
+            if getppid() != parent {
                 return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())

@@ -12,6 +12,7 @@
 //! running bridge) is told so in its environment, and does not wait for a lock its parent holds forever.
 
 use crate::error::{Error, Result};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use std::fs::{File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, RawFd};
@@ -63,8 +64,7 @@ impl FileLock {
             }
         }
         // Inherited across exec by the helpers we run: see the module comment.
-        // SAFETY: fcntl on a descriptor we own.
-        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFD, 0) };
+        let _ = fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty()));
         Ok(FileLock { file })
     }
 

@@ -175,7 +175,6 @@ fn check_verb_allowed(command: Command, v: Version) -> Result<()> {
 pub fn check_netns(path: &Path) -> Result<()> {
     use std::os::fd::AsRawFd;
     const NS_GET_NSTYPE: libc::c_ulong = 0xb703; // _IO(0xb7, 0x3)
-    const NSFS_MAGIC: i64 = 0x6e73_6673;
     let not_netns = || {
         Error::invalid_env(format!(
             "CNI_NETNS {} is not a network namespace",
@@ -196,14 +195,8 @@ pub fn check_netns(path: &Path) -> Result<()> {
     if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOTTY) {
         return Err(not_netns());
     }
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs on a descriptor we own, into a properly sized out-parameter.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-        return Err(not_netns());
-    }
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
-    if magic != NSFS_MAGIC {
+    let st = nix::sys::statfs::fstatfs(&file).map_err(|_| not_netns())?;
+    if st.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
         return Err(not_netns());
     }
     Ok(())

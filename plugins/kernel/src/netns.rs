@@ -10,10 +10,11 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::statfs::{fstatfs, NSFS_MAGIC};
+
 use crate::error::{Error, Result};
 
-/// `NSFS_MAGIC` from linux/magic.h: the filesystem type of `/proc/<pid>/ns/*` and of bind mounts of them.
-const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// `NS_GET_NSTYPE` from linux/nsfs.h: `_IO(0xb7, 0x3)`.
 const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 
@@ -59,10 +60,8 @@ impl NetNs {
         let made = std::thread::Builder::new()
             .name("twill-netns".into())
             .spawn(|| -> io::Result<File> {
-                // SAFETY: plain syscall; only this short-lived thread changes namespace.
-                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                // Only this short-lived thread changes namespace.
+                unshare(CloneFlags::CLONE_NEWNET)?;
                 File::open(THREAD_SELF_NET)
             })
             .map_err(|e| Error::new("create netns", "", "new netns", e))?
@@ -85,13 +84,7 @@ impl NetNs {
     }
 
     fn from_file(file: File, path: PathBuf) -> io::Result<NetNs> {
-        // SAFETY: fstatfs on an fd we own, into a zeroed struct.
-        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        #[allow(clippy::unnecessary_cast)]
-        let is_nsfs = fs.f_type as i64 == NSFS_MAGIC;
+        let is_nsfs = fstatfs(&file)?.filesystem_type() == NSFS_MAGIC;
         // SAFETY: ioctl without argument on an fd we own.
         let is_net = is_nsfs
             && unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) } == libc::CLONE_NEWNET;
@@ -180,9 +173,7 @@ impl AsRawFd for NetNs {
 }
 
 pub(crate) fn setns(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: setns on a valid namespace fd; affects only the calling (short-lived) thread.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // Affects only the calling (short-lived) thread.
+    nix::sched::setns(fd, CloneFlags::CLONE_NEWNET)?;
     Ok(())
 }

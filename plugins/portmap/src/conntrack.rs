@@ -5,9 +5,12 @@
 //! exec'ing `conntrack -D` costs milliseconds per port.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
-const NETLINK_NETFILTER: libc::c_int = 12;
+use nix::errno::Errno;
+use nix::sys::socket::{
+    recv, send, socket, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType,
+};
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
@@ -100,43 +103,27 @@ struct Socket {
 
 impl Socket {
     fn open() -> io::Result<Socket> {
-        // SAFETY: plain socket(2); the fd is owned immediately.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-        Ok(Socket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkNetFilter,
+        )?;
+        Ok(Socket { fd })
     }
 
     fn send(&self, msg: &[u8]) -> io::Result<()> {
-        // SAFETY: sending from a valid buffer; the kernel is the default destination of a netlink socket.
-        let rc = unsafe { libc::send(self.fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        // The kernel is the default destination of a netlink socket.
+        send(self.fd.as_raw_fd(), msg, MsgFlags::empty())?;
         Ok(())
     }
 
     fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            // SAFETY: receiving into a valid, writable buffer of the given length.
-            let rc =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if rc >= 0 {
-                return Ok(rc as usize);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match recv(self.fd.as_raw_fd(), buf, MsgFlags::empty()) {
+                Ok(n) => return Ok(n),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }
