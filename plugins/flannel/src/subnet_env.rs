@@ -13,7 +13,7 @@ pub const DEFAULT_PATH: &str = "/run/flannel/subnet.env";
 /// Reads and validates the file. A missing file, a missing key or a value that does not parse is code 11
 /// (try again later): the daemon has not (fully) written it yet, and a runtime retries ADD. The message
 /// names the file and the key, because "no such file or directory" alone is what users could not act on
-/// (flannel.md §14, complaint 2).
+/// (the most reported flannel error: `subnet.env` missing while the daemon starts).
 pub fn load(path: &Path) -> Result<SubnetEnv> {
     let text = read(path)?;
     parse(&text).map_err(|e| e.context(format!("subnet file {}", path.display())))
