@@ -10,12 +10,11 @@
 //!
 //! Everything runs in namespaces the benchmark creates; the peers' public IPs are never sent a packet.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpStream};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use twill_tests::cluster::{wait_until, Switch, TwilldArgs};
-use twill_tests::netns::Netns;
+use twill_tests::overlay_bench::{base64, cpu_ticks, etcd_http};
 
 const SUBNETS: &str = "/coreos.com/network/subnets/";
 // Nodes allocate from 10.1.0.0-10.1.255.0; peers are 10.200.0.0/24 upwards (keys "…/10.2…", apart from ours).
@@ -27,51 +26,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// One request to etcd's JSON gateway over a socket opened inside the switch namespace.
-fn etcd_http(switch: &Netns, path: &str, body: &str) {
-    let mut sock = switch
-        .run_in(|| TcpStream::connect("127.0.0.1:2379"))
-        .unwrap_or_else(|e| panic!("connect etcd: {e}"));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    sock.write_all(req.as_bytes())
-        .unwrap_or_else(|e| panic!("etcd request: {e}"));
-    let mut resp = String::new();
-    let _ = sock.read_to_string(&mut resp);
-    assert!(resp.starts_with("HTTP/1.1 200"), "etcd {path}: {resp}");
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn peer_lease(k: u32) -> (String, String) {
