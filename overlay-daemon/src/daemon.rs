@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
 use twill_files::subnet_env::{self, SubnetEnv};
 
 use tokio::sync::mpsc;
@@ -17,16 +18,17 @@ use crate::backend::vxlan::mac_guard::MacGuard;
 use crate::backend::vxlan::vtep_mac::MacIdentity;
 use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
 use crate::backend::Backend;
-use crate::config::{BackendKind, NetworkConfig};
+use crate::config::{BackendKind, NetworkConfig, Pool};
+use crate::family::Family;
 use crate::flags::Options;
 use crate::iface::{self, Underlay};
-use crate::kernel_watch;
-use crate::metrics::Metrics;
+use crate::lane::{self, Lane};
+use crate::metrics::{Metrics, Slot};
 use crate::reconcile::Reconciler;
 use crate::rules::TrafficRules;
 use crate::subnet::etcd::EtcdManager;
 use crate::subnet::lease_check::Expect;
-use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetManager};
+use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetKey, SubnetManager};
 
 /// Exponential backoff 100 ms -> 5 s, as flannel's watch reconnect (docs/architecture.md, "Watching leases").
 pub struct Backoff(Duration);
@@ -178,7 +180,8 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
 }
 
 async fn acquire(s: &mut Start, attrs: &LeaseAttrs) -> OwnLease {
-    let (previous, _) = subnet_env::previous_subnets(&s.opts.subnet_file);
+    let (v4, v6) = subnet_env::previous_subnets(&s.opts.subnet_file);
+    let previous = SubnetKey { v4, v6 };
     let own = loop {
         match s.subnets.acquire(&s.cfg, attrs, previous).await {
             Ok(l) => break l,
@@ -198,7 +201,16 @@ async fn acquire(s: &mut Start, attrs: &LeaseAttrs) -> OwnLease {
     own
 }
 
+/// The network's IPv4 pool, or the error for a backend that has no IPv6 data path yet.
+fn v4_only(cfg: &NetworkConfig) -> Result<Pool<Ipv4Net>, Fatal> {
+    match (cfg.v4, cfg.v6) {
+        (Some(p), None) => Ok(p),
+        _ => Err("this twilld build has no IPv6 data path yet: use an IPv4-only network".into()),
+    }
+}
+
 async fn run_host_gw(mut s: Start) -> Result<(), Fatal> {
+    let pool = v4_only(&s.cfg)?;
     let u = s.underlay.clone();
     // Peers send to our PublicIP as the next hop: it must be an address of the underlay itself (behind NAT it
     // would not be reachable on the segment).
@@ -209,26 +221,35 @@ async fn run_host_gw(mut s: Start) -> Result<(), Fatal> {
             u.public_ip, u.name
         ));
     }
-    let attrs = LeaseAttrs::host_gw(u.public_ip, &s.opts.node_name);
+    let attrs = LeaseAttrs::host_gw(Some(u.public_ip), None, &s.opts.node_name);
     let own = acquire(&mut s, &attrs).await;
-    log(format!("acquired subnet {} (host-gw)", own.subnet));
+    log(format!("acquired subnet {} (host-gw)", own.key));
+    let own4 = own.key.v4.ok_or("the lease has no IPv4 subnet")?;
     let backend = HostGwBackend::new(
         s.handle.clone(),
         HostGwConfig {
             underlay: u.name.clone(),
             underlay_index: u.index,
             underlay_networks: u.networks.clone(),
-            network: s.cfg.network,
-            subnet_len: s.cfg.subnet_len,
-            own: own.subnet,
+            network: pool.network,
+            subnet_len: pool.subnet_len,
+            own: own4,
         },
         s.metrics.clone(),
     );
+    let lane = LaneSpec {
+        backend,
+        own: own4,
+        pool,
+        own_public_ip: Some(u.public_ip),
+        link: u.name.clone(),
+    };
     // No encapsulation: pods get the underlay's MTU.
-    serve(s, own, attrs, backend, u.mtu, u.name.clone(), NoGuard).await
+    serve::<HostGwBackend, HostGwBackend>(s, own, attrs, Some(lane), None, u.mtu, NoGuard).await
 }
 
 async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
+    let pool = v4_only(&s.cfg)?;
     let (cfg, underlay, handle) = (s.cfg.clone(), s.underlay.clone(), s.handle.clone());
     let outer_mtu = cfg.backend.mtu.unwrap_or(underlay.mtu);
     // VXLAN over IPv4 costs 50 bytes (docs/architecture.md, "VXLAN programming"); what is left must still carry an
@@ -270,7 +291,7 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         mtu: outer_mtu - 50,
         mac: identity.mac(),
         address: std::net::Ipv4Addr::UNSPECIFIED,
-        network: cfg.network,
+        network: pool.network,
     };
     let vxlan = Vxlan::new(handle.clone());
     let existing = vxlan
@@ -304,80 +325,125 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
             identity.generation()
         ));
     }
-    let attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &s.opts.node_name);
+    let attrs = LeaseAttrs::vxlan(
+        Some((underlay.public_ip, mac)),
+        None,
+        cfg.backend.vni,
+        &s.opts.node_name,
+    );
     let own = acquire(&mut s, &attrs).await;
     log(format!(
         "acquired subnet {} (VTEP MAC {mac}){}",
-        own.subnet,
+        own.key,
         if own.reservation {
             ", a reservation"
         } else {
             ""
         }
     ));
-    identity.set_own_subnet(own.subnet);
+    let own4 = own.key.v4.ok_or("the lease has no IPv4 subnet")?;
+    identity.set_own_subnet(own4);
 
     let spec = DeviceSpec {
         mac,
-        address: own.subnet.network(),
+        address: own4.network(),
         ..probe
     };
     let backend = VxlanBackend::new(
         Vxlan::new(handle.clone()),
         VxlanConfig {
             spec: spec.clone(),
-            own: own.subnet,
-            subnet_len: cfg.subnet_len,
+            own: own4,
+            subnet_len: pool.subnet_len,
             direct_routing: cfg.backend.direct_routing,
             underlay_networks: underlay.networks.clone(),
         },
     );
     let mtu = spec.mtu;
     let guard = MacGuard::new(identity);
-    serve(s, own, attrs, backend, mtu, spec.name, guard).await
+    let lane = LaneSpec {
+        backend,
+        own: own4,
+        pool,
+        own_public_ip: Some(underlay.public_ip),
+        link: spec.name,
+    };
+    serve::<VxlanBackend, VxlanBackend>(s, own, attrs, Some(lane), None, mtu, guard).await
 }
 
-/// The steady state, whatever the backend: reconciler, traffic rules, subnet.env, then lease and link events
-/// until SIGTERM.
-async fn serve<B: Backend>(
+/// One family's backend, ready to serve.
+struct LaneSpec<B: Backend> {
+    backend: B,
+    /// Our subnet of the family.
+    own: B::Net,
+    pool: Pool<B::Net>,
+    own_public_ip: Option<<B::Net as Family>::Addr>,
+    /// The device whose changes ask for a full pass.
+    link: String,
+}
+
+impl<B: Backend> LaneSpec<B> {
+    fn into_lane(self, cfg: &NetworkConfig, metrics: &Arc<Metrics>, slot: Slot) -> Lane<B> {
+        let expect = Expect {
+            network: self.pool.network,
+            subnet_len: self.pool.subnet_len,
+            vni: cfg.backend.vni,
+            own_public_ip: self.own_public_ip,
+            kind: cfg.kind,
+        };
+        Lane::new(
+            Reconciler::new(self.backend, self.own, expect, metrics.clone(), slot),
+            self.link,
+            self.pool.network.into(),
+        )
+    }
+}
+
+/// The traffic rules for our subnets (one place, whatever the families).
+fn traffic_rules(opts: &Options, cfg: &NetworkConfig, own: &OwnLease) -> Option<TrafficRules> {
+    let (network, subnet) = (cfg.v4_network()?, own.key.v4?);
+    opts.ip_masq.then_some(TrafficRules {
+        backend: opts.rules_backend,
+        network,
+        subnet,
+    })
+}
+
+/// The steady state, whatever the backend: one lane per family (the first carries the backend's guard; a
+/// dual-stack node's second is its IPv6 lane), traffic rules, subnet.env, then lease and link events until
+/// SIGTERM.
+async fn serve<A: Backend, B: Backend>(
     s: Start,
     own: OwnLease,
     mut attrs: LeaseAttrs,
-    backend: B,
+    first: Option<LaneSpec<A>>,
+    second: Option<LaneSpec<B>>,
     mtu: u32,
-    link: String,
-    mut guard: impl Guard<B>,
+    mut guard: impl Guard<A>,
 ) -> Result<(), Fatal> {
     let Start {
         opts,
         metrics,
-        underlay,
         mut subnets,
         cfg,
         mut backoff,
         ..
     } = s;
-    let expect = Expect {
-        network: cfg.network,
-        subnet_len: cfg.subnet_len,
-        vni: cfg.backend.vni,
-        own_public_ip: underlay.public_ip,
-        kind: cfg.kind,
+    let mut first = first.map(|l| l.into_lane(&cfg, &metrics, Slot::Primary));
+    let slot2 = if first.is_some() {
+        Slot::DualStackV6
+    } else {
+        Slot::Primary
     };
-    let mut reconciler = Reconciler::new(backend, own.subnet, expect, metrics.clone());
-    while reconciler.full().await.is_none() {
-        log(format!(
-            "{} not ready; retrying",
-            reconciler.backend_mut().device_name()
-        ));
-        backoff.wait().await;
+    let mut second = second.map(|l| l.into_lane(&cfg, &metrics, slot2));
+    if let Some(l) = &mut first {
+        l.bring_up(&mut backoff).await;
+    }
+    if let Some(l) = &mut second {
+        l.bring_up(&mut backoff).await;
     }
 
-    let rules = opts.ip_masq.then_some(TrafficRules {
-        backend: opts.rules_backend,
-        network: cfg.network,
-        subnet: own.subnet,
-    });
+    let rules = traffic_rules(&opts, &cfg, &own);
     if let Some(r) = &rules {
         r.remove_other_backend().await;
         while let Err(e) = r.apply().await {
@@ -388,10 +454,10 @@ async fn serve<B: Backend>(
     metrics.set_ready(|r| r.rules = true);
 
     let env = SubnetEnv {
-        networks_v4: vec![cfg.network],
-        networks_v6: Vec::new(),
-        subnet_v4: Some(subnet_env::gateway_v4(own.subnet)),
-        subnet_v6: None,
+        networks_v4: cfg.v4_network().into_iter().collect(),
+        networks_v6: cfg.v6_network().into_iter().collect(),
+        subnet_v4: own.key.v4.map(subnet_env::gateway_v4),
+        subnet_v6: own.key.v6.map(subnet_env::gateway_v6),
         mtu,
         ipmasq: opts.ip_masq,
     };
@@ -402,11 +468,12 @@ async fn serve<B: Backend>(
 
     let membership = subnets.start(&own, &attrs, &cfg);
     let (mut ev_rx, publish) = (membership.events, membership.publish);
-    let kernel_watch::KernelWatch {
-        link: mut link_rx,
-        state: kernel,
-    } = kernel_watch::watch_kernel(link, cfg.network)?;
-    reconciler.set_full_every(opts.resync_full_every);
+    if let Some(l) = &mut first {
+        l.watch(opts.resync_full_every)?;
+    }
+    if let Some(l) = &mut second {
+        l.watch(opts.resync_full_every)?;
+    }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
@@ -419,23 +486,43 @@ async fn serve<B: Backend>(
         tokio::select! {
             Some((at, ev)) = ev_rx.recv() => {
                 let check = guard.wants(&ev);
-                reconciler.apply(ev, at).await;
-                if check {
-                    guard.check(&mut reconciler, &mut attrs, &publish, &metrics).await;
+                // Cloned only on a dual-stack node, for the lane that does not get the original.
+                let (ev1, ev2) = match (&first, &second) {
+                    (Some(_), Some(_)) => (Some(ev.clone()), Some(ev)),
+                    (Some(_), None) => (Some(ev), None),
+                    _ => (None, Some(ev)),
+                };
+                if let (Some(l), Some(ev)) = (&mut second, ev2) {
+                    l.apply(ev, at).await;
+                }
+                if let (Some(l), Some(ev)) = (&mut first, ev1) {
+                    l.apply(ev, at).await;
+                    if check {
+                        guard.check(&mut l.rec, &mut attrs, &publish, &metrics).await;
+                    }
                 }
             }
-            Some(()) = link_rx.recv() => {
-                while link_rx.try_recv().is_ok() {}
-                reconciler.full().await;
-                kernel.set_device(reconciler.device().unwrap_or(0));
+            Some(()) = lane::link_changed(&mut first) => {
+                if let Some(l) = &mut first {
+                    l.on_link().await;
+                }
+            }
+            Some(()) = lane::link_changed(&mut second) => {
+                if let Some(l) = &mut second {
+                    l.on_link().await;
+                }
             }
             _ = resync.tick() => {
-                // The guard's check is linear in the peers and depends only on them: it runs with every full
-                // pass (which every lease event causes) and while it reports a problem.
-                let full = reconciler.resync(kernel.take_dirty()).await;
-                kernel.set_device(reconciler.device().unwrap_or(0));
-                if full || guard.alarmed() {
-                    guard.check(&mut reconciler, &mut attrs, &publish, &metrics).await;
+                if let Some(l) = &mut second {
+                    l.resync().await;
+                }
+                if let Some(l) = &mut first {
+                    // The guard's check is linear in the peers and depends only on them: it runs with every
+                    // full pass (which every lease event causes) and while it reports a problem.
+                    let full = l.resync().await;
+                    if full || guard.alarmed() {
+                        guard.check(&mut l.rec, &mut attrs, &publish, &metrics).await;
+                    }
                 }
                 if let Some(r) = &rules {
                     match r.ensure().await {

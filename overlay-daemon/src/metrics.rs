@@ -25,6 +25,16 @@ pub struct Readiness {
     pub store_reset: Option<String>,
     /// host-gw peers that cannot be routed (not on our L2 segment): part of the cluster is unreachable.
     pub unroutable_peers: Option<String>,
+    /// The IPv6 device of a dual-stack node (`device` is the IPv4 one); `None` without one.
+    pub device_v6: Option<bool>,
+}
+
+/// Which of a node's reconcilers reports: the one of its first family (IPv4, or IPv6 on an IPv6-only
+/// network) or the IPv6 one next to IPv4 on a dual-stack network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Primary,
+    DualStackV6,
 }
 
 impl Readiness {
@@ -67,6 +77,9 @@ impl Readiness {
         if !self.device {
             p.push("vxlan device not ready".to_string());
         }
+        if self.device_v6 == Some(false) {
+            p.push("IPv6 vxlan device not ready".to_string());
+        }
         if !self.rules {
             p.push("traffic rules not installed".to_string());
         }
@@ -83,6 +96,8 @@ const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 pub struct Metrics {
     pub readiness: Mutex<Readiness>,
     pub peers: AtomicU64,
+    /// IPv6 peers of a dual-stack node (`peers` counts the IPv4 ones).
+    pub peers_v6: AtomicU64,
     pub lease_expiry_unix: AtomicU64,
     pub reconcile_runs: AtomicU64,
     /// Periodic resyncs that read the kernel back, and those that found nothing to look at.
@@ -100,6 +115,8 @@ pub struct Metrics {
     pub store_resets: AtomicU64,
     /// Invalid leases currently in etcd, by reason.
     pub invalid_leases: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+    /// The same for the IPv6 half of dual-stack leases.
+    pub invalid_leases_v6: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     latency: Mutex<([u64; BUCKETS.len()], u64, f64)>,
 }
 
@@ -107,6 +124,34 @@ impl Metrics {
     pub fn set_ready(&self, f: impl FnOnce(&mut Readiness)) {
         if let Ok(mut r) = self.readiness.lock() {
             f(&mut r);
+        }
+    }
+
+    pub fn set_device_ready(&self, slot: Slot, ok: bool) {
+        self.set_ready(|r| match slot {
+            Slot::Primary => r.device = ok,
+            Slot::DualStackV6 => r.device_v6 = Some(ok),
+        });
+    }
+
+    pub fn set_peers(&self, slot: Slot, n: u64) {
+        match slot {
+            Slot::Primary => self.peers.store(n, Relaxed),
+            Slot::DualStackV6 => self.peers_v6.store(n, Relaxed),
+        }
+    }
+
+    pub fn set_invalid_leases(
+        &self,
+        slot: Slot,
+        by_reason: std::collections::BTreeMap<&'static str, u64>,
+    ) {
+        let m = match slot {
+            Slot::Primary => &self.invalid_leases,
+            Slot::DualStackV6 => &self.invalid_leases_v6,
+        };
+        if let Ok(mut m) = m.lock() {
+            *m = by_reason;
         }
     }
 
@@ -157,9 +202,17 @@ impl Metrics {
         gauge(
             &mut o,
             "twilld_peers",
-            "Remote nodes in the desired peer table",
+            "Remote nodes in the desired peer table (of IPv4, or of IPv6 on an IPv6-only network)",
             self.peers.load(Relaxed) as f64,
         );
+        if r.device_v6.is_some() {
+            gauge(
+                &mut o,
+                "twilld_peers_ipv6",
+                "Remote nodes in the desired IPv6 peer table of a dual-stack node",
+                self.peers_v6.load(Relaxed) as f64,
+            );
+        }
         gauge(
             &mut o,
             "twilld_lease_expiry_timestamp_seconds",
@@ -269,10 +322,18 @@ impl Metrics {
                 o,
                 "# HELP {name} Leases in etcd skipped as invalid, by reason\n# TYPE {name} gauge"
             );
-            if let Ok(m) = self.invalid_leases.lock() {
+            let mut all = self
+                .invalid_leases
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default();
+            if let Ok(m) = self.invalid_leases_v6.lock() {
                 for (reason, n) in m.iter() {
-                    let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {n}");
+                    *all.entry(reason).or_insert(0) += n;
                 }
+            }
+            for (reason, n) in all.iter() {
+                let _ = writeln!(o, "{name}{{reason=\"{reason}\"}} {n}");
             }
         }
         if let Ok(h) = self.latency.lock() {

@@ -11,11 +11,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipnet::Ipv4Net;
-
 use crate::backend::Backend;
-use crate::metrics::Metrics;
-use crate::subnet::lease::Lease;
+use crate::family::Family;
+use crate::metrics::{Metrics, Slot};
+use crate::subnet::lease::{Lease, SubnetKey};
 use crate::subnet::lease_check::{check, Expect, Invalid, InvalidLeases};
 use crate::subnet::LeaseEvent;
 
@@ -23,19 +22,27 @@ use crate::subnet::LeaseEvent;
 /// reported is repaired within 100 s.
 pub const FULL_EVERY: u32 = 10;
 
+/// One family's reconciler: a dual-stack node runs two, each over its own backend and device, fed the same
+/// lease events; each looks only at its family's subnet of a lease.
 pub struct Reconciler<B: Backend> {
     backend: B,
     dev: Option<u32>,
-    own: Ipv4Net,
+    own: B::Net,
     /// The desired state. Kept across value-less delete events: the stored peer is what gets undone.
-    peers: BTreeMap<Ipv4Net, B::Peer>,
+    peers: BTreeMap<B::Net, B::Peer>,
+    /// The lease key each peer came from: a delete event removes a peer only if it names the key the peer
+    /// is programmed from (a node whose key changed, e.g. gained a v6 subnet, may delete its old key after
+    /// putting the new one).
+    origin: BTreeMap<B::Net, SubnetKey>,
     /// Whether `peers` came from a full listing. Until then nothing is purged: a restarting daemon must not
     /// tear down the entries of peers it simply has not heard of yet (no lost packets on restart).
     synced: bool,
     /// What a peer lease must match, and the leases that did not.
-    expect: Expect,
-    invalid: InvalidLeases,
+    expect: Expect<B::Net>,
+    invalid: InvalidLeases<B::Net>,
     metrics: Arc<Metrics>,
+    /// Where this reconciler reports its device and peers in the metrics.
+    slot: Slot,
     /// A lease event arrived (or a pass failed) since the last full pass.
     desired_dirty: bool,
     /// Periodic resyncs since the last full pass; every `full_every`-th is full whatever the events said.
@@ -45,12 +52,20 @@ pub struct Reconciler<B: Backend> {
 
 impl<B: Backend> Reconciler<B> {
     /// `own` is this node's subnet (never a peer); `expect` what a peer's lease must match.
-    pub fn new(backend: B, own: Ipv4Net, expect: Expect, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        backend: B,
+        own: B::Net,
+        expect: Expect<B::Net>,
+        metrics: Arc<Metrics>,
+        slot: Slot,
+    ) -> Self {
         Reconciler {
             backend,
             dev: None,
             own,
             peers: BTreeMap::new(),
+            origin: BTreeMap::new(),
+            slot,
             synced: false,
             expect,
             invalid: InvalidLeases::default(),
@@ -96,7 +111,7 @@ impl<B: Backend> Reconciler<B> {
             Err(e) => {
                 self.count_netlink_error(&e);
                 self.dev = None;
-                self.metrics.set_ready(|r| r.device = false);
+                self.metrics.set_device_ready(self.slot, false);
             }
         }
         false
@@ -107,17 +122,29 @@ impl<B: Backend> Reconciler<B> {
         self.dev
     }
 
-    /// The peer a lease of another node describes, if it is valid (invalid ones are recorded and logged).
-    fn peer_of(&mut self, lease: &Lease) -> Option<B::Peer> {
-        if lease.subnet == self.own {
+    /// The peer a lease of another node describes in our family, with its subnet, if it is valid (invalid
+    /// ones are recorded and logged).
+    fn peer_of(&mut self, lease: &Lease) -> Option<(B::Net, B::Peer)> {
+        let s = B::Net::of_key(&lease.key)?;
+        if s == self.own {
             return None;
         }
-        if let Err((why, detail)) = check(lease, &self.expect) {
-            self.invalid.set(lease.subnet, why, &detail);
+        if let Err((why, detail)) = check(lease, s, &self.expect) {
+            self.invalid.set(s, why, &detail);
             return None;
         }
-        self.invalid.clear(lease.subnet);
-        self.backend.peer_of(lease)
+        self.invalid.clear(s);
+        Some((s, self.backend.peer_of(lease)?))
+    }
+
+    fn insert_peer(&mut self, key: SubnetKey, s: B::Net, p: B::Peer) -> Option<B::Peer> {
+        self.origin.insert(s, key);
+        self.peers.insert(s, p)
+    }
+
+    fn remove_peer_entry(&mut self, s: &B::Net) -> Option<B::Peer> {
+        self.origin.remove(s);
+        self.peers.remove(s)
     }
 
     pub fn peer_count(&self) -> usize {
@@ -125,7 +152,7 @@ impl<B: Backend> Reconciler<B> {
     }
 
     /// The desired peer table (valid leases of other nodes).
-    pub fn peers(&self) -> &BTreeMap<Ipv4Net, B::Peer> {
+    pub fn peers(&self) -> &BTreeMap<B::Net, B::Peer> {
         &self.peers
     }
 
@@ -137,9 +164,8 @@ impl<B: Backend> Reconciler<B> {
         if !self.invalid.take_changed() {
             return;
         }
-        if let Ok(mut m) = self.metrics.invalid_leases.lock() {
-            *m = self.invalid.by_reason();
-        }
+        self.metrics
+            .set_invalid_leases(self.slot, self.invalid.by_reason());
     }
 
     fn count_netlink_error(&self, e: &impl std::fmt::Display) {
@@ -153,110 +179,121 @@ impl<B: Backend> Reconciler<B> {
         let ev = match ev {
             // A value that is not a lease takes away whatever peer the key described before.
             LeaseEvent::Garbled(g) => {
-                if g.subnet != self.own {
-                    self.invalid.set(g.subnet, Invalid::Json, &g.error);
+                if let Some(s) = B::Net::of_key(&g.key).filter(|s| *s != self.own) {
+                    self.invalid.set(s, Invalid::Json, &g.error);
                 }
-                LeaseEvent::Removed(g.subnet)
+                LeaseEvent::Removed(g.key)
             }
-            LeaseEvent::Removed(subnet) => {
-                self.invalid.clear(subnet);
-                LeaseEvent::Removed(subnet)
+            LeaseEvent::Removed(key) => {
+                if let Some(s) = B::Net::of_key(&key) {
+                    self.invalid.clear(s);
+                }
+                LeaseEvent::Removed(key)
             }
             ev => ev,
         };
         let ok = match ev {
             LeaseEvent::Refill(leases) => {
                 for l in &leases {
-                    if let Some(p) = self.peer_of(l) {
-                        self.peers.insert(l.subnet, p);
+                    if let Some((s, p)) = self.peer_of(l) {
+                        self.insert_peer(l.key, s, p);
                     }
                 }
                 self.publish_invalid();
                 self.full().await.is_some()
             }
             LeaseEvent::Snapshot(leases, garbled) => {
-                let listed: std::collections::BTreeSet<Ipv4Net> = leases
+                let listed: std::collections::BTreeSet<B::Net> = leases
                     .iter()
-                    .map(|l| l.subnet)
-                    .chain(garbled.iter().map(|g| g.subnet))
+                    .map(|l| l.key)
+                    .chain(garbled.iter().map(|g| g.key))
+                    .filter_map(|k| B::Net::of_key(&k))
                     .collect();
                 self.invalid.retain(|s| listed.contains(s));
-                let mut peers = BTreeMap::new();
+                self.peers.clear();
+                self.origin.clear();
                 for l in &leases {
-                    if let Some(p) = self.peer_of(l) {
-                        peers.insert(l.subnet, p);
+                    if let Some((s, p)) = self.peer_of(l) {
+                        self.insert_peer(l.key, s, p);
                     }
                 }
-                for g in garbled.iter().filter(|g| g.subnet != self.own) {
-                    self.invalid.set(g.subnet, Invalid::Json, &g.error);
+                for g in &garbled {
+                    if let Some(s) = B::Net::of_key(&g.key).filter(|s| *s != self.own) {
+                        self.invalid.set(s, Invalid::Json, &g.error);
+                    }
                 }
-                self.peers = peers;
                 self.synced = true;
                 self.publish_invalid();
                 self.full().await.is_some()
             }
             LeaseEvent::Added(lease) => {
-                let new = self.peer_of(&lease);
+                let Some(subnet) = B::Net::of_key(&lease.key) else {
+                    // No subnet of our family: not our business.
+                    return true;
+                };
+                let new = self.peer_of(&lease).map(|(_, p)| p);
                 self.publish_invalid();
                 let old = match &new {
-                    Some(p) => self.peers.insert(lease.subnet, p.clone()),
-                    None => self.peers.remove(&lease.subnet),
+                    Some(p) => self.insert_peer(lease.key, subnet, p.clone()),
+                    None => self.remove_peer_entry(&subnet),
                 };
                 let Some(dev) = self.dev else {
                     // No device right now: the next full pass programs the table.
-                    self.metrics.peers.store(self.peers.len() as u64, Relaxed);
+                    self.publish_peer_count();
                     return false;
                 };
                 let errors = match (&old, &new) {
                     (Some(old), None) => self
                         .backend
-                        .remove_peer(dev, lease.subnet, old)
+                        .remove_peer(dev, subnet, old)
                         .await
                         .err()
                         .into_iter()
                         .collect(),
                     (None, Some(new)) => self
                         .backend
-                        .add_peer(dev, lease.subnet, new)
+                        .add_peer(dev, subnet, new)
                         .await
                         .err()
                         .into_iter()
                         .collect(),
-                    (Some(old), Some(new)) => {
-                        self.backend.update_peer(dev, lease.subnet, old, new).await
-                    }
+                    (Some(old), Some(new)) => self.backend.update_peer(dev, subnet, old, new).await,
                     (None, None) => Vec::new(),
                 };
                 for e in &errors {
                     self.count_netlink_error(e);
                 }
-                if new.is_some() {
-                    eprintln!(
-                        "twilld: peer {} at {} programmed",
-                        lease.subnet, lease.attrs.public_ip
-                    );
+                if let Some(p) = &new {
+                    eprintln!("twilld: peer {subnet} at {p} programmed");
                 }
                 errors.is_empty()
             }
             LeaseEvent::Garbled(_) => true,
-            LeaseEvent::Removed(subnet) => {
+            LeaseEvent::Removed(key) => {
                 self.publish_invalid();
                 let mut ok = true;
-                if let (Some(old), Some(dev)) = (self.peers.remove(&subnet), self.dev) {
-                    if let Err(e) = self.backend.remove_peer(dev, subnet, &old).await {
-                        self.count_netlink_error(&e);
-                        ok = false;
+                let subnet = B::Net::of_key(&key).filter(|s| self.origin.get(s) == Some(&key));
+                if let Some(subnet) = subnet {
+                    if let (Some(old), Some(dev)) = (self.remove_peer_entry(&subnet), self.dev) {
+                        if let Err(e) = self.backend.remove_peer(dev, subnet, &old).await {
+                            self.count_netlink_error(&e);
+                            ok = false;
+                        }
+                        eprintln!("twilld: peer {subnet} at {old} removed");
                     }
-                    eprintln!("twilld: peer {subnet} at {old} removed");
                 }
                 ok
             }
         };
-        self.metrics.peers.store(self.peers.len() as u64, Relaxed);
+        self.publish_peer_count();
         if ok {
             self.metrics.observe_event_latency(received.elapsed());
         }
         ok
+    }
+
+    fn publish_peer_count(&self) {
+        self.metrics.set_peers(self.slot, self.peers.len() as u64);
     }
 
     /// Brings the device and every peer entry to the desired state, removing anything else. Returns the
@@ -279,7 +316,7 @@ impl<B: Backend> Reconciler<B> {
             Err(e) => {
                 self.count_netlink_error(&e);
                 self.dev = None;
-                self.metrics.set_ready(|r| r.device = false);
+                self.metrics.set_device_ready(self.slot, false);
                 return None;
             }
         };
@@ -292,7 +329,7 @@ impl<B: Backend> Reconciler<B> {
             );
         }
         self.dev = Some(dev);
-        self.metrics.set_ready(|r| r.device = true);
+        self.metrics.set_device_ready(self.slot, true);
         if !self.synced {
             return Some(0);
         }
@@ -320,7 +357,7 @@ impl<B: Backend> Reconciler<B> {
                 self.peers.len()
             );
         }
-        self.metrics.peers.store(self.peers.len() as u64, Relaxed);
+        self.publish_peer_count();
         Some(repairs.count)
     }
 }

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::{Debug, Display};
 use std::future::Future;
 
-use ipnet::Ipv4Net;
-
+use crate::family::Family;
 use crate::subnet::Lease;
 
 pub mod host_gw;
@@ -20,9 +19,12 @@ pub struct Repairs<E> {
     pub errors: Vec<E>,
 }
 
-/// One data path: a device on this node and, per peer, the kernel entries that reach the peer's subnet.
-/// Every method is idempotent; the reconciler decides what is wanted, the backend how it looks in the kernel.
+/// One data path of one address family: a device on this node and, per peer, the kernel entries that reach
+/// the peer's subnet of that family. Every method is idempotent; the reconciler decides what is wanted, the
+/// backend how it looks in the kernel. A dual-stack node runs one backend (and one reconciler) per family.
 pub trait Backend {
+    /// The family's node subnet (`Ipv4Net` or `Ipv6Net`).
+    type Net: Family;
     /// One remote node as this data path needs it (displayed in logs as where the peer is reached).
     type Peer: Clone + PartialEq + Debug + Display;
     /// What the kernel has for this backend, as read back for a full pass.
@@ -31,8 +33,8 @@ pub trait Backend {
 
     fn device_name(&self) -> &str;
 
-    /// The peer a valid lease of another node describes, or `None` if the lease lacks what this backend
-    /// needs.
+    /// The peer a valid lease of another node describes (for this backend's family), or `None` if the lease
+    /// lacks what this backend needs.
     fn peer_of(&self, lease: &Lease) -> Option<Self::Peer>;
 
     /// Creates the device or brings it to its spec. Returns its index and whether it was created.
@@ -42,7 +44,7 @@ pub trait Backend {
     fn add_peer(
         &self,
         dev: u32,
-        subnet: Ipv4Net,
+        subnet: Self::Net,
         peer: &Self::Peer,
     ) -> impl Future<Output = Result<(), Self::Error>>;
 
@@ -50,7 +52,7 @@ pub trait Backend {
     fn update_peer(
         &self,
         dev: u32,
-        subnet: Ipv4Net,
+        subnet: Self::Net,
         old: &Self::Peer,
         new: &Self::Peer,
     ) -> impl Future<Output = Vec<Self::Error>>;
@@ -58,7 +60,7 @@ pub trait Backend {
     fn remove_peer(
         &self,
         dev: u32,
-        subnet: Ipv4Net,
+        subnet: Self::Net,
         peer: &Self::Peer,
     ) -> impl Future<Output = Result<(), Self::Error>>;
 
@@ -69,7 +71,7 @@ pub trait Backend {
     fn repair(
         &self,
         dev: u32,
-        peers: &BTreeMap<Ipv4Net, Self::Peer>,
+        peers: &BTreeMap<Self::Net, Self::Peer>,
         view: &Self::View,
     ) -> impl Future<Output = Repairs<Self::Error>>;
 }

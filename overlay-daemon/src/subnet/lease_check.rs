@@ -4,13 +4,11 @@
 //! its reason changes, and at most [`LOG_BURST`] lines per minute overall) and counted by reason.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
-
 use crate::config::BackendKind;
-use crate::subnet::lease::Lease;
+use crate::family::Family;
+use crate::subnet::lease::{vtep_mac_in, Lease};
 
 /// Why a lease is not programmed. The names are the `reason` label of `twilld_invalid_leases`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,59 +40,39 @@ impl Invalid {
     }
 }
 
-/// What a peer lease must match.
+/// What a peer lease must match, for one family.
 #[derive(Debug, Clone)]
-pub struct Expect {
-    pub network: Ipv4Net,
+pub struct Expect<N: Family> {
+    pub network: N,
     pub subnet_len: u8,
     pub vni: u32,
-    pub own_public_ip: Ipv4Addr,
+    pub own_public_ip: Option<N::Addr>,
     /// The network's backend: a peer's lease must be of the same type.
     pub kind: BackendKind,
 }
 
-fn bad_address(ip: Ipv4Addr, own: Ipv4Addr) -> Option<&'static str> {
-    let o = ip.octets();
-    if ip.is_unspecified() || o[0] == 0 {
-        Some("unspecified or \"this network\" address")
-    } else if ip.is_loopback() {
-        Some("loopback address (of another host)")
-    } else if ip.is_multicast() {
-        Some("multicast address")
-    } else if ip.is_broadcast() || o[0] >= 240 {
-        Some("broadcast or reserved address")
-    } else if ip == own {
-        Some("our own address")
-    } else {
-        None
-    }
-}
-
-/// Checks a lease of another node; the error carries a reason and a human explanation.
-pub fn check(lease: &Lease, e: &Expect) -> Result<(), (Invalid, String)> {
-    let s = lease.subnet;
-    if !e.network.contains(&s) {
+/// Checks the `subnet` (of family `N`) of a lease of another node; the error carries a reason and a human
+/// explanation.
+pub fn check<N: Family>(lease: &Lease, s: N, e: &Expect<N>) -> Result<(), (Invalid, String)> {
+    if !e.network.contains_net(&s) {
         return Err((
             Invalid::SubnetOutsideNetwork,
             format!("subnet {s} is outside the network {}", e.network),
         ));
     }
-    if s.prefix_len() != e.subnet_len {
+    if s.prefix() != e.subnet_len {
         return Err((
             Invalid::SubnetLength,
-            format!(
-                "prefix length {} instead of {}",
-                s.prefix_len(),
-                e.subnet_len
-            ),
+            format!("prefix length {} instead of {}", s.prefix(), e.subnet_len),
         ));
     }
     let a = &lease.attrs;
-    if let Some(why) = bad_address(a.public_ip, e.own_public_ip) {
-        return Err((
-            Invalid::PublicIp,
-            format!("PublicIP {} is a {why}", a.public_ip),
-        ));
+    let field = if N::IS_V6 { "PublicIPv6" } else { "PublicIP" };
+    let Some(ip) = N::public_ip(a) else {
+        return Err((Invalid::PublicIp, format!("no {field}")));
+    };
+    if let Some(why) = N::bad_address(ip, e.own_public_ip) {
+        return Err((Invalid::PublicIp, format!("{field} {ip} is a {why}")));
     }
     let want = e.kind.lease_type();
     if a.backend_type != want {
@@ -104,16 +82,22 @@ pub fn check(lease: &Lease, e: &Expect) -> Result<(), (Invalid, String)> {
         ));
     }
     if e.kind == BackendKind::HostGw {
-        // A host-gw peer is reached at its PublicIP: its BackendData (none, as flanneld writes it) is not used.
+        // A host-gw peer is reached at its public address: its BackendData (none, as flanneld writes it) is
+        // not used.
         return Ok(());
     }
-    let data = a.backend_data.as_ref();
+    let field = if N::IS_V6 {
+        "BackendV6Data"
+    } else {
+        "BackendData"
+    };
+    let data = N::backend_data(a);
     match data.and_then(|d| d.get("VNI")).and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(e.vni) => {}
         Some(v) => return Err((Invalid::Vni, format!("VNI {v} instead of {}", e.vni))),
-        None => return Err((Invalid::Vni, "no VNI in BackendData".into())),
+        None => return Err((Invalid::Vni, format!("no VNI in {field}"))),
     }
-    match a.vtep_mac() {
+    match vtep_mac_in(&a.backend_type, data) {
         Some(m) if m.is_valid_unicast() => Ok(()),
         Some(m) => Err((
             Invalid::VtepMac,
@@ -135,9 +119,9 @@ pub fn check(lease: &Lease, e: &Expect) -> Result<(), (Invalid, String)> {
 pub const LOG_BURST: u32 = 20;
 
 /// The invalid leases currently known, for the metric, and the rate-limited log of changes to them.
-#[derive(Debug, Default)]
-pub struct InvalidLeases {
-    current: BTreeMap<Ipv4Net, Invalid>,
+#[derive(Debug)]
+pub struct InvalidLeases<K> {
+    current: BTreeMap<K, Invalid>,
     /// Changed since the last `take_changed` (the metric is republished only then).
     changed: bool,
     window: Option<Instant>,
@@ -145,9 +129,21 @@ pub struct InvalidLeases {
     suppressed: u32,
 }
 
-impl InvalidLeases {
+impl<K: Ord> Default for InvalidLeases<K> {
+    fn default() -> Self {
+        InvalidLeases {
+            current: BTreeMap::new(),
+            changed: false,
+            window: None,
+            lines: 0,
+            suppressed: 0,
+        }
+    }
+}
+
+impl<K: Ord + Copy + std::fmt::Display> InvalidLeases<K> {
     /// Records `subnet` as invalid; logs it if it is new or its reason changed.
-    pub fn set(&mut self, subnet: Ipv4Net, why: Invalid, detail: &str) {
+    pub fn set(&mut self, subnet: K, why: Invalid, detail: &str) {
         if self.current.insert(subnet, why) != Some(why) {
             self.changed = true;
             self.log(format!(
@@ -157,12 +153,12 @@ impl InvalidLeases {
         }
     }
 
-    pub fn clear(&mut self, subnet: Ipv4Net) {
+    pub fn clear(&mut self, subnet: K) {
         self.changed |= self.current.remove(&subnet).is_some();
     }
 
     /// Keeps only the subnets in `keep` (after a full listing).
-    pub fn retain(&mut self, keep: impl Fn(&Ipv4Net) -> bool) {
+    pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
         let before = self.current.len();
         self.current.retain(|s, _| keep(s));
         self.changed |= self.current.len() != before;
@@ -211,26 +207,34 @@ mod tests {
     use super::*;
     use crate::subnet::lease::{LeaseAttrs, VtepMac};
 
-    fn expect() -> Expect {
+    use crate::subnet::lease::SubnetKey;
+    use ipnet::{Ipv4Net, Ipv6Net};
+    use std::net::Ipv4Addr;
+
+    fn expect() -> Expect<Ipv4Net> {
         Expect {
             network: "10.244.0.0/16".parse().unwrap(),
             subnet_len: 24,
             vni: 1,
-            own_public_ip: "10.0.0.1".parse().unwrap(),
+            own_public_ip: Some("10.0.0.1".parse().unwrap()),
             kind: BackendKind::Vxlan,
         }
     }
 
     fn lease(subnet: &str, json: &str) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            key: SubnetKey::v4(subnet.parse().unwrap()),
             attrs: serde_json::from_str(json).unwrap(),
             lease_id: 1,
         }
     }
 
+    fn v4check(l: &Lease, e: &Expect<Ipv4Net>) -> Result<(), (Invalid, String)> {
+        check(l, l.key.v4.unwrap(), e)
+    }
+
     fn reason(subnet: &str, json: &str) -> Option<&'static str> {
-        check(&lease(subnet, json), &expect())
+        v4check(&lease(subnet, json), &expect())
             .err()
             .map(|(r, _)| r.reason())
     }
@@ -251,17 +255,66 @@ mod tests {
             None
         );
         let a = LeaseAttrs::vxlan(
-            "10.0.0.3".parse().unwrap(),
+            Some(("10.0.0.3".parse().unwrap(), VtepMac([2, 1, 2, 3, 4, 5]))),
+            None,
             1,
-            VtepMac([2, 1, 2, 3, 4, 5]),
             "n",
         );
         let l = Lease {
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            key: SubnetKey::v4("10.244.3.0/24".parse().unwrap()),
             attrs: a,
             lease_id: 0,
         };
-        assert!(check(&l, &expect()).is_ok());
+        assert!(v4check(&l, &expect()).is_ok());
+    }
+
+    /// The v6 half of flanneld's dual-stack lease is checked on its own fields: `PublicIPv6` and
+    /// `BackendV6Data`.
+    #[test]
+    fn the_v6_half_of_a_dual_stack_lease_is_checked_on_its_own_fields() {
+        let e6 = Expect::<Ipv6Net> {
+            network: "fd00:42::/56".parse().unwrap(),
+            subnet_len: 64,
+            vni: 1,
+            own_public_ip: Some("fd00:1::1".parse().unwrap()),
+            kind: BackendKind::Vxlan,
+        };
+        let sub: Ipv6Net = "fd00:42:0:2::/64".parse().unwrap();
+        let l = |json: &str| Lease {
+            key: SubnetKey {
+                v4: Some("10.244.2.0/24".parse().unwrap()),
+                v6: Some(sub),
+            },
+            attrs: serde_json::from_str(json).unwrap(),
+            lease_id: 1,
+        };
+        let good = r#"{"PublicIP":"10.0.0.2","PublicIPv6":"fd00:1::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"},"BackendV6Data":{"VNI":1,"VtepMAC":"7a:11:22:33:44:55"}}"#;
+        assert!(check(&l(good), sub, &e6).is_ok());
+        let why = |json: &str| check(&l(json), sub, &e6).err().map(|(r, _)| r.reason());
+        assert_eq!(
+            why(&good.replace("fd00:1::2", "fd00:1::1")),
+            Some("public_ip")
+        );
+        assert_eq!(
+            why(&good.replace(r#""fd00:1::2""#, "null")),
+            Some("public_ip")
+        );
+        assert_eq!(
+            why(&good.replace("7a:11:22:33:44:55", "33:33:00:00:00:01")),
+            Some("vtep_mac")
+        );
+        assert_eq!(
+            why(&good.replace(
+                r#","BackendV6Data":{"VNI":1,"VtepMAC":"7a:11:22:33:44:55"}"#,
+                ""
+            )),
+            Some("vni")
+        );
+        let other: Ipv6Net = "fd00:43::/64".parse().unwrap();
+        assert_eq!(
+            check(&l(good), other, &e6).err().map(|(r, _)| r.reason()),
+            Some("subnet_outside_network")
+        );
     }
 
     #[test]
@@ -274,15 +327,15 @@ mod tests {
             "10.244.2.0/24",
             r#"{"PublicIP":"10.0.0.2","BackendType":"host-gw"}"#,
         );
-        assert!(check(&l, &hg).is_ok());
+        assert!(v4check(&l, &hg).is_ok());
         let ours = Lease {
-            subnet: "10.244.3.0/24".parse().unwrap(),
-            attrs: LeaseAttrs::host_gw("10.0.0.3".parse().unwrap(), "n"),
+            key: SubnetKey::v4("10.244.3.0/24".parse().unwrap()),
+            attrs: LeaseAttrs::host_gw(Some("10.0.0.3".parse().unwrap()), None, "n"),
             lease_id: 0,
         };
-        assert!(check(&ours, &hg).is_ok());
+        assert!(v4check(&ours, &hg).is_ok());
         assert_eq!(
-            check(&l, &expect()).err().map(|(r, _)| r.reason()),
+            v4check(&l, &expect()).err().map(|(r, _)| r.reason()),
             Some("backend_type")
         );
         let vx = lease(
@@ -290,7 +343,7 @@ mod tests {
             &flannel("10.0.0.2", "1", "c6:d2:32:6f:8f:44"),
         );
         assert_eq!(
-            check(&vx, &hg).err().map(|(r, _)| r.reason()),
+            v4check(&vx, &hg).err().map(|(r, _)| r.reason()),
             Some("backend_type")
         );
     }
@@ -359,7 +412,7 @@ mod tests {
 
     #[test]
     fn an_invalid_lease_is_logged_once_and_counted_by_reason() {
-        let mut t = InvalidLeases::default();
+        let mut t = InvalidLeases::<Ipv4Net>::default();
         let s: Ipv4Net = "10.244.9.0/24".parse().unwrap();
         t.set(s, Invalid::Vni, "x");
         t.set(s, Invalid::Vni, "x");

@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::time::Instant;
 
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use crate::config::NetworkConfig;
@@ -14,7 +13,7 @@ pub mod etcd;
 pub mod lease;
 pub mod lease_check;
 
-pub use lease::{Lease, LeaseAttrs};
+pub use lease::{Lease, LeaseAttrs, SubnetKey};
 
 /// One change in the peers' leases.
 #[derive(Debug, Clone)]
@@ -28,21 +27,22 @@ pub enum LeaseEvent {
     /// A subnet entry whose value is not a lease: whatever it held before is no longer a peer.
     Garbled(Garbled),
     /// A lease is gone; the store may not say what it held (etcd delete events carry no value,
-    /// docs/architecture.md, "Watching leases"): only the subnet is known.
-    Removed(Ipv4Net),
+    /// docs/architecture.md, "Watching leases"): only the key is known.
+    Removed(SubnetKey),
 }
 
 /// A subnet entry whose value does not decode as a lease.
 #[derive(Debug, Clone)]
 pub struct Garbled {
-    pub subnet: Ipv4Net,
+    pub key: SubnetKey,
     pub error: String,
 }
 
 /// The lease this node holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnLease {
-    pub subnet: Ipv4Net,
+    /// Our subnet in each family the network runs.
+    pub key: SubnetKey,
     /// Held without expiry (an operator's reservation): never renewed.
     pub reservation: bool,
 }
@@ -95,13 +95,13 @@ pub trait SubnetManager {
     /// Every lease currently held, ours included.
     fn leases(&mut self) -> impl Future<Output = Result<Vec<Lease>, SubnetError>> + Send;
 
-    /// Acquires a subnet for a node with `attrs`: the one it already holds, else `previous` (what this
-    /// machine held last) if free, else a free one.
+    /// Acquires a subnet in each family of the network for a node with `attrs`: the ones it already holds,
+    /// else `previous` (what this machine held last, from its subnet.env) if free, else free ones.
     fn acquire(
         &mut self,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: SubnetKey,
     ) -> impl Future<Output = Result<OwnLease, SubnetError>> + Send;
 
     /// Starts keeping `own` (renewing it before it expires, taking it back when it is lost, re-publishing

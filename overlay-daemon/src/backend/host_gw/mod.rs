@@ -172,6 +172,7 @@ impl HostGwBackend {
 }
 
 impl Backend for HostGwBackend {
+    type Net = Ipv4Net;
     type Peer = Peer;
     type View = RouteView;
     type Error = HostGwError;

@@ -68,7 +68,7 @@ pub async fn guard_mac(
         metrics.vtep_mac_changes.fetch_add(1, Relaxed);
         reconciler.backend_mut().set_mac(new);
         reconciler.full().await;
-        *attrs = attrs.with_mac(new);
+        *attrs = attrs.with_mac(false, new);
         let _ = publish.send(attrs.clone()).await;
         log(format!(
             "VTEP MAC collision resolved: our MAC is now {new}, lease re-published"

@@ -52,6 +52,7 @@ impl VxlanBackend {
 }
 
 impl Backend for VxlanBackend {
+    type Net = Ipv4Net;
     type Peer = Peer;
     type View = KernelView;
     type Error = NetlinkError;

@@ -62,7 +62,7 @@ impl MacIdentity {
             public_ip,
             vni,
             generation: 0,
-            mac: VtepMac::derive(node_name, public_ip, vni, 0),
+            mac: VtepMac::derive(node_name, public_ip.into(), vni, 0),
             own_subnet: None,
             grace,
             conflict_since: None,
@@ -100,7 +100,7 @@ impl MacIdentity {
     /// Moves to the first generation >= `from` whose MAC is not in `used`.
     fn step_away_from(&mut self, used: &BTreeSet<VtepMac>, from: u32) {
         for g in from..from + MAX_GENERATION {
-            let mac = VtepMac::derive(&self.node_name, self.public_ip, self.vni, g);
+            let mac = VtepMac::derive(&self.node_name, self.public_ip.into(), self.vni, g);
             if !used.contains(&mac) {
                 self.generation = g;
                 self.mac = mac;
@@ -220,10 +220,10 @@ mod tests {
 
     #[test]
     fn start_up_skips_a_mac_another_lease_carries_but_not_our_own_old_lease() {
-        let mine = VtepMac::derive("n", ip("10.0.0.1"), 1, 0);
+        let mine = VtepMac::derive("n", ip("10.0.0.1").into(), 1, 0);
         let lease = |public: &str| Lease {
-            subnet: net("10.244.9.0/24"),
-            attrs: LeaseAttrs::vxlan(ip(public), 1, mine, "x"),
+            key: crate::subnet::SubnetKey::v4(net("10.244.9.0/24")),
+            attrs: LeaseAttrs::vxlan(Some((ip(public), mine)), None, 1, "x"),
             lease_id: 1,
         };
         let own_old = MacIdentity::choose("n", ip("10.0.0.1"), 1, &[lease("10.0.0.1")], G);
@@ -237,8 +237,8 @@ mod tests {
     fn an_existing_device_mac_is_kept_unless_another_node_leases_it() {
         let existing = VtepMac([0x5a, 1, 2, 3, 4, 5]);
         let lease = |public: &str| Lease {
-            subnet: net("10.244.9.0/24"),
-            attrs: LeaseAttrs::vxlan(ip(public), 1, existing, "x"),
+            key: crate::subnet::SubnetKey::v4(net("10.244.9.0/24")),
+            attrs: LeaseAttrs::vxlan(Some((ip(public), existing)), None, 1, "x"),
             lease_id: 1,
         };
         // Its own lease (flanneld's, same public IP) carries it: kept.
@@ -250,7 +250,7 @@ mod tests {
         let leases = [lease("10.0.0.9")];
         let mut me = MacIdentity::choose("n", ip("10.0.0.1"), 1, &leases, G);
         assert!(!me.keep_existing(existing, &leases));
-        assert_eq!(me.mac(), VtepMac::derive("n", ip("10.0.0.1"), 1, 0));
+        assert_eq!(me.mac(), VtepMac::derive("n", ip("10.0.0.1").into(), 1, 0));
         // Not a unicast MAC: the derived MAC.
         assert!(!me.keep_existing(VtepMac([1, 0, 0, 0, 0, 1]), &[]));
         assert!(!me.keep_existing(VtepMac([0; 6]), &[]));
@@ -266,7 +266,7 @@ mod tests {
         let v = me.check(&peers, Instant::now());
         assert_eq!(
             v.change_to,
-            Some(VtepMac::derive("n", ip("10.0.0.2"), 1, 0))
+            Some(VtepMac::derive("n", ip("10.0.0.2").into(), 1, 0))
         );
         assert_eq!(me.generation(), 0);
     }

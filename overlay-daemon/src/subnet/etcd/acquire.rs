@@ -4,16 +4,15 @@
 
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
-
 use super::registry::{Registry, RegistryError};
-use crate::config::NetworkConfig;
-use crate::subnet::lease::{Lease, LeaseAttrs};
+use crate::config::{NetworkConfig, Pool};
+use crate::family::Family;
+use crate::subnet::lease::{Lease, LeaseAttrs, SubnetKey};
 
 /// The lease this node holds, with its etcd lease id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldLease {
-    pub subnet: Ipv4Net,
+    pub key: SubnetKey,
     /// etcd lease id; 0 for a reservation (a key without lease, never renewed, never expires).
     pub lease_id: i64,
 }
@@ -47,52 +46,89 @@ impl From<RegistryError> for AcquireError {
 }
 
 /// Is `lease` ours? A lease without a node name (written by flanneld, or an admin's reservation) is ours if
-/// it carries our public IP, which is flannel's identity. A lease with our node name
+/// it carries our public IP, which is flannel's identity (an IPv6-only node's is its public IPv6). A lease with our node name
 /// is ours if it also carries our public IP, or if it is the subnet this machine held last (`previous`, from
 /// its subnet.env): that is how a node keeps its subnet across an address change. A node name alone is not
 /// enough: names are not unique in practice (cloned machines, one hostname for many namespaces), and a node
 /// taking a same-named node's lease would steal the other's subnet while it is in use.
-fn is_ours(lease: &Lease, attrs: &LeaseAttrs, previous: Option<Ipv4Net>) -> bool {
-    let same_ip = lease.attrs.public_ip == attrs.public_ip;
+fn is_ours(lease: &Lease, attrs: &LeaseAttrs, previous: &SubnetKey) -> bool {
+    let same_ip = lease.attrs.identity_ip() == attrs.identity_ip();
+    let held_before = |k: &SubnetKey| {
+        (k.v4.is_some() || k.v6.is_some())
+            && (k.v4.is_none() || k.v4 == previous.v4)
+            && (k.v6.is_none() || k.v6 == previous.v6)
+    };
     match (&lease.attrs.node_name, &attrs.node_name) {
-        (Some(theirs), Some(ours)) => theirs == ours && (same_ip || previous == Some(lease.subnet)),
+        (Some(theirs), Some(ours)) => theirs == ours && (same_ip || held_before(&lease.key)),
         _ => same_ip,
     }
+}
+
+/// Whether `s` overlaps the subnet of its family in any lease.
+fn taken<N: Family>(leases: &[Lease], s: N) -> bool {
+    leases
+        .iter()
+        .any(|l| N::of_key(&l.key).is_some_and(|t| t.overlaps(&s)))
+}
+
+/// Up to 100 free subnets of a family from its minimum upward, one picked at random (flannel's choice);
+/// `Ok(None)` when the family is not enabled.
+fn pick_free<N: Family>(
+    pool: &Option<Pool<N>>,
+    leases: &[Lease],
+) -> Result<Option<N>, AcquireError> {
+    let Some(pool) = pool else {
+        return Ok(None);
+    };
+    let free: Vec<N> = pool
+        .subnets()
+        .filter(|s| !taken(leases, *s))
+        .take(100)
+        .collect();
+    if free.is_empty() {
+        return Err(AcquireError::OutOfSubnets);
+    }
+    Ok(Some(free[(random_u64() % free.len() as u64) as usize]))
 }
 
 pub async fn acquire(
     registry: &mut Registry,
     cfg: &NetworkConfig,
     attrs: &LeaseAttrs,
-    previous: Option<Ipv4Net>,
+    previous: &SubnetKey,
     ttl: Duration,
 ) -> Result<HeldLease, AcquireError> {
+    // Only the families the network runs count from the previous run.
+    let previous = SubnetKey {
+        v4: previous.v4.filter(|_| cfg.v4.is_some()),
+        v6: previous.v6.filter(|_| cfg.v6.is_some()),
+    };
     for _attempt in 0..10 {
         let (leases, _) = registry.list().await?;
 
         // Step 3: a lease we already hold (by identity). Prefer the one with our address and name.
         let mine = leases
             .iter()
-            .filter(|l| is_ours(l, attrs, previous))
+            .filter(|l| is_ours(l, attrs, &previous))
             .max_by_key(|l| {
                 (
-                    l.attrs.public_ip == attrs.public_ip,
+                    l.attrs.identity_ip() == attrs.identity_ip(),
                     l.attrs.node_name.is_some(),
                 )
             });
         if let Some(l) = mine {
-            if cfg.allows(l.subnet) {
+            if cfg.allows(&l.key) {
                 if l.is_reservation() {
-                    registry.put_reservation(l.subnet, attrs).await?;
+                    registry.put_reservation(&l.key, attrs).await?;
                     return Ok(HeldLease {
-                        subnet: l.subnet,
+                        key: l.key,
                         lease_id: 0,
                     });
                 }
-                match registry.renew(l.subnet, attrs, ttl, l.lease_id).await? {
+                match registry.renew(&l.key, attrs, ttl, l.lease_id).await? {
                     Some(id) => {
                         return Ok(HeldLease {
-                            subnet: l.subnet,
+                            key: l.key,
                             lease_id: id,
                         })
                     }
@@ -101,38 +137,30 @@ pub async fn acquire(
                 }
             }
             if !l.is_reservation() {
-                eprintln!("twilld: deleting our lease {} which the current network config no longer allows", l.subnet);
-                registry.delete(l.subnet).await?;
+                eprintln!(
+                    "twilld: deleting our lease {} which the current network config no longer allows",
+                    l.key
+                );
+                registry.delete(&l.key).await?;
                 continue;
             }
         }
 
-        let taken = |s: Ipv4Net| {
-            leases
-                .iter()
-                .any(|l| l.subnet.contains(&s.network()) || s.contains(&l.subnet.network()))
+        // Steps 4 and 5, per family: the subnet of our previous run if it is still free and allowed (so a
+        // network that gains a family keeps the node's subnet in the other), else a random free one.
+        let pick = SubnetKey {
+            v4: match previous.v4 {
+                Some(p) if cfg.v4.is_some_and(|c| c.allows(p)) && !taken(&leases, p) => Some(p),
+                _ => pick_free(&cfg.v4, &leases)?,
+            },
+            v6: match previous.v6 {
+                Some(p) if cfg.v6.is_some_and(|c| c.allows(p)) && !taken(&leases, p) => Some(p),
+                _ => pick_free(&cfg.v6, &leases)?,
+            },
         };
-
-        // Step 4: the subnet of our previous run, if still free.
-        if let Some(prev) = previous.filter(|p| cfg.allows(*p) && !taken(*p)) {
-            if let Some(id) = registry.create(prev, attrs, ttl).await? {
-                return Ok(HeldLease {
-                    subnet: prev,
-                    lease_id: id,
-                });
-            }
-            continue;
-        }
-
-        // Step 5: up to 100 free subnets from SubnetMin upward, pick one at random.
-        let free: Vec<Ipv4Net> = cfg.subnets().filter(|s| !taken(*s)).take(100).collect();
-        if free.is_empty() {
-            return Err(AcquireError::OutOfSubnets);
-        }
-        let pick = free[(random_u64() % free.len() as u64) as usize];
-        if let Some(id) = registry.create(pick, attrs, ttl).await? {
+        if let Some(id) = registry.create(&pick, attrs, ttl).await? {
             return Ok(HeldLease {
-                subnet: pick,
+                key: pick,
                 lease_id: id,
             });
         }
@@ -159,10 +187,15 @@ mod tests {
     use crate::subnet::lease::VtepMac;
 
     fn lease(subnet: &str, ip: &str, name: Option<&str>) -> Lease {
-        let mut attrs = LeaseAttrs::vxlan(ip.parse().unwrap(), 1, VtepMac([2, 0, 0, 0, 0, 1]), "x");
+        let mut attrs = LeaseAttrs::vxlan(
+            Some((ip.parse().unwrap(), VtepMac([2, 0, 0, 0, 0, 1]))),
+            None,
+            1,
+            "x",
+        );
         attrs.node_name = name.map(str::to_string);
         Lease {
-            subnet: subnet.parse().unwrap(),
+            key: SubnetKey::v4(subnet.parse().unwrap()),
             attrs,
             lease_id: 7,
         }
@@ -171,35 +204,33 @@ mod tests {
     #[test]
     fn a_same_named_node_on_another_address_is_not_us_unless_we_held_its_subnet() {
         let me = LeaseAttrs::vxlan(
-            "10.0.0.2".parse().unwrap(),
+            Some(("10.0.0.2".parse().unwrap(), VtepMac([2, 0, 0, 0, 0, 2]))),
+            None,
             1,
-            VtepMac([2, 0, 0, 0, 0, 2]),
             "node",
         );
+        let prev = |s: &str| SubnetKey::v4(s.parse().unwrap());
+        let none = SubnetKey { v4: None, v6: None };
         let other = lease("10.244.1.0/24", "10.0.0.1", Some("node"));
-        assert!(!is_ours(&other, &me, None));
-        assert!(!is_ours(
-            &other,
-            &me,
-            Some("10.244.7.0/24".parse().unwrap())
-        ));
+        assert!(!is_ours(&other, &me, &none));
+        assert!(!is_ours(&other, &me, &prev("10.244.7.0/24")));
         // The same machine after an address change: its subnet.env names the subnet.
-        assert!(is_ours(&other, &me, Some("10.244.1.0/24".parse().unwrap())));
+        assert!(is_ours(&other, &me, &prev("10.244.1.0/24")));
         assert!(is_ours(
             &lease("10.244.3.0/24", "10.0.0.2", Some("node")),
             &me,
-            None
+            &none
         ));
         // flanneld's leases (no name) and reservations: by address.
         assert!(is_ours(
             &lease("10.244.4.0/24", "10.0.0.2", None),
             &me,
-            None
+            &none
         ));
         assert!(!is_ours(
             &lease("10.244.4.0/24", "10.0.0.1", None),
             &me,
-            None
+            &none
         ));
     }
 }

@@ -65,7 +65,7 @@ impl LeaseKeeper {
             *reset_pending = false;
             log(format!(
                 "subnet {} registered again after the etcd store reset",
-                self.own.subnet
+                self.own.key
             ));
             self.metrics.set_ready(|r| r.store_reset = None);
         }
@@ -103,9 +103,9 @@ impl LeaseKeeper {
                     self.attrs = attrs;
                     if self.own.lease_id == 0 {
                         let with = self.attrs.vtep_mac().map(|m| format!(" with VTEP MAC {m}")).unwrap_or_default();
-                        match self.registry.put_reservation(self.own.subnet, &self.attrs).await {
-                            Ok(()) => log(format!("reservation {} re-published{with}", self.own.subnet)),
-                            Err(e) => log(format!("re-publishing reservation {}: {e}", self.own.subnet)),
+                        match self.registry.put_reservation(&self.own.key, &self.attrs).await {
+                            Ok(()) => log(format!("reservation {} re-published{with}", self.own.key)),
+                            Err(e) => log(format!("re-publishing reservation {}: {e}", self.own.key)),
                         }
                         continue;
                     }
@@ -124,7 +124,7 @@ impl LeaseKeeper {
                         }
                         Some(OwnEvent::Present) => {
                             if lost {
-                                log(format!("subnet {} is registered as ours again", self.own.subnet));
+                                log(format!("subnet {} is registered as ours again", self.own.key));
                             }
                             lost = false;
                             recreate = false;
@@ -137,11 +137,11 @@ impl LeaseKeeper {
                             continue;
                         }
                         Some(OwnEvent::Gone) => {
-                            log(format!("our lease on {} disappeared from etcd: re-acquiring the same subnet", self.own.subnet));
+                            log(format!("our lease on {} disappeared from etcd: re-acquiring the same subnet", self.own.key));
                             recreate = true;
                         }
                         Some(OwnEvent::Taken(by)) => {
-                            log(format!("ERROR: subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", self.own.subnet));
+                            log(format!("ERROR: subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", self.own.key));
                             lost = true;
                             recreate = true;
                             metrics.set_ready(|r| r.lease_lost = true);
@@ -156,11 +156,7 @@ impl LeaseKeeper {
                 continue;
             }
             if recreate {
-                match self
-                    .registry
-                    .create(self.own.subnet, &self.attrs, ttl)
-                    .await
-                {
+                match self.registry.create(&self.own.key, &self.attrs, ttl).await {
                     Ok(Some(id)) => {
                         self.own.lease_id = id;
                         recreate = false;
@@ -168,7 +164,7 @@ impl LeaseKeeper {
                         metrics.etcd_ok();
                         metrics.set_ready(|r| r.lease_lost = false);
                         set_expiry(&metrics, &self.own, ttl);
-                        log(format!("re-acquired subnet {}", self.own.subnet));
+                        log(format!("re-acquired subnet {}", self.own.key));
                         self.registered_again(&mut reset_pending);
                         next = now() + renew_after;
                     }
@@ -178,7 +174,7 @@ impl LeaseKeeper {
                     }
                     Err(e) => {
                         metrics.etcd_error(&e.to_string());
-                        log(format!("re-acquiring {}: {e}; retrying", self.own.subnet));
+                        log(format!("re-acquiring {}: {e}; retrying", self.own.key));
                         next = now() + retry;
                     }
                 }
@@ -193,7 +189,7 @@ impl LeaseKeeper {
             }
             match self
                 .registry
-                .renew(self.own.subnet, &self.attrs, ttl, self.own.lease_id)
+                .renew(&self.own.key, &self.attrs, ttl, self.own.lease_id)
                 .await
             {
                 Ok(Some(id)) => {
@@ -206,7 +202,7 @@ impl LeaseKeeper {
                 Ok(None) => {
                     // Our key is gone although nobody told us: expired unnoticed, or the store lost it. The
                     // watcher re-lists (it may be watching a store that no longer exists); we re-create it.
-                    let why = format!("our lease key for {} was gone at renewal", self.own.subnet);
+                    let why = format!("our lease key for {} was gone at renewal", self.own.key);
                     if !reset_pending {
                         log(format!("{why}: re-acquiring it and re-listing all leases"));
                         self.registry.epoch().report(why);
@@ -216,10 +212,7 @@ impl LeaseKeeper {
                 }
                 Err(e) => {
                     metrics.etcd_error(&e.to_string());
-                    log(format!(
-                        "renewing lease on {}: {e}; retrying",
-                        self.own.subnet
-                    ));
+                    log(format!("renewing lease on {}: {e}; retrying", self.own.key));
                     next = now() + retry;
                 }
             }

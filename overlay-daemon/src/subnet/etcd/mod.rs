@@ -12,14 +12,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use self::acquire::{AcquireError, HeldLease};
 use self::keeper::LeaseKeeper;
 use self::registry::{Registry, RegistryError};
 use self::watcher::{watch_leases, OwnEvent};
-use super::{Lease, LeaseAttrs, LeaseEvent, Membership, OwnLease, SubnetError, SubnetManager};
+use super::{
+    Lease, LeaseAttrs, LeaseEvent, Membership, OwnLease, SubnetError, SubnetKey, SubnetManager,
+};
 use crate::config::NetworkConfig;
 use crate::flags::Options;
 use crate::metrics::Metrics;
@@ -75,9 +76,9 @@ impl SubnetManager for EtcdManager {
         &mut self,
         cfg: &NetworkConfig,
         attrs: &LeaseAttrs,
-        previous: Option<Ipv4Net>,
+        previous: SubnetKey,
     ) -> Result<OwnLease, SubnetError> {
-        let held = acquire::acquire(&mut self.registry, cfg, attrs, previous, self.ttl)
+        let held = acquire::acquire(&mut self.registry, cfg, attrs, &previous, self.ttl)
             .await
             .map_err(|e| match e {
                 AcquireError::Etcd(e) => from_registry(e),
@@ -86,7 +87,7 @@ impl SubnetManager for EtcdManager {
             })?;
         set_expiry(&self.metrics, &held, self.ttl);
         let own = OwnLease {
-            subnet: held.subnet,
+            key: held.key,
             reservation: held.lease_id == 0,
         };
         self.held = Some(held);
@@ -99,7 +100,7 @@ impl SubnetManager for EtcdManager {
         let (publish_tx, publish_rx) = mpsc::channel::<LeaseAttrs>(4);
         tokio::spawn(watch_leases(
             self.registry.clone(),
-            own.subnet,
+            own.key,
             attrs.clone(),
             ev_tx,
             own_tx,
@@ -107,10 +108,10 @@ impl SubnetManager for EtcdManager {
             self.settle,
         ));
         // A lease this manager did not acquire has no etcd lease id to renew: kept as a reservation.
-        let held = match self.held.clone().filter(|h| h.subnet == own.subnet) {
+        let held = match self.held.clone().filter(|h| h.key == own.key) {
             Some(h) => h,
             None => HeldLease {
-                subnet: own.subnet,
+                key: own.key,
                 lease_id: 0,
             },
         };
@@ -132,10 +133,7 @@ impl SubnetManager for EtcdManager {
 
     async fn release(&mut self, own: &OwnLease) -> Result<(), SubnetError> {
         self.held = None;
-        self.registry
-            .delete(own.subnet)
-            .await
-            .map_err(from_registry)
+        self.registry.delete(&own.key).await.map_err(from_registry)
     }
 }
 

@@ -3,16 +3,14 @@
 
 use std::time::Duration;
 
+use super::store_epoch::StoreEpoch;
+use crate::flags::Options;
+use crate::subnet::lease::{parse_subnet_key, Lease, LeaseAttrs, SubnetKey};
+use crate::subnet::{Garbled, LeaseEvent};
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     PutOptions, TlsOptions, Txn, TxnOp, WatchOptions, WatchStream,
 };
-use ipnet::Ipv4Net;
-
-use super::store_epoch::StoreEpoch;
-use crate::flags::Options;
-use crate::subnet::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs};
-use crate::subnet::{Garbled, LeaseEvent};
 
 #[derive(Debug)]
 pub enum RegistryError {
@@ -97,8 +95,8 @@ impl Registry {
         format!("{}/subnets/", self.prefix)
     }
 
-    pub fn lease_key(&self, subnet: Ipv4Net) -> String {
-        format!("{}{}", self.subnets_prefix(), subnet_key(subnet))
+    pub fn lease_key(&self, key: &SubnetKey) -> String {
+        format!("{}{}", self.subnets_prefix(), key.etcd_name())
     }
 
     pub async fn config(&mut self) -> Result<String> {
@@ -147,7 +145,7 @@ impl Registry {
     /// then).
     pub async fn create(
         &mut self,
-        subnet: Ipv4Net,
+        subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<i64>> {
@@ -161,7 +159,7 @@ impl Registry {
     /// no longer holds the key, so it is revoked instead of being left to expire.
     pub async fn renew(
         &mut self,
-        subnet: Ipv4Net,
+        subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         ttl: Duration,
         old: i64,
@@ -183,7 +181,7 @@ impl Registry {
     /// condition failed, revoking the unused lease rather than leaving it to expire.
     async fn put_under_fresh_lease(
         &mut self,
-        subnet: Ipv4Net,
+        subnet: &SubnetKey,
         attrs: &LeaseAttrs,
         ttl: Duration,
         version: CompareOp,
@@ -213,7 +211,7 @@ impl Registry {
     }
 
     /// Updates the value of a reservation (a key without lease) and keeps it lease-less.
-    pub async fn put_reservation(&mut self, subnet: Ipv4Net, attrs: &LeaseAttrs) -> Result<()> {
+    pub async fn put_reservation(&mut self, subnet: &SubnetKey, attrs: &LeaseAttrs) -> Result<()> {
         self.client
             .put(self.lease_key(subnet), attrs.to_json(), None)
             .await
@@ -221,7 +219,7 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn delete(&mut self, subnet: Ipv4Net) -> Result<()> {
+    pub async fn delete(&mut self, subnet: &SubnetKey) -> Result<()> {
         self.client
             .delete(self.lease_key(subnet), None)
             .await
@@ -244,18 +242,18 @@ impl Registry {
 /// A lease, a subnet key with a value that is not a lease, or (None) a key that is not a subnet key.
 fn decode(key: &[u8], value: &[u8], lease_id: i64) -> Option<std::result::Result<Lease, Garbled>> {
     let key = String::from_utf8_lossy(key);
-    let Some(subnet) = parse_subnet_key(&key) else {
+    let Some(key) = parse_subnet_key(&key) else {
         eprintln!("twilld: warning: ignoring {key}: not a subnet lease key");
         return None;
     };
     Some(match serde_json::from_slice::<LeaseAttrs>(value) {
         Ok(attrs) => Ok(Lease {
-            subnet,
+            key,
             attrs,
             lease_id,
         }),
         Err(e) => Err(Garbled {
-            subnet,
+            key,
             error: e.to_string(),
         }),
     })

@@ -5,13 +5,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use super::registry::{interpret, Registry, RegistryError, WatchOutcome};
 use crate::daemon::{log, Backoff};
 use crate::metrics::Metrics;
-use crate::subnet::lease::{Lease, LeaseAttrs};
+use crate::subnet::lease::{Lease, LeaseAttrs, SubnetKey};
 use crate::subnet::LeaseEvent;
 
 /// What the watch saw of our own key.
@@ -29,7 +28,10 @@ pub enum OwnEvent {
 fn own_event(lease: Option<&Lease>, attrs: &LeaseAttrs) -> OwnEvent {
     match lease {
         None => OwnEvent::Gone,
-        Some(l) if l.attrs.node_name == attrs.node_name && l.attrs.public_ip == attrs.public_ip => {
+        Some(l)
+            if l.attrs.node_name == attrs.node_name
+                && l.attrs.identity_ip() == attrs.identity_ip() =>
+        {
             OwnEvent::Present
         }
         Some(l) => OwnEvent::Taken(format!(
@@ -38,7 +40,7 @@ fn own_event(lease: Option<&Lease>, attrs: &LeaseAttrs) -> OwnEvent {
                 .node_name
                 .as_deref()
                 .unwrap_or("a node without name"),
-            l.attrs.public_ip
+            l.attrs.identity_ip()
         )),
     }
 }
@@ -52,7 +54,7 @@ fn own_event(lease: Option<&Lease>, attrs: &LeaseAttrs) -> OwnEvent {
 /// `settle` later, when every live node had time to re-register.
 pub async fn watch_leases(
     mut registry: Registry,
-    own: Ipv4Net,
+    own: SubnetKey,
     attrs: LeaseAttrs,
     tx: mpsc::Sender<(Instant, LeaseEvent)>,
     own_tx: mpsc::Sender<OwnEvent>,
@@ -80,10 +82,10 @@ pub async fn watch_leases(
                             continue;
                         }
                         let _ = own_tx
-                            .send(own_event(leases.iter().find(|l| l.subnet == own), &attrs))
+                            .send(own_event(leases.iter().find(|l| l.key == own), &attrs))
                             .await;
                         let others: Vec<Lease> =
-                            leases.into_iter().filter(|l| l.subnet != own).collect();
+                            leases.into_iter().filter(|l| l.key != own).collect();
                         let ev = if after_reset {
                             after_reset = false;
                             purge_at = Some(tokio::time::Instant::now() + settle);
@@ -164,7 +166,7 @@ pub async fn watch_leases(
                             for ev in events {
                                 metrics.lease_events.fetch_add(1, Relaxed);
                                 match &ev {
-                                    LeaseEvent::Added(l) if l.subnet == own => {
+                                    LeaseEvent::Added(l) if l.key == own => {
                                         let _ = own_tx.send(own_event(Some(l), &attrs)).await;
                                     }
                                     LeaseEvent::Removed(s) if *s == own => {
