@@ -2,7 +2,7 @@
 //! given as the environment variable `FLANNELD_<FLAG_UPPER_SNAKE>` (e.g. `FLANNELD_ETCD_ENDPOINTS`); a flag on the
 //! command line wins over the environment.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ pub struct Options {
     pub etcd_password: Option<String>,
     pub iface: Vec<String>,
     pub public_ip: Option<Ipv4Addr>,
+    /// The advertised IPv6 underlay address of a dual-stack or IPv6-only network.
+    pub public_ipv6: Option<Ipv6Addr>,
     pub ip_masq: bool,
     pub rules_backend: RulesBackend,
     pub subnet_file: PathBuf,
@@ -63,6 +65,8 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --etcd-username/--etcd-password=S                   basic auth
   --iface=NAME|IP                  underlay interface (repeatable; default: the default-route interface)
   --public-ip=IP                   advertised underlay address (default: the interface's first IPv4)
+  --public-ipv6=IP                 advertised IPv6 underlay address with EnableIPv6 (default: the interface's
+                                   first global IPv6)
   --ip-masq                        install masquerade and forward rules
   --ip-masq-backend=nftables|iptables   default nftables
   --subnet-file=PATH               default /run/flannel/subnet.env
@@ -85,6 +89,7 @@ const FLAGS: &[&str] = &[
     "etcd-password",
     "iface",
     "public-ip",
+    "public-ipv6",
     "ip-masq",
     "ip-masq-backend",
     "subnet-file",
@@ -204,6 +209,13 @@ where
                 .map_err(|_| format!("--public-ip: {s:?} is not an IPv4 address"))?,
         ),
     };
+    let public_ipv6 = match one("public-ipv6") {
+        None => None,
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| format!("--public-ipv6: {s:?} is not an IPv6 address"))?,
+        ),
+    };
     let healthz_ip = match one("healthz-ip") {
         None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         Some(s) => s
@@ -251,6 +263,7 @@ where
             .flat_map(|s| s.split(',').map(String::from).collect::<Vec<_>>())
             .collect(),
         public_ip,
+        public_ipv6,
         ip_masq: boolean("ip-masq")?,
         rules_backend,
         subnet_file: PathBuf::from(
@@ -327,6 +340,10 @@ mod tests {
         let e = run(&["--node-name=n", "--ip-masq=maybe"], &[]).unwrap_err();
         assert!(e.contains("not a boolean"), "{e}");
         assert!(run(&["--bogus"], &[]).unwrap_err().contains("unknown flag"));
+        let o = run(&["--node-name=n", "--public-ipv6=fd00::1"], &[]).unwrap();
+        assert_eq!(o.public_ipv6, Some("fd00::1".parse().unwrap()));
+        let e = run(&["--node-name=n", "--public-ipv6=10.0.0.1"], &[]).unwrap_err();
+        assert!(e.contains("not an IPv6 address"), "{e}");
         assert!(run(&["--node-name=n", "--subnet-lease-renew-margin=1440"], &[]).is_err());
         let o = run(
             &[],

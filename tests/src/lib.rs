@@ -3,6 +3,7 @@
 
 pub mod bins;
 pub mod cluster;
+pub mod dual_stack;
 pub mod e2e;
 pub mod etcd;
 pub mod exec;

@@ -397,6 +397,52 @@ fn invalid_network_configs_fail_at_start_and_touch_neither_etcd_nor_the_kernel()
         ),
         (r#"{"Network": 10}"#, "Network must be a string"),
         ("{not json", "not valid JSON"),
+        // Dual stack and IPv6-only: every key they add.
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":"yes"}"#,
+            "EnableIPv6 must be true or false",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv4":"no"}"#,
+            "EnableIPv4 must be true or false",
+        ),
+        (r#"{"EnableIPv4":false,"EnableIPv6":false}"#, "both false"),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
+            "IPv6Network is missing",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"10.244.0.0/16"}"#,
+            "is not an IPv6 CIDR",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/125"}"#,
+            "IPv6Network fd00::/125 is too small",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
+            "IPv6SubnetLen 127 is out of range",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":50}"#,
+            "IPv6SubnetLen 50 is out of range",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd01::"}"#,
+            "outside IPv6Network",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMax":"fd00:0:0:7::1"}"#,
+            "IPv6SubnetMax fd00:0:0:7::1 is not aligned",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"fd00:0:0:9::","IPv6SubnetMax":"fd00:0:0:3::"}"#,
+            "above IPv6SubnetMax",
+        ),
+        (
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetMin":"not-an-ip"}"#,
+            "is not an IPv6 address",
+        ),
     ] {
         etcd.put(CONFIG_KEY, config);
         let mut d = node.start_twilld(&args);
@@ -415,6 +461,10 @@ fn invalid_network_configs_fail_at_start_and_touch_neither_etcd_nor_the_kernel()
             "{config}: a lease was written"
         );
         assert!(node.subnet().is_none(), "{config}: subnet.env was written");
+        assert!(
+            !node.subnet_file().exists(),
+            "{config}: subnet.env was written"
+        );
         assert_eq!(
             node.ip(&["-d", "link", "show"]),
             before,
