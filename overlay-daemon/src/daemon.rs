@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use twill_files::subnet_env::{self, SubnetEnv};
 
 use tokio::sync::mpsc;
@@ -25,7 +25,7 @@ use crate::iface::{self, Underlay};
 use crate::lane::{self, Lane};
 use crate::metrics::{Metrics, Slot};
 use crate::reconcile::Reconciler;
-use crate::rules::TrafficRules;
+use crate::rules::{RuleOptions, TrafficRules};
 use crate::subnet::etcd::EtcdManager;
 use crate::subnet::lease_check::Expect;
 use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetKey, SubnetManager};
@@ -399,16 +399,6 @@ impl<B: Backend> LaneSpec<B> {
     }
 }
 
-/// The traffic rules for our subnets (one place, whatever the families).
-fn traffic_rules(opts: &Options, cfg: &NetworkConfig, own: &OwnLease) -> Option<TrafficRules> {
-    let (network, subnet) = (cfg.v4_network()?, own.key.v4?);
-    opts.ip_masq.then_some(TrafficRules {
-        backend: opts.rules_backend,
-        network,
-        subnet,
-    })
-}
-
 /// The steady state, whatever the backend: one lane per family (the first carries the backend's guard; a
 /// dual-stack node's second is its IPv6 lane), traffic rules, subnet.env, then lease and link events until
 /// SIGTERM.
@@ -443,10 +433,10 @@ async fn serve<A: Backend, B: Backend>(
         l.bring_up(&mut backoff).await;
     }
 
-    let rules = traffic_rules(&opts, &cfg, &own);
-    if let Some(r) = &rules {
-        r.remove_other_backend().await;
-        while let Err(e) = r.apply().await {
+    let mut rules = traffic_rules(&opts, &cfg, &own)?;
+    for r in &mut rules {
+        r.remove_other_backend();
+        while let Err(e) = r.apply() {
             log(format!("installing traffic rules: {e}; retrying"));
             backoff.wait().await;
         }
@@ -482,6 +472,9 @@ async fn serve<A: Backend, B: Backend>(
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    let mut rules_check = tokio::time::interval(opts.iptables_resync);
+    rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rules_check.tick().await;
     loop {
         tokio::select! {
             Some((at, ev)) = ev_rx.recv() => {
@@ -524,26 +517,63 @@ async fn serve<A: Backend, B: Backend>(
                         guard.check(&mut l.rec, &mut attrs, &publish, &metrics).await;
                     }
                 }
-                if let Some(r) = &rules {
-                    match r.ensure().await {
-                        Ok(true) => {
-                            metrics.rules_repairs.fetch_add(1, Relaxed);
-                            log("traffic rules were damaged: reinstalled");
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            metrics.set_ready(|r| r.rules = false);
-                            log(format!("traffic rules: {e}"));
-                            continue;
-                        }
-                    }
-                    metrics.set_ready(|r| r.rules = true);
-                }
             }
+            _ = rules_check.tick(), if !rules.is_empty() => check_rules(&mut rules, &metrics),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
     log("signal received: exiting, leaving kernel state in place");
     Ok(())
+}
+
+/// flanneld's traffic rules for the node's lease, one set per family.
+fn traffic_rules(
+    opts: &Options,
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+) -> Result<Vec<TrafficRules>, Fatal> {
+    let options = RuleOptions {
+        masquerade: opts.ip_masq,
+        forward: opts.iptables_forward_rules,
+        fully_random: !opts.ip_masq_fully_random_disable,
+    };
+    if !options.any() {
+        return Ok(Vec::new());
+    }
+    // One rule set per family the node runs, each with its family's network and our subnet in it.
+    let pairs = [
+        cfg.v4_network()
+            .zip(own.key.v4)
+            .map(|(n, s)| (IpNet::from(n), IpNet::from(s))),
+        cfg.v6_network()
+            .zip(own.key.v6)
+            .map(|(n, s)| (IpNet::from(n), IpNet::from(s))),
+    ];
+    pairs
+        .into_iter()
+        .flatten()
+        .map(|(network, subnet)| {
+            TrafficRules::new(opts.rules_backend, network, subnet, options).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+/// Checks every rule set, reinstalling a damaged one (flanneld rebuilds all rules when one is missing).
+fn check_rules(rules: &mut [TrafficRules], metrics: &Metrics) {
+    let mut ok = true;
+    for r in rules {
+        match r.ensure() {
+            Ok(true) => {
+                metrics.rules_repairs.fetch_add(1, Relaxed);
+                log("traffic rules were damaged: reinstalled");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                ok = false;
+                log(format!("traffic rules: {e}"));
+            }
+        }
+    }
+    metrics.set_ready(|r| r.rules = ok);
 }
