@@ -554,7 +554,8 @@ fn traffic_rules(
         .into_iter()
         .flatten()
         .map(|(network, subnet)| {
-            TrafficRules::new(opts.rules_backend, network, subnet, options).map_err(|e| e.to_string())
+            TrafficRules::new(opts.rules_backend, network, subnet, options)
+                .map_err(|e| e.to_string())
         })
         .collect()
 }

@@ -201,6 +201,75 @@ mod tests {
         }
     }
 
+    fn dual(v4: &str, v6: &str) -> Lease {
+        let mut l = lease(v4, "10.0.0.9", None);
+        l.key.v6 = Some(v6.parse().unwrap());
+        l
+    }
+
+    #[test]
+    fn free_subnets_are_picked_per_family_around_the_leases_of_that_family() {
+        let cfg = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/28","SubnetLen":30,"EnableIPv6":true,"IPv6Network":"fd00::/124","IPv6SubnetLen":126}"#,
+        )
+        .unwrap();
+        // Three subnets per family (the first is skipped): two taken in each.
+        let leases = vec![
+            dual("10.244.0.4/30", "fd00::4/126"),
+            dual("10.244.0.8/30", "fd00::c/126"),
+        ];
+        for _ in 0..20 {
+            let v4 = pick_free(&cfg.v4, &leases).unwrap();
+            let v6 = pick_free(&cfg.v6, &leases).unwrap();
+            assert_eq!(v4, Some("10.244.0.12/30".parse().unwrap()));
+            assert_eq!(v6, Some("fd00::8/126".parse().unwrap()));
+        }
+        let full = vec![
+            dual("10.244.0.4/30", "fd00::4/126"),
+            dual("10.244.0.8/30", "fd00::8/126"),
+            dual("10.244.0.12/30", "fd00::c/126"),
+        ];
+        assert!(matches!(
+            pick_free(&cfg.v6, &full),
+            Err(AcquireError::OutOfSubnets)
+        ));
+        let only4 = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        assert!(matches!(pick_free(&only4.v6, &full), Ok(None)));
+        // An IPv4-only lease takes no IPv6 subnet, and the other way round.
+        assert!(!taken(
+            &leases,
+            "fd00::8/126".parse::<ipnet::Ipv6Net>().unwrap()
+        ));
+        assert!(taken(
+            &leases,
+            "fd00::/120".parse::<ipnet::Ipv6Net>().unwrap()
+        ));
+    }
+
+    #[test]
+    fn an_ipv6_only_node_is_known_by_its_public_ipv6() {
+        let mac = VtepMac([2, 0, 0, 0, 0, 2]);
+        let me = LeaseAttrs::vxlan(None, Some(("fd00::2".parse().unwrap(), mac)), 1, "n2");
+        let mut mine = Lease {
+            key: SubnetKey {
+                v4: None,
+                v6: Some("fd00:42:0:3::/64".parse().unwrap()),
+            },
+            attrs: LeaseAttrs::vxlan(None, Some(("fd00::2".parse().unwrap(), mac)), 1, "n2"),
+            lease_id: 3,
+        };
+        let none = SubnetKey { v4: None, v6: None };
+        assert!(is_ours(&mine, &me, &none));
+        mine.attrs.public_ipv6 = Some("fd00::3".parse().unwrap());
+        assert!(!is_ours(&mine, &me, &none));
+        // The same machine after an address change, named by the IPv6 subnet its subnet.env held.
+        let prev = SubnetKey {
+            v4: None,
+            v6: Some("fd00:42:0:3::/64".parse().unwrap()),
+        };
+        assert!(is_ours(&mine, &me, &prev));
+    }
+
     #[test]
     fn a_same_named_node_on_another_address_is_not_us_unless_we_held_its_subnet() {
         let me = LeaseAttrs::vxlan(
