@@ -157,7 +157,41 @@ pub fn add_and_delete_lease_value(
     value: &str,
 ) -> LeaseTimes {
     let subnet = format!("10.244.{}.0", 200 + k % 50);
-    let key = base64(format!("{SUBNETS}{subnet}-24").as_bytes());
+    add_and_delete_keyed(
+        switch,
+        mon,
+        &format!("{subnet}-24"),
+        value,
+        &format!("{subnet}/24"),
+    )
+}
+
+/// The dual-stack lease number `k`: key `10.244.<200+>.0-24&fd00:42:0:<c8+>::-64` and a value with both
+/// families' underlay addresses and VTEP MACs; returns (key name, value, the IPv6 route's prefix).
+pub fn dual_stack_lease(k: u32) -> (String, String, String) {
+    let (v4, v6) = (200 + k % 50, 0xc8 + k % 50);
+    let value = format!(
+        r#"{{"PublicIP":"10.250.1.{h}","PublicIPv6":"fd00:250::1:{h:x}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0a:bb:00:00:00:{m:02x}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"0a:cc:00:00:00:{m:02x}"}}}}"#,
+        h = k % 250 + 1,
+        m = k % 250
+    );
+    (
+        format!("10.244.{v4}.0-24&fd00:42:0:{v6:x}::-64"),
+        value,
+        format!("fd00:42:0:{v6:x}::/64"),
+    )
+}
+
+/// Writes the lease `<prefix>/subnets/<key_name>` = `value`, waits until every node has a route to
+/// `route_prefix`, deletes it and waits until every node removed the route.
+pub fn add_and_delete_keyed(
+    switch: &Netns,
+    mon: &RouteMonitors,
+    key_name: &str,
+    value: &str,
+    route_prefix: &str,
+) -> LeaseTimes {
+    let key = base64(format!("{SUBNETS}{key_name}").as_bytes());
     mon.drain();
     let t0 = Instant::now();
     etcd_http(
@@ -170,8 +204,8 @@ pub fn add_and_delete_lease_value(
     );
     let put_ack = t0.elapsed();
     let done = mon
-        .wait_all(&format!("{subnet}/24 via"), Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("lease {subnet} not programmed everywhere within 10 s"));
+        .wait_all(&format!("{route_prefix} via"), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("lease {key_name} not programmed everywhere within 10 s"));
     let t1 = Instant::now();
     etcd_http(
         switch,
@@ -179,8 +213,8 @@ pub fn add_and_delete_lease_value(
         &format!(r#"{{"key":"{key}"}}"#),
     );
     let gone = mon
-        .wait_all(&format!("Deleted {subnet}/24"), Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("lease {subnet} not removed everywhere within 10 s"));
+        .wait_all(&format!("Deleted {route_prefix}"), Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("lease {key_name} not removed everywhere within 10 s"));
     std::thread::sleep(Duration::from_millis(20));
     LeaseTimes {
         put_ack,

@@ -15,11 +15,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
+use twill_tests::dual_stack::underlay_ip6;
 use twill_tests::etcd::Etcd;
 use twill_tests::netns::Netns;
 use twill_tests::overlay_bench::{
-    add_and_delete_lease_value, cpu_ticks, env_or, percentile, proc_field, vxlan_lease,
-    RouteMonitors,
+    add_and_delete_keyed, add_and_delete_lease_value, cpu_ticks, dual_stack_lease, env_or,
+    percentile, proc_field, vxlan_lease, RouteMonitors,
 };
 
 // Nodes allocate from 10.244.1-100; benchmark leases use 10.244.200+ (inside Network, never allocated).
@@ -437,6 +438,71 @@ fn host_gw_benchmark() {
             "host-gw iperf3 {iperf_secs} s x4 ABBA (medians), pod MTU {}: pod to pod {pods:.2} Gbit/s, raw underlay {raw:.2} Gbit/s (ratio {:.3})",
             c.nodes[0].mtu().unwrap_or(0),
             pods / raw
+        ));
+        eprintln!("{}", report.last().unwrap_or(&String::new()));
+    }
+    write_report(&report);
+}
+
+/// IPv6 over the dual-stack VXLAN backend: lease-to-route convergence of the IPv6 half of dual-stack leases
+/// (route on `flannel-v6.1` of every node), for each cluster size in `TWILL_BENCH_SIZES`.
+#[test]
+#[ignore = "benchmark: run scripts/bench/overlay.sh"]
+fn ipv6_benchmark() {
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.100.0","EnableIPv6":true,"IPv6Network":"fd00:42::/56","IPv6SubnetMin":"fd00:42:0:1::","IPv6SubnetMax":"fd00:42:0:64::"}"#;
+    let sizes: Vec<u8> = env_or("TWILL_BENCH_SIZES", "10,30")
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let samples: u32 = env_or("TWILL_BENCH_SAMPLES", "40").parse().unwrap_or(40);
+    let mut report = Vec::new();
+    for &size in &sizes {
+        let switch = Switch::new();
+        let etcd = switch.start_etcd();
+        etcd.put("/coreos.com/network/config", DUAL);
+        let args = TwilldArgs {
+            etcd: etcd.underlay_endpoint(),
+            resync_secs: 10.0,
+            extra: Vec::new(),
+        };
+        let nodes: Vec<Node> = (1..=size)
+            .map(|i| {
+                let n = switch.add_node(i);
+                let a = format!("{}/64", underlay_ip6(i));
+                n.ip(&["addr", "add", &a, "dev", "eth0", "nodad"]);
+                n
+            })
+            .collect();
+        let _daemons: Vec<Twilld> = nodes.iter().map(|n| n.start_twilld(&args)).collect();
+        let peers = usize::from(size) - 1;
+        let v6_routes = |n: &Node| {
+            n.ip(&["-6", "route", "show", "dev", "flannel-v6.1"])
+                .lines()
+                .filter(|l| l.contains(" via "))
+                .count()
+        };
+        assert!(
+            wait_until(Duration::from_secs(60), || nodes
+                .iter()
+                .all(|n| v6_routes(n) == peers)),
+            "dual-stack cluster of {size} did not converge"
+        );
+        let mon = RouteMonitors::start(nodes.iter().map(|n| &n.ns));
+        let (mut add, mut del) = (Vec::new(), Vec::new());
+        for k in 0..samples {
+            let (key, value, prefix) = dual_stack_lease(k);
+            let t = add_and_delete_keyed(&switch.ns, &mon, &key, &value, &prefix);
+            add.push(t.add);
+            del.push(t.delete);
+        }
+        add.sort();
+        del.sort();
+        report.push(format!(
+            "IPv6 (dual-stack VXLAN) convergence {size} nodes ({samples} leases): add p50 {:.1} ms p99 {:.1} ms | delete p50 {:.1} ms p99 {:.1} ms",
+            percentile(&add, 0.5).as_secs_f64() * 1e3,
+            percentile(&add, 0.99).as_secs_f64() * 1e3,
+            percentile(&del, 0.5).as_secs_f64() * 1e3,
+            percentile(&del, 0.99).as_secs_f64() * 1e3,
         ));
         eprintln!("{}", report.last().unwrap_or(&String::new()));
     }
