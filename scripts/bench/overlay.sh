@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# twilld: lease-to-kernel convergence (10 and 30 nodes), idle RSS/CPU, pod-to-pod iperf3 vs hand-built VXLAN;
+# twilld: lease-to-kernel convergence (10 and 30 nodes; IPv4 and the IPv6 half of dual-stack leases), idle RSS/CPU,
+# pod-to-pod iperf3 vs hand-built VXLAN;
 # host-gw: convergence and pod-to-pod iperf3 vs the raw underlay.
 # Called by scripts/bench.sh with TWILL_BIN_DIR set to the release binaries; also runs standalone (builds
 # release twilld itself). Needs root, etcd-server, etcd-client, iproute2 and iperf3. Everything runs in
@@ -29,7 +30,7 @@ while [ $# -gt 0 ]; do
     --iperf-secs) iperf="$2"; shift 2 ;;
     --peers) peers="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,16s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "overlay.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
