@@ -5,9 +5,9 @@
 
 use std::fmt::{Debug, Display};
 use std::hash::Hash;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 
@@ -15,7 +15,7 @@ use crate::subnet::lease::{LeaseAttrs, SubnetKey};
 pub trait Family:
     Copy + Ord + Eq + Hash + Debug + Display + Send + Sync + Into<ipnet::IpNet> + 'static
 {
-    type Addr: Copy + Ord + Eq + Hash + Debug + Display + Send + Sync + 'static;
+    type Addr: Copy + Ord + Eq + Hash + Debug + Display + Send + Sync + Into<IpAddr> + 'static;
     /// "IPv4" or "IPv6", for messages.
     const NAME: &'static str;
     const IS_V6: bool;
@@ -35,6 +35,11 @@ pub trait Family:
     fn backend_data(attrs: &LeaseAttrs) -> Option<&serde_json::Value>;
     /// Why `ip` cannot be a peer's underlay address (`own` is ours), if it cannot.
     fn bad_address(ip: Self::Addr, own: Option<Self::Addr>) -> Option<&'static str>;
+
+    /// This family's half of a kernel destination.
+    fn from_ipnet(net: &IpNet) -> Option<Self>;
+    /// An address of this family.
+    fn from_ip(ip: &IpAddr) -> Option<Self::Addr>;
 
     fn network_bits(&self) -> u128 {
         Self::addr_bits(self.network_addr())
@@ -92,6 +97,18 @@ impl Family for Ipv4Net {
     fn of_key(key: &SubnetKey) -> Option<Self> {
         key.v4
     }
+    fn from_ipnet(net: &IpNet) -> Option<Self> {
+        match net {
+            IpNet::V4(n) => Some(*n),
+            IpNet::V6(_) => None,
+        }
+    }
+    fn from_ip(ip: &IpAddr) -> Option<Ipv4Addr> {
+        match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }
+    }
     fn public_ip(attrs: &LeaseAttrs) -> Option<Ipv4Addr> {
         Some(attrs.public_ip)
     }
@@ -139,6 +156,18 @@ impl Family for Ipv6Net {
     }
     fn of_key(key: &SubnetKey) -> Option<Self> {
         key.v6
+    }
+    fn from_ipnet(net: &IpNet) -> Option<Self> {
+        match net {
+            IpNet::V6(n) => Some(*n),
+            IpNet::V4(_) => None,
+        }
+    }
+    fn from_ip(ip: &IpAddr) -> Option<Ipv6Addr> {
+        match ip {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        }
     }
     fn public_ip(attrs: &LeaseAttrs) -> Option<Ipv6Addr> {
         attrs.public_ipv6

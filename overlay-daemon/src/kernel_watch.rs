@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use twill_kernel::notify::{self, Notification, Socket};
@@ -48,11 +48,16 @@ pub struct KernelWatch {
     pub state: Arc<KernelState>,
 }
 
-/// Subscribes to the notifications for device `name`, whose peer routes lie in `network`.
-pub fn watch_kernel(name: String, network: Ipv4Net) -> Result<KernelWatch, Fatal> {
+/// Subscribes to the notifications for device `name`, whose peer routes lie in `network` (of either family:
+/// each device has its watcher, subscribed to the routes of its family).
+pub fn watch_kernel(name: String, network: IpNet) -> Result<KernelWatch, Fatal> {
+    let routes = match network {
+        IpNet::V4(_) => notify::RTMGRP_IPV4_ROUTE,
+        IpNet::V6(_) => notify::RTMGRP_IPV6_ROUTE,
+    };
     let open = || -> std::io::Result<AsyncFd<Socket>> {
         let sock = notify::subscribe(
-            notify::RTMGRP_LINK | notify::RTMGRP_NEIGH | notify::RTMGRP_IPV4_ROUTE,
+            notify::RTMGRP_LINK | notify::RTMGRP_NEIGH | routes,
         )?;
         // SAFETY: the Socket owns its descriptor, closes it only when dropped, and the AsyncFd owns the
         // Socket: the descriptor stays open and the same for the AsyncFd's whole life.
@@ -107,7 +112,7 @@ fn scan<'a>(
     notes: impl IntoIterator<Item = Notification<'a>>,
     name: &str,
     dev: u32,
-    network: Ipv4Net,
+    network: IpNet,
 ) -> (bool, bool) {
     let (mut ours, mut link) = (false, false);
     for n in notes {
@@ -119,7 +124,7 @@ fn scan<'a>(
             Notification::Link { .. } => {}
             Notification::Route { dst, oif } => {
                 ours |= oif.is_some_and(|o| dev == 0 || o == dev)
-                    || matches!(dst, Some(IpNet::V4(d)) if network.contains(&d));
+                    || dst.is_some_and(|d| network.contains(&d));
             }
             Notification::Neighbour { index } => ours |= dev == 0 || index == dev,
         }

@@ -47,10 +47,7 @@ impl<B: Backend> Lane<B> {
 
     /// Starts watching the device and the routes into the network.
     pub fn watch(&mut self, full_every: u32) -> Result<(), Fatal> {
-        let IpNet::V4(network) = self.network else {
-            return Err("no kernel watcher for IPv6 devices yet".into());
-        };
-        let w = kernel_watch::watch_kernel(self.device.clone(), network)?;
+        let w = kernel_watch::watch_kernel(self.device.clone(), self.network)?;
         self.link = Some(w.link);
         self.kernel = Some(w.state);
         self.rec.set_full_every(full_every);

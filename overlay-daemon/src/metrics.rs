@@ -25,6 +25,8 @@ pub struct Readiness {
     pub store_reset: Option<String>,
     /// host-gw peers that cannot be routed (not on our L2 segment): part of the cluster is unreachable.
     pub unroutable_peers: Option<String>,
+    /// The same for the IPv6 routes of a dual-stack host-gw node.
+    pub unroutable_peers_v6: Option<String>,
     /// The IPv6 device of a dual-stack node (`device` is the IPv4 one); `None` without one.
     pub device_v6: Option<bool>,
 }
@@ -66,6 +68,7 @@ impl Readiness {
         }
         p.extend(self.mac_collision.clone());
         p.extend(self.unroutable_peers.clone());
+        p.extend(self.unroutable_peers_v6.clone());
         if self.lease_lost {
             p.push(
                 "subnet lease lost: this node's subnet is no longer registered as ours in etcd"

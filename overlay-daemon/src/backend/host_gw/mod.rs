@@ -4,21 +4,23 @@
 //! left out rather than given a route the kernel would refuse or send the wrong way.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use tokio::task::yield_now;
 use twill_kernel::{Family, Handle, Route, RouteFilter, RouteProtocol, TABLE_MAIN};
 
 use super::{Backend, Repairs};
+use crate::family::Family as AddressFamily;
 use crate::metrics::Metrics;
 use crate::subnet::lease::Lease;
 
 /// A remote node as host-gw reaches it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
-    pub public_ip: Ipv4Addr,
+    /// The peer's underlay address of the backend's family.
+    pub public_ip: IpAddr,
     /// The public IP is in a network connected to our underlay: it can be the next hop.
     pub on_link: bool,
 }
@@ -55,28 +57,30 @@ impl From<twill_kernel::Error> for HostGwError {
 }
 
 /// Our routes as the kernel has them: destination -> gateway.
-pub type RouteView = BTreeMap<Ipv4Net, Ipv4Addr>;
+pub type RouteView<N> = BTreeMap<N, IpAddr>;
 
-pub struct HostGwConfig {
+pub struct HostGwConfig<N> {
     pub underlay: String,
     pub underlay_index: u32,
-    /// The underlay's connected networks: a peer must be in one of them.
-    pub underlay_networks: Vec<Ipv4Net>,
-    pub network: Ipv4Net,
+    /// The underlay's connected networks of the family: a peer must be in one of them.
+    pub underlay_networks: Vec<IpNet>,
+    pub network: N,
     pub subnet_len: u8,
-    pub own: Ipv4Net,
+    pub own: N,
 }
 
-pub struct HostGwBackend {
+/// The host-gw backend of one address family `N` (a dual-stack node runs one per family: IPv6 routes go via
+/// the peers' `PublicIPv6`).
+pub struct HostGwBackend<N> {
     handle: Handle,
-    c: HostGwConfig,
+    c: HostGwConfig<N>,
     metrics: Arc<Metrics>,
     /// Peers not on our segment, by subnet: reported until they leave or move onto it.
-    off_link: Mutex<BTreeMap<Ipv4Net, Ipv4Addr>>,
+    off_link: Mutex<BTreeMap<N, IpAddr>>,
 }
 
-impl HostGwBackend {
-    pub fn new(handle: Handle, c: HostGwConfig, metrics: Arc<Metrics>) -> Self {
+impl<N: AddressFamily> HostGwBackend<N> {
+    pub fn new(handle: Handle, c: HostGwConfig<N>, metrics: Arc<Metrics>) -> Self {
         HostGwBackend {
             handle,
             c,
@@ -85,7 +89,7 @@ impl HostGwBackend {
         }
     }
 
-    fn off_link_error(&self, subnet: Ipv4Net, ip: Ipv4Addr) -> HostGwError {
+    fn off_link_error(&self, subnet: N, ip: IpAddr) -> HostGwError {
         let nets: Vec<String> = self
             .c
             .underlay_networks
@@ -102,7 +106,7 @@ impl HostGwBackend {
 
     /// Records which peers are off our segment and publishes them in `/readyz`. Returns the ones that were not
     /// known before (to be logged once).
-    fn set_off_link(&self, now: BTreeMap<Ipv4Net, Ipv4Addr>) -> Vec<(Ipv4Net, Ipv4Addr)> {
+    fn set_off_link(&self, now: BTreeMap<N, IpAddr>) -> Vec<(N, IpAddr)> {
         let Ok(mut known) = self.off_link.lock() else {
             return Vec::new();
         };
@@ -120,11 +124,17 @@ impl HostGwBackend {
                 list.join(", ")
             )
         });
-        self.metrics.set_ready(|r| r.unroutable_peers = problem);
+        self.metrics.set_ready(|r| {
+            if N::IS_V6 {
+                r.unroutable_peers_v6 = problem;
+            } else {
+                r.unroutable_peers = problem;
+            }
+        });
         new
     }
 
-    fn update_off_link(&self, subnet: Ipv4Net, peer: Option<&Peer>) -> bool {
+    fn update_off_link(&self, subnet: N, peer: Option<&Peer>) -> bool {
         let mut now = self.off_link.lock().map(|k| k.clone()).unwrap_or_default();
         match peer {
             Some(p) if !p.on_link => now.insert(subnet, p.public_ip),
@@ -133,16 +143,16 @@ impl HostGwBackend {
         !self.set_off_link(now).is_empty()
     }
 
-    fn add_route(&self, subnet: Ipv4Net, gw: Ipv4Addr) -> Result<(), HostGwError> {
+    fn add_route(&self, subnet: N, gw: IpAddr) -> Result<(), HostGwError> {
         // Protocol `static`, as these routes have always been programmed.
         let r = Route::new(subnet.into())
-            .via(gw.into())
+            .via(gw)
             .dev(self.c.underlay_index)
             .protocol(RouteProtocol::Static);
         Ok(self.handle.replace_route(&r)?)
     }
 
-    fn del_route(&self, subnet: Ipv4Net) -> Result<(), HostGwError> {
+    fn del_route(&self, subnet: N) -> Result<(), HostGwError> {
         // Unspecified protocol, scope and type are wildcards for the kernel: a hand-made route goes too.
         let r = Route::new(subnet.into()).dev(self.c.underlay_index);
         match self.handle.delete_route(&r) {
@@ -152,10 +162,10 @@ impl HostGwBackend {
     }
 }
 
-impl Backend for HostGwBackend {
-    type Net = Ipv4Net;
+impl<N: AddressFamily> Backend for HostGwBackend<N> {
+    type Net = N;
     type Peer = Peer;
-    type View = RouteView;
+    type View = RouteView<N>;
     type Error = HostGwError;
 
     fn device_name(&self) -> &str {
@@ -163,7 +173,7 @@ impl Backend for HostGwBackend {
     }
 
     fn peer_of(&self, lease: &Lease) -> Option<Peer> {
-        let ip = lease.attrs.public_ip;
+        let ip: IpAddr = N::public_ip(&lease.attrs)?.into();
         Some(Peer {
             public_ip: ip,
             on_link: self.c.underlay_networks.iter().any(|n| n.contains(&ip)),
@@ -175,7 +185,7 @@ impl Backend for HostGwBackend {
         Ok((self.c.underlay_index, false))
     }
 
-    async fn add_peer(&self, _dev: u32, subnet: Ipv4Net, peer: &Peer) -> Result<(), HostGwError> {
+    async fn add_peer(&self, _dev: u32, subnet: N, peer: &Peer) -> Result<(), HostGwError> {
         self.update_off_link(subnet, Some(peer));
         if !peer.on_link {
             // A route left from when the peer was reachable would now send its traffic the wrong way.
@@ -188,7 +198,7 @@ impl Backend for HostGwBackend {
     async fn update_peer(
         &self,
         dev: u32,
-        subnet: Ipv4Net,
+        subnet: N,
         _old: &Peer,
         new: &Peer,
     ) -> Vec<HostGwError> {
@@ -203,7 +213,7 @@ impl Backend for HostGwBackend {
     async fn remove_peer(
         &self,
         _dev: u32,
-        subnet: Ipv4Net,
+        subnet: N,
         _peer: &Peer,
     ) -> Result<(), HostGwError> {
         self.update_off_link(subnet, None);
@@ -212,19 +222,19 @@ impl Backend for HostGwBackend {
 
     /// Main-table routes out of the underlay, with a gateway, to a subnet of our network: the routes host-gw
     /// owns (flanneld's too, so a node switched between the two keeps or cleans them).
-    async fn view(&self, dev: u32) -> Result<RouteView, HostGwError> {
+    async fn view(&self, dev: u32) -> Result<RouteView<N>, HostGwError> {
         let filter = RouteFilter {
-            family: Some(Family::V4),
+            family: Some(if N::IS_V6 { Family::V6 } else { Family::V4 }),
             table: Some(TABLE_MAIN),
             oif: Some(dev),
         };
         let mut v = RouteView::new();
         for r in self.handle.routes(filter)? {
-            let (IpNet::V4(net), Some(IpAddr::V4(gw))) = (r.dst, r.gateway) else {
+            let (Some(net), Some(gw)) = (N::from_ipnet(&r.dst), r.gateway) else {
                 continue;
             };
-            if net.prefix_len() == self.c.subnet_len
-                && self.c.network.contains(&net)
+            if net.prefix() == self.c.subnet_len
+                && self.c.network.contains_net(&net)
                 && net != self.c.own
             {
                 v.insert(net, gw);
@@ -236,8 +246,8 @@ impl Backend for HostGwBackend {
     async fn repair(
         &self,
         _dev: u32,
-        peers: &BTreeMap<Ipv4Net, Peer>,
-        view: &RouteView,
+        peers: &BTreeMap<N, Peer>,
+        view: &RouteView<N>,
     ) -> Repairs<HostGwError> {
         let plan = plan(peers, view);
         let mut errors: Vec<HostGwError> = self
@@ -262,18 +272,22 @@ impl Backend for HostGwBackend {
 }
 
 /// What a full pass does.
-#[derive(Debug, Default, PartialEq)]
-pub struct Plan {
+#[derive(Debug, PartialEq)]
+pub struct Plan<N> {
     /// Our routes that no peer wants (gone, or now off our segment).
-    pub stale: Vec<Ipv4Net>,
+    pub stale: Vec<N>,
     /// Routes to add or to correct in place (replace): absent, or via the wrong gateway.
-    pub missing: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub missing: Vec<(N, IpAddr)>,
     /// Peers that cannot be routed.
-    pub off_link: BTreeMap<Ipv4Net, Ipv4Addr>,
+    pub off_link: BTreeMap<N, IpAddr>,
 }
 
-pub fn plan(peers: &BTreeMap<Ipv4Net, Peer>, view: &RouteView) -> Plan {
-    let mut p = Plan::default();
+pub fn plan<N: AddressFamily>(peers: &BTreeMap<N, Peer>, view: &RouteView<N>) -> Plan<N> {
+    let mut p = Plan {
+        stale: Vec::new(),
+        missing: Vec::new(),
+        off_link: BTreeMap::new(),
+    };
     for (s, peer) in peers {
         if !peer.on_link {
             p.off_link.insert(*s, peer.public_ip);
@@ -292,13 +306,15 @@ pub fn plan(peers: &BTreeMap<Ipv4Net, Peer>, view: &RouteView) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnet::Ipv4Net;
+    use std::net::Ipv4Addr;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> IpAddr {
+        s.parse::<Ipv4Addr>().unwrap().into()
     }
 
     #[test]
@@ -320,7 +336,7 @@ mod tests {
             )
         })
         .collect();
-        let view: RouteView = [
+        let view: RouteView<Ipv4Net> = [
             ("10.244.1.0/24", "10.0.0.1"),  // right
             ("10.244.2.0/24", "10.0.0.99"), // wrong gateway (hand-edited, or the peer moved)
             ("10.244.4.0/24", "10.9.0.4"),  // the peer left our segment
@@ -342,7 +358,7 @@ mod tests {
             p.off_link.into_iter().collect::<Vec<_>>(),
             vec![(net("10.244.4.0/24"), ip("10.9.0.4"))]
         );
-        let done: RouteView = [
+        let done: RouteView<Ipv4Net> = [
             ("10.244.1.0/24", "10.0.0.1"),
             ("10.244.2.0/24", "10.0.0.2"),
             ("10.244.3.0/24", "10.0.0.3"),

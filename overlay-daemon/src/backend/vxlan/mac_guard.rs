@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use super::vtep_mac::MacIdentity;
 use super::VxlanBackend;
 use crate::daemon::log;
+use crate::family::Family;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::subnet::{LeaseAttrs, LeaseEvent};
@@ -17,7 +18,11 @@ use crate::subnet::{LeaseAttrs, LeaseEvent};
 /// event only for a lease with our MAC or while a clash is being reported; every resync catches the rest.
 pub fn event_matters(ev: &LeaseEvent, identity: &MacIdentity, alarm: bool) -> bool {
     match ev {
-        LeaseEvent::Added(l) => alarm || l.attrs.vtep_mac() == Some(identity.mac()),
+        LeaseEvent::Added(l) => {
+            alarm
+                || l.attrs.vtep_mac() == Some(identity.mac())
+                || l.attrs.vtep_mac_v6() == Some(identity.mac())
+        }
         LeaseEvent::Removed(_) | LeaseEvent::Garbled(_) => alarm,
         LeaseEvent::Snapshot(..) | LeaseEvent::Refill(_) => true,
     }
@@ -26,9 +31,9 @@ pub fn event_matters(ev: &LeaseEvent, identity: &MacIdentity, alarm: bool) -> bo
 /// Checks the peer table for VTEP MAC clashes; reports them (log on change, `/readyz`, metrics) and, when
 /// this node is the one to step away, switches the device and the lease to a new MAC. Returns whether a
 /// clash is still being reported.
-pub async fn guard_mac(
+pub async fn guard_mac<N: Family>(
     identity: &mut MacIdentity,
-    reconciler: &mut Reconciler<VxlanBackend>,
+    reconciler: &mut Reconciler<VxlanBackend<N>>,
     attrs: &mut LeaseAttrs,
     publish: &mpsc::Sender<LeaseAttrs>,
     metrics: &Metrics,
@@ -68,7 +73,7 @@ pub async fn guard_mac(
         metrics.vtep_mac_changes.fetch_add(1, Relaxed);
         reconciler.backend_mut().set_mac(new);
         reconciler.full().await;
-        *attrs = attrs.with_mac(false, new);
+        *attrs = attrs.with_mac(N::IS_V6, new);
         let _ = publish.send(attrs.clone()).await;
         log(format!(
             "VTEP MAC collision resolved: our MAC is now {new}, lease re-published"
@@ -95,7 +100,7 @@ impl MacGuard {
     }
 }
 
-impl crate::daemon::Guard<VxlanBackend> for MacGuard {
+impl<N: Family> crate::daemon::Guard<VxlanBackend<N>> for MacGuard {
     fn wants(&self, ev: &LeaseEvent) -> bool {
         event_matters(ev, &self.identity, self.alarm)
     }
@@ -106,7 +111,7 @@ impl crate::daemon::Guard<VxlanBackend> for MacGuard {
 
     async fn check(
         &mut self,
-        reconciler: &mut Reconciler<VxlanBackend>,
+        reconciler: &mut Reconciler<VxlanBackend<N>>,
         attrs: &mut LeaseAttrs,
         publish: &mpsc::Sender<LeaseAttrs>,
         metrics: &Metrics,

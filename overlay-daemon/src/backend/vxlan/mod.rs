@@ -1,6 +1,6 @@
-//! The VXLAN backend (docs/architecture.md, "VXLAN programming"): one `flannel.<VNI>` device, and per peer a
-//! neighbour, an FDB entry and an onlink route, or with DirectRouting a plain route via the peer when it shares our
-//! L2 segment.
+//! The VXLAN backend (docs/architecture.md, "VXLAN programming"): one device per address family
+//! (`flannel.<VNI>`, and `flannel-v6.<VNI>` over the IPv6 underlay), and per peer a neighbour, an FDB entry and an
+//! onlink route, or with DirectRouting a plain route via the peer when it shares our L2 segment.
 
 pub mod mac_guard;
 pub mod netlink;
@@ -9,34 +9,36 @@ pub mod vtep_mac;
 
 use std::collections::BTreeMap;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use tokio::task::yield_now;
 
 pub use self::netlink::{DeviceSpec, KernelView, Peer, Vxlan};
 use super::{Backend, Repairs};
-use crate::subnet::lease::{Lease, VtepMac};
+use crate::family::Family;
+use crate::subnet::lease::{vtep_mac_in, Lease, VtepMac};
 pub use twill_kernel::Error as NetlinkError;
 
-pub struct VxlanBackend {
+/// The VXLAN backend of one address family `N` (its device's underlay is of the same family).
+pub struct VxlanBackend<N: Family> {
     nl: Vxlan,
     spec: DeviceSpec,
-    own: Ipv4Net,
+    own: N,
     subnet_len: u8,
     direct_routing: bool,
-    /// Our underlay's connected networks: a peer in one of them is on our L2 segment.
-    underlay_networks: Vec<Ipv4Net>,
+    /// Our underlay's connected networks of the family: a peer in one of them is on our L2 segment.
+    underlay_networks: Vec<IpNet>,
 }
 
-pub struct VxlanConfig {
+pub struct VxlanConfig<N: Family> {
     pub spec: DeviceSpec,
-    pub own: Ipv4Net,
+    pub own: N,
     pub subnet_len: u8,
     pub direct_routing: bool,
-    pub underlay_networks: Vec<Ipv4Net>,
+    pub underlay_networks: Vec<IpNet>,
 }
 
-impl VxlanBackend {
-    pub fn new(nl: Vxlan, c: VxlanConfig) -> Self {
+impl<N: Family> VxlanBackend<N> {
+    pub fn new(nl: Vxlan, c: VxlanConfig<N>) -> Self {
         VxlanBackend {
             nl,
             spec: c.spec,
@@ -53,8 +55,8 @@ impl VxlanBackend {
     }
 }
 
-impl Backend for VxlanBackend {
-    type Net = Ipv4Net;
+impl<N: Family> Backend for VxlanBackend<N> {
+    type Net = N;
     type Peer = Peer;
     type View = KernelView;
     type Error = NetlinkError;
@@ -64,8 +66,8 @@ impl Backend for VxlanBackend {
     }
 
     fn peer_of(&self, lease: &Lease) -> Option<Peer> {
-        let mac = lease.attrs.vtep_mac()?;
-        let ip = lease.attrs.public_ip;
+        let mac = vtep_mac_in(&lease.attrs.backend_type, N::backend_data(&lease.attrs))?;
+        let ip: std::net::IpAddr = N::public_ip(&lease.attrs)?.into();
         // DirectRouting applies when the peer's underlay address is on one of our connected networks
         // (docs/architecture.md, "Network config": the route lookup for it has no gateway).
         let direct = self.direct_routing && self.underlay_networks.iter().any(|n| n.contains(&ip));
@@ -80,14 +82,14 @@ impl Backend for VxlanBackend {
         self.nl.ensure_device(&self.spec)
     }
 
-    async fn add_peer(&self, dev: u32, subnet: Ipv4Net, peer: &Peer) -> Result<(), NetlinkError> {
+    async fn add_peer(&self, dev: u32, subnet: N, peer: &Peer) -> Result<(), NetlinkError> {
         self.nl.add_peer(dev, subnet.into(), peer)
     }
 
     async fn update_peer(
         &self,
         dev: u32,
-        subnet: Ipv4Net,
+        subnet: N,
         old: &Peer,
         new: &Peer,
     ) -> Vec<NetlinkError> {
@@ -104,11 +106,11 @@ impl Backend for VxlanBackend {
             // programming").
             errors.extend(
                 self.nl
-                    .del_fdb(dev, old.mac, Some(old.public_ip.into()))
+                    .del_fdb(dev, old.mac, Some(old.public_ip))
                     .err(),
             );
             if new.direct {
-                errors.extend(self.nl.del_neighbour(dev, subnet.network().into()).err());
+                errors.extend(self.nl.del_neighbour(dev, subnet.network_addr().into()).err());
             }
         }
         errors
@@ -117,7 +119,7 @@ impl Backend for VxlanBackend {
     async fn remove_peer(
         &self,
         dev: u32,
-        subnet: Ipv4Net,
+        subnet: N,
         peer: &Peer,
     ) -> Result<(), NetlinkError> {
         self.nl.remove_peer(dev, subnet.into(), peer)
@@ -130,7 +132,7 @@ impl Backend for VxlanBackend {
     async fn repair(
         &self,
         dev: u32,
-        peers: &BTreeMap<Ipv4Net, Peer>,
+        peers: &BTreeMap<N, Peer>,
         view: &KernelView,
     ) -> Repairs<NetlinkError> {
         let plan = plan::plan(peers, view, self.own, self.subnet_len, self.direct_routing);
@@ -155,7 +157,7 @@ impl Backend for VxlanBackend {
         }
         for subnet in &plan.missing_peers {
             if let Some(peer) = peers.get(subnet) {
-                errors.extend(self.nl.add_peer(dev, IpNet::V4(*subnet), peer).err());
+                errors.extend(self.nl.add_peer(dev, (*subnet).into(), peer).err());
                 yield_now().await;
             }
         }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use twill_kernel::{
-    Error, Family, Handle, Link, LinkChange, MacAddr, Route, RouteFilter, RouteProtocol,
+    AddressOptions, Error, Family, Handle, Link, LinkChange, MacAddr, Route, RouteFilter, RouteProtocol,
     RouteScope, RouteType, VxlanSpec, TABLE_MAIN,
 };
 
@@ -89,7 +89,8 @@ impl DeviceSpec {
 /// One remote node as the data plane needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer {
-    pub public_ip: std::net::Ipv4Addr,
+    /// The peer's underlay address, of the device's family.
+    pub public_ip: IpAddr,
     pub mac: VtepMac,
     /// DirectRouting and the peer is on our L2 segment: plain route via the peer, no encapsulation.
     pub direct: bool,
@@ -187,7 +188,12 @@ impl Vxlan {
             }
         }
         if !present {
-            self.handle.add_address(index, want)?;
+            // No duplicate address detection: the address is the source of host-to-pod traffic at once.
+            let opts = AddressOptions {
+                nodad: want.addr().is_ipv6(),
+                no_prefix_route: false,
+            };
+            self.handle.add_address_with(index, want, opts)?;
         }
         Ok(())
     }
@@ -195,7 +201,7 @@ impl Vxlan {
     /// Programs one peer, in flannel's order (neighbour, FDB, route) so the kernel never has to resolve the
     /// next hop; a later step's failure rolls back the earlier ones (docs/architecture.md, "VXLAN programming").
     pub fn add_peer(&self, dev: u32, subnet: IpNet, peer: &Peer) -> Result<()> {
-        let public = IpAddr::V4(peer.public_ip);
+        let public = peer.public_ip;
         if peer.direct {
             return self.handle.replace_route(&route(subnet).via(public));
         }
@@ -222,7 +228,7 @@ impl Vxlan {
         } else {
             (
                 self.del_neighbour(dev, subnet.network()),
-                self.del_fdb(dev, peer.mac, Some(IpAddr::V4(peer.public_ip))),
+                self.del_fdb(dev, peer.mac, Some(peer.public_ip)),
             )
         };
         r1.and(r2).and(r3)
@@ -252,7 +258,10 @@ impl Vxlan {
         let family = Family::of(&network.addr());
         let mut v = KernelView::default();
         for n in self.handle.neighbours(Some(dev), Some(family))? {
-            v.neighbours.insert(n.ip, n.mac.map(|m| VtepMac(m.0)));
+            // Ours are the peers' subnet addresses; IPv6 link-local neighbours are the kernel's business.
+            if network.contains(&n.ip) {
+                v.neighbours.insert(n.ip, n.mac.map(|m| VtepMac(m.0)));
+            }
         }
         for e in self.handle.fdb_entries(dev)? {
             v.fdb.push((VtepMac(e.mac.0), e.dst));
@@ -263,7 +272,9 @@ impl Vxlan {
             oif: None,
         };
         for r in self.handle.routes(filter)? {
-            if r.kind != RouteType::Unicast {
+            // The kernel's own routes for the device's addresses (IPv6 adds link-local and host routes to
+            // the main table) are not peers'.
+            if r.kind != RouteType::Unicast || r.protocol == RouteProtocol::Kernel {
                 continue;
             }
             if r.oif == Some(dev) {

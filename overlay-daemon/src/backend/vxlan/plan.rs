@@ -4,22 +4,36 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
 use super::netlink::{KernelView, Peer};
+use crate::family::Family;
 use crate::subnet::lease::VtepMac;
 
-/// What a full reconciliation has to change: kernel entries nobody wants, and peers not fully programmed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Plan {
+/// What a full reconciliation has to change: kernel entries nobody wants, and peers (subnets of family `N`)
+/// not fully programmed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan<N> {
     pub stale_neighbours: Vec<IpAddr>,
     pub stale_fdb: Vec<(VtepMac, Option<IpAddr>)>,
     pub stale_device_routes: Vec<IpNet>,
     pub stale_direct_routes: Vec<IpNet>,
-    pub missing_peers: Vec<Ipv4Net>,
+    pub missing_peers: Vec<N>,
 }
 
-impl Plan {
+impl<N> Default for Plan<N> {
+    fn default() -> Self {
+        Plan {
+            stale_neighbours: Vec::new(),
+            stale_fdb: Vec::new(),
+            stale_device_routes: Vec::new(),
+            stale_direct_routes: Vec::new(),
+            missing_peers: Vec::new(),
+        }
+    }
+}
+
+impl<N> Plan<N> {
     pub fn len(&self) -> usize {
         self.stale_neighbours.len()
             + self.stale_fdb.len()
@@ -34,21 +48,21 @@ impl Plan {
 }
 
 /// Diffs the desired peer table against the kernel's view (pure, so it is unit-tested without a kernel).
-pub fn plan(
-    peers: &BTreeMap<Ipv4Net, Peer>,
+pub fn plan<N: Family>(
+    peers: &BTreeMap<N, Peer>,
     view: &KernelView,
-    own: Ipv4Net,
+    own: N,
     subnet_len: u8,
     direct_routing: bool,
-) -> Plan {
+) -> Plan<N> {
     let mut p = Plan::default();
     // Indexed once, so the diff is linear in peers + kernel entries (a full pass at 10,000 peers must not
     // compare every entry with every peer).
     let mut want_neigh: HashMap<IpAddr, VtepMac> = HashMap::new();
     let mut want_fdb: HashSet<(VtepMac, IpAddr)> = HashSet::new();
     for (s, peer) in peers.iter().filter(|(_, peer)| !peer.direct) {
-        want_neigh.entry(s.network().into()).or_insert(peer.mac);
-        want_fdb.insert((peer.mac, peer.public_ip.into()));
+        want_neigh.entry(s.network_addr().into()).or_insert(peer.mac);
+        want_fdb.insert((peer.mac, peer.public_ip));
     }
     let have_fdb: HashSet<&(VtepMac, Option<IpAddr>)> = view.fdb.iter().collect();
     for (ip, mac) in &view.neighbours {
@@ -65,7 +79,7 @@ pub fn plan(
         }
     }
     for (net, (gw, onlink)) in &view.device_routes {
-        let wanted = v4(net).is_some_and(|n| peers.get(&n).is_some_and(|peer| !peer.direct))
+        let wanted = N::from_ipnet(net).is_some_and(|n| peers.get(&n).is_some_and(|peer| !peer.direct))
             && *gw == Some(net.network())
             && *onlink;
         if !wanted {
@@ -76,20 +90,20 @@ pub fn plan(
         // Only routes shaped like ours (a node subnet via a gateway) are candidates: other gateway routes into
         // the pod network are someone else's business.
         for (net, gw) in &view.direct_routes {
-            if net.prefix_len() != subnet_len || *net == IpNet::V4(own) {
+            if net.prefix_len() != subnet_len || *net == own.into() {
                 continue;
             }
-            let wanted = v4(net).and_then(|n| peers.get(&n));
-            if !wanted.is_some_and(|peer| peer.direct && Some(IpAddr::V4(peer.public_ip)) == *gw) {
+            let wanted = N::from_ipnet(net).and_then(|n| peers.get(&n));
+            if !wanted.is_some_and(|peer| peer.direct && Some(peer.public_ip) == *gw) {
                 p.stale_direct_routes.push(*net);
             }
         }
     }
     for (subnet, peer) in peers {
-        let (net, gw, public) = (
-            IpNet::V4(*subnet),
-            IpAddr::V4(subnet.network()),
-            IpAddr::V4(peer.public_ip),
+        let (net, gw, public): (IpNet, IpAddr, IpAddr) = (
+            (*subnet).into(),
+            subnet.network_addr().into(),
+            peer.public_ip,
         );
         let present = if peer.direct {
             view.direct_routes.get(&net) == Some(&Some(public))
@@ -105,17 +119,10 @@ pub fn plan(
     p
 }
 
-/// The IPv4 network a kernel destination is, to look it up among the peers.
-fn v4(net: &IpNet) -> Option<Ipv4Net> {
-    match net {
-        IpNet::V4(n) => Some(*n),
-        IpNet::V6(_) => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnet::Ipv4Net;
     use std::net::Ipv4Addr;
 
     fn net(s: &str) -> Ipv4Net {
@@ -135,7 +142,7 @@ mod tests {
     }
     fn peer(public: &str, m: u8) -> Peer {
         Peer {
-            public_ip: ip(public),
+            public_ip: ip(public).into(),
             mac: mac(m),
             direct: false,
         }
@@ -144,7 +151,7 @@ mod tests {
         let mut v = KernelView::default();
         for (s, p) in peers {
             v.neighbours.insert(s.network().into(), Some(p.mac));
-            v.fdb.push((p.mac, Some(p.public_ip.into())));
+            v.fdb.push((p.mac, Some(p.public_ip)));
             v.device_routes
                 .insert((*s).into(), (Some(s.network().into()), true));
         }
@@ -209,7 +216,7 @@ mod tests {
         peers.insert(
             net("10.244.2.0/24"),
             Peer {
-                public_ip: ip("10.0.0.2"),
+                public_ip: ip("10.0.0.2").into(),
                 mac: mac(2),
                 direct: true,
             },

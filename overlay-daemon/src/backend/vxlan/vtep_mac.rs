@@ -11,24 +11,27 @@
 //!   twilld (flanneld keeps its MAC) or not running; it then steps away too.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 use super::netlink::Peer;
+use crate::family::Family;
 use crate::subnet::lease::{Lease, VtepMac};
 
 /// How many generations are tried before giving up on finding a free MAC (2^-46 per try to hit one in use).
 const MAX_GENERATION: u32 = 64;
 
+/// The VTEP MAC of one device: `flannel.<VNI>` (IPv4 underlay) or `flannel-v6.<VNI>` (IPv6 underlay), told
+/// apart by the family of `public_ip`; each is compared with the other nodes' MACs of the same family.
 pub struct MacIdentity {
     node_name: String,
-    public_ip: Ipv4Addr,
+    public_ip: IpAddr,
     vni: u32,
     generation: u32,
     mac: VtepMac,
-    own_subnet: Option<Ipv4Net>,
+    own_subnet: Option<IpNet>,
     grace: Duration,
     conflict_since: Option<Instant>,
     /// The MAC is the existing device's, not a derived one: a collision steps to the first free generation.
@@ -39,9 +42,9 @@ pub struct MacIdentity {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
     /// Peer leases carrying our MAC: (subnet, public IP).
-    pub with_us: Vec<(Ipv4Net, Ipv4Addr)>,
+    pub with_us: Vec<(IpNet, IpAddr)>,
     /// MACs carried by more than one peer lease.
-    pub among_peers: Vec<(VtepMac, Vec<Ipv4Net>)>,
+    pub among_peers: Vec<(VtepMac, Vec<IpNet>)>,
     /// The MAC this node must switch to now (device and lease).
     pub change_to: Option<VtepMac>,
 }
@@ -51,7 +54,7 @@ impl MacIdentity {
     /// from an earlier run).
     pub fn choose(
         node_name: &str,
-        public_ip: Ipv4Addr,
+        public_ip: IpAddr,
         vni: u32,
         leases: &[Lease],
         grace: Duration,
@@ -62,7 +65,7 @@ impl MacIdentity {
             public_ip,
             vni,
             generation: 0,
-            mac: VtepMac::derive(node_name, public_ip.into(), vni, 0),
+            mac: VtepMac::derive(node_name, public_ip, vni, 0),
             own_subnet: None,
             grace,
             conflict_since: None,
@@ -93,14 +96,14 @@ impl MacIdentity {
         self.generation
     }
 
-    pub fn set_own_subnet(&mut self, subnet: Ipv4Net) {
+    pub fn set_own_subnet(&mut self, subnet: IpNet) {
         self.own_subnet = Some(subnet);
     }
 
     /// Moves to the first generation >= `from` whose MAC is not in `used`.
     fn step_away_from(&mut self, used: &BTreeSet<VtepMac>, from: u32) {
         for g in from..from + MAX_GENERATION {
-            let mac = VtepMac::derive(&self.node_name, self.public_ip.into(), self.vni, g);
+            let mac = VtepMac::derive(&self.node_name, self.public_ip, self.vni, g);
             if !used.contains(&mac) {
                 self.generation = g;
                 self.mac = mac;
@@ -110,19 +113,19 @@ impl MacIdentity {
     }
 
     /// Whether we are the side that changes at once when `peer` carries our MAC.
-    fn yields_to(&self, subnet: Ipv4Net, peer_ip: Ipv4Addr) -> bool {
+    fn yields_to(&self, subnet: IpNet, peer_ip: IpAddr) -> bool {
         let own = self.own_subnet.unwrap_or(subnet);
         (self.public_ip, own) > (peer_ip, subnet)
     }
 
-    pub fn check(&mut self, peers: &BTreeMap<Ipv4Net, Peer>, now: Instant) -> Verdict {
+    pub fn check<N: Family>(&mut self, peers: &BTreeMap<N, Peer>, now: Instant) -> Verdict {
         let mut v = Verdict::default();
-        let mut by_mac: BTreeMap<VtepMac, Vec<Ipv4Net>> = BTreeMap::new();
+        let mut by_mac: BTreeMap<VtepMac, Vec<IpNet>> = BTreeMap::new();
         for (subnet, p) in peers {
             if p.mac == self.mac {
-                v.with_us.push((*subnet, p.public_ip));
+                v.with_us.push(((*subnet).into(), p.public_ip));
             } else {
-                by_mac.entry(p.mac).or_default().push(*subnet);
+                by_mac.entry(p.mac).or_default().push((*subnet).into());
             }
         }
         v.among_peers = by_mac.into_iter().filter(|(_, s)| s.len() > 1).collect();
@@ -146,12 +149,16 @@ impl MacIdentity {
     }
 }
 
-/// MACs in leases of other nodes (leases with our public IP are ours, from an earlier run or flanneld).
-fn used_by_others(leases: &[Lease], public_ip: Ipv4Addr) -> BTreeSet<VtepMac> {
+/// MACs of `public_ip`'s family in leases of other nodes (leases with our public IP are ours, from an earlier
+/// run or flanneld).
+fn used_by_others(leases: &[Lease], public_ip: IpAddr) -> BTreeSet<VtepMac> {
     leases
         .iter()
-        .filter(|l| l.attrs.public_ip != public_ip)
-        .filter_map(|l| l.attrs.vtep_mac())
+        .filter_map(|l| match public_ip {
+            IpAddr::V4(ip) => (l.attrs.public_ip != ip).then(|| l.attrs.vtep_mac()),
+            IpAddr::V6(ip) => (l.attrs.public_ipv6 != Some(ip)).then(|| l.attrs.vtep_mac_v6()),
+        })
+        .flatten()
         .collect()
 }
 
@@ -195,7 +202,13 @@ mod tests {
     use super::*;
     use crate::subnet::lease::LeaseAttrs;
 
-    fn ip(s: &str) -> Ipv4Addr {
+    use ipnet::Ipv4Net;
+    use std::net::Ipv4Addr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+    fn ip4(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
     }
     fn net(s: &str) -> Ipv4Net {
@@ -220,10 +233,10 @@ mod tests {
 
     #[test]
     fn start_up_skips_a_mac_another_lease_carries_but_not_our_own_old_lease() {
-        let mine = VtepMac::derive("n", ip("10.0.0.1").into(), 1, 0);
+        let mine = VtepMac::derive("n", ip("10.0.0.1"), 1, 0);
         let lease = |public: &str| Lease {
             key: crate::subnet::SubnetKey::v4(net("10.244.9.0/24")),
-            attrs: LeaseAttrs::vxlan(Some((ip(public), mine)), None, 1, "x"),
+            attrs: LeaseAttrs::vxlan(Some((ip4(public), mine)), None, 1, "x"),
             lease_id: 1,
         };
         let own_old = MacIdentity::choose("n", ip("10.0.0.1"), 1, &[lease("10.0.0.1")], G);
@@ -238,7 +251,7 @@ mod tests {
         let existing = VtepMac([0x5a, 1, 2, 3, 4, 5]);
         let lease = |public: &str| Lease {
             key: crate::subnet::SubnetKey::v4(net("10.244.9.0/24")),
-            attrs: LeaseAttrs::vxlan(Some((ip(public), existing)), None, 1, "x"),
+            attrs: LeaseAttrs::vxlan(Some((ip4(public), existing)), None, 1, "x"),
             lease_id: 1,
         };
         // Its own lease (flanneld's, same public IP) carries it: kept.
@@ -250,7 +263,7 @@ mod tests {
         let leases = [lease("10.0.0.9")];
         let mut me = MacIdentity::choose("n", ip("10.0.0.1"), 1, &leases, G);
         assert!(!me.keep_existing(existing, &leases));
-        assert_eq!(me.mac(), VtepMac::derive("n", ip("10.0.0.1").into(), 1, 0));
+        assert_eq!(me.mac(), VtepMac::derive("n", ip("10.0.0.1"), 1, 0));
         // Not a unicast MAC: the derived MAC.
         assert!(!me.keep_existing(VtepMac([1, 0, 0, 0, 0, 1]), &[]));
         assert!(!me.keep_existing(VtepMac([0; 6]), &[]));
@@ -261,12 +274,12 @@ mod tests {
         let existing = VtepMac([0x5a, 1, 2, 3, 4, 5]);
         let mut me = MacIdentity::choose("n", ip("10.0.0.2"), 1, &[], G);
         assert!(me.keep_existing(existing, &[]));
-        me.set_own_subnet(net("10.244.2.0/24"));
+        me.set_own_subnet(net("10.244.2.0/24").into());
         let peers = BTreeMap::from([(net("10.244.1.0/24"), peer("10.0.0.1", existing))]);
         let v = me.check(&peers, Instant::now());
         assert_eq!(
             v.change_to,
-            Some(VtepMac::derive("n", ip("10.0.0.2").into(), 1, 0))
+            Some(VtepMac::derive("n", ip("10.0.0.2"), 1, 0))
         );
         assert_eq!(me.generation(), 0);
     }
@@ -275,15 +288,15 @@ mod tests {
     fn higher_address_changes_at_once_lower_only_after_the_grace_period() {
         let t0 = Instant::now();
         let mut high = MacIdentity::choose("n", ip("10.0.0.2"), 1, &[], G);
-        high.set_own_subnet(net("10.244.2.0/24"));
+        high.set_own_subnet(net("10.244.2.0/24").into());
         let shared = high.mac();
         let mut low = MacIdentity::choose("n", ip("10.0.0.2"), 1, &[], G);
         low.public_ip = ip("10.0.0.1");
-        low.set_own_subnet(net("10.244.1.0/24"));
+        low.set_own_subnet(net("10.244.1.0/24").into());
 
         let seen_by_high = BTreeMap::from([(net("10.244.1.0/24"), peer("10.0.0.1", shared))]);
         let v = high.check(&seen_by_high, t0);
-        assert_eq!(v.with_us, vec![(net("10.244.1.0/24"), ip("10.0.0.1"))]);
+        assert_eq!(v.with_us, vec![(net("10.244.1.0/24").into(), ip("10.0.0.1"))]);
         let new = v.change_to.expect("the higher address changes at once");
         assert_ne!(new, shared);
 
@@ -311,7 +324,7 @@ mod tests {
         let v = me.check(&peers, Instant::now());
         assert_eq!(
             v.among_peers,
-            vec![(m, vec![net("10.244.2.0/24"), net("10.244.3.0/24")])]
+            vec![(m, vec![net("10.244.2.0/24").into(), net("10.244.3.0/24").into()])]
         );
         assert!(v.change_to.is_none());
         assert!(v
