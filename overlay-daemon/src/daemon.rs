@@ -228,7 +228,10 @@ async fn run_host_gw(mut s: Start) -> Result<(), Fatal> {
     let u = s.underlay.clone();
     // Peers send to our public address as the next hop: it must be an address of the underlay itself (behind
     // NAT it would not be reachable on the segment).
-    if let Some(ip) = u.public_ip.filter(|ip| !u.networks.iter().any(|n| n.addr() == *ip)) {
+    if let Some(ip) = u
+        .public_ip
+        .filter(|ip| !u.networks.iter().any(|n| n.addr() == *ip))
+    {
         return Err(format!(
             "host-gw: public IP {ip} is not an address of {}; host-gw needs the nodes' own addresses on one L2 \
              segment",
@@ -247,7 +250,11 @@ async fn run_host_gw(mut s: Start) -> Result<(), Fatal> {
     }
     let attrs = LeaseAttrs::host_gw(u.public_ip, u.public_ipv6, &s.opts.node_name);
     let own = acquire(&mut s, &attrs).await;
-    log(format!("acquired subnet {} (host-gw){}", own.key, lease_log(&own)));
+    log(format!(
+        "acquired subnet {} (host-gw){}",
+        own.key,
+        lease_log(&own)
+    ));
     let lane4 = match (s.cfg.v4, own.key.v4) {
         (Some(pool), Some(own4)) => Some(host_gw_lane(&s, pool, own4, u.public_ip, &u.networks)),
         _ => None,
@@ -436,7 +443,13 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
     };
     let v4 = match (cfg.v4, underlay.public_ip) {
         (Some(pool), Some(ip)) => {
-            let p = plan_vxlan_device(&s, &leases, cfg.backend.device_name(), ip.into(), pool.network.into())?;
+            let p = plan_vxlan_device(
+                &s,
+                &leases,
+                cfg.backend.device_name(),
+                ip.into(),
+                pool.network.into(),
+            )?;
             Some((pool, ip, p))
         }
         _ => None,
@@ -459,7 +472,10 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
     let macs: Vec<String> = v4
         .iter()
         .map(|(_, _, p)| format!("{} {}", p.probe.name, p.probe.mac))
-        .chain(v6.iter().map(|(_, _, p)| format!("{} {}", p.probe.name, p.probe.mac)))
+        .chain(
+            v6.iter()
+                .map(|(_, _, p)| format!("{} {}", p.probe.name, p.probe.mac)),
+        )
         .collect();
     log(format!(
         "acquired subnet {} (VTEP MAC {}){}",
@@ -472,7 +488,10 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         Some((pool, ip, mut plan)) => {
             let own4 = own.key.v4.ok_or_else(|| missing("IPv4"))?;
             plan.identity.set_own_subnet(own4.into());
-            Some((vxlan_lane(&s, &plan, pool, own4, ip, &underlay.networks), plan))
+            Some((
+                vxlan_lane(&s, &plan, pool, own4, ip, &underlay.networks),
+                plan,
+            ))
         }
         None => None,
     };
@@ -480,7 +499,10 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         Some((pool, ip, mut plan)) => {
             let own6 = own.key.v6.ok_or_else(|| missing("IPv6"))?;
             plan.identity.set_own_subnet(own6.into());
-            Some((vxlan_lane(&s, &plan, pool, own6, ip, &underlay.networks_v6), plan))
+            Some((
+                vxlan_lane(&s, &plan, pool, own6, ip, &underlay.networks_v6),
+                plan,
+            ))
         }
         None => None,
     };
@@ -511,7 +533,9 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
             )
             .await
         }
-        (None, None) => Err("the network runs no family this node has an underlay address of".into()),
+        (None, None) => {
+            Err("the network runs no family this node has an underlay address of".into())
+        }
     }
 }
 

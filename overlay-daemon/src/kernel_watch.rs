@@ -56,9 +56,7 @@ pub fn watch_kernel(name: String, network: IpNet) -> Result<KernelWatch, Fatal> 
         IpNet::V6(_) => notify::RTMGRP_IPV6_ROUTE,
     };
     let open = || -> std::io::Result<AsyncFd<Socket>> {
-        let sock = notify::subscribe(
-            notify::RTMGRP_LINK | notify::RTMGRP_NEIGH | routes,
-        )?;
+        let sock = notify::subscribe(notify::RTMGRP_LINK | notify::RTMGRP_NEIGH | routes)?;
         // SAFETY: the Socket owns its descriptor, closes it only when dropped, and the AsyncFd owns the
         // Socket: the descriptor stays open and the same for the AsyncFd's whole life.
         unsafe { AsyncFd::register(sock) }.map_err(std::io::Error::from)

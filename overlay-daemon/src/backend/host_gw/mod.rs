@@ -195,13 +195,7 @@ impl<N: AddressFamily> Backend for HostGwBackend<N> {
         self.add_route(subnet, peer.public_ip)
     }
 
-    async fn update_peer(
-        &self,
-        dev: u32,
-        subnet: N,
-        _old: &Peer,
-        new: &Peer,
-    ) -> Vec<HostGwError> {
+    async fn update_peer(&self, dev: u32, subnet: N, _old: &Peer, new: &Peer) -> Vec<HostGwError> {
         // One route per subnet, replaced in place: no gap and nothing of the old peer left over.
         self.add_peer(dev, subnet, new)
             .await
@@ -210,12 +204,7 @@ impl<N: AddressFamily> Backend for HostGwBackend<N> {
             .collect()
     }
 
-    async fn remove_peer(
-        &self,
-        _dev: u32,
-        subnet: N,
-        _peer: &Peer,
-    ) -> Result<(), HostGwError> {
+    async fn remove_peer(&self, _dev: u32, subnet: N, _peer: &Peer) -> Result<(), HostGwError> {
         self.update_off_link(subnet, None);
         self.del_route(subnet)
     }

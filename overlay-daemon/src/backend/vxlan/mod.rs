@@ -86,13 +86,7 @@ impl<N: Family> Backend for VxlanBackend<N> {
         self.nl.add_peer(dev, subnet.into(), peer)
     }
 
-    async fn update_peer(
-        &self,
-        dev: u32,
-        subnet: N,
-        old: &Peer,
-        new: &Peer,
-    ) -> Vec<NetlinkError> {
+    async fn update_peer(&self, dev: u32, subnet: N, old: &Peer, new: &Peer) -> Vec<NetlinkError> {
         // Neighbour, FDB and route are replaced in place; then whatever of the old peer is left. Re-programmed
         // even when unchanged: replace is idempotent and repairs damage.
         let mut errors: Vec<NetlinkError> = self
@@ -104,24 +98,19 @@ impl<N: Family> Backend for VxlanBackend<N> {
         if !old.direct && (new.direct || old.mac != new.mac) {
             // FDB entries are keyed by MAC: a changed MAC leaves the old one (docs/architecture.md, "VXLAN
             // programming").
-            errors.extend(
-                self.nl
-                    .del_fdb(dev, old.mac, Some(old.public_ip))
-                    .err(),
-            );
+            errors.extend(self.nl.del_fdb(dev, old.mac, Some(old.public_ip)).err());
             if new.direct {
-                errors.extend(self.nl.del_neighbour(dev, subnet.network_addr().into()).err());
+                errors.extend(
+                    self.nl
+                        .del_neighbour(dev, subnet.network_addr().into())
+                        .err(),
+                );
             }
         }
         errors
     }
 
-    async fn remove_peer(
-        &self,
-        dev: u32,
-        subnet: N,
-        peer: &Peer,
-    ) -> Result<(), NetlinkError> {
+    async fn remove_peer(&self, dev: u32, subnet: N, peer: &Peer) -> Result<(), NetlinkError> {
         self.nl.remove_peer(dev, subnet.into(), peer)
     }
 

@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use twill_kernel::{
-    AddressOptions, Error, Family, Handle, Link, LinkChange, MacAddr, Route, RouteFilter, RouteProtocol,
-    RouteScope, RouteType, VxlanSpec, TABLE_MAIN,
+    AddressOptions, Error, Family, Handle, Link, LinkChange, MacAddr, Route, RouteFilter,
+    RouteProtocol, RouteScope, RouteType, VxlanSpec, TABLE_MAIN,
 };
 
 use crate::daemon::log;

@@ -61,7 +61,9 @@ pub fn plan<N: Family>(
     let mut want_neigh: HashMap<IpAddr, VtepMac> = HashMap::new();
     let mut want_fdb: HashSet<(VtepMac, IpAddr)> = HashSet::new();
     for (s, peer) in peers.iter().filter(|(_, peer)| !peer.direct) {
-        want_neigh.entry(s.network_addr().into()).or_insert(peer.mac);
+        want_neigh
+            .entry(s.network_addr().into())
+            .or_insert(peer.mac);
         want_fdb.insert((peer.mac, peer.public_ip));
     }
     let have_fdb: HashSet<&(VtepMac, Option<IpAddr>)> = view.fdb.iter().collect();
@@ -79,7 +81,8 @@ pub fn plan<N: Family>(
         }
     }
     for (net, (gw, onlink)) in &view.device_routes {
-        let wanted = N::from_ipnet(net).is_some_and(|n| peers.get(&n).is_some_and(|peer| !peer.direct))
+        let wanted = N::from_ipnet(net)
+            .is_some_and(|n| peers.get(&n).is_some_and(|peer| !peer.direct))
             && *gw == Some(net.network())
             && *onlink;
         if !wanted {

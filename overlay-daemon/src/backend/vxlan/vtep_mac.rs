@@ -296,7 +296,10 @@ mod tests {
 
         let seen_by_high = BTreeMap::from([(net("10.244.1.0/24"), peer("10.0.0.1", shared))]);
         let v = high.check(&seen_by_high, t0);
-        assert_eq!(v.with_us, vec![(net("10.244.1.0/24").into(), ip("10.0.0.1"))]);
+        assert_eq!(
+            v.with_us,
+            vec![(net("10.244.1.0/24").into(), ip("10.0.0.1"))]
+        );
         let new = v.change_to.expect("the higher address changes at once");
         assert_ne!(new, shared);
 
@@ -324,7 +327,10 @@ mod tests {
         let v = me.check(&peers, Instant::now());
         assert_eq!(
             v.among_peers,
-            vec![(m, vec![net("10.244.2.0/24").into(), net("10.244.3.0/24").into()])]
+            vec![(
+                m,
+                vec![net("10.244.2.0/24").into(), net("10.244.3.0/24").into()]
+            )]
         );
         assert!(v.change_to.is_none());
         assert!(v
