@@ -20,6 +20,7 @@ use crate::backend::vxlan::mac_guard::MacGuard;
 use crate::backend::vxlan::vtep_mac::MacIdentity;
 use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
 use crate::backend::Backend;
+use crate::blackhole::Blackhole;
 use crate::config::{BackendKind, NetworkConfig, Pool};
 use crate::family::Family;
 use crate::flags::Options;
@@ -167,7 +168,12 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         public_ip: opts.public_ip,
         public_ipv6: opts.public_ipv6,
     };
-    let underlay = iface::select(&handle, &opts.iface, want)?;
+    let choice = iface::Choice {
+        iface: opts.iface.clone(),
+        iface_regex: opts.iface_regex.clone(),
+        can_reach: opts.iface_can_reach,
+    };
+    let underlay = iface::select(&handle, &choice, want)?;
     let show = |ip: Option<String>| ip.unwrap_or_else(|| "none".into());
     log(format!(
         "underlay {} (index {}, mtu {}), public IP {}, public IPv6 {}",
@@ -582,6 +588,7 @@ async fn serve<A: Backend, B: Backend>(
     let Start {
         opts,
         metrics,
+        handle,
         mut subnets,
         cfg,
         mut backoff,
@@ -599,6 +606,32 @@ async fn serve<A: Backend, B: Backend>(
     }
     if let Some(l) = &mut second {
         l.bring_up(&mut backoff).await;
+    }
+
+    // A blackhole route per family for our subnet, while the lease is held.
+    let mut blackholes: Vec<Blackhole> = if opts.ip_blackhole_route {
+        let pairs = [
+            own.key
+                .v4
+                .zip(cfg.v4_network())
+                .map(|(s, n)| (IpNet::from(s), IpNet::from(n))),
+            own.key
+                .v6
+                .zip(cfg.v6_network())
+                .map(|(s, n)| (IpNet::from(s), IpNet::from(n))),
+        ];
+        pairs
+            .into_iter()
+            .flatten()
+            .map(|(s, n)| Blackhole::new(handle.clone(), s, n))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for b in &mut blackholes {
+        if let Err(e) = b.start() {
+            log(format!("blackhole route for {}: {e}", own.key));
+        }
     }
 
     let mut rules = traffic_rules(&opts, &cfg, &own)?;
@@ -683,6 +716,12 @@ async fn serve<A: Backend, B: Backend>(
                     let full = l.resync().await;
                     if full || guard.alarmed() {
                         guard.check(&mut l.rec, &mut attrs, &publish, &metrics).await;
+                    }
+                }
+                for b in &mut blackholes {
+                    // Only while the subnet is ours: once another node holds it, its pods are there.
+                    if let Err(e) = b.ensure(!metrics.readiness().lease_lost) {
+                        log(format!("blackhole route for {}: {e}", own.key));
                     }
                 }
             }

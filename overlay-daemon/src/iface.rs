@@ -3,6 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use regex::Regex;
 use twill_kernel::{Family, Handle, Link, RouteFilter, TABLE_MAIN};
 
 #[derive(Debug, Clone)]
@@ -30,28 +31,39 @@ pub struct Want {
     pub public_ipv6: Option<Ipv6Addr>,
 }
 
+/// IFA_F_DEPRECATED: an address that must not be chosen as a source.
+const IFA_F_DEPRECATED: u32 = 0x20;
+
 fn v4_addrs(handle: &Handle, index: u32) -> Result<Vec<Ipv4Net>, String> {
+    Ok(v4_addresses(handle, index)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// The interface's IPv4 addresses with their flags, in the kernel's order (primary first).
+fn v4_addresses(handle: &Handle, index: u32) -> Result<Vec<(Ipv4Net, u32)>, String> {
     let addrs = handle
         .addresses(Some(index), Some(Family::V4))
         .map_err(|e| e.to_string())?;
     Ok(addrs
         .into_iter()
         .filter_map(|a| match a.net {
-            IpNet::V4(n) => Some(n),
+            IpNet::V4(n) => Some((n, a.flags)),
             IpNet::V6(_) => None,
         })
         .collect())
 }
 
-/// Usable global IPv6 addresses (no link-local: a VXLAN endpoint a lease names must not need a zone; no
-/// address whose duplicate detection failed), as flannel picks them.
+/// Usable global IPv6 addresses (no link-local: a VXLAN endpoint a lease names must not need a zone; none
+/// whose duplicate detection failed or that is deprecated), in the kernel's order.
 fn v6_addrs(handle: &Handle, index: u32) -> Result<Vec<Ipv6Net>, String> {
     let addrs = handle
         .addresses(Some(index), Some(Family::V6))
         .map_err(|e| e.to_string())?;
     Ok(addrs
         .into_iter()
-        .filter(|a| !a.dadfailed)
+        .filter(|a| !a.dadfailed && a.flags & IFA_F_DEPRECATED == 0)
         .filter_map(|a| match a.net {
             IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 != 0xfe80 => Some(n),
             _ => None,
@@ -59,61 +71,150 @@ fn v6_addrs(handle: &Handle, index: u32) -> Result<Vec<Ipv6Net>, String> {
         .collect())
 }
 
-/// `--iface` entries (names or addresses of either family, first match wins), else the interface of the IPv4
-/// default route (the IPv6 one on an IPv6-only network); then the addresses of each family the network runs.
-pub fn select(handle: &Handle, ifaces: &[String], want: Want) -> Result<Underlay, String> {
-    let all = handle.links().map_err(|e| e.to_string())?;
-    let mut chosen: Option<(Link, Option<IpAddr>)> = None;
-    if !ifaces.is_empty() {
-        'outer: for w in ifaces {
-            if let Ok(ip) = w.parse::<IpAddr>() {
-                for l in &all {
-                    let has = match ip {
-                        IpAddr::V4(ip) => v4_addrs(handle, l.index)?.iter().any(|n| n.addr() == ip),
-                        IpAddr::V6(ip) => v6_addrs(handle, l.index)?.iter().any(|n| n.addr() == ip),
-                    };
-                    if has {
-                        chosen = Some((l.clone(), Some(ip)));
-                        break 'outer;
-                    }
+/// How the underlay is chosen, as flanneld: `--iface` entries (names or addresses), then `--iface-regex`
+/// patterns, then `--iface-can-reach`; the first match wins. When none is given: the interface of the IPv4
+/// default route.
+#[derive(Debug, Clone, Default)]
+pub struct Choice {
+    pub iface: Vec<String>,
+    pub iface_regex: Vec<Regex>,
+    pub can_reach: Option<IpAddr>,
+}
+
+impl Choice {
+    fn is_empty(&self) -> bool {
+        self.iface.is_empty() && self.iface_regex.is_empty() && self.can_reach.is_none()
+    }
+}
+
+/// An interface and, when the choice named one, the address to use on it (of either family).
+type Chosen = (Link, Option<IpAddr>);
+
+fn by_iface(handle: &Handle, all: &[Link], ifaces: &[String]) -> Result<Option<Chosen>, String> {
+    for want in ifaces {
+        if let Ok(ip) = want.parse::<IpAddr>() {
+            for l in all {
+                let has = match ip {
+                    IpAddr::V4(ip) => v4_addrs(handle, l.index)?.iter().any(|n| n.addr() == ip),
+                    IpAddr::V6(ip) => v6_addrs(handle, l.index)?.iter().any(|n| n.addr() == ip),
+                };
+                if has {
+                    return Ok(Some((l.clone(), Some(ip))));
                 }
-            } else if let Some(l) = all.iter().find(|l| l.name == *w) {
-                chosen = Some((l.clone(), None));
-                break;
+            }
+        } else if let Some(l) = all.iter().find(|l| l.name == *want) {
+            return Ok(Some((l.clone(), None)));
+        }
+    }
+    Ok(None)
+}
+
+/// As flanneld: each pattern in turn is matched against the usable IPv4 addresses of every interface (global or
+/// link-local unicast, not deprecated), then against the interface names.
+fn by_regex(handle: &Handle, all: &[Link], patterns: &[Regex]) -> Result<Option<Chosen>, String> {
+    for re in patterns {
+        for l in all {
+            let usable = v4_addresses(handle, l.index)?
+                .into_iter()
+                .find(|(n, flags)| {
+                    let ip = n.addr();
+                    flags & IFA_F_DEPRECATED == 0
+                        && !(ip.is_loopback()
+                            || ip.is_unspecified()
+                            || ip.is_broadcast()
+                            || ip.is_multicast())
+                        && re.is_match(&ip.to_string())
+                });
+            if let Some((n, _)) = usable {
+                return Ok(Some((l.clone(), Some(n.addr().into()))));
             }
         }
-        if chosen.is_none() {
-            return Err(format!(
-                "none of the interfaces given by --iface ({}) exists",
-                ifaces.join(",")
-            ));
+        if let Some(l) = all.iter().find(|l| re.is_match(&l.name)) {
+            return Ok(Some((l.clone(), None)));
         }
-    } else {
-        let (family, name) = if want.v4 {
-            (Family::V4, "IPv4")
-        } else {
-            (Family::V6, "IPv6")
-        };
-        let filter = RouteFilter {
-            family: Some(family),
-            table: Some(TABLE_MAIN),
-            oif: None,
-        };
-        let routes = handle.routes(filter).map_err(|e| e.to_string())?;
-        let oif = routes
-            .iter()
-            .filter(|r| r.dst.prefix_len() == 0)
-            .find_map(|r| r.oif)
-            .ok_or_else(|| {
-                format!("no {name} default route to pick the underlay interface from; use --iface")
-            })?;
-        chosen = all
-            .iter()
-            .find(|l| l.index == oif)
-            .map(|l| (l.clone(), None));
     }
+    Ok(None)
+}
+
+/// The interface (and its source address) the kernel's route to `ip` uses, as `ip route get`.
+fn by_route(handle: &Handle, all: &[Link], ip: IpAddr) -> Result<Chosen, String> {
+    let route = handle
+        .route_get(ip)
+        .map_err(|e| format!("--iface-can-reach={ip}: {e}"))?;
+    let link = route
+        .oif
+        .and_then(|o| all.iter().find(|l| l.index == o))
+        .ok_or_else(|| format!("--iface-can-reach={ip}: the route to it has no interface"))?;
+    Ok((link.clone(), route.src))
+}
+
+/// The interface of the IPv4 default route (of the IPv6 one on an IPv6-only network).
+fn by_default_route(handle: &Handle, all: &[Link], v4: bool) -> Result<Option<Chosen>, String> {
+    let (family, name) = if v4 {
+        (Family::V4, "IPv4")
+    } else {
+        (Family::V6, "IPv6")
+    };
+    let filter = RouteFilter {
+        family: Some(family),
+        table: Some(TABLE_MAIN),
+        oif: None,
+    };
+    let routes = handle.routes(filter).map_err(|e| e.to_string())?;
+    let oif = routes
+        .iter()
+        .filter(|r| r.dst.prefix_len() == 0)
+        .find_map(|r| r.oif)
+        .ok_or_else(|| {
+            format!("no {name} default route to pick the underlay interface from; use --iface")
+        })?;
+    Ok(all
+        .iter()
+        .find(|l| l.index == oif)
+        .map(|l| (l.clone(), None)))
+}
+
+/// The underlay as `choice` says, and its public address of each family the network runs (`want`): the one
+/// given by flag, else the address the choice matched, else the interface's first address of the family.
+pub fn select(handle: &Handle, choice: &Choice, want: Want) -> Result<Underlay, String> {
+    let all = handle.links().map_err(|e| e.to_string())?;
+    let chosen = if choice.is_empty() {
+        by_default_route(handle, &all, want.v4)?
+    } else {
+        match by_iface(handle, &all, &choice.iface)? {
+            Some(c) => Some(c),
+            None => match by_regex(handle, &all, &choice.iface_regex)? {
+                Some(c) => Some(c),
+                None => match choice.can_reach {
+                    Some(ip) => Some(by_route(handle, &all, ip)?),
+                    None => None,
+                },
+            },
+        }
+    };
     let Some((link, by_ip)) = chosen else {
-        return Err("underlay interface not found".into());
+        if choice.is_empty() {
+            return Err("underlay interface not found".into());
+        }
+        let mut tried: Vec<String> = choice
+            .iface
+            .iter()
+            .map(|i| format!("--iface={i}"))
+            .collect();
+        tried.extend(
+            choice
+                .iface_regex
+                .iter()
+                .map(|r| format!("--iface-regex={r}")),
+        );
+        return Err(format!(
+            "no interface matches {}: the interfaces are {}",
+            tried.join(", "),
+            all.iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     };
     let name = link.name.clone();
     let networks = v4_addrs(handle, link.index)?;
