@@ -34,6 +34,10 @@ pub struct Reconciler<B: Backend> {
     /// is programmed from (a node whose key changed, e.g. gained a v6 subnet, may delete its old key after
     /// putting the new one).
     origin: BTreeMap<B::Net, SubnetKey>,
+    /// Valid leases whose subnet another lease already holds (two keys sharing a subnet: two dual-stack nodes
+    /// that picked one subnet at once until the younger gives it up, or a node that re-keys, its new key put
+    /// before the old is deleted). The first stays programmed; one of these takes over when it goes.
+    shadow: BTreeMap<SubnetKey, (B::Net, B::Peer)>,
     /// Whether `peers` came from a full listing. Until then nothing is purged: a restarting daemon must not
     /// tear down the entries of peers it simply has not heard of yet (no lost packets on restart).
     synced: bool,
@@ -65,6 +69,7 @@ impl<B: Backend> Reconciler<B> {
             own,
             peers: BTreeMap::new(),
             origin: BTreeMap::new(),
+            shadow: BTreeMap::new(),
             slot,
             synced: false,
             expect,
@@ -142,6 +147,21 @@ impl<B: Backend> Reconciler<B> {
         self.peers.insert(s, p)
     }
 
+    /// Into the table, or into the shadow when another lease holds the subnet.
+    fn table_insert(&mut self, key: SubnetKey, s: B::Net, p: B::Peer) {
+        if self.origin.get(&s).is_some_and(|k| *k != key) {
+            self.shadow.insert(key, (s, p));
+        } else {
+            self.insert_peer(key, s, p);
+        }
+    }
+
+    /// A shadowed lease of subnet `s`, taken out of the shadow.
+    fn heir_of(&mut self, s: B::Net) -> Option<(SubnetKey, B::Peer)> {
+        let key = *self.shadow.iter().find(|(_, (t, _))| *t == s)?.0;
+        self.shadow.remove(&key).map(|(_, p)| (key, p))
+    }
+
     fn remove_peer_entry(&mut self, s: &B::Net) -> Option<B::Peer> {
         self.origin.remove(s);
         self.peers.remove(s)
@@ -196,7 +216,7 @@ impl<B: Backend> Reconciler<B> {
             LeaseEvent::Refill(leases) => {
                 for l in &leases {
                     if let Some((s, p)) = self.peer_of(l) {
-                        self.insert_peer(l.key, s, p);
+                        self.table_insert(l.key, s, p);
                     }
                 }
                 self.publish_invalid();
@@ -212,9 +232,10 @@ impl<B: Backend> Reconciler<B> {
                 self.invalid.retain(|s| listed.contains(s));
                 self.peers.clear();
                 self.origin.clear();
+                self.shadow.clear();
                 for l in &leases {
                     if let Some((s, p)) = self.peer_of(l) {
-                        self.insert_peer(l.key, s, p);
+                        self.table_insert(l.key, s, p);
                     }
                 }
                 for g in &garbled {
@@ -233,6 +254,24 @@ impl<B: Backend> Reconciler<B> {
                 };
                 let new = self.peer_of(&lease).map(|(_, p)| p);
                 self.publish_invalid();
+                if self.origin.get(&subnet).is_some_and(|k| *k != lease.key) {
+                    // Another lease holds the subnet: it stays programmed, this one waits in the shadow.
+                    match new {
+                        Some(p) => {
+                            eprintln!(
+                                "twilld: lease {} shares {subnet} with lease {}: kept aside while that one holds it",
+                                lease.key,
+                                self.origin.get(&subnet).map(|k| k.to_string()).unwrap_or_default()
+                            );
+                            self.shadow.insert(lease.key, (subnet, p));
+                        }
+                        None => {
+                            self.shadow.remove(&lease.key);
+                        }
+                    }
+                    return true;
+                }
+                self.shadow.remove(&lease.key);
                 let old = match &new {
                     Some(p) => self.insert_peer(lease.key, subnet, p.clone()),
                     None => self.remove_peer_entry(&subnet),
@@ -272,14 +311,48 @@ impl<B: Backend> Reconciler<B> {
             LeaseEvent::Removed(key) => {
                 self.publish_invalid();
                 let mut ok = true;
+                self.shadow.remove(&key);
                 let subnet = B::Net::of_key(&key).filter(|s| self.origin.get(s) == Some(&key));
                 if let Some(subnet) = subnet {
-                    if let (Some(old), Some(dev)) = (self.remove_peer_entry(&subnet), self.dev) {
-                        if let Err(e) = self.backend.remove_peer(dev, subnet, &old).await {
-                            self.count_netlink_error(&e);
-                            ok = false;
+                    let old = self.remove_peer_entry(&subnet);
+                    let heir = self.heir_of(subnet);
+                    if let Some((k, p)) = &heir {
+                        self.insert_peer(*k, subnet, p.clone());
+                    }
+                    if let Some(dev) = self.dev {
+                        let errors = match (&old, &heir) {
+                            (Some(old), Some((_, new))) => {
+                                self.backend.update_peer(dev, subnet, old, new).await
+                            }
+                            (None, Some((_, new))) => self
+                                .backend
+                                .add_peer(dev, subnet, new)
+                                .await
+                                .err()
+                                .into_iter()
+                                .collect(),
+                            (Some(old), None) => self
+                                .backend
+                                .remove_peer(dev, subnet, old)
+                                .await
+                                .err()
+                                .into_iter()
+                                .collect(),
+                            (None, None) => Vec::new(),
+                        };
+                        for e in &errors {
+                            self.count_netlink_error(e);
                         }
-                        eprintln!("twilld: peer {subnet} at {old} removed");
+                        ok = errors.is_empty();
+                        match (&old, &heir) {
+                            (_, Some((k, p))) => {
+                                eprintln!("twilld: peer {subnet} at {p} (lease {k}) programmed")
+                            }
+                            (Some(old), None) => {
+                                eprintln!("twilld: peer {subnet} at {old} removed")
+                            }
+                            (None, None) => {}
+                        }
                     }
                 }
                 ok

@@ -475,17 +475,35 @@ fn ipv6_benchmark() {
             .collect();
         let _daemons: Vec<Twilld> = nodes.iter().map(|n| n.start_twilld(&args)).collect();
         let peers = usize::from(size) - 1;
+        // The device appears only once the node has its lease: until then, no routes.
         let v6_routes = |n: &Node| {
-            n.ip(&["-6", "route", "show", "dev", "flannel-v6.1"])
-                .lines()
-                .filter(|l| l.contains(" via "))
-                .count()
+            String::from_utf8_lossy(
+                &n.ns
+                    .exec(&["ip", "-6", "route", "show", "dev", "flannel-v6.1"])
+                    .stdout,
+            )
+            .lines()
+            .filter(|l| l.contains(" via "))
+            .count()
         };
         assert!(
             wait_until(Duration::from_secs(60), || nodes
                 .iter()
                 .all(|n| v6_routes(n) == peers)),
-            "dual-stack cluster of {size} did not converge"
+            "dual-stack cluster of {size} did not converge; node1:\n{}\n{}\n{}\n{:?}\n{}",
+            nodes[0].ip(&["-6", "route"]),
+            nodes[0].ip(&["-6", "neigh", "show", "dev", "flannel-v6.1"]),
+            String::from_utf8_lossy(
+                &nodes[0]
+                    .ns
+                    .exec(&["bridge", "fdb", "show", "dev", "flannel-v6.1"])
+                    .stdout
+            ),
+            etcd.get_prefix("/coreos.com/network/subnets/")
+                .iter()
+                .map(|(k, _)| k.rsplit('/').next().unwrap_or_default().to_string())
+                .collect::<Vec<_>>(),
+            _daemons[0].log_text()
         );
         let mon = RouteMonitors::start(nodes.iter().map(|n| &n.ns));
         let (mut add, mut del) = (Vec::new(), Vec::new());

@@ -159,6 +159,9 @@ pub async fn acquire(
             },
         };
         if let Some(id) = registry.create(&pick, attrs, ttl).await? {
+            if lost_race(registry, &pick).await? {
+                continue;
+            }
             return Ok(HeldLease {
                 key: pick,
                 lease_id: id,
@@ -166,6 +169,40 @@ pub async fn acquire(
         }
     }
     Err(AcquireError::TooManyRaces)
+}
+
+/// A dual-stack key is unique only as a pair: the create-if-absent transaction keeps two nodes from one key,
+/// not from one IPv4 (or IPv6) subnet under two keys (two nodes picking the same IPv4 subnet, each with
+/// another IPv6 one, or the same subnet from stale subnet.env files). So after creating one, the keys are
+/// listed again: if an older key shares a subnet with ours, ours came second and is deleted (a node that
+/// created the older key later sees ours as younger and keeps its own, so exactly one of them yields).
+async fn lost_race(registry: &mut Registry, ours: &SubnetKey) -> Result<bool, AcquireError> {
+    if ours.v4.is_none() || ours.v6.is_none() {
+        return Ok(false);
+    }
+    let keys = registry.creation_revisions().await?;
+    let Some(created) = keys.iter().find(|(k, _)| k == ours).map(|(_, r)| *r) else {
+        // Gone already (expired or deleted by hand): start over.
+        return Ok(true);
+    };
+    if !older_overlap(&keys, ours, created) {
+        return Ok(false);
+    }
+    eprintln!(
+        "twilld: lease {ours} shares a subnet with an older lease: giving it up and picking again"
+    );
+    registry.delete_created_at(ours, created).await?;
+    Ok(true)
+}
+
+/// Whether a key created before `created` shares a subnet of either family with `ours`.
+fn older_overlap(keys: &[(SubnetKey, i64)], ours: &SubnetKey, created: i64) -> bool {
+    keys.iter().any(|(k, rev)| {
+        k != ours
+            && *rev < created
+            && (ours.v4.zip(k.v4).is_some_and(|(a, b)| a.overlaps(&b))
+                || ours.v6.zip(k.v6).is_some_and(|(a, b)| a.overlaps(&b)))
+    })
 }
 
 pub fn random_u64() -> u64 {
@@ -244,6 +281,29 @@ mod tests {
             &leases,
             "fd00::/120".parse::<ipnet::Ipv6Net>().unwrap()
         ));
+    }
+
+    #[test]
+    fn of_two_dual_stack_keys_sharing_a_subnet_the_younger_yields() {
+        let key = |v4: &str, v6: &str| SubnetKey {
+            v4: Some(v4.parse().unwrap()),
+            v6: Some(v6.parse().unwrap()),
+        };
+        let a = key("10.244.1.0/24", "fd00::/64");
+        let b = key("10.244.1.0/24", "fd00:0:0:1::/64");
+        let c = key("10.244.2.0/24", "fd00::/64");
+        let d = key("10.244.3.0/24", "fd00:0:0:3::/64");
+        let keys = vec![(a, 5), (b, 7), (c, 9), (d, 11)];
+        assert!(!older_overlap(&keys, &a, 5));
+        assert!(
+            older_overlap(&keys, &b, 7),
+            "same IPv4 subnet, created later"
+        );
+        assert!(
+            older_overlap(&keys, &c, 9),
+            "same IPv6 subnet, created later"
+        );
+        assert!(!older_overlap(&keys, &d, 11));
     }
 
     #[test]

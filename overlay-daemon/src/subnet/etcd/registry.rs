@@ -227,6 +227,42 @@ impl Registry {
         Ok(())
     }
 
+    /// Every subnet key with the revision that created it (keys only, no values).
+    pub async fn creation_revisions(&mut self) -> Result<Vec<(SubnetKey, i64)>> {
+        let resp = self
+            .client
+            .get(
+                self.subnets_prefix(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await
+            .map_err(etcd("list lease keys"))?;
+        self.epoch.observe(resp.header());
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = parse_subnet_key(&String::from_utf8_lossy(kv.key()))?;
+                Some((key, kv.create_revision()))
+            })
+            .collect())
+    }
+
+    /// Deletes our key only if it is still the one created at `created` (a key re-created since is not ours
+    /// to delete).
+    pub async fn delete_created_at(&mut self, subnet: &SubnetKey, created: i64) -> Result<()> {
+        let key = self.lease_key(subnet);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                created,
+            )])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        self.client.txn(txn).await.map_err(etcd("delete lease"))?;
+        Ok(())
+    }
+
     /// Watches `<prefix>/subnets/` from `revision` (inclusive).
     pub async fn watch(&mut self, revision: i64) -> Result<WatchStream> {
         let opts = WatchOptions::new()
