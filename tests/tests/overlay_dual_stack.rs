@@ -226,3 +226,72 @@ fn mixed_dual_stack_cluster_with_flanneld_reaches_every_pod_over_both_families()
     c.assert_matrix(true);
     c.assert_matrix(false);
 }
+
+/// Eight nodes start at once on a dual-stack network with room for twelve: random picks collide often, and a
+/// dual-stack key is unique only as a pair, so two nodes could end up with one IPv4 (or IPv6) subnet under two
+/// keys. They never do: every node gets its own subnet in each family, and each subnet.env matches a lease.
+#[test]
+fn simultaneous_dual_stack_joins_never_share_a_subnet_of_either_family() {
+    use std::collections::BTreeSet;
+    use twill_tests::cluster::{Node, Switch, Twilld, TwilldArgs};
+    const NARROW: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.12.0","EnableIPv6":true,"IPv6Network":"fd00:42::/56","IPv6SubnetMin":"fd00:42:0:1::","IPv6SubnetMax":"fd00:42:0:c::"}"#;
+    let switch = Switch::with_prefix("dsj");
+    let etcd = switch.start_etcd();
+    etcd.put(twill_tests::dual_stack::CONFIG_KEY, NARROW);
+    let nodes: Vec<Node> = (1..=8)
+        .map(|i| {
+            let n = switch.add_node(i);
+            let a = format!("{}/64", underlay_ip6(i));
+            n.ip(&["addr", "add", &a, "dev", "eth0", "nodad"]);
+            n
+        })
+        .collect();
+    let args = TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: Vec::new(),
+    };
+    let daemons: Vec<Twilld> = nodes.iter().map(|n| n.start_twilld(&args)).collect();
+    let env = |n: &Node| std::fs::read_to_string(n.subnet_file()).unwrap_or_default();
+    let logs = || {
+        daemons
+            .iter()
+            .map(|d| d.log_text())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || nodes.iter().all(|n| env_value(
+            &env(n),
+            "FLANNEL_IPV6_SUBNET"
+        )
+        .is_some())),
+        "not every node got a subnet\n{}",
+        logs()
+    );
+    let leases = etcd.get_prefix(twill_tests::dual_stack::SUBNETS);
+    assert_eq!(leases.len(), nodes.len(), "{leases:?}\n{}", logs());
+    let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+    for (key, _) in &leases {
+        let name = key.rsplit('/').next().unwrap_or_default();
+        let (a, b) = name.split_once('&').unwrap_or((name, ""));
+        assert!(
+            v4.insert(a.to_string()),
+            "IPv4 subnet {a} held twice: {leases:?}"
+        );
+        assert!(
+            v6.insert(b.to_string()),
+            "IPv6 subnet {b} held twice: {leases:?}"
+        );
+    }
+    for n in &nodes {
+        let e = env(n);
+        let sub6 = env_value(&e, "FLANNEL_IPV6_SUBNET").unwrap_or_default();
+        let net6 = sub6.replace("::1/", "::-");
+        assert!(
+            v6.contains(&net6),
+            "{}: {sub6} is no lease's: {leases:?}",
+            n.name()
+        );
+    }
+}
