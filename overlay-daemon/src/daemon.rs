@@ -61,7 +61,7 @@ pub fn log(msg: impl std::fmt::Display) {
 struct Start {
     opts: Options,
     metrics: Arc<Metrics>,
-    handle: rtnetlink::Handle,
+    handle: twill_kernel::Handle,
     underlay: Underlay,
     subnets: EtcdManager,
     cfg: NetworkConfig,
@@ -117,10 +117,8 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         });
     }
 
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| format!("opening netlink socket: {e}"))?;
-    tokio::spawn(conn);
-    let underlay = iface::select(&handle, &opts.iface, opts.public_ip).await?;
+    let handle = twill_kernel::Handle::current().map_err(|e| e.to_string())?;
+    let underlay = iface::select(&handle, &opts.iface, opts.public_ip)?;
     log(format!(
         "underlay {} (index {}, mtu {}), public IP {}",
         underlay.name, underlay.index, underlay.mtu, underlay.public_ip
@@ -265,21 +263,18 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         port: cfg.backend.port,
         learning: cfg.backend.learning,
         gbp: cfg.backend.gbp,
-        local: underlay.public_ip,
+        local: underlay.public_ip.into(),
         underlay_index: underlay.index,
         mtu: outer_mtu - 50,
         mac: identity.mac(),
-        address: std::net::Ipv4Addr::UNSPECIFIED,
-        network: cfg.network,
+        address: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        network: cfg.network.into(),
     };
     let vxlan = Vxlan::new(handle.clone());
-    let existing = vxlan
-        .compatible_device_mac(&probe)
-        .await
-        .unwrap_or_else(|e| {
-            log(format!("{e}: deriving the VTEP MAC"));
-            None
-        });
+    let existing = vxlan.compatible_device_mac(&probe).unwrap_or_else(|e| {
+        log(format!("{e}: deriving the VTEP MAC"));
+        None
+    });
     let kept = existing.is_some_and(|(_, m)| identity.keep_existing(m, &leases));
     let mac = identity.mac();
     if kept {
@@ -294,7 +289,7 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         ));
         // The device gets the new MAC before the lease publishes it. Best effort: the reconciler sets it
         // again (or recreates the device) right after the lease.
-        if let Err(e) = vxlan.set_link_mac(index, mac).await {
+        if let Err(e) = vxlan.set_link_mac(index, mac) {
             log(e);
         }
     }
@@ -319,7 +314,7 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
 
     let spec = DeviceSpec {
         mac,
-        address: own.subnet.network(),
+        address: own.subnet.network().into(),
         ..probe
     };
     let backend = VxlanBackend::new(
