@@ -217,10 +217,7 @@ impl Vxlan {
             Some(m) if Self::compatible(&m, spec) => m,
             other => {
                 if let Some(m) = other {
-                    eprintln!(
-                        "twilld: {} exists with other settings: recreating it",
-                        spec.name
-                    );
+                    tracing::info!("{} exists with other settings: recreating it", spec.name);
                     gone_ok(
                         self.handle.link().del(m.header.index).execute().await,
                         || format!("deleting incompatible {}", spec.name),
