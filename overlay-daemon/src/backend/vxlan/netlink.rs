@@ -13,7 +13,6 @@ use twill_kernel::{
     RouteScope, RouteType, VxlanSpec, TABLE_MAIN,
 };
 
-use crate::daemon::log;
 use crate::subnet::lease::VtepMac;
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -149,10 +148,7 @@ impl Vxlan {
             Some(l) if spec.compatible(&l) => (l, false),
             other => {
                 if let Some(l) = other {
-                    log(format!(
-                        "{} exists with other settings: recreating it",
-                        spec.name
-                    ));
+                    tracing::info!("{} exists with other settings: recreating it", spec.name);
                     gone_ok(self.handle.delete_link(l.index))?;
                 }
                 let link = self.handle.create_vxlan(&spec.vxlan())?;
