@@ -1,5 +1,6 @@
 //! Synchronous kernel operations shared by every twill plugin binary and the tests: network
-//! namespaces, links (bridge, veth, vxlan), addresses, routes, neighbours/FDB and sysctls, over
+//! namespaces, links (bridge, veth, vxlan, ifb), addresses, routes, neighbours/FDB, sysctls and
+//! traffic control (tbf, ingress, u32 redirect), over
 //! one NETLINK_ROUTE socket per namespace. No async runtime: plugins are short-lived processes.
 //!
 //! ```no_run
@@ -22,6 +23,7 @@
 pub mod address;
 pub mod error;
 pub mod handle;
+pub mod ifb;
 pub mod link;
 pub mod mac;
 pub mod names;
@@ -30,10 +32,12 @@ pub mod netns;
 pub mod nl;
 pub mod route;
 pub mod sysctl;
+pub mod tc;
 
 pub use address::{Address, AddressOptions, Family};
 pub use error::{Error, Result};
 pub use handle::Handle;
+pub use ifb::Ifb;
 pub use link::{
     BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethOptions, VethSpec,
     VlanOn, VxlanSpec,

@@ -143,7 +143,7 @@ pub enum VlanOn {
     BridgeItself,
 }
 
-fn new_link_message(index: u32) -> LinkMessage {
+pub(crate) fn new_link_message(index: u32) -> LinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg
@@ -157,7 +157,12 @@ fn up_flags(msg: &mut LinkMessage, up: bool) {
 }
 
 /// The part every new link's request shares: name, optional MTU and MAC, optionally up at once.
-fn named_link_message(name: &str, mtu: Option<u32>, mac: Option<MacAddr>, up: bool) -> LinkMessage {
+pub(crate) fn named_link_message(
+    name: &str,
+    mtu: Option<u32>,
+    mac: Option<MacAddr>,
+    up: bool,
+) -> LinkMessage {
     let mut msg = new_link_message(0);
     up_flags(&mut msg, up);
     msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -392,7 +397,7 @@ impl Handle {
 
     /// Creates a link (with NLM_F_ECHO, so the kernel returns it in the same round trip on kernels
     /// that honour echo for RTM_NEWLINK, 6.1+; older ones cost one lookup).
-    fn create_link(
+    pub(crate) fn create_link(
         &self,
         msg: LinkMessage,
         name: &str,
