@@ -42,6 +42,14 @@ const PLUGINS: &[Plugin] = &[
         name: "flannel",
         opens_netns: false,
     },
+    Plugin {
+        name: "bandwidth",
+        opens_netns: true,
+    },
+    Plugin {
+        name: "firewall",
+        opens_netns: false,
+    },
 ];
 
 /// What a row expects.
@@ -186,6 +194,15 @@ fn minimal_config(plugin: &str, scratch: &Path) -> Value {
         }
         "portmap" => {
             conf["capabilities"] = json!({"portMappings": true});
+            conf["prevResult"] = prev;
+        }
+        "bandwidth" => {
+            conf["ingressRate"] = json!(1_000_000);
+            conf["ingressBurst"] = json!(100_000);
+            conf["prevResult"] = prev;
+        }
+        "firewall" => {
+            conf["backend"] = json!("iptables");
             conf["prevResult"] = prev;
         }
         "flannel" => {
@@ -454,7 +471,15 @@ fn names_are_validated_like(r: twill_tests::bins::Reference) {
 /// `v<version>, commit <id>` (`unknown` outside `scripts/release.sh`). VERSION keeps to the spec's two keys.
 #[test]
 fn about_line_names_the_version_and_commit_and_version_keeps_to_the_spec() {
-    for plugin in ["bridge", "loopback", "portmap", "flannel", "host-local"] {
+    for plugin in [
+        "bridge",
+        "loopback",
+        "portmap",
+        "flannel",
+        "host-local",
+        "bandwidth",
+        "firewall",
+    ] {
         let about = Invocation::new(bin(plugin), "ADD").command(None).run();
         assert!(about.success(), "{plugin}: {}", about.describe());
         let first = about.stderr.lines().next().unwrap_or_default().to_string();
