@@ -8,6 +8,7 @@ pub mod flannel;
 pub mod floor;
 pub mod host_local;
 pub mod loopback;
+pub mod meta;
 pub mod portmap;
 pub mod runtimes;
 pub mod scale;
@@ -98,6 +99,16 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "portmap",
             about: "bridge+portmap (2 mappings) ADD+DEL ours vs reference; rows: portmap alone, exec floor",
             run: portmap::run,
+        },
+        Scenario {
+            name: "bandwidth",
+            about: "bandwidth ADD and DEL (ingress+egress) on a fresh veth, ours vs reference",
+            run: meta::run_bandwidth,
+        },
+        Scenario {
+            name: "firewall",
+            about: "firewall ADD and DEL (iptables, dual stack), ours vs reference",
+            run: meta::run_firewall,
         },
     ]
 }
