@@ -260,6 +260,13 @@ fn same_as_reference_top_level_keys_override_runtime_config() {
 }
 
 #[test]
+fn same_as_reference_keys_match_ignoring_case_as_in_go() {
+    differential(
+        json!({"runtimeConfig": {"bandWidth": {"IngressRate": 800_000, "ingressburst": 200_000}}}),
+    );
+}
+
+#[test]
 fn same_as_reference_nothing_to_shape_passes_the_result_through() {
     differential(json!({"runtimeConfig": {"bandwidth": {}}}));
 }

@@ -3,6 +3,7 @@
 //! pod annotations path) when the top level has none of them.
 
 use serde::Deserialize;
+use serde_json::{Map, Value};
 use twill_cni::{Error, NetConf, Result};
 
 /// The four keys the reference reads at the top level.
@@ -52,25 +53,45 @@ fn shape(rate_bits: u64, burst_bits: u64) -> Option<Shape> {
     })
 }
 
+/// `map[name]`, else the first key equal to `name` ignoring ASCII case: the reference decodes with
+/// Go's encoding/json, which matches keys that way, and configs in the wild rely on it (the reference
+/// project's own integration tests spell the capability `bandWidth`).
+fn get_fold<'a>(map: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    map.get(name)
+        .or_else(|| {
+            map.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+        .filter(|v| !v.is_null())
+}
+
+/// An entry object with its keys matched as Go matches them.
+fn entry(v: &Value) -> Result<Limits> {
+    let Value::Object(m) = v else {
+        return twill_cni::config::parse_value::<Limits>(v);
+    };
+    let mut folded = Map::new();
+    for k in KEYS {
+        if let Some(val) = get_fold(m, k) {
+            folded.insert(k.to_string(), val.clone());
+        }
+    }
+    twill_cni::config::parse_value::<Limits>(&Value::Object(folded))
+}
+
 /// The limits this request asks for: the top-level entry when any of its keys is present (as the
 /// reference's embedded struct decodes), else `runtimeConfig.bandwidth`; validated.
 pub fn limits(conf: &NetConf) -> Result<Option<Limits>> {
-    let limits = if KEYS.iter().any(|k| conf.raw.contains_key(*k)) {
-        let mut top = serde_json::Map::new();
-        for k in KEYS {
-            if let Some(v) = conf.get(k) {
-                top.insert(k.to_string(), v.clone());
-            }
-        }
-        Some(twill_cni::config::parse_value::<Limits>(
-            &serde_json::Value::Object(top),
-        )?)
+    let top_level = KEYS
+        .iter()
+        .any(|k| conf.raw.keys().any(|have| have.eq_ignore_ascii_case(k)));
+    let limits = if top_level {
+        Some(entry(&Value::Object(conf.raw.clone()))?)
     } else {
-        match conf.runtime_config("bandwidth") {
-            Some(v) => Some(
-                twill_cni::config::parse_value::<Limits>(v)
-                    .map_err(|e| e.context("runtimeConfig.bandwidth"))?,
-            ),
+        let rc = get_fold(&conf.raw, "runtimeConfig").and_then(Value::as_object);
+        match rc.and_then(|rc| get_fold(rc, "bandwidth")) {
+            Some(v) => Some(entry(v).map_err(|e| e.context("runtimeConfig.bandwidth"))?),
             None => None,
         }
     };
@@ -157,6 +178,17 @@ mod tests {
             let e = limits(&conf(bad.clone())).unwrap_err();
             assert_eq!(e.code, 7, "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn keys_match_ignoring_case_as_go_decodes_them() {
+        let c = conf(
+            json!({"runtimeConfig": {"bandWidth": {"ingressRate": 800, "INGRESSBURST": 200}}}),
+        );
+        let l = limits(&c).unwrap().unwrap();
+        assert_eq!((l.ingress_rate, l.ingress_burst), (800, 200));
+        let c = conf(json!({"IngressRate": 8000, "ingressBurst": 800}));
+        assert_eq!(limits(&c).unwrap().unwrap().ingress_rate, 8000);
     }
 
     #[test]
