@@ -336,6 +336,21 @@ fn failed_add_rolls_back_the_qdiscs() {
     assert_eq!(twin.redirect(), None, "a failed ADD left a filter behind");
 }
 
+#[test]
+fn failed_add_keeps_qdiscs_it_did_not_make() {
+    require_root();
+    let twin = Twin::new();
+    let conf = twin.conf(json!({"ingressRate": 1_000_000, "ingressBurst": 100_000,
+        "egressRate": 2_000_000, "egressBurst": 200_000}));
+    // Someone else's ingress qdisc: our redirect cannot go in, the token buckets already did.
+    twin.node
+        .exec_ok(&["tc", "qdisc", "add", "dev", HOST_VETH, "ingress"]);
+    let before = twin.qdiscs();
+    twin.add(&ours(), &conf).assert_any_error();
+    assert_eq!(twin.qdiscs(), before, "ours must go, theirs must stay");
+    assert!(twin.ifbs().is_empty(), "ifb left: {:?}", twin.ifbs());
+}
+
 /// The ifb name of (NET, CID), read from what the reference creates.
 fn twin_ifb_name() -> String {
     let twin = Twin::new();

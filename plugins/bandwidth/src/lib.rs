@@ -157,41 +157,80 @@ impl Plugin for Bandwidth {
         let host = Handle::current().context("netlink socket")?;
         let veth = host_interface(req, &result, &host)?;
         let ticks = twill_kernel::tc::ticks_per_usec();
+        let network = req.config.name.as_str();
+        let cid = req.container_id()?.as_str();
         let mut undo = Undo::new();
-        if let Some(shape) = limits.ingress() {
-            host.add_tbf_root(veth.index, ROOT_HANDLE, &tbf::tbf(shape, ticks))
-                .context(format!("create ingress qdisc on {}", veth.name))?;
-            let (h, index) = (&host, veth.index);
-            undo.push("delete root qdisc", move || {
-                h.delete_qdisc(index, TcHandle::ROOT)
-                    .context("delete root qdisc")
+        let ifb = match limits.egress() {
+            Some(_) => {
+                let name = ifb_name(network, cid);
+                let ifb = host
+                    .create_ifb(&name, veth.mtu)
+                    .context(format!("adding link {name}"))?;
+                let (h, n) = (&host, name.clone());
+                undo.push("delete ifb", move || delete_ifb(h, &n));
+                result.interfaces.push(Interface {
+                    name,
+                    mac: ifb.mac.map(|m| m.to_string()),
+                    ..Default::default()
+                });
+                Some(ifb)
+            }
+            None => None,
+        };
+        // Two independent halves, each a few kernel round trips that wait on the kernel more than they
+        // compute: the token buckets (and the ifb's alias) on a second socket, the redirect on this one.
+        let root_made = std::sync::atomic::AtomicBool::new(false);
+        let mut ingress_made = false;
+        let (buckets, redirect) = std::thread::scope(|s| {
+            let worker = s.spawn(|| -> Result<()> {
+                let h = Handle::current().context("netlink socket")?;
+                if let Some(shape) = limits.ingress() {
+                    h.add_tbf_root(veth.index, ROOT_HANDLE, &tbf::tbf(shape, ticks))
+                        .context(format!("create ingress qdisc on {}", veth.name))?;
+                    root_made.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                if let (Some(shape), Some(ifb)) = (limits.egress(), &ifb) {
+                    h.add_tbf_root(ifb.index, ROOT_HANDLE, &tbf::tbf(shape, ticks))
+                        .context(format!("create ifb qdisc on {}", ifb.name))?;
+                    h.set_link_alias(ifb.index, &alias(network, cid))
+                        .context(format!("label {}", ifb.name))?;
+                }
+                Ok(())
             });
-        }
-        if let Some(shape) = limits.egress() {
-            let network = req.config.name.as_str();
-            let cid = req.container_id()?.as_str();
-            let name = ifb_name(network, cid);
-            let ifb = host
-                .create_ifb(&name, veth.mtu, Some(&alias(network, cid)))
-                .context(format!("adding link {name}"))?;
-            let (h, n) = (&host, name.clone());
-            undo.push("delete ifb", move || delete_ifb(h, &n));
-            result.interfaces.push(Interface {
-                name: name.clone(),
-                mac: ifb.mac.map(|m| m.to_string()),
-                ..Default::default()
-            });
-            host.add_ingress_qdisc(veth.index)
-                .context(format!("create ingress qdisc on {}", veth.name))?;
-            let (h, index) = (&host, veth.index);
-            undo.push("delete ingress qdisc", move || {
-                h.delete_qdisc(index, TcHandle::INGRESS)
-                    .context("delete ingress qdisc")
-            });
-            host.add_redirect_filter(veth.index, INGRESS_HANDLE, FILTER_PRIO, CLASS_ID, ifb.index)
-                .context(format!("add filter redirecting {} to {name}", veth.name))?;
-            host.add_tbf_root(ifb.index, ROOT_HANDLE, &tbf::tbf(shape, ticks))
-                .context(format!("create ifb qdisc on {name}"))?;
+            let redirect = match &ifb {
+                Some(ifb) => host
+                    .add_ingress_qdisc(veth.index)
+                    .context(format!("create ingress qdisc on {}", veth.name))
+                    .and_then(|()| {
+                        ingress_made = true;
+                        host.add_redirect_filter(
+                            veth.index,
+                            INGRESS_HANDLE,
+                            FILTER_PRIO,
+                            CLASS_ID,
+                            ifb.index,
+                        )
+                        .context(format!(
+                            "add filter redirecting {} to {}",
+                            veth.name, ifb.name
+                        ))
+                    }),
+                None => Ok(()),
+            };
+            let buckets = worker
+                .join()
+                .unwrap_or_else(|_| Err(Error::failed("bandwidth worker panicked")));
+            (buckets, redirect)
+        });
+        if let Err(e) = buckets.and(redirect) {
+            // What we put on the veth goes now; the ifb (and its qdisc) with the undo list.
+            if root_made.into_inner() {
+                let _ = host.delete_qdisc(veth.index, TcHandle::ROOT);
+            }
+            if ingress_made {
+                let _ = host.delete_qdisc(veth.index, TcHandle::INGRESS);
+            }
+            return Err(e);
         }
         undo.commit();
         Ok(result)

@@ -91,19 +91,49 @@ fn of_family(ips: &[IpAddr], family: IpFamily) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Runs `f` for both families at once (ip and ip6 tables are independent, and each family costs a
+/// listing and a restore exec), returning each family's outcome in [`FAMILIES`] order.
+fn per_family<T: Send>(f: impl Fn(IpFamily) -> Result<T> + Sync) -> [Result<T>; 2] {
+    std::thread::scope(|s| {
+        let v6 = s.spawn(|| f(IpFamily::V6));
+        let v4 = f(IpFamily::V4);
+        let v6 = v6
+            .join()
+            .unwrap_or_else(|_| Err(Error::failed("IPv6 firewall worker panicked")));
+        [v4, v6]
+    })
+}
+
+fn joined(results: [Result<()>; 2], what: &str) -> Result<()> {
+    let errors: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err())
+        .map(|e| e.msg)
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::failed(format!("{what}: {}", errors.join("; "))))
+    }
+}
+
 fn add_backend(backend: Backend, conf: &FirewallConf, owner: &Owner, ips: &[IpAddr]) -> Result<()> {
     match backend {
         Backend::Firewalld => firewalld::add(&conf.zone, ips),
         Backend::Nftables => nftables::add(owner, &conf.admin_chain, ips),
         Backend::Iptables | Backend::Auto => {
-            for (n, family) in FAMILIES.into_iter().enumerate() {
-                if let Err(e) = iptables::add(owner, &conf.admin_chain, &of_family(ips, family)) {
-                    // The other family's rules must not outlive a failed ADD.
-                    for done in &FAMILIES[..n] {
-                        let _ = iptables::del(*done, owner, &[]);
+            let results = per_family(|family| {
+                iptables::add(owner, &conf.admin_chain, &of_family(ips, family))
+            });
+            if results.iter().any(|r| r.is_err()) {
+                // A family whose rules went in must not keep them after a failed ADD.
+                for (family, r) in FAMILIES.into_iter().zip(&results) {
+                    if r.is_ok() {
+                        let _ = iptables::del(family, owner, &[]);
                     }
-                    return Err(e);
                 }
+                let [v4, v6] = results;
+                return v4.and(v6);
             }
             Ok(())
         }
@@ -114,22 +144,11 @@ fn del_backend(backend: Backend, conf: &FirewallConf, owner: &Owner, ips: &[IpAd
     match backend {
         Backend::Firewalld => firewalld::del(&conf.zone, ips),
         Backend::Nftables => nftables::del(owner),
-        Backend::Iptables | Backend::Auto => {
-            // Both families are always tried; a failure in one does not stop the other.
-            let errors: Vec<String> = FAMILIES
-                .into_iter()
-                .filter_map(|f| iptables::del(f, owner, ips).err())
-                .map(|e| e.msg)
-                .collect();
-            if errors.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::failed(format!(
-                    "firewall DEL: {}",
-                    errors.join("; ")
-                )))
-            }
-        }
+        // Both families are always tried; a failure in one does not stop the other.
+        Backend::Iptables | Backend::Auto => joined(
+            per_family(|family| iptables::del(family, owner, ips)),
+            "firewall DEL",
+        ),
     }
 }
 
@@ -190,10 +209,10 @@ impl Plugin for Firewall {
             Backend::Firewalld => firewalld::check(&conf.zone, &ips),
             Backend::Nftables => nftables::check(&owner, &conf.admin_chain, &ips),
             Backend::Iptables | Backend::Auto => {
-                for family in FAMILIES {
-                    iptables::check(&owner, &conf.admin_chain, &of_family(&ips, family))?;
-                }
-                Ok(())
+                let [v4, v6] = per_family(|family| {
+                    iptables::check(&owner, &conf.admin_chain, &of_family(&ips, family))
+                });
+                v4.and(v6)
             }
         }
     }
@@ -236,18 +255,10 @@ impl Plugin for Firewall {
             // firewalld zone sources carry no owner; nothing to collect.
             Backend::Firewalld => Ok(()),
             Backend::Nftables => nftables::gc(network, &keep),
-            Backend::Iptables | Backend::Auto => {
-                let errors: Vec<String> = FAMILIES
-                    .into_iter()
-                    .filter_map(|f| iptables::gc(f, network, &keep).err())
-                    .map(|e| e.msg)
-                    .collect();
-                if errors.is_empty() {
-                    Ok(())
-                } else {
-                    Err(Error::failed(format!("firewall GC: {}", errors.join("; "))))
-                }
-            }
+            Backend::Iptables | Backend::Auto => joined(
+                per_family(|family| iptables::gc(family, network, &keep)),
+                "firewall GC",
+            ),
         }
     }
 }

@@ -20,26 +20,24 @@ pub struct Ifb {
 
 impl Handle {
     /// Creates an ifb device, up, with `mtu` and a zero transmit queue length (the ifb only
-    /// forwards; its root qdisc does the queueing), then labels it with `alias`.
-    pub fn create_ifb(&self, name: &str, mtu: u32, alias: Option<&str>) -> Result<Link> {
+    /// forwards; its root qdisc does the queueing).
+    pub fn create_ifb(&self, name: &str, mtu: u32) -> Result<Link> {
         let mut msg = named_link_message(name, Some(mtu), None, true);
         msg.attributes.push(LinkAttribute::TxQueueLen(0));
         msg.attributes
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Ifb)]));
-        let link = self.create_link(msg, name, "create ifb", || name.to_string())?;
-        if let Some(alias) = alias {
-            // RTM_NEWLINK ignores IFLA_IFALIAS when creating a device; only a change sets it.
-            let mut set = new_link_message(link.index);
-            set.attributes
-                .push(LinkAttribute::IfAlias(alias.to_string()));
-            if let Err(e) = self.request(RouteNetlinkMessage::SetLink(set), 0, "set alias", || {
-                name.to_string()
-            }) {
-                let _ = self.delete_link(link.index);
-                return Err(e);
-            }
-        }
-        Ok(link)
+        self.create_link(msg, name, "create ifb", || name.to_string())
+    }
+
+    /// Sets a device's alias (`IFLA_IFALIAS`; RTM_NEWLINK ignores it when creating a device).
+    pub fn set_link_alias(&self, index: u32, alias: &str) -> Result<()> {
+        let mut set = new_link_message(index);
+        set.attributes
+            .push(LinkAttribute::IfAlias(alias.to_string()));
+        self.request(RouteNetlinkMessage::SetLink(set), 0, "set alias", || {
+            format!("ifindex {index}")
+        })
+        .map(|_| ())
     }
 
     /// Every ifb device of the namespace, with its alias.
