@@ -54,7 +54,7 @@ pub fn check_kernel(
     let own_ips = prev.ips.iter().filter(|ip| {
         ip.interface
             .and_then(|i| prev.interfaces.get(i))
-            .map_or(true, |r| r.name == ifname)
+            .is_none_or(|r| r.name == ifname)
     });
     for ip in own_ips.clone() {
         if !addrs.iter().any(|a| a.net == ip.address) {
@@ -86,7 +86,7 @@ pub fn check_kernel(
     let host_end = prev
         .interfaces
         .iter()
-        .filter(|i| i.sandbox.as_deref().map_or(true, str::is_empty))
+        .filter(|i| i.sandbox.as_deref().is_none_or(str::is_empty))
         .filter_map(|i| host.link_by_name(&i.name).ok().map(|l| (i, l)))
         .find(|(_, l)| l.kind.as_deref() == Some("veth") && Some(l.index) == cont.peer_index);
     let Some((host_rec, host_link)) = host_end else {
