@@ -50,6 +50,18 @@ const PLUGINS: &[Plugin] = &[
         name: "firewall",
         opens_netns: false,
     },
+    Plugin {
+        name: "ptp",
+        opens_netns: true,
+    },
+    Plugin {
+        name: "tuning",
+        opens_netns: true,
+    },
+    Plugin {
+        name: "static",
+        opens_netns: false,
+    },
 ];
 
 /// What a row expects.
@@ -204,6 +216,18 @@ fn minimal_config(plugin: &str, scratch: &Path) -> Value {
         "firewall" => {
             conf["backend"] = json!("iptables");
             conf["prevResult"] = prev;
+        }
+        "ptp" => {
+            conf["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "10.250.0.0/24"}]],
+                "dataDir": scratch.join("ipam")});
+        }
+        "tuning" => {
+            conf["dataDir"] = json!(scratch.join("tuning"));
+            conf["mtu"] = json!(1400);
+            conf["prevResult"] = prev;
+        }
+        "static" => {
+            conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.250.0.2/24"}]});
         }
         "flannel" => {
             conf["subnetFile"] = json!(scratch.join("missing/subnet.env"));
@@ -479,6 +503,9 @@ fn about_line_names_the_version_and_commit_and_version_keeps_to_the_spec() {
         "host-local",
         "bandwidth",
         "firewall",
+        "ptp",
+        "tuning",
+        "static",
     ] {
         let about = Invocation::new(bin(plugin), "ADD").command(None).run();
         assert!(about.success(), "{plugin}: {}", about.describe());
