@@ -92,9 +92,9 @@ fn podman_containers_get_twill_networking_and_rm_releases_everything() {
     drop(pm);
 }
 
-/// `podman network create` writes a conflist of `bridge`, `portmap`, `firewall` and `tuning`. twill provides
-/// the first two; `firewall` and `tuning` are not twill plugins, so the reference directory comes second in
-/// `cni_plugin_dirs` and podman finds ours first.
+/// `podman network create` and `network inspect` with twill's directory first in `cni_plugin_dirs` and the
+/// reference's second (a host that keeps the reference plugins installed beside ours); podman finds ours
+/// first for every plugin of the conflist it writes.
 #[test]
 fn podman_network_create_and_inspect_work_with_twill_bridge_and_portmap() {
     let node = Netns::new("pmc");
