@@ -160,6 +160,17 @@ impl Plugin for Bandwidth {
         let network = req.config.name.as_str();
         let cid = req.container_id()?.as_str();
         let mut undo = Undo::new();
+        if limits.egress().is_some() {
+            // The redirect filter's attachment waits for an RCU grace period counted from the ingress
+            // qdisc's creation (the kernel's mini-qdisc swap): start that clock before the other work.
+            host.add_ingress_qdisc(veth.index)
+                .context(format!("create ingress qdisc on {}", veth.name))?;
+            let (h, index) = (&host, veth.index);
+            undo.push("delete ingress qdisc", move || {
+                h.delete_qdisc(index, TcHandle::INGRESS)
+                    .context("delete ingress qdisc")
+            });
+        }
         let ifb = match limits.egress() {
             Some(_) => {
                 let name = ifb_name(network, cid);
@@ -177,10 +188,9 @@ impl Plugin for Bandwidth {
             }
             None => None,
         };
-        // Two independent halves, each a few kernel round trips that wait on the kernel more than they
-        // compute: the token buckets (and the ifb's alias) on a second socket, the redirect on this one.
+        // The token buckets (and the ifb's alias) go in on a second socket while this one waits for the
+        // redirect filter.
         let root_made = std::sync::atomic::AtomicBool::new(false);
-        let mut ingress_made = false;
         let (buckets, redirect) = std::thread::scope(|s| {
             let worker = s.spawn(|| -> Result<()> {
                 let h = Handle::current().context("netlink socket")?;
@@ -199,22 +209,17 @@ impl Plugin for Bandwidth {
             });
             let redirect = match &ifb {
                 Some(ifb) => host
-                    .add_ingress_qdisc(veth.index)
-                    .context(format!("create ingress qdisc on {}", veth.name))
-                    .and_then(|()| {
-                        ingress_made = true;
-                        host.add_redirect_filter(
-                            veth.index,
-                            INGRESS_HANDLE,
-                            FILTER_PRIO,
-                            CLASS_ID,
-                            ifb.index,
-                        )
-                        .context(format!(
-                            "add filter redirecting {} to {}",
-                            veth.name, ifb.name
-                        ))
-                    }),
+                    .add_redirect_filter(
+                        veth.index,
+                        INGRESS_HANDLE,
+                        FILTER_PRIO,
+                        CLASS_ID,
+                        ifb.index,
+                    )
+                    .context(format!(
+                        "add filter redirecting {} to {}",
+                        veth.name, ifb.name
+                    )),
                 None => Ok(()),
             };
             let buckets = worker
@@ -223,12 +228,9 @@ impl Plugin for Bandwidth {
             (buckets, redirect)
         });
         if let Err(e) = buckets.and(redirect) {
-            // What we put on the veth goes now; the ifb (and its qdisc) with the undo list.
+            // The veth's root qdisc is ours to remove only if this ADD made it; the rest is in `undo`.
             if root_made.into_inner() {
                 let _ = host.delete_qdisc(veth.index, TcHandle::ROOT);
-            }
-            if ingress_made {
-                let _ = host.delete_qdisc(veth.index, TcHandle::INGRESS);
             }
             return Err(e);
         }

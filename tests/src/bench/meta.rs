@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{interleaved_each, ratio, row, CniNode, Options, Report};
+use super::{interleaved_each, ratio, row, series, CniNode, Options, Report};
+use std::time::Instant;
+use twill_kernel::tc::{Tbf, TcHandle};
+use twill_kernel::{Handle, NetNs, VethSpec};
 use twill_tests::netns::Netns;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +107,60 @@ impl Side {
     }
 }
 
+/// The kernel's part of bandwidth's ADD and DEL, done in-process one request after another on a fresh
+/// veth: ifb, ingress qdisc, redirect filter, two token buckets; then the ifb's deletion.
+fn bandwidth_kernel_floor(options: &Options) -> (Vec<Duration>, Vec<Duration>) {
+    let node = NetNs::create_unnamed().expect("node netns");
+    let host = Handle::in_netns(&node).expect("netlink in node");
+    let tbf = Tbf {
+        rate: 1_250_000,
+        limit: 43_750,
+        buffer: 1_562_500,
+    };
+    let root = TcHandle { major: 1, minor: 0 };
+    let mut n = 0u32;
+    let mut pods = Vec::new();
+    let mut dels = Vec::new();
+    let adds = series(options, || {
+        n += 1;
+        let pod = NetNs::create_unnamed().expect("pod netns");
+        let veth = host
+            .create_veth(&VethSpec {
+                name: format!("vbf{n}"),
+                peer_name: "eth0".into(),
+                peer_netns: Some(&pod),
+                up: true,
+                ..Default::default()
+            })
+            .expect("create veth");
+        let start = Instant::now();
+        let ifb = host.create_ifb(&format!("bwf{n}"), 1500).expect("ifb");
+        host.add_ingress_qdisc(veth.index).expect("ingress");
+        host.add_redirect_filter(
+            veth.index,
+            TcHandle {
+                major: 0xffff,
+                minor: 0,
+            },
+            1,
+            TcHandle { major: 1, minor: 1 },
+            ifb.index,
+        )
+        .expect("filter");
+        host.add_tbf_root(veth.index, root, &tbf).expect("tbf veth");
+        host.add_tbf_root(ifb.index, root, &tbf).expect("tbf ifb");
+        let add = start.elapsed();
+        let start = Instant::now();
+        host.delete_link(ifb.index).expect("delete ifb");
+        dels.push(start.elapsed());
+        host.delete_link(veth.index).expect("delete veth");
+        pods.push(pod);
+        add
+    });
+    drop(pods);
+    (adds, dels.split_off(options.warmup.min(dels.len())))
+}
+
 fn run(kind: Kind, options: &Options) -> Report {
     let name = kind.plugin();
     let mut labels = vec!["twill".to_string()];
@@ -121,6 +178,7 @@ fn run(kind: Kind, options: &Options) -> Report {
     let skip = options.warmup;
     let add: Vec<Vec<Duration>> = sides.iter().map(|s| s.add[skip..].to_vec()).collect();
     let del: Vec<Vec<Duration>> = sides.iter().map(|s| s.del[skip..].to_vec()).collect();
+    let floor = (kind == Kind::Bandwidth).then(|| bandwidth_kernel_floor(options));
     let notes = (1..sides.len())
         .map(|r| {
             format!(
@@ -153,6 +211,12 @@ fn run(kind: Kind, options: &Options) -> Report {
             .iter()
             .zip(&del)
             .map(|(l, t)| row(&format!("{l} DEL"), t))
+            .chain(floor.iter().flat_map(|(a, d)| {
+                [
+                    row("kernel floor: ADD netlink work", a),
+                    row("kernel floor: ifb delete", d),
+                ]
+            }))
             .collect(),
         notes,
     }
