@@ -160,17 +160,37 @@ fn delete_where(ipt: &Iptables, select: impl Fn(&str) -> bool) -> Result<()> {
         .context(format!("{}: delete rules from {PRIV_CHAIN}", ipt.binary())))
 }
 
-/// Removes `owner`'s rules, and the reference's rules for `ips`, in one family.
-pub fn del(family: IpFamily, owner: &Owner, ips: &[IpAddr]) -> Result<()> {
+/// Removes `owner`'s rules, and the reference's rules for `ips`, in one family. With `from_result`
+/// (the addresses come from the cached ADD result) a family without addresses is skipped, and our
+/// rules for the addresses are deleted by their exact text in one exec; only when that fails (some
+/// rule is not there, e.g. the reference made them) is the chain listed.
+pub fn del(family: IpFamily, owner: &Owner, ips: &[IpAddr], from_result: bool) -> Result<()> {
     if !family_enabled(family) {
         return Ok(());
     }
     let ipt = Iptables::new(family);
-    let theirs: HashSet<String> = ips
+    let mine: Vec<IpAddr> = ips
         .iter()
+        .copied()
         .filter(|ip| family_of(ip) == family)
-        .flat_map(|ip| reference_rules(*ip))
         .collect();
+    if from_result {
+        if mine.is_empty() {
+            return Ok(());
+        }
+        let mut batch = RestoreBatch::new();
+        for ip in &mine {
+            for r in owned_rules(*ip, owner) {
+                if let Some(d) = delete_line(&r) {
+                    batch.line(TABLE, d);
+                }
+            }
+        }
+        if ipt.try_restore(&batch).is_ok() {
+            return Ok(());
+        }
+    }
+    let theirs: HashSet<String> = mine.iter().flat_map(|ip| reference_rules(*ip)).collect();
     delete_where(&ipt, |l| {
         tag_in(l) == Some(owner.tag()) || theirs.contains(l)
     })

@@ -129,7 +129,7 @@ fn add_backend(backend: Backend, conf: &FirewallConf, owner: &Owner, ips: &[IpAd
                 // A family whose rules went in must not keep them after a failed ADD.
                 for (family, r) in FAMILIES.into_iter().zip(&results) {
                     if r.is_ok() {
-                        let _ = iptables::del(family, owner, &[]);
+                        let _ = iptables::del(family, owner, &[], false);
                     }
                 }
                 let [v4, v6] = results;
@@ -140,13 +140,19 @@ fn add_backend(backend: Backend, conf: &FirewallConf, owner: &Owner, ips: &[IpAd
     }
 }
 
-fn del_backend(backend: Backend, conf: &FirewallConf, owner: &Owner, ips: &[IpAddr]) -> Result<()> {
+fn del_backend(
+    backend: Backend,
+    conf: &FirewallConf,
+    owner: &Owner,
+    ips: &[IpAddr],
+    from_result: bool,
+) -> Result<()> {
     match backend {
         Backend::Firewalld => firewalld::del(&conf.zone, ips),
         Backend::Nftables => nftables::del(owner),
         // Both families are always tried; a failure in one does not stop the other.
         Backend::Iptables | Backend::Auto => joined(
-            per_family(|family| iptables::del(family, owner, ips)),
+            per_family(|family| iptables::del(family, owner, ips, from_result)),
             "firewall DEL",
         ),
     }
@@ -183,7 +189,7 @@ impl Plugin for Firewall {
         let _lock = lock()?;
         add_backend(backend, &conf, &owner, &ips)?;
         if let Err(e) = ingress_policy(&conf, &prev, &ips) {
-            let _ = del_backend(backend, &conf, &owner, &ips);
+            let _ = del_backend(backend, &conf, &owner, &ips, false);
             return Err(e);
         }
         Ok(prev)
@@ -196,7 +202,13 @@ impl Plugin for Firewall {
         let prev = req.config.prev_result().ok().flatten();
         let owner = owner_of(req)?;
         let _lock = lock()?;
-        del_backend(resolve(conf.backend), &conf, &owner, &ips(prev.as_ref()))
+        del_backend(
+            resolve(conf.backend),
+            &conf,
+            &owner,
+            &ips(prev.as_ref()),
+            prev.is_some(),
+        )
     }
 
     fn check(&self, req: &Request) -> Result<()> {
