@@ -371,3 +371,64 @@ fn gc_and_status_through_upstream_libcni() {
     assert!(!out.success(), "{}", out.describe());
     assert!(out.describe().contains("firewalld"), "{}", out.describe());
 }
+
+/// Parallel ADDs and DELs of many containers in one node share the chains: every container gets its two
+/// rules per address exactly once, the jumps exist once, and the DELs leave no container rule.
+#[test]
+fn parallel_adds_and_dels_keep_the_shared_chains_whole() {
+    require_root();
+    let node = Netns::node("fwp");
+    let n = 16;
+    let confs: Vec<Value> = (0..n)
+        .map(|i| {
+            let v4 = format!("10.88.1.{}/24", i + 2);
+            let v6 = format!("fd88::1:{:x}/64", i + 2);
+            conf(json!({}), &[v4.as_str(), v6.as_str()])
+        })
+        .collect();
+    let run_all = |verb: &'static str| {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = confs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let node = &node;
+                    s.spawn(move || run(node, &ours(), verb, &format!("par{i}"), c))
+                })
+                .collect();
+            for h in handles {
+                let out = h.join().expect("thread");
+                assert!(out.success(), "parallel {verb}: {}", out.describe());
+            }
+        })
+    };
+    run_all("ADD");
+    let tables = filter_tables(&node);
+    for i in 0..n {
+        for ip in [
+            format!("10.88.1.{}/32", i + 2),
+            format!("fd88::1:{:x}/128", i + 2),
+        ] {
+            let count = tables
+                .iter()
+                .filter(|l| l.contains(&format!(" {ip} ")))
+                .count();
+            assert_eq!(count, 2, "rules for {ip}: {tables:#?}");
+        }
+    }
+    for tool in ["iptables", "ip6tables"] {
+        for jump in ["-j CNI-FORWARD", "-j CNI-ADMIN"] {
+            let count = tables
+                .iter()
+                .filter(|l| l.starts_with(tool) && l.contains(" -A ") && l.ends_with(jump))
+                .count();
+            assert_eq!(count, 1, "{tool} {jump}: {tables:#?}");
+        }
+    }
+    run_all("DEL");
+    let left: Vec<String> = filter_tables(&node)
+        .into_iter()
+        .filter(|l| l.contains("10.88.1.") || l.contains("fd88::1:"))
+        .collect();
+    assert!(left.is_empty(), "{left:#?}");
+}
