@@ -13,6 +13,7 @@ pub mod tbf;
 
 use config::Limits;
 use twill_cni::error::code;
+use twill_cni::lock::AttachmentLock;
 use twill_cni::{
     CniResult, Command, Context, Error, Interface, Plugin, Request, Result, Undo, Version,
 };
@@ -105,6 +106,16 @@ fn host_interface(req: &Request, prev: &CniResult, host: &Handle) -> Result<Link
     Ok(link)
 }
 
+/// ADD and DEL of one attachment never interleave (a retried ADD overlapping its DEL would otherwise
+/// leave an ifb behind, or delete the one the ADD just made).
+fn attachment_lock(req: &Request) -> Result<AttachmentLock> {
+    AttachmentLock::acquire(
+        req.config.name.as_str(),
+        req.container_id()?.as_str(),
+        req.ifname()?.as_str(),
+    )
+}
+
 fn limits_or_none(req: &Request) -> Result<Option<Limits>> {
     Ok(config::limits(&req.config)?.filter(|l| !l.is_zero()))
 }
@@ -154,6 +165,7 @@ impl Plugin for Bandwidth {
         let Some(limits) = limits else {
             return Ok(result);
         };
+        let _lock = attachment_lock(req)?;
         let host = Handle::current().context("netlink socket")?;
         let veth = host_interface(req, &result, &host)?;
         let ticks = twill_kernel::tc::ticks_per_usec();
@@ -240,6 +252,7 @@ impl Plugin for Bandwidth {
 
     fn del(&self, req: &Request) -> Result<()> {
         check_version(req)?;
+        let _lock = attachment_lock(req)?;
         let host = Handle::current().context("netlink socket")?;
         let name = ifb_name(req.config.name.as_str(), req.container_id()?.as_str());
         delete_ifb(&host, &name)
