@@ -432,3 +432,32 @@ fn parallel_adds_and_dels_keep_the_shared_chains_whole() {
         .collect();
     assert!(left.is_empty(), "{left:#?}");
 }
+
+#[test]
+fn nftables_gc_removes_rules_of_attachments_not_in_the_valid_list() {
+    require_root();
+    let node = Netns::node("fwg");
+    let mut c1 = conf(
+        json!({"cniVersion": "1.1.0", "backend": "nftables"}),
+        &["10.88.2.2/24"],
+    );
+    let mut c2 = conf(
+        json!({"cniVersion": "1.1.0", "backend": "nftables"}),
+        &["10.88.2.3/24"],
+    );
+    for c in [&mut c1, &mut c2] {
+        c["prevResult"]["cniVersion"] = json!("1.1.0");
+    }
+    run(&node, &ours(), "ADD", "keep", &c1).assert_success();
+    run(&node, &ours(), "ADD", "lost", &c2).assert_success();
+    let gc = json!({"cniVersion": "1.1.0", "name": "fwnet", "type": "firewall", "backend": "nftables",
+        "cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]});
+    run(&node, &ours(), "GC", "", &gc).assert_success_empty();
+    let table = node.exec_ok(&["nft", "list", "table", "inet", "twill_firewall"]);
+    assert!(
+        table.contains("10.88.2.2") && !table.contains("10.88.2.3"),
+        "{table}"
+    );
+    run(&node, &ours(), "STATUS", "", &gc).assert_success_empty();
+    run(&node, &ours(), "CHECK", "keep", &c1).assert_success_empty();
+}
