@@ -37,6 +37,10 @@ pub struct Link {
     /// Index of the bridge (or other master) this device is enslaved to.
     pub master: Option<u32>,
     pub promisc: bool,
+    /// Receives all multicast (IFF_ALLMULTI).
+    pub allmulti: bool,
+    /// `IFLA_TXQLEN`: the transmit queue length.
+    pub txqlen: u32,
     /// `IFLA_LINK`: for a veth, the peer's ifindex, in the namespace named by `link_netnsid` when set.
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: the peer namespace's id as seen from this namespace.
@@ -181,6 +185,8 @@ impl Link {
             oper_state: OperState::Unknown,
             master: None,
             promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            allmulti: msg.header.flags.contains(LinkFlags::Allmulti),
+            txqlen: 0,
             peer_index: None,
             link_netnsid: None,
             vlan_filtering: None,
@@ -193,6 +199,7 @@ impl Link {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Address(a) => link.mac = MacAddr::from_slice(a),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
                 LinkAttribute::OperState(s) => link.oper_state = *s,
                 LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
                 LinkAttribute::Link(l) if *l != 0 => link.peer_index = Some(*l),
@@ -392,6 +399,27 @@ impl Handle {
             msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
         }
         self.set_link(msg, "change link", || format!("index {index} ({change:?})"))
+    }
+
+    /// Turns all-multicast mode on or off (the tuning plugin's `allmulti`).
+    pub fn set_link_allmulti(&self, index: u32, on: bool) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.header.change_mask |= LinkFlags::Allmulti;
+        if on {
+            msg.header.flags |= LinkFlags::Allmulti;
+        }
+        self.set_link(msg, "set allmulti of link", || {
+            format!("index {index} to {on}")
+        })
+    }
+
+    /// Sets the transmit queue length (the tuning plugin's `txQLen`).
+    pub fn set_link_txqlen(&self, index: u32, qlen: u32) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.attributes.push(LinkAttribute::TxQueueLen(qlen));
+        self.set_link(msg, "set txqlen of link", || {
+            format!("index {index} to {qlen}")
+        })
     }
 
     /// Deletes the device (a veth takes its peer with it). Not found is [`Error::is_not_found`].
