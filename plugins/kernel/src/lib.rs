@@ -21,6 +21,7 @@
 //! ```
 
 pub mod address;
+pub mod bridge_vlan;
 pub mod error;
 pub mod handle;
 pub mod link;
@@ -35,11 +36,11 @@ pub mod sysctl;
 pub mod vxlan;
 
 pub use address::{Address, AddressOptions, Family};
+pub use bridge_vlan::{BridgeVlan, VlanOn};
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use link::{
-    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, LinkChange, OperState, VethOptions,
-    VethSpec, VlanOn,
+    BridgePort, BridgePortFlags, BridgeSpec, Link, LinkChange, OperState, VethOptions, VethSpec,
 };
 pub use mac::MacAddr;
 pub use names::random_veth_name;
