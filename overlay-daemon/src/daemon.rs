@@ -24,7 +24,7 @@ use crate::iface::{self, Underlay};
 use crate::kernel_watch;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
-use crate::rules::TrafficRules;
+use crate::rules::{RuleOptions, TrafficRules};
 use crate::subnet::etcd::EtcdManager;
 use crate::subnet::lease_check::Expect;
 use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetManager};
@@ -382,14 +382,10 @@ async fn serve<B: Backend>(
         log(format!("blackhole route for {}: {e}", own.subnet));
     }
 
-    let rules = opts.ip_masq.then_some(TrafficRules {
-        backend: opts.rules_backend,
-        network: cfg.network,
-        subnet: own.subnet,
-    });
-    if let Some(r) = &rules {
-        r.remove_other_backend().await;
-        while let Err(e) = r.apply().await {
+    let mut rules = traffic_rules(&opts, &cfg, &own)?;
+    for r in &mut rules {
+        r.remove_other_backend();
+        while let Err(e) = r.apply() {
             log(format!("installing traffic rules: {e}; retrying"));
             backoff.wait().await;
         }
@@ -424,6 +420,9 @@ async fn serve<B: Backend>(
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    let mut rules_check = tokio::time::interval(opts.iptables_resync);
+    rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rules_check.tick().await;
     loop {
         tokio::select! {
             Some((at, ev)) = ev_rx.recv() => {
@@ -452,26 +451,55 @@ async fn serve<B: Backend>(
                         log(format!("blackhole route for {}: {e}", own.subnet));
                     }
                 }
-                if let Some(r) = &rules {
-                    match r.ensure().await {
-                        Ok(true) => {
-                            metrics.rules_repairs.fetch_add(1, Relaxed);
-                            log("traffic rules were damaged: reinstalled");
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            metrics.set_ready(|r| r.rules = false);
-                            log(format!("traffic rules: {e}"));
-                            continue;
-                        }
-                    }
-                    metrics.set_ready(|r| r.rules = true);
-                }
             }
+            _ = rules_check.tick(), if !rules.is_empty() => check_rules(&mut rules, &metrics),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
     log("signal received: exiting, leaving kernel state in place");
     Ok(())
+}
+
+/// flanneld's traffic rules for the node's lease, one set per family.
+fn traffic_rules(
+    opts: &Options,
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+) -> Result<Vec<TrafficRules>, Fatal> {
+    let options = RuleOptions {
+        masquerade: opts.ip_masq,
+        forward: opts.iptables_forward_rules,
+        fully_random: !opts.ip_masq_fully_random_disable,
+    };
+    if !options.any() {
+        return Ok(Vec::new());
+    }
+    let v4 = TrafficRules::new(
+        opts.rules_backend,
+        cfg.network.into(),
+        own.subnet.into(),
+        options,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(vec![v4])
+}
+
+/// Checks every rule set, reinstalling a damaged one (flanneld rebuilds all rules when one is missing).
+fn check_rules(rules: &mut [TrafficRules], metrics: &Metrics) {
+    let mut ok = true;
+    for r in rules {
+        match r.ensure() {
+            Ok(true) => {
+                metrics.rules_repairs.fetch_add(1, Relaxed);
+                log("traffic rules were damaged: reinstalled");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                ok = false;
+                log(format!("traffic rules: {e}"));
+            }
+        }
+    }
+    metrics.set_ready(|r| r.rules = ok);
 }

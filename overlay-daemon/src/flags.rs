@@ -31,6 +31,11 @@ pub struct Options {
     pub ip_blackhole_route: bool,
     pub ip_masq: bool,
     pub rules_backend: RulesBackend,
+    /// `--iptables-forward-rules` (default true, as flanneld): install the FORWARD accept rules.
+    pub iptables_forward_rules: bool,
+    pub ip_masq_fully_random_disable: bool,
+    /// How often the traffic rules are checked (`--iptables-resync`).
+    pub iptables_resync: Duration,
     pub subnet_file: PathBuf,
     /// Renew this long before the lease expires (`--subnet-lease-renew-margin`, minutes, 1..=1439).
     pub renew_margin: Duration,
@@ -74,6 +79,9 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --ip-blackhole-route             keep a blackhole route for the node's subnet while the lease is held
   --ip-masq                        install masquerade and forward rules
   --ip-masq-backend=nftables|iptables   default nftables
+  --iptables-forward-rules=BOOL    accept the pod network in FORWARD (default true, also without --ip-masq)
+  --ip-masq-fully-random-disable   masquerade without fully-random port allocation
+  --iptables-resync=SECONDS        traffic rules check period (default 5, or --resync when shorter)
   --subnet-file=PATH               default /run/flannel/subnet.env
   --subnet-lease-renew-margin=MIN  default 60 (1..1439)
   --subnet-lease-ttl=SECONDS       default 86400 (flannel's 24 h)
@@ -99,6 +107,9 @@ const FLAGS: &[&str] = &[
     "ip-blackhole-route",
     "ip-masq",
     "ip-masq-backend",
+    "iptables-forward-rules",
+    "ip-masq-fully-random-disable",
+    "iptables-resync",
     "subnet-file",
     "subnet-lease-renew-margin",
     "subnet-lease-ttl",
@@ -108,7 +119,12 @@ const FLAGS: &[&str] = &[
     "resync",
     "resync-full-every",
 ];
-const BOOL_FLAGS: &[&str] = &["ip-masq", "ip-blackhole-route"];
+const BOOL_FLAGS: &[&str] = &[
+    "ip-masq",
+    "ip-blackhole-route",
+    "iptables-forward-rules",
+    "ip-masq-fully-random-disable",
+];
 
 fn env_name(flag: &str) -> String {
     format!("FLANNELD_{}", flag.replace('-', "_").to_ascii_uppercase())
@@ -162,14 +178,15 @@ where
         }
     };
     let one = |name: &str| -> Option<String> { all(name).pop().filter(|s| !s.is_empty()) };
-    let boolean = |name: &str| -> Result<bool, String> {
+    let boolean_or = |name: &str, default: bool| -> Result<bool, String> {
         match one(name).as_deref() {
-            None => Ok(false),
+            None => Ok(default),
             Some("true" | "1" | "t" | "T" | "TRUE" | "True") => Ok(true),
             Some("false" | "0" | "f" | "F" | "FALSE" | "False") => Ok(false),
             Some(v) => Err(format!("--{name}: {v:?} is not a boolean")),
         }
     };
+    let boolean = |name: &str| boolean_or(name, false);
     fn num<T: std::str::FromStr>(name: &str, v: Option<String>, default: T) -> Result<T, String> {
         match v {
             None => Ok(default),
@@ -201,6 +218,17 @@ where
             "--resync={resync}: must be a positive number of seconds"
         ));
     }
+    let iptables_resync = match one("iptables-resync") {
+        None => resync.min(5.0),
+        Some(s) => match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => v,
+            _ => {
+                return Err(format!(
+                    "--iptables-resync={s}: must be a positive number of seconds"
+                ))
+            }
+        },
+    };
     let resync_full_every: u32 = num(
         "resync-full-every",
         one("resync-full-every"),
@@ -283,6 +311,9 @@ where
         ip_blackhole_route: boolean("ip-blackhole-route")?,
         ip_masq: boolean("ip-masq")?,
         rules_backend,
+        iptables_forward_rules: boolean_or("iptables-forward-rules", true)?,
+        ip_masq_fully_random_disable: boolean("ip-masq-fully-random-disable")?,
+        iptables_resync: Duration::from_secs_f64(iptables_resync),
         subnet_file: PathBuf::from(
             one("subnet-file").unwrap_or_else(|| "/run/flannel/subnet.env".into()),
         ),
@@ -351,6 +382,25 @@ mod tests {
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.renew_margin, Duration::from_secs(3600));
         assert_eq!(o.resync_full_every, 10);
+        assert!(o.iptables_forward_rules && !o.ip_masq_fully_random_disable);
+        assert_eq!(o.iptables_resync, Duration::from_millis(1500));
+        let o = run(
+            &[
+                "--node-name=n",
+                "--iptables-forward-rules=false",
+                "--ip-masq-fully-random-disable",
+                "--iptables-resync=2",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert!(!o.iptables_forward_rules && o.ip_masq_fully_random_disable);
+        assert_eq!(o.iptables_resync, Duration::from_secs(2));
+        assert_eq!(
+            run(&["--node-name=n"], &[]).unwrap().iptables_resync,
+            Duration::from_secs(5)
+        );
+        assert!(run(&["--node-name=n", "--iptables-resync=0"], &[]).is_err());
         let o = run(&["--node-name=n", "--resync-full-every=1"], &[]).unwrap();
         assert_eq!(o.resync_full_every, 1);
         assert!(run(&["--node-name=n", "--resync-full-every=0"], &[]).is_err());
