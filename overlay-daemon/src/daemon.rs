@@ -17,6 +17,7 @@ use crate::backend::vxlan::mac_guard::MacGuard;
 use crate::backend::vxlan::vtep_mac::MacIdentity;
 use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
 use crate::backend::Backend;
+use crate::blackhole::Blackhole;
 use crate::config::{BackendKind, NetworkConfig};
 use crate::flags::Options;
 use crate::iface::{self, Underlay};
@@ -118,7 +119,12 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     }
 
     let handle = twill_kernel::Handle::current().map_err(Fatal::Kernel)?;
-    let underlay = iface::select(&handle, &opts.iface, opts.public_ip).map_err(Fatal::Underlay)?;
+    let choice = iface::Choice {
+        iface: opts.iface.clone(),
+        iface_regex: opts.iface_regex.clone(),
+        can_reach: opts.iface_can_reach,
+    };
+    let underlay = iface::select(&handle, &choice, opts.public_ip).map_err(Fatal::Underlay)?;
     tracing::info!(
         "underlay {} (index {}, mtu {}), public IP {}",
         underlay.name,
@@ -346,6 +352,7 @@ async fn serve<B: Backend>(
     let Start {
         opts,
         metrics,
+        handle,
         underlay,
         mut subnets,
         cfg,
@@ -366,6 +373,13 @@ async fn serve<B: Backend>(
             reconciler.backend_mut().device_name()
         );
         backoff.wait().await;
+    }
+
+    let mut blackhole = opts
+        .ip_blackhole_route
+        .then(|| Blackhole::new(handle, own.subnet.into(), cfg.network.into()));
+    if let Some(Err(e)) = blackhole.as_mut().map(Blackhole::start) {
+        tracing::warn!("blackhole route for {}: {e}", own.subnet);
     }
 
     let mut rules = traffic_rules(&opts, &cfg, &own)?;
@@ -429,6 +443,12 @@ async fn serve<B: Backend>(
                 kernel.set_device(reconciler.device().unwrap_or(0));
                 if full || guard.alarmed() {
                     guard.check(&mut reconciler, &mut attrs, &publish, &metrics).await;
+                }
+                if let Some(b) = blackhole.as_mut() {
+                    // Only while the subnet is ours: once another node holds it, its pods are there.
+                    if let Err(e) = b.ensure(!metrics.readiness().lease_lost) {
+                        tracing::warn!("blackhole route for {}: {e}", own.subnet);
+                    }
                 }
             }
             _ = rules_check.tick(), if !rules.is_empty() => check_rules(&mut rules, &metrics),

@@ -25,7 +25,12 @@ pub struct Options {
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
     pub iface: Vec<String>,
+    /// `--iface-regex` patterns (repeatable; compiled here so a bad one stops the daemon before it writes anything).
+    pub iface_regex: Vec<regex::Regex>,
+    pub iface_can_reach: Option<IpAddr>,
     pub public_ip: Option<Ipv4Addr>,
+    /// Keep a blackhole route for our own subnet (`--ip-blackhole-route`).
+    pub ip_blackhole_route: bool,
     pub ip_masq: bool,
     pub rules_backend: RulesBackend,
     /// `--iptables-forward-rules` (default true, as flanneld): install the FORWARD accept rules.
@@ -83,7 +88,11 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --etcd-cafile/--etcd-certfile/--etcd-keyfile=FILE   TLS (used when cert and key are both given)
   --etcd-username/--etcd-password=S                   basic auth
   --iface=NAME|IP                  underlay interface (repeatable; default: the default-route interface)
+  --iface-regex=REGEX              underlay by a regex on interface addresses, then names (repeatable;
+                                   tried after --iface)
+  --iface-can-reach=IP             underlay = the interface of the route to IP (tried after --iface-regex)
   --public-ip=IP                   advertised underlay address (default: the interface's first IPv4)
+  --ip-blackhole-route             keep a blackhole route for the node's subnet while the lease is held
   --ip-masq                        install masquerade rules
   --ip-masq-backend=nftables|iptables   default nftables
   --iptables-forward-rules=BOOL    accept the pod network in FORWARD (default true, also without --ip-masq)
@@ -111,7 +120,10 @@ const FLAGS: &[&str] = &[
     "etcd-username",
     "etcd-password",
     "iface",
+    "iface-regex",
+    "iface-can-reach",
     "public-ip",
+    "ip-blackhole-route",
     "ip-masq",
     "ip-masq-backend",
     "iptables-forward-rules",
@@ -131,6 +143,7 @@ const FLAGS: &[&str] = &[
 ];
 const BOOL_FLAGS: &[&str] = &[
     "ip-masq",
+    "ip-blackhole-route",
     "iptables-forward-rules",
     "ip-masq-fully-random-disable",
 ];
@@ -266,6 +279,21 @@ where
                 .map_err(|_| format!("--public-ip: {s:?} is not an IPv4 address"))?,
         ),
     };
+    let iface_regex = all("iface-regex")
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            regex::Regex::new(r)
+                .map_err(|e| format!("--iface-regex: {r:?} is not a valid regular expression: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let iface_can_reach = match one("iface-can-reach") {
+        None => None,
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| format!("--iface-can-reach: {s:?} is not an IP address"))?,
+        ),
+    };
     let healthz_ip = match one("healthz-ip") {
         None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         Some(s) => s
@@ -320,7 +348,10 @@ where
             .into_iter()
             .flat_map(|s| s.split(',').map(String::from).collect::<Vec<_>>())
             .collect(),
+        iface_regex,
+        iface_can_reach,
         public_ip,
+        ip_blackhole_route: boolean("ip-blackhole-route")?,
         ip_masq: boolean("ip-masq")?,
         rules_backend,
         iptables_forward_rules: boolean_or("iptables-forward-rules", true)?,
@@ -467,5 +498,32 @@ mod tests {
         assert!(run(&["--log-level=loud", "--node-name=n"], &[]).is_err());
         assert!(run(&["--log-format=xml", "--node-name=n"], &[]).is_err());
         assert!(run(&["--v=x", "--node-name=n"], &[]).is_err());
+    }
+
+    #[test]
+    fn underlay_choice_flags_are_checked_before_anything_runs() {
+        let o = run(
+            &[
+                "--node-name=n",
+                "--iface-regex=^10\\.250\\.",
+                "--iface-regex",
+                "eth[0-9]{1,2}",
+                "--iface-can-reach=10.250.0.254",
+                "--ip-blackhole-route",
+            ],
+            &[],
+        )
+        .unwrap();
+        let patterns: Vec<&str> = o.iface_regex.iter().map(|r| r.as_str()).collect();
+        assert_eq!(patterns, vec!["^10\\.250\\.", "eth[0-9]{1,2}"]);
+        assert_eq!(o.iface_can_reach, Some("10.250.0.254".parse().unwrap()));
+        assert!(o.ip_blackhole_route);
+        let e = run(&["--node-name=n", "--iface-regex=eth(0"], &[]).unwrap_err();
+        assert!(e.contains("--iface-regex") && e.contains("eth(0"), "{e}");
+        let e = run(&["--node-name=n", "--iface-can-reach=nowhere"], &[]).unwrap_err();
+        assert!(e.contains("--iface-can-reach"), "{e}");
+        let o = run(&["--node-name=n"], &[("FLANNELD_IFACE_REGEX", "a,b{1,2}")]).unwrap();
+        assert_eq!(o.iface_regex.len(), 1, "a regex is not split on commas");
+        assert!(!o.ip_blackhole_route);
     }
 }

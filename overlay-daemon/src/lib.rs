@@ -8,6 +8,7 @@
 //! `twill-files`), [`rules`], [`http`] and [`metrics`] are the node-facing outputs.
 
 pub mod backend;
+pub mod blackhole;
 pub mod config;
 pub mod daemon;
 pub mod error;

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod address;
+pub mod bridge_vlan;
 pub mod error;
 pub mod handle;
 pub mod ifb;
@@ -38,12 +39,12 @@ pub mod tc;
 pub mod vxlan;
 
 pub use address::{Address, AddressOptions, Family};
+pub use bridge_vlan::{BridgeVlan, VlanOn};
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use ifb::Ifb;
 pub use link::{
-    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, LinkChange, OperState, VethOptions,
-    VethSpec, VlanOn,
+    BridgePort, BridgePortFlags, BridgeSpec, Link, LinkChange, OperState, VethOptions, VethSpec,
 };
 pub use mac::MacAddr;
 pub use names::random_veth_name;
