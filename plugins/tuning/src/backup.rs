@@ -64,13 +64,40 @@ impl Saved {
         Ok(out)
     }
 
+    /// Write the copy under a temporary name and rename it into place, so a reader (DEL, GC, the
+    /// reference) never sees half a file. Not fsync'd: the copy only matters while the pod's link exists,
+    /// which a reboot ends (the default directory is on tmpfs anyway).
     pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent() {
-            twill_files::create_missing_dirs(dir, 0o700)
-                .map_err(|e| Error::failed(format!("failed to create backup directory: {e}")))?;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = path
+            .parent()
+            .ok_or_else(|| Error::failed(format!("{} names no directory", path.display())))?;
+        twill_files::create_missing_dirs(dir, 0o700)
+            .map_err(|e| Error::failed(format!("failed to create backup directory: {e}")))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let bytes = self.to_bytes()?;
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::failed(format!(
+                "failed to save file {}: {e}",
+                path.display()
+            )));
         }
-        twill_files::write_atomically(path, &self.to_bytes()?, 0o600)
-            .map_err(|e| Error::failed(format!("failed to save backup: {e}")))
+        Ok(())
     }
 
     /// The saved file; `None` when there is none or it cannot be read as a backup (the reference then
