@@ -12,6 +12,9 @@ use super::{interleaved_each, ratio, row, series, CniNode, Options, Report, Stat
 use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
+/// Measures a floor: the series of an in-process equivalent of part of the plugin's work.
+pub type Floor = fn(&Options) -> Vec<Duration>;
+
 /// What a scenario varies: the plugin, its config, and how a pod is prepared.
 pub struct Spec {
     pub scenario: &'static str,
@@ -24,7 +27,7 @@ pub struct Spec {
     /// The target ratio of ADD and DEL medians, for the notes.
     pub target: f64,
     /// The kernel's share of DEL that no plugin can avoid, measured in-process, if there is one.
-    pub del_floor: Option<(&'static str, fn(&Options) -> Vec<Duration>)>,
+    pub del_floor: Option<(&'static str, Floor)>,
 }
 
 /// Exec'ing a process that does nothing, through the same harness: what every plugin call costs at least.
