@@ -35,8 +35,8 @@ pub use address::{Address, AddressOptions, Family};
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use link::{
-    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethOptions, VethSpec,
-    VlanOn, VxlanSpec,
+    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, LinkChanges, OperState, VethOptions,
+    VethSpec, VlanOn, VxlanSpec,
 };
 pub use mac::MacAddr;
 pub use names::random_veth_name;

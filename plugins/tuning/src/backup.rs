@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use twill_cni::{Error, Result};
-use twill_kernel::{Handle, Link, MacAddr};
+use twill_kernel::{Handle, Link, LinkChanges, MacAddr};
 
 use crate::config::TuningConf;
 
@@ -107,45 +107,24 @@ impl Saved {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Put the saved attributes back on the link, in the reference's order (MTU, MAC, promisc, allmulti,
-    /// txqlen); every failure is reported, none stops the others.
+    /// Put the saved attributes back on the link, in one request.
     pub fn restore(&self, h: &Handle, index: u32) -> Result<()> {
-        let mut errors = Vec::new();
-        if self.mtu != 0 {
-            if let Err(e) = h.set_link_mtu(index, self.mtu) {
-                errors.push(format!("failed to restore MTU: {e}"));
-            }
-        }
-        if !self.mac.is_empty() {
-            match self.mac.parse::<MacAddr>() {
-                Ok(m) => {
-                    if let Err(e) = h.set_link_mac(index, m) {
-                        errors.push(format!("failed to restore MAC address: {e}"));
-                    }
-                }
-                Err(e) => errors.push(format!("failed to restore MAC address: {e}")),
-            }
-        }
-        if let Some(on) = self.promisc {
-            if let Err(e) = h.set_link_promisc(index, on) {
-                errors.push(format!("failed to restore promiscuous mode: {e}"));
-            }
-        }
-        if let Some(on) = self.allmulti {
-            if let Err(e) = h.set_link_allmulti(index, on) {
-                errors.push(format!("failed to restore all-multicast mode: {e}"));
-            }
-        }
-        if let Some(q) = self.txqlen {
-            if let Err(e) = h.set_link_txqlen(index, q) {
-                errors.push(format!("failed to restore transmit queue length: {e}"));
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::failed(errors.join("; ")))
-        }
+        let mac = match self.mac.as_str() {
+            "" => None,
+            m => Some(
+                m.parse::<MacAddr>()
+                    .map_err(|e| Error::failed(format!("failed to restore MAC address: {e}")))?,
+            ),
+        };
+        let changes = LinkChanges {
+            mac,
+            mtu: (self.mtu != 0).then_some(self.mtu),
+            promisc: self.promisc,
+            allmulti: self.allmulti,
+            txqlen: self.txqlen,
+        };
+        h.change_link(index, &changes)
+            .map_err(|e| Error::failed(format!("failed to restore {changes:?}: {e}")))
     }
 }
 
