@@ -23,6 +23,7 @@ pub mod address;
 pub mod error;
 pub mod handle;
 pub mod link;
+pub mod link_change;
 pub mod mac;
 pub mod names;
 pub mod neighbour;
@@ -35,9 +36,10 @@ pub use address::{Address, AddressOptions, Family};
 pub use error::{Error, Result};
 pub use handle::Handle;
 pub use link::{
-    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, LinkChanges, OperState, VethOptions,
-    VethSpec, VlanOn, VxlanSpec,
+    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethOptions, VethSpec,
+    VlanOn, VxlanSpec,
 };
+pub use link_change::LinkChanges;
 pub use mac::MacAddr;
 pub use names::random_veth_name;
 pub use neighbour::{FdbEntry, Neighbour};
