@@ -10,10 +10,12 @@
 pub mod backend;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod flags;
 pub mod http;
 pub mod iface;
 pub mod kernel_watch;
+pub mod logging;
 pub mod metrics;
 pub mod reconcile;
 pub mod rules;

@@ -1,14 +1,12 @@
 //! Network devices: lookup, state, and creation of the kinds CNI needs (bridge, veth, vxlan).
 
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
     AfSpecBridge, AfSpecInet, AfSpecInet6, AfSpecUnspec, BridgeFlag, BridgeVlanInfo,
     BridgeVlanInfoFlags, InetDevConf, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-    InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
-    LinkProtoInfoBridge,
+    InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -18,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::mac::MacAddr;
 use crate::netns::NetNs;
+use crate::vxlan::VxlanInfo;
 
 /// `IFLA_BRPORT_MODE` (hairpin) and `IFLA_BRPORT_ISOLATED` from linux/if_link.h.
 const IFLA_BRPORT_MODE: u16 = 4;
@@ -54,6 +53,8 @@ pub struct Link {
     /// Reading it here spares a path walk under `/proc/sys/net/ipv6`, which costs time in proportion to
     /// the network namespaces on the host (their sysctl directories share the same dentry names).
     pub ipv6_accept_ra: Option<i32>,
+    /// For a VXLAN device: its settings as the kernel reports them.
+    pub vxlan: Option<VxlanInfo>,
 }
 
 /// Flags of a device enslaved to a bridge, as reported.
@@ -113,20 +114,13 @@ pub struct VethOptions {
     pub single_queue: bool,
 }
 
-/// A VXLAN device to create.
-#[derive(Debug, Clone, Default)]
-pub struct VxlanSpec {
-    pub name: String,
-    pub vni: u32,
-    /// UDP destination port (flannel: 8472; IANA: 4789).
-    pub port: u16,
-    pub local: Option<IpAddr>,
-    /// Underlay device index.
-    pub underlay: Option<u32>,
-    pub learning: bool,
+/// Settings of an existing device to change in one request; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkChange {
     pub mtu: Option<u32>,
     pub mac: Option<MacAddr>,
-    pub up: bool,
+    /// Administratively up or down.
+    pub up: Option<bool>,
 }
 
 /// A VLAN on a bridge port (or on the bridge itself).
@@ -161,7 +155,12 @@ fn up_flags(msg: &mut LinkMessage, up: bool) {
 }
 
 /// The part every new link's request shares: name, optional MTU and MAC, optionally up at once.
-fn named_link_message(name: &str, mtu: Option<u32>, mac: Option<MacAddr>, up: bool) -> LinkMessage {
+pub(crate) fn named_link_message(
+    name: &str,
+    mtu: Option<u32>,
+    mac: Option<MacAddr>,
+    up: bool,
+) -> LinkMessage {
     let mut msg = new_link_message(0);
     up_flags(&mut msg, up);
     msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -193,6 +192,7 @@ impl Link {
             vlan_filtering: None,
             bridge_port: None,
             ipv6_accept_ra: None,
+            vxlan: None,
         };
         for attr in &msg.attributes {
             match attr {
@@ -225,6 +225,9 @@ impl Link {
                                         link.vlan_filtering = Some(*v);
                                     }
                                 }
+                            }
+                            LinkInfo::Data(InfoData::Vxlan(opts)) => {
+                                link.vxlan = Some(VxlanInfo::from_attributes(opts));
                             }
                             LinkInfo::PortData(InfoPortData::BridgePort(opts)) => {
                                 let mut port = BridgePort::default();
@@ -378,6 +381,26 @@ impl Handle {
         })
     }
 
+    /// Applies several settings in one request (one trip through the RTNL lock); `None` fields are left as
+    /// they are, and an empty change sends nothing.
+    pub fn change_link(&self, index: u32, change: &LinkChange) -> Result<()> {
+        if *change == LinkChange::default() {
+            return Ok(());
+        }
+        let mut msg = new_link_message(index);
+        if let Some(up) = change.up {
+            msg.header.change_mask |= LinkFlags::Up;
+            up_flags(&mut msg, up);
+        }
+        if let Some(mtu) = change.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = change.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        self.set_link(msg, "change link", || format!("index {index} ({change:?})"))
+    }
+
     /// Deletes the device (a veth takes its peer with it). Not found is [`Error::is_not_found`].
     pub fn delete_link(&self, index: u32) -> Result<()> {
         let msg = new_link_message(index);
@@ -399,7 +422,7 @@ impl Handle {
 
     /// Creates a link (with NLM_F_ECHO, so the kernel returns it in the same round trip on kernels
     /// that honour echo for RTM_NEWLINK, 6.1+; older ones cost one lookup).
-    fn create_link(
+    pub(crate) fn create_link(
         &self,
         msg: LinkMessage,
         name: &str,
@@ -505,26 +528,6 @@ impl Handle {
             spec.name, spec.peer_name, peer_where, master_where
         );
         self.create_link(msg, &spec.name, "create veth", || object)
-    }
-
-    /// Creates a VXLAN device.
-    pub fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
-        let mut msg = named_link_message(&spec.name, spec.mtu, spec.mac, spec.up);
-        let mut data = vec![InfoVxlan::Id(spec.vni), InfoVxlan::Port(spec.port)];
-        match spec.local {
-            Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
-            Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
-            None => {}
-        }
-        if let Some(dev) = spec.underlay {
-            data.push(InfoVxlan::Link(dev));
-        }
-        data.push(InfoVxlan::Learning(spec.learning));
-        msg.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Vxlan),
-            LinkInfo::Data(InfoData::Vxlan(data)),
-        ]));
-        self.create_link(msg, &spec.name, "create vxlan", || spec.name.clone())
     }
 
     /// Sets bridge-port flags (hairpin, isolated) on a bridge port, via IFLA_PROTINFO in an

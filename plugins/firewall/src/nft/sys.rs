@@ -130,6 +130,7 @@ pub const NF_ACCEPT: i32 = 1;
 
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_BRIDGE: u8 = 7;
 pub const NFPROTO_IPV6: u8 = 10;
 
 pub const NF_INET_PRE_ROUTING: u32 = 0;
