@@ -42,7 +42,6 @@ pub use link::{
     BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, LinkChange, OperState, VethOptions,
     VethSpec, VlanOn,
 };
-pub use link_change::LinkChanges;
 pub use mac::MacAddr;
 pub use names::random_veth_name;
 pub use neighbour::{FdbEntry, Neighbour};

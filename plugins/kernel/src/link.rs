@@ -121,6 +121,12 @@ pub struct LinkChange {
     pub mac: Option<MacAddr>,
     /// Administratively up or down.
     pub up: Option<bool>,
+    /// Promiscuous mode on or off.
+    pub promisc: Option<bool>,
+    /// All-multicast mode on or off.
+    pub allmulti: Option<bool>,
+    /// Transmit queue length.
+    pub txqlen: Option<u32>,
 }
 
 /// A VLAN on a bridge port (or on the bridge itself).
@@ -382,7 +388,8 @@ impl Handle {
     }
 
     /// Applies several settings in one request (one trip through the RTNL lock); `None` fields are left as
-    /// they are, and an empty change sends nothing.
+    /// they are, and an empty change sends nothing. The kernel stops at the first setting it refuses, so on
+    /// error some may have been applied: a caller that must undo restores every setting it asked to change.
     pub fn change_link(&self, index: u32, change: &LinkChange) -> Result<()> {
         if *change == LinkChange::default() {
             return Ok(());
@@ -391,6 +398,20 @@ impl Handle {
         if let Some(up) = change.up {
             msg.header.change_mask |= LinkFlags::Up;
             up_flags(&mut msg, up);
+        }
+        for (flag, on) in [
+            (LinkFlags::Promisc, change.promisc),
+            (LinkFlags::Allmulti, change.allmulti),
+        ] {
+            if let Some(on) = on {
+                msg.header.change_mask |= flag;
+                if on {
+                    msg.header.flags |= flag;
+                }
+            }
+        }
+        if let Some(q) = change.txqlen {
+            msg.attributes.push(LinkAttribute::TxQueueLen(q));
         }
         if let Some(mtu) = change.mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));

@@ -4,7 +4,7 @@ use std::sync::{Arc, Barrier};
 
 use common::TestNs;
 use twill_kernel::{
-    BridgePortFlags, BridgeSpec, BridgeVlan, LinkChanges, MacAddr, VethOptions, VethSpec, VlanOn,
+    BridgePortFlags, BridgeSpec, BridgeVlan, LinkChange, MacAddr, VethOptions, VethSpec, VlanOn,
     VxlanSpec,
 };
 
@@ -261,7 +261,8 @@ fn several_attributes_change_in_one_request_and_are_reported() {
     let before = h.link_by_index(v.index).unwrap();
     assert!(!before.promisc && !before.allmulti);
     let mac: MacAddr = "02:00:00:00:00:43".parse().unwrap();
-    let all = LinkChanges {
+    let all = LinkChange {
+        up: None,
         mac: Some(mac),
         mtu: Some(1280),
         promisc: Some(true),
@@ -284,7 +285,7 @@ fn several_attributes_change_in_one_request_and_are_reported() {
     // Only what is named changes; the flags can go off again.
     h.change_link(
         v.index,
-        &LinkChanges {
+        &LinkChange {
             promisc: Some(false),
             allmulti: Some(false),
             ..Default::default()
@@ -301,12 +302,12 @@ fn several_attributes_change_in_one_request_and_are_reported() {
     let got = h.link_by_index(v.index).unwrap();
     assert!(got.allmulti && got.txqlen == 7);
     // A refused value fails the request.
-    let too_big = LinkChanges {
+    let too_big = LinkChange {
         mtu: Some(1 << 20),
         ..Default::default()
     };
     assert!(h.change_link(v.index, &too_big).is_err());
-    assert!(h.change_link(v.index, &LinkChanges::default()).is_ok());
+    assert!(h.change_link(v.index, &LinkChange::default()).is_ok());
 }
 
 #[test]

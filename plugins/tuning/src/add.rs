@@ -7,7 +7,7 @@ use crate::backup::{self, Saved};
 use crate::config::TuningConf;
 use std::path::{Path, PathBuf};
 use twill_cni::{Context, Error, Result, Undo};
-use twill_kernel::{Handle, LinkChanges};
+use twill_kernel::{Handle, LinkChange};
 
 /// Write one sysctl file (no read-back: some, like `route/flush`, are write-only).
 fn write_sysctl(file: &Path, value: &str) -> Result<()> {
@@ -52,9 +52,10 @@ pub fn apply(
             });
         }
         // One request for every attribute: the RTNL lock is taken once, not once per attribute.
-        let changes = LinkChanges {
+        let changes = LinkChange {
             mac: conf.mac.as_ref().map(|(_, m)| *m),
             mtu: conf.mtu,
+            up: None,
             promisc: conf.promisc.then_some(true),
             allmulti: conf.allmulti,
             txqlen: conf.txqlen,

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use twill_cni::{Error, Result};
-use twill_kernel::{Handle, Link, LinkChanges, MacAddr};
+use twill_kernel::{Handle, Link, LinkChange, MacAddr};
 
 use crate::config::TuningConf;
 
@@ -116,7 +116,8 @@ impl Saved {
                     .map_err(|e| Error::failed(format!("failed to restore MAC address: {e}")))?,
             ),
         };
-        let changes = LinkChanges {
+        let changes = LinkChange {
+            up: None,
             mac,
             mtu: (self.mtu != 0).then_some(self.mtu),
             promisc: self.promisc,
