@@ -10,7 +10,7 @@ use crate::backend::vxlan::mac_guard::MacGuard;
 use crate::backend::vxlan::vtep_mac::MacIdentity;
 use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
 use crate::config::Pool;
-use crate::daemon::{acquire, lease_log, log, Fatal, NoGuard, Start};
+use crate::daemon::{acquire, lease_log, Fatal, NoGuard, Start};
 use crate::family::Family;
 use crate::serve::{serve, LaneSpec};
 use crate::subnet::{Lease, LeaseAttrs, SubnetManager};
@@ -23,29 +23,25 @@ pub(crate) async fn run_host_gw(mut s: Start) -> Result<(), Fatal> {
         .public_ip
         .filter(|ip| !u.networks.iter().any(|n| n.addr() == *ip))
     {
-        return Err(format!(
+        return Err(Fatal::Underlay(format!(
             "host-gw: public IP {ip} is not an address of {}; host-gw needs the nodes' own addresses on one L2 \
              segment",
             u.name
-        ));
+        )));
     }
     if let Some(ip) = u
         .public_ipv6
         .filter(|ip| !u.networks_v6.iter().any(|n| n.addr() == *ip))
     {
-        return Err(format!(
+        return Err(Fatal::Underlay(format!(
             "host-gw: public IPv6 {ip} is not an address of {}; host-gw needs the nodes' own addresses on one \
              L2 segment",
             u.name
-        ));
+        )));
     }
     let attrs = LeaseAttrs::host_gw(u.public_ip, u.public_ipv6, &s.opts.node_name);
     let own = acquire(&mut s, &attrs).await;
-    log(format!(
-        "acquired subnet {} (host-gw){}",
-        own.key,
-        lease_log(&own)
-    ));
+    tracing::info!("acquired subnet {} (host-gw){}", own.key, lease_log(&own));
     let lane4 = match (s.cfg.v4, own.key.v4) {
         (Some(pool), Some(own4)) => Some(host_gw_lane(&s, pool, own4, u.public_ip, &u.networks)),
         _ => None,
@@ -127,10 +123,10 @@ fn plan_vxlan_device(
     // What is left must still carry an IPv4 packet (IPv6's minimum MTU is 1280).
     let least = if public.is_ipv6() { 1280 } else { 68 };
     if outer_mtu < least + overhead {
-        return Err(format!(
+        return Err(Fatal::Underlay(format!(
             "MTU {outer_mtu} of {} leaves no room for VXLAN's {overhead} bytes on {name}; set Backend.MTU",
             s.underlay.name
-        ));
+        )));
     }
     let mut identity =
         MacIdentity::choose(&s.opts.node_name, public, cfg.backend.vni, leases, s.grace);
@@ -153,33 +149,30 @@ fn plan_vxlan_device(
     };
     let vxlan = Vxlan::new(s.handle.clone());
     let existing = vxlan.compatible_device_mac(&probe).unwrap_or_else(|e| {
-        log(format!("{e}: deriving the VTEP MAC"));
+        tracing::warn!("{e}: deriving the VTEP MAC");
         None
     });
     let kept = existing.is_some_and(|(_, m)| identity.keep_existing(m, leases));
     let mac = identity.mac();
     if kept {
-        log(format!(
-            "keeping the VTEP MAC {mac} of the existing {}",
-            probe.name
-        ));
+        tracing::info!("keeping the VTEP MAC {mac} of the existing {}", probe.name);
     } else if let Some((index, m)) = existing {
-        log(format!(
+        tracing::warn!(
             "the VTEP MAC {m} of the existing {} is in another node's lease or not unicast: using {mac}",
             probe.name
-        ));
+        );
         // The device gets the new MAC before the lease publishes it. Best effort: the reconciler sets it
         // again (or recreates the device) right after the lease.
         if let Err(e) = vxlan.set_link_mac(index, mac) {
-            log(e);
+            tracing::warn!("{e}");
         }
     }
     if !kept && identity.generation() > 0 {
-        log(format!(
+        tracing::warn!(
             "VTEP MAC of generation 0 is in another node's lease: using {mac} for {} (generation {})",
             probe.name,
             identity.generation()
-        ));
+        );
     }
     Ok(VxlanPlan {
         identity,
@@ -226,7 +219,7 @@ pub(crate) async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         match s.subnets.leases().await {
             Ok(l) => break l,
             Err(e) => {
-                log(format!("listing leases: {e}; retrying"));
+                tracing::warn!("listing leases: {e}; retrying");
                 s.metrics.etcd_error(&e.to_string());
                 s.backoff.wait().await;
             }
@@ -268,13 +261,14 @@ pub(crate) async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
                 .map(|(_, _, p)| format!("{} {}", p.probe.name, p.probe.mac)),
         )
         .collect();
-    log(format!(
+    tracing::info!(
         "acquired subnet {} (VTEP MAC {}){}",
         own.key,
         macs.join(", "),
         lease_log(&own)
-    ));
-    let missing = |family: &str| format!("the lease {} has no {family} subnet", own.key);
+    );
+    let missing =
+        |family: &str| Fatal::Config(format!("the lease {} has no {family} subnet", own.key));
     let lane4 = match v4 {
         Some((pool, ip, mut plan)) => {
             let own4 = own.key.v4.ok_or_else(|| missing("IPv4"))?;
@@ -324,8 +318,8 @@ pub(crate) async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
             )
             .await
         }
-        (None, None) => {
-            Err("the network runs no family this node has an underlay address of".into())
-        }
+        (None, None) => Err(Fatal::Underlay(
+            "the network runs no family this node has an underlay address of".into(),
+        )),
     }
 }

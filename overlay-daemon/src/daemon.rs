@@ -44,10 +44,11 @@ impl Backoff {
 }
 
 /// A fatal start-up error (exit non-zero).
-pub type Fatal = String;
+pub type Fatal = crate::error::Error;
 
+/// An info line for callers that have not chosen a level; new lines use the `tracing` macros directly.
 pub fn log(msg: impl std::fmt::Display) {
-    eprintln!("twilld: {msg}");
+    tracing::info!("{msg}");
 }
 
 /// What every backend's start-up shares once the network config is known.
@@ -101,16 +102,15 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     if opts.healthz_port != 0 {
         let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
         let listener_metrics = metrics.clone();
-        let listener =
-            crate::http::bind(addr).map_err(|e| format!("binding healthz address {addr}: {e}"))?;
+        let listener = crate::http::bind(addr).map_err(|source| Fatal::Healthz { addr, source })?;
         tokio::spawn(async move {
             if let Err(e) = crate::http::serve(listener, listener_metrics).await {
-                log(format!("healthz server on {addr} failed: {e}"));
+                tracing::warn!("healthz server on {addr} failed: {e}");
             }
         });
     }
 
-    let handle = twill_kernel::Handle::current().map_err(|e| e.to_string())?;
+    let handle = twill_kernel::Handle::current().map_err(Fatal::Kernel)?;
 
     // etcd unreachable at start: keep trying, say so (docs/architecture.md, "Health and lifecycle").
     let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
@@ -120,10 +120,10 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         {
             Ok(m) => break m,
             Err(e) => {
-                log(format!(
+                tracing::warn!(
                     "cannot reach etcd at {}: {e}; retrying",
                     opts.etcd_endpoints.join(",")
-                ));
+                );
                 metrics.etcd_error(&e.to_string());
                 backoff.wait().await;
             }
@@ -132,9 +132,9 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     let cfg = loop {
         match subnets.network_config().await {
             Ok(cfg) => break cfg,
-            Err(SubnetError::ConfigInvalid(e)) => return Err(e),
+            Err(SubnetError::ConfigInvalid(e)) => return Err(Fatal::Config(e)),
             Err(e) => {
-                log(format!("{e}; retrying"));
+                tracing::warn!("{e}; retrying");
                 metrics.etcd_error(&e.to_string());
                 if matches!(e, SubnetError::ConfigMissing(_)) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -159,7 +159,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         iface_regex: opts.iface_regex.clone(),
         can_reach: opts.iface_can_reach,
     };
-    let underlay = iface::select(&handle, &choice, want)?;
+    let underlay = iface::select(&handle, &choice, want).map_err(Fatal::Underlay)?;
     let show = |ip: Option<String>| ip.unwrap_or_else(|| "none".into());
     log(format!(
         "underlay {} (index {}, mtu {}), public IP {}, public IPv6 {}",
@@ -193,12 +193,12 @@ pub(crate) async fn acquire(s: &mut Start, attrs: &LeaseAttrs) -> OwnLease {
         match s.subnets.acquire(&s.cfg, attrs, previous).await {
             Ok(l) => break l,
             Err(e @ SubnetError::Unavailable(_)) => {
-                log(format!("acquiring a lease: {e}; retrying"));
+                tracing::warn!("acquiring a lease: {e}; retrying");
                 s.metrics.etcd_error(&e.to_string());
                 s.backoff.wait().await;
             }
             Err(e) => {
-                log(format!("acquiring a lease: {e}; retrying in 10 s"));
+                tracing::warn!("acquiring a lease: {e}; retrying in 10 s");
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }

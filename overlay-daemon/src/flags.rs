@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::logging::{LogFormat, LogLevel};
+
 /// Which firewall tool carries the `--ip-masq` rules (docs/architecture.md, "Traffic rules").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RulesBackend {
@@ -49,7 +51,21 @@ pub struct Options {
     pub resync: Duration,
     /// Every this many resyncs the kernel is read back even if no notification reported a change.
     pub resync_full_every: u32,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
 }
+
+/// A command line (or `FLANNELD_*` environment) that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagsError(pub String);
+
+impl std::fmt::Display for FlagsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FlagsError {}
 
 /// Parsing outcome: run, print help, or print the version.
 pub enum Parsed {
@@ -81,7 +97,7 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --public-ipv6=IP                 advertised IPv6 underlay address with EnableIPv6 (default: the interface's
                                    first global IPv6)
   --ip-blackhole-route             keep a blackhole route for the node's subnet while the lease is held
-  --ip-masq                        install masquerade and forward rules
+  --ip-masq                        install masquerade rules
   --ip-masq-backend=nftables|iptables   default nftables
   --iptables-forward-rules=BOOL    accept the pod network in FORWARD (default true, also without --ip-masq)
   --ip-masq-fully-random-disable   masquerade without fully-random port allocation
@@ -92,6 +108,9 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --healthz-ip=IP --healthz-port=N default 0.0.0.0 / 0 (off)
   --node-name=NAME                 node identity (default: hostname)
   --resync=SECONDS                 reconcile period (default 10)
+  -v, --v=N                        verbosity as flanneld's: 0 info (default), 1-4 debug, 5+ trace
+  --log-level=LEVEL                error|warn|info|debug|trace (overrides -v)
+  --log-format=text|json           default text; json: one object per line
   --resync-full-every=N            read the kernel back every N-th resync even when no lease event or
                                    kernel notification says anything changed (default 10; 1 = always)
 ";
@@ -123,9 +142,13 @@ const FLAGS: &[&str] = &[
     "node-name",
     "resync",
     "resync-full-every",
+    "v",
+    "log-level",
+    "log-format",
 ];
 const BOOL_FLAGS: &[&str] = &[
     "ip-masq",
+    "ip-blackhole-route",
     "iptables-forward-rules",
     "ip-masq-fully-random-disable",
     "ip-blackhole-route",
@@ -136,13 +159,21 @@ fn env_name(flag: &str) -> String {
 }
 
 /// Parses `args` (without argv[0]) with `env` as the fallback source.
-pub fn parse<I, E>(args: I, env: E) -> Result<Parsed, String>
+pub fn parse<I, E>(args: I, env: E) -> Result<Parsed, FlagsError>
+where
+    I: IntoIterator<Item = String>,
+    E: Fn(&str) -> Option<String>,
+{
+    parse_args(args, env).map_err(FlagsError)
+}
+
+fn parse_args<I, E>(args: I, env: E) -> Result<Parsed, String>
 where
     I: IntoIterator<Item = String>,
     E: Fn(&str) -> Option<String>,
 {
     let mut given: Vec<(String, String)> = Vec::new();
-    let mut it = args.into_iter();
+    let mut it = args.into_iter().peekable();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(Parsed::Help);
@@ -163,6 +194,11 @@ where
         let value = match value {
             Some(v) => v,
             None if BOOL_FLAGS.contains(&name.as_str()) => "true".into(),
+            // glog's `-v N`, `-v=N`; a bare `-v` (not followed by a number) means 1.
+            None if name == "v" => match it.next_if(|n| n.parse::<u32>().is_ok()) {
+                Some(n) => n,
+                None => "1".into(),
+            },
             None => it
                 .next()
                 .ok_or_else(|| format!("flag --{name} needs a value"))?,
@@ -286,6 +322,14 @@ where
             ))
         }
     };
+    let log_level = match one("log-level") {
+        Some(l) => l.parse().map_err(|e| format!("--log-level: {e}"))?,
+        None => LogLevel::from_verbosity(num("v", one("v"), 0)?),
+    };
+    let log_format = match one("log-format") {
+        Some(f) => f.parse().map_err(|e| format!("--log-format: {e}"))?,
+        None => LogFormat::Text,
+    };
     let node_name = match one("node-name") {
         Some(n) => n,
         None => hostname().ok_or("--node-name not given and the hostname is unknown")?,
@@ -337,6 +381,8 @@ where
         node_name,
         resync: Duration::from_secs_f64(resync),
         resync_full_every,
+        log_level,
+        log_format,
     })))
 }
 
@@ -356,7 +402,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        match parse(args.iter().map(|s| s.to_string()), |k| {
+        match parse_args(args.iter().map(|s| s.to_string()), |k| {
             env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })? {
             Parsed::Run(o) => Ok(*o),
@@ -435,6 +481,41 @@ mod tests {
         .unwrap();
         assert_eq!(o.node_name, "envnode");
         assert!(o.ip_masq);
+    }
+
+    #[test]
+    fn verbosity_log_level_and_format_flags() {
+        use tracing::level_filters::LevelFilter;
+        let o = run(&["--node-name=n"], &[]).unwrap();
+        assert_eq!(o.log_level.0, LevelFilter::INFO);
+        assert_eq!(o.log_format, LogFormat::Text);
+        assert_eq!(
+            run(&["-v", "--node-name=n"], &[]).unwrap().log_level.0,
+            LevelFilter::DEBUG
+        );
+        assert_eq!(
+            run(&["-v", "6", "--node-name=n"], &[]).unwrap().log_level.0,
+            LevelFilter::TRACE
+        );
+        assert_eq!(
+            run(&["--v=2", "--node-name=n"], &[]).unwrap().log_level.0,
+            LevelFilter::DEBUG
+        );
+        let o = run(
+            &[
+                "--v=5",
+                "--log-level=warn",
+                "--log-format=json",
+                "--node-name=n",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(o.log_level.0, LevelFilter::WARN);
+        assert_eq!(o.log_format, LogFormat::Json);
+        assert!(run(&["--log-level=loud", "--node-name=n"], &[]).is_err());
+        assert!(run(&["--log-format=xml", "--node-name=n"], &[]).is_err());
+        assert!(run(&["--v=x", "--node-name=n"], &[]).is_err());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 use twill_kernel::notify::{self, Notification, Socket};
 
-use crate::daemon::{log, Fatal};
+use crate::daemon::Fatal;
 
 /// What the notifications said since the last look.
 #[derive(Default)]
@@ -61,7 +61,10 @@ pub fn watch_kernel(name: String, network: IpNet) -> Result<KernelWatch, Fatal> 
         // Socket: the descriptor stays open and the same for the AsyncFd's whole life.
         unsafe { AsyncFd::register(sock) }.map_err(std::io::Error::from)
     };
-    let sock = open().map_err(|e| format!("opening netlink monitor: {e}"))?;
+    let sock = open().map_err(|source| Fatal::Netlink {
+        what: "opening netlink monitor",
+        source,
+    })?;
     let (tx, rx) = mpsc::channel(16);
     let state = Arc::new(KernelState::default());
     // Until the first read-back nothing is known to be clean.
@@ -92,13 +95,13 @@ pub fn watch_kernel(name: String, network: IpNet) -> Result<KernelWatch, Fatal> 
                 // The socket's buffer overflowed (a burst, often our own programming): notifications were lost.
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::ENOBUFS) => st.mark(),
                 Ok(Err(e)) => {
-                    log(format!("netlink monitor: {e}"));
+                    tracing::warn!("netlink monitor: {e}");
                     break;
                 }
             }
         }
         // Without notifications only a full read-back can tell what changed.
-        log("netlink monitor stopped: every resync reads the kernel back");
+        tracing::info!("netlink monitor stopped: every resync reads the kernel back");
         st.blind.store(true, Relaxed);
     });
     Ok(KernelWatch { link: rx, state })

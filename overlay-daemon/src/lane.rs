@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use crate::backend::Backend;
-use crate::daemon::{log, Backoff, Fatal};
+use crate::daemon::{Backoff, Fatal};
 use crate::kernel_watch::{self, KernelState};
 use crate::reconcile::Reconciler;
 use crate::subnet::LeaseEvent;
@@ -37,10 +37,10 @@ impl<B: Backend> Lane<B> {
     /// The first full pass: until the device exists.
     pub async fn bring_up(&mut self, backoff: &mut Backoff) {
         while self.rec.full().await.is_none() {
-            log(format!(
+            tracing::warn!(
                 "{} not ready; retrying",
                 self.rec.backend_mut().device_name()
-            ));
+            );
             backoff.wait().await;
         }
     }

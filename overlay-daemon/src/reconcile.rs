@@ -190,7 +190,7 @@ impl<B: Backend> Reconciler<B> {
 
     fn count_netlink_error(&self, e: &impl std::fmt::Display) {
         self.metrics.netlink_errors.fetch_add(1, Relaxed);
-        eprintln!("twilld: {e}");
+        tracing::warn!("{e}");
     }
 
     /// Applies one lease event. Returns false if the kernel could not be updated (the next full pass retries).
@@ -258,8 +258,8 @@ impl<B: Backend> Reconciler<B> {
                     // Another lease holds the subnet: it stays programmed, this one waits in the shadow.
                     match new {
                         Some(p) => {
-                            eprintln!(
-                                "twilld: lease {} shares {subnet} with lease {}: kept aside while that one holds it",
+                            tracing::warn!(
+                                "lease {} shares {subnet} with lease {}: kept aside while that one holds it",
                                 lease.key,
                                 self.origin.get(&subnet).map(|k| k.to_string()).unwrap_or_default()
                             );
@@ -303,7 +303,7 @@ impl<B: Backend> Reconciler<B> {
                     self.count_netlink_error(e);
                 }
                 if let Some(p) = &new {
-                    eprintln!("twilld: peer {subnet} at {p} programmed");
+                    tracing::info!(%subnet, public_ip = %p, "peer {subnet} at {p} programmed");
                 }
                 errors.is_empty()
             }
@@ -346,10 +346,10 @@ impl<B: Backend> Reconciler<B> {
                         ok = errors.is_empty();
                         match (&old, &heir) {
                             (_, Some((k, p))) => {
-                                eprintln!("twilld: peer {subnet} at {p} (lease {k}) programmed")
+                                tracing::info!(%subnet, public_ip = %p, "peer {subnet} at {p} (lease {k}) programmed")
                             }
                             (Some(old), None) => {
-                                eprintln!("twilld: peer {subnet} at {old} removed")
+                                tracing::info!(%subnet, public_ip = %old, "peer {subnet} at {old} removed")
                             }
                             (None, None) => {}
                         }
@@ -395,8 +395,8 @@ impl<B: Backend> Reconciler<B> {
         };
         if created {
             self.metrics.device_recreated.fetch_add(1, Relaxed);
-            eprintln!(
-                "twilld: created {} (index {dev}); replaying {} peers",
+            tracing::info!(
+                "created {} (index {dev}); replaying {} peers",
                 self.backend.device_name(),
                 self.peers.len()
             );
@@ -424,8 +424,8 @@ impl<B: Backend> Reconciler<B> {
             self.metrics
                 .reconcile_repairs
                 .fetch_add(repairs.count, Relaxed);
-            eprintln!(
-                "twilld: reconcile: {} kernel entries repaired ({} peers)",
+            tracing::info!(
+                "reconcile: {} kernel entries repaired ({} peers)",
                 repairs.count,
                 self.peers.len()
             );

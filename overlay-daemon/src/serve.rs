@@ -10,7 +10,7 @@ use twill_files::subnet_env::{self, SubnetEnv};
 use crate::backend::Backend;
 use crate::blackhole::Blackhole;
 use crate::config::{NetworkConfig, Pool};
-use crate::daemon::{log, Fatal, Guard, Start};
+use crate::daemon::{Fatal, Guard, Start};
 use crate::family::Family;
 use crate::flags::Options;
 use crate::lane::{self, Lane};
@@ -105,7 +105,7 @@ pub(crate) async fn serve<A: Backend, B: Backend>(
     };
     for b in &mut blackholes {
         if let Err(e) = b.start() {
-            log(format!("blackhole route for {}: {e}", own.key));
+            tracing::warn!("blackhole route for {}: {e}", own.key);
         }
     }
 
@@ -113,7 +113,7 @@ pub(crate) async fn serve<A: Backend, B: Backend>(
     for r in &mut rules {
         r.remove_other_backend();
         while let Err(e) = r.apply() {
-            log(format!("installing traffic rules: {e}; retrying"));
+            tracing::warn!("installing traffic rules: {e}; retrying");
             backoff.wait().await;
         }
     }
@@ -127,10 +127,9 @@ pub(crate) async fn serve<A: Backend, B: Backend>(
         mtu,
         ipmasq: opts.ip_masq,
     };
-    env.write(&opts.subnet_file)
-        .map_err(|e| format!("writing {}: {e}", opts.subnet_file.display()))?;
+    env.write(&opts.subnet_file).map_err(Fatal::SubnetFile)?;
     metrics.set_ready(|r| r.subnet_env = true);
-    log(format!("wrote {}; ready", opts.subnet_file.display()));
+    tracing::info!("wrote {}; ready", opts.subnet_file.display());
 
     let membership = subnets.start(&own, &attrs, &cfg);
     let (mut ev_rx, publish) = (membership.events, membership.publish);
@@ -142,9 +141,9 @@ pub(crate) async fn serve<A: Backend, B: Backend>(
     }
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
+        .map_err(Fatal::Signal)?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| format!("installing SIGINT handler: {e}"))?;
+        .map_err(Fatal::Signal)?;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -196,7 +195,7 @@ pub(crate) async fn serve<A: Backend, B: Backend>(
                 for b in &mut blackholes {
                     // Only while the subnet is ours: once another node holds it, its pods are there.
                     if let Err(e) = b.ensure(!metrics.readiness().lease_lost) {
-                        log(format!("blackhole route for {}: {e}", own.key));
+                        tracing::warn!("blackhole route for {}: {e}", own.key);
                     }
                 }
             }
@@ -205,7 +204,7 @@ pub(crate) async fn serve<A: Backend, B: Backend>(
             _ = sigint.recv() => break,
         }
     }
-    log("signal received: exiting, leaving kernel state in place");
+    tracing::info!("signal received: exiting, leaving kernel state in place");
     Ok(())
 }
 
@@ -236,8 +235,7 @@ fn traffic_rules(
         .into_iter()
         .flatten()
         .map(|(network, subnet)| {
-            TrafficRules::new(opts.rules_backend, network, subnet, options)
-                .map_err(|e| e.to_string())
+            TrafficRules::new(opts.rules_backend, network, subnet, options).map_err(Fatal::Rules)
         })
         .collect()
 }
@@ -249,12 +247,12 @@ fn check_rules(rules: &mut [TrafficRules], metrics: &Metrics) {
         match r.ensure() {
             Ok(true) => {
                 metrics.rules_repairs.fetch_add(1, Relaxed);
-                log("traffic rules were damaged: reinstalled");
+                tracing::warn!("traffic rules were damaged: reinstalled");
             }
             Ok(false) => {}
             Err(e) => {
                 ok = false;
-                log(format!("traffic rules: {e}"));
+                tracing::warn!("traffic rules: {e}");
             }
         }
     }

@@ -270,3 +270,35 @@ EOF");
         assert_eq!(text.matches("flanneld forward").count(), 2, "{text}");
     });
 }
+
+#[test]
+fn flanneld_iptables_rules_for_another_subnet_are_replaced_not_duplicated() {
+    in_fresh_netns(|| {
+        // What flanneld's iptables mode leaves after a run with another subnet (its rules, its order).
+        for cmd in [
+            "iptables -w -t nat -N FLANNEL-POSTRTG",
+            "iptables -w -t nat -A POSTROUTING -m comment --comment 'flanneld masq' -j FLANNEL-POSTRTG",
+            "iptables -w -t nat -A FLANNEL-POSTRTG -s 10.244.9.0/24 -d 10.244.0.0/16 -m comment --comment 'flanneld masq' -j RETURN",
+            "iptables -w -t filter -N FLANNEL-FWD",
+            "iptables -w -t filter -A FORWARD -m comment --comment 'flanneld forward' -j FLANNEL-FWD",
+            "iptables -w -t filter -A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment 'flanneld forward' -j ACCEPT",
+        ] {
+            sh(cmd);
+        }
+        let mut r = TrafficRules::new(
+            RulesBackend::Iptables,
+            net("10.244.0.0/16"),
+            net("10.244.3.0/24"),
+            options(true, true, true),
+        )
+        .unwrap();
+        r.apply().unwrap();
+        let text = sh("iptables-save");
+        assert!(!text.contains("10.244.9.0"), "{text}");
+        assert_eq!(text.matches("-j FLANNEL-POSTRTG").count(), 1, "{text}");
+        assert_eq!(text.matches("-j FLANNEL-FWD").count(), 1, "{text}");
+        assert_eq!(text.matches("flanneld masq").count(), 7, "{text}");
+        assert_eq!(text.matches("flanneld forward").count(), 3, "{text}");
+        assert!(r.intact().unwrap());
+    });
+}

@@ -75,3 +75,81 @@ fn rule_flags_choose_which_rules_twilld_installs_with_nftables_and_iptables() {
         }
     }
 }
+
+/// Starts a node's twilld with `extra` flags and returns its log once it is ready.
+fn ready_log(switch: &Switch, etcd_endpoint: String, index: u8, extra: &[&str]) -> String {
+    let n = switch.add_node(index);
+    let d = n.start_twilld(&TwilldArgs {
+        etcd: etcd_endpoint,
+        resync_secs: 1.0,
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+    });
+    assert!(
+        wait_until(READY, || n.subnet().is_some()),
+        "{}",
+        d.log_text()
+    );
+    // The "ready" line follows subnet.env; give it a moment to reach the file.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.log_text()
+}
+
+#[test]
+fn json_log_format_writes_one_object_per_line_with_level_target_and_message() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let log = ready_log(&switch, etcd.underlay_endpoint(), 1, &["--log-format=json"]);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["level", "target", "message", "timestamp"] {
+            assert!(v[field].is_string(), "no {field} in {line}");
+        }
+        assert!(
+            v["target"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("twilld")),
+            "{line}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"level\":\"INFO\"") && l.contains("acquired subnet")),
+        "{log}"
+    );
+}
+
+#[test]
+fn log_level_warn_hides_info_lines_and_glog_verbosity_shows_debug_lines() {
+    let switch = Switch::new();
+    let etcd = switch.start_etcd();
+    etcd.put(CONFIG_KEY, NET_CONFIG);
+    let quiet = ready_log(&switch, etcd.underlay_endpoint(), 1, &["--log-level=warn"]);
+    assert!(
+        !quiet.contains(" INFO ") && !quiet.contains("acquired subnet"),
+        "info lines at --log-level=warn:\n{quiet}"
+    );
+    let normal = ready_log(&switch, etcd.underlay_endpoint(), 2, &[]);
+    assert!(
+        normal.contains(" INFO ") && normal.contains("acquired subnet"),
+        "{normal}"
+    );
+    assert!(!normal.contains(" DEBUG "), "{normal}");
+    // flanneld's `-v=2`: debug lines, e.g. the periodic traffic-rules check (every second here).
+    let n = switch.add_node(3);
+    let d = n.start_twilld(&TwilldArgs {
+        etcd: etcd.underlay_endpoint(),
+        resync_secs: 1.0,
+        extra: vec!["-v=2".into()],
+    });
+    assert!(
+        wait_until(READY, || d.log_text().contains("traffic rules intact")),
+        "{}",
+        d.log_text()
+    );
+    assert!(d.log_text().contains(" DEBUG "), "{}", d.log_text());
+}

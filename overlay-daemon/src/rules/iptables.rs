@@ -129,14 +129,20 @@ pub(super) fn remove(family: IpFamily) {
 /// What the kernel holds of our rules now. Over netlink when `previous` was (or, right after installing, when
 /// our chains show up there: iptables-nft); otherwise from `iptables-save`.
 pub(super) fn read(r: &TrafficRules, previous: Option<&Snapshot>) -> Result<Snapshot, RulesError> {
-    if !matches!(previous, Some(Snapshot::Save(_))) {
-        let view = read_netlink(r.family())?;
-        let visible = CHAINS
-            .iter()
-            .zip(view.chunks(2))
-            .any(|((_, _, chain, _), v)| enabled(r, chain) && !v[1].is_empty());
-        if previous.is_some() || visible {
-            return Ok(Snapshot::Netlink(view));
+    match previous {
+        Some(Snapshot::Netlink(_)) => return read_netlink(r.family()).map(Snapshot::Netlink),
+        Some(Snapshot::Save(_)) => {}
+        // Right after installing: a host without nf_tables cannot even be asked, so an error means legacy too.
+        None => {
+            if let Ok(view) = read_netlink(r.family()) {
+                let visible = CHAINS
+                    .iter()
+                    .zip(view.chunks(2))
+                    .any(|((_, _, chain, _), v)| enabled(r, chain) && !v[1].is_empty());
+                if visible {
+                    return Ok(Snapshot::Netlink(view));
+                }
+            }
         }
     }
     read_save(r.family()).map(Snapshot::Save)

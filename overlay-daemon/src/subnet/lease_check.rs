@@ -184,8 +184,8 @@ impl<K: Ord + Copy + std::fmt::Display> InvalidLeases<K> {
             .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(60));
         if fresh {
             if self.suppressed > 0 {
-                eprintln!(
-                    "twilld: {} more invalid-lease lines were suppressed in the last minute",
+                tracing::info!(
+                    "{} more invalid-lease lines were suppressed in the last minute",
                     self.suppressed
                 );
             }
@@ -195,7 +195,7 @@ impl<K: Ord + Copy + std::fmt::Display> InvalidLeases<K> {
         }
         if self.lines < LOG_BURST {
             self.lines += 1;
-            eprintln!("twilld: {line}");
+            tracing::warn!("{line}");
         } else {
             self.suppressed += 1;
         }

@@ -4,9 +4,9 @@ use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    AfSpecBridge, AfSpecInet, AfSpecInet6, AfSpecUnspec, BridgeFlag, BridgeVlanInfo,
-    BridgeVlanInfoFlags, InetDevConf, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-    InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, LinkProtoInfoBridge,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, InetDevConf, InfoBridge, InfoBridgePort, InfoData,
+    InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage, LinkProtoInfoBridge,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -37,6 +37,10 @@ pub struct Link {
     /// Index of the bridge (or other master) this device is enslaved to.
     pub master: Option<u32>,
     pub promisc: bool,
+    /// Receives all multicast (IFF_ALLMULTI).
+    pub allmulti: bool,
+    /// `IFLA_TXQLEN`: the transmit queue length.
+    pub txqlen: u32,
     /// `IFLA_LINK`: for a veth, the peer's ifindex, in the namespace named by `link_netnsid` when set.
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: the peer namespace's id as seen from this namespace.
@@ -117,24 +121,12 @@ pub struct LinkChange {
     pub mac: Option<MacAddr>,
     /// Administratively up or down.
     pub up: Option<bool>,
-}
-
-/// A VLAN on a bridge port (or on the bridge itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BridgeVlan {
-    pub vid: u16,
-    /// Untagged ingress frames are assigned this VLAN.
-    pub pvid: bool,
-    /// Frames leave untagged.
-    pub untagged: bool,
-}
-
-/// Where a bridge VLAN entry lives: on a port (the usual case) or on the bridge device itself
-/// (`bridge vlan add ... self`, needed for the gateway address on a VLAN).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VlanOn {
-    Port,
-    BridgeItself,
+    /// Promiscuous mode on or off.
+    pub promisc: Option<bool>,
+    /// All-multicast mode on or off.
+    pub allmulti: Option<bool>,
+    /// Transmit queue length.
+    pub txqlen: Option<u32>,
 }
 
 pub(crate) fn new_link_message(index: u32) -> LinkMessage {
@@ -181,6 +173,8 @@ impl Link {
             oper_state: OperState::Unknown,
             master: None,
             promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            allmulti: msg.header.flags.contains(LinkFlags::Allmulti),
+            txqlen: 0,
             peer_index: None,
             link_netnsid: None,
             vlan_filtering: None,
@@ -193,6 +187,7 @@ impl Link {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Address(a) => link.mac = MacAddr::from_slice(a),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
                 LinkAttribute::OperState(s) => link.oper_state = *s,
                 LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
                 LinkAttribute::Link(l) if *l != 0 => link.peer_index = Some(*l),
@@ -299,7 +294,7 @@ impl Handle {
         )
     }
 
-    fn set_link(
+    pub(crate) fn set_link(
         &self,
         msg: LinkMessage,
         op: &'static str,
@@ -375,7 +370,8 @@ impl Handle {
     }
 
     /// Applies several settings in one request (one trip through the RTNL lock); `None` fields are left as
-    /// they are, and an empty change sends nothing.
+    /// they are, and an empty change sends nothing. The kernel stops at the first setting it refuses, so on
+    /// error some may have been applied: a caller that must undo restores every setting it asked to change.
     pub fn change_link(&self, index: u32, change: &LinkChange) -> Result<()> {
         if *change == LinkChange::default() {
             return Ok(());
@@ -384,6 +380,20 @@ impl Handle {
         if let Some(up) = change.up {
             msg.header.change_mask |= LinkFlags::Up;
             up_flags(&mut msg, up);
+        }
+        for (flag, on) in [
+            (LinkFlags::Promisc, change.promisc),
+            (LinkFlags::Allmulti, change.allmulti),
+        ] {
+            if let Some(on) = on {
+                msg.header.change_mask |= flag;
+                if on {
+                    msg.header.flags |= flag;
+                }
+            }
+        }
+        if let Some(q) = change.txqlen {
+            msg.attributes.push(LinkAttribute::TxQueueLen(q));
         }
         if let Some(mtu) = change.mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
@@ -549,88 +559,5 @@ impl Handle {
         self.set_link(msg, "set bridge port flags of link", || {
             format!("index {index} ({flags:?})")
         })
-    }
-
-    fn bridge_vlan_message(index: u32, vlan: BridgeVlan, on: VlanOn) -> LinkMessage {
-        let mut flags = BridgeVlanInfoFlags::empty();
-        if vlan.pvid {
-            flags |= BridgeVlanInfoFlags::Pvid;
-        }
-        if vlan.untagged {
-            flags |= BridgeVlanInfoFlags::Untagged;
-        }
-        let mut spec = Vec::new();
-        if on == VlanOn::BridgeItself {
-            spec.push(AfSpecBridge::Flags(BridgeFlag::LowerDev));
-        }
-        spec.push(AfSpecBridge::VlanInfo(BridgeVlanInfo {
-            flags,
-            vid: vlan.vid,
-        }));
-        let mut msg = new_link_message(index);
-        msg.header.interface_family = AddressFamily::Bridge;
-        msg.attributes.push(LinkAttribute::AfSpecBridge(spec));
-        msg
-    }
-
-    /// Adds (or updates the flags of) a VLAN on a bridge port or the bridge itself.
-    pub fn add_bridge_vlan(&self, index: u32, vlan: BridgeVlan, on: VlanOn) -> Result<()> {
-        let msg = Self::bridge_vlan_message(index, vlan, on);
-        self.set_link(msg, "add bridge vlan", || {
-            format!("{} to index {index}", vlan.vid)
-        })
-    }
-
-    /// Removes a VLAN from a bridge port or the bridge itself.
-    pub fn delete_bridge_vlan(&self, index: u32, vid: u16, on: VlanOn) -> Result<()> {
-        let vlan = BridgeVlan {
-            vid,
-            pvid: false,
-            untagged: false,
-        };
-        let msg = Self::bridge_vlan_message(index, vlan, on);
-        self.request(
-            RouteNetlinkMessage::DelLink(msg),
-            0,
-            "delete bridge vlan",
-            || format!("{vid} from index {index}"),
-        )
-        .map(|_| ())
-    }
-
-    /// The VLANs configured on a bridge port (or on the bridge itself, for the bridge's index).
-    pub fn bridge_vlans(&self, index: u32) -> Result<Vec<BridgeVlan>> {
-        let mut msg = new_link_message(0);
-        msg.header.interface_family = AddressFamily::Bridge;
-        msg.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::Brvlan]));
-        let msgs = self.dump(
-            RouteNetlinkMessage::GetLink(msg),
-            "list bridge vlans of",
-            || format!("index {index}"),
-        )?;
-        let mut out = Vec::new();
-        for m in msgs {
-            let RouteNetlinkMessage::NewLink(l) = m else {
-                continue;
-            };
-            if l.header.index != index {
-                continue;
-            }
-            for attr in &l.attributes {
-                if let LinkAttribute::AfSpecBridge(spec) = attr {
-                    for s in spec {
-                        if let AfSpecBridge::VlanInfo(info) = s {
-                            out.push(BridgeVlan {
-                                vid: info.vid,
-                                pvid: info.flags.contains(BridgeVlanInfoFlags::Pvid),
-                                untagged: info.flags.contains(BridgeVlanInfoFlags::Untagged),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 }

@@ -365,11 +365,25 @@ impl Handle {
         for family in families {
             let mut msg = RouteMessage::default();
             msg.header.address_family = family.to_af();
-            let msgs = self.dump(
+            // With strict checking the kernel dumps only the table and device asked for (a large table of
+            // other routes is not copied to us); without it, it ignores them and the filter below applies.
+            match filter.table {
+                Some(t) if t < 256 => msg.header.table = t as u8,
+                Some(t) => msg.attributes.push(RouteAttribute::Table(t)),
+                None => {}
+            }
+            if let Some(oif) = filter.oif {
+                msg.attributes.push(RouteAttribute::Oif(oif));
+            }
+            let msgs = match self.dump(
                 RouteNetlinkMessage::GetRoute(msg),
                 "list routes",
                 String::new,
-            )?;
+            ) {
+                // A table that does not exist (in this family) has no routes.
+                Err(e) if filter.table.is_some() && e.errno() == Some(libc::ENOENT) => continue,
+                other => other?,
+            };
             for m in msgs {
                 let RouteNetlinkMessage::NewRoute(r) = m else {
                     continue;

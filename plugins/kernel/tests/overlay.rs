@@ -8,25 +8,8 @@ use std::net::IpAddr;
 
 use common::TestNs;
 use twill_kernel::{
-    Family, IpNet, LinkChange, MacAddr, Route, RouteFilter, RouteType, VethSpec, VxlanSpec,
-    TABLE_MAIN,
+    Family, IpNet, LinkChange, MacAddr, Route, RouteFilter, RouteType, VxlanSpec, TABLE_MAIN,
 };
-
-fn underlay(t: &TestNs, addrs: &[&str]) -> u32 {
-    let under = t
-        .handle
-        .create_veth(&VethSpec {
-            name: "under0".into(),
-            peer_name: "under0p".into(),
-            up: true,
-            ..Default::default()
-        })
-        .unwrap();
-    for a in addrs {
-        t.ip(&["addr", "add", a, "dev", "under0", "nodad"]);
-    }
-    under.index
-}
 
 fn v6_vxlan(under: u32) -> VxlanSpec {
     VxlanSpec {
@@ -46,7 +29,7 @@ fn v6_vxlan(under: u32) -> VxlanSpec {
 #[test]
 fn vxlan_over_ipv6_is_read_back_as_created() {
     let t = TestNs::new();
-    let under = underlay(&t, &["fd00:50::2/64"]);
+    let under = t.underlay(&["fd00:50::2/64"]);
     let spec = v6_vxlan(under);
     t.handle.create_vxlan(&spec).unwrap();
     let link = t.handle.link_by_name("flannel-v6.1").unwrap();
@@ -70,13 +53,14 @@ fn vxlan_over_ipv6_is_read_back_as_created() {
 #[test]
 fn one_link_change_sets_mtu_mac_and_state() {
     let t = TestNs::new();
-    let under = underlay(&t, &["fd00:50::2/64"]);
+    let under = t.underlay(&["fd00:50::2/64"]);
     let link = t.handle.create_vxlan(&v6_vxlan(under)).unwrap();
     let mac: MacAddr = "0a:00:00:00:06:09".parse().unwrap();
     let change = LinkChange {
         mtu: Some(1400),
         mac: Some(mac),
         up: Some(true),
+        ..Default::default()
     };
     t.handle.change_link(link.index, &change).unwrap();
     let now = t.handle.link_by_index(link.index).unwrap();
@@ -101,7 +85,7 @@ fn one_link_change_sets_mtu_mac_and_state() {
 #[test]
 fn ipv6_peer_entries_on_a_vxlan_device() {
     let t = TestNs::new();
-    let under = underlay(&t, &["fd00:50::2/64"]);
+    let under = t.underlay(&["fd00:50::2/64"]);
     let spec = VxlanSpec {
         up: true,
         ..v6_vxlan(under)
@@ -175,7 +159,7 @@ fn blackhole_route_is_added_listed_and_deleted() {
 #[test]
 fn route_get_says_which_device_and_source_reach_an_address() {
     let t = TestNs::new();
-    let under = underlay(&t, &["192.168.50.2/24", "fd00:50::2/64"]);
+    let under = t.underlay(&["192.168.50.2/24", "fd00:50::2/64"]);
     t.ip(&["route", "add", "10.9.0.0/16", "via", "192.168.50.1"]);
     let r = t.handle.route_get("10.9.1.1".parse().unwrap()).unwrap();
     assert_eq!(r.oif, Some(under));

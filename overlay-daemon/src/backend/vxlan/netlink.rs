@@ -13,7 +13,6 @@ use twill_kernel::{
     RouteProtocol, RouteScope, RouteType, VxlanSpec, TABLE_MAIN,
 };
 
-use crate::daemon::log;
 use crate::subnet::lease::VtepMac;
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -150,10 +149,7 @@ impl Vxlan {
             Some(l) if spec.compatible(&l) => (l, false),
             other => {
                 if let Some(l) = other {
-                    log(format!(
-                        "{} exists with other settings: recreating it",
-                        spec.name
-                    ));
+                    tracing::info!("{} exists with other settings: recreating it", spec.name);
                     gone_ok(self.handle.delete_link(l.index))?;
                 }
                 let link = self.handle.create_vxlan(&spec.vxlan())?;
@@ -170,6 +166,7 @@ impl Vxlan {
             mtu: (link.mtu != spec.mtu).then_some(spec.mtu),
             mac: (link.mac != Some(mac(spec.mac))).then_some(mac(spec.mac)),
             up: (!link.up).then_some(true),
+            ..Default::default()
         };
         self.handle.change_link(link.index, &change)?;
         self.ensure_address(link.index, spec)?;

@@ -137,8 +137,8 @@ pub async fn acquire(
                 }
             }
             if !l.is_reservation() {
-                eprintln!(
-                    "twilld: deleting our lease {} which the current network config no longer allows",
+                tracing::info!(
+                    "deleting our lease {} which the current network config no longer allows",
                     l.key
                 );
                 registry.delete(&l.key).await?;
@@ -188,8 +188,8 @@ async fn lost_race(registry: &mut Registry, ours: &SubnetKey) -> Result<bool, Ac
     if !older_overlap(&keys, ours, created) {
         return Ok(false);
     }
-    eprintln!(
-        "twilld: lease {ours} shares a subnet with an older lease: giving it up and picking again"
+    tracing::info!(
+        "lease {ours} shares a subnet with an older lease: giving it up and picking again"
     );
     registry.delete_created_at(ours, created).await?;
     Ok(true)

@@ -11,7 +11,6 @@ use super::registry::{Registry, RegistryError};
 use super::set_expiry;
 use super::watcher::OwnEvent;
 use crate::config::NetworkConfig;
-use crate::daemon::log;
 use crate::metrics::Metrics;
 use crate::subnet::lease::LeaseAttrs;
 
@@ -42,7 +41,7 @@ impl LeaseKeeper {
             }
         };
         if said.as_ref() != Some(&state) {
-            log(format!("etcd store reset: {state}"));
+            tracing::warn!("etcd store reset: {state}");
             let why = state.clone();
             self.metrics.set_ready(|r| {
                 let base = r
@@ -63,10 +62,10 @@ impl LeaseKeeper {
     fn registered_again(&self, reset_pending: &mut bool) {
         if *reset_pending {
             *reset_pending = false;
-            log(format!(
+            tracing::info!(
                 "subnet {} registered again after the etcd store reset",
                 self.own.key
-            ));
+            );
             self.metrics.set_ready(|r| r.store_reset = None);
         }
     }
@@ -104,8 +103,8 @@ impl LeaseKeeper {
                     if self.own.lease_id == 0 {
                         let with = self.attrs.vtep_mac().map(|m| format!(" with VTEP MAC {m}")).unwrap_or_default();
                         match self.registry.put_reservation(&self.own.key, &self.attrs).await {
-                            Ok(()) => log(format!("reservation {} re-published{with}", self.own.key)),
-                            Err(e) => log(format!("re-publishing reservation {}: {e}", self.own.key)),
+                            Ok(()) => tracing::info!("reservation {} re-published{with}", self.own.key),
+                            Err(e) => tracing::warn!("re-publishing reservation {}: {e}", self.own.key),
                         }
                         continue;
                     }
@@ -124,7 +123,7 @@ impl LeaseKeeper {
                         }
                         Some(OwnEvent::Present) => {
                             if lost {
-                                log(format!("subnet {} is registered as ours again", self.own.key));
+                                tracing::info!("subnet {} is registered as ours again", self.own.key);
                             }
                             lost = false;
                             recreate = false;
@@ -137,11 +136,11 @@ impl LeaseKeeper {
                             continue;
                         }
                         Some(OwnEvent::Gone) => {
-                            log(format!("our lease on {} disappeared from etcd: re-acquiring the same subnet", self.own.key));
+                            tracing::info!("our lease on {} disappeared from etcd: re-acquiring the same subnet", self.own.key);
                             recreate = true;
                         }
                         Some(OwnEvent::Taken(by)) => {
-                            log(format!("ERROR: subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", self.own.key));
+                            tracing::error!("subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", self.own.key);
                             lost = true;
                             recreate = true;
                             metrics.set_ready(|r| r.lease_lost = true);
@@ -164,7 +163,7 @@ impl LeaseKeeper {
                         metrics.etcd_ok();
                         metrics.set_ready(|r| r.lease_lost = false);
                         set_expiry(&metrics, &self.own, ttl);
-                        log(format!("re-acquired subnet {}", self.own.key));
+                        tracing::info!("re-acquired subnet {}", self.own.key);
                         self.registered_again(&mut reset_pending);
                         next = now() + renew_after;
                     }
@@ -174,7 +173,7 @@ impl LeaseKeeper {
                     }
                     Err(e) => {
                         metrics.etcd_error(&e.to_string());
-                        log(format!("re-acquiring {}: {e}; retrying", self.own.key));
+                        tracing::warn!("re-acquiring {}: {e}; retrying", self.own.key);
                         next = now() + retry;
                     }
                 }
@@ -204,7 +203,7 @@ impl LeaseKeeper {
                     // watcher re-lists (it may be watching a store that no longer exists); we re-create it.
                     let why = format!("our lease key for {} was gone at renewal", self.own.key);
                     if !reset_pending {
-                        log(format!("{why}: re-acquiring it and re-listing all leases"));
+                        tracing::info!("{why}: re-acquiring it and re-listing all leases");
                         self.registry.epoch().report(why);
                     }
                     recreate = true;
@@ -212,7 +211,7 @@ impl LeaseKeeper {
                 }
                 Err(e) => {
                     metrics.etcd_error(&e.to_string());
-                    log(format!("renewing lease on {}: {e}; retrying", self.own.key));
+                    tracing::warn!("renewing lease on {}: {e}; retrying", self.own.key);
                     next = now() + retry;
                 }
             }

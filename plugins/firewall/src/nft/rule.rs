@@ -11,7 +11,9 @@ use ipnet::IpNet;
 use super::expr::{
     ifname_bytes, CmpOp, Expr, IpFamily, MetaKey, NatKind, PayloadBase, Reg, Verdict,
 };
-use super::sys::{NF_NAT_RANGE_PROTO_RANDOM_FULLY, RTN_LOCAL};
+use super::sys::{
+    NF_CT_STATE_ESTABLISHED, NF_CT_STATE_RELATED, NF_NAT_RANGE_PROTO_RANDOM_FULLY, RTN_LOCAL,
+};
 use super::Family;
 use crate::error::{Error, Result};
 
@@ -214,6 +216,22 @@ impl Rule {
         }
         self.exprs
             .push(Expr::cmp(op, Reg::R1, &(value & mask).to_ne_bytes()));
+        self
+    }
+
+    /// `ct state established,related`: the packet belongs to (or is related to) a connection
+    /// already seen in both directions.
+    pub fn match_ct_established_related(mut self) -> Rule {
+        let bits = NF_CT_STATE_ESTABLISHED | NF_CT_STATE_RELATED;
+        self.exprs.push(Expr::ct_state_load(Reg::R1));
+        self.exprs.push(Expr::bitwise(
+            Reg::R1,
+            Reg::R1,
+            &bits.to_ne_bytes(),
+            &0u32.to_ne_bytes(),
+        ));
+        self.exprs
+            .push(Expr::cmp(CmpOp::Neq, Reg::R1, &0u32.to_ne_bytes()));
         self
     }
 
