@@ -42,7 +42,7 @@ fn within(inner: &str, outer: &str) -> bool {
 #[test]
 fn control_plane_serves_the_pinned_release_and_allocates_node_pod_cidrs() {
     let switch = Switch::new();
-    let cp = ControlPlane::start(&switch, Options::ipv4());
+    let mut cp = ControlPlane::start(&switch, Options::ipv4());
     eprintln!(
         "kube-apiserver ready {:.2}s after its start",
         cp.apiserver_startup().as_secs_f64()
@@ -80,6 +80,16 @@ fn control_plane_serves_the_pinned_release_and_allocates_node_pod_cidrs() {
 
     cp.delete_node("labelled");
     assert!(cp.node("labelled").is_none(), "node still there");
+
+    // An API server restart keeps the cluster's state (it lives in etcd).
+    cp.stop_apiserver();
+    assert!(!cp.kubectl(&["get", "nodes"]).status.success());
+    cp.start_apiserver();
+    eprintln!(
+        "kube-apiserver ready {:.2}s after its restart",
+        cp.apiserver_startup().as_secs_f64()
+    );
+    assert_eq!(cp.pod_cidrs("node1"), cidrs[..1]);
 }
 
 #[test]
