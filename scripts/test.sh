@@ -110,5 +110,8 @@ step demo demo_round || true
 step test cargo test --workspace --no-fail-fast -- --test-threads="$THREADS" || true
 # The release artifacts from a clean clone: tarball conformance, Debian 11 chroot, .deb in a Debian 12 chroot.
 step release scripts/release-test.sh || true
+# The Kubernetes image from the same clean-clone build: its files, static binaries, entrypoint, and its
+# init containers' commands run from it by podman.
+step image scripts/image-test.sh || true
 
 exit "$failed"
