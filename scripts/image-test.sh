@@ -7,6 +7,8 @@
 #      /opt/bin/twilld as entrypoint; the install-cni-plugins init container's command, run from the image
 #      with a fresh directory as the node's /opt/cni/bin, installs the five plugins, each answering VERSION;
 #      the install-cni one installs the conflist; twilld --version runs from the image.
+#   4. containerd (a temporary one) imports it as `kind load image-archive` does (`ctr -n k8s.io images
+#      import`), finds it under the manifest's name, and runs the plugin installer from it.
 #
 # usage: scripts/image-test.sh [--archive FILE]   (FILE: an archive already built; default: build it)
 set -euo pipefail
@@ -31,7 +33,12 @@ pod() {
   podman --root "$storage/root" --runroot "$storage/run" --tmpdir "$storage/tmp" --storage-driver vfs \
     --cgroup-manager cgroupfs --events-backend file "$@"
 }
+containerd_pid=""
 cleanup() {
+  if [ -n "$containerd_pid" ]; then
+    kill "$containerd_pid" 2>/dev/null || true
+    wait "$containerd_pid" 2>/dev/null || true
+  fi
   pod rm -af >/dev/null 2>&1 || true
   pod rmi -af >/dev/null 2>&1 || true
   rm -rf "$work"
@@ -103,4 +110,39 @@ run -v "$work/node/etc/cni/net.d:/etc/cni/net.d" -v "$work/cfg:/etc/kube-flannel
 cmp -s "$work/cfg/cni-conf.json" "$work/node/etc/cni/net.d/10-flannel.conflist" || fail "conflist differs"
 ver="$(run "$image" --version)" || fail "twilld --version from the image: $ver"
 case "$ver" in "twilld v$version"*) ;; *) fail "twilld --version said: $ver" ;; esac
-log "image OK: $image, entrypoint $entrypoint, $ver"
+
+# 4. containerd, as on a kind or kubeadm node.
+cd_dir="$work/containerd"
+mkdir -p "$cd_dir"
+sock="$cd_dir/containerd.sock"
+cat >"$cd_dir/config.toml" <<TOML
+version = 2
+root = "$cd_dir/root"
+state = "$cd_dir/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$sock"
+TOML
+containerd --config "$cd_dir/config.toml" >"$cd_dir/containerd.log" 2>&1 &
+containerd_pid=$!
+ctr_() { ctr --address "$sock" -n k8s.io "$@"; }
+for _ in $(seq 1 100); do
+  ctr_ version >/dev/null 2>&1 && break
+  kill -0 "$containerd_pid" 2>/dev/null || fail "containerd exited: $(cat "$cd_dir/containerd.log")"
+  sleep 0.1
+done
+ctr_ images import --all-platforms "$archive" >/dev/null || fail "ctr images import"
+names="$(ctr_ images ls -q)"
+printf '%s\n' "$names" | grep -Fx "docker.io/$image" >/dev/null || printf '%s\n' "$names" | grep -Fx "$image" >/dev/null ||
+  fail "containerd does not list $image: $names"
+ref="$(printf '%s\n' "$names" | grep -F "$image" | head -n1)"
+rm -rf "$work/node/opt/cni/bin"
+mkdir -p "$work/node/opt/cni/bin"
+ctr_ run --rm --mount "type=bind,src=$work/node/opt/cni/bin,dst=/host/opt/cni/bin,options=rbind:rw" \
+  "$ref" twill-install-test /opt/bin/twill-install /opt/twill/cni/flannel /opt/twill/cni/bridge \
+  /opt/twill/cni/host-local /opt/twill/cni/portmap /opt/twill/cni/loopback /host/opt/cni/bin/ >/dev/null ||
+  fail "running the installer under containerd"
+for p in flannel bridge host-local portmap loopback; do
+  [ -x "$work/node/opt/cni/bin/$p" ] || fail "containerd run did not install $p"
+done
+log "image OK: $image (containerd: $ref), entrypoint $entrypoint, $ver"
