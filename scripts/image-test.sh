@@ -133,9 +133,11 @@ for _ in $(seq 1 100); do
 done
 ctr_ images import --all-platforms "$archive" >/dev/null || fail "ctr images import"
 names="$(ctr_ images ls -q)"
-printf '%s\n' "$names" | grep -Fx "docker.io/$image" >/dev/null || printf '%s\n' "$names" | grep -Fx "$image" >/dev/null ||
-  fail "containerd does not list $image: $names"
-ref="$(printf '%s\n' "$names" | grep -F "$image" | head -n1)"
+ref=""
+while IFS= read -r name; do
+  case "$name" in "$image" | "docker.io/$image") ref="$name" ;; esac
+done <<<"$names"
+[ -n "$ref" ] || fail "containerd does not list $image: $names"
 rm -rf "$work/node/opt/cni/bin"
 mkdir -p "$work/node/opt/cni/bin"
 ctr_ run --rm --mount "type=bind,src=$work/node/opt/cni/bin,dst=/host/opt/cni/bin,options=rbind:rw" \
