@@ -24,7 +24,7 @@ use crate::kernel_watch;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::rules::TrafficRules;
-use crate::subnet::etcd::EtcdManager;
+use crate::subnet::any::AnyManager;
 use crate::subnet::lease_check::Expect;
 use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetManager};
 
@@ -63,7 +63,7 @@ struct Start {
     metrics: Arc<Metrics>,
     handle: rtnetlink::Handle,
     underlay: Underlay,
-    subnets: EtcdManager,
+    subnets: AnyManager,
     cfg: NetworkConfig,
     grace: Duration,
     backoff: Backoff,
@@ -120,29 +120,30 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     let (conn, handle, _) =
         rtnetlink::new_connection().map_err(|e| format!("opening netlink socket: {e}"))?;
     tokio::spawn(conn);
-    let underlay = iface::select(&handle, &opts.iface, opts.public_ip).await?;
-    log(format!(
-        "underlay {} (index {}, mtu {}), public IP {}",
-        underlay.name, underlay.index, underlay.mtu, underlay.public_ip
-    ));
-
-    // etcd unreachable at start: keep trying, say so (docs/architecture.md, "Health and lifecycle").
+    // etcd (or the API server) unreachable at start: keep trying, say so (docs/architecture.md, "Health and
+    // lifecycle").
     let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
     let mut backoff = Backoff::new();
     let mut subnets = loop {
-        match EtcdManager::connect(&opts, metrics.clone(), grace.max(Duration::from_secs(5))).await
-        {
+        match AnyManager::connect(&opts, metrics.clone(), grace.max(Duration::from_secs(5))).await {
             Ok(m) => break m,
+            Err(SubnetError::ConfigInvalid(e)) => return Err(e),
             Err(e) => {
-                log(format!(
-                    "cannot reach etcd at {}: {e}; retrying",
-                    opts.etcd_endpoints.join(",")
-                ));
+                log(format!("{e}; retrying"));
                 metrics.etcd_error(&e.to_string());
                 backoff.wait().await;
             }
         }
     };
+    let public_ip = match opts.public_ip {
+        Some(ip) => Some(ip),
+        None => subnets.stored_public_ip().await,
+    };
+    let underlay = iface::select(&handle, &opts.iface, public_ip).await?;
+    log(format!(
+        "underlay {} (index {}, mtu {}), public IP {}",
+        underlay.name, underlay.index, underlay.mtu, underlay.public_ip
+    ));
     let cfg = loop {
         match subnets.network_config().await {
             Ok(cfg) => break cfg,
