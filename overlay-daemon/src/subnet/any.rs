@@ -14,7 +14,7 @@ use crate::flags::Options;
 use crate::metrics::Metrics;
 
 pub enum AnyManager {
-    Etcd(EtcdManager),
+    Etcd(Box<EtcdManager>),
     Kube(Box<KubeManager>),
 }
 
@@ -31,7 +31,7 @@ impl AnyManager {
             ))),
             None => EtcdManager::connect(opts, metrics, settle)
                 .await
-                .map(AnyManager::Etcd)
+                .map(|m| AnyManager::Etcd(Box::new(m)))
                 .map_err(|e| {
                     SubnetError::Unavailable(format!(
                         "cannot reach etcd at {}: {e}",

@@ -58,9 +58,10 @@ impl OwnNode {
         mut publish: mpsc::Receiver<LeaseAttrs>,
         mut seen: watch::Receiver<Option<Node>>,
     ) {
-        if self.set_network_unavailable {
-            self.clear_network_unavailable().await;
-        }
+        // Cleared on the side: an API server that is down must not hold up re-publishing our attributes.
+        let mut clearing = self
+            .set_network_unavailable
+            .then(|| tokio::spawn(clear_network_unavailable(self.clone_parts())));
         loop {
             tokio::select! {
                 a = publish.recv() => match a {
@@ -78,42 +79,18 @@ impl OwnNode {
                     let node = seen.borrow_and_update().clone();
                     if let Some(n) = node {
                         self.check(&n).await;
+                        let running = clearing.as_ref().is_some_and(|h| !h.is_finished());
+                        if self.set_network_unavailable && network_unavailable(&n) && !running {
+                            clearing = Some(tokio::spawn(clear_network_unavailable(self.clone_parts())));
+                        }
                     }
                 }
             }
         }
     }
 
-    async fn clear_network_unavailable(&self) {
-        let mut backoff = Backoff::new();
-        loop {
-            match self
-                .nodes
-                .patch_status(
-                    &self.name,
-                    &PatchParams::default(),
-                    &Patch::Strategic(network_available()),
-                )
-                .await
-            {
-                Ok(_) => {
-                    log(format!(
-                        "cleared the NetworkUnavailable condition of node {}",
-                        self.name
-                    ));
-                    return;
-                }
-                Err(e) => {
-                    let e = format!("Kubernetes API: {e}");
-                    log(format!(
-                        "clearing NetworkUnavailable of node {}: {e}; retrying",
-                        self.name
-                    ));
-                    self.metrics.etcd_error(&e);
-                    backoff.wait().await;
-                }
-            }
-        }
+    fn clone_parts(&self) -> (Api<Node>, String, Arc<Metrics>) {
+        (self.nodes.clone(), self.name.clone(), self.metrics.clone())
     }
 
     /// Our Node as the watch last saw it.
@@ -140,9 +117,6 @@ impl OwnNode {
         )
         .is_empty()
         {
-            if self.set_network_unavailable && network_unavailable(node) {
-                self.clear_network_unavailable().await;
-            }
             return;
         }
         log(format!(
@@ -150,9 +124,6 @@ impl OwnNode {
             self.name
         ));
         self.republish(Some(node)).await;
-        if self.set_network_unavailable && network_unavailable(node) {
-            self.clear_network_unavailable().await;
-        }
     }
 
     /// Patches what differs from `node` (read fresh from the API server when the watch has not seen it yet),
@@ -182,6 +153,36 @@ impl OwnNode {
                     self.metrics.etcd_error(&e);
                     backoff.wait().await;
                 }
+            }
+        }
+    }
+}
+
+/// Sets NetworkUnavailable=False on our Node, retrying until it succeeds.
+async fn clear_network_unavailable((nodes, name, metrics): (Api<Node>, String, Arc<Metrics>)) {
+    let mut backoff = Backoff::new();
+    loop {
+        match nodes
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Strategic(network_available()),
+            )
+            .await
+        {
+            Ok(_) => {
+                log(format!(
+                    "cleared the NetworkUnavailable condition of node {name}"
+                ));
+                return;
+            }
+            Err(e) => {
+                let e = format!("Kubernetes API: {e}");
+                log(format!(
+                    "clearing NetworkUnavailable of node {name}: {e}; retrying"
+                ));
+                metrics.etcd_error(&e);
+                backoff.wait().await;
             }
         }
     }
