@@ -488,13 +488,27 @@ fn flanneld_and_twilld_nodes_are_peers_and_twilld_publishes_flanneld_bytes() {
     let nodes: Vec<Node> = (1..=3).map(|i| switch.add_node(i)).collect();
     for n in &nodes {
         c.cp.join(n);
+        // What a kubelet sets when it registers. flanneld needs some annotation there: on a Node without any
+        // it panics ("assignment to entry in nil map"), where twilld just adds its own.
+        c.cp.kubectl_ok(&[
+            "annotate",
+            "node",
+            &n.name(),
+            "volumes.kubernetes.io/controller-managed-attach-detach=true",
+        ]);
     }
     let all: Vec<&Node> = nodes.iter().collect();
     // node1 runs flanneld, the others twilld.
     let mut fl = flanneld::start_kube(&nodes[0], &c.kubeconfig(&nodes[0]), &flannel_conf);
     let twillds: Vec<Twilld> = nodes[1..].iter().map(|n| c.start_twilld(n)).collect();
     for n in &nodes {
-        n.wait_ready(READY);
+        assert!(
+            wait_until(READY, || n.subnet().is_some()),
+            "{} wrote no subnet.env\n{}\n--- flanneld ---\n{}",
+            n.name(),
+            logs(&c, &all),
+            std::fs::read_to_string(flanneld::log_file(&nodes[0])).unwrap_or_default()
+        );
     }
     let flanneld_annotations = c.annotations("node1");
     assert_eq!(
