@@ -76,6 +76,16 @@ pub fn start_kube(
     kubeconfig: &std::path::Path,
     net_conf: &std::path::Path,
 ) -> Flanneld {
+    start_kube_with(node, kubeconfig, net_conf, &[])
+}
+
+/// [`start_kube`] with more flags (e.g. `--kube-annotation-prefix`).
+pub fn start_kube_with(
+    node: &Node,
+    kubeconfig: &std::path::Path,
+    net_conf: &std::path::Path,
+    extra: &[String],
+) -> Flanneld {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", node.ns.name()])
         .arg(flanneld_bin())
@@ -85,6 +95,7 @@ pub fn start_kube(
         .arg("--iface=eth0")
         .arg("--ip-masq")
         .arg(format!("--subnet-file={}", node.subnet_file().display()))
+        .args(extra)
         .env("NODE_NAME", node.name());
     DaemonProcess::spawn(cmd, log_file(node))
 }

@@ -440,13 +440,21 @@ fn api_server_restart_loses_no_route_and_readyz_says_why_meanwhile() {
 }
 
 #[test]
-fn a_node_without_podcidr_waits_reports_it_and_starts_once_assigned() {
+fn a_node_without_podcidr_waits_reports_it_and_starts_once_assigned_honouring_public_ip_overwrite()
+{
     let switch = Switch::new();
     let mut opts = Options::ipv4();
     opts.allocate_node_cidrs = false;
     let c = Cluster::start(&switch, opts);
     let n = switch.add_node(1);
     c.cp.register_node(&NodeSpec::of(&n));
+    // An administrator's address to advertise instead of ours (this node has no peers: nothing is sent there).
+    c.cp.kubectl_ok(&[
+        "annotate",
+        "node",
+        "node1",
+        &format!("{PREFIX}public-ip-overwrite=192.0.2.10"),
+    ]);
     let _d = c.start_twilld(&n);
     assert!(
         wait_until(Duration::from_secs(30), || {
@@ -475,6 +483,12 @@ fn a_node_without_podcidr_waits_reports_it_and_starts_once_assigned() {
     ]);
     assert_eq!(n.wait_ready(READY), ("10.244.42.0".parse().unwrap(), 24));
     assert!(wait_until(READY, || curl(&n, "/readyz").0 == "200"));
+    let a = c.annotations("node1");
+    assert_eq!(a[&format!("{PREFIX}public-ip")], "192.0.2.10", "{a:?}");
+    // The tunnel itself still starts at the node's own address.
+    assert!(n
+        .ip(&["-d", "link", "show", "flannel.1"])
+        .contains(&format!("local {}", n.underlay_ip)));
 }
 
 #[test]
