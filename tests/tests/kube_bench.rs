@@ -9,7 +9,8 @@
 //!   the FDB entry) present on every node of the group, seen through `ip monitor route`; then the Node is deleted
 //!   -> route gone everywhere. p50/p99, samples alternating between the groups;
 //! * API requests per minute per node at idle: the API server's `apiserver_request_total` for nodes, over
-//!   `TWILL_BENCH_IDLE_SECS`, with one group running (minus the same window before any daemon ran).
+//!   `TWILL_BENCH_IDLE_SECS` (default 600: a watch is counted when it ends, and both daemons renew theirs every
+//!   5 to 10 minutes), with one group running (minus the same window before any daemon ran).
 //!
 //! Everything runs in namespaces the benchmark creates and removes.
 
@@ -139,9 +140,9 @@ fn wait_ready(nodes: &[Node], what: &str) {
 fn kube_mode_twilld_against_flanneld_benchmark() {
     let size: u8 = env_or("TWILL_BENCH_KUBE_NODES", "10").parse().unwrap_or(10);
     let samples: u32 = env_or("TWILL_BENCH_SAMPLES", "20").parse().unwrap_or(20);
-    let idle_secs: u64 = env_or("TWILL_BENCH_IDLE_SECS", "120")
+    let idle_secs: u64 = env_or("TWILL_BENCH_IDLE_SECS", "600")
         .parse()
-        .unwrap_or(120);
+        .unwrap_or(600);
     let mut report = Vec::new();
     let mut say = |line: String| {
         eprintln!("{line}");
