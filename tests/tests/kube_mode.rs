@@ -388,7 +388,7 @@ fn api_server_restart_loses_no_route_and_readyz_says_why_meanwhile() {
     for n in &nodes {
         c.cp.join(n);
     }
-    let _daemons: Vec<Twilld> = nodes.iter().map(|n| c.start_twilld(n)).collect();
+    let mut daemons: Vec<Twilld> = nodes.iter().map(|n| c.start_twilld(n)).collect();
     for n in &nodes {
         n.wait_ready(READY);
     }
@@ -416,7 +416,27 @@ fn api_server_restart_loses_no_route_and_readyz_says_why_meanwhile() {
     assert_eq!(sent, received, "pings lost while the API server was down");
     assert_eq!(nodes[0].ip(&["route", "show", "dev", "flannel.1"]), routes);
 
+    // node2's twilld restarts meanwhile (a node rebooting during the outage): it waits, says why, and its
+    // pods keep talking on the kernel state it left.
+    daemons[1].terminate();
+    daemons[1] = c.start_twilld(&nodes[1]);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let (code, body) = curl(&nodes[1], "/readyz");
+            code == "503" && body.contains("the Kubernetes API server unreachable")
+        }),
+        "/readyz of a twilld started without API server: {:?}",
+        curl(&nodes[1], "/readyz")
+    );
+    assert!(pods[1].can_reach(pods[0].ip));
+
     c.cp.start_apiserver();
+    assert!(
+        wait_until(READY, || curl(&nodes[1], "/readyz").0 == "200"),
+        "node2's twilld did not get ready once the API server was back: {:?}\n{}",
+        curl(&nodes[1], "/readyz"),
+        logs(&c, &all)
+    );
     assert!(
         wait_until(Duration::from_secs(60), || !curl(&nodes[0], "/readyz")
             .1
