@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds twill in release mode and installs it:
-#   CNI plugins bridge loopback portmap flannel host-local -> /opt/cni/bin   (--prefix DIR)
-#   twilld                                                -> /usr/local/bin (--bindir DIR)
+#   CNI plugins bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static
+#                                                                     -> /opt/cni/bin   (--prefix DIR)
+#   twilld                                                            -> /usr/local/bin (--bindir DIR)
 # DESTDIR, when set, is prepended to both (for packaging). Idempotent: unchanged binaries are left
 # alone. Each binary is copied to a temporary file in the target directory and renamed over the old
 # one, so a kubelet or runtime exec'ing a plugin at that moment gets the old or the new file, never a
@@ -13,7 +14,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$TWILL_ROOT"
 
-PLUGINS=(bridge loopback portmap flannel host-local)
+PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static)
 DAEMONS=(twilld)
 prefix=/opt/cni/bin
 bindir=/usr/local/bin

@@ -6,6 +6,7 @@ pub mod config;
 pub mod index;
 pub mod lease;
 pub mod plugin;
+pub mod provider;
 pub mod range;
 pub mod resolv;
 pub mod store;

@@ -17,13 +17,14 @@ use crate::backend::vxlan::mac_guard::MacGuard;
 use crate::backend::vxlan::vtep_mac::MacIdentity;
 use crate::backend::vxlan::{DeviceSpec, Vxlan, VxlanBackend, VxlanConfig};
 use crate::backend::Backend;
+use crate::blackhole::Blackhole;
 use crate::config::{BackendKind, NetworkConfig};
 use crate::flags::Options;
 use crate::iface::{self, Underlay};
 use crate::kernel_watch;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
-use crate::rules::TrafficRules;
+use crate::rules::{RuleOptions, TrafficRules};
 use crate::subnet::any::AnyManager;
 use crate::subnet::lease_check::Expect;
 use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetManager};
@@ -51,17 +52,18 @@ impl Backoff {
 }
 
 /// A fatal start-up error (exit non-zero).
-pub type Fatal = String;
+pub type Fatal = crate::error::Error;
 
+/// An info line for callers that have not chosen a level; new lines use the `tracing` macros directly.
 pub fn log(msg: impl std::fmt::Display) {
-    eprintln!("twilld: {msg}");
+    tracing::info!("{msg}");
 }
 
 /// What every backend's start-up shares once the network config is known.
 struct Start {
     opts: Options,
     metrics: Arc<Metrics>,
-    handle: rtnetlink::Handle,
+    handle: twill_kernel::Handle,
     underlay: Underlay,
     subnets: AnyManager,
     cfg: NetworkConfig,
@@ -108,18 +110,15 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     if opts.healthz_port != 0 {
         let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
         let listener_metrics = metrics.clone();
-        let listener =
-            crate::http::bind(addr).map_err(|e| format!("binding healthz address {addr}: {e}"))?;
+        let listener = crate::http::bind(addr).map_err(|source| Fatal::Healthz { addr, source })?;
         tokio::spawn(async move {
             if let Err(e) = crate::http::serve(listener, listener_metrics).await {
-                log(format!("healthz server on {addr} failed: {e}"));
+                tracing::warn!("healthz server on {addr} failed: {e}");
             }
         });
     }
 
-    let (conn, handle, _) =
-        rtnetlink::new_connection().map_err(|e| format!("opening netlink socket: {e}"))?;
-    tokio::spawn(conn);
+    let handle = twill_kernel::Handle::current().map_err(Fatal::Kernel)?;
     // etcd (or the API server) unreachable at start: keep trying, say so (docs/architecture.md, "Health and
     // lifecycle").
     let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
@@ -127,9 +126,9 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     let mut subnets = loop {
         match AnyManager::connect(&opts, metrics.clone(), grace.max(Duration::from_secs(5))).await {
             Ok(m) => break m,
-            Err(SubnetError::ConfigInvalid(e)) => return Err(e),
+            Err(SubnetError::ConfigInvalid(e)) => return Err(Fatal::Config(e)),
             Err(e) => {
-                log(format!("{e}; retrying"));
+                tracing::warn!("{e}; retrying");
                 metrics.etcd_error(&e.to_string());
                 backoff.wait().await;
             }
@@ -139,17 +138,25 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         Some(ip) => Some(ip),
         None => subnets.stored_public_ip().await,
     };
-    let underlay = iface::select(&handle, &opts.iface, public_ip).await?;
-    log(format!(
+    let choice = iface::Choice {
+        iface: opts.iface.clone(),
+        iface_regex: opts.iface_regex.clone(),
+        can_reach: opts.iface_can_reach,
+    };
+    let underlay = iface::select(&handle, &choice, public_ip).map_err(Fatal::Underlay)?;
+    tracing::info!(
         "underlay {} (index {}, mtu {}), public IP {}",
-        underlay.name, underlay.index, underlay.mtu, underlay.public_ip
-    ));
+        underlay.name,
+        underlay.index,
+        underlay.mtu,
+        underlay.public_ip
+    );
     let cfg = loop {
         match subnets.network_config().await {
             Ok(cfg) => break cfg,
-            Err(SubnetError::ConfigInvalid(e)) => return Err(e),
+            Err(SubnetError::ConfigInvalid(e)) => return Err(Fatal::Config(e)),
             Err(e) => {
-                log(format!("{e}; retrying"));
+                tracing::warn!("{e}; retrying");
                 metrics.etcd_error(&e.to_string());
                 if matches!(e, SubnetError::ConfigMissing(_)) {
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -184,12 +191,12 @@ async fn acquire(s: &mut Start, attrs: &LeaseAttrs) -> OwnLease {
         match s.subnets.acquire(&s.cfg, attrs, previous).await {
             Ok(l) => break l,
             Err(e @ SubnetError::Unavailable(_)) => {
-                log(format!("acquiring a lease: {e}; retrying"));
+                tracing::warn!("acquiring a lease: {e}; retrying");
                 s.metrics.etcd_error(&e.to_string());
                 s.backoff.wait().await;
             }
             Err(e) => {
-                log(format!("acquiring a lease: {e}; retrying in 10 s"));
+                tracing::warn!("acquiring a lease: {e}; retrying in 10 s");
                 tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }
@@ -204,15 +211,15 @@ async fn run_host_gw(mut s: Start) -> Result<(), Fatal> {
     // Peers send to our PublicIP as the next hop: it must be an address of the underlay itself (behind NAT it
     // would not be reachable on the segment).
     if !u.networks.iter().any(|n| n.addr() == u.public_ip) {
-        return Err(format!(
+        return Err(Fatal::Underlay(format!(
             "host-gw: public IP {} is not an address of {}; host-gw needs the nodes' own addresses on one L2 \
              segment",
             u.public_ip, u.name
-        ));
+        )));
     }
     let attrs = LeaseAttrs::host_gw(u.public_ip, &s.opts.node_name);
     let own = acquire(&mut s, &attrs).await;
-    log(format!("acquired subnet {} (host-gw)", own.subnet));
+    tracing::info!(subnet = %own.subnet, "acquired subnet {} (host-gw)", own.subnet);
     let backend = HostGwBackend::new(
         s.handle.clone(),
         HostGwConfig {
@@ -235,17 +242,17 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
     // VXLAN over IPv4 costs 50 bytes (docs/architecture.md, "VXLAN programming"); what is left must still carry an
     // IPv4 packet.
     if outer_mtu < 68 + 50 {
-        return Err(format!(
+        return Err(Fatal::Underlay(format!(
             "MTU {outer_mtu} of {} leaves no room for VXLAN's 50 bytes; set Backend.MTU",
             underlay.name
-        ));
+        )));
     }
     // The MAC is chosen against the leases already in etcd, so it is not one another node uses.
     let leases = loop {
         match s.subnets.leases().await {
             Ok(l) => break l,
             Err(e) => {
-                log(format!("listing leases: {e}; retrying"));
+                tracing::warn!("listing leases: {e}; retrying");
                 s.metrics.etcd_error(&e.to_string());
                 s.backoff.wait().await;
             }
@@ -266,48 +273,42 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         port: cfg.backend.port,
         learning: cfg.backend.learning,
         gbp: cfg.backend.gbp,
-        local: underlay.public_ip,
+        local: underlay.public_ip.into(),
         underlay_index: underlay.index,
         mtu: outer_mtu - 50,
         mac: identity.mac(),
-        address: std::net::Ipv4Addr::UNSPECIFIED,
-        network: cfg.network,
+        address: std::net::Ipv4Addr::UNSPECIFIED.into(),
+        network: cfg.network.into(),
     };
     let vxlan = Vxlan::new(handle.clone());
-    let existing = vxlan
-        .compatible_device_mac(&probe)
-        .await
-        .unwrap_or_else(|e| {
-            log(format!("{e}: deriving the VTEP MAC"));
-            None
-        });
+    let existing = vxlan.compatible_device_mac(&probe).unwrap_or_else(|e| {
+        tracing::warn!("{e}: deriving the VTEP MAC");
+        None
+    });
     let kept = existing.is_some_and(|(_, m)| identity.keep_existing(m, &leases));
     let mac = identity.mac();
     if kept {
-        log(format!(
-            "keeping the VTEP MAC {mac} of the existing {}",
-            probe.name
-        ));
+        tracing::info!("keeping the VTEP MAC {mac} of the existing {}", probe.name);
     } else if let Some((index, m)) = existing {
-        log(format!(
+        tracing::info!(
             "the VTEP MAC {m} of the existing {} is in another node's lease or not unicast: using {mac}",
             probe.name
-        ));
+        );
         // The device gets the new MAC before the lease publishes it. Best effort: the reconciler sets it
         // again (or recreates the device) right after the lease.
-        if let Err(e) = vxlan.set_link_mac(index, mac).await {
-            log(e);
+        if let Err(e) = vxlan.set_link_mac(index, mac) {
+            tracing::warn!("{e}");
         }
     }
     if !kept && identity.generation() > 0 {
-        log(format!(
+        tracing::info!(
             "VTEP MAC of generation 0 is in another node's lease: using {mac} (generation {})",
             identity.generation()
-        ));
+        );
     }
     let attrs = LeaseAttrs::vxlan(underlay.public_ip, cfg.backend.vni, mac, &s.opts.node_name);
     let own = acquire(&mut s, &attrs).await;
-    log(format!(
+    tracing::info!(
         "acquired subnet {} (VTEP MAC {mac}){}",
         own.subnet,
         if own.reservation {
@@ -315,12 +316,12 @@ async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         } else {
             ""
         }
-    ));
+    );
     identity.set_own_subnet(own.subnet);
 
     let spec = DeviceSpec {
         mac,
-        address: own.subnet.network(),
+        address: own.subnet.network().into(),
         ..probe
     };
     let backend = VxlanBackend::new(
@@ -352,6 +353,7 @@ async fn serve<B: Backend>(
     let Start {
         opts,
         metrics,
+        handle,
         underlay,
         mut subnets,
         cfg,
@@ -367,22 +369,25 @@ async fn serve<B: Backend>(
     };
     let mut reconciler = Reconciler::new(backend, own.subnet, expect, metrics.clone());
     while reconciler.full().await.is_none() {
-        log(format!(
+        tracing::warn!(
             "{} not ready; retrying",
             reconciler.backend_mut().device_name()
-        ));
+        );
         backoff.wait().await;
     }
 
-    let rules = opts.ip_masq.then_some(TrafficRules {
-        backend: opts.rules_backend,
-        network: cfg.network,
-        subnet: own.subnet,
-    });
-    if let Some(r) = &rules {
-        r.remove_other_backend().await;
-        while let Err(e) = r.apply().await {
-            log(format!("installing traffic rules: {e}; retrying"));
+    let mut blackhole = opts
+        .ip_blackhole_route
+        .then(|| Blackhole::new(handle, own.subnet.into(), cfg.network.into()));
+    if let Some(Err(e)) = blackhole.as_mut().map(Blackhole::start) {
+        tracing::warn!("blackhole route for {}: {e}", own.subnet);
+    }
+
+    let mut rules = traffic_rules(&opts, &cfg, &own)?;
+    for r in &mut rules {
+        r.remove_other_backend();
+        while let Err(e) = r.apply() {
+            tracing::warn!("installing traffic rules: {e}; retrying");
             backoff.wait().await;
         }
     }
@@ -396,10 +401,9 @@ async fn serve<B: Backend>(
         mtu,
         ipmasq: opts.ip_masq,
     };
-    env.write(&opts.subnet_file)
-        .map_err(|e| format!("writing {}: {e}", opts.subnet_file.display()))?;
+    env.write(&opts.subnet_file).map_err(Fatal::SubnetFile)?;
     metrics.set_ready(|r| r.subnet_env = true);
-    log(format!("wrote {}; ready", opts.subnet_file.display()));
+    tracing::info!("wrote {}; ready", opts.subnet_file.display());
 
     let membership = subnets.start(&own, &attrs, &cfg);
     let (mut ev_rx, publish) = (membership.events, membership.publish);
@@ -410,12 +414,15 @@ async fn serve<B: Backend>(
     reconciler.set_full_every(opts.resync_full_every);
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("installing SIGTERM handler: {e}"))?;
+        .map_err(Fatal::Signal)?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| format!("installing SIGINT handler: {e}"))?;
+        .map_err(Fatal::Signal)?;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    let mut rules_check = tokio::time::interval(opts.iptables_resync);
+    rules_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rules_check.tick().await;
     loop {
         tokio::select! {
             Some((at, ev)) = ev_rx.recv() => {
@@ -438,26 +445,60 @@ async fn serve<B: Backend>(
                 if full || guard.alarmed() {
                     guard.check(&mut reconciler, &mut attrs, &publish, &metrics).await;
                 }
-                if let Some(r) = &rules {
-                    match r.ensure().await {
-                        Ok(true) => {
-                            metrics.rules_repairs.fetch_add(1, Relaxed);
-                            log("traffic rules were damaged: reinstalled");
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            metrics.set_ready(|r| r.rules = false);
-                            log(format!("traffic rules: {e}"));
-                            continue;
-                        }
+                if let Some(b) = blackhole.as_mut() {
+                    // Only while the subnet is ours: once another node holds it, its pods are there.
+                    if let Err(e) = b.ensure(!metrics.readiness().lease_lost) {
+                        tracing::warn!("blackhole route for {}: {e}", own.subnet);
                     }
-                    metrics.set_ready(|r| r.rules = true);
                 }
             }
+            _ = rules_check.tick(), if !rules.is_empty() => check_rules(&mut rules, &metrics),
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
-    log("signal received: exiting, leaving kernel state in place");
+    tracing::info!("signal received: exiting, leaving kernel state in place");
     Ok(())
+}
+
+/// flanneld's traffic rules for the node's lease, one set per family.
+fn traffic_rules(
+    opts: &Options,
+    cfg: &NetworkConfig,
+    own: &OwnLease,
+) -> Result<Vec<TrafficRules>, Fatal> {
+    let options = RuleOptions {
+        masquerade: opts.ip_masq,
+        forward: opts.iptables_forward_rules,
+        fully_random: !opts.ip_masq_fully_random_disable,
+    };
+    if !options.any() {
+        return Ok(Vec::new());
+    }
+    let v4 = TrafficRules::new(
+        opts.rules_backend,
+        cfg.network.into(),
+        own.subnet.into(),
+        options,
+    )?;
+    Ok(vec![v4])
+}
+
+/// Checks every rule set, reinstalling a damaged one (flanneld rebuilds all rules when one is missing).
+fn check_rules(rules: &mut [TrafficRules], metrics: &Metrics) {
+    let mut ok = true;
+    for r in rules {
+        match r.ensure() {
+            Ok(true) => {
+                metrics.rules_repairs.fetch_add(1, Relaxed);
+                tracing::warn!("traffic rules were damaged: reinstalled");
+            }
+            Ok(false) => tracing::debug!(family = ?r.family(), "traffic rules intact"),
+            Err(e) => {
+                ok = false;
+                tracing::warn!("traffic rules: {e}");
+            }
+        }
+    }
+    metrics.set_ready(|r| r.rules = ok);
 }

@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::logging::{LogFormat, LogLevel};
+
 /// Which firewall tool carries the `--ip-masq` rules (docs/architecture.md, "Traffic rules").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RulesBackend {
@@ -23,9 +25,19 @@ pub struct Options {
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
     pub iface: Vec<String>,
+    /// `--iface-regex` patterns (repeatable; compiled here so a bad one stops the daemon before it writes anything).
+    pub iface_regex: Vec<regex::Regex>,
+    pub iface_can_reach: Option<IpAddr>,
     pub public_ip: Option<Ipv4Addr>,
+    /// Keep a blackhole route for our own subnet (`--ip-blackhole-route`).
+    pub ip_blackhole_route: bool,
     pub ip_masq: bool,
     pub rules_backend: RulesBackend,
+    /// `--iptables-forward-rules` (default true, as flanneld): install the FORWARD accept rules.
+    pub iptables_forward_rules: bool,
+    pub ip_masq_fully_random_disable: bool,
+    /// How often the traffic rules are checked (`--iptables-resync`).
+    pub iptables_resync: Duration,
     pub subnet_file: PathBuf,
     /// Renew this long before the lease expires (`--subnet-lease-renew-margin`, minutes, 1..=1439).
     pub renew_margin: Duration,
@@ -37,6 +49,8 @@ pub struct Options {
     pub resync: Duration,
     /// Every this many resyncs the kernel is read back even if no notification reported a change.
     pub resync_full_every: u32,
+    pub log_level: LogLevel,
+    pub log_format: LogFormat,
     /// `Some` in Kubernetes mode (`--kube-subnet-mgr`): subnets come from the Node objects, not etcd.
     pub kube: Option<KubeOptions>,
 }
@@ -51,6 +65,18 @@ pub struct KubeOptions {
     /// Clear the node's NetworkUnavailable condition once this node is ready (flanneld's default: true).
     pub set_node_network_unavailable: bool,
 }
+
+/// A command line (or `FLANNELD_*` environment) that cannot run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagsError(pub String);
+
+impl std::fmt::Display for FlagsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FlagsError {}
 
 /// Parsing outcome: run, print help, or print the version.
 pub enum Parsed {
@@ -75,15 +101,25 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --etcd-cafile/--etcd-certfile/--etcd-keyfile=FILE   TLS (used when cert and key are both given)
   --etcd-username/--etcd-password=S                   basic auth
   --iface=NAME|IP                  underlay interface (repeatable; default: the default-route interface)
+  --iface-regex=REGEX              underlay by a regex on interface addresses, then names (repeatable;
+                                   tried after --iface)
+  --iface-can-reach=IP             underlay = the interface of the route to IP (tried after --iface-regex)
   --public-ip=IP                   advertised underlay address (default: the interface's first IPv4)
-  --ip-masq                        install masquerade and forward rules
+  --ip-blackhole-route             keep a blackhole route for the node's subnet while the lease is held
+  --ip-masq                        install masquerade rules
   --ip-masq-backend=nftables|iptables   default nftables
+  --iptables-forward-rules=BOOL    accept the pod network in FORWARD (default true, also without --ip-masq)
+  --ip-masq-fully-random-disable   masquerade without fully-random port allocation
+  --iptables-resync=SECONDS        traffic rules check period (default 5, or --resync when shorter)
   --subnet-file=PATH               default /run/flannel/subnet.env
   --subnet-lease-renew-margin=MIN  default 60 (1..1439)
   --subnet-lease-ttl=SECONDS       default 86400 (flannel's 24 h)
   --healthz-ip=IP --healthz-port=N default 0.0.0.0 / 0 (off)
   --node-name=NAME                 node identity (default: hostname)
   --resync=SECONDS                 reconcile period (default 10)
+  -v, --v=N                        verbosity as flanneld's: 0 info (default), 1-4 debug, 5+ trace
+  --log-level=LEVEL                error|warn|info|debug|trace (overrides -v)
+  --log-format=text|json           default text; json: one object per line
   --resync-full-every=N            read the kernel back every N-th resync even when no lease event or
                                    kernel notification says anything changed (default 10; 1 = always)
 Kubernetes mode (subnets from node.spec.podCIDR, peers from node annotations, as flanneld --kube-subnet-mgr):
@@ -105,9 +141,15 @@ const FLAGS: &[&str] = &[
     "etcd-username",
     "etcd-password",
     "iface",
+    "iface-regex",
+    "iface-can-reach",
     "public-ip",
+    "ip-blackhole-route",
     "ip-masq",
     "ip-masq-backend",
+    "iptables-forward-rules",
+    "ip-masq-fully-random-disable",
+    "iptables-resync",
     "subnet-file",
     "subnet-lease-renew-margin",
     "subnet-lease-ttl",
@@ -116,6 +158,9 @@ const FLAGS: &[&str] = &[
     "node-name",
     "resync",
     "resync-full-every",
+    "v",
+    "log-level",
+    "log-format",
     "kube-subnet-mgr",
     "kubeconfig-file",
     "kube-api-url",
@@ -123,20 +168,35 @@ const FLAGS: &[&str] = &[
     "net-config-path",
     "set-node-network-unavailable",
 ];
-const BOOL_FLAGS: &[&str] = &["ip-masq", "kube-subnet-mgr", "set-node-network-unavailable"];
+const BOOL_FLAGS: &[&str] = &[
+    "ip-masq",
+    "ip-blackhole-route",
+    "iptables-forward-rules",
+    "ip-masq-fully-random-disable",
+    "kube-subnet-mgr",
+    "set-node-network-unavailable",
+];
 
 fn env_name(flag: &str) -> String {
     format!("FLANNELD_{}", flag.replace('-', "_").to_ascii_uppercase())
 }
 
 /// Parses `args` (without argv[0]) with `env` as the fallback source.
-pub fn parse<I, E>(args: I, env: E) -> Result<Parsed, String>
+pub fn parse<I, E>(args: I, env: E) -> Result<Parsed, FlagsError>
+where
+    I: IntoIterator<Item = String>,
+    E: Fn(&str) -> Option<String>,
+{
+    parse_args(args, env).map_err(FlagsError)
+}
+
+fn parse_args<I, E>(args: I, env: E) -> Result<Parsed, String>
 where
     I: IntoIterator<Item = String>,
     E: Fn(&str) -> Option<String>,
 {
     let mut given: Vec<(String, String)> = Vec::new();
-    let mut it = args.into_iter();
+    let mut it = args.into_iter().peekable();
     while let Some(arg) = it.next() {
         if arg == "-h" || arg == "--help" {
             return Ok(Parsed::Help);
@@ -157,6 +217,11 @@ where
         let value = match value {
             Some(v) => v,
             None if BOOL_FLAGS.contains(&name.as_str()) => "true".into(),
+            // glog's `-v N`, `-v=N`; a bare `-v` (not followed by a number) means 1.
+            None if name == "v" => match it.next_if(|n| n.parse::<u32>().is_ok()) {
+                Some(n) => n,
+                None => "1".into(),
+            },
             None => it
                 .next()
                 .ok_or_else(|| format!("flag --{name} needs a value"))?,
@@ -217,6 +282,17 @@ where
             "--resync={resync}: must be a positive number of seconds"
         ));
     }
+    let iptables_resync = match one("iptables-resync") {
+        None => resync.min(5.0),
+        Some(s) => match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v > 0.0 && v <= 86_400.0 => v,
+            _ => {
+                return Err(format!(
+                    "--iptables-resync={s}: must be a positive number of seconds"
+                ))
+            }
+        },
+    };
     let resync_full_every: u32 = num(
         "resync-full-every",
         one("resync-full-every"),
@@ -230,6 +306,21 @@ where
         Some(s) => Some(
             s.parse()
                 .map_err(|_| format!("--public-ip: {s:?} is not an IPv4 address"))?,
+        ),
+    };
+    let iface_regex = all("iface-regex")
+        .iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            regex::Regex::new(r)
+                .map_err(|e| format!("--iface-regex: {r:?} is not a valid regular expression: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let iface_can_reach = match one("iface-can-reach") {
+        None => None,
+        Some(s) => Some(
+            s.parse()
+                .map_err(|_| format!("--iface-can-reach: {s:?} is not an IP address"))?,
         ),
     };
     let healthz_ip = match one("healthz-ip") {
@@ -246,6 +337,14 @@ where
                 "--ip-masq-backend: {v:?} is neither nftables nor iptables"
             ))
         }
+    };
+    let log_level = match one("log-level") {
+        Some(l) => l.parse().map_err(|e| format!("--log-level: {e}"))?,
+        None => LogLevel::from_verbosity(num("v", one("v"), 0)?),
+    };
+    let log_format = match one("log-format") {
+        Some(f) => f.parse().map_err(|e| format!("--log-format: {e}"))?,
+        None => LogFormat::Text,
     };
     let kube = match boolean("kube-subnet-mgr")? {
         false => None,
@@ -296,9 +395,15 @@ where
             .into_iter()
             .flat_map(|s| s.split(',').map(String::from).collect::<Vec<_>>())
             .collect(),
+        iface_regex,
+        iface_can_reach,
         public_ip,
+        ip_blackhole_route: boolean("ip-blackhole-route")?,
         ip_masq: boolean("ip-masq")?,
         rules_backend,
+        iptables_forward_rules: boolean_or("iptables-forward-rules", true)?,
+        ip_masq_fully_random_disable: boolean("ip-masq-fully-random-disable")?,
+        iptables_resync: Duration::from_secs_f64(iptables_resync),
         subnet_file: PathBuf::from(
             one("subnet-file").unwrap_or_else(|| "/run/flannel/subnet.env".into()),
         ),
@@ -309,6 +414,8 @@ where
         node_name,
         resync: Duration::from_secs_f64(resync),
         resync_full_every,
+        log_level,
+        log_format,
         kube,
     })))
 }
@@ -329,7 +436,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        match parse(args.iter().map(|s| s.to_string()), |k| {
+        match parse_args(args.iter().map(|s| s.to_string()), |k| {
             env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
         })? {
             Parsed::Run(o) => Ok(*o),
@@ -368,6 +475,25 @@ mod tests {
         assert_eq!(o.subnet_file, PathBuf::from("/run/flannel/subnet.env"));
         assert_eq!(o.renew_margin, Duration::from_secs(3600));
         assert_eq!(o.resync_full_every, 10);
+        assert!(o.iptables_forward_rules && !o.ip_masq_fully_random_disable);
+        assert_eq!(o.iptables_resync, Duration::from_millis(1500));
+        let o = run(
+            &[
+                "--node-name=n",
+                "--iptables-forward-rules=false",
+                "--ip-masq-fully-random-disable",
+                "--iptables-resync=2",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert!(!o.iptables_forward_rules && o.ip_masq_fully_random_disable);
+        assert_eq!(o.iptables_resync, Duration::from_secs(2));
+        assert_eq!(
+            run(&["--node-name=n"], &[]).unwrap().iptables_resync,
+            Duration::from_secs(5)
+        );
+        assert!(run(&["--node-name=n", "--iptables-resync=0"], &[]).is_err());
         let o = run(&["--node-name=n", "--resync-full-every=1"], &[]).unwrap();
         assert_eq!(o.resync_full_every, 1);
         assert!(run(&["--node-name=n", "--resync-full-every=0"], &[]).is_err());
@@ -385,6 +511,68 @@ mod tests {
         .unwrap();
         assert_eq!(o.node_name, "envnode");
         assert!(o.ip_masq);
+    }
+
+    #[test]
+    fn verbosity_log_level_and_format_flags() {
+        use tracing::level_filters::LevelFilter;
+        let o = run(&["--node-name=n"], &[]).unwrap();
+        assert_eq!(o.log_level.0, LevelFilter::INFO);
+        assert_eq!(o.log_format, LogFormat::Text);
+        assert_eq!(
+            run(&["-v", "--node-name=n"], &[]).unwrap().log_level.0,
+            LevelFilter::DEBUG
+        );
+        assert_eq!(
+            run(&["-v", "6", "--node-name=n"], &[]).unwrap().log_level.0,
+            LevelFilter::TRACE
+        );
+        assert_eq!(
+            run(&["--v=2", "--node-name=n"], &[]).unwrap().log_level.0,
+            LevelFilter::DEBUG
+        );
+        let o = run(
+            &[
+                "--v=5",
+                "--log-level=warn",
+                "--log-format=json",
+                "--node-name=n",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(o.log_level.0, LevelFilter::WARN);
+        assert_eq!(o.log_format, LogFormat::Json);
+        assert!(run(&["--log-level=loud", "--node-name=n"], &[]).is_err());
+        assert!(run(&["--log-format=xml", "--node-name=n"], &[]).is_err());
+        assert!(run(&["--v=x", "--node-name=n"], &[]).is_err());
+    }
+
+    #[test]
+    fn underlay_choice_flags_are_checked_before_anything_runs() {
+        let o = run(
+            &[
+                "--node-name=n",
+                "--iface-regex=^10\\.250\\.",
+                "--iface-regex",
+                "eth[0-9]{1,2}",
+                "--iface-can-reach=10.250.0.254",
+                "--ip-blackhole-route",
+            ],
+            &[],
+        )
+        .unwrap();
+        let patterns: Vec<&str> = o.iface_regex.iter().map(|r| r.as_str()).collect();
+        assert_eq!(patterns, vec!["^10\\.250\\.", "eth[0-9]{1,2}"]);
+        assert_eq!(o.iface_can_reach, Some("10.250.0.254".parse().unwrap()));
+        assert!(o.ip_blackhole_route);
+        let e = run(&["--node-name=n", "--iface-regex=eth(0"], &[]).unwrap_err();
+        assert!(e.contains("--iface-regex") && e.contains("eth(0"), "{e}");
+        let e = run(&["--node-name=n", "--iface-can-reach=nowhere"], &[]).unwrap_err();
+        assert!(e.contains("--iface-can-reach"), "{e}");
+        let o = run(&["--node-name=n"], &[("FLANNELD_IFACE_REGEX", "a,b{1,2}")]).unwrap();
+        assert_eq!(o.iface_regex.len(), 1, "a regex is not split on commas");
+        assert!(!o.ip_blackhole_route);
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> st
         let sock = match listener.accept().await {
             Ok((sock, _)) => {
                 if failing {
-                    eprintln!("twilld: healthz: accepting connections again");
+                    tracing::info!("healthz: accepting connections again");
                     failing = false;
                 }
                 pause = Duration::from_millis(10);
@@ -63,7 +63,7 @@ pub async fn serve(listener: std::net::TcpListener, metrics: Arc<Metrics>) -> st
                 // fails again at once. Retrying without a pause spins a core; free a descriptor held by the
                 // oldest connection and wait a little instead.
                 if !failing {
-                    eprintln!("twilld: healthz: accept failed: {e}; closing the oldest connection and backing off");
+                    tracing::warn!("healthz: accept failed: {e}; closing the oldest connection and backing off");
                     failing = true;
                 }
                 make_room(&live, 1.max(MAX_CONNECTIONS / 2));

@@ -8,12 +8,15 @@
 //! `twill-files`), [`rules`], [`http`] and [`metrics`] are the node-facing outputs.
 
 pub mod backend;
+pub mod blackhole;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod flags;
 pub mod http;
 pub mod iface;
 pub mod kernel_watch;
+pub mod logging;
 pub mod metrics;
 pub mod reconcile;
 pub mod rules;

@@ -155,48 +155,28 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut o = String::new();
         let r = self.readiness();
-        let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
-        };
-        gauge(
-            &mut o,
-            "twilld_ready",
-            "1 when lease, device, rules and subnet.env are in place",
+        let values: [f64; 17] = [
             f64::from(u8::from(r.is_ready())),
-        );
-        gauge(
-            &mut o,
-            "twilld_peers",
-            "Remote nodes in the desired peer table",
             self.peers.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut o,
-            "twilld_lease_expiry_timestamp_seconds",
-            "Unix time our subnet lease expires (0 = reservation)",
             self.lease_expiry_unix.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut o,
-            "twilld_lease_lost",
-            "1 when our subnet is no longer registered as ours",
             f64::from(u8::from(r.lease_lost)),
-        );
-        gauge(
-            &mut o,
-            "twilld_etcd_up",
-            "1 when the last etcd operation succeeded",
             f64::from(u8::from(r.etcd_ok)),
-        );
-        counter(
-            &mut o,
-            "twilld_reconcile_runs_total",
-            "Full reconciliations of the kernel against the peer table",
-            self.reconcile_runs.load(Relaxed),
-        );
+            self.reconcile_runs.load(Relaxed) as f64,
+            self.reconcile_repairs.load(Relaxed) as f64,
+            self.rules_repairs.load(Relaxed) as f64,
+            self.device_recreated.load(Relaxed) as f64,
+            self.etcd_errors.load(Relaxed) as f64,
+            self.netlink_errors.load(Relaxed) as f64,
+            self.lease_events.load(Relaxed) as f64,
+            self.vtep_mac_collisions.load(Relaxed) as f64,
+            self.peer_mac_duplicates.load(Relaxed) as f64,
+            self.vtep_mac_changes.load(Relaxed) as f64,
+            self.store_resets.load(Relaxed) as f64,
+            f64::from(u8::from(r.store_reset.is_some())),
+        ];
+        for ((kind, name, help), v) in METRICS.iter().zip(values) {
+            sample(&mut o, *kind, name, help, v);
+        }
         {
             let name = "twilld_resync_total";
             let _ = writeln!(
@@ -210,72 +190,6 @@ impl Metrics {
                 self.resync_skipped.load(Relaxed)
             );
         }
-        counter(
-            &mut o,
-            "twilld_reconcile_repairs_total",
-            "Kernel entries added or removed by full reconciliations",
-            self.reconcile_repairs.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "twilld_rules_repairs_total",
-            "Times the traffic rules were found damaged and reinstalled",
-            self.rules_repairs.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "twilld_device_recreated_total",
-            "Times the vxlan device had to be (re)created",
-            self.device_recreated.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "twilld_etcd_errors_total",
-            "Failed etcd operations",
-            self.etcd_errors.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "twilld_netlink_errors_total",
-            "Failed netlink operations",
-            self.netlink_errors.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "twilld_lease_events_total",
-            "Lease events received from the etcd watch",
-            self.lease_events.load(Relaxed),
-        );
-        gauge(
-            &mut o,
-            "twilld_vtep_mac_collision",
-            "Peer leases carrying this node's VTEP MAC",
-            self.vtep_mac_collisions.load(Relaxed) as f64,
-        );
-        gauge(
-            &mut o,
-            "twilld_peer_vtep_mac_duplicates",
-            "Peer leases whose VTEP MAC another peer lease also carries",
-            self.peer_mac_duplicates.load(Relaxed) as f64,
-        );
-        counter(
-            &mut o,
-            "twilld_vtep_mac_changes_total",
-            "Times this node changed its VTEP MAC to resolve a collision",
-            self.vtep_mac_changes.load(Relaxed),
-        );
-        counter(
-            &mut o,
-            "twilld_etcd_store_resets_total",
-            "Times etcd was found to have lost or restored older data (revision or raft term went back, cluster changed, our key gone)",
-            self.store_resets.load(Relaxed),
-        );
-        gauge(
-            &mut o,
-            "twilld_etcd_store_recovering",
-            "1 from the detection of an etcd store reset until this node's lease is registered again",
-            f64::from(u8::from(r.store_reset.is_some())),
-        );
         {
             let name = "twilld_invalid_leases";
             let _ = writeln!(
@@ -302,6 +216,52 @@ impl Metrics {
         }
         o
     }
+}
+
+const STORE_RESETS_HELP: &str = "Times etcd was found to have lost or restored older data \
+     (revision or raft term went back, cluster changed, our key gone)";
+
+const STORE_RECOVERING_HELP: &str =
+    "1 from the detection of an etcd store reset until this node's lease is registered again";
+
+use Kind::{Counter, Gauge};
+
+/// The unlabelled samples [`Metrics::render`] writes, in the order of its values.
+#[rustfmt::skip]
+const METRICS: [(Kind, &str, &str); 17] = [
+    (Gauge, "twilld_ready", "1 when lease, device, rules and subnet.env are in place"),
+    (Gauge, "twilld_peers", "Remote nodes in the desired peer table"),
+    (Gauge, "twilld_lease_expiry_timestamp_seconds", "Unix time our subnet lease expires (0 = reservation)"),
+    (Gauge, "twilld_lease_lost", "1 when our subnet is no longer registered as ours"),
+    (Gauge, "twilld_etcd_up", "1 when the last etcd operation succeeded"),
+    (Counter, "twilld_reconcile_runs_total", "Full reconciliations of the kernel against the peer table"),
+    (Counter, "twilld_reconcile_repairs_total", "Kernel entries added or removed by full reconciliations"),
+    (Counter, "twilld_rules_repairs_total", "Times the traffic rules were found damaged and reinstalled"),
+    (Counter, "twilld_device_recreated_total", "Times the vxlan device had to be (re)created"),
+    (Counter, "twilld_etcd_errors_total", "Failed etcd operations"),
+    (Counter, "twilld_netlink_errors_total", "Failed netlink operations"),
+    (Counter, "twilld_lease_events_total", "Lease events received from the etcd watch"),
+    (Gauge, "twilld_vtep_mac_collision", "Peer leases carrying this node's VTEP MAC"),
+    (Gauge, "twilld_peer_vtep_mac_duplicates", "Peer leases whose VTEP MAC another peer lease also carries"),
+    (Counter, "twilld_vtep_mac_changes_total", "Times this node changed its VTEP MAC to resolve a collision"),
+    (Counter, "twilld_etcd_store_resets_total", STORE_RESETS_HELP),
+    (Gauge, "twilld_etcd_store_recovering", STORE_RECOVERING_HELP),
+];
+
+/// A Prometheus sample type.
+#[derive(Clone, Copy)]
+enum Kind {
+    Gauge,
+    Counter,
+}
+
+/// One unlabelled sample with its HELP and TYPE lines (u64 counters are exact as f64 below 2^53).
+fn sample(o: &mut String, kind: Kind, name: &str, help: &str, v: f64) {
+    let kind = match kind {
+        Kind::Gauge => "gauge",
+        Kind::Counter => "counter",
+    };
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
 }
 
 #[cfg(test)]

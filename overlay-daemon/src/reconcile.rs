@@ -144,7 +144,7 @@ impl<B: Backend> Reconciler<B> {
 
     fn count_netlink_error(&self, e: &impl std::fmt::Display) {
         self.metrics.netlink_errors.fetch_add(1, Relaxed);
-        eprintln!("twilld: {e}");
+        tracing::warn!("{e}");
     }
 
     /// Applies one lease event. Returns false if the kernel could not be updated (the next full pass retries).
@@ -231,9 +231,12 @@ impl<B: Backend> Reconciler<B> {
                     self.count_netlink_error(e);
                 }
                 if new.is_some() {
-                    eprintln!(
-                        "twilld: peer {} at {} programmed",
-                        lease.subnet, lease.attrs.public_ip
+                    tracing::info!(
+                        subnet = %lease.subnet,
+                        public_ip = %lease.attrs.public_ip,
+                        "peer {} at {} programmed",
+                        lease.subnet,
+                        lease.attrs.public_ip
                     );
                 }
                 errors.is_empty()
@@ -247,7 +250,7 @@ impl<B: Backend> Reconciler<B> {
                         self.count_netlink_error(&e);
                         ok = false;
                     }
-                    eprintln!("twilld: peer {subnet} at {old} removed");
+                    tracing::info!(%subnet, public_ip = %old, "peer {subnet} at {old} removed");
                 }
                 ok
             }
@@ -285,8 +288,8 @@ impl<B: Backend> Reconciler<B> {
         };
         if created {
             self.metrics.device_recreated.fetch_add(1, Relaxed);
-            eprintln!(
-                "twilld: created {} (index {dev}); replaying {} peers",
+            tracing::info!(
+                "created {} (index {dev}); replaying {} peers",
                 self.backend.device_name(),
                 self.peers.len()
             );
@@ -314,8 +317,8 @@ impl<B: Backend> Reconciler<B> {
             self.metrics
                 .reconcile_repairs
                 .fetch_add(repairs.count, Relaxed);
-            eprintln!(
-                "twilld: reconcile: {} kernel entries repaired ({} peers)",
+            tracing::info!(
+                "reconcile: {} kernel entries repaired ({} peers)",
                 repairs.count,
                 self.peers.len()
             );

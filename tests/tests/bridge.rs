@@ -464,6 +464,61 @@ fn check_tolerates_routes_added_by_later_plugins() {
         .assert_success();
 }
 
+/// `nft list table bridge nat` with the attachment-specific parts (chain ids, comment ids, the host veth's name
+/// and the pod's MAC) replaced by placeholders.
+fn spoofchk_layout(node: &Node) -> String {
+    let text = node.ns.exec_ok(&["nft", "list", "table", "bridge", "nat"]);
+    text.split_inclusive(|c: char| c.is_whitespace())
+        .map(|tok| {
+            let (word, ws) = tok.split_at(tok.trim_end().len());
+            let quoted = word.trim_matches('"');
+            let q = |s: &str| {
+                if word.starts_with('"') {
+                    format!("\"{s}\"")
+                } else {
+                    s.to_string()
+                }
+            };
+            let w = if let Some(rest) = quoted.strip_prefix("cni-br-iface-") {
+                q(if rest.ends_with("-mac") {
+                    "cni-br-iface-ID-mac"
+                } else {
+                    "cni-br-iface-ID"
+                })
+            } else if quoted.starts_with("macspoofchk-") {
+                q("macspoofchk-ID")
+            } else if quoted.starts_with("veth") {
+                q("VETH")
+            } else if quoted.len() == 17 && quoted.matches(':').count() == 5 {
+                "MAC".to_string()
+            } else {
+                word.to_string()
+            };
+            format!("{w}{ws}")
+        })
+        .collect()
+}
+
+#[test]
+fn macspoofchk_rules_have_the_layout_of_the_reference() {
+    let layout = |plugin: PathBuf| -> String {
+        let node = Node::new();
+        let pod = Netns::new("brp");
+        let conf = node.conf("brspoof", json!({"macspoofchk": true}));
+        node.run(&plugin, "ADD", Some(pod.path()), "spoofref", "eth0", &conf)
+            .assert_success();
+        let text = spoofchk_layout(&node);
+        node.run(&plugin, "DEL", Some(pod.path()), "spoofref", "eth0", &conf)
+            .assert_success();
+        assert!(!node.nft().contains("cni-br-iface-"), "{}", node.nft());
+        text
+    };
+    let ours = layout(ours());
+    let theirs = layout(bins::Reference::Current.bin("bridge"));
+    assert!(ours.contains("ether saddr MAC return"), "{ours}");
+    assert_eq!(ours, theirs, "ours:\n{ours}\nreference:\n{theirs}");
+}
+
 #[test]
 fn macspoofchk_drops_frames_with_another_source_mac_and_del_removes_its_rules() {
     let node = Node::new();

@@ -42,6 +42,26 @@ const PLUGINS: &[Plugin] = &[
         name: "flannel",
         opens_netns: false,
     },
+    Plugin {
+        name: "bandwidth",
+        opens_netns: true,
+    },
+    Plugin {
+        name: "firewall",
+        opens_netns: false,
+    },
+    Plugin {
+        name: "ptp",
+        opens_netns: true,
+    },
+    Plugin {
+        name: "tuning",
+        opens_netns: true,
+    },
+    Plugin {
+        name: "static",
+        opens_netns: false,
+    },
 ];
 
 /// What a row expects.
@@ -187,6 +207,27 @@ fn minimal_config(plugin: &str, scratch: &Path) -> Value {
         "portmap" => {
             conf["capabilities"] = json!({"portMappings": true});
             conf["prevResult"] = prev;
+        }
+        "bandwidth" => {
+            conf["ingressRate"] = json!(1_000_000);
+            conf["ingressBurst"] = json!(100_000);
+            conf["prevResult"] = prev;
+        }
+        "firewall" => {
+            conf["backend"] = json!("iptables");
+            conf["prevResult"] = prev;
+        }
+        "ptp" => {
+            conf["ipam"] = json!({"type": "host-local", "ranges": [[{"subnet": "10.250.0.0/24"}]],
+                "dataDir": scratch.join("ipam")});
+        }
+        "tuning" => {
+            conf["dataDir"] = json!(scratch.join("tuning"));
+            conf["mtu"] = json!(1400);
+            conf["prevResult"] = prev;
+        }
+        "static" => {
+            conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.250.0.2/24"}]});
         }
         "flannel" => {
             conf["subnetFile"] = json!(scratch.join("missing/subnet.env"));
@@ -454,7 +495,18 @@ fn names_are_validated_like(r: twill_tests::bins::Reference) {
 /// `v<version>, commit <id>` (`unknown` outside `scripts/release.sh`). VERSION keeps to the spec's two keys.
 #[test]
 fn about_line_names_the_version_and_commit_and_version_keeps_to_the_spec() {
-    for plugin in ["bridge", "loopback", "portmap", "flannel", "host-local"] {
+    for plugin in [
+        "bridge",
+        "loopback",
+        "portmap",
+        "flannel",
+        "host-local",
+        "bandwidth",
+        "firewall",
+        "ptp",
+        "tuning",
+        "static",
+    ] {
         let about = Invocation::new(bin(plugin), "ADD").command(None).run();
         assert!(about.success(), "{plugin}: {}", about.describe());
         let first = about.stderr.lines().next().unwrap_or_default().to_string();

@@ -121,3 +121,54 @@ fn cri_sandboxes_get_twill_networking_and_both_dels_release_everything() {
         );
     }
 }
+
+/// Kubernetes' pod bandwidth annotations through containerd's CRI: the runtime turns
+/// `kubernetes.io/ingress-bandwidth` / `egress-bandwidth` into the `bandwidth` capability (Go field
+/// names, bursts of 2^32-1 bits), and our bandwidth plugin, chained after bridge, shapes the sandbox's
+/// host veth and an ifb accordingly; removing the sandbox removes the ifb.
+#[test]
+fn cri_bandwidth_annotations_shape_the_sandbox() {
+    let node = Netns::new("ctb");
+    node.exec_ok(&["ip", "link", "set", "lo", "up"]);
+    let state = tempfile::tempdir().expect("ipam dir");
+    let net = format!("twctb{}", std::process::id());
+    let mut list = conflist(&net, "10.95.0.0/24", state.path());
+    list["plugins"]
+        .as_array_mut()
+        .expect("plugins")
+        .push(serde_json::json!({"type": "bandwidth", "capabilities": {"bandwidth": true}}));
+    let ctd = Containerd::start(&bin_dir(), &list, Some(node.name()));
+    let mut cri = ctd.cri();
+    let id = cri
+        .run_pod_sandbox_annotated(
+            "twbw",
+            "uid-bw",
+            &[],
+            &[
+                ("kubernetes.io/ingress-bandwidth", "10M"),
+                ("kubernetes.io/egress-bandwidth", "20M"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
+    let (_, qdiscs, _) = ctd.host(&["tc", "qdisc", "show"]);
+    let tbf: Vec<&str> = qdiscs.lines().filter(|l| l.contains("tbf")).collect();
+    assert!(
+        tbf.iter()
+            .any(|l| l.contains("dev veth") && l.contains("rate 10Mbit")),
+        "ingress tbf on the sandbox's host veth: {qdiscs}"
+    );
+    assert!(
+        tbf.iter()
+            .any(|l| l.contains("dev bwp") && l.contains("rate 20Mbit")),
+        "egress tbf on the ifb: {qdiscs}"
+    );
+    cri.stop_pod_sandbox(&id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
+    cri.remove_pod_sandbox(&id)
+        .unwrap_or_else(|e| panic!("{e}\n{}", ctd.log()));
+    let (_, ifbs, _) = ctd.host(&["ip", "-o", "link", "show", "type", "ifb"]);
+    assert!(
+        ifbs.trim().is_empty(),
+        "ifb left after RemovePodSandbox: {ifbs}"
+    );
+}

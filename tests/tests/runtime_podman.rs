@@ -92,9 +92,9 @@ fn podman_containers_get_twill_networking_and_rm_releases_everything() {
     drop(pm);
 }
 
-/// `podman network create` writes a conflist of `bridge`, `portmap`, `firewall` and `tuning`. twill provides
-/// the first two; `firewall` and `tuning` are not twill plugins, so the reference directory comes second in
-/// `cni_plugin_dirs` and podman finds ours first.
+/// `podman network create` and `network inspect` with twill's directory first in `cni_plugin_dirs` and the
+/// reference's second (a host that keeps the reference plugins installed beside ours); podman finds ours
+/// first for every plugin of the conflist it writes.
 #[test]
 fn podman_network_create_and_inspect_work_with_twill_bridge_and_portmap() {
     let node = Netns::new("pmc");
@@ -137,5 +137,90 @@ fn podman_network_create_and_inspect_work_with_twill_bridge_and_portmap() {
     let (ok, _, err) = pm.host(&["ping", "-n", "-c", "1", "-W", "2", &ip]);
     assert!(ok, "node reaches the container: {err}");
     pm.remove("onnet");
+    pm.run_ok(&["network", "rm", &net]);
+}
+
+/// podman's default conflist, as `podman network create` writes it (`bridge` + `portmap` + `firewall` +
+/// `tuning`), run wholly on twill's binaries (our plugin directory is the only one podman searches): a
+/// container with a published port, reached from another container and through the port; `podman rm`
+/// leaves no lease, veth or rule naming its address.
+#[test]
+fn podman_default_conflist_runs_wholly_on_twill_binaries() {
+    for plugin in ["bridge", "host-local", "portmap", "firewall", "tuning"] {
+        assert!(
+            bin_dir().join(plugin).is_file(),
+            "twill's {plugin} is not built in {}",
+            bin_dir().display()
+        );
+    }
+    let node = Netns::new("pmd");
+    node.exec_ok(&["ip", "link", "set", "lo", "up"]);
+    let state = tempfile::tempdir().expect("ipam dir");
+    let base = format!("twpd{}", std::process::id());
+    let mut pm = Podman::new(
+        &[&bin_dir()],
+        &conflist(&base, "10.93.2.0/24", state.path()),
+        Some(node.name()),
+    );
+    let net = format!("twpe{}", std::process::id());
+    pm.run_ok(&["network", "create", "--subnet", "10.98.0.0/24", &net]);
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(pm.network_config_dir().join(format!("{net}.conflist")))
+            .expect("podman wrote the conflist"),
+    )
+    .expect("conflist is JSON");
+    let types: Vec<&str> = written["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["type"].as_str())
+        .collect();
+    assert_eq!(
+        types,
+        ["bridge", "portmap", "firewall", "tuning"],
+        "{written}"
+    );
+    pm.network = net.clone();
+
+    pm.start(
+        "web",
+        &["-p", "18091:80"],
+        &["/bin/httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    let web_ip = pm.ip("web");
+    assert!(web_ip.starts_with("10.98.0."), "got {web_ip:?}");
+    let get_web = http_get_cmd(&web_ip, 80);
+    let mut fetched = (false, String::new());
+    for _ in 0..20 {
+        fetched = pm.oneshot(&[], &["/bin/sh", "-c", &get_web]);
+        if fetched.1.contains("twill") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        fetched.1.contains("twill"),
+        "container reaches container: {fetched:?}"
+    );
+    let (ok, out, err) = pm.host(&["busybox", "sh", "-c", &http_get_cmd("127.0.0.1", 18091)]);
+    assert!(
+        ok && out.contains("twill"),
+        "published port reaches container: {out} {err}"
+    );
+    let (_, ipt, _) = pm.host(&["iptables-save", "-t", "filter"]);
+    assert!(
+        ipt.contains(&format!("-A CNI-FORWARD -s {web_ip}/32")),
+        "our firewall let the container through:\n{ipt}"
+    );
+
+    pm.remove("web");
+    let (_, links, _) = pm.host(&["ip", "-o", "link", "show", "type", "veth"]);
+    assert!(links.trim().is_empty(), "no veth left on the node: {links}");
+    let (_, nft, _) = pm.host(&["nft", "list", "ruleset"]);
+    let (_, ipt, _) = pm.host(&["iptables-save"]);
+    assert!(
+        !nft.contains(&format!("{web_ip} ")) && !ipt.contains(&format!("{web_ip}/")),
+        "no rule for {web_ip} left:\n{nft}\n{ipt}"
+    );
     pm.run_ok(&["network", "rm", &net]);
 }

@@ -188,8 +188,8 @@ impl InvalidLeases {
             .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(60));
         if fresh {
             if self.suppressed > 0 {
-                eprintln!(
-                    "twilld: {} more invalid-lease lines were suppressed in the last minute",
+                tracing::info!(
+                    "{} more invalid-lease lines were suppressed in the last minute",
                     self.suppressed
                 );
             }
@@ -199,7 +199,7 @@ impl InvalidLeases {
         }
         if self.lines < LOG_BURST {
             self.lines += 1;
-            eprintln!("twilld: {line}");
+            tracing::warn!("{line}");
         } else {
             self.suppressed += 1;
         }

@@ -45,42 +45,31 @@ pub struct BridgeConf {
     pub mac: Option<MacAddr>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
 struct Raw {
-    #[serde(default)]
+    /// Absent or empty: `cni0`, as the reference.
     bridge: Option<String>,
-    #[serde(default)]
     is_gateway: bool,
-    #[serde(default)]
     is_default_gateway: bool,
-    #[serde(default)]
     force_address: bool,
-    #[serde(default)]
     ip_masq: bool,
-    #[serde(default)]
+    /// `iptables` or `nftables`; absent or empty: nftables.
     ip_masq_backend: Option<String>,
-    #[serde(default)]
+    /// 0: the kernel default. Read as i64 so that a negative value gets our own clear error.
     mtu: i64,
-    #[serde(default)]
     hairpin_mode: bool,
-    #[serde(default)]
     promisc_mode: bool,
-    #[serde(default)]
+    /// 0: no VLAN.
     vlan: i64,
-    #[serde(default)]
     vlan_trunk: Option<Vec<VlanTrunk>>,
-    #[serde(default)]
     preserve_default_vlan: bool,
-    #[serde(default, rename = "macspoofchk")]
+    #[serde(rename = "macspoofchk")]
     macspoofchk: bool,
-    #[serde(default, rename = "enabledad")]
+    #[serde(rename = "enabledad")]
     enable_dad: bool,
-    #[serde(default)]
     disable_container_interface: bool,
-    #[serde(default)]
     port_isolation: bool,
-    #[serde(default)]
     dns: Option<Dns>,
 }
 

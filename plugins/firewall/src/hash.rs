@@ -86,7 +86,7 @@ const K: [u64; 80] = [
 ];
 
 /// SHA-512 of `data`.
-pub(crate) fn sha512(data: &[u8]) -> [u8; 64] {
+pub fn sha512(data: &[u8]) -> [u8; 64] {
     let mut h: [u64; 8] = [
         0x6a09e667f3bcc908,
         0xbb67ae8584caa73b,
@@ -152,7 +152,7 @@ pub(crate) fn sha512(data: &[u8]) -> [u8; 64] {
 }
 
 /// Lower-case hex of the first `chars` hex digits of SHA-512(`data`).
-pub(crate) fn sha512_hex(data: &[u8], chars: usize) -> String {
+pub fn sha512_hex(data: &[u8], chars: usize) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = sha512(data);
     let mut s = String::with_capacity(128);

@@ -94,6 +94,15 @@ impl Iptables {
         Err(last_err.unwrap_or_else(|| Error::Protocol("iptables-restore never ran".into())))
     }
 
+    /// Applies `batch` once, without retrying: for callers whose batch may fail for a reason that
+    /// retrying cannot fix (a `-D` of a rule that is not there) and who have a fallback.
+    pub fn try_restore(&self, batch: &RestoreBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.restore_once(&batch.render())
+    }
+
     fn restore_once(&self, input: &str) -> Result<()> {
         let context = format!("{} --noflush -w", self.restore_binary());
         // Bound to us and holding our locks: a restore outliving a killed plugin could commit after the DEL

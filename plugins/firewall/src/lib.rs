@@ -13,7 +13,7 @@
 //! * [`masquerade`]: `add`/`del`/`gc`/`check` by owner `(network, container id, ifname)`.
 
 mod error;
-mod hash;
+pub mod hash;
 pub mod iptables;
 pub mod masquerade;
 pub mod nft;

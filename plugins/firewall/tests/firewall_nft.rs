@@ -409,3 +409,108 @@ fn large_batch_commits_atomically_and_lists_completely() {
         assert!(nft.list_rules(Family::Inet, "big", "c").unwrap().is_empty());
     });
 }
+
+/// The `ip`/`ip6` tables flanneld-style traffic rules use and the `bridge` table of macspoofchk
+/// render as `nft` writes them (so a table built by either side reads the same in `nft list`).
+#[test]
+fn ip_ip6_and_bridge_family_rules_render_as_intended() {
+    let ns = TestNetns::new("families");
+    let net = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    let v4: Vec<(Rule, &str)> = vec![
+        (
+            Rule::new(Family::Ip)
+                .match_mark(CmpOp::Eq, 0x4000, 0x4000)
+                .return_()
+                .comment("flanneld masq"),
+            "meta mark & 0x00004000 == 0x00004000 return comment \"flanneld masq\"",
+        ),
+        (
+            Rule::new(Family::Ip)
+                .match_saddr(CmpOp::Neq, net("10.244.0.0/16"))
+                .unwrap()
+                .match_daddr(CmpOp::Eq, net("10.244.3.0/24"))
+                .unwrap()
+                .return_(),
+            "ip saddr != 10.244.0.0/16 ip daddr 10.244.3.0/24 return",
+        ),
+        (
+            Rule::new(Family::Ip)
+                .match_saddr(CmpOp::Eq, net("10.244.0.0/16"))
+                .unwrap()
+                .match_daddr(CmpOp::Neq, net("224.0.0.0/4"))
+                .unwrap()
+                .masquerade_fully_random(),
+            "ip saddr 10.244.0.0/16 ip daddr != 224.0.0.0/4 masquerade fully-random",
+        ),
+    ];
+    let v6: Vec<(Rule, &str)> = vec![(
+        Rule::new(Family::Ip6)
+            .match_saddr(CmpOp::Eq, net("fd42::/56"))
+            .unwrap()
+            .match_daddr(CmpOp::Neq, net("ff00::/8"))
+            .unwrap()
+            .masquerade(),
+        "ip6 saddr fd42::/56 ip6 daddr != ff00::/8 masquerade",
+    )];
+    let br: Vec<(Rule, &str)> = vec![
+        (
+            Rule::new(Family::Bridge)
+                .match_ether_saddr(CmpOp::Eq, [0x0a, 0x58, 0x0a, 0, 0, 0x05])
+                .unwrap()
+                .return_()
+                .comment("spoof"),
+            "ether saddr 0a:58:0a:00:00:05 return comment \"spoof\"",
+        ),
+        (
+            Rule::new(Family::Bridge)
+                .match_iifname(CmpOp::Eq, "veth1")
+                .unwrap()
+                .jump("per-port"),
+            "iifname \"veth1\" jump per-port",
+        ),
+        (Rule::new(Family::Bridge).drop_packet(), "drop"),
+    ];
+    assert!(Rule::new(Family::Ip)
+        .match_ether_saddr(CmpOp::Eq, [0; 6])
+        .is_err());
+    assert!(Rule::new(Family::Bridge)
+        .match_saddr(CmpOp::Eq, ip("10.0.0.1"))
+        .is_err());
+
+    ns.run(|| {
+        let mut batch = Batch::new();
+        for (family, hook, rules) in [
+            (Family::Ip, Hook::Postrouting, &v4),
+            (Family::Ip6, Hook::Postrouting, &v6),
+            (Family::Bridge, Hook::Prerouting, &br),
+        ] {
+            let base = if family == Family::Bridge {
+                BaseChain::filter(hook, -300)
+            } else {
+                BaseChain::nat(hook, priority::SRCNAT)
+            };
+            batch
+                .add_table(family, "twtest")
+                .add_base_chain(family, "twtest", "c", &base)
+                .add_chain(family, "twtest", "per-port");
+            for (rule, _) in rules.iter() {
+                batch.add_rule("twtest", "c", rule).unwrap();
+            }
+        }
+        let nft = Nft::open().unwrap();
+        nft.commit(&batch).unwrap();
+        let listed = nft.list_rules(Family::Bridge, "twtest", "c").unwrap();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[0].comment.as_deref(), Some("spoof"));
+    });
+
+    let listing = ns.nft_list();
+    let lines: Vec<&str> = listing.lines().map(str::trim).collect();
+    for (_, expected) in v4.iter().chain(&v6).chain(&br) {
+        assert!(
+            lines.contains(expected),
+            "rule `{expected}` not rendered; nft list ruleset:\n{listing}"
+        );
+    }
+    assert!(listing.contains("table bridge twtest"), "{listing}");
+}

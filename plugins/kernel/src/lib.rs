@@ -1,6 +1,8 @@
 //! Synchronous kernel operations shared by every twill plugin binary and the tests: network
-//! namespaces, links (bridge, veth, vxlan), addresses, routes, neighbours/FDB and sysctls, over
-//! one NETLINK_ROUTE socket per namespace. No async runtime: plugins are short-lived processes.
+//! namespaces, links (bridge, veth, vxlan, ifb), addresses, routes, neighbours/FDB, sysctls and
+//! traffic control (tbf, ingress, u32 redirect), over one NETLINK_ROUTE socket per namespace, and the
+//! parsing of rtnetlink notifications ([`notify`]). No async runtime: plugins are short-lived processes;
+//! a daemon calls these from its own loop.
 //!
 //! ```no_run
 //! use twill_kernel::{Handle, NetNs, VethSpec};
@@ -20,29 +22,36 @@
 //! ```
 
 pub mod address;
+pub mod bridge_vlan;
 pub mod error;
 pub mod handle;
+pub mod ifb;
 pub mod link;
 pub mod mac;
 pub mod names;
 pub mod neighbour;
 pub mod netns;
 pub mod nl;
+pub mod notify;
 pub mod route;
 pub mod sysctl;
+pub mod tc;
+pub mod vxlan;
 
 pub use address::{Address, AddressOptions, Family};
+pub use bridge_vlan::{BridgeVlan, VlanOn};
 pub use error::{Error, Result};
 pub use handle::Handle;
+pub use ifb::Ifb;
 pub use link::{
-    BridgePort, BridgePortFlags, BridgeSpec, BridgeVlan, Link, OperState, VethOptions, VethSpec,
-    VlanOn, VxlanSpec,
+    BridgePort, BridgePortFlags, BridgeSpec, Link, LinkChange, OperState, VethOptions, VethSpec,
 };
 pub use mac::MacAddr;
 pub use names::random_veth_name;
 pub use neighbour::{FdbEntry, Neighbour};
 pub use netns::NetNs;
-pub use route::{Route, RouteFilter, RouteProtocol, RouteScope, TABLE_MAIN};
+pub use route::{Route, RouteFilter, RouteProtocol, RouteScope, RouteType, TABLE_MAIN};
+pub use vxlan::{VxlanInfo, VxlanSpec};
 
 /// The IP network type of the API (address with prefix length).
 pub use ipnet::IpNet;

@@ -1,14 +1,12 @@
 //! Network devices: lookup, state, and creation of the kinds CNI needs (bridge, veth, vxlan).
 
-use std::net::IpAddr;
 use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_ECHO, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    AfSpecBridge, AfSpecInet, AfSpecInet6, AfSpecUnspec, BridgeFlag, BridgeVlanInfo,
-    BridgeVlanInfoFlags, InetDevConf, InfoBridge, InfoBridgePort, InfoData, InfoKind, InfoPortData,
-    InfoVeth, InfoVxlan, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage,
-    LinkProtoInfoBridge,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, InetDevConf, InfoBridge, InfoBridgePort, InfoData,
+    InfoKind, InfoPortData, InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo,
+    LinkMessage, LinkProtoInfoBridge,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -18,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::handle::Handle;
 use crate::mac::MacAddr;
 use crate::netns::NetNs;
+use crate::vxlan::VxlanInfo;
 
 /// `IFLA_BRPORT_MODE` (hairpin) and `IFLA_BRPORT_ISOLATED` from linux/if_link.h.
 const IFLA_BRPORT_MODE: u16 = 4;
@@ -38,6 +37,10 @@ pub struct Link {
     /// Index of the bridge (or other master) this device is enslaved to.
     pub master: Option<u32>,
     pub promisc: bool,
+    /// Receives all multicast (IFF_ALLMULTI).
+    pub allmulti: bool,
+    /// `IFLA_TXQLEN`: the transmit queue length.
+    pub txqlen: u32,
     /// `IFLA_LINK`: for a veth, the peer's ifindex, in the namespace named by `link_netnsid` when set.
     pub peer_index: Option<u32>,
     /// `IFLA_LINK_NETNSID`: the peer namespace's id as seen from this namespace.
@@ -50,6 +53,8 @@ pub struct Link {
     /// Reading it here spares a path walk under `/proc/sys/net/ipv6`, which costs time in proportion to
     /// the network namespaces on the host (their sysctl directories share the same dentry names).
     pub ipv6_accept_ra: Option<i32>,
+    /// For a VXLAN device: its settings as the kernel reports them.
+    pub vxlan: Option<VxlanInfo>,
 }
 
 /// Flags of a device enslaved to a bridge, as reported.
@@ -109,41 +114,16 @@ pub struct VethOptions {
     pub single_queue: bool,
 }
 
-/// A VXLAN device to create.
-#[derive(Debug, Clone, Default)]
-pub struct VxlanSpec {
-    pub name: String,
-    pub vni: u32,
-    /// UDP destination port (flannel: 8472; IANA: 4789).
-    pub port: u16,
-    pub local: Option<IpAddr>,
-    /// Underlay device index.
-    pub underlay: Option<u32>,
-    pub learning: bool,
+/// Settings of an existing device to change in one request; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkChange {
     pub mtu: Option<u32>,
     pub mac: Option<MacAddr>,
-    pub up: bool,
+    /// Administratively up or down.
+    pub up: Option<bool>,
 }
 
-/// A VLAN on a bridge port (or on the bridge itself).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BridgeVlan {
-    pub vid: u16,
-    /// Untagged ingress frames are assigned this VLAN.
-    pub pvid: bool,
-    /// Frames leave untagged.
-    pub untagged: bool,
-}
-
-/// Where a bridge VLAN entry lives: on a port (the usual case) or on the bridge device itself
-/// (`bridge vlan add ... self`, needed for the gateway address on a VLAN).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VlanOn {
-    Port,
-    BridgeItself,
-}
-
-fn new_link_message(index: u32) -> LinkMessage {
+pub(crate) fn new_link_message(index: u32) -> LinkMessage {
     let mut msg = LinkMessage::default();
     msg.header.index = index;
     msg
@@ -157,7 +137,12 @@ fn up_flags(msg: &mut LinkMessage, up: bool) {
 }
 
 /// The part every new link's request shares: name, optional MTU and MAC, optionally up at once.
-fn named_link_message(name: &str, mtu: Option<u32>, mac: Option<MacAddr>, up: bool) -> LinkMessage {
+pub(crate) fn named_link_message(
+    name: &str,
+    mtu: Option<u32>,
+    mac: Option<MacAddr>,
+    up: bool,
+) -> LinkMessage {
     let mut msg = new_link_message(0);
     up_flags(&mut msg, up);
     msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -182,17 +167,21 @@ impl Link {
             oper_state: OperState::Unknown,
             master: None,
             promisc: msg.header.flags.contains(LinkFlags::Promisc),
+            allmulti: msg.header.flags.contains(LinkFlags::Allmulti),
+            txqlen: 0,
             peer_index: None,
             link_netnsid: None,
             vlan_filtering: None,
             bridge_port: None,
             ipv6_accept_ra: None,
+            vxlan: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => link.name = n.clone(),
                 LinkAttribute::Address(a) => link.mac = MacAddr::from_slice(a),
                 LinkAttribute::Mtu(m) => link.mtu = *m,
+                LinkAttribute::TxQueueLen(q) => link.txqlen = *q,
                 LinkAttribute::OperState(s) => link.oper_state = *s,
                 LinkAttribute::Controller(m) if *m != 0 => link.master = Some(*m),
                 LinkAttribute::Link(l) if *l != 0 => link.peer_index = Some(*l),
@@ -218,6 +207,9 @@ impl Link {
                                         link.vlan_filtering = Some(*v);
                                     }
                                 }
+                            }
+                            LinkInfo::Data(InfoData::Vxlan(opts)) => {
+                                link.vxlan = Some(VxlanInfo::from_attributes(opts));
                             }
                             LinkInfo::PortData(InfoPortData::BridgePort(opts)) => {
                                 let mut port = BridgePort::default();
@@ -296,7 +288,7 @@ impl Handle {
         )
     }
 
-    fn set_link(
+    pub(crate) fn set_link(
         &self,
         msg: LinkMessage,
         op: &'static str,
@@ -371,6 +363,47 @@ impl Handle {
         })
     }
 
+    /// Applies several settings in one request (one trip through the RTNL lock); `None` fields are left as
+    /// they are, and an empty change sends nothing.
+    pub fn change_link(&self, index: u32, change: &LinkChange) -> Result<()> {
+        if *change == LinkChange::default() {
+            return Ok(());
+        }
+        let mut msg = new_link_message(index);
+        if let Some(up) = change.up {
+            msg.header.change_mask |= LinkFlags::Up;
+            up_flags(&mut msg, up);
+        }
+        if let Some(mtu) = change.mtu {
+            msg.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        if let Some(mac) = change.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+        }
+        self.set_link(msg, "change link", || format!("index {index} ({change:?})"))
+    }
+
+    /// Turns all-multicast mode on or off (the tuning plugin's `allmulti`).
+    pub fn set_link_allmulti(&self, index: u32, on: bool) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.header.change_mask |= LinkFlags::Allmulti;
+        if on {
+            msg.header.flags |= LinkFlags::Allmulti;
+        }
+        self.set_link(msg, "set allmulti of link", || {
+            format!("index {index} to {on}")
+        })
+    }
+
+    /// Sets the transmit queue length (the tuning plugin's `txQLen`).
+    pub fn set_link_txqlen(&self, index: u32, qlen: u32) -> Result<()> {
+        let mut msg = new_link_message(index);
+        msg.attributes.push(LinkAttribute::TxQueueLen(qlen));
+        self.set_link(msg, "set txqlen of link", || {
+            format!("index {index} to {qlen}")
+        })
+    }
+
     /// Deletes the device (a veth takes its peer with it). Not found is [`Error::is_not_found`].
     pub fn delete_link(&self, index: u32) -> Result<()> {
         let msg = new_link_message(index);
@@ -392,7 +425,7 @@ impl Handle {
 
     /// Creates a link (with NLM_F_ECHO, so the kernel returns it in the same round trip on kernels
     /// that honour echo for RTM_NEWLINK, 6.1+; older ones cost one lookup).
-    fn create_link(
+    pub(crate) fn create_link(
         &self,
         msg: LinkMessage,
         name: &str,
@@ -500,26 +533,6 @@ impl Handle {
         self.create_link(msg, &spec.name, "create veth", || object)
     }
 
-    /// Creates a VXLAN device.
-    pub fn create_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
-        let mut msg = named_link_message(&spec.name, spec.mtu, spec.mac, spec.up);
-        let mut data = vec![InfoVxlan::Id(spec.vni), InfoVxlan::Port(spec.port)];
-        match spec.local {
-            Some(IpAddr::V4(a)) => data.push(InfoVxlan::Local(a)),
-            Some(IpAddr::V6(a)) => data.push(InfoVxlan::Local6(a)),
-            None => {}
-        }
-        if let Some(dev) = spec.underlay {
-            data.push(InfoVxlan::Link(dev));
-        }
-        data.push(InfoVxlan::Learning(spec.learning));
-        msg.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::Kind(InfoKind::Vxlan),
-            LinkInfo::Data(InfoData::Vxlan(data)),
-        ]));
-        self.create_link(msg, &spec.name, "create vxlan", || spec.name.clone())
-    }
-
     /// Sets bridge-port flags (hairpin, isolated) on a bridge port, via IFLA_PROTINFO in an
     /// AF_BRIDGE RTM_SETLINK, as `bridge link set` does.
     pub fn set_bridge_port_flags(&self, index: u32, flags: BridgePortFlags) -> Result<()> {
@@ -546,88 +559,5 @@ impl Handle {
         self.set_link(msg, "set bridge port flags of link", || {
             format!("index {index} ({flags:?})")
         })
-    }
-
-    fn bridge_vlan_message(index: u32, vlan: BridgeVlan, on: VlanOn) -> LinkMessage {
-        let mut flags = BridgeVlanInfoFlags::empty();
-        if vlan.pvid {
-            flags |= BridgeVlanInfoFlags::Pvid;
-        }
-        if vlan.untagged {
-            flags |= BridgeVlanInfoFlags::Untagged;
-        }
-        let mut spec = Vec::new();
-        if on == VlanOn::BridgeItself {
-            spec.push(AfSpecBridge::Flags(BridgeFlag::LowerDev));
-        }
-        spec.push(AfSpecBridge::VlanInfo(BridgeVlanInfo {
-            flags,
-            vid: vlan.vid,
-        }));
-        let mut msg = new_link_message(index);
-        msg.header.interface_family = AddressFamily::Bridge;
-        msg.attributes.push(LinkAttribute::AfSpecBridge(spec));
-        msg
-    }
-
-    /// Adds (or updates the flags of) a VLAN on a bridge port or the bridge itself.
-    pub fn add_bridge_vlan(&self, index: u32, vlan: BridgeVlan, on: VlanOn) -> Result<()> {
-        let msg = Self::bridge_vlan_message(index, vlan, on);
-        self.set_link(msg, "add bridge vlan", || {
-            format!("{} to index {index}", vlan.vid)
-        })
-    }
-
-    /// Removes a VLAN from a bridge port or the bridge itself.
-    pub fn delete_bridge_vlan(&self, index: u32, vid: u16, on: VlanOn) -> Result<()> {
-        let vlan = BridgeVlan {
-            vid,
-            pvid: false,
-            untagged: false,
-        };
-        let msg = Self::bridge_vlan_message(index, vlan, on);
-        self.request(
-            RouteNetlinkMessage::DelLink(msg),
-            0,
-            "delete bridge vlan",
-            || format!("{vid} from index {index}"),
-        )
-        .map(|_| ())
-    }
-
-    /// The VLANs configured on a bridge port (or on the bridge itself, for the bridge's index).
-    pub fn bridge_vlans(&self, index: u32) -> Result<Vec<BridgeVlan>> {
-        let mut msg = new_link_message(0);
-        msg.header.interface_family = AddressFamily::Bridge;
-        msg.attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::Brvlan]));
-        let msgs = self.dump(
-            RouteNetlinkMessage::GetLink(msg),
-            "list bridge vlans of",
-            || format!("index {index}"),
-        )?;
-        let mut out = Vec::new();
-        for m in msgs {
-            let RouteNetlinkMessage::NewLink(l) = m else {
-                continue;
-            };
-            if l.header.index != index {
-                continue;
-            }
-            for attr in &l.attributes {
-                if let LinkAttribute::AfSpecBridge(spec) = attr {
-                    for s in spec {
-                        if let AfSpecBridge::VlanInfo(info) = s {
-                            out.push(BridgeVlan {
-                                vid: info.vid,
-                                pvid: info.flags.contains(BridgeVlanInfoFlags::Pvid),
-                                untagged: info.flags.contains(BridgeVlanInfoFlags::Untagged),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        Ok(out)
     }
 }

@@ -128,26 +128,8 @@ impl Socket {
             .map_err(|e| io_error("send", e))?;
         loop {
             self.recv().map_err(|e| io_error("receive", e))?;
-            let mut rest = &self.buf[..];
-            while rest.len() >= NLMSG_HDRLEN {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                if len < NLMSG_HDRLEN || len > rest.len() {
-                    let e = io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "malformed netlink message of length {len} in a {} byte datagram",
-                            rest.len()
-                        ),
-                    );
-                    return Err(io_error("receive", e));
-                }
-                let frame = Frame {
-                    kind: u16::from_ne_bytes([rest[4], rest[5]]),
-                    flags: u16::from_ne_bytes([rest[6], rest[7]]),
-                    seq: u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]),
-                    bytes: &rest[..len],
-                };
-                rest = &rest[((len + 3) & !3).min(rest.len())..];
+            for frame in frames(&self.buf) {
+                let frame = frame.map_err(|e| io_error("receive", e))?;
                 if frame.seq.wrapping_sub(first) > last.wrapping_sub(first) {
                     continue;
                 }
@@ -192,6 +174,53 @@ impl Socket {
     }
 }
 
+/// The messages of one datagram, in order; a message whose length does not fit ends the datagram
+/// with an error.
+pub fn frames(datagram: &[u8]) -> impl Iterator<Item = io::Result<Frame<'_>>> {
+    let mut rest = datagram;
+    std::iter::from_fn(move || {
+        if rest.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            let e = io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "malformed netlink message of length {len} in a {} byte datagram",
+                    rest.len()
+                ),
+            );
+            rest = &[];
+            return Some(Err(e));
+        }
+        let frame = Frame {
+            kind: u16::from_ne_bytes([rest[4], rest[5]]),
+            flags: u16::from_ne_bytes([rest[6], rest[7]]),
+            seq: u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]),
+            bytes: &rest[..len],
+        };
+        rest = &rest[((len + 3) & !3).min(rest.len())..];
+        Some(Ok(frame))
+    })
+}
+
+/// The attributes (type without the nested/byte-order bits, payload) of a message body after its
+/// fixed header of `fixed` bytes; a malformed attribute ends the list.
+pub fn attributes(body: &[u8], fixed: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut at = fixed;
+    std::iter::from_fn(move || {
+        let len = usize::from(u16::from_ne_bytes(body.get(at..at + 2)?.try_into().ok()?));
+        let kind = u16::from_ne_bytes(body.get(at + 2..at + 4)?.try_into().ok()?);
+        if len < 4 {
+            return None;
+        }
+        let payload = body.get(at + 4..at + len)?;
+        at += (len + 3) & !3;
+        Some((kind & 0x3fff, payload))
+    })
+}
+
 /// Decodes an `NLMSG_ERROR`: code 0 is an ack; otherwise the errno and the extended-ack text
 /// (linux/netlink.h, `enum nlmsgerr_attrs`).
 fn decode_error(frame: &Frame<'_>) -> io::Result<Reply> {
@@ -218,23 +247,12 @@ fn ext_ack_message(payload: &[u8], flags: u16) -> Option<String> {
         return None;
     }
     let orig_len = u32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]) as usize;
-    let mut rest = if flags & NLM_F_CAPPED != 0 {
+    let rest = if flags & NLM_F_CAPPED != 0 {
         &payload[NLMSG_HDRLEN..]
     } else {
         payload.get(((orig_len + 3) & !3)..)?
     };
-    while rest.len() >= 4 {
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
-        if len < 4 || len > rest.len() {
-            break;
-        }
-        if kind == NLMSGERR_ATTR_MSG {
-            let text = &rest[4..len];
-            let text = text.split(|b| *b == 0).next().unwrap_or_default();
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-        rest = rest.get(((len + 3) & !3)..).unwrap_or_default();
-    }
-    None
+    let (_, text) = attributes(rest, 0).find(|(kind, _)| *kind == NLMSGERR_ATTR_MSG)?;
+    let text = text.split(|b| *b == 0).next().unwrap_or_default();
+    Some(String::from_utf8_lossy(text).into_owned())
 }

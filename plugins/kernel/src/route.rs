@@ -5,21 +5,21 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
-pub use netlink_packet_route::route::{RouteProtocol, RouteScope};
+pub use netlink_packet_route::route::{RouteProtocol, RouteScope, RouteType};
 
 use crate::address::Family;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handle::Handle;
 
 /// The main routing table.
 pub const TABLE_MAIN: u32 = 254;
 
-/// A unicast route. Build with [`Route::new`] and the builder methods; the default route is
-/// `0.0.0.0/0` or `::/0`.
+/// A route: unicast unless made a [`blackhole`](Route::blackhole). Build with [`Route::new`] and the
+/// builder methods; the default route is `0.0.0.0/0` or `::/0`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub dst: IpNet,
@@ -39,6 +39,8 @@ pub struct Route {
     pub protocol: RouteProtocol,
     /// Preferred source address.
     pub src: Option<IpAddr>,
+    /// Unicast, or blackhole (packets to `dst` are dropped); other kinds only as read back.
+    pub kind: RouteType,
 }
 
 impl Route {
@@ -56,6 +58,15 @@ impl Route {
             advmss: None,
             protocol: RouteProtocol::Boot,
             src: None,
+            kind: RouteType::Unicast,
+        }
+    }
+
+    /// A route that drops what is sent to `dst` (`ip route add blackhole`).
+    pub fn blackhole(dst: IpNet) -> Route {
+        Route {
+            kind: RouteType::BlackHole,
+            ..Route::new(dst)
         }
     }
 
@@ -123,7 +134,10 @@ impl Route {
     }
 
     fn describe(&self) -> String {
-        let mut s = self.dst.to_string();
+        let mut s = match self.kind {
+            RouteType::BlackHole => format!("blackhole {}", self.dst),
+            _ => self.dst.to_string(),
+        };
         if let Some(gw) = self.gateway {
             s.push_str(&format!(" via {gw}"));
         }
@@ -144,17 +158,23 @@ impl Route {
         let h = &mut msg.header;
         h.address_family = self.family().to_af();
         h.destination_prefix_length = self.dst.prefix_len();
-        h.kind = RouteType::Unicast;
+        h.kind = self.kind;
         h.protocol = self.protocol;
         h.scope = match (self.scope, deleting) {
             (Some(s), _) => s,
             // `ip route del` matches any scope.
             (None, true) => RouteScope::NoWhere,
-            (None, false) if self.gateway.is_none() => RouteScope::Link,
+            (None, false) if self.gateway.is_none() && self.kind == RouteType::Unicast => {
+                RouteScope::Link
+            }
             (None, false) => RouteScope::Universe,
         };
         if deleting {
+            // As `ip route del`: protocol and (unless asked for another) type match any route.
             h.protocol = RouteProtocol::Unspec;
+            if self.kind == RouteType::Unicast {
+                h.kind = RouteType::Unspec;
+            }
         }
         if self.table < 256 {
             h.table = self.table as u8;
@@ -200,9 +220,6 @@ impl Route {
 
     fn from_message(msg: &RouteMessage) -> Option<Route> {
         let h = &msg.header;
-        if h.kind != RouteType::Unicast {
-            return None;
-        }
         let mut dst = None;
         let mut route = Route {
             dst: IpNet::V4(Default::default()),
@@ -216,6 +233,7 @@ impl Route {
             advmss: None,
             protocol: h.protocol,
             src: None,
+            kind: h.kind,
         };
         for attr in &msg.attributes {
             match attr {
@@ -304,7 +322,40 @@ impl Handle {
         .map(|_| ())
     }
 
-    /// Unicast routes matching `filter` (kernel-generated local/broadcast routes are left out).
+    /// The route the kernel would use to reach `dst` (`ip route get`): its output device, gateway and
+    /// preferred source. An unreachable destination is an error (ENETUNREACH).
+    pub fn route_get(&self, dst: IpAddr) -> Result<Route> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = Family::of(&dst).to_af();
+        msg.header.destination_prefix_length = match dst {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        let msgs = self.request(
+            RouteNetlinkMessage::GetRoute(msg),
+            0,
+            "get route to",
+            || dst.to_string(),
+        )?;
+        msgs.iter()
+            .find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Route::from_message(r),
+                _ => None,
+            })
+            .ok_or_else(|| {
+                Error::new(
+                    "get route to",
+                    dst.to_string(),
+                    self.netns(),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "kernel sent no route"),
+                )
+            })
+    }
+
+    /// Unicast and blackhole routes matching `filter` (kernel-generated local/broadcast routes are
+    /// left out).
     pub fn routes(&self, filter: RouteFilter) -> Result<Vec<Route>> {
         let families = match filter.family {
             Some(f) => vec![f],
@@ -314,11 +365,25 @@ impl Handle {
         for family in families {
             let mut msg = RouteMessage::default();
             msg.header.address_family = family.to_af();
-            let msgs = self.dump(
+            // With strict checking the kernel dumps only the table and device asked for (a large table of
+            // other routes is not copied to us); without it, it ignores them and the filter below applies.
+            match filter.table {
+                Some(t) if t < 256 => msg.header.table = t as u8,
+                Some(t) => msg.attributes.push(RouteAttribute::Table(t)),
+                None => {}
+            }
+            if let Some(oif) = filter.oif {
+                msg.attributes.push(RouteAttribute::Oif(oif));
+            }
+            let msgs = match self.dump(
                 RouteNetlinkMessage::GetRoute(msg),
                 "list routes",
                 String::new,
-            )?;
+            ) {
+                // A table that does not exist (in this family) has no routes.
+                Err(e) if filter.table.is_some() && e.errno() == Some(libc::ENOENT) => continue,
+                other => other?,
+            };
             for m in msgs {
                 let RouteNetlinkMessage::NewRoute(r) = m else {
                     continue;
@@ -326,6 +391,9 @@ impl Handle {
                 let Some(route) = Route::from_message(&r) else {
                     continue;
                 };
+                if !matches!(route.kind, RouteType::Unicast | RouteType::BlackHole) {
+                    continue;
+                }
                 if filter.table.is_some_and(|t| t != route.table)
                     || filter.oif.is_some_and(|o| Some(o) != route.oif)
                 {

@@ -448,6 +448,7 @@ fn vxlan_is_created_with_vni_port_local_and_underlay() {
             local: Some("192.168.77.2".parse().unwrap()),
             underlay: Some(under.index),
             learning: false,
+            gbp: false,
             mtu: Some(1450),
             mac: Some(mac),
             up: true,

@@ -3,22 +3,11 @@ mod common;
 use std::net::IpAddr;
 
 use common::TestNs;
-use twill_kernel::{Family, MacAddr, VethSpec, VxlanSpec};
+use twill_kernel::{Family, MacAddr, VxlanSpec};
 
 /// A node-like namespace with an underlay veth and `flannel.1`, as twilld builds it.
 fn vxlan_node(t: &TestNs) -> u32 {
-    let under = t
-        .handle
-        .create_veth(&VethSpec {
-            name: "under0".into(),
-            peer_name: "under0p".into(),
-            up: true,
-            ..Default::default()
-        })
-        .unwrap();
-    t.handle
-        .add_address(under.index, "192.168.50.2/24".parse().unwrap())
-        .unwrap();
+    let under = t.underlay(&["192.168.50.2/24"]);
     let vx = t
         .handle
         .create_vxlan(&VxlanSpec {
@@ -26,7 +15,7 @@ fn vxlan_node(t: &TestNs) -> u32 {
             vni: 1,
             port: 8472,
             local: Some("192.168.50.2".parse().unwrap()),
-            underlay: Some(under.index),
+            underlay: Some(under),
             learning: false,
             mtu: Some(1450),
             up: true,

@@ -80,22 +80,17 @@ pub struct PortMapConf {
     pub mappings: Vec<PortMapping>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
 struct Raw {
-    #[serde(default)]
     snat: Option<bool>,
-    #[serde(default)]
     masq_all: Option<bool>,
-    #[serde(default)]
     mark_masq_bit: Option<i64>,
-    #[serde(default)]
     external_set_mark_chain: Option<String>,
-    #[serde(default)]
     backend: Option<String>,
-    #[serde(default, rename = "conditionsV4")]
+    #[serde(rename = "conditionsV4")]
     conditions_v4: Option<Vec<String>>,
-    #[serde(default, rename = "conditionsV6")]
+    #[serde(rename = "conditionsV6")]
     conditions_v6: Option<Vec<String>>,
 }
 

@@ -7,10 +7,16 @@ pub mod bridge;
 pub mod flannel;
 pub mod floor;
 pub mod host_local;
+pub mod kindnet;
 pub mod loopback;
+pub mod meta;
+pub mod plugin_pair;
 pub mod portmap;
+pub mod ptp;
 pub mod runtimes;
 pub mod scale;
+pub mod static_ipam;
+pub mod tuning;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -98,6 +104,36 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "portmap",
             about: "bridge+portmap (2 mappings) ADD+DEL ours vs reference; rows: portmap alone, exec floor",
             run: portmap::run,
+        },
+        Scenario {
+            name: "bandwidth",
+            about: "bandwidth ADD and DEL (ingress+egress) on a fresh veth, ours vs reference",
+            run: meta::run_bandwidth,
+        },
+        Scenario {
+            name: "firewall",
+            about: "firewall ADD and DEL (iptables, dual stack), ours vs reference",
+            run: meta::run_firewall,
+        },
+        Scenario {
+            name: "ptp",
+            about: "ptp + host-local ADD and DEL (kindnet's settings) ours vs reference",
+            run: ptp::run,
+        },
+        Scenario {
+            name: "tuning",
+            about: "tuning ADD and DEL (sysctl, mtu, mac, promisc) ours vs reference",
+            run: tuning::run,
+        },
+        Scenario {
+            name: "static",
+            about: "static IPAM ADD and DEL ours vs reference",
+            run: static_ipam::run,
+        },
+        Scenario {
+            name: "kindnet",
+            about: "kindnet chain ptp + host-local + portmap ADD+DEL ours vs reference",
+            run: kindnet::run,
         },
     ]
 }

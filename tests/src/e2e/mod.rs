@@ -27,8 +27,12 @@ use crate::etcd::Etcd;
 use crate::libcni::LibCni;
 use crate::netns::Netns;
 
+mod snapshot;
 mod state;
+mod traffic;
+pub use snapshot::*;
 pub use state::*;
+pub use traffic::iperf;
 
 /// The network config every cluster runs with (`conf/net-conf.json`: 10.244.0.0/16, /24 per node, VXLAN VNI 1).
 pub const NET_CONFIG: &str = include_str!("../../../conf/net-conf.json");

@@ -59,7 +59,23 @@ impl CriClient {
         uid: &str,
         ports: &[HostPort],
     ) -> Result<String, String> {
+        self.run_pod_sandbox_annotated(name, uid, ports, &[])
+    }
+
+    /// [`CriClient::run_pod_sandbox`] with pod annotations (e.g. `kubernetes.io/ingress-bandwidth`,
+    /// which the runtime turns into the `bandwidth` capability).
+    pub fn run_pod_sandbox_annotated(
+        &mut self,
+        name: &str,
+        uid: &str,
+        ports: &[HostPort],
+        annotations: &[(&str, &str)],
+    ) -> Result<String, String> {
         let config = PodSandboxConfig {
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
                 uid: uid.into(),

@@ -170,6 +170,11 @@ impl Podman {
         self.containers.retain(|c| c != name);
     }
 
+    /// podman's CNI config directory (`network create` writes its conflists there).
+    pub fn network_config_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
     pub fn netns(&self) -> Option<&str> {
         self.netns.as_deref()
     }

@@ -4,17 +4,13 @@
 //! left out rather than given a route the kernel would refuse or send the wrong way.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 
-use futures_util::TryStreamExt;
-use ipnet::Ipv4Net;
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteScope, RouteType,
-};
-use rtnetlink::{Handle, RouteMessageBuilder};
+use ipnet::{IpNet, Ipv4Net};
+use tokio::task::yield_now;
+use twill_kernel::{Family, Handle, Route, RouteFilter, RouteProtocol, TABLE_MAIN};
 
-use super::vxlan::NetlinkError;
 use super::{Backend, Repairs};
 use crate::metrics::Metrics;
 use crate::subnet::lease::Lease;
@@ -39,7 +35,7 @@ impl std::fmt::Display for Peer {
 
 #[derive(Debug)]
 pub enum HostGwError {
-    Netlink(NetlinkError),
+    Netlink(twill_kernel::Error),
     OffLink(String),
 }
 
@@ -52,13 +48,10 @@ impl std::fmt::Display for HostGwError {
     }
 }
 
-fn nl<T>(r: Result<T, rtnetlink::Error>, what: impl FnOnce() -> String) -> Result<T, HostGwError> {
-    r.map_err(|source| {
-        HostGwError::Netlink(NetlinkError {
-            what: what(),
-            source,
-        })
-    })
+impl From<twill_kernel::Error> for HostGwError {
+    fn from(e: twill_kernel::Error) -> Self {
+        HostGwError::Netlink(e)
+    }
 }
 
 /// Our routes as the kernel has them: destination -> gateway.
@@ -140,33 +133,21 @@ impl HostGwBackend {
         !self.set_off_link(now).is_empty()
     }
 
-    async fn add_route(&self, subnet: Ipv4Net, gw: Ipv4Addr) -> Result<(), HostGwError> {
-        let r = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(subnet.network(), subnet.prefix_len())
-            .gateway(gw)
-            .output_interface(self.c.underlay_index)
-            .build();
-        nl(self.handle.route().add(r).replace().execute().await, || {
-            format!("adding route {subnet} via {gw} dev {}", self.c.underlay)
-        })
+    fn add_route(&self, subnet: Ipv4Net, gw: Ipv4Addr) -> Result<(), HostGwError> {
+        // Protocol `static`, as these routes have always been programmed.
+        let r = Route::new(subnet.into())
+            .via(gw.into())
+            .dev(self.c.underlay_index)
+            .protocol(RouteProtocol::Static);
+        Ok(self.handle.replace_route(&r)?)
     }
 
-    async fn del_route(&self, subnet: Ipv4Net) -> Result<(), HostGwError> {
+    fn del_route(&self, subnet: Ipv4Net) -> Result<(), HostGwError> {
         // Unspecified protocol, scope and type are wildcards for the kernel: a hand-made route goes too.
-        let r = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(subnet.network(), subnet.prefix_len())
-            .output_interface(self.c.underlay_index)
-            .protocol(RouteProtocol::Unspec)
-            .scope(RouteScope::NoWhere)
-            .kind(RouteType::Unspec)
-            .build();
-        match self.handle.route().del(r).execute().await {
-            Err(rtnetlink::Error::NetlinkError(m))
-                if matches!(-m.raw_code(), libc::ESRCH | libc::ENOENT | libc::ENODEV) =>
-            {
-                Ok(())
-            }
-            r => nl(r, || format!("deleting route {subnet}")),
+        let r = Route::new(subnet.into()).dev(self.c.underlay_index);
+        match self.handle.delete_route(&r) {
+            Err(e) if e.is_not_found() => Ok(()),
+            r => Ok(r?),
         }
     }
 }
@@ -197,10 +178,10 @@ impl Backend for HostGwBackend {
         self.update_off_link(subnet, Some(peer));
         if !peer.on_link {
             // A route left from when the peer was reachable would now send its traffic the wrong way.
-            self.del_route(subnet).await?;
+            self.del_route(subnet)?;
             return Err(self.off_link_error(subnet, peer.public_ip));
         }
-        self.add_route(subnet, peer.public_ip).await
+        self.add_route(subnet, peer.public_ip)
     }
 
     async fn update_peer(
@@ -225,43 +206,23 @@ impl Backend for HostGwBackend {
         _peer: &Peer,
     ) -> Result<(), HostGwError> {
         self.update_off_link(subnet, None);
-        self.del_route(subnet).await
+        self.del_route(subnet)
     }
 
     /// Main-table routes out of the underlay, with a gateway, to a subnet of our network: the routes host-gw
     /// owns (flanneld's too, so a node switched between the two keeps or cleans them).
     async fn view(&self, dev: u32) -> Result<RouteView, HostGwError> {
-        let routes: Vec<_> = nl(
-            self.handle
-                .route()
-                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-                .execute()
-                .try_collect()
-                .await,
-            || "listing routes".into(),
-        )?;
+        let filter = RouteFilter {
+            family: Some(Family::V4),
+            table: Some(TABLE_MAIN),
+            oif: Some(dev),
+        };
         let mut v = RouteView::new();
-        for r in routes {
-            let (mut table, mut dst, mut gw, mut oif) =
-                (u32::from(r.header.table), None, None, None);
-            for a in &r.attributes {
-                match a {
-                    RouteAttribute::Table(t) => table = *t,
-                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
-                    RouteAttribute::Oif(o) => oif = Some(*o),
-                    _ => {}
-                }
-            }
-            let (Some(dst), Some(gw)) = (dst, gw) else {
+        for r in self.handle.routes(filter)? {
+            let (IpNet::V4(net), Some(IpAddr::V4(gw))) = (r.dst, r.gateway) else {
                 continue;
             };
-            let Ok(net) = Ipv4Net::new(dst, r.header.destination_prefix_length) else {
-                continue;
-            };
-            if table == u32::from(RouteHeader::RT_TABLE_MAIN)
-                && oif == Some(dev)
-                && net.prefix_len() == self.c.subnet_len
+            if net.prefix_len() == self.c.subnet_len
                 && self.c.network.contains(&net)
                 && net != self.c.own
             {
@@ -283,11 +244,14 @@ impl Backend for HostGwBackend {
             .into_iter()
             .map(|(s, ip)| self.off_link_error(s, ip))
             .collect();
+        // Synchronous kernel calls: yield between them so the daemon's other tasks run during a long pass.
         for s in &plan.stale {
-            errors.extend(self.del_route(*s).await.err());
+            errors.extend(self.del_route(*s).err());
+            yield_now().await;
         }
         for (s, gw) in &plan.missing {
-            errors.extend(self.add_route(*s, *gw).await.err());
+            errors.extend(self.add_route(*s, *gw).err());
+            yield_now().await;
         }
         Repairs {
             count: (plan.stale.len() + plan.missing.len()) as u64,

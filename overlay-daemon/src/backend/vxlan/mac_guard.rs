@@ -8,7 +8,6 @@ use tokio::sync::mpsc;
 
 use super::vtep_mac::MacIdentity;
 use super::VxlanBackend;
-use crate::daemon::log;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::subnet::{LeaseAttrs, LeaseEvent};
@@ -40,13 +39,13 @@ pub async fn guard_mac(
     let before = metrics.readiness();
     if with_us != before.mac_collision {
         match &with_us {
-            Some(w) => log(format!("ERROR: {w}")),
-            None => log(format!("VTEP MAC collision resolved (our MAC is {old})")),
+            Some(w) => tracing::error!("{w}"),
+            None => tracing::info!("VTEP MAC collision resolved (our MAC is {old})"),
         }
     }
     if among != before.peer_mac_duplicates {
         if let Some(a) = &among {
-            log(format!("warning: {a}"));
+            tracing::warn!("{a}");
         }
     }
     metrics
@@ -61,18 +60,16 @@ pub async fn guard_mac(
         r.peer_mac_duplicates = among;
     });
     if let Some(new) = v.change_to {
-        log(format!(
+        tracing::info!(
             "changing our VTEP MAC from {old} to {new} (generation {}) to resolve the collision",
             identity.generation()
-        ));
+        );
         metrics.vtep_mac_changes.fetch_add(1, Relaxed);
         reconciler.backend_mut().set_mac(new);
         reconciler.full().await;
         *attrs = attrs.with_mac(new);
         let _ = publish.send(attrs.clone()).await;
-        log(format!(
-            "VTEP MAC collision resolved: our MAC is now {new}, lease re-published"
-        ));
+        tracing::info!("VTEP MAC collision resolved: our MAC is now {new}, lease re-published");
         metrics.vtep_mac_collisions.store(0, Relaxed);
         metrics.set_ready(|r| r.mac_collision = None);
         return !v.among_peers.is_empty();

@@ -9,11 +9,13 @@ pub mod vtep_mac;
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
+use tokio::task::yield_now;
 
-pub use self::netlink::{DeviceSpec, KernelView, NetlinkError, Peer, Vxlan};
+pub use self::netlink::{DeviceSpec, KernelView, Peer, Vxlan};
 use super::{Backend, Repairs};
 use crate::subnet::lease::{Lease, VtepMac};
+pub use twill_kernel::Error as NetlinkError;
 
 pub struct VxlanBackend {
     nl: Vxlan,
@@ -74,11 +76,11 @@ impl Backend for VxlanBackend {
     }
 
     async fn ensure_device(&mut self) -> Result<(u32, bool), NetlinkError> {
-        self.nl.ensure_device(&self.spec).await
+        self.nl.ensure_device(&self.spec)
     }
 
     async fn add_peer(&self, dev: u32, subnet: Ipv4Net, peer: &Peer) -> Result<(), NetlinkError> {
-        self.nl.add_peer(dev, subnet, peer).await
+        self.nl.add_peer(dev, subnet.into(), peer)
     }
 
     async fn update_peer(
@@ -92,8 +94,7 @@ impl Backend for VxlanBackend {
         // even when unchanged: replace is idempotent and repairs damage.
         let mut errors: Vec<NetlinkError> = self
             .nl
-            .add_peer(dev, subnet, new)
-            .await
+            .add_peer(dev, subnet.into(), new)
             .err()
             .into_iter()
             .collect();
@@ -102,12 +103,11 @@ impl Backend for VxlanBackend {
             // programming").
             errors.extend(
                 self.nl
-                    .del_fdb(dev, old.mac, Some(old.public_ip))
-                    .await
+                    .del_fdb(dev, old.mac, Some(old.public_ip.into()))
                     .err(),
             );
             if new.direct {
-                errors.extend(self.nl.del_neighbour(dev, subnet.network()).await.err());
+                errors.extend(self.nl.del_neighbour(dev, subnet.network().into()).err());
             }
         }
         errors
@@ -119,11 +119,11 @@ impl Backend for VxlanBackend {
         subnet: Ipv4Net,
         peer: &Peer,
     ) -> Result<(), NetlinkError> {
-        self.nl.remove_peer(dev, subnet, peer).await
+        self.nl.remove_peer(dev, subnet.into(), peer)
     }
 
     async fn view(&self, dev: u32) -> Result<KernelView, NetlinkError> {
-        self.nl.view(dev, self.spec.network).await
+        self.nl.view(dev, self.spec.network)
     }
 
     async fn repair(
@@ -133,22 +133,29 @@ impl Backend for VxlanBackend {
         view: &KernelView,
     ) -> Repairs<NetlinkError> {
         let plan = plan::plan(peers, view, self.own, self.subnet_len, self.direct_routing);
+        // The kernel calls are synchronous: yielding between them lets the daemon's other tasks (lease
+        // watch, health endpoint) run during a long pass.
         let mut errors = Vec::new();
         for ip in &plan.stale_neighbours {
-            errors.extend(self.nl.del_neighbour(dev, *ip).await.err());
+            errors.extend(self.nl.del_neighbour(dev, *ip).err());
+            yield_now().await;
         }
         for (mac, dst) in &plan.stale_fdb {
-            errors.extend(self.nl.del_fdb(dev, *mac, *dst).await.err());
+            errors.extend(self.nl.del_fdb(dev, *mac, *dst).err());
+            yield_now().await;
         }
         for net in &plan.stale_device_routes {
-            errors.extend(self.nl.del_route(*net, Some(dev)).await.err());
+            errors.extend(self.nl.del_route(*net, Some(dev)).err());
+            yield_now().await;
         }
         for net in &plan.stale_direct_routes {
-            errors.extend(self.nl.del_route(*net, None).await.err());
+            errors.extend(self.nl.del_route(*net, None).err());
+            yield_now().await;
         }
         for subnet in &plan.missing_peers {
             if let Some(peer) = peers.get(subnet) {
-                errors.extend(self.nl.add_peer(dev, *subnet, peer).await.err());
+                errors.extend(self.nl.add_peer(dev, IpNet::V4(*subnet), peer).err());
+                yield_now().await;
             }
         }
         Repairs {

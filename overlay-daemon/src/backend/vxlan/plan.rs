@@ -2,9 +2,9 @@
 //! unit-tested without a kernel).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::netlink::{KernelView, Peer};
 use crate::subnet::lease::VtepMac;
@@ -12,10 +12,10 @@ use crate::subnet::lease::VtepMac;
 /// What a full reconciliation has to change: kernel entries nobody wants, and peers not fully programmed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub stale_neighbours: Vec<Ipv4Addr>,
-    pub stale_fdb: Vec<(VtepMac, Option<Ipv4Addr>)>,
-    pub stale_device_routes: Vec<Ipv4Net>,
-    pub stale_direct_routes: Vec<Ipv4Net>,
+    pub stale_neighbours: Vec<IpAddr>,
+    pub stale_fdb: Vec<(VtepMac, Option<IpAddr>)>,
+    pub stale_device_routes: Vec<IpNet>,
+    pub stale_direct_routes: Vec<IpNet>,
     pub missing_peers: Vec<Ipv4Net>,
 }
 
@@ -44,13 +44,13 @@ pub fn plan(
     let mut p = Plan::default();
     // Indexed once, so the diff is linear in peers + kernel entries (a full pass at 10,000 peers must not
     // compare every entry with every peer).
-    let mut want_neigh: HashMap<Ipv4Addr, VtepMac> = HashMap::new();
-    let mut want_fdb: HashSet<(VtepMac, Ipv4Addr)> = HashSet::new();
+    let mut want_neigh: HashMap<IpAddr, VtepMac> = HashMap::new();
+    let mut want_fdb: HashSet<(VtepMac, IpAddr)> = HashSet::new();
     for (s, peer) in peers.iter().filter(|(_, peer)| !peer.direct) {
-        want_neigh.entry(s.network()).or_insert(peer.mac);
-        want_fdb.insert((peer.mac, peer.public_ip));
+        want_neigh.entry(s.network().into()).or_insert(peer.mac);
+        want_fdb.insert((peer.mac, peer.public_ip.into()));
     }
-    let have_fdb: HashSet<&(VtepMac, Option<Ipv4Addr>)> = view.fdb.iter().collect();
+    let have_fdb: HashSet<&(VtepMac, Option<IpAddr>)> = view.fdb.iter().collect();
     for (ip, mac) in &view.neighbours {
         let want = want_neigh.get(ip).copied();
         if want.is_none() || want != *mac {
@@ -65,7 +65,7 @@ pub fn plan(
         }
     }
     for (net, (gw, onlink)) in &view.device_routes {
-        let wanted = peers.get(net).is_some_and(|peer| !peer.direct)
+        let wanted = v4(net).is_some_and(|n| peers.get(&n).is_some_and(|peer| !peer.direct))
             && *gw == Some(net.network())
             && *onlink;
         if !wanted {
@@ -76,24 +76,27 @@ pub fn plan(
         // Only routes shaped like ours (a node subnet via a gateway) are candidates: other gateway routes into
         // the pod network are someone else's business.
         for (net, gw) in &view.direct_routes {
-            if net.prefix_len() != subnet_len || *net == own {
+            if net.prefix_len() != subnet_len || *net == IpNet::V4(own) {
                 continue;
             }
-            if !peers
-                .get(net)
-                .is_some_and(|peer| peer.direct && Some(peer.public_ip) == *gw)
-            {
+            let wanted = v4(net).and_then(|n| peers.get(&n));
+            if !wanted.is_some_and(|peer| peer.direct && Some(IpAddr::V4(peer.public_ip)) == *gw) {
                 p.stale_direct_routes.push(*net);
             }
         }
     }
     for (subnet, peer) in peers {
+        let (net, gw, public) = (
+            IpNet::V4(*subnet),
+            IpAddr::V4(subnet.network()),
+            IpAddr::V4(peer.public_ip),
+        );
         let present = if peer.direct {
-            view.direct_routes.get(subnet) == Some(&Some(peer.public_ip))
+            view.direct_routes.get(&net) == Some(&Some(public))
         } else {
-            view.neighbours.get(&subnet.network()) == Some(&Some(peer.mac))
-                && have_fdb.contains(&(peer.mac, Some(peer.public_ip)))
-                && view.device_routes.get(subnet) == Some(&(Some(subnet.network()), true))
+            view.neighbours.get(&gw) == Some(&Some(peer.mac))
+                && have_fdb.contains(&(peer.mac, Some(public)))
+                && view.device_routes.get(&net) == Some(&(Some(gw), true))
         };
         if !present {
             p.missing_peers.push(*subnet);
@@ -102,14 +105,29 @@ pub fn plan(
     p
 }
 
+/// The IPv4 network a kernel destination is, to look it up among the peers.
+fn v4(net: &IpNet) -> Option<Ipv4Net> {
+    match net {
+        IpNet::V4(n) => Some(*n),
+        IpNet::V6(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()
     }
     fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+    fn knet(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+    fn kip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
     fn mac(last: u8) -> VtepMac {
@@ -125,9 +143,10 @@ mod tests {
     fn programmed(peers: &BTreeMap<Ipv4Net, Peer>) -> KernelView {
         let mut v = KernelView::default();
         for (s, p) in peers {
-            v.neighbours.insert(s.network(), Some(p.mac));
-            v.fdb.push((p.mac, Some(p.public_ip)));
-            v.device_routes.insert(*s, (Some(s.network()), true));
+            v.neighbours.insert(s.network().into(), Some(p.mac));
+            v.fdb.push((p.mac, Some(p.public_ip.into())));
+            v.device_routes
+                .insert((*s).into(), (Some(s.network().into()), true));
         }
         v
     }
@@ -154,9 +173,9 @@ mod tests {
             (net("10.244.4.0/24"), peer("10.0.0.4", 4)),
         ]);
         let p = plan(&now, &view, net(OWN), 24, false);
-        assert_eq!(p.stale_neighbours, vec![ip("10.244.2.0")]);
-        assert_eq!(p.stale_fdb, vec![(mac(2), Some(ip("10.0.0.2")))]);
-        assert_eq!(p.stale_device_routes, vec![net("10.244.2.0/24")]);
+        assert_eq!(p.stale_neighbours, vec![kip("10.244.2.0")]);
+        assert_eq!(p.stale_fdb, vec![(mac(2), Some(kip("10.0.0.2")))]);
+        assert_eq!(p.stale_device_routes, vec![knet("10.244.2.0/24")]);
         assert_eq!(p.missing_peers, vec![net("10.244.4.0/24")]);
     }
 
@@ -166,8 +185,8 @@ mod tests {
         let view = programmed(&old);
         let new = BTreeMap::from([(net("10.244.2.0/24"), peer("10.0.0.2", 9))]);
         let p = plan(&new, &view, net(OWN), 24, false);
-        assert_eq!(p.stale_neighbours, vec![ip("10.244.2.0")]);
-        assert_eq!(p.stale_fdb, vec![(mac(2), Some(ip("10.0.0.2")))]);
+        assert_eq!(p.stale_neighbours, vec![kip("10.244.2.0")]);
+        assert_eq!(p.stale_fdb, vec![(mac(2), Some(kip("10.0.0.2")))]);
         assert_eq!(p.missing_peers, vec![net("10.244.2.0/24")]);
     }
 
@@ -176,11 +195,11 @@ mod tests {
         let peers = BTreeMap::from([(net("10.244.2.0/24"), peer("10.0.0.2", 2))]);
         let mut view = programmed(&peers);
         view.device_routes
-            .insert(net("10.99.0.0/24"), (None, false));
-        view.fdb.push((VtepMac([0; 6]), Some(ip("10.0.0.77"))));
+            .insert(knet("10.99.0.0/24"), (None, false));
+        view.fdb.push((VtepMac([0; 6]), Some(kip("10.0.0.77"))));
         let p = plan(&peers, &view, net(OWN), 24, false);
-        assert_eq!(p.stale_device_routes, vec![net("10.99.0.0/24")]);
-        assert_eq!(p.stale_fdb, vec![(VtepMac([0; 6]), Some(ip("10.0.0.77")))]);
+        assert_eq!(p.stale_device_routes, vec![knet("10.99.0.0/24")]);
+        assert_eq!(p.stale_fdb, vec![(VtepMac([0; 6]), Some(kip("10.0.0.77")))]);
         assert!(p.missing_peers.is_empty());
     }
 
@@ -197,13 +216,13 @@ mod tests {
         );
         let mut view = KernelView::default();
         view.direct_routes
-            .insert(net("10.244.2.0/24"), Some(ip("10.0.0.2")));
+            .insert(knet("10.244.2.0/24"), Some(kip("10.0.0.2")));
         view.direct_routes
-            .insert(net("10.244.7.0/24"), Some(ip("10.0.0.7")));
+            .insert(knet("10.244.7.0/24"), Some(kip("10.0.0.7")));
         view.direct_routes
-            .insert(net("10.244.8.0/25"), Some(ip("10.0.0.8")));
+            .insert(knet("10.244.8.0/25"), Some(kip("10.0.0.8")));
         let p = plan(&peers, &view, net(OWN), 24, true);
-        assert_eq!(p.stale_direct_routes, vec![net("10.244.7.0/24")]);
+        assert_eq!(p.stale_direct_routes, vec![knet("10.244.7.0/24")]);
         assert!(p.missing_peers.is_empty());
         let p = plan(&BTreeMap::new(), &view, net(OWN), 24, false);
         assert!(p.stale_direct_routes.is_empty());

@@ -101,7 +101,10 @@ pub async fn acquire(
                 }
             }
             if !l.is_reservation() {
-                eprintln!("twilld: deleting our lease {} which the current network config no longer allows", l.subnet);
+                tracing::info!(
+                    "deleting our lease {} which the current network config no longer allows",
+                    l.subnet
+                );
                 registry.delete(l.subnet).await?;
                 continue;
             }

@@ -11,7 +11,6 @@ use super::registry::{Registry, RegistryError};
 use super::set_expiry;
 use super::watcher::OwnEvent;
 use crate::config::NetworkConfig;
-use crate::daemon::log;
 use crate::metrics::Metrics;
 use crate::subnet::lease::LeaseAttrs;
 
@@ -42,7 +41,7 @@ impl LeaseKeeper {
             }
         };
         if said.as_ref() != Some(&state) {
-            log(format!("etcd store reset: {state}"));
+            tracing::warn!("etcd store reset: {state}");
             let why = state.clone();
             self.metrics.set_ready(|r| {
                 let base = r
@@ -63,10 +62,10 @@ impl LeaseKeeper {
     fn registered_again(&self, reset_pending: &mut bool) {
         if *reset_pending {
             *reset_pending = false;
-            log(format!(
+            tracing::info!(
                 "subnet {} registered again after the etcd store reset",
                 self.own.subnet
-            ));
+            );
             self.metrics.set_ready(|r| r.store_reset = None);
         }
     }
@@ -104,8 +103,8 @@ impl LeaseKeeper {
                     if self.own.lease_id == 0 {
                         let with = self.attrs.vtep_mac().map(|m| format!(" with VTEP MAC {m}")).unwrap_or_default();
                         match self.registry.put_reservation(self.own.subnet, &self.attrs).await {
-                            Ok(()) => log(format!("reservation {} re-published{with}", self.own.subnet)),
-                            Err(e) => log(format!("re-publishing reservation {}: {e}", self.own.subnet)),
+                            Ok(()) => tracing::info!("reservation {} re-published{with}", self.own.subnet),
+                            Err(e) => tracing::warn!("re-publishing reservation {}: {e}", self.own.subnet),
                         }
                         continue;
                     }
@@ -124,7 +123,7 @@ impl LeaseKeeper {
                         }
                         Some(OwnEvent::Present) => {
                             if lost {
-                                log(format!("subnet {} is registered as ours again", self.own.subnet));
+                                tracing::info!("subnet {} is registered as ours again", self.own.subnet);
                             }
                             lost = false;
                             recreate = false;
@@ -137,11 +136,11 @@ impl LeaseKeeper {
                             continue;
                         }
                         Some(OwnEvent::Gone) => {
-                            log(format!("our lease on {} disappeared from etcd: re-acquiring the same subnet", self.own.subnet));
+                            tracing::info!("our lease on {} disappeared from etcd: re-acquiring the same subnet", self.own.subnet);
                             recreate = true;
                         }
                         Some(OwnEvent::Taken(by)) => {
-                            log(format!("ERROR: subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", self.own.subnet));
+                            tracing::error!("subnet {} now belongs to {by}: pods on this node use a subnet that is no longer ours", self.own.subnet);
                             lost = true;
                             recreate = true;
                             metrics.set_ready(|r| r.lease_lost = true);
@@ -168,7 +167,7 @@ impl LeaseKeeper {
                         metrics.etcd_ok();
                         metrics.set_ready(|r| r.lease_lost = false);
                         set_expiry(&metrics, &self.own, ttl);
-                        log(format!("re-acquired subnet {}", self.own.subnet));
+                        tracing::info!("re-acquired subnet {}", self.own.subnet);
                         self.registered_again(&mut reset_pending);
                         next = now() + renew_after;
                     }
@@ -178,7 +177,7 @@ impl LeaseKeeper {
                     }
                     Err(e) => {
                         metrics.etcd_error(&e.to_string());
-                        log(format!("re-acquiring {}: {e}; retrying", self.own.subnet));
+                        tracing::warn!("re-acquiring {}: {e}; retrying", self.own.subnet);
                         next = now() + retry;
                     }
                 }
@@ -208,7 +207,7 @@ impl LeaseKeeper {
                     // watcher re-lists (it may be watching a store that no longer exists); we re-create it.
                     let why = format!("our lease key for {} was gone at renewal", self.own.subnet);
                     if !reset_pending {
-                        log(format!("{why}: re-acquiring it and re-listing all leases"));
+                        tracing::info!("{why}: re-acquiring it and re-listing all leases");
                         self.registry.epoch().report(why);
                     }
                     recreate = true;
@@ -216,10 +215,7 @@ impl LeaseKeeper {
                 }
                 Err(e) => {
                     metrics.etcd_error(&e.to_string());
-                    log(format!(
-                        "renewing lease on {}: {e}; retrying",
-                        self.own.subnet
-                    ));
+                    tracing::warn!("renewing lease on {}: {e}; retrying", self.own.subnet);
                     next = now() + retry;
                 }
             }

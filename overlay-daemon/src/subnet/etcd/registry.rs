@@ -75,7 +75,9 @@ impl Registry {
                 co = co.with_tls(tls);
             }
             _ if opts.etcd_cafile.is_some() => {
-                eprintln!("twilld: warning: --etcd-cafile given without --etcd-certfile/--etcd-keyfile: not using TLS")
+                tracing::warn!(
+                    "--etcd-cafile given without --etcd-certfile/--etcd-keyfile: not using TLS"
+                )
             }
             _ => {}
         }
@@ -245,7 +247,7 @@ impl Registry {
 fn decode(key: &[u8], value: &[u8], lease_id: i64) -> Option<std::result::Result<Lease, Garbled>> {
     let key = String::from_utf8_lossy(key);
     let Some(subnet) = parse_subnet_key(&key) else {
-        eprintln!("twilld: warning: ignoring {key}: not a subnet lease key");
+        tracing::warn!("ignoring {key}: not a subnet lease key");
         return None;
     };
     Some(match serde_json::from_slice::<LeaseAttrs>(value) {

@@ -9,7 +9,7 @@ use ipnet::Ipv4Net;
 use tokio::sync::mpsc;
 
 use super::registry::{interpret, Registry, RegistryError, WatchOutcome};
-use crate::daemon::{log, Backoff};
+use crate::daemon::Backoff;
 use crate::metrics::Metrics;
 use crate::subnet::lease::{Lease, LeaseAttrs};
 use crate::subnet::LeaseEvent;
@@ -99,7 +99,7 @@ pub async fn watch_leases(
                         rev + 1
                     }
                     Err(e) => {
-                        log(format!("listing leases: {e}; retrying"));
+                        tracing::warn!("listing leases: {e}; retrying");
                         metrics.etcd_error(&e.to_string());
                         backoff.wait().await;
                         continue;
@@ -110,7 +110,7 @@ pub async fn watch_leases(
         let mut stream = match registry.watch(revision).await {
             Ok(s) => s,
             Err(e) => {
-                log(format!("watching leases: {e}; retrying"));
+                tracing::warn!("watching leases: {e}; retrying");
                 metrics.etcd_error(&e.to_string());
                 backoff.wait().await;
                 continue;
@@ -130,7 +130,7 @@ pub async fn watch_leases(
                     None => continue,
                 },
                 () = sleep_until_some(purge_at) => {
-                    log("re-listing leases after the etcd store reset: peers that did not re-register are removed");
+                    tracing::info!("re-listing leases after the etcd store reset: peers that did not re-register are removed");
                     purge_at = None;
                     next_revision = None;
                     break;
@@ -154,7 +154,9 @@ pub async fn watch_leases(
                     let cur = next_revision.unwrap_or(revision);
                     match interpret(&resp, cur) {
                         WatchOutcome::Relist => {
-                            log("watch revision compacted or watch cancelled: re-listing leases");
+                            tracing::info!(
+                                "watch revision compacted or watch cancelled: re-listing leases"
+                            );
                             next_revision = None;
                             break;
                         }
@@ -181,14 +183,14 @@ pub async fn watch_leases(
                     }
                 }
                 Ok(None) => {
-                    log("lease watch closed by etcd; resuming");
+                    tracing::info!("lease watch closed by etcd; resuming");
                     break;
                 }
                 Err(e) => {
-                    log(format!(
+                    tracing::warn!(
                         "lease watch broken: {e}; resuming from revision {}",
                         next_revision.unwrap_or(revision)
-                    ));
+                    );
                     metrics.etcd_error(&e.to_string());
                     break;
                 }
@@ -218,9 +220,7 @@ async fn wait_for_config(registry: &mut Registry, metrics: &Metrics) {
 }
 
 async fn store_reset(why: &str, own_tx: &mpsc::Sender<OwnEvent>, metrics: &Metrics) {
-    log(format!(
-        "ERROR: etcd store went back ({why}): re-listing all leases and re-registering ours"
-    ));
+    tracing::error!("etcd store went back ({why}): re-listing all leases and re-registering ours");
     metrics.store_resets.fetch_add(1, Relaxed);
     metrics.set_ready(|r| r.store_reset = Some(why.to_string()));
     let _ = own_tx.send(OwnEvent::StoreReset).await;

@@ -30,7 +30,7 @@ use self::own_node::OwnNode;
 use self::pod_cidr::{OwnSubnet, PodCidrs};
 use super::{Lease, LeaseAttrs, LeaseEvent, Membership, OwnLease, SubnetError, SubnetManager};
 use crate::config::NetworkConfig;
-use crate::daemon::{log, Backoff};
+use crate::daemon::Backoff;
 use crate::flags::KubeOptions;
 use crate::metrics::Metrics;
 
@@ -110,7 +110,7 @@ impl KubeManager {
                 Ok(n) => n,
                 Err(e) => {
                     let e = api_error(e);
-                    log(format!("reading node {}: {e}; retrying", self.node_name));
+                    tracing::warn!("reading node {}: {e}; retrying", self.node_name);
                     self.metrics.etcd_error(&e);
                     backoff.wait().await;
                     continue;
@@ -138,7 +138,7 @@ impl KubeManager {
                         None => true,
                     };
                     if repeat {
-                        log(&why);
+                        tracing::warn!("{why}");
                         last = Some((why.clone(), Instant::now()));
                     }
                     self.metrics.set_ready(|r| r.lease_wait = Some(why));
@@ -222,10 +222,10 @@ impl SubnetManager for KubeManager {
         let wanted = self.names.wanted(attrs, &current);
         let public = &wanted[&self.names.public_ip];
         if *public != attrs.public_ip.to_string() {
-            log(format!(
+            tracing::info!(
                 "advertising public IP {public} from the node's {} annotation",
                 self.names.public_ip_overwrite
-            ));
+            );
         }
         patch_annotations(
             &self.nodes,

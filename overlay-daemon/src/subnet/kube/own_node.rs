@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::annotations::Annotations;
 use super::{annotations_of, patch_annotations, pod_cidrs_of};
-use crate::daemon::{log, Backoff};
+use crate::daemon::Backoff;
 use crate::metrics::Metrics;
 use crate::subnet::LeaseAttrs;
 
@@ -103,11 +103,11 @@ impl OwnNode {
                     Ok(None) => "none".to_string(),
                     Err(e) => e,
                 };
-                log(format!(
-                    "ERROR: node {} now has podCIDR {now}, but this node serves {}: restart twilld to take the \
+                tracing::error!(
+                    "node {} now has podCIDR {now}, but this node serves {}: restart twilld to take the \
                      new subnet (pods keep their old addresses until recreated)",
                     self.name, self.subnet
-                ));
+                );
                 self.metrics.set_ready(|r| r.lease_lost = true);
             }
         }
@@ -119,10 +119,10 @@ impl OwnNode {
         {
             return;
         }
-        log(format!(
+        tracing::info!(
             "the flannel annotations of node {} were changed or removed: publishing them again",
             self.name
-        ));
+        );
         self.republish(Some(node)).await;
     }
 
@@ -138,7 +138,7 @@ impl OwnNode {
                     Ok(n) => annotations_of(&n),
                     Err(e) => {
                         let e = format!("Kubernetes API: {e}");
-                        log(format!("reading node {}: {e}; retrying", self.name));
+                        tracing::warn!("reading node {}: {e}; retrying", self.name);
                         self.metrics.etcd_error(&e);
                         backoff.wait().await;
                         continue;
@@ -149,7 +149,7 @@ impl OwnNode {
             match patch_annotations(&self.nodes, &self.name, &diff).await {
                 Ok(()) => return,
                 Err(e) => {
-                    log(format!("{e}; retrying"));
+                    tracing::warn!("{e}; retrying");
                     self.metrics.etcd_error(&e);
                     backoff.wait().await;
                 }
@@ -171,16 +171,12 @@ async fn clear_network_unavailable((nodes, name, metrics): (Api<Node>, String, A
             .await
         {
             Ok(_) => {
-                log(format!(
-                    "cleared the NetworkUnavailable condition of node {name}"
-                ));
+                tracing::info!("cleared the NetworkUnavailable condition of node {name}");
                 return;
             }
             Err(e) => {
                 let e = format!("Kubernetes API: {e}");
-                log(format!(
-                    "clearing NetworkUnavailable of node {name}: {e}; retrying"
-                ));
+                tracing::warn!("clearing NetworkUnavailable of node {name}: {e}; retrying");
                 metrics.etcd_error(&e);
                 backoff.wait().await;
             }

@@ -22,7 +22,6 @@ use tokio::sync::{mpsc, watch};
 
 use super::annotations::Annotations;
 use super::{annotations_of, pod_cidrs_of};
-use crate::daemon::log;
 use crate::metrics::Metrics;
 use crate::subnet::{Garbled, Lease, LeaseEvent};
 
@@ -138,9 +137,7 @@ pub async fn watch_nodes(
             Err(e) => {
                 let e = format!("Kubernetes API: watching nodes: {e}");
                 if !failing {
-                    log(format!(
-                        "{e}; retrying with backoff (the data plane is kept as it is)"
-                    ));
+                    tracing::warn!("{e}; retrying with backoff (the data plane is kept as it is)");
                     failing = true;
                 }
                 metrics.etcd_error(&e);
@@ -148,7 +145,7 @@ pub async fn watch_nodes(
             }
         };
         if failing {
-            log("watching nodes again");
+            tracing::info!("watching nodes again");
             failing = false;
         }
         metrics.etcd_ok();
@@ -179,9 +176,9 @@ pub async fn watch_nodes(
             Event::Delete(n) => {
                 let name = n.metadata.name.clone().unwrap_or_default();
                 if name == own {
-                    log(format!(
+                    tracing::warn!(
                         "node {own} was deleted: keeping its subnet until it is registered again"
-                    ));
+                    );
                     continue;
                 }
                 peers.apply(&name, None)

@@ -182,6 +182,13 @@ impl Expr {
         })
     }
 
+    /// Loads the connection-tracking state bits (`ct state`) into `dreg`, a host-endian u32.
+    pub fn ct_state_load(dreg: Reg) -> Expr {
+        Expr::build("ct", |w| {
+            w.be32(NFTA_CT_DREG, dreg.0).be32(NFTA_CT_KEY, NFT_CT_STATE);
+        })
+    }
+
     /// Loads `len` bytes at `offset` of the `base` header into `dreg`.
     pub fn payload(base: PayloadBase, offset: u32, len: u32, dreg: Reg) -> Expr {
         Expr::build("payload", |w| {

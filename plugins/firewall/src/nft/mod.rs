@@ -43,6 +43,8 @@ pub enum Family {
     Inet,
     Ip,
     Ip6,
+    /// Frames crossing a Linux bridge (`nft add table bridge ...`).
+    Bridge,
 }
 
 impl Family {
@@ -51,6 +53,7 @@ impl Family {
             Family::Inet => sys::NFPROTO_INET,
             Family::Ip => sys::NFPROTO_IPV4,
             Family::Ip6 => sys::NFPROTO_IPV6,
+            Family::Bridge => sys::NFPROTO_BRIDGE,
         }
     }
 
@@ -59,6 +62,7 @@ impl Family {
             sys::NFPROTO_INET => Some(Family::Inet),
             sys::NFPROTO_IPV4 => Some(Family::Ip),
             sys::NFPROTO_IPV6 => Some(Family::Ip6),
+            sys::NFPROTO_BRIDGE => Some(Family::Bridge),
             _ => None,
         }
     }
@@ -70,6 +74,7 @@ impl fmt::Display for Family {
             Family::Inet => "inet",
             Family::Ip => "ip",
             Family::Ip6 => "ip6",
+            Family::Bridge => "bridge",
         })
     }
 }

@@ -11,7 +11,9 @@ use ipnet::IpNet;
 use super::expr::{
     ifname_bytes, CmpOp, Expr, IpFamily, MetaKey, NatKind, PayloadBase, Reg, Verdict,
 };
-use super::sys::{NF_NAT_RANGE_PROTO_RANDOM_FULLY, RTN_LOCAL};
+use super::sys::{
+    NF_CT_STATE_ESTABLISHED, NF_CT_STATE_RELATED, NF_NAT_RANGE_PROTO_RANDOM_FULLY, RTN_LOCAL,
+};
 use super::Family;
 use crate::error::{Error, Result};
 
@@ -100,7 +102,7 @@ impl Rule {
 
     fn need_nfproto(self, family: IpFamily) -> Result<Rule> {
         match (self.family, family) {
-            (Family::Ip, IpFamily::V6) | (Family::Ip6, IpFamily::V4) => {
+            (Family::Ip, IpFamily::V6) | (Family::Ip6, IpFamily::V4) | (Family::Bridge, _) => {
                 Err(Error::Invalid(format!(
                     "cannot match an {family:?} address in a {} table",
                     self.family
@@ -186,6 +188,21 @@ impl Rule {
         Ok(self)
     }
 
+    /// `ether saddr <mac>` in a `bridge` table (the frame's source MAC; `nft` adds no dependency
+    /// there because every frame on a bridge port is Ethernet).
+    pub fn match_ether_saddr(mut self, op: CmpOp, mac: [u8; 6]) -> Result<Rule> {
+        if self.family != Family::Bridge {
+            return Err(Error::Invalid(format!(
+                "ether saddr is matched in bridge tables, not in a {} table",
+                self.family
+            )));
+        }
+        self.exprs
+            .push(Expr::payload(PayloadBase::LinkLayer, 6, 6, Reg::R1));
+        self.exprs.push(Expr::cmp(op, Reg::R1, &mac));
+        Ok(self)
+    }
+
     /// `meta mark & <mask> [!=] <value>` (`meta mark <value>` when `mask` is all ones).
     pub fn match_mark(mut self, op: CmpOp, mask: u32, value: u32) -> Rule {
         self.exprs.push(Expr::meta_load(MetaKey::Mark, Reg::R1));
@@ -199,6 +216,22 @@ impl Rule {
         }
         self.exprs
             .push(Expr::cmp(op, Reg::R1, &(value & mask).to_ne_bytes()));
+        self
+    }
+
+    /// `ct state established,related`: the packet belongs to (or is related to) a connection
+    /// already seen in both directions.
+    pub fn match_ct_established_related(mut self) -> Rule {
+        let bits = NF_CT_STATE_ESTABLISHED | NF_CT_STATE_RELATED;
+        self.exprs.push(Expr::ct_state_load(Reg::R1));
+        self.exprs.push(Expr::bitwise(
+            Reg::R1,
+            Reg::R1,
+            &bits.to_ne_bytes(),
+            &0u32.to_ne_bytes(),
+        ));
+        self.exprs
+            .push(Expr::cmp(CmpOp::Neq, Reg::R1, &0u32.to_ne_bytes()));
         self
     }
 
@@ -241,7 +274,7 @@ impl Rule {
     fn nat_to(mut self, kind: NatKind, addr: IpAddr, port: Option<u16>) -> Result<Rule> {
         let family = IpFamily::of(&addr);
         match (self.family, family) {
-            (Family::Ip, IpFamily::V6) | (Family::Ip6, IpFamily::V4) => {
+            (Family::Ip, IpFamily::V6) | (Family::Ip6, IpFamily::V4) | (Family::Bridge, _) => {
                 return Err(Error::Invalid(format!(
                     "cannot NAT to {addr} in a {} table",
                     self.family

@@ -83,6 +83,12 @@ pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 
 pub const NFTA_META_DREG: u16 = 1;
+/// `NFTA_CT_*` attributes and the `NFT_CT_STATE` key; the state bits of `NF_CT_STATE_BIT`.
+pub const NFTA_CT_DREG: u16 = 1;
+pub const NFTA_CT_KEY: u16 = 2;
+pub const NFT_CT_STATE: u32 = 0;
+pub const NF_CT_STATE_ESTABLISHED: u32 = 1 << 1;
+pub const NF_CT_STATE_RELATED: u32 = 1 << 2;
 pub const NFTA_META_KEY: u16 = 2;
 pub const NFTA_META_SREG: u16 = 3;
 pub const NFT_META_MARK: u32 = 3;
@@ -130,6 +136,7 @@ pub const NF_ACCEPT: i32 = 1;
 
 pub const NFPROTO_INET: u8 = 1;
 pub const NFPROTO_IPV4: u8 = 2;
+pub const NFPROTO_BRIDGE: u8 = 7;
 pub const NFPROTO_IPV6: u8 = 10;
 
 pub const NF_INET_PRE_ROUTING: u32 = 0;

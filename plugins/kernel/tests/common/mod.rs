@@ -54,6 +54,24 @@ impl TestNs {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("bridge {full:?}: {e}: {out}"))
     }
 
+    /// An underlay for a VXLAN device: veth `under0` (peer `under0p`), up, with `addrs` (no DAD). Returns
+    /// its index.
+    pub fn underlay(&self, addrs: &[&str]) -> u32 {
+        let under = self
+            .handle
+            .create_veth(&twill_kernel::VethSpec {
+                name: "under0".into(),
+                peer_name: "under0p".into(),
+                up: true,
+                ..Default::default()
+            })
+            .unwrap();
+        for a in addrs {
+            self.ip(&["addr", "add", a, "dev", "under0", "nodad"]);
+        }
+        under.index
+    }
+
     /// Runs `ip -n <ns> <args>`, panicking on failure.
     pub fn ip(&self, args: &[&str]) -> String {
         let mut full = vec!["-n", &self.name];

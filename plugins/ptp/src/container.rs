@@ -1,0 +1,125 @@
+//! The container end (the reference's `setupContainerVeth` after the pair exists): IPAM's addresses and
+//! routes, then the point-to-point shape — the subnet route the kernel added for each address is replaced by
+//! a link route to the gateway and a route to the subnet via the gateway, so all traffic, even to other
+//! addresses of the subnet, goes through the host.
+
+use ipnet::IpNet;
+use std::net::IpAddr;
+use twill_cni::{CniResult, Context, Error, Result};
+use twill_kernel::{sysctl, AddressOptions, Handle, NetNs, Route, RouteScope};
+
+/// IPv6 must be enabled on `lo` and the interface before an IPv6 address is added (the reference's
+/// `ConfigureIface`); `keep_addr_on_down` keeps the addresses if the link is ever taken down.
+fn enable_ipv6(pod: &NetNs, ifname: &str) -> Result<()> {
+    for dev in ["lo", ifname] {
+        let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
+        match sysctl::read_in(pod, &key) {
+            Ok(v) if v == "0" => {}
+            Ok(_) => {
+                sysctl::write_in(pod, &key, "0")
+                    .with_context(|| format!("failed to enable IPv6 for interface {dev:?}"))?;
+            }
+            Err(e) => eprintln!("ptp: failed to read sysctl {key}: {e}"),
+        }
+    }
+    sysctl::write_in(
+        pod,
+        &format!("net/ipv6/conf/{ifname}/keep_addr_on_down"),
+        "1",
+    )
+    .with_context(|| format!("failed to enable keep_addr_on_down for interface {ifname:?}"))?;
+    Ok(())
+}
+
+fn host_prefix(ip: IpAddr) -> IpNet {
+    match ip {
+        IpAddr::V4(_) => IpNet::new(ip, 32),
+        IpAddr::V6(_) => IpNet::new(ip, 128),
+    }
+    .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// Addresses, up, IPAM's routes, then the ptp routes. `result` carries IPAM's answer; every address has a
+/// gateway (checked before anything was created).
+pub fn configure(
+    pod: &NetNs,
+    h: &Handle,
+    ifname: &str,
+    index: u32,
+    result: &CniResult,
+) -> Result<()> {
+    if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
+        enable_ipv6(pod, ifname)?;
+    }
+    let mut v4gw = None;
+    let mut v6gw = None;
+    for ip in &result.ips {
+        // The only other end of this link is the host's veth, so duplicate address detection can find
+        // nothing; skipping it makes the address usable at once instead of after the reference's settle wait.
+        let opts = AddressOptions {
+            nodad: ip.address.addr().is_ipv6(),
+            no_prefix_route: false,
+        };
+        h.add_address_with(index, ip.address, opts)
+            .with_context(|| format!("failed to add IP addr {} to {ifname:?}", ip.address))?;
+        match ip.gateway {
+            Some(g @ IpAddr::V4(_)) if v4gw.is_none() => v4gw = Some(g),
+            Some(g @ IpAddr::V6(_)) if v6gw.is_none() => v6gw = Some(g),
+            _ => {}
+        }
+    }
+    h.set_link_up(index)
+        .with_context(|| format!("failed to set {ifname:?} UP"))?;
+    for r in &result.routes {
+        let gw = r.gw.or(if r.dst.addr().is_ipv4() { v4gw } else { v6gw });
+        let mut route = Route::new(r.dst).dev(index);
+        if let Some(gw) = gw {
+            route = route.via(gw);
+        }
+        if let Some(p) = r.priority {
+            route = route.metric(p);
+        }
+        if let Some(t) = r.table {
+            route = route.table(t);
+        }
+        if let Some(s) = r.scope {
+            route = route.scope(RouteScope::from(s));
+        }
+        match h.add_route(&route) {
+            // The same route listed twice: the reference appends (ECMP), which for an identical next hop
+            // is the same route.
+            Ok(()) => {}
+            Err(e) if e.is_exists() => {}
+            Err(e) => {
+                let via = gw.map(|g| g.to_string()).unwrap_or_default();
+                return Err(Error::failed(format!(
+                    "failed to add route '{} via {via} dev {ifname}': {e}",
+                    r.dst
+                )));
+            }
+        }
+    }
+    for ip in &result.ips {
+        let gw = ip
+            .gateway
+            .ok_or_else(|| Error::failed(format!("no gateway for {}", ip.address)))?;
+        let subnet = ip.address.trunc();
+        let kernel_route = Route::new(subnet).dev(index);
+        h.delete_route(&kernel_route)
+            .with_context(|| format!("failed to delete route {subnet} dev {ifname}"))?;
+        let to_gw = Route::new(host_prefix(gw))
+            .dev(index)
+            .scope(RouteScope::Link)
+            .src(ip.address.addr());
+        h.add_route(&to_gw)
+            .with_context(|| format!("failed to add route {gw} dev {ifname}"))?;
+        let via_gw = Route::new(subnet)
+            .dev(index)
+            .via(gw)
+            .scope(RouteScope::Universe)
+            .src(ip.address.addr());
+        h.add_route(&via_gw)
+            .with_context(|| format!("failed to add route {subnet} via {gw} dev {ifname}"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! DEL: idempotent and independent of the pod's namespace. IPAM DEL and the removal of masquerade rules
+//! (by owner) run while the kernel deletes the veth; the host end, its gateway addresses and host routes go
+//! with it.
+
+use crate::config::PtpConf;
+use crate::{combine, masq};
+use std::path::Path;
+use twill_cni::env::Command;
+use twill_cni::{Error, Request, Result};
+use twill_ipam::provider as ipam;
+use twill_kernel::{Handle, NetNs};
+
+/// A socket in the pod's namespace, or `None` when there is nothing to delete there: no netns given, the
+/// path is gone, or it no longer is a namespace (an unmounted leftover file) — all success for DEL.
+fn pod_socket(netns: Option<&Path>) -> Result<Option<Handle>> {
+    let Some(path) = netns else {
+        return Ok(None);
+    };
+    let pod = match NetNs::open(path) {
+        Ok(ns) => ns,
+        Err(e) if e.is_not_found() || e.io().kind() == std::io::ErrorKind::InvalidInput => {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(Error::failed(format!(
+                "failed to open netns {:?}: {e}",
+                path.display()
+            )))
+        }
+    };
+    Handle::in_netns(&pod)
+        .map(Some)
+        .map_err(|e| Error::failed(format!("netlink socket in the pod namespace: {e}")))
+}
+
+pub fn del(req: &Request) -> Result<()> {
+    let conf = PtpConf::load(req)?;
+    let container_id = req.container_id()?.as_str();
+    let ifname = req.ifname()?.as_str();
+    let network = req.config.name.as_str();
+    let mut errors = Vec::new();
+    let pending = match conf.ipam_type.as_deref() {
+        Some(t) => Some(ipam::spawn(t, Command::Del, req)?),
+        None => None,
+    };
+    std::thread::scope(|s| {
+        let masq_job = conf.ip_masq.then(|| {
+            let backend = conf.masq_backend;
+            s.spawn(move || masq::del(backend, network, container_id, ifname))
+        });
+        match pod_socket(req.env.netns.as_deref()) {
+            Ok(Some(h)) => match h.delete_link_by_name(ifname) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => errors.push(Error::failed(format!("failed to delete {ifname:?}: {e}"))),
+            },
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+        if let Some(j) = masq_job {
+            if let Err(e) = j
+                .join()
+                .unwrap_or_else(|_| Err(Error::failed("masquerade thread panicked")))
+            {
+                errors.push(e);
+            }
+        }
+    });
+    if let Some(p) = pending {
+        if let Err(e) = p.wait() {
+            // IPAM's error first, as the reference reports it before anything else.
+            errors.insert(0, e);
+        }
+    }
+    combine(errors)
+}

@@ -1,0 +1,125 @@
+//! Shared shape of the single-plugin scenarios (`ptp`, `tuning`, `static`): each side (ours, each
+//! reference build) has a persistent node namespace and runs ADD then DEL of one attachment per round on a
+//! fresh pod (prepared outside the timing); ADD and DEL are timed separately, interleaved across sides.
+//! The report's main rows are ADD, the DEL rows follow, and the notes give both ratios per reference.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{interleaved_each, ratio, row, CniNode, Options, Report};
+use twill_tests::netns::Netns;
+
+/// What a scenario varies: the plugin, its config, and how a pod is prepared.
+pub struct Spec {
+    pub scenario: &'static str,
+    pub what: &'static str,
+    pub plugin: &'static str,
+    /// The config of one side, given its private state directory.
+    pub conf: fn(&Path) -> Value,
+    /// Prepares a fresh pod (untimed), e.g. creates the interface a meta plugin tunes.
+    pub prepare: fn(&Netns),
+    /// The target ratio of ADD and DEL medians, for the notes.
+    pub target: f64,
+}
+
+struct Side {
+    plugin: PathBuf,
+    node: CniNode,
+    state: tempfile::TempDir,
+    counter: usize,
+    dels: Vec<Duration>,
+    /// Pods of finished rounds, removed at the end (namespace teardown takes the rtnl lock in a kernel
+    /// worker, which would otherwise land inside a later sample).
+    done: Vec<Netns>,
+}
+
+impl Side {
+    fn round(&mut self, spec: &Spec) -> Duration {
+        self.counter += 1;
+        let id = format!("bench{}-{}", spec.scenario, self.counter);
+        let pod = Netns::new("benchpp");
+        (spec.prepare)(&pod);
+        let conf = (spec.conf)(self.state.path());
+        let add = self.node.exec(&self.plugin, "ADD", pod.path(), &id, &conf);
+        let mut del_conf = conf.clone();
+        if let Some(result) = add.json.clone() {
+            if spec.plugin != "tuning" {
+                del_conf["prevResult"] = result;
+            }
+        }
+        let del = self
+            .node
+            .exec(&self.plugin, "DEL", pod.path(), &id, &del_conf);
+        self.dels.push(del.elapsed);
+        self.done.push(pod);
+        add.elapsed
+    }
+}
+
+pub fn run(options: &Options, spec: &Spec) -> Report {
+    let mut labels = vec!["twill".to_string()];
+    let mut dirs = vec![options.ours.clone()];
+    for reference in &options.references {
+        labels.push(reference.label.clone());
+        dirs.push(reference.dir.clone());
+    }
+    let mut sides: Vec<Side> = dirs
+        .iter()
+        .map(|dir| {
+            let plugin = dir.join(spec.plugin);
+            assert!(plugin.is_file(), "{} is missing", plugin.display());
+            // Each side's delegates (IPAM) from its own build; ours first for ours.
+            let cni_path = if *dir == options.ours {
+                format!(
+                    "{}:{}",
+                    options.ours.display(),
+                    options.primary().dir.display()
+                )
+            } else {
+                dir.display().to_string()
+            };
+            Side {
+                plugin,
+                node: CniNode::new("benchpp", cni_path),
+                state: tempfile::tempdir().expect("state dir"),
+                counter: 0,
+                dels: Vec::new(),
+                done: Vec::new(),
+            }
+        })
+        .collect();
+    let adds = interleaved_each(options, &mut sides, |_, side| side.round(spec));
+    let dels: Vec<Vec<Duration>> = sides
+        .iter()
+        .map(|s| s.dels.iter().skip(options.warmup).copied().collect())
+        .collect();
+    let mut notes = Vec::new();
+    for r in 1..sides.len() {
+        notes.push(format!(
+            "vs {}: ADD {:.2}, DEL {:.2} (target <= {:.2})",
+            labels[r],
+            ratio(&adds[0], &adds[r]),
+            ratio(&dels[0], &dels[r]),
+            spec.target
+        ));
+    }
+    Report {
+        scenario: spec.scenario.into(),
+        what: spec.what.into(),
+        ours: row(&format!("{} ADD", labels[0]), &adds[0]),
+        references: labels
+            .iter()
+            .zip(&adds)
+            .skip(1)
+            .map(|(l, t)| row(&format!("{l} ADD"), t))
+            .collect(),
+        floors: labels
+            .iter()
+            .zip(&dels)
+            .map(|(l, t)| row(&format!("{l} DEL"), t))
+            .collect(),
+        notes,
+    }
+}

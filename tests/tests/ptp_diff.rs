@@ -1,0 +1,534 @@
+//! Differential test of the ptp plugin against the reference builds (Debian's 1.1.1 and upstream v1.10.0):
+//! for each config, ours and each reference run on fresh nodes and pods with the same container id, ifname
+//! and IPAM ranges (each with its own IPAM: ours first in CNI_PATH for ours), and must produce the same
+//! result JSON and the same kernel state in the pod (addresses, routes, link flags, MTU, IPv6 sysctls) and
+//! on the node (the host veth's MTU, flags and addresses, routes, forwarding), the same CHECK outcome, and
+//! a DEL that leaves nothing. Random veth names and MACs are ignored.
+//!
+//! Intended differences (docs/compatibility.md): masquerade goes to nftables unless
+//! `ipMasqBackend: "iptables"` (the reference 1.1.1 always uses iptables), and the pod's IPv6 addresses
+//! skip duplicate address detection (a flag the comparison does not look at).
+//!
+//! Ours only: DEL without the netns, rollback of a failed ADD, GC of masquerade rules, parallel ADDs,
+//! and traffic pod to node and pod to pod.
+
+#[path = "bridge_support/mod.rs"]
+mod support;
+
+use serde_json::{json, Value};
+use std::path::Path;
+use support::*;
+use twill_tests::bins::{self, Reference};
+use twill_tests::netns::Netns;
+
+const CID: &str = "ptp-diff";
+const IFNAME: &str = "eth0";
+const NET: &str = "ptpnet";
+
+fn ours() -> std::path::PathBuf {
+    bins::bin("ptp")
+}
+
+/// A ptp config over host-local `10.77.0.0/24` with a default route, `extra` merged on top.
+fn conf(node: &Node, extra: &Value) -> Value {
+    let mut c = json!({
+        "cniVersion": "1.0.0",
+        "name": NET,
+        "type": "ptp",
+        "ipam": node.ipam(json!([[{"subnet": "10.77.0.0/24"}]])),
+    });
+    c["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}]);
+    merge(&mut c, extra.clone());
+    c
+}
+
+/// Replace every word naming a host veth (`veth…`) by `<veth>`.
+fn unname(s: &str) -> String {
+    s.split(' ')
+        .map(|w| if w.starts_with("veth") { "<veth>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn pod_state(pod: &Netns) -> Value {
+    let l = links(pod, &["dev", IFNAME])
+        .into_iter()
+        .next()
+        .unwrap_or(Value::Null);
+    json!({
+        "kind": l["linkinfo"]["info_kind"],
+        "mtu": l["mtu"],
+        "flags": l["flags"],
+        "addresses": addresses(pod, IFNAME),
+        "routes": routes(pod),
+        "disable_ipv6": sysctl(pod, &format!("net/ipv6/conf/{IFNAME}/disable_ipv6")),
+        "lo_disable_ipv6": sysctl(pod, "net/ipv6/conf/lo/disable_ipv6"),
+    })
+}
+
+fn node_state(node: &Netns) -> Value {
+    let veths: Vec<Value> = links(node, &["type", "veth"])
+        .iter()
+        .map(|l| {
+            let name = l["ifname"].as_str().unwrap_or("-");
+            json!({
+                "mtu": l["mtu"],
+                "flags": l["flags"],
+                "addresses": addresses(node, name),
+                "accept_ra": sysctl(node, &format!("net/ipv6/conf/{name}/accept_ra")),
+            })
+        })
+        .collect();
+    json!({
+        "veths": veths,
+        "routes": routes(node).iter().map(|r| unname(r)).collect::<Vec<_>>(),
+        "ip_forward": sysctl(node, "net/ipv4/ip_forward"),
+        "ipv6_forwarding": sysctl(node, "net/ipv6/conf/all/forwarding"),
+    })
+}
+
+#[derive(Debug)]
+struct Side {
+    add_ok: bool,
+    add_out: String,
+    result: Value,
+    pod: Value,
+    node: Value,
+    masq_during: Vec<String>,
+    check_ok: Option<bool>,
+    check_out: String,
+    del_ok: bool,
+    del_out: String,
+    pod_links_after: Vec<String>,
+    veths_after: Vec<String>,
+    node_routes_after: Vec<String>,
+    leases_after: Vec<String>,
+    masq_after: Vec<String>,
+}
+
+fn pod_ips(r: &Value) -> Vec<String> {
+    r["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str())
+        .filter_map(|a| a.split('/').next().map(str::to_string))
+        .collect()
+}
+
+fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
+    let node = Node::new();
+    let pod = Netns::new("ptpp");
+    let conf = conf(&node, extra);
+    let run = |cmd: &str, c: &Value| {
+        let out = node.run_with_path(plugin, cmd, Some(pod.path()), CID, IFNAME, c, cni_path);
+        out.assert_no_panic();
+        out
+    };
+    let add = run("ADD", &conf);
+    let result = add.json.clone().unwrap_or(Value::Null);
+    let ips = if add.success() {
+        pod_ips(&result)
+    } else {
+        vec![]
+    };
+    let masq_of = |lines: Vec<String>| -> Vec<String> {
+        lines
+            .into_iter()
+            .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
+            .collect()
+    };
+    let masq_during = masq_of(node.masquerade_lines());
+    let (pod_v, node_v) = if add.success() {
+        (pod_state(&pod), node_state(&node.ns))
+    } else {
+        (Value::Null, Value::Null)
+    };
+    let version = conf["cniVersion"].as_str().unwrap_or("1.0.0");
+    let (check_ok, check_out) =
+        if add.success() && !matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1") {
+            let mut c = conf.clone();
+            c["prevResult"] = result.clone();
+            let check = run("CHECK", &c);
+            (Some(check.success()), check.describe())
+        } else {
+            (None, String::new())
+        };
+    let mut del_conf = conf.clone();
+    if add.success() {
+        del_conf["prevResult"] = result.clone();
+    }
+    let del = run("DEL", &del_conf);
+    Side {
+        add_ok: add.success(),
+        add_out: add.describe(),
+        result: normalize_result(&result),
+        pod: pod_v,
+        node: node_v,
+        masq_during,
+        check_ok,
+        check_out,
+        del_ok: del.success(),
+        del_out: del.describe(),
+        pod_links_after: links(&pod, &[])
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .collect(),
+        veths_after: node.veths(),
+        node_routes_after: routes(&node.ns),
+        leases_after: node.leases(NET),
+        masq_after: masq_of(node.masquerade_lines()),
+    }
+}
+
+fn compare(ours: &Side, theirs: &Side, r: Reference, masq: bool) {
+    assert_eq!(
+        ours.add_ok, theirs.add_ok,
+        "ADD outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
+        ours.add_out, theirs.add_out
+    );
+    assert!(ours.add_ok, "ADD failed on both sides: {}", ours.add_out);
+    // The snapshots saw the attachment (an empty snapshot on both sides would compare equal).
+    assert!(
+        !ours.pod["addresses"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            && ours.node["veths"].as_array().is_some_and(|v| v.len() == 1)
+            && !ours.node["routes"].as_array().is_some_and(|r| r.is_empty()),
+        "snapshot missed the attachment: {:#}\n{:#}",
+        ours.pod,
+        ours.node
+    );
+    assert_eq!(ours.result, theirs.result, "result JSON differs from {r}");
+    assert_eq!(ours.pod, theirs.pod, "pod kernel state differs from {r}");
+    assert_eq!(ours.node, theirs.node, "node kernel state differs from {r}");
+    assert_eq!(
+        ours.check_ok, theirs.check_ok,
+        "CHECK outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
+        ours.check_out, theirs.check_out
+    );
+    if let Some(ok) = ours.check_ok {
+        assert!(ok, "CHECK right after ADD failed: {}", ours.check_out);
+    }
+    for (who, s) in [("ours", ours), ("reference", theirs)] {
+        assert_eq!(
+            !s.masq_during.is_empty(),
+            masq,
+            "{who}: masquerade rules {:?}",
+            s.masq_during
+        );
+        assert!(s.del_ok, "{who}: DEL failed: {}", s.del_out);
+        assert_eq!(
+            s.pod_links_after,
+            vec!["lo".to_string()],
+            "{who}: pod link left"
+        );
+        assert!(
+            s.veths_after.is_empty(),
+            "{who}: veth left: {:?}",
+            s.veths_after
+        );
+        assert!(
+            s.node_routes_after.is_empty(),
+            "{who}: node routes left: {:?}",
+            s.node_routes_after
+        );
+        assert!(
+            s.leases_after.is_empty(),
+            "{who}: lease left: {:?}",
+            s.leases_after
+        );
+    }
+    assert!(
+        ours.masq_after.is_empty(),
+        "our masquerade left: {:?}",
+        ours.masq_after
+    );
+}
+
+fn differential(extra: Value, masq: bool) {
+    bins::require_root();
+    let ours = run_side(&ours(), &cni_path(), &extra);
+    for r in Reference::ALL {
+        let theirs = run_side(&r.bin("ptp"), &r.dir().display().to_string(), &extra);
+        compare(&ours, &theirs, r, masq);
+    }
+}
+
+fn ranges(r: Value) -> Value {
+    json!({"ipam": {"ranges": r}})
+}
+
+#[test]
+fn same_as_reference_ipv4() {
+    differential(json!({}), false);
+}
+
+#[test]
+fn same_as_reference_masquerade_nftables() {
+    differential(json!({"ipMasq": true}), true);
+}
+
+#[test]
+fn same_as_reference_masquerade_iptables() {
+    differential(json!({"ipMasq": true, "ipMasqBackend": "iptables"}), true);
+}
+
+#[test]
+fn same_as_reference_mtu() {
+    differential(json!({"mtu": 1400}), false);
+}
+
+#[test]
+fn same_as_reference_dual_stack() {
+    let mut extra = ranges(json!([[{"subnet": "10.77.0.0/24"}], [{"subnet": "fd77::/64"}]]));
+    merge(
+        &mut extra,
+        json!({"ipam": {"routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}}),
+    );
+    differential(extra, false);
+}
+
+#[test]
+fn same_as_reference_ipv6_only() {
+    let mut extra = ranges(json!([[{"subnet": "fd77::/64"}]]));
+    merge(&mut extra, json!({"ipam": {"routes": [{"dst": "::/0"}]}}));
+    differential(extra, false);
+}
+
+#[test]
+fn same_as_reference_dns_override() {
+    differential(
+        json!({"dns": {"nameservers": ["10.96.0.10"], "search": ["svc.cluster.local"]}}),
+        false,
+    );
+}
+
+#[test]
+fn same_as_reference_kindnet_style_0_3_1() {
+    differential(
+        json!({"cniVersion": "0.3.1", "ipMasq": false, "mtu": 1500}),
+        false,
+    );
+}
+
+#[test]
+fn same_as_reference_result_0_4_0() {
+    differential(json!({"cniVersion": "0.4.0"}), false);
+}
+
+#[test]
+fn same_as_reference_result_0_2_0() {
+    differential(json!({"cniVersion": "0.2.0"}), false);
+}
+
+#[test]
+fn same_as_reference_static_ipam() {
+    differential(
+        json!({"ipam": {"type": "static", "ranges": null, "dataDir": null,
+            "addresses": [{"address": "10.66.0.5/24", "gateway": "10.66.0.1"}],
+            "routes": [{"dst": "0.0.0.0/0"}]}}),
+        false,
+    );
+}
+
+/// One ADD on a fresh node and pod; the node, the pod and the result.
+fn added(extra: Value) -> (Node, Netns, Value, Value) {
+    bins::require_root();
+    let node = Node::new();
+    let pod = Netns::new("ptpp");
+    let c = conf(&node, &extra);
+    let r = node
+        .run(&ours(), "ADD", Some(pod.path()), CID, IFNAME, &c)
+        .assert_success();
+    (node, pod, c, r)
+}
+
+#[test]
+fn del_succeeds_when_netns_is_gone() {
+    let (node, pod, c, r) = added(json!({"ipMasq": true}));
+    let ip = pod_ips(&r)[0].clone();
+    drop(pod);
+    let gone = Path::new("/run/netns/ptp-diff-gone");
+    node.run(&ours(), "DEL", Some(gone), CID, IFNAME, &c)
+        .assert_success();
+    node.run(&ours(), "DEL", None, CID, IFNAME, &c)
+        .assert_success();
+    assert!(node.leases(NET).is_empty(), "lease left");
+    assert!(
+        !node.masquerade_lines().iter().any(|l| l.contains(&ip)),
+        "masquerade left: {:?}",
+        node.masquerade_lines()
+    );
+    assert!(node.veths().is_empty(), "veth left");
+}
+
+#[test]
+fn failed_add_rolls_back_everything() {
+    bins::require_root();
+    let node = Node::new();
+    let pod = Netns::new("ptpp");
+    // static IPAM without a gateway: the pair exists by the time the answer is known.
+    let c = conf(
+        &node,
+        &json!({"ipMasq": true, "ipam": {"type": "static", "ranges": null, "dataDir": null,
+            "addresses": [{"address": "10.66.0.5/24"}]}}),
+    );
+    let out = node.run(&ours(), "ADD", Some(pod.path()), CID, IFNAME, &c);
+    out.assert_any_error();
+    assert!(node.veths().is_empty(), "veth left: {:?}", node.veths());
+    assert_eq!(
+        links(&pod, &[]).len(),
+        1,
+        "pod interface left: {:?}",
+        links(&pod, &[])
+    );
+    assert!(routes(&node.ns).is_empty(), "node routes left");
+    assert!(!node
+        .masquerade_lines()
+        .iter()
+        .any(|l| l.contains("10.66.0.5")));
+
+    // ifname already taken in the pod: refused before IPAM, no lease taken.
+    let c = conf(&node, &json!({}));
+    pod.exec_ok(&[
+        "ip", "link", "add", IFNAME, "type", "veth", "peer", "name", "p0",
+    ]);
+    node.run(&ours(), "ADD", Some(pod.path()), CID, IFNAME, &c)
+        .assert_any_error();
+    assert!(
+        node.leases(NET).is_empty(),
+        "lease left: {:?}",
+        node.leases(NET)
+    );
+    assert!(node.veths().is_empty(), "veth left: {:?}", node.veths());
+}
+
+#[test]
+fn gc_removes_masquerade_and_leases_of_stale_attachments() {
+    bins::require_root();
+    let node = Node::new();
+    let pods: Vec<Netns> = (0..2).map(|_| Netns::new("ptpp")).collect();
+    let mut c = conf(&node, &json!({"cniVersion": "1.1.0", "ipMasq": true}));
+    let mut ips = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let r = node
+            .run(
+                &ours(),
+                "ADD",
+                Some(pod.path()),
+                &format!("gc{i}"),
+                IFNAME,
+                &c,
+            )
+            .assert_success();
+        ips.push(pod_ips(&r)[0].clone());
+    }
+    c["cni.dev/valid-attachments"] = json!([{"containerID": "gc0", "ifname": IFNAME}]);
+    node.run(&ours(), "GC", None, "", IFNAME, &c)
+        .assert_success();
+    let masq = node.masquerade_lines();
+    assert!(
+        masq.iter().any(|l| l.contains(&ips[0])),
+        "kept rule gone: {masq:?}"
+    );
+    assert!(
+        !masq.iter().any(|l| l.contains(&ips[1])),
+        "stale rule left: {masq:?}"
+    );
+    assert_eq!(node.leases(NET), vec![ips[0].clone()]);
+    node.run(&ours(), "STATUS", None, "", IFNAME, &c)
+        .assert_success();
+}
+
+#[test]
+fn pods_reach_the_node_and_each_other_through_the_host() {
+    bins::require_root();
+    let node = Node::new();
+    let pods: Vec<Netns> = (0..2).map(|_| Netns::new("ptpp")).collect();
+    let c = conf(&node, &json!({}));
+    let mut ips = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let r = node
+            .run(
+                &ours(),
+                "ADD",
+                Some(pod.path()),
+                &format!("ping{i}"),
+                IFNAME,
+                &c,
+            )
+            .assert_success();
+        ips.push(pod_ips(&r)[0].clone());
+    }
+    assert!(ping(&node.ns, &ips[0]), "node cannot reach pod 0");
+    assert!(ping(&pods[0], &ips[1]), "pod 0 cannot reach pod 1");
+    for (i, pod) in pods.iter().enumerate() {
+        node.run(
+            &ours(),
+            "DEL",
+            Some(pod.path()),
+            &format!("ping{i}"),
+            IFNAME,
+            &c,
+        )
+        .assert_success();
+    }
+    assert!(node.veths().is_empty());
+}
+
+#[test]
+fn parallel_adds_and_dels_on_one_node() {
+    bins::require_root();
+    let node = Node::new();
+    let pods: Vec<Netns> = (0..8).map(|_| Netns::new("ptpp")).collect();
+    let c = conf(&node, &json!({"ipMasq": true}));
+    let results: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let (node, c) = (&node, &c);
+                s.spawn(move || {
+                    node.run(
+                        &ours(),
+                        "ADD",
+                        Some(pod.path()),
+                        &format!("par{i}"),
+                        IFNAME,
+                        c,
+                    )
+                    .assert_success()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut ips: Vec<String> = results.iter().flat_map(pod_ips).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), pods.len(), "addresses not distinct: {ips:?}");
+    assert_eq!(node.veths().len(), pods.len());
+    std::thread::scope(|s| {
+        for (i, pod) in pods.iter().enumerate() {
+            let (node, c) = (&node, &c);
+            s.spawn(move || {
+                node.run(
+                    &ours(),
+                    "DEL",
+                    Some(pod.path()),
+                    &format!("par{i}"),
+                    IFNAME,
+                    c,
+                )
+                .assert_success();
+            });
+        }
+    });
+    assert!(node.veths().is_empty(), "veths left: {:?}", node.veths());
+    assert!(node.leases(NET).is_empty());
+    assert!(!node
+        .masquerade_lines()
+        .iter()
+        .any(|l| ips.iter().any(|ip| l.contains(ip.as_str()))));
+}
