@@ -25,7 +25,7 @@ use crate::kernel_watch;
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
 use crate::rules::{RuleOptions, TrafficRules};
-use crate::subnet::etcd::EtcdManager;
+use crate::subnet::any::AnyManager;
 use crate::subnet::lease_check::Expect;
 use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetManager};
 
@@ -65,7 +65,7 @@ struct Start {
     metrics: Arc<Metrics>,
     handle: twill_kernel::Handle,
     underlay: Underlay,
-    subnets: EtcdManager,
+    subnets: AnyManager,
     cfg: NetworkConfig,
     grace: Duration,
     backoff: Backoff,
@@ -119,12 +119,31 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     }
 
     let handle = twill_kernel::Handle::current().map_err(Fatal::Kernel)?;
+    // etcd (or the API server) unreachable at start: keep trying, say so (docs/architecture.md, "Health and
+    // lifecycle").
+    let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
+    let mut backoff = Backoff::new();
+    let mut subnets = loop {
+        match AnyManager::connect(&opts, metrics.clone(), grace.max(Duration::from_secs(5))).await {
+            Ok(m) => break m,
+            Err(SubnetError::ConfigInvalid(e)) => return Err(Fatal::Config(e)),
+            Err(e) => {
+                tracing::warn!("{e}; retrying");
+                metrics.etcd_error(&e.to_string());
+                backoff.wait().await;
+            }
+        }
+    };
+    let public_ip = match opts.public_ip {
+        Some(ip) => Some(ip),
+        None => subnets.stored_public_ip().await,
+    };
     let choice = iface::Choice {
         iface: opts.iface.clone(),
         iface_regex: opts.iface_regex.clone(),
         can_reach: opts.iface_can_reach,
     };
-    let underlay = iface::select(&handle, &choice, opts.public_ip).map_err(Fatal::Underlay)?;
+    let underlay = iface::select(&handle, &choice, public_ip).map_err(Fatal::Underlay)?;
     tracing::info!(
         "underlay {} (index {}, mtu {}), public IP {}",
         underlay.name,
@@ -132,24 +151,6 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
         underlay.mtu,
         underlay.public_ip
     );
-
-    // etcd unreachable at start: keep trying, say so (docs/architecture.md, "Health and lifecycle").
-    let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
-    let mut backoff = Backoff::new();
-    let mut subnets = loop {
-        match EtcdManager::connect(&opts, metrics.clone(), grace.max(Duration::from_secs(5))).await
-        {
-            Ok(m) => break m,
-            Err(e) => {
-                tracing::warn!(
-                    "cannot reach etcd at {}: {e}; retrying",
-                    opts.etcd_endpoints.join(",")
-                );
-                metrics.etcd_error(&e.to_string());
-                backoff.wait().await;
-            }
-        }
-    };
     let cfg = loop {
         match subnets.network_config().await {
             Ok(cfg) => break cfg,
