@@ -20,17 +20,17 @@ pub mod gateway;
 mod handles;
 pub mod ipam;
 mod job;
-pub mod masq;
 pub mod naming;
 pub mod pod_worker;
 pub mod port;
 pub mod spoofchk;
 pub mod trace;
 
+pub use twill_veth::masq;
+
 use config::BridgeConf;
 use handles::{host_handle, open_pod, pod_handle};
 use ipnet::IpNet;
-use job::combine;
 use twill_cni::env::Command;
 use twill_cni::lock::AttachmentLock;
 use twill_cni::{CniResult, Error, Plugin, Request, Result};
@@ -104,26 +104,6 @@ impl Plugin for Bridge {
 
     fn gc(&self, req: &Request) -> Result<()> {
         let conf = BridgeConf::load(req)?;
-        let mut errors = Vec::new();
-        // An absent list is not an empty one (which means "release everything"): leave rules alone then.
-        match req.config.valid_attachments() {
-            Ok(Some(valid)) => {
-                let keep: Vec<(String, String)> = valid
-                    .into_iter()
-                    .map(|a| (a.container_id, a.ifname))
-                    .collect();
-                if let Err(e) = masq::gc(conf.masq_backend, req.config.name.as_str(), &keep) {
-                    errors.push(e);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(e),
-        }
-        if let Some(t) = conf.ipam_type.as_deref() {
-            if let Err(e) = ipam::run(t, Command::Gc, req) {
-                errors.push(e);
-            }
-        }
-        combine(errors)
+        masq::gc_attachments(conf.masq_backend, conf.ipam_type.as_deref(), req)
     }
 }

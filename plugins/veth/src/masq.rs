@@ -3,8 +3,10 @@
 //! the reference's leak when the netns is already gone (docs/cni-spec-notes.md §10.3) cannot happen.
 
 use ipnet::IpNet;
-use twill_cni::{Error, Result};
+use twill_cni::env::Command;
+use twill_cni::{Error, Request, Result};
 use twill_firewall::masquerade::{self, Backend, Owner};
+use twill_ipam::provider as ipam;
 
 pub fn add(
     b: Backend,
@@ -37,4 +39,29 @@ pub fn gc(b: Backend, network: &str, keep: &[(String, String)]) -> Result<()> {
     masquerade::gc(b, network, keep)
         .map(|_| ())
         .map_err(|e| Error::failed(format!("garbage-collect IP masquerade: {e}")))
+}
+
+/// GC: the masquerade rules of attachments not in `valid_attachments`, then IPAM's GC. An absent list
+/// is not an empty one (which means "release everything"): rules are left alone then.
+pub fn gc_attachments(b: Backend, ipam_type: Option<&str>, req: &Request) -> Result<()> {
+    let mut errors = Vec::new();
+    match req.config.valid_attachments() {
+        Ok(Some(valid)) => {
+            let keep: Vec<(String, String)> = valid
+                .into_iter()
+                .map(|a| (a.container_id, a.ifname))
+                .collect();
+            if let Err(e) = gc(b, req.config.name.as_str(), &keep) {
+                errors.push(e);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => errors.push(e),
+    }
+    if let Some(t) = ipam_type {
+        if let Err(e) = ipam::run(t, Command::Gc, req) {
+            errors.push(e);
+        }
+    }
+    Error::combine(errors)
 }
