@@ -41,11 +41,7 @@ pub struct Bridge;
 /// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race: the interface,
 /// its lease and its masquerade rule then always end up all present or all gone.
 fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
+    AttachmentLock::of(req)
 }
 
 impl Plugin for Bridge {

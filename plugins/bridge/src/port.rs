@@ -8,13 +8,10 @@
 use crate::config::BridgeConf;
 use crate::naming;
 use twill_cni::{Context, Error, Result};
-use twill_kernel::{
-    sysctl, BridgePortFlags, BridgeVlan, Handle, Link, MacAddr, NetNs, VethOptions, VethSpec,
-    VlanOn,
-};
+use twill_kernel::{sysctl, BridgePortFlags, BridgeVlan, Handle, Link, MacAddr, NetNs, VlanOn};
 
-pub use twill_veth::pair::Pair;
-use twill_veth::PairError;
+pub use twill_veth::Pair;
+use twill_veth::{PairError, PairSpec};
 
 /// Bridge-port settings of one port.
 pub struct PortConfig<'a> {
@@ -52,46 +49,31 @@ pub fn create_pair(
     mtu: Option<u32>,
     mac: Option<MacAddr>,
 ) -> Result<Pair> {
-    let spec = VethSpec {
-        name: String::new(),
-        peer_name: ifname.to_string(),
-        peer_netns: Some(pod),
+    let spec = PairSpec {
+        pod,
+        ifname,
         mtu,
-        mac: None,
-        peer_mac: mac,
-        up: true,
-    };
-    // Enslaved in the creating request (one RTNL round trip less than the reference's separate "set
-    // master"; a failure to attach removes the pair in the kernel already), and with the one queue per
-    // end a veth uses, which spares two expedited RCU grace periods under the RTNL lock per pair.
-    let opts = VethOptions {
+        container_mac: mac,
         master: Some(bridge.index),
-        single_queue: true,
     };
     let names = |attempt| Ok(naming::host_veth_name(container_id, ifname, attempt));
-    twill_veth::create_pair(
-        host,
-        pod_handle,
-        spec,
-        &opts,
-        naming::VETH_NAME_ATTEMPTS,
-        names,
+    twill_veth::create_pair(host, pod_handle, &spec, naming::VETH_NAME_ATTEMPTS, names).map_err(
+        |e| match e {
+            PairError::ContainerNameTaken => Error::failed(format!(
+                "container veth name provided ({ifname}) already exists"
+            )),
+            PairError::Lookup(le) => {
+                Error::failed(format!("failed to look up {ifname:?} in the pod: {le}"))
+            }
+            PairError::Create(e) => Error::failed(format!("failed to create veth pair: {e}")),
+            PairError::NoFreeName(last) => Error::failed(format!(
+                "failed to create veth pair: no free host-side name after {} attempts: {}",
+                naming::VETH_NAME_ATTEMPTS,
+                last.map(|e| e.to_string()).unwrap_or_default()
+            )),
+            PairError::Name(e) => e,
+        },
     )
-    .map_err(|e| match e {
-        PairError::ContainerNameTaken => Error::failed(format!(
-            "container veth name provided ({ifname}) already exists"
-        )),
-        PairError::Lookup(le) => {
-            Error::failed(format!("failed to look up {ifname:?} in the pod: {le}"))
-        }
-        PairError::Create(e) => Error::failed(format!("failed to create veth pair: {e}")),
-        PairError::NoFreeName(last) => Error::failed(format!(
-            "failed to create veth pair: no free host-side name after {} attempts: {}",
-            naming::VETH_NAME_ATTEMPTS,
-            last.map(|e| e.to_string()).unwrap_or_default()
-        )),
-        PairError::Name(e) => e,
-    })
 }
 
 /// Enslave `port` to the bridge and apply its flags and VLANs (the reference's `setupVeth` tail).

@@ -124,6 +124,15 @@ fn held_by_parent(path: &Path) -> bool {
 }
 
 impl AttachmentLock {
+    /// The lock of the attachment a request names (network, container id, ifname).
+    pub fn of(req: &crate::Request) -> Result<AttachmentLock> {
+        AttachmentLock::acquire(
+            req.config.name.as_str(),
+            req.container_id()?.as_str(),
+            req.ifname()?.as_str(),
+        )
+    }
+
     /// Blocks until the attachment is ours (or returns at once when the plugin that runs us holds it).
     pub fn acquire(network: &str, container_id: &str, ifname: &str) -> Result<AttachmentLock> {
         let path = lock_dir().join(format!(

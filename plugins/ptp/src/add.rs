@@ -7,9 +7,8 @@ use std::cell::RefCell;
 use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, Interface, Request, Result, Undo};
 use twill_ipam::provider as ipam;
-use twill_kernel::{sysctl, Handle, Link, NetNs, VethOptions, VethSpec};
-use twill_veth::pair::Pair;
-use twill_veth::PairError;
+use twill_kernel::{sysctl, Handle, Link, NetNs};
+use twill_veth::{Pair, PairError, PairSpec};
 
 /// How many host-side names to try (the reference also tries 10 random ones).
 const VETH_NAME_ATTEMPTS: u32 = 10;
@@ -24,38 +23,29 @@ fn create_pair(
     ifname: &str,
     mtu: Option<u32>,
 ) -> Result<Pair> {
-    let spec = VethSpec {
-        name: String::new(),
-        peer_name: ifname.to_string(),
-        peer_netns: Some(pod),
+    let spec = PairSpec {
+        pod,
+        ifname,
         mtu,
-        mac: None,
-        peer_mac: None,
-        up: true,
-    };
-    // One queue per end, as the bridge's veths: spares expedited RCU grace periods under the RTNL lock.
-    let opts = VethOptions {
+        container_mac: None,
         master: None,
-        single_queue: true,
     };
     let names = |_| {
         twill_kernel::random_veth_name()
             .map_err(|e| Error::failed(format!("failed to generate random veth name: {e}")))
     };
-    twill_veth::create_pair(host, pod_h, spec, &opts, VETH_NAME_ATTEMPTS, names).map_err(
-        |e| match e {
-            PairError::ContainerNameTaken => Error::failed(format!(
-                "container veth name provided ({ifname}) already exists"
-            )),
-            PairError::Lookup(le) => Error::failed(format!("failed to look up {ifname:?}: {le}")),
-            PairError::Create(e) => Error::failed(format!("failed to make veth pair: {e}")),
-            PairError::NoFreeName(last) => Error::failed(format!(
-                "failed to find a unique veth name: {}",
-                last.map(|e| e.to_string()).unwrap_or_default()
-            )),
-            PairError::Name(e) => e,
-        },
-    )
+    twill_veth::create_pair(host, pod_h, &spec, VETH_NAME_ATTEMPTS, names).map_err(|e| match e {
+        PairError::ContainerNameTaken => Error::failed(format!(
+            "container veth name provided ({ifname}) already exists"
+        )),
+        PairError::Lookup(le) => Error::failed(format!("failed to look up {ifname:?}: {le}")),
+        PairError::Create(e) => Error::failed(format!("failed to make veth pair: {e}")),
+        PairError::NoFreeName(last) => Error::failed(format!(
+            "failed to find a unique veth name: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )),
+        PairError::Name(e) => e,
+    })
 }
 
 /// Where ADD's IPAM call stands, for the rollback: a running call is waited for, and only a successful one

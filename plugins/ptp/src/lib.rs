@@ -29,11 +29,7 @@ pub struct Ptp;
 
 /// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
 fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
+    AttachmentLock::of(req)
 }
 
 impl Plugin for Ptp {

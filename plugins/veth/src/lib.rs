@@ -9,4 +9,4 @@ pub mod pair;
 pub mod pod;
 pub mod routes;
 
-pub use pair::{create_pair, PairError};
+pub use pair::{create_pair, Pair, PairError, PairSpec};
