@@ -360,7 +360,15 @@ fn del_succeeds_when_netns_is_gone() {
         "masquerade left: {:?}",
         node.masquerade_lines()
     );
-    assert!(node.veths().is_empty(), "veth left");
+    // The host end goes with the pod's namespace, which the kernel tears down after the last reference
+    // is dropped, asynchronously: give it time rather than racing it.
+    assert!(
+        twill_tests::cluster::wait_until(std::time::Duration::from_secs(10), || node
+            .veths()
+            .is_empty()),
+        "veth left: {:?}",
+        node.veths()
+    );
 }
 
 #[test]
@@ -531,4 +539,62 @@ fn parallel_adds_and_dels_on_one_node() {
         .masquerade_lines()
         .iter()
         .any(|l| ips.iter().any(|ip| l.contains(ip.as_str()))));
+}
+
+/// A change made to the pod and node after ADD.
+type Drift = fn(&Netns, &Netns);
+
+/// CHECK after ADD with `drift` applied (pod, node) on each side: whether it passed, and its output.
+fn check_after(plugin: &Path, cni_path: &str, drift: impl Fn(&Netns, &Netns)) -> (bool, String) {
+    let node = Node::new();
+    let pod = Netns::new("ptpp");
+    let mut c = conf(&node, &json!({}));
+    let r = node
+        .run_with_path(plugin, "ADD", Some(pod.path()), CID, IFNAME, &c, cni_path)
+        .assert_success();
+    drift(&pod, &node.ns);
+    c["prevResult"] = r;
+    let check = node.run_with_path(plugin, "CHECK", Some(pod.path()), CID, IFNAME, &c, cni_path);
+    check.assert_no_panic();
+    node.run_with_path(plugin, "DEL", Some(pod.path()), CID, IFNAME, &c, cni_path)
+        .assert_success();
+    (check.success(), check.describe())
+}
+
+#[test]
+fn check_fails_like_the_reference_when_the_pod_lost_its_route_or_address() {
+    bins::require_root();
+    let drifts: [(&str, Drift); 2] = [
+        ("default route deleted", |pod, _| {
+            pod.exec_ok(&["ip", "route", "del", "default"]);
+        }),
+        ("address deleted", |pod, _| {
+            pod.exec_ok(&["ip", "addr", "flush", "dev", IFNAME, "scope", "global"]);
+        }),
+    ];
+    for (what, drift) in drifts {
+        let (ok, out) = check_after(&ours(), &cni_path(), drift);
+        assert!(!ok, "ours passed CHECK with {what}: {out}");
+        assert!(
+            out.contains("\"code\""),
+            "ours failed CHECK without a CNI error: {out}"
+        );
+        for r in Reference::ALL {
+            let (ok, out) = check_after(&r.bin("ptp"), &r.dir().display().to_string(), drift);
+            assert!(!ok, "{r} passed CHECK with {what}: {out}");
+        }
+    }
+}
+
+#[test]
+fn check_fails_when_the_host_route_to_the_pod_is_gone() {
+    // Beyond the reference, which does not look at the host end.
+    let (ok, out) = check_after(&ours(), &cni_path(), |_, node| {
+        let routes = node.exec_ok(&["ip", "route", "show", "scope", "host"]);
+        let line = routes.lines().next().expect("a host route to the pod");
+        let mut args = vec!["ip", "route", "del"];
+        args.extend(line.split_whitespace());
+        node.exec_ok(&args);
+    });
+    assert!(!ok, "CHECK passed without the host route: {out}");
 }

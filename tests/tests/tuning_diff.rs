@@ -471,3 +471,28 @@ fn del_succeeds_when_netns_is_gone_and_gc_removes_stale_copies() {
         .run()
         .assert_success();
 }
+
+#[test]
+fn check_fails_like_the_reference_when_the_link_drifted() {
+    bins::require_root();
+    let extra = json!({"mtu": 1300, "promisc": true});
+    for plugin in std::iter::once(ours()).chain(Reference::ALL.iter().map(|r| r.bin("tuning"))) {
+        for drift in [
+            ["ip", "link", "set", IFNAME, "mtu", "1500"],
+            ["ip", "link", "set", IFNAME, "promisc", "off"],
+        ] {
+            let pod = new_pod();
+            let dir = tempfile::tempdir().unwrap();
+            let c = conf(dir.path(), &extra);
+            run(&plugin, "ADD", Some(pod.path()), &c, None).assert_success();
+            pod.exec_ok(&drift);
+            let check = run(&plugin, "CHECK", Some(pod.path()), &c, None);
+            assert!(
+                !check.success(),
+                "{} passed CHECK after {drift:?}",
+                plugin.display()
+            );
+            run(&plugin, "DEL", Some(pod.path()), &c, None);
+        }
+    }
+}

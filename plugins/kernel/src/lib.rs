@@ -27,6 +27,7 @@ pub mod error;
 pub mod handle;
 pub mod ifb;
 pub mod link;
+pub mod link_change;
 pub mod mac;
 pub mod names;
 pub mod neighbour;

@@ -121,6 +121,12 @@ pub struct LinkChange {
     pub mac: Option<MacAddr>,
     /// Administratively up or down.
     pub up: Option<bool>,
+    /// Promiscuous mode on or off.
+    pub promisc: Option<bool>,
+    /// All-multicast mode on or off.
+    pub allmulti: Option<bool>,
+    /// Transmit queue length.
+    pub txqlen: Option<u32>,
 }
 
 pub(crate) fn new_link_message(index: u32) -> LinkMessage {
@@ -364,7 +370,8 @@ impl Handle {
     }
 
     /// Applies several settings in one request (one trip through the RTNL lock); `None` fields are left as
-    /// they are, and an empty change sends nothing.
+    /// they are, and an empty change sends nothing. The kernel stops at the first setting it refuses, so on
+    /// error some may have been applied: a caller that must undo restores every setting it asked to change.
     pub fn change_link(&self, index: u32, change: &LinkChange) -> Result<()> {
         if *change == LinkChange::default() {
             return Ok(());
@@ -374,6 +381,20 @@ impl Handle {
             msg.header.change_mask |= LinkFlags::Up;
             up_flags(&mut msg, up);
         }
+        for (flag, on) in [
+            (LinkFlags::Promisc, change.promisc),
+            (LinkFlags::Allmulti, change.allmulti),
+        ] {
+            if let Some(on) = on {
+                msg.header.change_mask |= flag;
+                if on {
+                    msg.header.flags |= flag;
+                }
+            }
+        }
+        if let Some(q) = change.txqlen {
+            msg.attributes.push(LinkAttribute::TxQueueLen(q));
+        }
         if let Some(mtu) = change.mtu {
             msg.attributes.push(LinkAttribute::Mtu(mtu));
         }
@@ -381,27 +402,6 @@ impl Handle {
             msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
         }
         self.set_link(msg, "change link", || format!("index {index} ({change:?})"))
-    }
-
-    /// Turns all-multicast mode on or off (the tuning plugin's `allmulti`).
-    pub fn set_link_allmulti(&self, index: u32, on: bool) -> Result<()> {
-        let mut msg = new_link_message(index);
-        msg.header.change_mask |= LinkFlags::Allmulti;
-        if on {
-            msg.header.flags |= LinkFlags::Allmulti;
-        }
-        self.set_link(msg, "set allmulti of link", || {
-            format!("index {index} to {on}")
-        })
-    }
-
-    /// Sets the transmit queue length (the tuning plugin's `txQLen`).
-    pub fn set_link_txqlen(&self, index: u32, qlen: u32) -> Result<()> {
-        let mut msg = new_link_message(index);
-        msg.attributes.push(LinkAttribute::TxQueueLen(qlen));
-        self.set_link(msg, "set txqlen of link", || {
-            format!("index {index} to {qlen}")
-        })
     }
 
     /// Deletes the device (a veth takes its peer with it). Not found is [`Error::is_not_found`].

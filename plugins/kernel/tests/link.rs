@@ -4,7 +4,8 @@ use std::sync::{Arc, Barrier};
 
 use common::TestNs;
 use twill_kernel::{
-    BridgePortFlags, BridgeSpec, BridgeVlan, MacAddr, VethOptions, VethSpec, VlanOn, VxlanSpec,
+    BridgePortFlags, BridgeSpec, BridgeVlan, LinkChange, MacAddr, VethOptions, VethSpec, VlanOn,
+    VxlanSpec,
 };
 
 fn ip_link(t: &TestNs, name: &str) -> serde_json::Value {
@@ -243,6 +244,70 @@ fn link_attributes_can_be_set() {
     assert_eq!(got.master, None);
     assert!(!got.up);
     assert!(!h.link_by_index(br.index).unwrap().promisc);
+}
+
+#[test]
+fn several_attributes_change_in_one_request_and_are_reported() {
+    let t = TestNs::new();
+    let v = t
+        .handle
+        .create_veth(&VethSpec {
+            name: "v0".into(),
+            peer_name: "v0p".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let h = &t.handle;
+    let before = h.link_by_index(v.index).unwrap();
+    assert!(!before.promisc && !before.allmulti);
+    let mac: MacAddr = "02:00:00:00:00:43".parse().unwrap();
+    let all = LinkChange {
+        up: None,
+        mac: Some(mac),
+        mtu: Some(1280),
+        promisc: Some(true),
+        allmulti: Some(true),
+        txqlen: Some(42),
+    };
+    h.change_link(v.index, &all).unwrap();
+    let got = h.link_by_index(v.index).unwrap();
+    assert_eq!(
+        (got.mac, got.mtu, got.promisc, got.allmulti, got.txqlen),
+        (Some(mac), 1280, true, true, 42)
+    );
+    let j = ip_link(&t, "v0");
+    assert_eq!(j["txqlen"], 42);
+    assert!(j["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "ALLMULTI"));
+    // Only what is named changes; the flags can go off again.
+    h.change_link(
+        v.index,
+        &LinkChange {
+            promisc: Some(false),
+            allmulti: Some(false),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let got = h.link_by_index(v.index).unwrap();
+    assert_eq!(
+        (got.mac, got.mtu, got.promisc, got.allmulti, got.txqlen),
+        (Some(mac), 1280, false, false, 42)
+    );
+    h.set_link_allmulti(v.index, true).unwrap();
+    h.set_link_txqlen(v.index, 7).unwrap();
+    let got = h.link_by_index(v.index).unwrap();
+    assert!(got.allmulti && got.txqlen == 7);
+    // A refused value fails the request.
+    let too_big = LinkChange {
+        mtu: Some(1 << 20),
+        ..Default::default()
+    };
+    assert!(h.change_link(v.index, &too_big).is_err());
+    assert!(h.change_link(v.index, &LinkChange::default()).is_ok());
 }
 
 #[test]

@@ -60,6 +60,7 @@ fn one_link_change_sets_mtu_mac_and_state() {
         mtu: Some(1400),
         mac: Some(mac),
         up: Some(true),
+        ..Default::default()
     };
     t.handle.change_link(link.index, &change).unwrap();
     let now = t.handle.link_by_index(link.index).unwrap();

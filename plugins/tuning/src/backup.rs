@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use twill_cni::{Error, Result};
-use twill_kernel::{Handle, Link, MacAddr};
+use twill_kernel::{Handle, Link, LinkChange, MacAddr};
 
 use crate::config::TuningConf;
 
@@ -64,13 +64,40 @@ impl Saved {
         Ok(out)
     }
 
+    /// Write the copy under a temporary name and rename it into place, so a reader (DEL, GC, the
+    /// reference) never sees half a file. Not fsync'd: the copy only matters while the pod's link exists,
+    /// which a reboot ends (the default directory is on tmpfs anyway).
     pub fn save(&self, path: &Path) -> Result<()> {
-        if let Some(dir) = path.parent() {
-            twill_files::create_missing_dirs(dir, 0o700)
-                .map_err(|e| Error::failed(format!("failed to create backup directory: {e}")))?;
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = path
+            .parent()
+            .ok_or_else(|| Error::failed(format!("{} names no directory", path.display())))?;
+        twill_files::create_missing_dirs(dir, 0o700)
+            .map_err(|e| Error::failed(format!("failed to create backup directory: {e}")))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let bytes = self.to_bytes()?;
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::failed(format!(
+                "failed to save file {}: {e}",
+                path.display()
+            )));
         }
-        twill_files::write_atomically(path, &self.to_bytes()?, 0o600)
-            .map_err(|e| Error::failed(format!("failed to save backup: {e}")))
+        Ok(())
     }
 
     /// The saved file; `None` when there is none or it cannot be read as a backup (the reference then
@@ -80,45 +107,25 @@ impl Saved {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Put the saved attributes back on the link, in the reference's order (MTU, MAC, promisc, allmulti,
-    /// txqlen); every failure is reported, none stops the others.
+    /// Put the saved attributes back on the link, in one request.
     pub fn restore(&self, h: &Handle, index: u32) -> Result<()> {
-        let mut errors = Vec::new();
-        if self.mtu != 0 {
-            if let Err(e) = h.set_link_mtu(index, self.mtu) {
-                errors.push(format!("failed to restore MTU: {e}"));
-            }
-        }
-        if !self.mac.is_empty() {
-            match self.mac.parse::<MacAddr>() {
-                Ok(m) => {
-                    if let Err(e) = h.set_link_mac(index, m) {
-                        errors.push(format!("failed to restore MAC address: {e}"));
-                    }
-                }
-                Err(e) => errors.push(format!("failed to restore MAC address: {e}")),
-            }
-        }
-        if let Some(on) = self.promisc {
-            if let Err(e) = h.set_link_promisc(index, on) {
-                errors.push(format!("failed to restore promiscuous mode: {e}"));
-            }
-        }
-        if let Some(on) = self.allmulti {
-            if let Err(e) = h.set_link_allmulti(index, on) {
-                errors.push(format!("failed to restore all-multicast mode: {e}"));
-            }
-        }
-        if let Some(q) = self.txqlen {
-            if let Err(e) = h.set_link_txqlen(index, q) {
-                errors.push(format!("failed to restore transmit queue length: {e}"));
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::failed(errors.join("; ")))
-        }
+        let mac = match self.mac.as_str() {
+            "" => None,
+            m => Some(
+                m.parse::<MacAddr>()
+                    .map_err(|e| Error::failed(format!("failed to restore MAC address: {e}")))?,
+            ),
+        };
+        let changes = LinkChange {
+            up: None,
+            mac,
+            mtu: (self.mtu != 0).then_some(self.mtu),
+            promisc: self.promisc,
+            allmulti: self.allmulti,
+            txqlen: self.txqlen,
+        };
+        h.change_link(index, &changes)
+            .map_err(|e| Error::failed(format!("failed to restore {changes:?}: {e}")))
     }
 }
 

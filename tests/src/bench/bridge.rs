@@ -99,7 +99,7 @@ impl Side {
 }
 
 /// The kernel's part of a DEL: deleting a veth pair whose peer is in a pod namespace, in-process.
-fn veth_delete_floor(options: &Options) -> Vec<Duration> {
+pub(crate) fn veth_delete_floor(options: &Options) -> Vec<Duration> {
     let node = NetNs::create_unnamed().expect("node netns");
     let host = Handle::in_netns(&node).expect("netlink in node");
     let mut n = 0u32;

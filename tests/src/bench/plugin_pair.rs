@@ -8,8 +8,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{interleaved_each, ratio, row, CniNode, Options, Report};
+use super::{interleaved_each, ratio, row, series, CniNode, Options, Report, Stats};
+use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
+
+/// Measures a floor: the series of an in-process equivalent of part of the plugin's work.
+pub type Floor = fn(&Options) -> Vec<Duration>;
 
 /// What a scenario varies: the plugin, its config, and how a pod is prepared.
 pub struct Spec {
@@ -22,6 +26,21 @@ pub struct Spec {
     pub prepare: fn(&Netns),
     /// The target ratio of ADD and DEL medians, for the notes.
     pub target: f64,
+    /// The kernel's share of DEL that no plugin can avoid, measured in-process, if there is one.
+    pub del_floor: Option<(&'static str, Floor)>,
+}
+
+/// Exec'ing a process that does nothing, through the same harness: what every plugin call costs at least.
+fn exec_floor() -> Duration {
+    let out = Invocation::bare("/bin/true").run();
+    assert!(out.success(), "/bin/true failed: {}", out.describe());
+    out.elapsed
+}
+
+/// `(a - floor) / (b - floor)` of the medians: the ratio of the work above the floor.
+fn above(a: &[Duration], b: &[Duration], floor: &[Duration]) -> f64 {
+    let m = |s: &[Duration]| Stats::of(s).median.as_secs_f64();
+    (m(a) - m(floor)).max(0.0) / (m(b) - m(floor)).max(f64::EPSILON)
 }
 
 struct Side {
@@ -95,14 +114,31 @@ pub fn run(options: &Options, spec: &Spec) -> Report {
         .iter()
         .map(|s| s.dels.iter().skip(options.warmup).copied().collect())
         .collect();
+    let exec = series(options, exec_floor);
+    let del_floor = spec.del_floor.map(|(label, f)| (label, f(options)));
     let mut notes = Vec::new();
     for r in 1..sides.len() {
         notes.push(format!(
-            "vs {}: ADD {:.2}, DEL {:.2} (target <= {:.2})",
+            "vs {}: ADD {:.2}, DEL {:.2} (target <= {:.2}); above the exec floor: ADD {:.2}, DEL {:.2}",
             labels[r],
             ratio(&adds[0], &adds[r]),
             ratio(&dels[0], &dels[r]),
-            spec.target
+            spec.target,
+            above(&adds[0], &adds[r], &exec),
+            above(&dels[0], &dels[r], &exec),
+        ));
+    }
+    let mut floors: Vec<_> = labels
+        .iter()
+        .zip(&dels)
+        .map(|(l, t)| row(&format!("{l} DEL"), t))
+        .collect();
+    floors.push(row("exec floor: /bin/true", &exec));
+    if let Some((label, t)) = &del_floor {
+        floors.push(row(&format!("kernel floor: {label}"), t));
+        notes.push(format!(
+            "our DEL / kernel floor ({label}): {:.2}",
+            ratio(&dels[0], t)
         ));
     }
     Report {
@@ -115,11 +151,7 @@ pub fn run(options: &Options, spec: &Spec) -> Report {
             .skip(1)
             .map(|(l, t)| row(&format!("{l} ADD"), t))
             .collect(),
-        floors: labels
-            .iter()
-            .zip(&dels)
-            .map(|(l, t)| row(&format!("{l} DEL"), t))
-            .collect(),
+        floors,
         notes,
     }
 }

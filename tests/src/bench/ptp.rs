@@ -28,6 +28,7 @@ pub fn run(options: &Options) -> Report {
             conf,
             prepare: |_| {},
             target: 0.5,
+            del_floor: Some(("veth delete", super::bridge::veth_delete_floor)),
         },
     )
 }

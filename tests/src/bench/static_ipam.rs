@@ -29,6 +29,7 @@ pub fn run(options: &Options) -> Report {
             conf,
             prepare: |_| {},
             target: 0.5,
+            del_floor: None,
         },
     )
 }

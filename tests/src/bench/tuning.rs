@@ -40,6 +40,7 @@ pub fn run(options: &Options) -> Report {
             conf,
             prepare,
             target: 0.5,
+            del_floor: None,
         },
     )
 }

@@ -165,6 +165,7 @@ impl Vxlan {
             mtu: (link.mtu != spec.mtu).then_some(spec.mtu),
             mac: (link.mac != Some(mac(spec.mac))).then_some(mac(spec.mac)),
             up: (!link.up).then_some(true),
+            ..Default::default()
         };
         self.handle.change_link(link.index, &change)?;
         self.ensure_address(link.index, spec)?;
