@@ -38,14 +38,12 @@ pub fn del(req: &Request) -> Result<()> {
     };
     // Masquerade is removed by owner, so it needs nothing from the pod.
     let masq_job = if conf.ip_masq {
-        let (backend, net, id, ifn) = (
+        let (backend, owner) = (
             conf.masq_backend,
-            network.to_string(),
-            container_id.to_string(),
-            ifname.to_string(),
+            masq::Owner::new(network, container_id, ifname),
         );
         Some(Job::spawn("masquerade", move || {
-            masq::del(backend, &net, &id, &ifn)
+            masq::del(backend, &owner)
         })?)
     } else {
         None

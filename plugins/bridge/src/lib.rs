@@ -79,13 +79,8 @@ impl Plugin for Bridge {
         check::check_kernel(&conf, &prev, &host, &pod_h, netns_path, ifname)?;
         if conf.ip_masq && conf.ipam_type.is_some() {
             let addrs: Vec<IpNet> = prev.ips.iter().map(|i| i.address).collect();
-            masq::check(
-                conf.masq_backend,
-                req.config.name.as_str(),
-                container_id,
-                ifname,
-                &addrs,
-            )?;
+            let owner = masq::Owner::new(req.config.name.as_str(), container_id, ifname);
+            masq::check(conf.masq_backend, &owner, &addrs)?;
         }
         Ok(())
     }

@@ -7,7 +7,7 @@
 use std::io;
 use std::ops::ControlFlow;
 
-use twill_kernel::nl::{self, attributes, Frame, Reply};
+use twill_kernel::nl::{self, attributes, Frame, Reply, NLMSG_HDRLEN};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -29,15 +29,13 @@ pub fn flush(family: u8, protocol: u8, ports: &[u16]) -> io::Result<usize> {
     let tuples = matching_tuples(&mut sock, family, protocol, ports)?;
     let mut deleted = 0;
     for tuple in tuples {
-        let seq = sock.next_seq();
-        let mut msg = header(
+        let (seq, msg) = request(
+            &mut sock,
             IPCTNL_MSG_CT_DELETE,
-            libc::NLM_F_REQUEST as u16 | libc::NLM_F_ACK as u16,
+            libc::NLM_F_ACK as u16,
             family,
-            seq,
+            &tuple,
         );
-        msg.extend_from_slice(&tuple);
-        finish(&mut msg);
         let acked = sock.exchange(
             &msg,
             seq,
@@ -66,20 +64,26 @@ fn table_is_empty() -> bool {
         .is_ok_and(|c| c.trim() == "0")
 }
 
-fn header(msg_type: u16, flags: u16, family: u8, seq: u32) -> Vec<u8> {
-    let mut m = Vec::with_capacity(128);
-    m.extend_from_slice(&0u32.to_ne_bytes()); // length, set by finish
+/// A ctnetlink request of `family` with the socket's next sequence number: netlink and nfgenmsg
+/// headers, then `body`.
+fn request(
+    sock: &mut nl::Socket,
+    msg_type: u16,
+    flags: u16,
+    family: u8,
+    body: &[u8],
+) -> (u32, Vec<u8>) {
+    let seq = sock.next_seq();
+    let len = (NLMSG_HDRLEN + NFGEN_HDR + body.len()) as u32;
+    let mut m = Vec::with_capacity(len as usize);
+    m.extend_from_slice(&len.to_ne_bytes());
     m.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg_type).to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel fills
     m.extend_from_slice(&[family, 0 /* NFNETLINK_V0 */, 0, 0]);
-    m
-}
-
-fn finish(m: &mut [u8]) {
-    let len = m.len() as u32;
-    m[0..4].copy_from_slice(&len.to_ne_bytes());
+    m.extend_from_slice(body);
+    (seq, m)
 }
 
 fn find(buf: &[u8], ty: u16) -> Option<&[u8]> {
@@ -94,14 +98,13 @@ fn matching_tuples(
     protocol: u8,
     ports: &[u16],
 ) -> io::Result<Vec<Vec<u8>>> {
-    let seq = sock.next_seq();
-    let mut msg = header(
+    let (seq, msg) = request(
+        sock,
         IPCTNL_MSG_CT_GET,
-        libc::NLM_F_REQUEST as u16 | libc::NLM_F_DUMP as u16,
+        libc::NLM_F_DUMP as u16,
         family,
-        seq,
+        &[],
     );
-    finish(&mut msg);
     let mut out = Vec::new();
     sock.exchange(
         &msg,

@@ -149,18 +149,19 @@ pub fn add(req: &Request) -> Result<CniResult> {
     }
     host::enable_forwarding(&result)?;
 
+    let owner = masq::Owner::new(network, container_id, ifname);
     if conf.ip_masq {
         undo.push("remove IP masquerade", {
-            let backend = conf.masq_backend;
-            move || masq::del(backend, network, container_id, ifname)
+            let (backend, owner) = (conf.masq_backend, owner.clone());
+            move || masq::del(backend, &owner)
         });
     }
     // Masquerade needs only the addresses: its rules go in while the pod and the host end are configured.
     std::thread::scope(|s| -> Result<()> {
         let masq_job = conf.ip_masq.then(|| {
             let addrs: Vec<_> = result.ips.iter().map(|i| i.address).collect();
-            let backend = conf.masq_backend;
-            s.spawn(move || masq::add(backend, network, container_id, ifname, &addrs))
+            let (backend, owner) = (conf.masq_backend, &owner);
+            s.spawn(move || masq::add(backend, owner, &addrs))
         });
         let configured = container::configure(&pod, &pod_h, ifname, cont.index, &result)
             .and_then(|()| host::configure(&host_h, host_index, &host_name, &result));

@@ -20,8 +20,9 @@ pub fn del(req: &Request) -> Result<()> {
     };
     std::thread::scope(|s| {
         let masq_job = conf.ip_masq.then(|| {
+            let owner = masq::Owner::new(network, container_id, ifname);
             let backend = conf.masq_backend;
-            s.spawn(move || masq::del(backend, network, container_id, ifname))
+            s.spawn(move || masq::del(backend, &owner))
         });
         match twill_veth::pod::socket_for_del(req.env.netns.as_deref()) {
             Ok(Some(h)) => match h.delete_link_by_name(ifname) {

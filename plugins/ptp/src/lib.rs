@@ -66,13 +66,8 @@ impl Plugin for Ptp {
         check::check_kernel(&prev, &host, &pod_h, netns_path, ifname)?;
         if conf.ip_masq {
             let addrs: Vec<_> = prev.ips.iter().map(|i| i.address).collect();
-            masq::check(
-                conf.masq_backend,
-                req.config.name.as_str(),
-                container_id,
-                ifname,
-                &addrs,
-            )?;
+            let owner = masq::Owner::new(req.config.name.as_str(), container_id, ifname);
+            masq::check(conf.masq_backend, &owner, &addrs)?;
         }
         Ok(())
     }

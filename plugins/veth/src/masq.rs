@@ -5,34 +5,26 @@
 use ipnet::IpNet;
 use twill_cni::env::Command;
 use twill_cni::{Error, Request, Result};
-use twill_firewall::masquerade::{self, Backend, Owner};
+use twill_firewall::masquerade::{self, Backend};
+
+pub use twill_firewall::masquerade::Owner;
 use twill_ipam::provider as ipam;
 
-pub fn add(
-    b: Backend,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-    addrs: &[IpNet],
-) -> Result<()> {
-    masquerade::add(b, &Owner::new(network, container_id, ifname), addrs)
+pub fn add(b: Backend, owner: &Owner, addrs: &[IpNet]) -> Result<()> {
+    masquerade::add(b, owner, addrs)
         .map_err(|e| Error::failed(format!("failed to set up IP masquerade: {e}")))
 }
 
-pub fn del(b: Backend, network: &str, container_id: &str, ifname: &str) -> Result<()> {
-    masquerade::del(b, &Owner::new(network, container_id, ifname))
+pub fn del(b: Backend, owner: &Owner) -> Result<()> {
+    masquerade::del(b, owner)
         .map_err(|e| Error::failed(format!("failed to tear down IP masquerade: {e}")))
 }
 
-pub fn check(
-    b: Backend,
-    network: &str,
-    container_id: &str,
-    ifname: &str,
-    addrs: &[IpNet],
-) -> Result<()> {
-    masquerade::check(b, &Owner::new(network, container_id, ifname), addrs)
-        .map_err(|e| Error::failed(format!("IP masquerade of {container_id}/{ifname}: {e}")))
+pub fn check(b: Backend, owner: &Owner, addrs: &[IpNet]) -> Result<()> {
+    masquerade::check(b, owner, addrs).map_err(|e| {
+        let (id, ifname) = (&owner.container_id, &owner.ifname);
+        Error::failed(format!("IP masquerade of {id}/{ifname}: {e}"))
+    })
 }
 
 pub fn gc(b: Backend, network: &str, keep: &[(String, String)]) -> Result<()> {
