@@ -114,8 +114,10 @@ fn held_by_parent(path: &Path) -> bool {
     if Path::new(p) != path {
         return false;
     }
-    // SAFETY: fstat on any descriptor number is safe; a closed one fails with EBADF.
+    // SAFETY: `stat` is plain integers, for which all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on any descriptor number is safe (a closed one fails with EBADF) and writes only
+    // into `st`, which is a whole `stat`.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return false;
     }
