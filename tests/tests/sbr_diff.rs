@@ -471,3 +471,59 @@ fn each_side_deletes_the_others_rules() {
         );
     }
 }
+
+/// sbr after a real ptp ADD (dual stack over host-local): ptp + sbr of ours and of the reference v1.10.0
+/// leave the same rules and tables in the pod, and DEL of the chain (sbr first, as runtimes do) leaves the
+/// pod's rules as they were.
+#[test]
+fn same_as_reference_after_ptp() {
+    bins::require_root();
+    let side = |dir: PathBuf| -> (Value, Vec<String>, Vec<String>, Vec<String>) {
+        let node = support::Node::new();
+        let pod = Netns::new("sbrp");
+        let ptp = json!({
+            "cniVersion": "1.0.0", "name": NET, "type": "ptp",
+            "ipam": node.ipam(json!([[{"subnet": "10.66.0.0/24"}], [{"subnet": "fd66::/64"}]])),
+        });
+        let mut ptp = ptp;
+        ptp["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]);
+        let cni_path = dir.display().to_string();
+        let run = |plugin: &str, cmd: &str, c: &Value| {
+            let out = node.run_with_path(
+                &dir.join(plugin),
+                cmd,
+                Some(pod.path()),
+                CID,
+                IFNAME,
+                c,
+                &cni_path,
+            );
+            out.assert_no_panic();
+            out
+        };
+        let before = rules(&pod);
+        let prev = run("ptp", "ADD", &ptp).assert_success();
+        let sbr = json!({"cniVersion": "1.0.0", "name": NET, "type": "sbr", "prevResult": prev});
+        let result = run("sbr", "ADD", &sbr).assert_success();
+        let (during_rules, during_tables) = (rules(&pod), tables(&pod));
+        run("sbr", "DEL", &sbr).assert_success();
+        run("ptp", "DEL", &ptp).assert_success();
+        assert_eq!(
+            rules(&pod),
+            before,
+            "{}: chain DEL left rules",
+            dir.display()
+        );
+        (
+            support::normalize_result(&result),
+            during_rules,
+            during_tables,
+            before,
+        )
+    };
+    let ours_side = side(bins::bin_dir());
+    let theirs = side(Reference::Current.dir());
+    assert_eq!(ours_side.0, theirs.0, "result differs");
+    assert_eq!(ours_side.1, theirs.1, "rules differ");
+    assert_eq!(ours_side.2, theirs.2, "tables differ");
+}
