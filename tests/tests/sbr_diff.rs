@@ -337,6 +337,8 @@ fn del_succeeds_when_netns_or_interface_is_gone() {
     let c = conf(&["10.1.2.3/24"], &json!({}));
     run(&ours(), "DEL", Some(Path::new("/run/netns/sbr-gone")), &c).assert_success();
     run(&ours(), "DEL", None, &c).assert_success();
+    let not_a_netns = tempfile::NamedTempFile::new().unwrap();
+    run(&ours(), "DEL", Some(not_a_netns.path()), &c).assert_success();
     let pod = new_pod(&["10.1.2.3/24"]);
     run(&ours(), "ADD", Some(pod.path()), &c).assert_success();
     pod.exec_ok(&["ip", "link", "del", IFNAME]);
