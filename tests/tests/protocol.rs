@@ -62,6 +62,10 @@ const PLUGINS: &[Plugin] = &[
         name: "static",
         opens_netns: false,
     },
+    Plugin {
+        name: "sbr",
+        opens_netns: true,
+    },
 ];
 
 /// What a row expects.
@@ -228,6 +232,9 @@ fn minimal_config(plugin: &str, scratch: &Path) -> Value {
         }
         "static" => {
             conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.250.0.2/24"}]});
+        }
+        "sbr" => {
+            conf["prevResult"] = prev;
         }
         "flannel" => {
             conf["subnetFile"] = json!(scratch.join("missing/subnet.env"));
@@ -506,6 +513,7 @@ fn about_line_names_the_version_and_commit_and_version_keeps_to_the_spec() {
         "ptp",
         "tuning",
         "static",
+        "sbr",
     ] {
         let about = Invocation::new(bin(plugin), "ADD").command(None).run();
         assert!(about.success(), "{plugin}: {}", about.describe());

@@ -14,6 +14,7 @@ pub mod plugin_pair;
 pub mod portmap;
 pub mod ptp;
 pub mod runtimes;
+pub mod sbr;
 pub mod scale;
 pub mod static_ipam;
 pub mod tuning;
@@ -129,6 +130,11 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "static",
             about: "static IPAM ADD and DEL ours vs reference",
             run: static_ipam::run,
+        },
+        Scenario {
+            name: "sbr",
+            about: "sbr ADD and DEL (one address, rule and table) ours vs reference",
+            run: sbr::run,
         },
         Scenario {
             name: "kindnet",
