@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release artifacts of the committed HEAD, from a clean clone, into dist/ (--out DIR):
 #   twill-cni-plugins-linux-amd64-v<version>.tgz   bridge loopback portmap bandwidth firewall flannel host-local
-#                                                  ptp tuning static
+#                                                  ptp tuning static macvlan
 #                                                  (flat, as the reference cni-plugins-linux-amd64-*.tgz)
 #   twilld-linux-amd64-v<version>                  the overlay daemon
 #   twilld.service                                 its systemd unit (ExecStart=/usr/local/bin/twilld)
@@ -22,7 +22,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$TWILL_ROOT"
 
-PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static)
+PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static macvlan)
 TRIPLE=x86_64-unknown-linux-gnu
 out="$TWILL_ROOT/dist"
 while [ $# -gt 0 ]; do
