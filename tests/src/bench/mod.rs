@@ -9,6 +9,7 @@ pub mod floor;
 pub mod host_local;
 pub mod kindnet;
 pub mod loopback;
+pub mod macvlan;
 pub mod meta;
 pub mod plugin_pair;
 pub mod portmap;
@@ -129,6 +130,11 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "static",
             about: "static IPAM ADD and DEL ours vs reference",
             run: static_ipam::run,
+        },
+        Scenario {
+            name: "macvlan",
+            about: "macvlan + host-local ADD and DEL (master from the node's default route) ours vs reference",
+            run: macvlan::run,
         },
         Scenario {
             name: "kindnet",

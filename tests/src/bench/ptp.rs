@@ -27,6 +27,7 @@ pub fn run(options: &Options) -> Report {
             plugin: "ptp",
             conf,
             prepare: |_| {},
+            prepare_node: |_| {},
             target: 0.5,
         },
     )
