@@ -389,3 +389,133 @@ fn add_twice_fails_and_keeps_the_first() {
     node.run(&ours(), "DEL", Some(pod.path()), CID, IFNAME, &c)
         .assert_success();
 }
+
+fn first_ip(r: &Value) -> String {
+    r["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn pods_on_one_master_reach_each_other_in_bridge_mode() {
+    bins::require_root();
+    let node = node();
+    let pods: Vec<Netns> = (0..2).map(|_| Netns::new("mvp")).collect();
+    let c = conf(&node, &json!({}));
+    let mut ips = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let r = node
+            .run(
+                &ours(),
+                "ADD",
+                Some(pod.path()),
+                &format!("ping{i}"),
+                IFNAME,
+                &c,
+            )
+            .assert_success();
+        ips.push(first_ip(&r));
+    }
+    assert!(ping(&pods[0], &ips[1]), "pod 0 cannot reach pod 1");
+    for (i, pod) in pods.iter().enumerate() {
+        node.run(
+            &ours(),
+            "DEL",
+            Some(pod.path()),
+            &format!("ping{i}"),
+            IFNAME,
+            &c,
+        )
+        .assert_success();
+    }
+}
+
+#[test]
+fn gc_and_status_go_to_ipam() {
+    bins::require_root();
+    let node = node();
+    let pods: Vec<Netns> = (0..2).map(|_| Netns::new("mvp")).collect();
+    let mut c = conf(&node, &json!({"cniVersion": "1.1.0"}));
+    let mut ips = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let r = node
+            .run(
+                &ours(),
+                "ADD",
+                Some(pod.path()),
+                &format!("gc{i}"),
+                IFNAME,
+                &c,
+            )
+            .assert_success();
+        ips.push(first_ip(&r));
+    }
+    c["cni.dev/valid-attachments"] = json!([{"containerID": "gc0", "ifname": IFNAME}]);
+    node.run(&ours(), "GC", None, "", IFNAME, &c)
+        .assert_success();
+    assert_eq!(node.leases(NET), vec![ips[0].clone()]);
+    node.run(&ours(), "STATUS", None, "", IFNAME, &c)
+        .assert_success();
+}
+
+#[test]
+fn parallel_adds_and_dels_on_one_master() {
+    bins::require_root();
+    let node = node();
+    let c = conf(&node, &json!({}));
+    let pods: Vec<Netns> = (0..8).map(|_| Netns::new("mvp")).collect();
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let jobs: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let (node, c) = (&node, &c);
+                s.spawn(move || {
+                    let r = node
+                        .run(
+                            &ours(),
+                            "ADD",
+                            Some(pod.path()),
+                            &format!("par{i}"),
+                            IFNAME,
+                            c,
+                        )
+                        .assert_success();
+                    first_ip(&r)
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| j.join().expect("ADD thread"))
+            .collect()
+    });
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), pods.len(), "addresses {ips:?}");
+    for pod in &pods {
+        assert_eq!(pod_state(pod)["kind"], "macvlan");
+    }
+    std::thread::scope(|s| {
+        for (i, pod) in pods.iter().enumerate() {
+            let (node, c) = (&node, &c);
+            s.spawn(move || {
+                node.run(
+                    &ours(),
+                    "DEL",
+                    Some(pod.path()),
+                    &format!("par{i}"),
+                    IFNAME,
+                    c,
+                )
+                .assert_success();
+            });
+        }
+    });
+    assert!(node.leases(NET).is_empty(), "{:?}", node.leases(NET));
+    for pod in &pods {
+        assert!(pod_state(pod)["kind"].is_null());
+    }
+}
