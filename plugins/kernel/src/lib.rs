@@ -29,6 +29,7 @@ pub mod ifb;
 pub mod link;
 pub mod link_change;
 pub mod mac;
+pub mod macvlan;
 pub mod names;
 pub mod neighbour;
 pub mod netns;
@@ -49,6 +50,7 @@ pub use link::{
     BridgePort, BridgePortFlags, BridgeSpec, Link, LinkChange, OperState, VethOptions, VethSpec,
 };
 pub use mac::MacAddr;
+pub use macvlan::{MacvlanInfo, MacvlanMode, MacvlanSpec};
 pub use names::random_veth_name;
 pub use neighbour::{FdbEntry, Neighbour};
 pub use netns::NetNs;

@@ -9,6 +9,7 @@ pub mod floor;
 pub mod host_local;
 pub mod kindnet;
 pub mod loopback;
+pub mod macvlan;
 pub mod meta;
 pub mod plugin_pair;
 pub mod portmap;
@@ -135,6 +136,11 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "sbr",
             about: "sbr ADD and DEL (one address, rule and table) ours vs reference",
             run: sbr::run,
+        },
+        Scenario {
+            name: "macvlan",
+            about: "macvlan + host-local ADD and DEL (master from the node's default route) ours vs reference",
+            run: macvlan::run,
         },
         Scenario {
             name: "kindnet",
