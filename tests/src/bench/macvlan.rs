@@ -46,6 +46,7 @@ pub fn run(options: &Options) -> Report {
             prepare: |_| {},
             prepare_node: uplink,
             target: 0.5,
+            del_floor: None,
         },
     )
 }

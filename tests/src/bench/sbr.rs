@@ -38,7 +38,9 @@ pub fn run(options: &Options) -> Report {
             plugin: "sbr",
             conf,
             prepare,
+            prepare_node: |_| {},
             target: 0.5,
+            del_floor: None,
         },
     )
 }
