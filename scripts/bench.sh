@@ -8,6 +8,8 @@
 #   scripts/bench.sh scale [--pods 0,200,1000] [--rounds 30]   pods already on the bridge
 #   scripts/bench.sh bridge --reference DIR   compare with the plugins in DIR only (repeatable)
 #   scripts/bench.sh ptp tuning static kindnet   the ptp, tuning and static plugins and kind's chain
+#   scripts/bench.sh sbr                      the sbr plugin
+#   scripts/bench.sh macvlan                  macvlan + host-local, the master from the node's default route
 #
 # Rust scenarios are tests/src/bench/<name>.rs (run by the twill-bench binary); shell scenarios are
 # scripts/bench/<name>.sh and get the same options. Builds release binaries first. Needs root.

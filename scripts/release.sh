@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release artifacts of the committed HEAD, from a clean clone, into dist/ (--out DIR):
 #   twill-cni-plugins-linux-amd64-v<version>.tgz   bridge loopback portmap bandwidth firewall flannel host-local
-#                                                  ptp tuning static
+#                                                  ptp tuning static sbr macvlan
 #                                                  (flat, as the reference cni-plugins-linux-amd64-*.tgz)
 #   twilld-linux-amd64-v<version>                  the overlay daemon
 #   twilld.service                                 its systemd unit (ExecStart=/usr/local/bin/twilld)
@@ -10,20 +10,21 @@
 #
 # Binaries are static (glibc linked in, -C target-feature=+crt-static), so they run on distributions older
 # than the build machine. The build is reproducible: file times are SOURCE_DATE_EPOCH (the commit's time),
-# archives are sorted with owner root, and build paths are remapped out of the binaries.
+# archives are sorted with owner root, and build paths are remapped out of the binaries (lib/static.sh).
 #
 # The clone and its target directory are kept under target/release-build (TWILL_RELEASE_WORK), so a second
-# release of a close commit rebuilds only what changed. cargo-deb is installed (cargo install --locked)
-# when missing.
+# release of a close commit, or scripts/image.sh, rebuilds only what changed. cargo-deb is installed
+# (cargo install --locked) when missing.
 #
 # usage: scripts/release.sh [--out DIR]
 set -euo pipefail
 # shellcheck source=lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/static.sh
+. "$TWILL_ROOT/scripts/lib/static.sh"
 cd "$TWILL_ROOT"
 
-PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static)
-TRIPLE=x86_64-unknown-linux-gnu
+PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan)
 out="$TWILL_ROOT/dist"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,43 +43,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
   cargo install --locked cargo-deb
 fi
 
-work="${TWILL_RELEASE_WORK:-$TWILL_TARGET_DIR/release-build}"
-src="$work/src"
-mkdir -p "$work"
-log "cloning $(git rev-parse --short HEAD) into $src"
-rm -rf "$src"
-# HEAD by name, not the default branch: CI may build a detached commit that no branch points at.
-git clone --quiet --no-local --no-checkout "$TWILL_ROOT" "$src"
-git -C "$src" fetch --quiet "$TWILL_ROOT" HEAD
-git -C "$src" checkout --quiet --detach FETCH_HEAD
-[ "$(git -C "$src" rev-parse HEAD)" = "$(git rev-parse HEAD)" ] || die "the clone is not at HEAD"
-
-commit="$(git -C "$src" rev-parse HEAD)"
-SOURCE_DATE_EPOCH="$(git -C "$src" log -1 --format=%ct)"
-export SOURCE_DATE_EPOCH
-version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' "$src/Cargo.toml")"
-[ -n "$version" ] || die "no version in [workspace.package] of Cargo.toml"
-cargo_home="${CARGO_HOME:-$HOME/.cargo}"
-
-# --target keeps RUSTFLAGS off build scripts and proc macros (they stay dynamic host programs). Remapped
-# paths keep the clone, the registry and the target directory out of panic locations: same bytes anywhere.
-export CARGO_TARGET_DIR="$work/target"
-export TWILL_COMMIT="$commit"
-export RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$src=/twill \
---remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$CARGO_TARGET_DIR=/target"
-bins=()
-for b in "${PLUGINS[@]}" twilld; do bins+=(--bin "$b"); done
-log "building v$version ($commit) for $TRIPLE, static"
-start=$(date +%s)
-(cd "$src" && cargo build --release --locked --target "$TRIPLE" --workspace "${bins[@]}")
-log "build took $(($(date +%s) - start)) s"
-rel="$CARGO_TARGET_DIR/$TRIPLE/release"
-for b in "${PLUGINS[@]}" twilld; do
-  # A dynamic executable names its interpreter (ld-linux); a static one has none.
-  if readelf -l "$rel/$b" | grep -- 'Requesting program interpreter' >/dev/null; then
-    die "$b is dynamically linked: the static build did not take"
-  fi
-done
+static_build "${PLUGINS[@]}" twilld
 
 rm -rf "$out"
 mkdir -p "$out"

@@ -102,12 +102,16 @@ step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --workspace --all-targets -- -D warnings || true
 step build cargo build --workspace --bins || exit 1
 step cnitool build_cnitool || exit 1
-# Reference plugins of the newest release, cnitool on the newest libcni, flanneld and critest, built from
-# the pinned Go modules under tests/upstream (cached outside the clone; the first build takes minutes).
+# Reference plugins of the newest release, cnitool on the newest libcni, flanneld, critest and the
+# Kubernetes control plane, built from the pinned Go modules under tests/upstream (cached outside the
+# clone; the first build takes minutes, Kubernetes' the longest).
 step upstream build_upstream || exit 1
 step demo demo_round || true
 step test cargo test --workspace --no-fail-fast -- --test-threads="$THREADS" || true
 # The release artifacts from a clean clone: tarball conformance, Debian 11 chroot, .deb in a Debian 12 chroot.
 step release scripts/release-test.sh || true
+# The Kubernetes image from the same clean-clone build: its files, static binaries, entrypoint, and its
+# init containers' commands run from it by podman.
+step image scripts/image-test.sh || true
 
 exit "$failed"

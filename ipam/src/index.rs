@@ -27,6 +27,10 @@
 
 use crate::lease::{LeaseContent, Owner};
 use crate::store::{c_path, overwrite, LeaseEntry, Store};
+use nix::errno::Errno;
+use nix::fcntl::AT_FDCWD;
+use nix::sys::stat::{utimensat, UtimensatFlags};
+use nix::sys::time::TimeSpec;
 use std::fs;
 use std::io::ErrorKind;
 use std::net::IpAddr;
@@ -108,37 +112,23 @@ fn mtime_of(path: &Path) -> Result<Option<(i64, i64)>> {
 /// Set `path`'s mtime (atime untouched); `Ok(false)` when it does not exist.
 fn set_mtime(path: &Path, (sec, nsec): (i64, i64)) -> Result<bool> {
     let c = c_path(path)?;
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: sec as libc::time_t,
-            tv_nsec: nsec as libc::c_long,
-        },
-    ];
-    // SAFETY: valid NUL-terminated path and a two-element timespec array.
+    let mtime = TimeSpec::new(sec as _, nsec as _);
     // AT_SYMLINK_NOFOLLOW: a link planted at the stamp gets its own time changed, not its target's.
-    if unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } == 0
-    {
-        return Ok(true);
+    match utimensat(
+        AT_FDCWD,
+        c.as_c_str(),
+        &TimeSpec::UTIME_OMIT,
+        &mtime,
+        UtimensatFlags::NoFollowSymlink,
+    ) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(Error::failed(format!(
+            "set mtime of {}: {}",
+            path.display(),
+            std::io::Error::from(e)
+        ))),
     }
-    let e = std::io::Error::last_os_error();
-    if e.kind() == ErrorKind::NotFound {
-        return Ok(false);
-    }
-    Err(Error::failed(format!(
-        "set mtime of {}: {e}",
-        path.display()
-    )))
 }
 
 impl Store {

@@ -1,4 +1,4 @@
-//! Start-up wiring: health, subnet manager (etcd), network config, underlay; then the backend's start-up
+//! Start-up wiring: health, subnet manager (etcd or the Kubernetes API), network config, underlay; then the backend's start-up
 //! ([`crate::bring_up`]) and the steady state ([`crate::serve`]). Start-up order follows flannel
 //! (docs/architecture.md, "Health and lifecycle"): config, lease, device, rules, subnet.env; then the subnet
 //! manager's membership (lease keeper and watcher) and the link watchers feed the reconcilers until SIGTERM, which
@@ -18,7 +18,7 @@ use crate::flags::Options;
 use crate::iface::{self, Underlay};
 use crate::metrics::Metrics;
 use crate::reconcile::Reconciler;
-use crate::subnet::etcd::EtcdManager;
+use crate::subnet::any::AnyManager;
 use crate::subnet::{LeaseAttrs, LeaseEvent, OwnLease, SubnetError, SubnetKey, SubnetManager};
 
 /// Exponential backoff 100 ms -> 5 s, as flannel's watch reconnect (docs/architecture.md, "Watching leases").
@@ -57,7 +57,7 @@ pub(crate) struct Start {
     pub metrics: Arc<Metrics>,
     pub handle: twill_kernel::Handle,
     pub underlay: Underlay,
-    pub subnets: EtcdManager,
+    pub subnets: AnyManager,
     pub cfg: NetworkConfig,
     pub grace: Duration,
     pub backoff: Backoff,
@@ -111,23 +111,29 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     }
 
     let handle = twill_kernel::Handle::current().map_err(Fatal::Kernel)?;
-
-    // etcd unreachable at start: keep trying, say so (docs/architecture.md, "Health and lifecycle").
+    // etcd (or the API server) unreachable at start: keep trying, say so (docs/architecture.md, "Health and
+    // lifecycle").
     let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
     let mut backoff = Backoff::new();
     let mut subnets = loop {
-        match EtcdManager::connect(&opts, metrics.clone(), grace.max(Duration::from_secs(5))).await
-        {
+        match AnyManager::connect(&opts, metrics.clone(), grace.max(Duration::from_secs(5))).await {
             Ok(m) => break m,
+            Err(SubnetError::ConfigInvalid(e)) => return Err(Fatal::Config(e)),
             Err(e) => {
-                tracing::warn!(
-                    "cannot reach etcd at {}: {e}; retrying",
-                    opts.etcd_endpoints.join(",")
-                );
+                tracing::warn!("{e}; retrying");
                 metrics.etcd_error(&e.to_string());
                 backoff.wait().await;
             }
         }
+    };
+    // In Kubernetes mode an administrator may have stored the node's public addresses in its annotations.
+    let public_ip = match opts.public_ip {
+        Some(ip) => Some(ip),
+        None => subnets.stored_public_ip().await,
+    };
+    let public_ipv6 = match opts.public_ipv6 {
+        Some(ip) => Some(ip),
+        None => subnets.stored_public_ipv6().await,
     };
     let cfg = loop {
         match subnets.network_config().await {
@@ -151,8 +157,8 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     let want = iface::Want {
         v4: cfg.v4.is_some(),
         v6: cfg.v6.is_some(),
-        public_ip: opts.public_ip,
-        public_ipv6: opts.public_ipv6,
+        public_ip,
+        public_ipv6,
     };
     let choice = iface::Choice {
         iface: opts.iface.clone(),
@@ -161,14 +167,14 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     };
     let underlay = iface::select(&handle, &choice, want).map_err(Fatal::Underlay)?;
     let show = |ip: Option<String>| ip.unwrap_or_else(|| "none".into());
-    log(format!(
+    tracing::info!(
         "underlay {} (index {}, mtu {}), public IP {}, public IPv6 {}",
         underlay.name,
         underlay.index,
         underlay.mtu,
         show(underlay.public_ip.map(|a| a.to_string())),
         show(underlay.public_ipv6.map(|a| a.to_string())),
-    ));
+    );
 
     let s = Start {
         opts,

@@ -53,6 +53,19 @@ pub struct Options {
     pub resync_full_every: u32,
     pub log_level: LogLevel,
     pub log_format: LogFormat,
+    /// `Some` in Kubernetes mode (`--kube-subnet-mgr`): subnets come from the Node objects, not etcd.
+    pub kube: Option<KubeOptions>,
+}
+
+/// The flags of Kubernetes mode, named as flanneld's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeOptions {
+    pub api_url: Option<String>,
+    pub kubeconfig_file: Option<PathBuf>,
+    pub annotation_prefix: String,
+    pub net_config_path: PathBuf,
+    /// Clear the node's NetworkUnavailable condition once this node is ready (flanneld's default: true).
+    pub set_node_network_unavailable: bool,
 }
 
 /// A command line (or `FLANNELD_*` environment) that cannot run.
@@ -113,6 +126,14 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --log-format=text|json           default text; json: one object per line
   --resync-full-every=N            read the kernel back every N-th resync even when no lease event or
                                    kernel notification says anything changed (default 10; 1 = always)
+Kubernetes mode (subnets from node.spec.podCIDR, peers from node annotations, as flanneld --kube-subnet-mgr):
+  --kube-subnet-mgr                use the Kubernetes API instead of etcd (node name: --node-name, else env
+                                   NODE_NAME, else the hostname)
+  --kubeconfig-file=FILE           kubeconfig to use (default: in-cluster service account config)
+  --kube-api-url=URL               API server URL (overrides the kubeconfig's server)
+  --kube-annotation-prefix=P       default flannel.alpha.coreos.com
+  --net-config-path=FILE           network config (default /etc/kube-flannel/net-conf.json)
+  --set-node-network-unavailable=BOOL  clear the node's NetworkUnavailable condition when ready (default true)
 ";
 
 const FLAGS: &[&str] = &[
@@ -145,13 +166,20 @@ const FLAGS: &[&str] = &[
     "v",
     "log-level",
     "log-format",
+    "kube-subnet-mgr",
+    "kubeconfig-file",
+    "kube-api-url",
+    "kube-annotation-prefix",
+    "net-config-path",
+    "set-node-network-unavailable",
 ];
 const BOOL_FLAGS: &[&str] = &[
     "ip-masq",
     "ip-blackhole-route",
     "iptables-forward-rules",
     "ip-masq-fully-random-disable",
-    "ip-blackhole-route",
+    "kube-subnet-mgr",
+    "set-node-network-unavailable",
 ];
 
 fn env_name(flag: &str) -> String {
@@ -330,9 +358,27 @@ where
         Some(f) => f.parse().map_err(|e| format!("--log-format: {e}"))?,
         None => LogFormat::Text,
     };
+    let kube = match boolean("kube-subnet-mgr")? {
+        false => None,
+        true => Some(KubeOptions {
+            api_url: one("kube-api-url"),
+            kubeconfig_file: one("kubeconfig-file").map(PathBuf::from),
+            annotation_prefix: one("kube-annotation-prefix")
+                .unwrap_or_else(|| "flannel.alpha.coreos.com".into()),
+            net_config_path: PathBuf::from(
+                one("net-config-path").unwrap_or_else(|| "/etc/kube-flannel/net-conf.json".into()),
+            ),
+            set_node_network_unavailable: boolean_or("set-node-network-unavailable", true)?,
+        }),
+    };
+    // In Kubernetes mode the node name is the Node object's: the DaemonSet passes it as NODE_NAME (the
+    // downward API's spec.nodeName), as it does to flanneld.
     let node_name = match one("node-name") {
         Some(n) => n,
-        None => hostname().ok_or("--node-name not given and the hostname is unknown")?,
+        None => match env("NODE_NAME").filter(|n| kube.is_some() && !n.is_empty()) {
+            Some(n) => n,
+            None => hostname().ok_or("--node-name not given and the hostname is unknown")?,
+        },
     };
     let endpoints = one("etcd-endpoints")
         .unwrap_or_else(|| "http://127.0.0.1:4001,http://127.0.0.1:2379".into());
@@ -383,6 +429,7 @@ where
         resync_full_every,
         log_level,
         log_format,
+        kube,
     })))
 }
 
@@ -543,5 +590,47 @@ mod tests {
         let o = run(&["--node-name=n"], &[("FLANNELD_IFACE_REGEX", "a,b{1,2}")]).unwrap();
         assert_eq!(o.iface_regex.len(), 1, "a regex is not split on commas");
         assert!(!o.ip_blackhole_route);
+    }
+
+    #[test]
+    fn kube_mode_flags_have_flanneld_defaults_and_node_name_from_env() {
+        let o = run(&["--node-name=n"], &[("NODE_NAME", "ignored")]).unwrap();
+        assert_eq!(o.kube, None);
+        assert_eq!(o.node_name, "n");
+        let o = run(&["--kube-subnet-mgr"], &[("NODE_NAME", "worker-1")]).unwrap();
+        assert_eq!(o.node_name, "worker-1");
+        let k = o.kube.unwrap();
+        assert_eq!(k.annotation_prefix, "flannel.alpha.coreos.com");
+        assert_eq!(
+            k.net_config_path,
+            PathBuf::from("/etc/kube-flannel/net-conf.json")
+        );
+        assert!(k.set_node_network_unavailable);
+        assert_eq!((k.api_url, k.kubeconfig_file), (None, None));
+        let o = run(
+            &[
+                "--kube-subnet-mgr",
+                "--node-name=a",
+                "--kubeconfig-file=/k/config",
+                "--kube-api-url=https://10.0.0.1:6443",
+                "--set-node-network-unavailable=false",
+                "--kube-annotation-prefix=example.com",
+            ],
+            &[("NODE_NAME", "b")],
+        )
+        .unwrap();
+        assert_eq!(o.node_name, "a");
+        let k = o.kube.unwrap();
+        assert_eq!(k.kubeconfig_file, Some(PathBuf::from("/k/config")));
+        assert_eq!(k.api_url.as_deref(), Some("https://10.0.0.1:6443"));
+        assert!(!k.set_node_network_unavailable);
+        assert_eq!(k.annotation_prefix, "example.com");
+        let o = run(
+            &[],
+            &[("FLANNELD_KUBE_SUBNET_MGR", "true"), ("NODE_NAME", "c")],
+        )
+        .unwrap();
+        assert_eq!(o.node_name, "c");
+        assert!(o.kube.is_some());
     }
 }

@@ -25,6 +25,10 @@ pub struct Readiness {
     pub store_reset: Option<String>,
     /// host-gw peers that cannot be routed (not on our L2 segment): part of the cluster is unreachable.
     pub unroutable_peers: Option<String>,
+    /// What the subnet manager talks to, for messages ("" = etcd).
+    pub store: &'static str,
+    /// Why there is no lease yet, when the subnet manager knows (Kubernetes: the node has no podCIDR).
+    pub lease_wait: Option<String>,
     /// The same for the IPv6 routes of a dual-stack host-gw node.
     pub unroutable_peers_v6: Option<String>,
     /// The IPv6 device of a dual-stack node (`device` is the IPv4 one); `None` without one.
@@ -51,7 +55,12 @@ impl Readiness {
         let mut w = Vec::new();
         if !self.etcd_ok {
             w.push(format!(
-                "etcd unreachable: {}",
+                "{} unreachable: {}",
+                if self.store.is_empty() {
+                    "etcd"
+                } else {
+                    self.store
+                },
                 self.last_etcd_error
                     .as_deref()
                     .unwrap_or("not connected yet")
@@ -75,7 +84,11 @@ impl Readiness {
                     .to_string(),
             );
         } else if !self.lease {
-            p.push("no subnet lease yet".to_string());
+            p.push(
+                self.lease_wait
+                    .clone()
+                    .unwrap_or_else(|| "no subnet lease yet".to_string()),
+            );
         }
         if !self.device {
             p.push("vxlan device not ready".to_string());
@@ -343,9 +356,24 @@ mod tests {
         assert!(!r.is_ready());
         r.mac_collision = None;
         r.store_reset = Some("etcd revision went back from 9 to 2".into());
+        r.store = "the Kubernetes API server";
+        r.etcd_ok = false;
+        assert!(r.warnings()[0].starts_with("the Kubernetes API server unreachable: "));
         assert_eq!(
             r.problems(),
             vec!["etcd store reset, recovering: etcd revision went back from 9 to 2".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_waiting_lease_says_why() {
+        let mut r = programmed();
+        r.lease = false;
+        assert_eq!(r.problems(), vec!["no subnet lease yet".to_string()]);
+        r.lease_wait = Some("node \"w1\" has no podCIDR assigned: waiting".into());
+        assert_eq!(
+            r.problems(),
+            vec!["node \"w1\" has no podCIDR assigned: waiting".to_string()]
         );
     }
 

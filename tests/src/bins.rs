@@ -121,9 +121,9 @@ pub fn upstream_cache() -> PathBuf {
 }
 
 /// Hash naming a module's cache entry, computed exactly as `upstream_hash` in
-/// `scripts/lib/upstream.sh`: sha256 over that script (the build recipe), then the contents of the
-/// module's go.mod, go.sum and *.go files in byte order of their paths; first 16 hex digits. A
-/// changed pin, recipe or driver source gets a new entry.
+/// `scripts/lib/upstream.sh`: sha256 over the contents of the module's build.sh (its recipe), go.mod,
+/// go.sum and *.go files in byte order of their paths; first 16 hex digits. A changed pin, recipe or
+/// driver source gets a new entry for that module only.
 pub fn upstream_hash(module: &str) -> String {
     use sha2::{Digest, Sha256};
     fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, PathBuf)>) {
@@ -140,7 +140,10 @@ pub fn upstream_hash(module: &str) -> String {
             if kind.is_dir() {
                 walk(&path, &rel, out);
             } else if kind.is_file()
-                && (name == "go.mod" || name == "go.sum" || name.ends_with(".go"))
+                && (name == "build.sh"
+                    || name == "go.mod"
+                    || name == "go.sum"
+                    || name.ends_with(".go"))
             {
                 out.push((rel, path));
             }
@@ -151,10 +154,6 @@ pub fn upstream_hash(module: &str) -> String {
     walk(&dir, ".", &mut files);
     files.sort();
     let mut hasher = Sha256::new();
-    let recipe = workspace_dir().join("scripts/lib/upstream.sh");
-    hasher.update(
-        std::fs::read(&recipe).unwrap_or_else(|e| panic!("read {}: {e}", recipe.display())),
-    );
     for (_, path) in &files {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         hasher.update(&bytes);
@@ -168,7 +167,7 @@ pub fn upstream_hash(module: &str) -> String {
 }
 
 /// Directory of an upstream module's binaries (`cni`, `plugins`, `flannel`, `flannel-cni`,
-/// `cri-tools`); panics with the fix when it has not been built for the module's current pins.
+/// `cri-tools`, `kubernetes`); panics with the fix when it has not been built for the module's current pins.
 pub fn upstream_dir(module: &str) -> PathBuf {
     let entry = upstream_cache().join(format!("{module}-{}", upstream_hash(module)));
     if !entry.join(".complete").is_file() {

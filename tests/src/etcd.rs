@@ -153,6 +153,19 @@ impl Etcd {
         )
     }
 
+    /// etcd inside `netns` on its 127.0.0.1 only, on the given ports: a store for a program that runs
+    /// in that namespace (the Kubernetes API server), beside an etcd of `start_in` on the default ports.
+    pub fn start_local_in(netns: &Netns, client_port: u16, peer_port: u16) -> Etcd {
+        netns.ip(&["link", "set", "lo", "up"]);
+        Self::launch(
+            Some(netns.name().to_string()),
+            None,
+            client_port,
+            peer_port,
+            None,
+        )
+    }
+
     /// Like `start_in`, serving HTTPS only and requiring client certificates signed by `tls.ca`.
     pub fn start_in_tls(netns: &Netns, underlay: Ipv4Addr, tls: EtcdTls) -> Etcd {
         netns.ip(&["link", "set", "lo", "up"]);

@@ -67,3 +67,35 @@ pub fn start(node: &Node, args: &FlanneldArgs) -> Flanneld {
     cmd.args(&args.extra);
     DaemonProcess::spawn(cmd, log)
 }
+
+/// Starts flanneld inside `node` in Kubernetes mode (`--kube-subnet-mgr`) as kube-flannel.yml runs it: the
+/// node name from `NODE_NAME`, the network config from a file, the API server and credentials from
+/// `kubeconfig`; underlay `eth0`, subnet file = the node's `subnet.env`.
+pub fn start_kube(
+    node: &Node,
+    kubeconfig: &std::path::Path,
+    net_conf: &std::path::Path,
+) -> Flanneld {
+    start_kube_with(node, kubeconfig, net_conf, &[])
+}
+
+/// [`start_kube`] with more flags (e.g. `--kube-annotation-prefix`).
+pub fn start_kube_with(
+    node: &Node,
+    kubeconfig: &std::path::Path,
+    net_conf: &std::path::Path,
+    extra: &[String],
+) -> Flanneld {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", node.ns.name()])
+        .arg(flanneld_bin())
+        .arg("--kube-subnet-mgr")
+        .arg(format!("--kubeconfig-file={}", kubeconfig.display()))
+        .arg(format!("--net-config-path={}", net_conf.display()))
+        .arg("--iface=eth0")
+        .arg("--ip-masq")
+        .arg(format!("--subnet-file={}", node.subnet_file().display()))
+        .args(extra)
+        .env("NODE_NAME", node.name());
+    DaemonProcess::spawn(cmd, log_file(node))
+}

@@ -8,6 +8,7 @@ pub mod e2e;
 pub mod etcd;
 pub mod exec;
 pub mod flanneld;
+pub mod kube;
 pub mod leases;
 pub mod libcni;
 pub mod mixed;

@@ -62,6 +62,11 @@ const PLUGINS: &[Plugin] = &[
         name: "static",
         opens_netns: false,
     },
+    Plugin {
+        name: "sbr",
+        name: "macvlan",
+        opens_netns: true,
+    },
 ];
 
 /// What a row expects.
@@ -226,8 +231,15 @@ fn minimal_config(plugin: &str, scratch: &Path) -> Value {
             conf["mtu"] = json!(1400);
             conf["prevResult"] = prev;
         }
+        "macvlan" => {
+            // The test node has only `lo`: enough for the config to pass validation.
+            conf["master"] = json!("lo");
+        }
         "static" => {
             conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.250.0.2/24"}]});
+        }
+        "sbr" => {
+            conf["prevResult"] = prev;
         }
         "flannel" => {
             conf["subnetFile"] = json!(scratch.join("missing/subnet.env"));
@@ -506,6 +518,8 @@ fn about_line_names_the_version_and_commit_and_version_keeps_to_the_spec() {
         "ptp",
         "tuning",
         "static",
+        "sbr",
+        "macvlan",
     ] {
         let about = Invocation::new(bin(plugin), "ADD").command(None).run();
         assert!(about.success(), "{plugin}: {}", about.describe());

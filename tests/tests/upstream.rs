@@ -6,7 +6,14 @@ use std::process::Command;
 use serde_json::Value;
 use twill_tests::bins::{upstream_bin, upstream_hash, workspace_dir};
 
-const MODULES: [&str; 5] = ["cni", "plugins", "flannel", "flannel-cni", "cri-tools"];
+const MODULES: [&str; 6] = [
+    "cni",
+    "plugins",
+    "flannel",
+    "flannel-cni",
+    "cri-tools",
+    "kubernetes",
+];
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd
@@ -27,6 +34,94 @@ fn cache_hash_matches_the_build_script() {
         let (ok, out) = run(Command::new("bash").arg("-c").arg(&script));
         assert!(ok, "upstream_hash {module} failed: {out}");
         assert_eq!(out.trim(), upstream_hash(module), "hash of {module}");
+    }
+}
+
+/// Every module directory with a recipe is built by the build step, and the tests know each one.
+#[test]
+fn the_build_step_builds_every_module() {
+    let script = format!(
+        ". {}/scripts/lib/common.sh && printf '%s\\n' \"${{TWILL_UPSTREAM_MODULES[@]}}\"",
+        workspace_dir().display()
+    );
+    let (ok, out) = run(Command::new("bash").arg("-c").arg(&script));
+    assert!(ok, "listing the modules failed: {out}");
+    let mut listed: Vec<&str> = out.lines().collect();
+    listed.sort_unstable();
+    let mut known = MODULES.to_vec();
+    known.sort_unstable();
+    assert_eq!(listed, known);
+}
+
+/// A module's cache entry depends on its own directory only: the shared build machinery can change
+/// without rebuilding every module.
+#[test]
+fn a_module_hash_does_not_cover_the_shared_build_script() {
+    let tree = tempfile::tempdir().expect("temp tree");
+    let root = tree.path();
+    std::fs::create_dir_all(root.join("scripts/lib")).expect("mkdir");
+    std::fs::create_dir_all(root.join("tests/upstream")).expect("mkdir");
+    for lib in ["common.sh", "upstream.sh"] {
+        std::fs::copy(
+            workspace_dir().join("scripts/lib").join(lib),
+            root.join("scripts/lib").join(lib),
+        )
+        .expect("copy lib");
+    }
+    let module = root.join("tests/upstream/cni");
+    std::fs::create_dir_all(module.join("libcni-driver")).expect("mkdir");
+    for f in [
+        "build.sh",
+        "go.mod",
+        "go.sum",
+        "tools.go",
+        "libcni-driver/main.go",
+    ] {
+        std::fs::copy(
+            workspace_dir().join("tests/upstream/cni").join(f),
+            module.join(f),
+        )
+        .expect("copy module file");
+    }
+    let hash = || {
+        let script = format!(
+            ". {}/scripts/lib/common.sh && upstream_hash cni",
+            root.display()
+        );
+        let (ok, out) = run(Command::new("bash").arg("-c").arg(&script));
+        assert!(ok, "upstream_hash failed: {out}");
+        out.trim().to_string()
+    };
+    let before = hash();
+    assert_eq!(before, upstream_hash("cni"), "the copy hashes as the tree");
+    let shared = root.join("scripts/lib/upstream.sh");
+    let mut text = std::fs::read_to_string(&shared).expect("read upstream.sh");
+    text.push_str("\n# an edit of the shared machinery\n");
+    std::fs::write(&shared, text).expect("write upstream.sh");
+    assert_eq!(
+        hash(),
+        before,
+        "editing upstream.sh changed the module's hash"
+    );
+    let recipe = module.join("build.sh");
+    let mut text = std::fs::read_to_string(&recipe).expect("read build.sh");
+    text.push_str("\n# an edit of the recipe\n");
+    std::fs::write(&recipe, text).expect("write build.sh");
+    assert_ne!(hash(), before, "editing the module's recipe kept its hash");
+}
+
+/// The control plane and kubectl are the pinned Kubernetes release, stamped as its release builds are.
+#[test]
+fn kubernetes_programs_are_the_pinned_release() {
+    let (ok, out) = run(Command::new(upstream_bin("kubernetes", "kubectl"))
+        .args(["version", "--client", "-o", "json"]));
+    assert!(ok, "kubectl version failed: {out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["clientVersion"]["gitVersion"], "v1.37.2", "{out}");
+    assert_eq!(v["clientVersion"]["minor"], "37", "{out}");
+    for program in ["kube-apiserver", "kube-controller-manager"] {
+        let (ok, out) = run(Command::new(upstream_bin("kubernetes", program)).arg("--version"));
+        assert!(ok && out.contains("v1.37.2"), "{program} --version: {out}");
     }
 }
 

@@ -70,23 +70,9 @@ impl Plugin for Static {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_cni::{Env, NetConf};
 
     fn req(command: Command, config: &str, cni_args: &str) -> Request {
-        let env = Env::from_lookup(command, |k| match k {
-            "CNI_CONTAINERID" => Some("c1".into()),
-            "CNI_NETNS" => Some("/run/netns/x".into()),
-            "CNI_IFNAME" => Some("eth0".into()),
-            "CNI_ARGS" if !cni_args.is_empty() => Some(cni_args.into()),
-            _ => None,
-        })
-        .unwrap();
-        Request {
-            command,
-            env,
-            config: NetConf::parse(config.as_bytes()).unwrap(),
-            stdin: config.as_bytes().to_vec(),
-        }
+        twill_cni::testing::request(command, config, cni_args)
     }
 
     fn add(config: &str, cni_args: &str) -> Result<CniResult> {

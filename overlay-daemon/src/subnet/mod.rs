@@ -1,6 +1,6 @@
 //! The subnet manager seam: where a node gets its subnet and learns its peers'. The daemon sees only
-//! [`SubnetManager`]; how leases are stored (etcd today, the Kubernetes API next) stays behind it, under this
-//! folder.
+//! [`SubnetManager`]; how leases are stored (etcd, or the Kubernetes API's Node objects) stays behind it, under
+//! this folder.
 
 use std::future::Future;
 use std::time::Instant;
@@ -9,7 +9,9 @@ use tokio::sync::mpsc;
 
 use crate::config::NetworkConfig;
 
+pub mod any;
 pub mod etcd;
+pub mod kube;
 pub mod lease;
 pub mod lease_check;
 

@@ -109,11 +109,7 @@ fn host_interface(req: &Request, prev: &CniResult, host: &Handle) -> Result<Link
 /// ADD and DEL of one attachment never interleave (a retried ADD overlapping its DEL would otherwise
 /// leave an ifb behind, or delete the one the ADD just made).
 fn attachment_lock(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
+    AttachmentLock::of(req)
 }
 
 fn limits_or_none(req: &Request) -> Result<Option<Limits>> {

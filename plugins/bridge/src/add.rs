@@ -179,19 +179,17 @@ pub fn add(req: &Request) -> Result<CniResult> {
         let gws = gateway::shape(&mut result, &conf)?;
         if conf.ip_masq {
             // Only the addresses are needed: install the rules while the pod is configured.
+            let (backend, owner) = (
+                conf.masq_backend,
+                masq::Owner::new(network, container_id, ifname),
+            );
             undo.push("remove IP masquerade", {
-                let backend = conf.masq_backend;
-                move || masq::del(backend, network, container_id, ifname)
+                let owner = owner.clone();
+                move || masq::del(backend, &owner)
             });
             let addrs: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
-            let (backend, net, id, ifn) = (
-                conf.masq_backend,
-                network.to_string(),
-                container_id.to_string(),
-                ifname.to_string(),
-            );
             masq_job = Some(Job::spawn("masquerade", move || {
-                masq::add(backend, &net, &id, &ifn, &addrs)
+                masq::add(backend, &owner, &addrs)
             })?);
         }
         container::configure(

@@ -148,19 +148,5 @@ pub fn check_kernel(
             )));
         }
     }
-    for r in &prev.routes {
-        let found = routes.iter().any(|k| {
-            k.dst == r.dst.trunc()
-                && (r.gw.is_none() || r.gw == k.gateway)
-                && (r.table.is_none() || r.table == Some(k.table))
-        });
-        if !found {
-            let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-            return Err(Error::failed(format!(
-                "Failed to find a route for {}{via} in the container",
-                r.dst
-            )));
-        }
-    }
-    Ok(())
+    twill_veth::routes::check(&routes, &prev.routes)
 }

@@ -6,7 +6,7 @@ use crate::pod_worker::PodWorker;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 use twill_cni::{CniResult, Context, Error, Result};
-use twill_kernel::{sysctl, AddressOptions, Handle, Route, RouteScope};
+use twill_kernel::{sysctl, AddressOptions, Handle};
 
 /// How long to wait for IPv6 duplicate address detection when `enabledad` is on (the reference: 10 s).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,37 +94,7 @@ pub fn configure(
     if v6gw.is_some() && enable_dad {
         settle(h, ifname, index)?;
     }
-    for r in &result.routes {
-        let v4 = r.dst.addr().is_ipv4();
-        let gw = r.gw.or(if v4 { v4gw } else { v6gw });
-        let mut route = Route::new(r.dst).dev(index);
-        if let Some(gw) = gw {
-            route = route.via(gw);
-        }
-        if let Some(p) = r.priority {
-            route = route.metric(p);
-        }
-        if let Some(t) = r.table {
-            route = route.table(t);
-        }
-        if let Some(s) = r.scope {
-            route = route.scope(RouteScope::from(s));
-        }
-        match h.add_route(&route) {
-            Ok(()) => {}
-            // The same route listed twice: the reference appends (ECMP), which for an identical next hop
-            // is the same route.
-            Err(e) if e.is_exists() => {}
-            Err(e) => {
-                let via = gw.map(|g| g.to_string()).unwrap_or_default();
-                return Err(Error::failed(format!(
-                    "failed to add route '{} via {via} dev {ifname}': {e}",
-                    r.dst
-                )));
-            }
-        }
-    }
-    Ok(())
+    twill_veth::routes::add(h, ifname, index, &result.routes, v4gw, v6gw)
 }
 
 /// Wait until no IPv6 address of the interface is tentative (DAD finished); a failed DAD is an error.

@@ -2,37 +2,12 @@
 //! masquerade rules (by owner) run while the kernel deletes the veth, whose RCU wait dominates.
 
 use crate::config::BridgeConf;
-use crate::handles::pod_handle;
-use crate::job::{combine, Job};
+use crate::job::Job;
 use crate::trace::Trace;
 use crate::{ipam, masq, spoofchk};
-use std::path::Path;
 use twill_cni::env::Command;
 use twill_cni::{Error, Request, Result};
-use twill_kernel::{Handle, NetNs};
-
-/// A socket in the pod's namespace, or `None` when there is nothing to delete there: no netns given, the
-/// path is gone, or it no longer is a namespace (an unmounted leftover file) — all success for DEL
-/// (docs/cni-spec-notes.md §4).
-fn pod_socket(netns: Option<&Path>) -> Result<Option<Handle>> {
-    let Some(path) = netns else {
-        return Ok(None);
-    };
-    let pod = match NetNs::open(path) {
-        Ok(ns) => ns,
-        Err(e) if e.is_not_found() || e.io().kind() == std::io::ErrorKind::InvalidInput => {
-            return Ok(None)
-        }
-        Err(e) => {
-            return Err(Error::failed(format!(
-                "failed to open netns {:?}: {e}",
-                path.display()
-            )))
-        }
-    };
-    // The socket keeps its namespace; the fd can go.
-    pod_handle(&pod).map(Some)
-}
+use twill_kernel::Handle;
 
 /// Delete the container end of the attachment (its peer goes with it); a missing link is success.
 fn delete_container_link(h: &Handle, ifname: &str) -> Result<()> {
@@ -52,7 +27,7 @@ pub fn del(req: &Request) -> Result<()> {
     let mut errors = Vec::new();
     // The pod socket first: on 2 CPUs, starting the IPAM and firewall threads before it would only delay it,
     // while during the veth delete (which sleeps in the kernel) they have the CPU to themselves.
-    let pod = pod_socket(req.env.netns.as_deref()).unwrap_or_else(|e| {
+    let pod = twill_veth::pod::socket_for_del(req.env.netns.as_deref()).unwrap_or_else(|e| {
         errors.push(e);
         None
     });
@@ -63,14 +38,12 @@ pub fn del(req: &Request) -> Result<()> {
     };
     // Masquerade is removed by owner, so it needs nothing from the pod.
     let masq_job = if conf.ip_masq {
-        let (backend, net, id, ifn) = (
+        let (backend, owner) = (
             conf.masq_backend,
-            network.to_string(),
-            container_id.to_string(),
-            ifname.to_string(),
+            masq::Owner::new(network, container_id, ifname),
         );
         Some(Job::spawn("masquerade", move || {
-            masq::del(backend, &net, &id, &ifn)
+            masq::del(backend, &owner)
         })?)
     } else {
         None
@@ -100,5 +73,5 @@ pub fn del(req: &Request) -> Result<()> {
             eprintln!("bridge: {e}");
         }
     }
-    combine(errors)
+    Error::combine(errors)
 }

@@ -1,4 +1,4 @@
-//! Work on a thread of its own, joined before any rollback, and the merge of the errors of parallel steps.
+//! Work on a thread of its own, joined before any rollback.
 
 use twill_cni::{Error, Result};
 
@@ -34,24 +34,5 @@ impl Drop for Job {
         if let Some(h) = self.0.take() {
             let _ = h.join();
         }
-    }
-}
-
-/// Join several errors into one, keeping the first one's code.
-pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
-    let mut it = errors.into_iter();
-    let Some(first) = it.next() else {
-        return Ok(());
-    };
-    let rest: Vec<String> = it.map(|e| e.to_string()).collect();
-    if rest.is_empty() {
-        Err(first)
-    } else {
-        let code = first.code;
-        Err(Error::new(
-            code,
-            format!("{}; also: {}", first.msg, rest.join("; ")),
-            first.details,
-        ))
     }
 }

@@ -20,17 +20,17 @@ pub mod gateway;
 mod handles;
 pub mod ipam;
 mod job;
-pub mod masq;
 pub mod naming;
 pub mod pod_worker;
 pub mod port;
 pub mod spoofchk;
 pub mod trace;
 
+pub use twill_veth::masq;
+
 use config::BridgeConf;
 use handles::{host_handle, open_pod, pod_handle};
 use ipnet::IpNet;
-use job::combine;
 use twill_cni::env::Command;
 use twill_cni::lock::AttachmentLock;
 use twill_cni::{CniResult, Error, Plugin, Request, Result};
@@ -41,11 +41,7 @@ pub struct Bridge;
 /// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race: the interface,
 /// its lease and its masquerade rule then always end up all present or all gone.
 fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
+    AttachmentLock::of(req)
 }
 
 impl Plugin for Bridge {
@@ -83,13 +79,8 @@ impl Plugin for Bridge {
         check::check_kernel(&conf, &prev, &host, &pod_h, netns_path, ifname)?;
         if conf.ip_masq && conf.ipam_type.is_some() {
             let addrs: Vec<IpNet> = prev.ips.iter().map(|i| i.address).collect();
-            masq::check(
-                conf.masq_backend,
-                req.config.name.as_str(),
-                container_id,
-                ifname,
-                &addrs,
-            )?;
+            let owner = masq::Owner::new(req.config.name.as_str(), container_id, ifname);
+            masq::check(conf.masq_backend, &owner, &addrs)?;
         }
         Ok(())
     }
@@ -104,26 +95,6 @@ impl Plugin for Bridge {
 
     fn gc(&self, req: &Request) -> Result<()> {
         let conf = BridgeConf::load(req)?;
-        let mut errors = Vec::new();
-        // An absent list is not an empty one (which means "release everything"): leave rules alone then.
-        match req.config.valid_attachments() {
-            Ok(Some(valid)) => {
-                let keep: Vec<(String, String)> = valid
-                    .into_iter()
-                    .map(|a| (a.container_id, a.ifname))
-                    .collect();
-                if let Err(e) = masq::gc(conf.masq_backend, req.config.name.as_str(), &keep) {
-                    errors.push(e);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(e),
-        }
-        if let Some(t) = conf.ipam_type.as_deref() {
-            if let Err(e) = ipam::run(t, Command::Gc, req) {
-                errors.push(e);
-            }
-        }
-        combine(errors)
+        masq::gc_attachments(conf.masq_backend, conf.ipam_type.as_deref(), req)
     }
 }

@@ -8,18 +8,10 @@
 use crate::config::BridgeConf;
 use crate::naming;
 use twill_cni::{Context, Error, Result};
-use twill_kernel::{
-    sysctl, BridgePortFlags, BridgeVlan, Handle, Link, MacAddr, NetNs, VethOptions, VethSpec,
-    VlanOn,
-};
+use twill_kernel::{sysctl, BridgePortFlags, BridgeVlan, Handle, Link, MacAddr, NetNs, VlanOn};
 
-/// The created pair.
-#[derive(Debug, Clone)]
-pub struct Pair {
-    pub host: Link,
-    /// ifindex of the container end inside the pod namespace.
-    pub container_index: u32,
-}
+pub use twill_veth::Pair;
+use twill_veth::{PairError, PairSpec};
 
 /// Bridge-port settings of one port.
 pub struct PortConfig<'a> {
@@ -57,67 +49,31 @@ pub fn create_pair(
     mtu: Option<u32>,
     mac: Option<MacAddr>,
 ) -> Result<Pair> {
-    let mut last_err = None;
-    for attempt in 0..naming::VETH_NAME_ATTEMPTS {
-        let name = naming::host_veth_name(container_id, ifname, attempt);
-        let spec = VethSpec {
-            name: name.clone(),
-            peer_name: ifname.to_string(),
-            peer_netns: Some(pod),
-            mtu,
-            mac: None,
-            peer_mac: mac,
-            up: true,
-        };
-        // Enslaved in the creating request (one RTNL round trip less than the reference's separate "set
-        // master"; a failure to attach removes the pair in the kernel already), and with the one queue per
-        // end a veth uses, which spares two expedited RCU grace periods under the RTNL lock per pair.
-        let opts = VethOptions {
-            master: Some(bridge.index),
-            single_queue: true,
-        };
-        match host.create_veth_with(&spec, &opts) {
-            Ok(link) => {
-                let container_index = match link.peer_index {
-                    Some(i) => i,
-                    None => {
-                        pod_handle
-                            .link_by_name(ifname)
-                            .with_context(|| format!("failed to look up {ifname:?} in the pod"))?
-                            .index
-                    }
-                };
-                return Ok(Pair {
-                    host: link,
-                    container_index,
-                });
+    let spec = PairSpec {
+        pod,
+        ifname,
+        mtu,
+        container_mac: mac,
+        master: Some(bridge.index),
+    };
+    let names = |attempt| Ok(naming::host_veth_name(container_id, ifname, attempt));
+    twill_veth::create_pair(host, pod_handle, &spec, naming::VETH_NAME_ATTEMPTS, names).map_err(
+        |e| match e {
+            PairError::ContainerNameTaken => Error::failed(format!(
+                "container veth name provided ({ifname}) already exists"
+            )),
+            PairError::Lookup(le) => {
+                Error::failed(format!("failed to look up {ifname:?} in the pod: {le}"))
             }
-            Err(e) if e.is_exists() => {
-                // EEXIST names neither side: ask the pod whether the container name is the one taken.
-                match pod_handle.link_by_name(ifname) {
-                    Ok(_) => {
-                        return Err(Error::failed(format!(
-                            "container veth name provided ({ifname}) already exists"
-                        )))
-                    }
-                    Err(le) if le.is_not_found() => last_err = Some(e),
-                    Err(le) => {
-                        return Err(Error::failed(format!(
-                            "failed to look up {ifname:?} in the pod: {le}"
-                        )))
-                    }
-                }
-            }
-            Err(e) => {
-                return Err(Error::failed(format!("failed to create veth pair: {e}")));
-            }
-        }
-    }
-    Err(Error::failed(format!(
-        "failed to create veth pair: no free host-side name after {} attempts: {}",
-        naming::VETH_NAME_ATTEMPTS,
-        last_err.map(|e| e.to_string()).unwrap_or_default()
-    )))
+            PairError::Create(e) => Error::failed(format!("failed to create veth pair: {e}")),
+            PairError::NoFreeName(last) => Error::failed(format!(
+                "failed to create veth pair: no free host-side name after {} attempts: {}",
+                naming::VETH_NAME_ATTEMPTS,
+                last.map(|e| e.to_string()).unwrap_or_default()
+            )),
+            PairError::Name(e) => e,
+        },
+    )
 }
 
 /// Enslave `port` to the bridge and apply its flags and VLANs (the reference's `setupVeth` tail).

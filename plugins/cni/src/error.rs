@@ -39,6 +39,24 @@ impl Error {
         }
     }
 
+    /// Several independent steps' failures as one: the first one's code and details, every message.
+    /// No failure is success.
+    pub fn combine(errors: Vec<Error>) -> Result<()> {
+        let mut it = errors.into_iter();
+        let Some(first) = it.next() else {
+            return Ok(());
+        };
+        let rest: Vec<String> = it.map(|e| e.to_string()).collect();
+        if rest.is_empty() {
+            return Err(first);
+        }
+        Err(Error::new(
+            first.code,
+            format!("{}; also: {}", first.msg, rest.join("; ")),
+            first.details,
+        ))
+    }
+
     /// Code 4: a required environment variable is missing or malformed; the message names it.
     pub fn invalid_env(msg: impl Into<String>) -> Self {
         Error::new(code::INVALID_ENVIRONMENT, msg, "")

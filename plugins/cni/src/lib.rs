@@ -12,6 +12,8 @@ pub mod lock;
 pub mod names;
 pub mod result;
 pub mod skel;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod undo;
 pub mod version;
 

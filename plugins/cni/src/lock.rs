@@ -114,8 +114,10 @@ fn held_by_parent(path: &Path) -> bool {
     if Path::new(p) != path {
         return false;
     }
-    // SAFETY: fstat on any descriptor number is safe; a closed one fails with EBADF.
+    // SAFETY: `stat` is plain integers, for which all zeroes is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat on any descriptor number is safe (a closed one fails with EBADF) and writes only
+    // into `st`, which is a whole `stat`.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         return false;
     }
@@ -124,6 +126,15 @@ fn held_by_parent(path: &Path) -> bool {
 }
 
 impl AttachmentLock {
+    /// The lock of the attachment a request names (network, container id, ifname).
+    pub fn of(req: &crate::Request) -> Result<AttachmentLock> {
+        AttachmentLock::acquire(
+            req.config.name.as_str(),
+            req.container_id()?.as_str(),
+            req.ifname()?.as_str(),
+        )
+    }
+
     /// Blocks until the attachment is ours (or returns at once when the plugin that runs us holds it).
     pub fn acquire(network: &str, container_id: &str, ifname: &str) -> Result<AttachmentLock> {
         let path = lock_dir().join(format!(

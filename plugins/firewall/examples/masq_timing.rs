@@ -96,9 +96,9 @@ fn main() {
     }
     let n: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(200);
     let background: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(50);
-    // SAFETY: single-threaded at this point; moves the whole process into a new namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        panic!("unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+    // Single-threaded at this point: the whole process moves into a new namespace.
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
+        panic!("unshare(CLONE_NEWNET): {e}");
     }
     println!("{n} iterations, {background} other owners present");
 

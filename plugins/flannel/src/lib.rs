@@ -30,11 +30,7 @@ pub struct Flannel;
 /// ADD and DEL of one attachment never overlap (a saved config removed by a DEL while an ADD runs the
 /// delegate would strand what that ADD creates).
 fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
+    AttachmentLock::of(req)
 }
 
 impl Plugin for Flannel {

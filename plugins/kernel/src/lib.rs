@@ -1,8 +1,8 @@
 //! Synchronous kernel operations shared by every twill plugin binary and the tests: network
-//! namespaces, links (bridge, veth, vxlan, ifb), addresses, routes, neighbours/FDB, sysctls and
-//! traffic control (tbf, ingress, u32 redirect), over one NETLINK_ROUTE socket per namespace, and the
-//! parsing of rtnetlink notifications ([`notify`]). No async runtime: plugins are short-lived processes;
-//! a daemon calls these from its own loop.
+//! namespaces, links (bridge, veth, vxlan, ifb), addresses, routes, policy rules, neighbours/FDB,
+//! sysctls and traffic control (tbf, ingress, u32 redirect), over one NETLINK_ROUTE socket per
+//! namespace, and the parsing of rtnetlink notifications ([`notify`]). No async runtime: plugins are
+//! short-lived processes; a daemon calls these from its own loop.
 //!
 //! ```no_run
 //! use twill_kernel::{Handle, NetNs, VethSpec};
@@ -29,12 +29,14 @@ pub mod ifb;
 pub mod link;
 pub mod link_change;
 pub mod mac;
+pub mod macvlan;
 pub mod names;
 pub mod neighbour;
 pub mod netns;
 pub mod nl;
 pub mod notify;
 pub mod route;
+pub mod rule;
 pub mod sysctl;
 pub mod tc;
 pub mod vxlan;
@@ -48,10 +50,12 @@ pub use link::{
     BridgePort, BridgePortFlags, BridgeSpec, Link, LinkChange, OperState, VethOptions, VethSpec,
 };
 pub use mac::MacAddr;
+pub use macvlan::{MacvlanInfo, MacvlanMode, MacvlanSpec};
 pub use names::random_veth_name;
 pub use neighbour::{FdbEntry, Neighbour};
 pub use netns::NetNs;
 pub use route::{Route, RouteFilter, RouteProtocol, RouteScope, RouteType, TABLE_MAIN};
+pub use rule::Rule;
 pub use vxlan::{VxlanInfo, VxlanSpec};
 
 /// The IP network type of the API (address with prefix length).

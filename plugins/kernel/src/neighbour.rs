@@ -142,27 +142,11 @@ impl Handle {
             if let Some(i) = index {
                 msg.attributes.push(NeighbourAttribute::IfIndex(i));
             }
-            let msgs = self.dump(
-                RouteNetlinkMessage::GetNeighbour(msg),
-                "list neighbours",
-                || index.map(|i| format!("of index {i}")).unwrap_or_default(),
-            )?;
-            for m in msgs {
-                let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                    continue;
-                };
-                if index.is_some_and(|i| i != n.header.ifindex) {
-                    continue;
-                }
-                let mut ip = None;
-                let mut mac = None;
-                for attr in &n.attributes {
-                    match attr {
-                        NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
-                        NeighbourAttribute::LinkLayerAddress(l) => mac = MacAddr::from_slice(l),
-                        _ => {}
-                    }
-                }
+            let entries = self.neighbour_dump(msg, "list neighbours", index, || {
+                index.map(|i| format!("of index {i}")).unwrap_or_default()
+            })?;
+            for n in entries {
+                let (ip, mac) = ip_and_mac(&n);
                 let Some(ip) = ip else { continue };
                 out.push(Neighbour {
                     index: n.header.ifindex,
@@ -216,28 +200,12 @@ impl Handle {
         msg.header.family = AddressFamily::Bridge;
         // rtnl_fdb_dump filters on ndm_ifindex (the port) itself.
         msg.header.ifindex = index;
-        let msgs = self.dump(
-            RouteNetlinkMessage::GetNeighbour(msg),
-            "list fdb entries",
-            || format!("of index {index}"),
-        )?;
+        let entries = self.neighbour_dump(msg, "list fdb entries", Some(index), || {
+            format!("of index {index}")
+        })?;
         let mut out = Vec::new();
-        for m in msgs {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                continue;
-            };
-            if n.header.ifindex != index {
-                continue;
-            }
-            let mut dst = None;
-            let mut mac = None;
-            for attr in &n.attributes {
-                match attr {
-                    NeighbourAttribute::Destination(a) => dst = neighbour_ip(a),
-                    NeighbourAttribute::LinkLayerAddress(l) => mac = MacAddr::from_slice(l),
-                    _ => {}
-                }
-            }
+        for n in entries {
+            let (dst, mac) = ip_and_mac(&n);
             let Some(mac) = mac else { continue };
             out.push(FdbEntry {
                 index,
@@ -249,4 +217,41 @@ impl Handle {
         }
         Ok(out)
     }
+
+    /// Dumps neighbour-table entries (ARP/NDP or FDB by the message's family), keeping those of
+    /// device `index` when given: older kernels ignore the ifindex filter of the request.
+    fn neighbour_dump(
+        &self,
+        msg: NeighbourMessage,
+        op: &'static str,
+        index: Option<u32>,
+        object: impl Fn() -> String,
+    ) -> Result<Vec<NeighbourMessage>> {
+        let msgs = self.dump(RouteNetlinkMessage::GetNeighbour(msg), op, object)?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n)
+                    if index.is_none_or(|i| i == n.header.ifindex) =>
+                {
+                    Some(n)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// The protocol address (IP) and link-layer address (MAC) of a neighbour or FDB entry.
+fn ip_and_mac(n: &NeighbourMessage) -> (Option<IpAddr>, Option<MacAddr>) {
+    let mut ip = None;
+    let mut mac = None;
+    for attr in &n.attributes {
+        match attr {
+            NeighbourAttribute::Destination(a) => ip = neighbour_ip(a),
+            NeighbourAttribute::LinkLayerAddress(l) => mac = MacAddr::from_slice(l),
+            _ => {}
+        }
+    }
+    (ip, mac)
 }

@@ -43,6 +43,19 @@ pub struct Route {
     pub kind: RouteType,
 }
 
+/// Builder methods that set one field each: `name(arg: Type) => field = value;`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident($arg:ident: $ty:ty) => $field:ident = $value:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(mut self, $arg: $ty) -> Route {
+                self.$field = $value;
+                self
+            }
+        )*
+    };
+}
+
 impl Route {
     /// A route to `dst` in the main table with protocol `boot` (as `ip route add`).
     pub fn new(dst: IpNet) -> Route {
@@ -79,53 +92,22 @@ impl Route {
         Route::new(dst).via(gateway)
     }
 
-    pub fn via(mut self, gateway: IpAddr) -> Route {
-        self.gateway = Some(gateway);
-        self
-    }
-
-    pub fn dev(mut self, oif: u32) -> Route {
-        self.oif = Some(oif);
-        self
-    }
-
-    pub fn scope(mut self, scope: RouteScope) -> Route {
-        self.scope = Some(scope);
-        self
-    }
-
-    pub fn table(mut self, table: u32) -> Route {
-        self.table = table;
-        self
-    }
-
-    pub fn metric(mut self, priority: u32) -> Route {
-        self.priority = Some(priority);
-        self
+    setters! {
+        /// Routes through `gateway`.
+        via(gateway: IpAddr) => gateway = Some(gateway);
+        /// Leaves through device `oif`.
+        dev(oif: u32) => oif = Some(oif);
+        scope(scope: RouteScope) => scope = Some(scope);
+        table(table: u32) => table = table;
+        metric(priority: u32) => priority = Some(priority);
+        mtu(mtu: u32) => mtu = Some(mtu);
+        advmss(advmss: u32) => advmss = Some(advmss);
+        protocol(protocol: RouteProtocol) => protocol = protocol;
+        src(src: IpAddr) => src = Some(src);
     }
 
     pub fn onlink(mut self) -> Route {
         self.onlink = true;
-        self
-    }
-
-    pub fn mtu(mut self, mtu: u32) -> Route {
-        self.mtu = Some(mtu);
-        self
-    }
-
-    pub fn advmss(mut self, advmss: u32) -> Route {
-        self.advmss = Some(advmss);
-        self
-    }
-
-    pub fn protocol(mut self, protocol: RouteProtocol) -> Route {
-        self.protocol = protocol;
-        self
-    }
-
-    pub fn src(mut self, src: IpAddr) -> Route {
-        self.src = Some(src);
         self
     }
 

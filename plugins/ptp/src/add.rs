@@ -7,16 +7,11 @@ use std::cell::RefCell;
 use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, Interface, Request, Result, Undo};
 use twill_ipam::provider as ipam;
-use twill_kernel::{sysctl, Handle, Link, NetNs, VethOptions, VethSpec};
+use twill_kernel::{sysctl, Handle, Link, NetNs};
+use twill_veth::{Pair, PairError, PairSpec};
 
 /// How many host-side names to try (the reference also tries 10 random ones).
 const VETH_NAME_ATTEMPTS: u32 = 10;
-
-/// The created pair: the host end and the container end's index in the pod.
-struct Pair {
-    host: Link,
-    container_index: u32,
-}
 
 /// The pair in one request: the host end (up, random `veth…` name as the reference's) here, the container
 /// end `ifname` (down until its addresses are on) directly inside the pod, so nothing is moved between
@@ -28,59 +23,29 @@ fn create_pair(
     ifname: &str,
     mtu: Option<u32>,
 ) -> Result<Pair> {
-    let mut last_err = None;
-    for _ in 0..VETH_NAME_ATTEMPTS {
-        let name = twill_kernel::random_veth_name()
-            .map_err(|e| Error::failed(format!("failed to generate random veth name: {e}")))?;
-        let spec = VethSpec {
-            name,
-            peer_name: ifname.to_string(),
-            peer_netns: Some(pod),
-            mtu,
-            mac: None,
-            peer_mac: None,
-            up: true,
-        };
-        // One queue per end, as the bridge's veths: spares expedited RCU grace periods under the RTNL lock.
-        let opts = VethOptions {
-            master: None,
-            single_queue: true,
-        };
-        match host.create_veth_with(&spec, &opts) {
-            Ok(link) => {
-                let container_index = match link.peer_index {
-                    Some(i) => i,
-                    None => {
-                        pod_h
-                            .link_by_name(ifname)
-                            .with_context(|| format!("failed to look up {ifname:?}"))?
-                            .index
-                    }
-                };
-                return Ok(Pair {
-                    host: link,
-                    container_index,
-                });
-            }
-            // EEXIST names neither side: ask the pod whether the container name is the one taken.
-            Err(e) if e.is_exists() => match pod_h.link_by_name(ifname) {
-                Ok(_) => {
-                    return Err(Error::failed(format!(
-                        "container veth name provided ({ifname}) already exists"
-                    )))
-                }
-                Err(le) if le.is_not_found() => last_err = Some(e),
-                Err(le) => {
-                    return Err(Error::failed(format!("failed to look up {ifname:?}: {le}")))
-                }
-            },
-            Err(e) => return Err(Error::failed(format!("failed to make veth pair: {e}"))),
-        }
-    }
-    Err(Error::failed(format!(
-        "failed to find a unique veth name: {}",
-        last_err.map(|e| e.to_string()).unwrap_or_default()
-    )))
+    let spec = PairSpec {
+        pod,
+        ifname,
+        mtu,
+        container_mac: None,
+        master: None,
+    };
+    let names = |_| {
+        twill_kernel::random_veth_name()
+            .map_err(|e| Error::failed(format!("failed to generate random veth name: {e}")))
+    };
+    twill_veth::create_pair(host, pod_h, &spec, VETH_NAME_ATTEMPTS, names).map_err(|e| match e {
+        PairError::ContainerNameTaken => Error::failed(format!(
+            "container veth name provided ({ifname}) already exists"
+        )),
+        PairError::Lookup(le) => Error::failed(format!("failed to look up {ifname:?}: {le}")),
+        PairError::Create(e) => Error::failed(format!("failed to make veth pair: {e}")),
+        PairError::NoFreeName(last) => Error::failed(format!(
+            "failed to find a unique veth name: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )),
+        PairError::Name(e) => e,
+    })
 }
 
 /// Where ADD's IPAM call stands, for the rollback: a running call is waited for, and only a successful one
@@ -184,18 +149,19 @@ pub fn add(req: &Request) -> Result<CniResult> {
     }
     host::enable_forwarding(&result)?;
 
+    let owner = masq::Owner::new(network, container_id, ifname);
     if conf.ip_masq {
         undo.push("remove IP masquerade", {
-            let backend = conf.masq_backend;
-            move || masq::del(backend, network, container_id, ifname)
+            let (backend, owner) = (conf.masq_backend, owner.clone());
+            move || masq::del(backend, &owner)
         });
     }
     // Masquerade needs only the addresses: its rules go in while the pod and the host end are configured.
     std::thread::scope(|s| -> Result<()> {
         let masq_job = conf.ip_masq.then(|| {
             let addrs: Vec<_> = result.ips.iter().map(|i| i.address).collect();
-            let backend = conf.masq_backend;
-            s.spawn(move || masq::add(backend, network, container_id, ifname, &addrs))
+            let (backend, owner) = (conf.masq_backend, &owner);
+            s.spawn(move || masq::add(backend, owner, &addrs))
         });
         let configured = container::configure(&pod, &pod_h, ifname, cont.index, &result)
             .and_then(|()| host::configure(&host_h, host_index, &host_name, &result));

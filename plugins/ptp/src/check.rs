@@ -67,20 +67,7 @@ pub fn check_kernel(
     let routes = pod
         .routes(RouteFilter::default())
         .context("list container routes")?;
-    for r in &prev.routes {
-        let found = routes.iter().any(|k| {
-            k.dst == r.dst.trunc()
-                && (r.gw.is_none() || r.gw == k.gateway)
-                && (r.table.is_none() || r.table == Some(k.table))
-        });
-        if !found {
-            let via = r.gw.map(|g| format!(" via {g}")).unwrap_or_default();
-            return Err(Error::failed(format!(
-                "Failed to find a route for {}{via} in the container",
-                r.dst
-            )));
-        }
-    }
+    twill_veth::routes::check(&routes, &prev.routes)?;
 
     // The host end: the container end's peer among the recorded host-side interfaces.
     let host_end = prev

@@ -62,22 +62,10 @@ impl PtpConf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_cni::{Command, Env, NetConf};
+    use twill_cni::Command;
 
     fn load(config: &str) -> Result<PtpConf> {
-        let env = Env::from_lookup(Command::Add, |k| match k {
-            "CNI_CONTAINERID" => Some("c1".into()),
-            "CNI_NETNS" => Some("/run/netns/x".into()),
-            "CNI_IFNAME" => Some("eth0".into()),
-            _ => None,
-        })
-        .unwrap();
-        PtpConf::load(&Request {
-            command: Command::Add,
-            env,
-            config: NetConf::parse(config.as_bytes()).unwrap(),
-            stdin: config.as_bytes().to_vec(),
-        })
+        PtpConf::load(&twill_cni::testing::request(Command::Add, config, ""))
     }
 
     #[test]

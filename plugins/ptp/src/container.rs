@@ -70,35 +70,7 @@ pub fn configure(
     }
     h.set_link_up(index)
         .with_context(|| format!("failed to set {ifname:?} UP"))?;
-    for r in &result.routes {
-        let gw = r.gw.or(if r.dst.addr().is_ipv4() { v4gw } else { v6gw });
-        let mut route = Route::new(r.dst).dev(index);
-        if let Some(gw) = gw {
-            route = route.via(gw);
-        }
-        if let Some(p) = r.priority {
-            route = route.metric(p);
-        }
-        if let Some(t) = r.table {
-            route = route.table(t);
-        }
-        if let Some(s) = r.scope {
-            route = route.scope(RouteScope::from(s));
-        }
-        match h.add_route(&route) {
-            // The same route listed twice: the reference appends (ECMP), which for an identical next hop
-            // is the same route.
-            Ok(()) => {}
-            Err(e) if e.is_exists() => {}
-            Err(e) => {
-                let via = gw.map(|g| g.to_string()).unwrap_or_default();
-                return Err(Error::failed(format!(
-                    "failed to add route '{} via {via} dev {ifname}': {e}",
-                    r.dst
-                )));
-            }
-        }
-    }
+    twill_veth::routes::add(h, ifname, index, &result.routes, v4gw, v6gw)?;
     for ip in &result.ips {
         let gw = ip
             .gateway

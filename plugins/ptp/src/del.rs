@@ -3,35 +3,10 @@
 //! with it.
 
 use crate::config::PtpConf;
-use crate::{combine, masq};
-use std::path::Path;
+use crate::masq;
 use twill_cni::env::Command;
 use twill_cni::{Error, Request, Result};
 use twill_ipam::provider as ipam;
-use twill_kernel::{Handle, NetNs};
-
-/// A socket in the pod's namespace, or `None` when there is nothing to delete there: no netns given, the
-/// path is gone, or it no longer is a namespace (an unmounted leftover file) — all success for DEL.
-fn pod_socket(netns: Option<&Path>) -> Result<Option<Handle>> {
-    let Some(path) = netns else {
-        return Ok(None);
-    };
-    let pod = match NetNs::open(path) {
-        Ok(ns) => ns,
-        Err(e) if e.is_not_found() || e.io().kind() == std::io::ErrorKind::InvalidInput => {
-            return Ok(None)
-        }
-        Err(e) => {
-            return Err(Error::failed(format!(
-                "failed to open netns {:?}: {e}",
-                path.display()
-            )))
-        }
-    };
-    Handle::in_netns(&pod)
-        .map(Some)
-        .map_err(|e| Error::failed(format!("netlink socket in the pod namespace: {e}")))
-}
 
 pub fn del(req: &Request) -> Result<()> {
     let conf = PtpConf::load(req)?;
@@ -45,10 +20,11 @@ pub fn del(req: &Request) -> Result<()> {
     };
     std::thread::scope(|s| {
         let masq_job = conf.ip_masq.then(|| {
+            let owner = masq::Owner::new(network, container_id, ifname);
             let backend = conf.masq_backend;
-            s.spawn(move || masq::del(backend, network, container_id, ifname))
+            s.spawn(move || masq::del(backend, &owner))
         });
-        match pod_socket(req.env.netns.as_deref()) {
+        match twill_veth::pod::socket_for_del(req.env.netns.as_deref()) {
             Ok(Some(h)) => match h.delete_link_by_name(ifname) {
                 Ok(()) => {}
                 Err(e) if e.is_not_found() => {}
@@ -72,5 +48,5 @@ pub fn del(req: &Request) -> Result<()> {
             errors.insert(0, e);
         }
     }
-    combine(errors)
+    Error::combine(errors)
 }

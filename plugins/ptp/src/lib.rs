@@ -14,7 +14,8 @@ pub mod config;
 pub mod container;
 mod del;
 pub mod host;
-pub mod masq;
+
+pub use twill_veth::masq;
 
 use config::PtpConf;
 use twill_cni::env::Command;
@@ -28,28 +29,7 @@ pub struct Ptp;
 
 /// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
 fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
-}
-
-/// Join several errors into one, keeping the first one's code.
-pub(crate) fn combine(errors: Vec<Error>) -> Result<()> {
-    let mut it = errors.into_iter();
-    let Some(first) = it.next() else {
-        return Ok(());
-    };
-    let rest: Vec<String> = it.map(|e| e.to_string()).collect();
-    if rest.is_empty() {
-        return Err(first);
-    }
-    Err(Error::new(
-        first.code,
-        format!("{}; also: {}", first.msg, rest.join("; ")),
-        first.details,
-    ))
+    AttachmentLock::of(req)
 }
 
 impl Plugin for Ptp {
@@ -86,13 +66,8 @@ impl Plugin for Ptp {
         check::check_kernel(&prev, &host, &pod_h, netns_path, ifname)?;
         if conf.ip_masq {
             let addrs: Vec<_> = prev.ips.iter().map(|i| i.address).collect();
-            masq::check(
-                conf.masq_backend,
-                req.config.name.as_str(),
-                container_id,
-                ifname,
-                &addrs,
-            )?;
+            let owner = masq::Owner::new(req.config.name.as_str(), container_id, ifname);
+            masq::check(conf.masq_backend, &owner, &addrs)?;
         }
         Ok(())
     }
@@ -104,26 +79,6 @@ impl Plugin for Ptp {
 
     fn gc(&self, req: &Request) -> Result<()> {
         let conf = PtpConf::load(req)?;
-        let mut errors = Vec::new();
-        // An absent list is not an empty one (which means "release everything"): leave rules alone then.
-        match req.config.valid_attachments() {
-            Ok(Some(valid)) => {
-                let keep: Vec<(String, String)> = valid
-                    .into_iter()
-                    .map(|a| (a.container_id, a.ifname))
-                    .collect();
-                if let Err(e) = masq::gc(conf.masq_backend, req.config.name.as_str(), &keep) {
-                    errors.push(e);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(e),
-        }
-        if let Some(t) = conf.ipam_type.as_deref() {
-            if let Err(e) = ipam::run(t, Command::Gc, req) {
-                errors.push(e);
-            }
-        }
-        combine(errors)
+        masq::gc_attachments(conf.masq_backend, conf.ipam_type.as_deref(), req)
     }
 }

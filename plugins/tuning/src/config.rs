@@ -178,23 +178,10 @@ impl TuningConf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twill_cni::{Command, Env, NetConf};
+    use twill_cni::Command;
 
     fn req(config: &str, cni_args: &str) -> Request {
-        let env = Env::from_lookup(Command::Add, |k| match k {
-            "CNI_CONTAINERID" => Some("c1".into()),
-            "CNI_NETNS" => Some("/run/netns/x".into()),
-            "CNI_IFNAME" => Some("eth0".into()),
-            "CNI_ARGS" if !cni_args.is_empty() => Some(cni_args.into()),
-            _ => None,
-        })
-        .unwrap();
-        Request {
-            command: Command::Add,
-            env,
-            config: NetConf::parse(config.as_bytes()).unwrap(),
-            stdin: config.as_bytes().to_vec(),
-        }
+        twill_cni::testing::request(Command::Add, config, cni_args)
     }
 
     fn load(config: &str) -> Result<TuningConf> {

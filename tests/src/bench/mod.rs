@@ -9,11 +9,13 @@ pub mod floor;
 pub mod host_local;
 pub mod kindnet;
 pub mod loopback;
+pub mod macvlan;
 pub mod meta;
 pub mod plugin_pair;
 pub mod portmap;
 pub mod ptp;
 pub mod runtimes;
+pub mod sbr;
 pub mod scale;
 pub mod static_ipam;
 pub mod tuning;
@@ -129,6 +131,16 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "static",
             about: "static IPAM ADD and DEL ours vs reference",
             run: static_ipam::run,
+        },
+        Scenario {
+            name: "sbr",
+            about: "sbr ADD and DEL (one address, rule and table) ours vs reference",
+            run: sbr::run,
+        },
+        Scenario {
+            name: "macvlan",
+            about: "macvlan + host-local ADD and DEL (master from the node's default route) ours vs reference",
+            run: macvlan::run,
         },
         Scenario {
             name: "kindnet",

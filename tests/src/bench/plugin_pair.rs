@@ -1,4 +1,4 @@
-//! Shared shape of the single-plugin scenarios (`ptp`, `tuning`, `static`): each side (ours, each
+//! Shared shape of the single-plugin scenarios (`ptp`, `tuning`, `static`, `macvlan`): each side (ours, each
 //! reference build) has a persistent node namespace and runs ADD then DEL of one attachment per round on a
 //! fresh pod (prepared outside the timing); ADD and DEL are timed separately, interleaved across sides.
 //! The report's main rows are ADD, the DEL rows follow, and the notes give both ratios per reference.
@@ -24,6 +24,8 @@ pub struct Spec {
     pub conf: fn(&Path) -> Value,
     /// Prepares a fresh pod (untimed), e.g. creates the interface a meta plugin tunes.
     pub prepare: fn(&Netns),
+    /// Prepares each side's node once (untimed), e.g. the uplink a macvlan needs as its master.
+    pub prepare_node: fn(&Netns),
     /// The target ratio of ADD and DEL medians, for the notes.
     pub target: f64,
     /// The kernel's share of DEL that no plugin can avoid, measured in-process, if there is one.
@@ -99,9 +101,11 @@ pub fn run(options: &Options, spec: &Spec) -> Report {
             } else {
                 dir.display().to_string()
             };
+            let node = CniNode::new("benchpp", cni_path);
+            (spec.prepare_node)(&node.netns);
             Side {
                 plugin,
-                node: CniNode::new("benchpp", cni_path),
+                node,
                 state: tempfile::tempdir().expect("state dir"),
                 counter: 0,
                 dels: Vec::new(),

@@ -27,6 +27,7 @@ pub fn run(options: &Options) -> Report {
             plugin: "ptp",
             conf,
             prepare: |_| {},
+            prepare_node: |_| {},
             target: 0.5,
             del_floor: Some(("veth delete", super::bridge::veth_delete_floor)),
         },

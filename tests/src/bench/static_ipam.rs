@@ -28,6 +28,7 @@ pub fn run(options: &Options) -> Report {
             plugin: "static",
             conf,
             prepare: |_| {},
+            prepare_node: |_| {},
             target: 0.5,
             del_floor: None,
         },

@@ -39,6 +39,7 @@ pub fn run(options: &Options) -> Report {
             plugin: "tuning",
             conf,
             prepare,
+            prepare_node: |_| {},
             target: 0.5,
             del_floor: None,
         },

@@ -39,6 +39,39 @@ pub struct Batch {
     pub(crate) messages: Vec<Message>,
 }
 
+/// A chain-wide operation: its message type, flags, the attributes naming table and chain (rule
+/// messages name them with NFTA_RULE_*), and the verb errors use.
+struct ChainOp {
+    kind: u16,
+    flags: u16,
+    table_attr: u16,
+    chain_attr: u16,
+    verb: &'static str,
+}
+
+const ADD_CHAIN: ChainOp = ChainOp {
+    kind: NFT_MSG_NEWCHAIN,
+    flags: NLM_F_CREATE,
+    table_attr: NFTA_CHAIN_TABLE,
+    chain_attr: NFTA_CHAIN_NAME,
+    verb: "add chain",
+};
+/// `nft flush chain`: deleting rules by chain alone removes them all.
+const FLUSH_CHAIN: ChainOp = ChainOp {
+    kind: NFT_MSG_DELRULE,
+    flags: 0,
+    table_attr: NFTA_RULE_TABLE,
+    chain_attr: NFTA_RULE_CHAIN,
+    verb: "flush chain",
+};
+const DELETE_CHAIN: ChainOp = ChainOp {
+    kind: NFT_MSG_DELCHAIN,
+    flags: 0,
+    table_attr: NFTA_CHAIN_TABLE,
+    chain_attr: NFTA_CHAIN_NAME,
+    verb: "delete chain",
+};
+
 impl Batch {
     pub fn new() -> Batch {
         Batch::default()
@@ -115,53 +148,40 @@ impl Batch {
         }
         w.str(NFTA_CHAIN_TYPE, base.chain_type.name());
         self.push(
-            NFT_MSG_NEWCHAIN,
-            NLM_F_CREATE,
+            ADD_CHAIN.kind,
+            ADD_CHAIN.flags,
             family,
             w,
-            format!("add chain {family} {table} {chain}"),
+            format!("{} {family} {table} {chain}", ADD_CHAIN.verb),
         );
         self
     }
 
     /// Adds a regular chain (target of jump/goto) unless it exists.
     pub fn add_chain(&mut self, family: Family, table: &str, chain: &str) -> &mut Batch {
-        let mut w = AttrWriter::new();
-        w.str(NFTA_CHAIN_TABLE, table).str(NFTA_CHAIN_NAME, chain);
-        self.push(
-            NFT_MSG_NEWCHAIN,
-            NLM_F_CREATE,
-            family,
-            w,
-            format!("add chain {family} {table} {chain}"),
-        );
-        self
+        self.chain_op(&ADD_CHAIN, family, table, chain)
     }
 
     /// Removes every rule of the chain (`nft flush chain`); ENOENT when the chain is missing.
     pub fn flush_chain(&mut self, family: Family, table: &str, chain: &str) -> &mut Batch {
-        let mut w = AttrWriter::new();
-        w.str(NFTA_RULE_TABLE, table).str(NFTA_RULE_CHAIN, chain);
-        self.push(
-            NFT_MSG_DELRULE,
-            0,
-            family,
-            w,
-            format!("flush chain {family} {table} {chain}"),
-        );
-        self
+        self.chain_op(&FLUSH_CHAIN, family, table, chain)
     }
 
     /// Deletes an empty, unreferenced chain (ENOENT when missing, EBUSY when still used).
     pub fn delete_chain(&mut self, family: Family, table: &str, chain: &str) -> &mut Batch {
+        self.chain_op(&DELETE_CHAIN, family, table, chain)
+    }
+
+    /// A message that names one chain and carries nothing else.
+    fn chain_op(&mut self, op: &ChainOp, family: Family, table: &str, chain: &str) -> &mut Batch {
         let mut w = AttrWriter::new();
-        w.str(NFTA_CHAIN_TABLE, table).str(NFTA_CHAIN_NAME, chain);
+        w.str(op.table_attr, table).str(op.chain_attr, chain);
         self.push(
-            NFT_MSG_DELCHAIN,
-            0,
+            op.kind,
+            op.flags,
             family,
             w,
-            format!("delete chain {family} {table} {chain}"),
+            format!("{} {family} {table} {chain}", op.verb),
         );
         self
     }

@@ -7,6 +7,8 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
 use twill_kernel::nl::{self, Reply};
 
 use super::attr::{self, Attr, AttrWriter};
@@ -212,7 +214,7 @@ impl Nft {
             // A transaction must go in one datagram, which the default socket send buffer
             // (wmem_default, ~208 KiB) caps. Root can raise it past wmem_max; if that fails the
             // kernel's EMSGSIZE below explains it.
-            set_buffer(socket.inner(), libc::SO_SNDBUFFORCE, buf.len() * 2);
+            set_buffer(socket.inner(), buf.len() * 2);
         }
         if batch.messages.iter().any(|m| m.deletes()) {
             self.deleted.set(true);
@@ -452,44 +454,14 @@ impl Nft {
     }
 }
 
-fn set_buffer(socket: &Socket, option: libc::c_int, size: usize) {
-    use std::os::fd::AsRawFd;
-    let size = size.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: setsockopt on a socket we own with an int-sized option value.
-    unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            option,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+fn set_buffer(socket: &Socket, size: usize) {
+    let _ = setsockopt(socket, sockopt::SndBufForce, &size.min(i32::MAX as usize));
 }
 
 fn set_recv_timeout(socket: &Socket, timeout: Duration) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt on a socket we own with a properly sized timeval.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(Error::io(
-            "nftables: set receive timeout",
-            io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    let tv = TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
+    setsockopt(socket, sockopt::ReceiveTimeout, &tv)
+        .map_err(|e| Error::io("nftables: set receive timeout", e.into()))
 }
 
 /// Opens a socket in the current namespace and commits `batch` (one transaction).

@@ -1,0 +1,105 @@
+//! The `macvlan` CNI plugin: a macvlan on a master device (the node's default-route device unless
+//! `master` is set; a device of the pod itself with `linkInContainer`), created directly inside the pod,
+//! in `bridge` (default), `private`, `vepa` or `passthru` mode; IPAM's addresses and routes on it, or only
+//! up without IPAM.
+//!
+//! - ADD: the device first, then IPAM, each undone on failure (the device is deleted, IPAM released).
+//! - DEL: IPAM DEL, then the device in the pod; succeeds without the netns. No state on the node, so
+//!   GC has nothing to collect but IPAM's.
+
+mod add;
+pub mod check;
+pub mod config;
+pub mod iface;
+
+use config::MacvlanConf;
+use std::path::Path;
+use twill_cni::env::Command;
+use twill_cni::lock::AttachmentLock;
+use twill_cni::{CniResult, Error, Plugin, Request, Result};
+use twill_ipam::provider as ipam;
+use twill_kernel::{Handle, NetNs};
+
+#[derive(Debug, Default)]
+pub struct Macvlan;
+
+/// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
+fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
+    AttachmentLock::acquire(
+        req.config.name.as_str(),
+        req.container_id()?.as_str(),
+        req.ifname()?.as_str(),
+    )
+}
+
+/// A socket in the pod's namespace, or `None` when there is nothing to delete there: no netns given, the
+/// path is gone, or it no longer is a namespace.
+fn pod_socket(netns: Option<&Path>) -> Result<Option<Handle>> {
+    let Some(path) = netns else {
+        return Ok(None);
+    };
+    let pod = match NetNs::open(path) {
+        Ok(ns) => ns,
+        Err(e) if e.is_not_found() || e.io().kind() == std::io::ErrorKind::InvalidInput => {
+            return Ok(None)
+        }
+        Err(e) => {
+            return Err(Error::failed(format!(
+                "failed to open netns {:?}: {e}",
+                path.display()
+            )))
+        }
+    };
+    Handle::in_netns(&pod)
+        .map(Some)
+        .map_err(|e| Error::failed(format!("netlink socket in the pod namespace: {e}")))
+}
+
+impl Plugin for Macvlan {
+    fn enters_netns(&self, command: Command) -> bool {
+        matches!(command, Command::Add | Command::Check)
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult> {
+        let _lock = lock_attachment(req)?;
+        add::add(req)
+    }
+
+    /// As the reference: IPAM first (its error wins), then the device; nothing of the config but
+    /// `ipam` is needed, so a master that is gone does not block DEL.
+    fn del(&self, req: &Request) -> Result<()> {
+        let _lock = lock_attachment(req)?;
+        let ifname = req.ifname()?.as_str();
+        if let Some(t) = req.config.ipam_type() {
+            ipam::run(t, Command::Del, req)?;
+        }
+        match pod_socket(req.env.netns.as_deref())? {
+            Some(h) => match h.delete_link_by_name(ifname) {
+                Err(e) if !e.is_not_found() => {
+                    Err(Error::failed(format!("failed to delete {ifname:?}: {e}")))
+                }
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        }
+    }
+
+    fn check(&self, req: &Request) -> Result<()> {
+        check::check(req)
+    }
+
+    fn status(&self, req: &Request) -> Result<()> {
+        match req.config.ipam_type() {
+            Some(t) => ipam::run(t, Command::Status, req),
+            None => Ok(()),
+        }
+    }
+
+    fn gc(&self, req: &Request) -> Result<()> {
+        let _ = MacvlanConf::load(req)?;
+        match req.config.ipam_type() {
+            Some(t) => ipam::run(t, Command::Gc, req),
+            None => Ok(()),
+        }
+    }
+}
