@@ -46,11 +46,6 @@ impl Backoff {
 /// A fatal start-up error (exit non-zero).
 pub type Fatal = crate::error::Error;
 
-/// An info line for callers that have not chosen a level; new lines use the `tracing` macros directly.
-pub fn log(msg: impl std::fmt::Display) {
-    tracing::info!("{msg}");
-}
-
 /// What every backend's start-up shares once the network config is known.
 pub(crate) struct Start {
     pub opts: Options,

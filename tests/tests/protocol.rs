@@ -64,6 +64,9 @@ const PLUGINS: &[Plugin] = &[
     },
     Plugin {
         name: "sbr",
+        opens_netns: true,
+    },
+    Plugin {
         name: "macvlan",
         opens_netns: true,
     },

@@ -3,13 +3,8 @@
 //! settled, routes.
 
 use crate::pod_worker::PodWorker;
-use std::net::IpAddr;
-use std::time::{Duration, Instant};
-use twill_cni::{CniResult, Context, Error, Result};
+use twill_cni::{CniResult, Context, Result};
 use twill_kernel::{sysctl, AddressOptions, Handle};
-
-/// How long to wait for IPv6 duplicate address detection when `enabledad` is on (the reference: 10 s).
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// DAD and ARP-notify sysctls of the container interface, queued on the pod thread; they need only the
 /// interface, so ADD sets them while it attaches the host port and IPAM is still running. Wait on the
@@ -72,8 +67,6 @@ pub fn configure(
     if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
         enable_ipv6(pod, ifname)?;
     }
-    let mut v4gw = None;
-    let mut v6gw = None;
     for ip in &result.ips {
         // Without DAD the address would be usable at once anyway; IFA_F_NODAD just skips the tentative
         // phase so nothing has to wait for it.
@@ -83,45 +76,14 @@ pub fn configure(
         };
         h.add_address_with(index, ip.address, opts)
             .with_context(|| format!("failed to add IP addr {} to {ifname:?}", ip.address))?;
-        match ip.gateway {
-            Some(g @ IpAddr::V4(_)) if v4gw.is_none() => v4gw = Some(g),
-            Some(g @ IpAddr::V6(_)) if v6gw.is_none() => v6gw = Some(g),
-            _ => {}
-        }
     }
+    let (v4gw, v6gw) = twill_veth::routes::gateways(&result.ips);
     h.set_link_up(index)
         .with_context(|| format!("failed to set {ifname:?} up"))?;
     if v6gw.is_some() && enable_dad {
-        settle(h, ifname, index)?;
+        twill_veth::pod::settle_ipv6(h, ifname, index)?;
     }
     twill_veth::routes::add(h, ifname, index, &result.routes, v4gw, v6gw)
-}
-
-/// Wait until no IPv6 address of the interface is tentative (DAD finished); a failed DAD is an error.
-fn settle(h: &Handle, ifname: &str, index: u32) -> Result<()> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(1);
-    loop {
-        let addrs = h
-            .addresses(Some(index), Some(twill_kernel::Family::V6))
-            .with_context(|| format!("list addresses of {ifname:?}"))?;
-        if let Some(bad) = addrs.iter().find(|a| a.dadfailed) {
-            return Err(Error::failed(format!(
-                "duplicate address detection failed for {} on {ifname:?}",
-                bad.net
-            )));
-        }
-        if !addrs.iter().any(|a| a.tentative) {
-            return Ok(());
-        }
-        if start.elapsed() > SETTLE_TIMEOUT {
-            return Err(Error::failed(format!(
-                "addresses of {ifname:?} still tentative after {SETTLE_TIMEOUT:?}"
-            )));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
 }
 
 /// L2-only mode: just bring the container end up.

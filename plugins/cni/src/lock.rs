@@ -53,19 +53,31 @@ impl FileLock {
             .custom_flags(libc::O_NOFOLLOW)
             .open(path)
             .map_err(|e| Error::failed(format!("open lock {}: {e}", path.display())))?;
+        let lock = FileLock::lock(file, path)?;
+        // Inherited across exec by the helpers we run: see the module comment.
+        let _ = fcntl(&lock.file, FcntlArg::F_SETFD(FdFlag::empty()));
+        Ok(lock)
+    }
+
+    /// Blocks until the existing file `path` (never created: e.g. a network namespace's bind mount, which
+    /// the reference plugins lock too) is locked by us. Not inherited by helpers.
+    pub fn existing(path: &Path) -> Result<FileLock> {
+        let file = File::open(path)
+            .map_err(|e| Error::failed(format!("failed to open {:?}: {e}", path.display())))?;
+        FileLock::lock(file, path)
+    }
+
+    fn lock(file: File, path: &Path) -> Result<FileLock> {
         loop {
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                break;
+                return Ok(FileLock { file });
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != ErrorKind::Interrupted {
                 return Err(Error::failed(format!("lock {}: {e}", path.display())));
             }
         }
-        // Inherited across exec by the helpers we run: see the module comment.
-        let _ = fcntl(&file, FcntlArg::F_SETFD(FdFlag::empty()));
-        Ok(FileLock { file })
     }
 
     pub fn raw_fd(&self) -> RawFd {

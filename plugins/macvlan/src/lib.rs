@@ -13,12 +13,10 @@ pub mod config;
 pub mod iface;
 
 use config::MacvlanConf;
-use std::path::Path;
 use twill_cni::env::Command;
 use twill_cni::lock::AttachmentLock;
 use twill_cni::{CniResult, Error, Plugin, Request, Result};
 use twill_ipam::provider as ipam;
-use twill_kernel::{Handle, NetNs};
 
 #[derive(Debug, Default)]
 pub struct Macvlan;
@@ -30,29 +28,6 @@ fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
         req.container_id()?.as_str(),
         req.ifname()?.as_str(),
     )
-}
-
-/// A socket in the pod's namespace, or `None` when there is nothing to delete there: no netns given, the
-/// path is gone, or it no longer is a namespace.
-fn pod_socket(netns: Option<&Path>) -> Result<Option<Handle>> {
-    let Some(path) = netns else {
-        return Ok(None);
-    };
-    let pod = match NetNs::open(path) {
-        Ok(ns) => ns,
-        Err(e) if e.is_not_found() || e.io().kind() == std::io::ErrorKind::InvalidInput => {
-            return Ok(None)
-        }
-        Err(e) => {
-            return Err(Error::failed(format!(
-                "failed to open netns {:?}: {e}",
-                path.display()
-            )))
-        }
-    };
-    Handle::in_netns(&pod)
-        .map(Some)
-        .map_err(|e| Error::failed(format!("netlink socket in the pod namespace: {e}")))
 }
 
 impl Plugin for Macvlan {
@@ -73,7 +48,7 @@ impl Plugin for Macvlan {
         if let Some(t) = req.config.ipam_type() {
             ipam::run(t, Command::Del, req)?;
         }
-        match pod_socket(req.env.netns.as_deref())? {
+        match twill_veth::pod::socket_for_del(req.env.netns.as_deref())? {
             Some(h) => match h.delete_link_by_name(ifname) {
                 Err(e) if !e.is_not_found() => {
                     Err(Error::failed(format!("failed to delete {ifname:?}: {e}")))

@@ -51,8 +51,6 @@ pub fn configure(
     if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
         enable_ipv6(pod, ifname)?;
     }
-    let mut v4gw = None;
-    let mut v6gw = None;
     for ip in &result.ips {
         // The only other end of this link is the host's veth, so duplicate address detection can find
         // nothing; skipping it makes the address usable at once instead of after the reference's settle wait.
@@ -62,12 +60,8 @@ pub fn configure(
         };
         h.add_address_with(index, ip.address, opts)
             .with_context(|| format!("failed to add IP addr {} to {ifname:?}", ip.address))?;
-        match ip.gateway {
-            Some(g @ IpAddr::V4(_)) if v4gw.is_none() => v4gw = Some(g),
-            Some(g @ IpAddr::V6(_)) if v6gw.is_none() => v6gw = Some(g),
-            _ => {}
-        }
     }
+    let (v4gw, v6gw) = twill_veth::routes::gateways(&result.ips);
     h.set_link_up(index)
         .with_context(|| format!("failed to set {ifname:?} UP"))?;
     twill_veth::routes::add(h, ifname, index, &result.routes, v4gw, v6gw)?;

@@ -12,9 +12,7 @@ mod add;
 pub mod config;
 
 use config::SbrConf;
-use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, IpConfig, Plugin, Request, Result};
@@ -22,24 +20,6 @@ use twill_kernel::{Handle, NetNs, Route, RouteFilter};
 
 #[derive(Debug, Default)]
 pub struct Sbr;
-
-/// An exclusive `flock` on the namespace file, released when dropped (the reference locks the same file).
-struct NetnsLock(#[allow(dead_code)] File);
-
-fn lock_netns(path: &Path) -> Result<NetnsLock> {
-    let file = File::open(path)
-        .map_err(|e| Error::failed(format!("failed to open netns {:?}: {e}", path.display())))?;
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(NetnsLock(file));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(Error::failed(format!("lock {}: {e}", path.display())));
-        }
-    }
-}
 
 /// The addresses of the previous result that belong to `ifname`: those naming its interface, and those
 /// naming none (or an index out of range), as the reference reads them.
@@ -83,7 +63,8 @@ impl Plugin for Sbr {
         let ifname = req.ifname()?.as_str();
         let ips = addresses_of(&prev, ifname)?;
         let netns = req.netns()?;
-        let _lock = lock_netns(netns)?;
+        // The reference locks the namespace file too, so ours and theirs never interleave in one pod.
+        let _lock = twill_cni::lock::FileLock::existing(netns)?;
         let h = pod_handle(netns)?;
         match conf.table {
             Some(table) => add::rules_only(&h, &ips, table)?,
@@ -107,7 +88,7 @@ impl Plugin for Sbr {
         let Ok(pod) = NetNs::open(netns) else {
             return Ok(());
         };
-        let _lock = lock_netns(netns).ok();
+        let _lock = twill_cni::lock::FileLock::existing(netns).ok();
         // A path that is not a namespace (any more) holds no rules of ours.
         let Ok(h) = Handle::in_netns(&pod) else {
             return Ok(());

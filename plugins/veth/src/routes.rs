@@ -2,8 +2,19 @@
 
 use std::net::IpAddr;
 
-use twill_cni::{Error, Result, Route as CniRoute};
+use twill_cni::{Error, IpConfig, Result, Route as CniRoute};
 use twill_kernel::{Handle, Route, RouteScope};
+
+/// The first gateway of each family among a result's addresses (`v4gw`, `v6gw`): where [`add`] sends a
+/// route that names none, as the reference's `ConfigureIface`.
+pub fn gateways(ips: &[IpConfig]) -> (Option<IpAddr>, Option<IpAddr>) {
+    let first = |v4: bool| {
+        ips.iter()
+            .filter_map(|ip| ip.gateway)
+            .find(|g| g.is_ipv4() == v4)
+    };
+    (first(true), first(false))
+}
 
 /// Installs `routes` on device `index` (`ifname`) of the pod; a route without a gateway goes via the
 /// first gateway of its family (`v4gw`, `v6gw`), as the reference's `ConfigureIface`.
