@@ -634,12 +634,9 @@ fn assert_all_reach_dual(pods: &[DualPod], logs: impl Fn() -> String) {
     }
 }
 
-#[test]
-fn dual_stack_podcidrs_give_dual_stack_pods_with_flanneld_v6_annotations() {
-    // The manifest's net-conf with IPv6 on, as a dual-stack cluster's operator sets it.
-    let switch = Switch::new();
-    let c = Cluster::start(&switch, Options::dual_stack());
-    let nodes: Vec<Node> = (1..=2).map(|i| switch.add_node(i)).collect();
+/// Nodes with an IPv6 underlay address (`underlay_ip6`) on `eth0` next to the IPv4 one, forwarding IPv6.
+fn dual_stack_nodes(switch: &Switch, count: u8) -> Vec<Node> {
+    let nodes: Vec<Node> = (1..=count).map(|i| switch.add_node(i)).collect();
     for n in &nodes {
         n.ns.ip(&[
             "addr",
@@ -651,6 +648,15 @@ fn dual_stack_podcidrs_give_dual_stack_pods_with_flanneld_v6_annotations() {
         ]);
         n.ns.exec_ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
     }
+    nodes
+}
+
+#[test]
+fn dual_stack_podcidrs_give_dual_stack_pods_with_flanneld_v6_annotations() {
+    // The manifest's net-conf with IPv6 on, as a dual-stack cluster's operator sets it.
+    let switch = Switch::new();
+    let c = Cluster::start(&switch, Options::dual_stack());
+    let nodes = dual_stack_nodes(&switch, 2);
     let cidrs: Vec<Vec<String>> = nodes.iter().map(|n| c.cp.join(n)).collect();
     assert!(cidrs.iter().all(|c| c.len() == 2), "{cidrs:?}");
     let conf = c.net_conf_file("net-conf-dual.json", |v| {
@@ -720,4 +726,75 @@ fn dual_stack_podcidrs_on_an_ipv4_network_give_the_overlay_its_ipv4_half() {
         .map(|(i, s)| s.add_pod(&format!("dpod{i}")))
         .collect();
     assert_all_reach(&[&pods[0], &pods[1]], || logs(&c, &all));
+}
+
+#[test]
+fn dual_stack_flanneld_and_twilld_nodes_are_peers_over_both_families_with_flanneld_bytes() {
+    let switch = Switch::new();
+    let c = Cluster::start(&switch, Options::dual_stack());
+    let dual = |v: &mut Value| {
+        v["EnableIPv6"] = json!(true);
+        v["IPv6Network"] = json!("fd00:10:244::/56");
+        v["EnableNFTables"] = json!(true);
+    };
+    let conf = c.net_conf_file("net-conf-dual-mixed.json", dual);
+    let nodes = dual_stack_nodes(&switch, 2);
+    for n in &nodes {
+        c.cp.join(n);
+        // As a kubelet does; flanneld panics on a Node without any annotation.
+        c.cp.kubectl_ok(&[
+            "annotate",
+            "node",
+            &n.name(),
+            "volumes.kubernetes.io/controller-managed-attach-detach=true",
+        ]);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    let mut fl = flanneld::start_kube(&nodes[0], &c.kubeconfig(&nodes[0]), &conf);
+    let twilld_args = [format!("--net-config-path={}", conf.display())];
+    let _t2 = c.start_twilld_with(&nodes[1], &twilld_args);
+    let flanneld_log = || {
+        format!(
+            "{}\n--- flanneld ---\n{}",
+            logs(&c, &all),
+            std::fs::read_to_string(flanneld::log_file(&nodes[0])).unwrap_or_default()
+        )
+    };
+    for n in &nodes {
+        assert!(
+            wait_until(READY, || n.subnet().is_some()),
+            "{} wrote no subnet.env\n{}",
+            n.name(),
+            flanneld_log()
+        );
+    }
+    let flanneld_annotations = c.annotations("node1");
+    assert!(
+        flanneld_annotations.contains_key(&format!("{PREFIX}backend-v6-data")),
+        "{flanneld_annotations:?}"
+    );
+    assert_eq!(
+        flanneld_annotations.keys().collect::<Vec<_>>(),
+        c.annotations("node2").keys().collect::<Vec<_>>(),
+        "flanneld and twilld publish different annotations"
+    );
+    let sites: Vec<CniSite> = nodes.iter().map(|n| CniSite::new(n, &c.conflist)).collect();
+    let pods: Vec<DualPod> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.add_dual_pod(&format!("mdpod{i}")))
+        .collect();
+    assert_all_reach_dual(&pods, flanneld_log);
+
+    // twilld takes over node1: it keeps both devices' MACs, so it publishes flanneld's bytes exactly.
+    fl.terminate();
+    let _t1 = c.start_twilld_with(&nodes[0], &twilld_args);
+    assert!(
+        wait_until(READY, || curl(&nodes[0], "/readyz").0 == "200"),
+        "{:?}\n{}",
+        curl(&nodes[0], "/readyz"),
+        logs(&c, &all)
+    );
+    assert_eq!(c.annotations("node1"), flanneld_annotations);
+    assert_all_reach_dual(&pods, || logs(&c, &all));
 }
