@@ -28,6 +28,7 @@ pub mod handle;
 pub mod ifb;
 pub mod link;
 pub mod link_change;
+pub mod link_move;
 pub mod mac;
 pub mod macvlan;
 pub mod names;
@@ -49,6 +50,7 @@ pub use ifb::Ifb;
 pub use link::{
     BridgePort, BridgePortFlags, BridgeSpec, Link, LinkChange, OperState, VethOptions, VethSpec,
 };
+pub use link_move::{LinkDetails, LinkRename};
 pub use mac::MacAddr;
 pub use macvlan::{MacvlanInfo, MacvlanMode, MacvlanSpec};
 pub use names::random_veth_name;

@@ -2,7 +2,6 @@
 //! the node), then IPAM runs; every step registers its undo and a failure rolls back in reverse.
 
 use crate::config::{MacvlanConf, Resolved};
-use crate::iface;
 use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, Interface, Request, Result, Undo};
 use twill_ipam::provider as ipam;
@@ -78,7 +77,7 @@ pub fn add(req: &Request) -> Result<CniResult> {
                 let _ = sysctl::write_in(&pod, &format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
             }
             let _ = sysctl::write_in(&pod, &format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
-            iface::configure(&pod, &pod_h, ifname, link.index, &result)?;
+            twill_veth::iface::configure(&pod, &pod_h, ifname, link.index, &result)?;
         }
         None => pod_h
             .set_link_up(link.index)

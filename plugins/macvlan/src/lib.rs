@@ -10,7 +10,6 @@
 mod add;
 pub mod check;
 pub mod config;
-pub mod iface;
 
 use config::MacvlanConf;
 use twill_cni::env::Command;

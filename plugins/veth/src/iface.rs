@@ -1,5 +1,6 @@
-//! The container interface's addresses and routes (the reference's `ConfigureIface`): IPv6 enabled
-//! where needed, addresses, up, IPv6 addresses settled, routes with the family's gateway by default.
+//! A pod interface's addresses and routes from a CNI result (the reference's `ConfigureIface`), for the
+//! plugins that put one device into the pod (macvlan, host-device, tap): IPv6 enabled where needed,
+//! addresses, up, IPv6 addresses settled, routes with the family's gateway by default.
 
 use twill_cni::{CniResult, Context, Result};
 use twill_kernel::{sysctl, Handle, NetNs};
@@ -37,11 +38,11 @@ pub fn configure(
         h.add_address(index, ip.address)
             .with_context(|| format!("failed to add IP addr {} to {ifname:?}", ip.address))?;
     }
-    let (v4gw, v6gw) = twill_veth::routes::gateways(&result.ips);
+    let (v4gw, v6gw) = crate::routes::gateways(&result.ips);
     h.set_link_up(index)
         .with_context(|| format!("failed to set {ifname:?} UP"))?;
     if v6gw.is_some() {
-        twill_veth::pod::settle_ipv6(h, ifname, index)?;
+        crate::pod::settle_ipv6(h, ifname, index)?;
     }
-    twill_veth::routes::add(h, ifname, index, &result.routes, v4gw, v6gw)
+    crate::routes::add(h, ifname, index, &result.routes, v4gw, v6gw)
 }
