@@ -1,0 +1,101 @@
+//! The `host-device` CNI plugin: one of the node's devices (chosen by `device` name, `hwaddr`,
+//! `kernelpath`, `pciBusID` or runtimeConfig `deviceID`) moved into the pod as `CNI_IFNAME`, with its
+//! node-side name kept in its alias; optionally IPAM's addresses and routes on it, or the node
+//! device's own (`useInterfaceNetwork`).
+//!
+//! - ADD: the move, then IPAM, each undone on failure (the device returns to the node).
+//! - DEL: IPAM DEL, then the device back to the node under its name, down (its earlier state is not
+//!   known). Succeeds when the netns or the interface is gone (a physical device returns to the
+//!   node's initial namespace by itself when its pod namespace is destroyed; a virtual one is
+//!   destroyed with it). No state on the node, so GC has nothing to collect but IPAM's.
+
+mod add;
+pub mod attach;
+pub mod check;
+pub mod config;
+pub mod locate;
+pub mod netstate;
+
+use config::HostDeviceConf;
+use twill_cni::env::Command;
+use twill_cni::lock::AttachmentLock;
+use twill_cni::{CniResult, Context, Error, Plugin, Request, Result};
+use twill_ipam::provider as ipam;
+use twill_kernel::{Handle, NetNs};
+
+#[derive(Debug, Default)]
+pub struct HostDevice;
+
+/// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
+fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
+    AttachmentLock::acquire(
+        req.config.name.as_str(),
+        req.container_id()?.as_str(),
+        req.ifname()?.as_str(),
+    )
+}
+
+/// The pod's namespace for DEL, `None` when it is gone (or was never given): nothing to return.
+fn pod_for_del(req: &Request) -> Result<Option<NetNs>> {
+    let Some(path) = req.env.netns.as_deref() else {
+        return Ok(None);
+    };
+    match NetNs::open(path) {
+        Ok(ns) => Ok(Some(ns)),
+        Err(e) if e.is_not_found() || e.io().kind() == std::io::ErrorKind::InvalidInput => Ok(None),
+        Err(e) => Err(Error::failed(format!(
+            "failed to open netns {:?}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+impl Plugin for HostDevice {
+    fn enters_netns(&self, command: Command) -> bool {
+        matches!(command, Command::Add | Command::Check)
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult> {
+        let _lock = lock_attachment(req)?;
+        add::add(req)
+    }
+
+    /// As the reference: the config is validated, IPAM released (its error wins), then the device
+    /// returned.
+    fn del(&self, req: &Request) -> Result<()> {
+        let conf = HostDeviceConf::load(req)?;
+        let _lock = lock_attachment(req)?;
+        let ifname = req.ifname()?.as_str();
+        if let Some(t) = conf.ipam_type.as_deref() {
+            ipam::run(t, Command::Del, req)?;
+        }
+        if conf.dpdk {
+            return Ok(());
+        }
+        let Some(pod) = pod_for_del(req)? else {
+            return Ok(());
+        };
+        let pod_h = Handle::in_netns(&pod).context("netlink socket in the pod namespace")?;
+        let node = NetNs::current().context("failed to open the host namespace")?;
+        attach::move_out(&pod, &pod_h, &node, ifname).map(|_| ())
+    }
+
+    fn check(&self, req: &Request) -> Result<()> {
+        check::check(req)
+    }
+
+    fn status(&self, req: &Request) -> Result<()> {
+        match req.config.ipam_type() {
+            Some(t) => ipam::run(t, Command::Status, req),
+            None => Ok(()),
+        }
+    }
+
+    fn gc(&self, req: &Request) -> Result<()> {
+        let _ = HostDeviceConf::load(req)?;
+        match req.config.ipam_type() {
+            Some(t) => ipam::run(t, Command::Gc, req),
+            None => Ok(()),
+        }
+    }
+}
