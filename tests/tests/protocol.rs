@@ -70,6 +70,10 @@ const PLUGINS: &[Plugin] = &[
         name: "macvlan",
         opens_netns: true,
     },
+    Plugin {
+        name: "host-device",
+        opens_netns: true,
+    },
 ];
 
 /// What a row expects.
@@ -237,6 +241,10 @@ fn minimal_config(plugin: &str, scratch: &Path) -> Value {
         "macvlan" => {
             // The test node has only `lo`: enough for the config to pass validation.
             conf["master"] = json!("lo");
+        }
+        "host-device" => {
+            // Valid for the config check; every row fails before a device would move.
+            conf["device"] = json!("lo");
         }
         "static" => {
             conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.250.0.2/24"}]});
@@ -523,6 +531,7 @@ fn about_line_names_the_version_and_commit_and_version_keeps_to_the_spec() {
         "static",
         "sbr",
         "macvlan",
+        "host-device",
     ] {
         let about = Invocation::new(bin(plugin), "ADD").command(None).run();
         assert!(about.success(), "{plugin}: {}", about.describe());

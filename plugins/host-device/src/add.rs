@@ -52,8 +52,23 @@ pub fn add(req: &Request) -> Result<CniResult> {
         let moved = attach::move_in(&node, &pod, &h, &dev, ifname)?;
         let node_ns = NetNs::current().context("failed to open the host namespace")?;
         undo.push(format!("return {ifname} to the node"), {
-            let (pod, h) = (&pod, h.clone());
-            move || attach::move_out(pod, &h, &node_ns, ifname).map(|_| ())
+            let (pod, h, node) = (&pod, h.clone(), node.clone());
+            let was_up = dev.link.up;
+            move || {
+                // Unlike DEL, the device's earlier state is known here: it goes back as it was.
+                if let attach::MoveOut::Returned(name) =
+                    attach::move_out(pod, &h, &node_ns, ifname)?
+                {
+                    if was_up {
+                        let back = node
+                            .link_by_name(&name)
+                            .context("failed to find the returned device")?;
+                        node.set_link_up(back.index)
+                            .context("failed to set the returned device up")?;
+                    }
+                }
+                Ok(())
+            }
         });
         let mac = hw_addr_text(&moved.hw_addr);
         result.interfaces[0].mac = Some(mac).filter(|m| !m.is_empty());

@@ -64,9 +64,11 @@ pub fn check(req: &Request) -> Result<()> {
         .routes(RouteFilter::default())
         .context("failed to list routes")?;
     for r in &prev.routes {
-        let found = routes
-            .iter()
-            .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw));
+        let found = routes.iter().any(|k| {
+            k.dst == r.dst
+                && (r.gw.is_none() || k.gateway == r.gw)
+                && !matches!(r.table, Some(t) if k.table != t)
+        });
         if !found {
             return Err(Error::failed(format!(
                 "Failed to match route {} via {:?}",

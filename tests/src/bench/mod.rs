@@ -6,6 +6,7 @@
 pub mod bridge;
 pub mod flannel;
 pub mod floor;
+pub mod host_device;
 pub mod host_local;
 pub mod kindnet;
 pub mod loopback;
@@ -141,6 +142,11 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "macvlan",
             about: "macvlan + host-local ADD and DEL (master from the node's default route) ours vs reference",
             run: macvlan::run,
+        },
+        Scenario {
+            name: "host-device",
+            about: "host-device + host-local ADD and DEL (a node device into the pod and back) ours vs reference",
+            run: host_device::run,
         },
         Scenario {
             name: "kindnet",

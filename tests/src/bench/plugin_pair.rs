@@ -1,4 +1,4 @@
-//! Shared shape of the single-plugin scenarios (`ptp`, `tuning`, `static`, `macvlan`): each side (ours, each
+//! Shared shape of the single-plugin scenarios (`ptp`, `tuning`, `static`, `macvlan`, `host-device`): each side (ours, each
 //! reference build) has a persistent node namespace and runs ADD then DEL of one attachment per round on a
 //! fresh pod (prepared outside the timing); ADD and DEL are timed separately, interleaved across sides.
 //! The report's main rows are ADD, the DEL rows follow, and the notes give both ratios per reference.
