@@ -40,6 +40,7 @@ pub mod route;
 pub mod rule;
 pub mod sysctl;
 pub mod tc;
+pub mod tuntap;
 pub mod vxlan;
 
 pub use address::{Address, AddressOptions, Family};
@@ -58,6 +59,7 @@ pub use neighbour::{FdbEntry, Neighbour};
 pub use netns::NetNs;
 pub use route::{Route, RouteFilter, RouteProtocol, RouteScope, RouteType, TABLE_MAIN};
 pub use rule::Rule;
+pub use tuntap::TapSpec;
 pub use vxlan::{VxlanInfo, VxlanSpec};
 
 /// The IP network type of the API (address with prefix length).
