@@ -74,6 +74,10 @@ const PLUGINS: &[Plugin] = &[
         name: "host-device",
         opens_netns: true,
     },
+    Plugin {
+        name: "tap",
+        opens_netns: true,
+    },
 ];
 
 /// What a row expects.
@@ -532,6 +536,7 @@ fn about_line_names_the_version_and_commit_and_version_keeps_to_the_spec() {
         "sbr",
         "macvlan",
         "host-device",
+        "tap",
     ] {
         let about = Invocation::new(bin(plugin), "ADD").command(None).run();
         assert!(about.success(), "{plugin}: {}", about.describe());

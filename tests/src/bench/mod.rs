@@ -19,6 +19,7 @@ pub mod runtimes;
 pub mod sbr;
 pub mod scale;
 pub mod static_ipam;
+pub mod tap;
 pub mod tuning;
 
 use std::path::{Path, PathBuf};
@@ -147,6 +148,11 @@ pub fn scenarios() -> Vec<Scenario> {
             name: "host-device",
             about: "host-device + host-local ADD and DEL (a node device into the pod and back) ours vs reference",
             run: host_device::run,
+        },
+        Scenario {
+            name: "tap",
+            about: "tap + host-local ADD and DEL (multi-queue, owner and group) ours vs reference",
+            run: tap::run,
         },
         Scenario {
             name: "kindnet",

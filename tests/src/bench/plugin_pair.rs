@@ -1,6 +1,6 @@
-//! Shared shape of the single-plugin scenarios (`ptp`, `tuning`, `static`, `macvlan`, `host-device`): each side (ours, each
-//! reference build) has a persistent node namespace and runs ADD then DEL of one attachment per round on a
-//! fresh pod (prepared outside the timing); ADD and DEL are timed separately, interleaved across sides.
+//! Shared shape of the single-plugin scenarios (`ptp`, `tuning`, `static`, `macvlan`, `host-device`,
+//! `tap`): each side (ours, each reference build that has the plugin) has a persistent node namespace
+//! and runs ADD then DEL of one attachment per round on a fresh pod (prepared outside the timing); ADD and DEL are timed separately, interleaved across sides.
 //! The report's main rows are ADD, the DEL rows follow, and the notes give both ratios per reference.
 
 use std::path::{Path, PathBuf};
@@ -82,7 +82,16 @@ impl Side {
 pub fn run(options: &Options, spec: &Spec) -> Report {
     let mut labels = vec!["twill".to_string()];
     let mut dirs = vec![options.ours.clone()];
+    let mut notes = Vec::new();
     for reference in &options.references {
+        // Older builds lack some plugins (Debian's 1.1.1 has no tap).
+        if !reference.dir.join(spec.plugin).is_file() {
+            notes.push(format!(
+                "{} has no {}: not compared",
+                reference.label, spec.plugin
+            ));
+            continue;
+        }
         labels.push(reference.label.clone());
         dirs.push(reference.dir.clone());
     }
@@ -120,7 +129,6 @@ pub fn run(options: &Options, spec: &Spec) -> Report {
         .collect();
     let exec = series(options, exec_floor);
     let del_floor = spec.del_floor.map(|(label, f)| (label, f(options)));
-    let mut notes = Vec::new();
     for r in 1..sides.len() {
         notes.push(format!(
             "vs {}: ADD {:.2}, DEL {:.2} (target <= {:.2}); above the exec floor: ADD {:.2}, DEL {:.2}",
