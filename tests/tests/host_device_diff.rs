@@ -74,18 +74,20 @@ fn conf(node: &Node, extra: &Value) -> Value {
     c
 }
 
-/// Every link of `ns`: name, MAC, MTU, alias and flags.
+/// Every link of `ns`: name, MAC, MTU, alias and flags; without the carrier flags, which the kernel
+/// updates asynchronously (linkwatch) after a peer goes down or moves.
 fn link_state(ns: &Netns) -> Vec<Value> {
     links(ns, &[])
         .iter()
         .map(|l| {
-            json!([
-                l["ifname"],
-                l["address"],
-                l["mtu"],
-                l["ifalias"],
-                l["flags"]
-            ])
+            let flags: Vec<Value> = l["flags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| !matches!(f.as_str(), Some("NO-CARRIER" | "LOWER_UP" | "M-DOWN")))
+                .cloned()
+                .collect();
+            json!([l["ifname"], l["address"], l["mtu"], l["ifalias"], flags])
         })
         .collect()
 }

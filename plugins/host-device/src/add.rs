@@ -3,11 +3,15 @@
 //! (`useInterfaceNetwork`), then IPAM's addresses and routes go on it; every step registers its undo
 //! and a failure rolls back in reverse, which returns the device to the node under its name.
 //! A DPDK-bound device has no netdev: nothing moves and IPAM's result is only reported.
+//!
+//! IPAM runs on its own thread from the moment the device is found, while the device moves (a namespace
+//! move waits for the kernel's RCU grace periods); the device's errors still come first.
 
 use crate::attach::{self, hw_addr_text};
 use crate::config::HostDeviceConf;
 use crate::locate;
 use crate::netstate::NetworkState;
+use std::cell::RefCell;
 use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, Interface, Request, Result, Undo};
 use twill_ipam::provider as ipam;
@@ -33,10 +37,10 @@ pub fn add(req: &Request) -> Result<CniResult> {
         }],
         ..Default::default()
     };
-    let mut undo = Undo::new();
-    let mut pod_h = None;
     let mut state = NetworkState::default();
-    if !conf.dpdk {
+    let found = if conf.dpdk {
+        None
+    } else {
         let node = Handle::current().context("netlink socket in the host namespace")?;
         let h = Handle::in_netns(&pod).context("netlink socket in the pod namespace")?;
         let dev = locate::find(&node, &conf.selector).map_err(|e| {
@@ -49,6 +53,35 @@ pub fn add(req: &Request) -> Result<CniResult> {
         if conf.use_interface_network {
             state = NetworkState::capture(&node, &dev)?;
         }
+        Some((node, h, dev))
+    };
+
+    // Declaration order is rollback order in reverse: the device returns to the node first, IPAM is
+    // released last, so its addresses are never handed out again while the device still holds them.
+    let ipam_state = RefCell::new(match conf.ipam_type.as_deref() {
+        Some(t) => Some(ipam::spawn(t, Command::Add, req)?),
+        None => None,
+    });
+    let mut ipam_undo = Undo::new();
+    if let Some(t) = conf.ipam_type.as_deref() {
+        let state = &ipam_state;
+        ipam_undo.push(format!("release IPAM ({t})"), move || {
+            // Still running: its outcome decides whether there is anything to release.
+            let pending = state.borrow_mut().take();
+            let added = match pending {
+                Some(p) => p.wait_result(req).is_ok(),
+                None => true,
+            };
+            if added {
+                ipam::run(t, Command::Del, req)
+            } else {
+                Ok(())
+            }
+        });
+    }
+    let mut undo = Undo::new();
+    let mut pod_h = None;
+    if let Some((node, h, dev)) = found {
         let moved = attach::move_in(&node, &pod, &h, &dev, ifname)?;
         let node_ns = NetNs::current().context("failed to open the host namespace")?;
         undo.push(format!("return {ifname} to the node"), {
@@ -78,15 +111,21 @@ pub fn add(req: &Request) -> Result<CniResult> {
         pod_h = Some((h, moved.link.index));
     }
 
-    let Some(t) = conf.ipam_type.as_deref() else {
+    let pending = ipam_state.borrow_mut().take();
+    let Some(pending) = pending else {
         state.merge_into(&mut result);
         undo.commit();
+        ipam_undo.commit();
         return Ok(result);
     };
-    let ipam_result = ipam::spawn(t, Command::Add, req)?.wait_result(req)?;
-    undo.push(format!("release IPAM ({t})"), move || {
-        ipam::run(t, Command::Del, req)
-    });
+    let ipam_result = match pending.wait_result(req) {
+        Ok(r) => r,
+        Err(e) => {
+            // IPAM failed: nothing of it to release.
+            ipam_undo.commit();
+            return Err(e);
+        }
+    };
     if !conf.use_interface_network && ipam_result.ips.is_empty() {
         return Err(Error::failed("IPAM plugin returned missing IP config"));
     }
@@ -101,5 +140,6 @@ pub fn add(req: &Request) -> Result<CniResult> {
     state.merge_into(&mut result);
     result.dns = conf.dns;
     undo.commit();
+    ipam_undo.commit();
     Ok(result)
 }

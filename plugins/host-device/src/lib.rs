@@ -50,6 +50,16 @@ fn pod_for_del(req: &Request) -> Result<Option<NetNs>> {
     }
 }
 
+/// DEL's move of the pod's `ifname` back to the node; nothing to do without the pod.
+fn return_device(req: &Request, ifname: &str) -> Result<()> {
+    let Some(pod) = pod_for_del(req)? else {
+        return Ok(());
+    };
+    let pod_h = Handle::in_netns(&pod).context("netlink socket in the pod namespace")?;
+    let node = NetNs::current().context("failed to open the host namespace")?;
+    attach::move_out(&pod, &pod_h, &node, ifname).map(|_| ())
+}
+
 impl Plugin for HostDevice {
     fn enters_netns(&self, command: Command) -> bool {
         matches!(command, Command::Add | Command::Check)
@@ -60,24 +70,27 @@ impl Plugin for HostDevice {
         add::add(req)
     }
 
-    /// As the reference: the config is validated, IPAM released (its error wins), then the device
+    /// As the reference: the config is validated, IPAM released (its error wins) and the device
     /// returned.
     fn del(&self, req: &Request) -> Result<()> {
         let conf = HostDeviceConf::load(req)?;
         let _lock = lock_attachment(req)?;
         let ifname = req.ifname()?.as_str();
-        if let Some(t) = conf.ipam_type.as_deref() {
-            ipam::run(t, Command::Del, req)?;
-        }
-        if conf.dpdk {
-            return Ok(());
-        }
-        let Some(pod) = pod_for_del(req)? else {
-            return Ok(());
+        // IPAM is released while the device moves (a namespace move waits for the kernel's RCU grace
+        // periods); its error wins, as in the reference, which releases it first.
+        let pending = match conf.ipam_type.as_deref() {
+            Some(t) => Some(ipam::spawn(t, Command::Del, req)?),
+            None => None,
         };
-        let pod_h = Handle::in_netns(&pod).context("netlink socket in the pod namespace")?;
-        let node = NetNs::current().context("failed to open the host namespace")?;
-        attach::move_out(&pod, &pod_h, &node, ifname).map(|_| ())
+        let returned = if conf.dpdk {
+            Ok(())
+        } else {
+            return_device(req, ifname)
+        };
+        if let Some(p) = pending {
+            p.wait()?;
+        }
+        returned
     }
 
     fn check(&self, req: &Request) -> Result<()> {

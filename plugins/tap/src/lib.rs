@@ -40,23 +40,30 @@ impl Plugin for Tap {
         add::add(req)
     }
 
-    /// As the reference: the config is validated, IPAM released first (its error wins), then the tap.
+    /// The config is validated, then IPAM is released while the tap is deleted (deleting a tap waits for
+    /// the kernel's RCU grace periods); IPAM's error wins, as in the reference, which releases it first.
     fn del(&self, req: &Request) -> Result<()> {
         let conf = TapConf::load(req)?;
         let _lock = lock_attachment(req)?;
         let ifname = req.ifname()?.as_str();
-        if let Some(t) = conf.ipam_type.as_deref() {
-            ipam::run(t, Command::Del, req)?;
-        }
-        match twill_veth::pod::socket_for_del(req.env.netns.as_deref())? {
-            Some(h) => match h.delete_link_by_name(ifname) {
+        let pending = match conf.ipam_type.as_deref() {
+            Some(t) => Some(ipam::spawn(t, Command::Del, req)?),
+            None => None,
+        };
+        let deleted = match twill_veth::pod::socket_for_del(req.env.netns.as_deref()) {
+            Ok(Some(h)) => match h.delete_link_by_name(ifname) {
                 Err(e) if !e.is_not_found() => {
                     Err(Error::failed(format!("failed to delete {ifname:?}: {e}")))
                 }
                 _ => Ok(()),
             },
-            None => Ok(()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        if let Some(p) = pending {
+            p.wait()?;
         }
+        deleted
     }
 
     fn check(&self, req: &Request) -> Result<()> {
