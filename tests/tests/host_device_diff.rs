@@ -440,6 +440,37 @@ fn del_is_idempotent_and_succeeds_without_the_netns() {
 }
 
 #[test]
+fn del_without_the_netns_gives_a_device_the_kernel_returned_its_name_back() {
+    bins::require_root();
+    let node = node();
+    let pod = Netns::new("hdp");
+    let c = conf(&node, &json!({"ipam": null}));
+    let result = node
+        .run(&ours(), "ADD", Some(pod.path()), CID, IFNAME, &c)
+        .assert_success();
+    // What the kernel does with a physical device when its pod's namespace is destroyed (a veth would be
+    // destroyed instead): back to the initial namespace, down, under its pod-side name, alias kept. The
+    // test node stands for the initial namespace.
+    pod.ip(&["link", "set", IFNAME, "down"]);
+    pod.ip(&["link", "set", IFNAME, "netns", &node.ns.path_str()]);
+    let path = pod.path().to_path_buf();
+    drop(pod);
+    let mut d = c.clone();
+    d["prevResult"] = result;
+    node.run(&ours(), "DEL", Some(&path), CID, IFNAME, &d)
+        .assert_success();
+    let hd0 = links(&node.ns, &["dev", DEV]);
+    assert_eq!(
+        hd0.len(),
+        1,
+        "{DEV} not renamed back: {:?}",
+        link_state(&node.ns)
+    );
+    assert!(hd0[0]["ifalias"].is_null(), "alias left: {}", hd0[0]);
+    assert_eq!(hd0[0]["address"], DEV_MAC);
+}
+
+#[test]
 fn failed_add_returns_the_device_to_the_node_as_it_was() {
     bins::require_root();
     let node = node();

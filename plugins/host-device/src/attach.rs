@@ -196,3 +196,28 @@ pub fn move_out(pod_ns: &NetNs, pod_h: &Handle, node_ns: &NetNs, ifname: &str) -
         }
     }
 }
+
+/// DEL after the pod's namespace is gone: the kernel has already returned a physical device to the
+/// initial namespace, down, under its pod-side name (or `dev<N>` when that was taken) and still
+/// carrying its alias. The device ADD reported (by its MAC) gets its node name back. Best effort: a
+/// device that is up (someone uses it) or whose name is taken meanwhile is left as it is.
+pub fn rename_returned(node: &Handle, mac: &str) {
+    let Ok(links) = node.link_details() else {
+        return;
+    };
+    let returned = links.iter().find(|l| {
+        !l.link.up
+            && hw_addr_text(&l.hw_addr).eq_ignore_ascii_case(mac)
+            && l.alias.as_deref().is_some_and(|a| a != l.link.name)
+    });
+    if let Some(dev) = returned {
+        let _ = node.rename_link(
+            dev.link.index,
+            &LinkRename {
+                name: dev.alias.as_deref(),
+                alias: Some(""),
+                up: false,
+            },
+        );
+    }
+}

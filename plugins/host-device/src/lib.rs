@@ -5,9 +5,9 @@
 //!
 //! - ADD: the move, then IPAM, each undone on failure (the device returns to the node).
 //! - DEL: IPAM DEL, then the device back to the node under its name, down (its earlier state is not
-//!   known). Succeeds when the netns or the interface is gone (a physical device returns to the
-//!   node's initial namespace by itself when its pod namespace is destroyed; a virtual one is
-//!   destroyed with it). No state on the node, so GC has nothing to collect but IPAM's.
+//!   known). Succeeds when the netns or the interface is gone: a virtual device is destroyed with its
+//!   pod's namespace, and a physical one returns to the initial namespace by itself, under its
+//!   pod-side name; DEL then gives it back its node name, found by the MAC in prevResult. No state on the node, so GC has nothing to collect but IPAM's.
 
 mod add;
 pub mod attach;
@@ -50,9 +50,26 @@ fn pod_for_del(req: &Request) -> Result<Option<NetNs>> {
     }
 }
 
-/// DEL's move of the pod's `ifname` back to the node; nothing to do without the pod.
+/// The MAC that ADD reported for `ifname` in this sandbox (DEL's prevResult), if any.
+fn reported_mac(req: &Request, ifname: &str) -> Option<String> {
+    let sandbox = req.env.netns.as_deref()?.display().to_string();
+    let prev = req.config.prev_result().ok()??;
+    prev.interfaces
+        .into_iter()
+        .find(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox.as_str()))?
+        .mac
+        .filter(|m| !m.is_empty())
+}
+
+/// DEL's move of the pod's `ifname` back to the node; without the pod, the device the kernel returned
+/// by itself gets its name back.
 fn return_device(req: &Request, ifname: &str) -> Result<()> {
     let Some(pod) = pod_for_del(req)? else {
+        if let Some(mac) = reported_mac(req, ifname) {
+            if let Ok(node) = Handle::current() {
+                attach::rename_returned(&node, &mac);
+            }
+        }
         return Ok(());
     };
     let pod_h = Handle::in_netns(&pod).context("netlink socket in the pod namespace")?;
