@@ -288,7 +288,8 @@ fn same_errors_as_reference_for_every_way_of_naming_the_device() {
         .flatten()
     {
         let name = dev.file_name().to_string_lossy().into_owned();
-        rows.push(json!({"device": null, "pciBusID": name}));
+        rows.push(json!({"device": null, "pciBusID": name.clone()}));
+        rows.push(json!({"device": null, "runtimeConfig": {"deviceID": name}}));
     }
     for extra in rows {
         let s = differential_with(extra.clone(), &[Reference::Current], &|_| {});
