@@ -246,3 +246,23 @@ fn gc_and_status_go_to_ipam() {
     node.run(&ours(), "STATUS", None, "", IFNAME, &c)
         .assert_success();
 }
+
+#[test]
+fn del_fails_and_keeps_the_device_in_the_pod_when_its_node_name_is_taken() {
+    bins::require_root();
+    let node = node();
+    let pod = Netns::new("hdp");
+    let c = conf(&node, &json!({"ipam": null}));
+    node.run(&ours(), "ADD", Some(pod.path()), CID, IFNAME, &c)
+        .assert_success();
+    let in_pod = link_state(&pod);
+    node.ns
+        .ip(&["link", "add", DEV, "type", "veth", "peer", "name", "blk0"]);
+    node.run(&ours(), "DEL", Some(pod.path()), CID, IFNAME, &c)
+        .assert_error(999);
+    assert_eq!(link_state(&pod), in_pod, "the pod's device changed");
+    node.ns.ip(&["link", "del", DEV]);
+    node.run(&ours(), "DEL", Some(pod.path()), CID, IFNAME, &c)
+        .assert_success();
+    assert_eq!(links(&node.ns, &["dev", DEV])[0]["address"], DEV_MAC);
+}
