@@ -322,3 +322,44 @@ fn parallel_adds_and_dels() {
     }
     assert!(node.leases(NET).is_empty());
 }
+
+/// Runs the attach helper inside `pod` as `uid`/`gid` without any capability, as an unprivileged VM
+/// monitor would.
+fn attach_as(pod: &Netns, uid: u32, gid: u32, multi_queue: bool) -> std::process::Output {
+    let helper = bins::bin("twill-tun-attach").display().to_string();
+    let (uid, gid) = (uid.to_string(), gid.to_string());
+    let mut cmd = vec![helper.as_str(), IFNAME, uid.as_str(), gid.as_str()];
+    if multi_queue {
+        cmd.push("multi_queue");
+    }
+    pod.exec(&cmd)
+}
+
+#[test]
+fn the_owner_and_group_attach_without_privileges_and_others_do_not() {
+    bins::require_root();
+    let node = Node::new();
+    for (extra, multi_queue) in [
+        (json!({"owner": 1000, "ipam": null}), false),
+        (
+            json!({"group": 1000, "multiQueue": true, "ipam": null}),
+            true,
+        ),
+        (json!({"owner": 1000, "group": 1000, "ipam": null}), false),
+    ] {
+        let pod = Netns::new("tpp");
+        let c = conf(&node, &extra);
+        node.run(&ours(), "ADD", Some(pod.path()), CID, IFNAME, &c)
+            .assert_success();
+        let allowed = attach_as(&pod, 1000, 1000, multi_queue);
+        assert!(
+            allowed.status.success(),
+            "{extra}: uid/gid 1000 cannot attach: {}",
+            String::from_utf8_lossy(&allowed.stderr)
+        );
+        let denied = attach_as(&pod, 1001, 1001, multi_queue);
+        assert!(!denied.status.success(), "{extra}: uid/gid 1001 attached");
+        node.run(&ours(), "DEL", Some(pod.path()), CID, IFNAME, &c)
+            .assert_success();
+    }
+}
