@@ -2,7 +2,9 @@
 //! config, ours and the reference run on fresh nodes and pods with the same container id, ifname and IPAM
 //! range, and must produce the same result JSON, the same kernel state in the pod (kind, tun type, flags
 //! pi/vnet_hdr/multi_queue/persist, owner, group, MTU, MAC when set, master, addresses, routes), the same
-//! CHECK outcome, and a DEL that leaves nothing. Random MACs are ignored unless set.
+//! CHECK outcome, and a DEL that leaves nothing. Random MACs are ignored unless set. Ours only: the
+//! configured owner or group really attaches without privileges (`twill-tun-attach`), a taken name is never
+//! taken over, rollback, DEL without the netns, parallel attachments.
 //!
 //! Where ours differs on purpose: with both `owner` and `group` the reference ignores `mtu` and `mac` (its
 //! netlink path never applies them); ours applies them. `selinuxContext` cannot succeed here (no SELinux
