@@ -12,13 +12,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use twill_tests::cluster::wait_until;
 use twill_tests::kube::cluster::{ClusterOptions, KubeCluster};
+use twill_tests::pinger::Pinger;
 use twill_tests::runtimes::image::image_tar;
 
 /// A busybox image built here (no registry), serving its pod's name over HTTP on 8080.
 const WEB_IMAGE: &str = "twill.test/busybox:1";
 const WEB_PORT: u16 = 8080;
 
-fn import_web_image(cluster: &KubeCluster, dir: &std::path::Path) {
+fn import_web_image(cluster: &mut KubeCluster, dir: &std::path::Path) {
     let tar = image_tar(dir, "web", WEB_IMAGE, &["/bin/sleep", "infinity"]);
     cluster.import_image(&tar);
 }
@@ -115,7 +116,7 @@ fn pods_of_a_deployment_reach_each_other_across_nodes_through_a_service_and_a_no
     let mut cluster = KubeCluster::start(ClusterOptions::default());
     cluster.deploy_twill();
     let dir = tempfile::tempdir().expect("temp dir");
-    import_web_image(&cluster, dir.path());
+    import_web_image(&mut cluster, dir.path());
 
     // twill's DaemonSet runs on every node, the control-plane node included.
     let twill = cluster.kubectl_ok(&[
@@ -209,4 +210,97 @@ fn pods_of_a_deployment_reach_each_other_across_nodes_through_a_service_and_a_no
         pods.iter().any(|p| got.contains(&p.name))
     });
     assert!(ok, "NodePort {}:{node_port} from node1: {got}", worker.ip());
+}
+
+/// A continuous ping from web pod `from` to web pod `to` (by pod IP), every 100 ms.
+fn pinger(cluster: &KubeCluster, from: &WebPod, to: &WebPod) -> Pinger {
+    let enter = cluster.node(&from.node).pod_command("default", &from.name);
+    let ip = to.ip.parse().expect("pod IP");
+    Pinger::start_in(enter, ip, Duration::from_millis(100))
+}
+
+#[test]
+fn node_leaving_and_joining_and_a_rolling_restart_of_twill_cost_pods_under_a_second() {
+    let mut cluster = KubeCluster::start_with_twill(ClusterOptions::default());
+    let dir = tempfile::tempdir().expect("temp dir");
+    import_web_image(&mut cluster, dir.path());
+    cluster.apply(&web_deployment(2));
+    let pods = ready_web_pods(&cluster, 2);
+    let (a, b) = (&pods[0], &pods[1]);
+    assert_ne!(a.node, b.node, "{pods:?}");
+
+    // A fourth node joins, leaves (drained and deleted) and joins again with the same address and a new
+    // VXLAN device: pods on the other nodes keep talking, and reach a pod on the new node.
+    let ping = pinger(&cluster, a, b);
+    cluster.add_node(4);
+    cluster.wait_twill_ready(Duration::from_secs(120));
+    cluster.wait_nodes_ready(Duration::from_secs(120));
+    cluster.remove_node("node4");
+    cluster.wait_twill_ready(Duration::from_secs(120));
+    cluster.add_node(4);
+    cluster.wait_twill_ready(Duration::from_secs(120));
+    cluster.wait_nodes_ready(Duration::from_secs(120));
+    cluster.kubectl_ok(&["scale", "deployment", "web", "--replicas=3"]);
+    let pods = ready_web_pods(&cluster, 3);
+    let c = pods
+        .iter()
+        .find(|p| p.node == "node4")
+        .unwrap_or_else(|| panic!("no web pod on the new node4: {pods:?}"));
+    let got = get_from_pod(&cluster, &a.name, &c.ip, WEB_PORT);
+    assert!(
+        got.contains(&c.name),
+        "{} cannot reach {c:?} on the re-added node: {got}",
+        a.name
+    );
+    let churn = ping.finish();
+    eprintln!(
+        "node join/leave/join: {churn:?}, longest outage {:?}",
+        churn.longest_outage()
+    );
+    assert!(churn.received > 0, "{churn:?}");
+    assert!(
+        churn.longest_outage() < Duration::from_secs(1),
+        "pods lost connectivity for {:?} while a node left and joined: {churn:?}",
+        churn.longest_outage()
+    );
+
+    // A rolling restart of the twill DaemonSet (new pods, init containers reinstalling the plugins).
+    let ping = pinger(&cluster, a, b);
+    cluster.kubectl_ok(&[
+        "-n",
+        "kube-twill",
+        "rollout",
+        "restart",
+        "daemonset/kube-twill-ds",
+    ]);
+    let status = cluster.kubectl(&[
+        "-n",
+        "kube-twill",
+        "rollout",
+        "status",
+        "daemonset/kube-twill-ds",
+        "--timeout=180s",
+    ]);
+    assert!(
+        status.status.success(),
+        "rollout: {}\n{}",
+        String::from_utf8_lossy(&status.stderr),
+        cluster.logs()
+    );
+    cluster.wait_twill_ready(Duration::from_secs(60));
+    // A little traffic after the last new pod is up.
+    std::thread::sleep(Duration::from_secs(2));
+    let restart = ping.finish();
+    eprintln!(
+        "rolling restart of twill: {restart:?}, longest outage {:?}",
+        restart.longest_outage()
+    );
+    assert!(restart.received > 0, "{restart:?}");
+    assert!(
+        restart.longest_outage() < Duration::from_secs(1),
+        "pods lost connectivity for {:?} during the rolling restart: {restart:?}",
+        restart.longest_outage()
+    );
+    let got = get_from_pod(&cluster, &a.name, &c.ip, WEB_PORT);
+    assert!(got.contains(&c.name), "after the restart: {got}");
 }

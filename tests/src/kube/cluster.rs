@@ -67,7 +67,8 @@ pub struct KubeCluster {
     cp: ControlPlane,
     switch: Switch,
     opts: ClusterOptions,
-    twill_archive: Option<PathBuf>,
+    /// Every image archive imported so far (the twill image among them), imported into nodes added later.
+    images: Vec<PathBuf>,
     dir: tempfile::TempDir,
 }
 
@@ -88,7 +89,7 @@ impl KubeCluster {
             cp,
             switch,
             opts,
-            twill_archive: None,
+            images: Vec::new(),
             dir,
         };
         cluster.start_scheduler();
@@ -145,7 +146,7 @@ impl KubeCluster {
         }
         let node = KubeNode::start(&self.cp, net, &node_opts);
         let name = node.name();
-        if let Some(archive) = &self.twill_archive {
+        for archive in &self.images {
             node.containerd().import_tar(archive);
         }
         self.nodes.push(node);
@@ -188,7 +189,6 @@ impl KubeCluster {
         let start = Instant::now();
         let archive = twill_image::archive(self.dir.path());
         self.import_image(&archive);
-        self.twill_archive = Some(archive);
         let manifest = workspace_dir().join("conf/kubernetes/kube-twill.yml");
         self.kubectl_ok(&["apply", "-f", &manifest.display().to_string()]);
         self.wait_twill_ready(Duration::from_secs(180));
@@ -258,11 +258,13 @@ impl KubeCluster {
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     }
 
-    /// Imports an image archive (OCI layout or docker archive) into every node's containerd.
-    pub fn import_image(&self, archive: &Path) {
+    /// Imports an image archive (OCI layout or docker archive) into every node's containerd, and into
+    /// nodes added later (keep the file until the cluster is dropped).
+    pub fn import_image(&mut self, archive: &Path) {
         for n in &self.nodes {
             n.containerd().import_tar(archive);
         }
+        self.images.push(archive.to_path_buf());
     }
 
     /// The control plane (API server, certificates, kubectl helpers).

@@ -225,6 +225,41 @@ impl KubeNode {
         &self.containerd().socket
     }
 
+    /// The network namespace of pod `namespace/name` on this node, as a path inside the node's mount
+    /// namespace (where containerd mounted it).
+    pub fn pod_netns(&self, namespace: &str, name: &str) -> String {
+        let sock = self.containerd_socket().display().to_string();
+        let filter = format!(
+            "labels.\"io.cri-containerd.kind\"==sandbox,labels.\"io.kubernetes.pod.name\"=={name},\
+             labels.\"io.kubernetes.pod.namespace\"=={namespace}"
+        );
+        let out = self.exec(&[
+            "ctr",
+            "--address",
+            &sock,
+            "-n",
+            "k8s.io",
+            "containers",
+            "ls",
+            "-q",
+            &filter,
+        ]);
+        let ids = String::from_utf8_lossy(&out.stdout).into_owned();
+        let id = ids
+            .lines()
+            .last()
+            .unwrap_or_else(|| panic!("no sandbox of pod {namespace}/{name} on {}", self.name()));
+        self.containerd().sandbox_netns(id.trim())
+    }
+
+    /// A command run inside pod `namespace/name`'s network namespace on this node (append the program).
+    pub fn pod_command(&self, namespace: &str, name: &str) -> Command {
+        let netns = self.pod_netns(namespace, name);
+        let mut c = self.command("nsenter");
+        c.arg(format!("--net={netns}"));
+        c
+    }
+
     /// The node's own directory standing for `path` (one of [`NODE_PATHS`]), as seen from the machine.
     pub fn host_path(&self, path: &str) -> PathBuf {
         assert!(NODE_PATHS.contains(&path), "{path} is not kept per node");
