@@ -15,6 +15,7 @@ pub mod kubeconfig;
 pub mod node;
 pub mod pki;
 pub mod twill_image;
+pub mod workload;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

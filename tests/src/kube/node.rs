@@ -427,37 +427,51 @@ impl KubeNode {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
 
-    /// Kills every process left in the node's cgroups and removes them, deepest first.
-    fn remove_cgroups(&self) {
-        let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        for c in controllers.flatten() {
-            let root = c.path().join(self.cgroup_root.trim_start_matches('/'));
-            if !root.is_dir() {
-                continue;
+/// Ids of the containers (sandboxes included) a containerd whose directory is `dir` runs or ran in the CRI
+/// namespace `k8s.io`.
+pub fn task_ids(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("state/io.containerd.runtime.v2.task/k8s.io"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Kills every process left in cgroup `root` (a cgroup root as given to a kubelet, e.g. `/twill-<netns>`) of
+/// every controller, and removes its cgroups, deepest first.
+pub fn remove_cgroups(root: &str) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for c in controllers.flatten() {
+        let root = c.path().join(root.trim_start_matches('/'));
+        if !root.is_dir() {
+            continue;
+        }
+        let mut dirs = Vec::new();
+        collect_dirs(&root, &mut dirs);
+        for d in &dirs {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+            {
+                // SAFETY: plain kill(2) of a process in the node's own cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            let mut dirs = Vec::new();
-            collect_dirs(&root, &mut dirs);
-            for d in &dirs {
-                for pid in std::fs::read_to_string(d.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse::<i32>().ok())
-                {
-                    // SAFETY: plain kill(2) of a process in the node's own cgroup.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
+        for d in dirs {
+            for _ in 0..50 {
+                if std::fs::remove_dir(&d).is_ok() || !d.exists() {
+                    break;
                 }
-            }
-            dirs.sort_by_key(|d| std::cmp::Reverse(d.as_os_str().len()));
-            for d in dirs {
-                for _ in 0..50 {
-                    if std::fs::remove_dir(&d).is_ok() || !d.exists() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
@@ -491,9 +505,19 @@ impl Drop for KubeNode {
         if let Some(mut k) = self.kubelet.take() {
             k.terminate();
         }
-        // containerd's own drop stops and removes the pods (CNI DEL) and kills its shims.
+        // containerd's own drop stops and removes the pods (CNI DEL) and kills its shims. Containers of
+        // pods it could not stop are found by their cgroups (containerd's `/k8s.io/<id>`, as the kubelet
+        // gives it no parent with `cgroupsPerQOS: false`).
+        let tasks = self
+            .containerd
+            .as_ref()
+            .map(|c| task_ids(c.dir()))
+            .unwrap_or_default();
         self.containerd.take();
-        self.remove_cgroups();
+        for id in tasks {
+            remove_cgroups(&format!("/k8s.io/{id}"));
+        }
+        remove_cgroups(&self.cgroup_root);
         self.mounts.take();
         crate::runtimes::unmount_below(self.dir.path());
     }

@@ -63,7 +63,7 @@ pub fn http_get_cmd(ip: &str, port: u16) -> String {
 
 /// Unmounts every mount point below `dir` (deepest first): runtimes leave shm, rootfs and netns mounts
 /// behind when they are killed, and a temp dir with live mounts cannot be removed.
-pub(crate) fn unmount_below(dir: &Path) {
+pub fn unmount_below(dir: &Path) {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return;
     };
