@@ -7,10 +7,12 @@
 //! Build first: `cargo build --workspace --bins` and `scripts/build-upstream.sh kubernetes`.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use twill_tests::cluster::wait_until;
 use twill_tests::kube::cluster::{ClusterOptions, KubeCluster};
+use twill_tests::kube::node::task_ids;
 use twill_tests::kube::workload::{
     get_from_pod, import_web_image, ready_web_pods, web_deployment, WebPod, WEB_PORT,
 };
@@ -208,4 +210,60 @@ fn node_leaving_and_joining_and_a_rolling_restart_of_twill_cost_pods_under_a_sec
     );
     let got = get_from_pod(&cluster, &a.name, &c.ip, WEB_PORT);
     assert!(got.contains(&c.name), "after the restart: {got}");
+}
+
+#[test]
+fn dropping_the_cluster_leaves_no_process_mount_cgroup_or_namespace() {
+    let opts = ClusterOptions {
+        nodes: 2,
+        schedulable_control_plane: true,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = KubeCluster::start_with_twill(opts);
+    let dir = tempfile::tempdir().expect("temp dir");
+    import_web_image(&mut cluster, dir.path());
+    cluster.apply(&web_deployment(2));
+    ready_web_pods(&cluster, 2);
+    let mut namespaces = vec![cluster.switch().ns.name().to_string()];
+    let mut dirs = vec![cluster.control_plane().dir().to_path_buf()];
+    let mut cgroups = Vec::new();
+    for n in cluster.nodes() {
+        namespaces.push(n.netns().to_string());
+        dirs.push(n.dir().to_path_buf());
+        dirs.push(n.containerd().dir().to_path_buf());
+        cgroups.push(format!("twill-{}", n.netns()));
+        let tasks = task_ids(n.containerd().dir());
+        assert!(tasks.len() >= 4, "pods and twill's containers: {tasks:?}");
+        cgroups.extend(tasks.iter().map(|id| format!("k8s.io/{id}")));
+    }
+    drop(cluster);
+
+    let netns: Vec<String> = std::fs::read_dir("/run/netns")
+        .expect("/run/netns")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for ns in &namespaces {
+        assert!(!netns.contains(ns), "namespace {ns} is left");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    for d in &dirs {
+        let d = d.display().to_string();
+        assert!(!Path::new(&d).exists(), "{d} is left");
+        assert!(!mounts.contains(&d), "a mount under {d} is left:\n{mounts}");
+        for p in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            assert!(!cmdline.contains(&d), "process {cmdline} is left");
+        }
+    }
+    for c in std::fs::read_dir("/sys/fs/cgroup")
+        .expect("cgroups")
+        .flatten()
+    {
+        for g in &cgroups {
+            let path = c.path().join(g);
+            assert!(!path.exists(), "cgroup {} is left", path.display());
+        }
+    }
 }
