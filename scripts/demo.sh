@@ -8,6 +8,11 @@
 #   scripts/demo.sh report                   print the report again
 #   scripts/demo.sh status                   up / down / stale
 #   scripts/demo.sh down                     tear everything down and verify nothing is left
+#   scripts/demo.sh --kubernetes [--nodes N] a real Kubernetes cluster instead (default 3 nodes: node1 the
+#                                            control plane, the rest workers) with twill deployed by its
+#                                            manifest, a Deployment spread over the workers and a Service;
+#                                            prints nodes and pods and a cross-node request through the
+#                                            Service (scripts/lib/demo-kube.sh); report and down handle it too
 #
 # State, logs and every temporary file live in $TWILL_DEMO_STATE (default /run/twill-demo); every namespace is
 # named tw-twdemo-*. Nothing is created in the host namespace.
@@ -21,6 +26,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=lib/host.sh
 . "$TWILL_ROOT/scripts/lib/host.sh"
+# shellcheck source=lib/demo-kube.sh
+. "$TWILL_ROOT/scripts/lib/demo-kube.sh"
 cd "$TWILL_ROOT"
 
 STATE="${TWILL_DEMO_STATE:-/run/twill-demo}"
@@ -223,8 +230,10 @@ cmd_down() {
 
 # report and status answer with their exit status (failed checks; 3 = down): exec, so it is not an error here.
 case "${1:-}" in
-  down) shift; cmd_down "$@" ;;
-  report) need_root "scripts/demo.sh report"; [ -x "$CLUSTER" ] || die "no demo built yet: run scripts/demo.sh"
+  --kubernetes) shift; kube_demo_up "$@" ;;
+  down) shift; if kube_demo_present; then need_root "scripts/demo.sh down"; kube_demo_down; fi; cmd_down "$@" ;;
+  report) if kube_supervisor_pid >/dev/null; then need_root "scripts/demo.sh report"; exec "$KCLUSTER" report --state "$KSTATE"; fi
+          need_root "scripts/demo.sh report"; [ -x "$CLUSTER" ] || die "no demo built yet: run scripts/demo.sh"
           TWILL_BIN_DIR="$BIN_DIR" exec "$CLUSTER" report --state "$STATE" ;;
   status) [ -x "$CLUSTER" ] || { echo "down"; exit 3; }; exec "$CLUSTER" status --state "$STATE" ;;
   -h|--help) usage ;;

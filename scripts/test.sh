@@ -97,6 +97,24 @@ demo_round() {
   return "$rc"
 }
 
+# The Kubernetes demo as the README shows it: `demo.sh --kubernetes` comes up (3 nodes, twill deployed by its
+# manifest, a Service answering from another node) and `demo.sh down` removes it (it verifies no namespace,
+# process, mount or cgroup is left); the host has no link or rule more than before.
+kube_demo_round() {
+  local snap rc=0
+  snap="$(mktemp -d)" || return 1
+  host_links >"$snap/links" && host_rules >"$snap/rules" || { rm -rf "$snap"; return 1; }
+  scripts/demo.sh --kubernetes || rc=1
+  scripts/demo.sh down || rc=1
+  { host_links >"$snap/links.now" || echo "cannot list host links"
+    host_rules >"$snap/rules.now" || echo "cannot list host rules"
+    comm -13 "$snap/links" "$snap/links.now" | sed 's/^/added host link: /'
+    comm -13 "$snap/rules" "$snap/rules.now" | sed 's/^/added host rule: /'; } >"$snap/left"
+  if [ -s "$snap/left" ]; then echo "LEFT after demo.sh down:"; cat "$snap/left"; rc=1; else echo "nothing left"; fi
+  rm -rf "$snap"
+  return "$rc"
+}
+
 # Formatting and lints do not stop the run, so one pass shows every problem.
 step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --workspace --all-targets -- -D warnings || true
@@ -107,6 +125,7 @@ step cnitool build_cnitool || exit 1
 # clone; the first build takes minutes, Kubernetes' the longest).
 step upstream build_upstream || exit 1
 step demo demo_round || true
+step kube-demo kube_demo_round || true
 step test cargo test --workspace --no-fail-fast -- --test-threads="$THREADS" || true
 # The release artifacts from a clean clone: tarball conformance, Debian 11 chroot, .deb in a Debian 12 chroot.
 step release scripts/release-test.sh || true

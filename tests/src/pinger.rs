@@ -33,8 +33,16 @@ impl PingReport {
 
 impl Pinger {
     pub fn start(from: &Netns, to: Ipv4Addr, interval: Duration) -> Pinger {
-        let child = Command::new("ip")
-            .args(["netns", "exec", from.name(), "ping", "-n", "-i"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", from.name()]);
+        Self::start_in(cmd, to, interval)
+    }
+
+    /// Like `start`, with `ping` appended to `enter`, a command that enters the pod and execs its
+    /// arguments (e.g. `nsenter --net=<path>`), so SIGINT reaches ping itself.
+    pub fn start_in(mut enter: Command, to: Ipv4Addr, interval: Duration) -> Pinger {
+        let child = enter
+            .args(["ping", "-n", "-i"])
             .arg(format!("{:.3}", interval.as_secs_f64()))
             .args(["-W", "1"])
             .arg(to.to_string())

@@ -60,6 +60,18 @@ pub fn pause_image_tar(dir: &Path) -> PathBuf {
 /// `<dir>/<key>.tar` (`key` keeps the layouts of several images in one directory apart).
 pub fn image_tar(dir: &Path, key: &str, name: &str, entrypoint: &[&str]) -> PathBuf {
     let rootfs = busybox_rootfs(dir);
+    rootfs_image_tar(&rootfs, dir, key, name, entrypoint)
+}
+
+/// Builds an OCI-layout tarball of the directory `rootfs` (one layer) named `name` with `entrypoint`, in
+/// `<dir>/image-<key>/<key>.tar`.
+pub fn rootfs_image_tar(
+    rootfs: &Path,
+    dir: &Path,
+    key: &str,
+    name: &str,
+    entrypoint: &[&str],
+) -> PathBuf {
     let dir = &dir.join(format!("image-{key}"));
     let layout = dir.join("oci");
     let blobs = layout.join("blobs/sha256");
@@ -67,7 +79,7 @@ pub fn image_tar(dir: &Path, key: &str, name: &str, entrypoint: &[&str]) -> Path
     let layer_path = dir.join("layer.tar");
     let ok = Command::new("tar")
         .arg("-C")
-        .arg(&rootfs)
+        .arg(rootfs)
         .arg("-cf")
         .arg(&layer_path)
         .arg(".")

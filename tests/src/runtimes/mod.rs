@@ -63,7 +63,7 @@ pub fn http_get_cmd(ip: &str, port: u16) -> String {
 
 /// Unmounts every mount point below `dir` (deepest first): runtimes leave shm, rootfs and netns mounts
 /// behind when they are killed, and a temp dir with live mounts cannot be removed.
-pub(crate) fn unmount_below(dir: &Path) {
+pub fn unmount_below(dir: &Path) {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return;
     };
@@ -78,4 +78,17 @@ pub(crate) fn unmount_below(dir: &Path) {
     for p in points {
         let _ = Command::new("umount").args(["-l", &p]).status();
     }
+}
+
+/// `unmount_below` inside the mount namespace `mount_ns` (a namespace file).
+pub(crate) fn unmount_below_in(mount_ns: &Path, dir: &Path) {
+    let script = format!(
+        "awk -v p='{}' 'index($2, p) == 1 {{ print length($2), $2 }}' /proc/self/mounts | sort -rn | \
+         while read -r _ m; do umount -l \"$m\"; done",
+        dir.display()
+    );
+    let _ = Command::new("nsenter")
+        .arg(format!("--mount={}", mount_ns.display()))
+        .args(["sh", "-c", &script])
+        .output();
 }
