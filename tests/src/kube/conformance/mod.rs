@@ -11,6 +11,7 @@
 //! for ClusterIP Services, the endpoint-slice, service-account and namespace controllers, the images of
 //! [`images`] on every node, and cluster DNS for the Service spec (it dials the Service by name).
 
+pub mod control;
 pub mod dns;
 pub mod images;
 
