@@ -10,9 +10,12 @@
 //! (scheduler, kubelet, kube-proxy) are meant to join the same way: a binary of the same module,
 //! `client_cert` for their identity, `kubeconfig` for their credentials, `spawn` for the process.
 
+pub mod cluster;
 pub mod conformance;
 pub mod kubeconfig;
+pub mod node;
 pub mod pki;
+pub mod twill_image;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -154,7 +157,7 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
 }
 
-fn output_text(out: &Output) -> String {
+pub(crate) fn output_text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -163,7 +166,7 @@ fn output_text(out: &Output) -> String {
 }
 
 /// The last `n` lines of a log file.
-fn tail(path: &Path, n: usize) -> String {
+pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -245,6 +248,12 @@ impl ControlPlane {
     /// Starts the API server (again, after `stop_apiserver`) on the same etcd and waits for `/readyz`.
     pub fn start_apiserver(&mut self) {
         assert!(self.apiserver.is_none(), "the API server already runs");
+        // The API server's identity towards kubelets (logs, exec, port-forward), as kubeadm makes it.
+        let (kubelet_cert, kubelet_key) = self.pki.client_cert(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+        );
         let p = &self.pki;
         let args = vec![
             format!("--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}"),
@@ -263,6 +272,10 @@ impl ControlPlane {
                 self.opts.service_cidrs.join(",")
             ),
             "--authorization-mode=Node,RBAC".into(),
+            Self::file_arg("kubelet-client-certificate", &kubelet_cert),
+            Self::file_arg("kubelet-client-key", &kubelet_key),
+            // Node names are not in any DNS: kubelets are reached at their InternalIP.
+            "--kubelet-preferred-address-types=InternalIP".into(),
             // What a cluster without kubelets, storage, webhooks and quotas does not use: each of these
             // starts informers and slows the first /readyz.
             "--enable-admission-plugins=NodeRestriction".into(),

@@ -14,21 +14,55 @@ pub struct Containerd {
     pub socket: PathBuf,
     child: Option<Child>,
     netns: Option<String>,
+    mount_ns: Option<PathBuf>,
+}
+
+/// Where a containerd runs and which CNI set-up its CRI plugin uses.
+#[derive(Debug, Clone, Default)]
+pub struct Placement {
+    /// CNI `bin_dir`.
+    pub bin_dir: PathBuf,
+    /// CNI `conf_dir`; `None`: a directory of its own holding the `conflist` given to `start_with`.
+    pub conf_dir: Option<PathBuf>,
+    /// The named network namespace to run in (the test's own when `None`).
+    pub netns: Option<String>,
+    /// A mount namespace to run in (a bind-mounted namespace file, as `unshare --mount=FILE` makes).
+    pub mount_ns: Option<PathBuf>,
 }
 
 impl Containerd {
     /// Starts containerd (inside `netns` when given) whose CRI execs plugins from `bin_dir` with `conflist`.
     pub fn start(bin_dir: &Path, conflist: &Value, netns: Option<&str>) -> Containerd {
+        let placement = Placement {
+            bin_dir: bin_dir.to_path_buf(),
+            netns: netns.map(str::to_string),
+            ..Placement::default()
+        };
+        Self::start_with(&placement, Some(conflist))
+    }
+
+    /// Starts containerd as `placement` says; `conflist` is written into its own CNI `conf_dir` when
+    /// `placement.conf_dir` is `None` (a node whose network is installed later, as a kubelet's is, passes
+    /// a `conf_dir` and no conflist).
+    pub fn start_with(placement: &Placement, conflist: Option<&Value>) -> Containerd {
         crate::bins::require_root();
         let dir = tempfile::Builder::new()
             .prefix("twill-containerd-")
             .tempdir()
             .expect("containerd temp dir");
         let d = dir.path();
-        let netd = d.join("net.d");
-        std::fs::create_dir_all(&netd).expect("create net.d");
-        std::fs::write(netd.join("10-twill.conflist"), conflist.to_string())
-            .expect("write conflist");
+        let netd = match &placement.conf_dir {
+            Some(conf_dir) => conf_dir.clone(),
+            None => {
+                let netd = d.join("net.d");
+                std::fs::create_dir_all(&netd).expect("create net.d");
+                netd
+            }
+        };
+        if let Some(conflist) = conflist {
+            std::fs::write(netd.join("10-twill.conflist"), conflist.to_string())
+                .expect("write conflist");
+        }
         let socket = d.join("containerd.sock");
         // restrict_oom_score_adj: without CAP_SYS_RESOURCE RunPodSandbox fails otherwise (runtimes.md).
         let config = format!(
@@ -39,18 +73,23 @@ impl Containerd {
             d.join("state").display().to_string(),
             socket.display().to_string(),
             image::PAUSE_IMAGE,
-            bin_dir.display().to_string(),
+            placement.bin_dir.display().to_string(),
             netd.display().to_string(),
         );
         std::fs::write(d.join("config.toml"), config).expect("write containerd config");
         let log = std::fs::File::create(d.join("containerd.log")).expect("containerd log");
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg("containerd");
-                c
+        let mut cmd = if placement.netns.is_none() && placement.mount_ns.is_none() {
+            Command::new("containerd")
+        } else {
+            let mut c = Command::new("nsenter");
+            if let Some(ns) = &placement.netns {
+                c.arg(format!("--net=/run/netns/{ns}"));
             }
-            None => Command::new("containerd"),
+            if let Some(mnt) = &placement.mount_ns {
+                c.arg(format!("--mount={}", mnt.display()));
+            }
+            c.arg("containerd");
+            c
         };
         let child = cmd
             .arg("--config")
@@ -64,7 +103,8 @@ impl Containerd {
             dir,
             socket,
             child: Some(child),
-            netns: netns.map(str::to_string),
+            netns: placement.netns.clone(),
+            mount_ns: placement.mount_ns.clone(),
         };
         c.wait_ready();
         c.import_pause_image();
@@ -95,7 +135,8 @@ impl Containerd {
         self.import_tar(&image::image_tar(self.dir.path(), key, name, entrypoint));
     }
 
-    fn import_tar(&self, tar: &Path) {
+    /// Imports an image archive (OCI layout or docker archive), as `ctr -n k8s.io images import` does.
+    pub fn import_tar(&self, tar: &Path) {
         let sock = self.socket.display().to_string();
         let tar = tar.display().to_string();
         let (ok, out, err) = run_in(
@@ -116,6 +157,11 @@ impl Containerd {
 
     pub fn cri(&self) -> CriClient {
         CriClient::connect(&self.socket).unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
+    }
+
+    /// Its directory (config, log, root and state); removed on drop.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn log(&self) -> String {
@@ -199,6 +245,10 @@ impl Drop for Containerd {
             let _ = child.wait();
         }
         self.kill_shims();
+        // Container root filesystems and shm are mounted where containerd runs.
+        if let Some(mnt) = &self.mount_ns {
+            super::unmount_below_in(mnt, self.dir.path());
+        }
         super::unmount_below(self.dir.path());
     }
 }

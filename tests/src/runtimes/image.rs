@@ -72,6 +72,27 @@ pub fn image_tar(dir: &Path, key: &str, name: &str, entrypoint: &[&str]) -> Path
     )
 }
 
+/// Builds an OCI-layout tarball of the directory `rootfs` (one layer) named `name` with `entrypoint`, in
+/// `<dir>/image-<key>/<key>.tar`.
+pub fn rootfs_image_tar(
+    rootfs: &Path,
+    dir: &Path,
+    key: &str,
+    name: &str,
+    entrypoint: &[&str],
+) -> PathBuf {
+    oci_archive(
+        rootfs,
+        dir,
+        key,
+        &[ImageConfig {
+            name,
+            entrypoint,
+            cmd: &[],
+        }],
+    )
+}
+
 /// One image of an archive: its full reference and what it runs (OCI `Entrypoint` and `Cmd`).
 #[derive(Debug, Clone, Copy)]
 pub struct ImageConfig<'a> {

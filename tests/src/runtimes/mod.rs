@@ -79,3 +79,16 @@ pub(crate) fn unmount_below(dir: &Path) {
         let _ = Command::new("umount").args(["-l", &p]).status();
     }
 }
+
+/// `unmount_below` inside the mount namespace `mount_ns` (a namespace file).
+pub(crate) fn unmount_below_in(mount_ns: &Path, dir: &Path) {
+    let script = format!(
+        "awk -v p='{}' 'index($2, p) == 1 {{ print length($2), $2 }}' /proc/self/mounts | sort -rn | \
+         while read -r _ m; do umount -l \"$m\"; done",
+        dir.display()
+    );
+    let _ = Command::new("nsenter")
+        .arg(format!("--mount={}", mount_ns.display()))
+        .args(["sh", "-c", &script])
+        .output();
+}

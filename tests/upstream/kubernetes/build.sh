@@ -8,11 +8,10 @@ export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false -trimpath" CGO_E
 # The pinned version of module $1, as go.mod resolves it.
 pinned() { "$GO" list -m -f '{{.Version}}' "$1"; }
 
-# The control plane and its client, static (CGO_ENABLED=0) as Kubernetes' release builds them, with the
-# version stamped as its hack/lib/version.sh does, so `kubectl version` and the API server report the
-# pinned release. The node programs join this list when the tests run nodes:
-#   cmd/kube-scheduler cmd/kubelet cmd/kube-proxy (and their imports in tools.go).
-programs=(kube-apiserver kube-controller-manager kubectl)
+# The control plane (with its scheduler), its client and the programs of a node, static (CGO_ENABLED=0) as
+# Kubernetes' release builds them, with the version stamped as its hack/lib/version.sh does, so
+# `kubectl version`, the API server and the kubelets report the pinned release.
+programs=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 v="$(pinned k8s.io/kubernetes)"
 minor="${v#v*.}"
 minor="${minor%%.*}"

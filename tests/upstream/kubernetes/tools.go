@@ -1,11 +1,14 @@
 //go:build tools
 
-// Pins the Kubernetes programs this module builds; `go mod tidy` keeps them in go.mod. The next programs
-// of a node (kube-scheduler, kubelet, kube-proxy) are added here and to the recipe the same way.
+// Pins the Kubernetes programs this module builds; `go mod tidy` keeps them in go.mod: the control plane,
+// its client, and the programs of a node.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )
