@@ -2,13 +2,19 @@
 //! focused specs, and the locally built images carry the names that release asks for and run what its
 //! tests exec in them (agnhost's netexec answering `curl .../dial` and `nc -u`), under a real containerd.
 //!
-//! Needs root (network namespaces, containerd) and the upstream module `kubernetes-e2e`
-//! (`scripts/build-upstream.sh kubernetes-e2e`); under CI=true nothing here skips.
+//! Then the focused specs themselves on a 3-node cluster (2 workers) with twill deployed by its
+//! manifest, and the control run: the same cluster and suite on the reference plugins and flanneld.
+//!
+//! Needs root (network namespaces, containerd) and the upstream modules `kubernetes`,
+//! `kubernetes-e2e`, `coredns`, `plugins`, `flannel`, `flannel-cni`; under CI=true nothing here skips.
 
 use std::time::{Duration, Instant};
 
 use twill_tests::bins::{ref_dir, require_root};
-use twill_tests::kube::conformance::{self, images, Run, FOCUSED};
+use twill_tests::cluster::DaemonProcess;
+use twill_tests::kube::cluster::{ClusterOptions, KubeCluster};
+use twill_tests::kube::conformance::{self, control, dns, images, Run, FOCUSED};
+use twill_tests::kube::Credentials;
 use twill_tests::netns::Netns;
 use twill_tests::runtimes::containerd::Containerd;
 
@@ -207,4 +213,120 @@ fn agnhost_image_answers_the_dial_requests_the_network_tests_make() {
     });
     assert!(stopped, "pause ignored SIGTERM for {:?}", start.elapsed());
     drop(containers);
+}
+
+/// One cluster at a time: each runs 3 nodes' kubelets and containerds on a 2-core machine.
+static CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Cluster options for a conformance run: 3 nodes (node1 the tainted control-plane node, 2 workers),
+/// kubelets pointing pods at the cluster DNS.
+fn conformance_cluster_options(prefix: &str) -> ClusterOptions {
+    let mut opts = ClusterOptions::default();
+    opts.node.cluster_dns = vec![dns::cluster_dns_ip(&opts.kube.service_cidrs[0])];
+    opts.prefix = prefix.into();
+    opts
+}
+
+/// Imports the e2e images and CoreDNS on every node, deploys CoreDNS and waits until it is available:
+/// the suite's first step waits for every kube-system pod to be Ready, and the Service specs resolve
+/// Services by name.
+fn prepare_for_conformance(cluster: &KubeCluster, dir: &std::path::Path) {
+    let start = Instant::now();
+    cluster.import_image(&images::archive(dir));
+    cluster.import_image(&dns::image_archive(dir));
+    let dns_ip = dns::cluster_dns_ip(&ClusterOptions::default().kube.service_cidrs[0]);
+    cluster.apply(&dns::manifest(&dns_ip, 1));
+    let out = cluster.kubectl(&[
+        "-n",
+        "kube-system",
+        "rollout",
+        "status",
+        "deployment/coredns",
+        "--timeout=180s",
+    ]);
+    assert!(
+        out.status.success(),
+        "CoreDNS not available: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.kubectl_text(&["-n", "kube-system", "describe", "pods"]),
+        cluster.logs()
+    );
+    eprintln!("e2e images and CoreDNS ready in {:?}", start.elapsed());
+}
+
+/// Runs the focused specs from the switch namespace (where the API server listens) and prints the
+/// outcome.
+fn run_focused(cluster: &KubeCluster, label: &str) -> conformance::Outcome {
+    let workers = cluster.worker_names().len();
+    let mut run = Run::new(label, cluster.kubeconfig(), &FOCUSED, workers);
+    run.netns = Some(cluster.switch().ns.name().to_string());
+    let outcome = run.run();
+    eprintln!("conformance [{label}]:\n{}", outcome.summary());
+    outcome
+}
+
+#[test]
+fn focused_network_conformance_specs_pass_on_twill() {
+    require_root();
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let start = Instant::now();
+    let cluster = KubeCluster::start_with_twill(conformance_cluster_options("cft"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    prepare_for_conformance(&cluster, dir.path());
+    eprintln!("twill cluster ready for the suite in {:?}", start.elapsed());
+    let outcome = run_focused(&cluster, "twill");
+    outcome.assert_all_passed();
+    assert_eq!(outcome.skipped(), 0, "{}", outcome.summary());
+    eprintln!("twill conformance run: {:?} in all", start.elapsed());
+}
+
+/// The control run: the same cluster and suite on the current reference plugins and flanneld, so a
+/// failure on twill can be told from a harness problem.
+#[test]
+fn focused_network_conformance_specs_pass_on_reference_plugins_and_flanneld() {
+    require_root();
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let start = Instant::now();
+    let cluster = KubeCluster::start(conformance_cluster_options("cfr"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cp = cluster.control_plane();
+    cp.apply(&control::rbac_manifest());
+    let token = cp.token(control::NAMESPACE, control::SERVICE_ACCOUNT);
+    let kubeconfig = cp.kubeconfig("flannel.kubeconfig", &Credentials::Token(token));
+    let net_conf = dir.path().join("net-conf.json");
+    std::fs::write(&net_conf, twill_tests::e2e::NET_CONFIG).expect("write net-conf.json");
+    // Declared after the cluster: the flanneld processes stop before the nodes go.
+    let mut flanneld = Vec::new();
+    for node in cluster.nodes() {
+        control::install(
+            &node.host_path("/opt/cni/bin"),
+            &node.host_path("/etc/cni/net.d"),
+        );
+        let mut cmd = node.command(control::flanneld_bin());
+        cmd.args(control::flanneld_args(&kubeconfig, &net_conf))
+            .env("NODE_NAME", node.name());
+        flanneld.push(DaemonProcess::spawn(
+            cmd,
+            dir.path().join(format!("flanneld-{}.log", node.name())),
+        ));
+    }
+    cluster.wait_nodes_ready(Duration::from_secs(120));
+    prepare_for_conformance(&cluster, dir.path());
+    eprintln!(
+        "reference cluster ready for the suite in {:?}",
+        start.elapsed()
+    );
+    let outcome = run_focused(&cluster, "reference");
+    let logs: String = flanneld
+        .iter()
+        .map(|f| conformance::tail(&f.log, 15))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if outcome.passed() != outcome.focused().len() {
+        eprintln!("flanneld logs:\n{logs}");
+    }
+    outcome.assert_all_passed();
+    assert_eq!(outcome.skipped(), 0, "{}", outcome.summary());
+    drop(flanneld);
+    eprintln!("reference conformance run: {:?} in all", start.elapsed());
 }
