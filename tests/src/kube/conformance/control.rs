@@ -13,10 +13,13 @@ use serde_json::json;
 
 use crate::bins::{upstream_bin, Reference};
 
-/// kube-flannel.yml's `cni-conf.json` (the same as conf/kubernetes/kube-twill.yml's).
+/// kube-flannel.yml's `cni-conf.json` at the spec version its flannel plugin of the old days spoke:
+/// the plugin built here (`tests/upstream/flannel-cni`, the reference meta plugin v0.9.1, since the
+/// module proxy does not serve flannel-io/cni-plugin) supports up to 0.4.0, and refuses the manifest's
+/// current 1.0.0. The delegated bridge and host-local and portmap are current and take 0.4.0 too.
 pub const CONFLIST: &str = r#"{
   "name": "cbr0",
-  "cniVersion": "1.0.0",
+  "cniVersion": "0.4.0",
   "plugins": [
     {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
