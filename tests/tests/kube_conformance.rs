@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use twill_tests::bins::{ref_dir, require_root};
 use twill_tests::cluster::DaemonProcess;
 use twill_tests::kube::cluster::{ClusterOptions, KubeCluster};
-use twill_tests::kube::conformance::{self, control, dns, images, Run, FOCUSED};
+use twill_tests::kube::conformance::{self, control, dns, images, Run, FOCUSED, MORE};
 use twill_tests::kube::Credentials;
 use twill_tests::netns::Netns;
 use twill_tests::runtimes::containerd::Containerd;
@@ -31,22 +31,27 @@ fn unreachable_kubeconfig(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn focus_list_selects_each_focused_spec_exactly_once() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut run = Run::new("dry-run", &unreachable_kubeconfig(dir.path()), &FOCUSED, 3);
+    let all: Vec<&str> = FOCUSED.iter().chain(MORE.iter()).copied().collect();
+    let mut run = Run::new("dry-run", &unreachable_kubeconfig(dir.path()), &all, 3);
     run.dry_run = true;
     let outcome = run.run();
     assert!(outcome.unmatched().is_empty(), "{}", outcome.summary());
-    for name in FOCUSED {
+    for name in &all {
         let hits: Vec<_> = outcome
             .specs
             .iter()
             .filter(|s| s.name.contains(name))
             .collect();
         assert_eq!(hits.len(), 1, "{name} selects {hits:?}");
+        assert!(
+            hits[0].name.contains("[Conformance]"),
+            "{name} is a conformance spec"
+        );
     }
     // A dry run "passes" every selected spec and skips the rest of the suite.
-    assert_eq!(outcome.passed(), FOCUSED.len(), "{}", outcome.summary());
+    assert_eq!(outcome.passed(), all.len(), "{}", outcome.summary());
     let ran = outcome.specs.iter().filter(|s| s.state == "passed").count();
-    assert_eq!(ran, FOCUSED.len(), "only the focused specs run");
+    assert_eq!(ran, all.len(), "only the focused specs run");
     assert!(outcome.success, "{}", outcome.summary());
     let junit = run.report_dir.join("junit_01.xml");
     assert!(junit.is_file(), "JUnit report {} kept", junit.display());
@@ -258,7 +263,8 @@ fn prepare_for_conformance(cluster: &KubeCluster, dir: &std::path::Path) {
 /// outcome.
 fn run_focused(cluster: &KubeCluster, label: &str) -> conformance::Outcome {
     let workers = cluster.worker_names().len();
-    let mut run = Run::new(label, cluster.kubeconfig(), &FOCUSED, workers);
+    let focus: Vec<&str> = FOCUSED.iter().chain(MORE.iter()).copied().collect();
+    let mut run = Run::new(label, cluster.kubeconfig(), &focus, workers);
     run.netns = Some(cluster.switch().ns.name().to_string());
     let outcome = run.run();
     eprintln!("conformance [{label}]:\n{}", outcome.summary());

@@ -35,6 +35,13 @@ const NC: &str = "/usr/bin/nc.openbsd";
 /// The shell the tests' `/bin/sh -c` commands run in (package dash, always installed on Debian).
 const SHELL: &str = "/bin/dash";
 
+/// busybox applets the e2e specs run in their pods beyond the base rootfs's (Alpine's busybox has
+/// them all): text tools, `nslookup` for the ExternalName specs, `timeout` and friends.
+const MORE_APPLETS: &[&str] = &[
+    "awk", "cut", "date", "dd", "env", "find", "head", "id", "mkdir", "nslookup", "ps", "rm",
+    "sed", "seq", "sort", "tail", "test", "timeout", "touch", "tr", "uname", "wc", "xargs",
+];
+
 /// The agnhost program built from the pinned release.
 pub fn agnhost_bin() -> PathBuf {
     crate::bins::upstream_bin("kubernetes-e2e", "agnhost")
@@ -43,6 +50,13 @@ pub fn agnhost_bin() -> PathBuf {
 /// Builds the root filesystem shared by the conformance images in `<dir>/e2e/rootfs`.
 pub fn rootfs(dir: &Path) -> PathBuf {
     let root = image::busybox_rootfs(&dir.join("e2e"));
+    for applet in MORE_APPLETS {
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link)
+                .unwrap_or_else(|e| panic!("link {applet}: {e}"));
+        }
+    }
     let agnhost = agnhost_bin();
     std::fs::copy(&agnhost, root.join("agnhost"))
         .unwrap_or_else(|e| panic!("copy {}: {e}", agnhost.display()));

@@ -31,6 +31,22 @@ pub const FOCUSED: [&str; 6] = [
     "[sig-network] Services should serve a basic endpoint from pods",
 ];
 
+/// More `[sig-network] [Conformance]` specs the test cluster serves: the data path of Services
+/// (multiple ports, both protocols on one port, NodePorts reached at the nodes' InternalIPs, session
+/// affinity by ClusterIP and NodePort) and a Service found by name after a type change (cluster DNS).
+/// Left out: the DNS specs (they need `dig` and resolver files of upstream's Alpine image), the proxy
+/// specs (the API server, in the switch namespace, has no route to pod IPs, which a real control plane
+/// on a node has), the endpoint latency spec (hundreds of Services: minutes on this machine) and
+/// API-only specs that no network plugin can affect.
+pub const MORE: [&str; 6] = [
+    "[sig-network] Services should serve multiport endpoints from pods",
+    "[sig-network] Services should serve endpoints on same port and different protocols",
+    "[sig-network] Services should be able to create a functioning NodePort service",
+    "[sig-network] Services should have session affinity work for service with type clusterIP",
+    "[sig-network] Services should have session affinity work for NodePort service",
+    "[sig-network] Services should be able to change the type from ExternalName to ClusterIP",
+];
+
 /// The e2e test binary of the pinned release.
 pub fn e2e_test_bin() -> PathBuf {
     crate::bins::upstream_bin("kubernetes-e2e", "e2e.test")
