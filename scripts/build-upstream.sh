@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the upstream programs the tests use (tests/upstream/<name>: cni, plugins, flannel, flannel-cni,
-# cri-tools) into their cache, and prints where each one is. scripts/test.sh runs this as its own step.
+# cri-tools, kubernetes, kubernetes-e2e, coredns) into their cache, and prints where each one is. scripts/test.sh runs this as its own step.
 #
 #   scripts/build-upstream.sh [NAME...]     default: all
 set -euo pipefail

@@ -121,7 +121,7 @@ step clippy cargo clippy --workspace --all-targets -- -D warnings || true
 step build cargo build --workspace --bins || exit 1
 step cnitool build_cnitool || exit 1
 # Reference plugins of the newest release, cnitool on the newest libcni, flanneld, critest and the
-# Kubernetes control plane, built from the pinned Go modules under tests/upstream (cached outside the
+# Kubernetes programs, its e2e suite and CoreDNS, built from the pinned Go modules under tests/upstream (cached outside the
 # clone; the first build takes minutes, Kubernetes' the longest).
 step upstream build_upstream || exit 1
 step demo demo_round || true

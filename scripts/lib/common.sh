@@ -9,7 +9,8 @@ case "$TWILL_TARGET_DIR" in /*) ;; *) TWILL_TARGET_DIR="$TWILL_ROOT/$TWILL_TARGE
 # flanneld's cgo), the reference plugins (the oracle the tests and benches compare against),
 # protobuf for etcd-client's build, etcd for the overlay daemon's tests, the container runtimes that drive
 # the plugins in the runtime tests (podman with its CNI backend, containerd's CRI; busybox-static is their
-# root filesystem), tools for benches/demos, and for releases: help2man (the man page of twilld) and
+# root filesystem; curl, netcat-openbsd and dash go into the Kubernetes e2e test image, whose tests exec
+# them), tools for benches/demos, and for releases: help2man (the man page of twilld) and
 # debootstrap (the Debian root filesystems the release artifacts are tested in).
 TWILL_DEBIAN_PACKAGES=(
   iproute2 nftables iptables
@@ -18,7 +19,7 @@ TWILL_DEBIAN_PACKAGES=(
   protobuf-compiler libprotobuf-dev
   etcd-server etcd-client
   podman runc conmon golang-github-containers-common netavark containerd busybox-static
-  conntrack iperf3 hyperfine procps psmisc iputils-ping openssl
+  conntrack iperf3 hyperfine procps psmisc iputils-ping openssl curl netcat-openbsd dash
   debootstrap help2man
 )
 

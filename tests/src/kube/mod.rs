@@ -11,6 +11,7 @@
 //! `client_cert` for their identity, `kubeconfig` for their credentials, `spawn` for the process.
 
 pub mod cluster;
+pub mod conformance;
 pub mod kubeconfig;
 pub mod node;
 pub mod pki;

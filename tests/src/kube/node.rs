@@ -138,6 +138,9 @@ pub struct NodeOptions {
     pub taints: Vec<String>,
     /// Labels the node registers with.
     pub labels: Vec<(String, String)>,
+    /// The kubelet's `clusterDNS` (the cluster DNS Service's address, written into pods'
+    /// resolv.conf with the `cluster.local` search domains); empty: pods get the node's resolv.conf.
+    pub cluster_dns: Vec<String>,
 }
 
 impl Default for NodeOptions {
@@ -146,6 +149,7 @@ impl Default for NodeOptions {
             proxy_mode: "iptables".into(),
             taints: Vec::new(),
             labels: Vec::new(),
+            cluster_dns: Vec::new(),
         }
     }
 }
@@ -321,6 +325,8 @@ impl KubeNode {
             // This machine has cgroup v1 (hybrid); kubelet 1.37 refuses it unless told.
             "failCgroupV1": false,
             "failSwapOn": false,
+            "clusterDNS": opts.cluster_dns,
+            "clusterDomain": "cluster.local",
             // Per-QoS cgroups and node-allocatable enforcement need cgroup controllers the kubelet owns at
             // the root; the node's pods go into a cgroup subtree of their own instead (removed on drop).
             "cgroupsPerQOS": false,
