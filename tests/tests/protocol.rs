@@ -70,6 +70,10 @@ const PLUGINS: &[Plugin] = &[
         name: "macvlan",
         opens_netns: true,
     },
+    Plugin {
+        name: "dhcp",
+        opens_netns: false,
+    },
 ];
 
 /// What a row expects.
@@ -237,6 +241,10 @@ fn minimal_config(plugin: &str, scratch: &Path) -> Value {
         "macvlan" => {
             // The test node has only `lo`: enough for the config to pass validation.
             conf["master"] = json!("lo");
+        }
+        "dhcp" => {
+            // No daemon listens there: every row must fail before the daemon would be asked.
+            conf["ipam"] = json!({"type": "dhcp", "daemonSocketPath": scratch.join("dhcp.sock")});
         }
         "static" => {
             conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.250.0.2/24"}]});
