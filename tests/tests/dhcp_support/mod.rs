@@ -100,14 +100,26 @@ impl Lab {
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(d.join("dnsmasq.err")).expect("dnsmasq stderr file"))
             .spawn()
             .expect("start dnsmasq (package dnsmasq-base)");
         self.dnsmasq = Some(Proc(child));
         let log = d.join("dnsmasq.log");
-        wait_for("dnsmasq", || {
-            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("DHCP, IP range"))
-        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("DHCP, IP range")) {
+            let exited = self
+                .dnsmasq
+                .as_mut()
+                .and_then(|p| p.0.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "dnsmasq did not come up ({exited:?}):\n{}\n{}",
+                    std::fs::read_to_string(d.join("dnsmasq.err")).unwrap_or_default(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// dnsmasq's leases: (expiry, mac, address, client id) per line of its lease file.

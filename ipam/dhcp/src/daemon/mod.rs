@@ -30,6 +30,9 @@ pub struct Timing {
     pub resend_timeout: Duration,
 }
 
+/// How long a caller has to send its call once connected.
+const CALL_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Daemon {
     leases: LeaseTable,
     host_prefix: String,
@@ -183,6 +186,9 @@ fn listener(path: &Path) -> Result<(UnixListener, bool), String> {
 
 impl Daemon {
     fn serve(&self, stream: UnixStream) {
+        // A peer that connects and never sends its call must not hold a thread forever; the reply may take
+        // as long as the DHCP exchange.
+        let _ = stream.set_read_timeout(Some(CALL_READ_TIMEOUT));
         let call: Call = match read_message(&stream) {
             Ok(c) => c,
             Err(e) => {
@@ -210,6 +216,15 @@ impl Daemon {
                 netns,
                 options,
             } => {
+                // The socket is root's, but names still get checked before they reach the kernel.
+                if let Err(e) = twill_cni::names::ContainerId::parse(&attachment.container_id)
+                    .and_then(|_| twill_cni::names::IfName::parse(&attachment.ifname))
+                {
+                    return Reply::Error {
+                        code: e.code,
+                        msg: e.msg,
+                    };
+                }
                 let spec = LeaseSpec {
                     attachment,
                     netns: format!("{}{netns}", self.host_prefix),
