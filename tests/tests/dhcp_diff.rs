@@ -480,3 +480,38 @@ fn terminate(pid: u32) {
         .success();
     assert!(ok);
 }
+
+#[test]
+fn mixing_halves_with_the_reference_fails_clearly() {
+    bins::require_root();
+    let lab = Lab::new(&[]);
+    let pod = Netns::new("dhp");
+    let theirs = Daemon::start(&Reference::Current.bin("dhcp"), &[]);
+    let c = conf(&theirs, json!({}));
+    let err = run(&lab, &ours(), "ADD", Some(pod.path()), "mixed", &c).assert_any_error();
+    assert!(
+        err["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("does not speak twill's protocol")),
+        "{err}"
+    );
+    assert_eq!(
+        pod.ip(&["-br", "link"]).lines().count(),
+        1,
+        "pod kept a link"
+    );
+    // The reference's macvlan leaves its device in the pod when IPAM fails; only the outcome is compared.
+    let pod = Netns::new("dhp");
+    let ours_daemon = Daemon::start(&our_dhcp(), &[]);
+    let c = conf(&ours_daemon, json!({}));
+    run(
+        &lab,
+        &Reference::Current.bin("macvlan"),
+        "ADD",
+        Some(pod.path()),
+        "mixed",
+        &c,
+    )
+    .assert_any_error();
+    assert!(lab.settled(0).is_empty());
+}

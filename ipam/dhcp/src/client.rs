@@ -45,7 +45,17 @@ pub fn call(socket: &Path, call: &Call) -> std::result::Result<Reply, CallError>
         )))
     };
     write_message(&stream, call).map_err(failed)?;
-    let reply: Reply = read_message(&stream).map_err(failed)?;
+    let reply: Reply = read_message(&stream).map_err(|e| {
+        if e.kind() == io::ErrorKind::InvalidData {
+            // The reference daemon answers our call with an HTTP error: its plugin speaks Go net/rpc.
+            CallError::Failed(Error::failed(format!(
+                "the DHCP daemon at {} does not speak twill's protocol (a twill dhcp plugin needs                  twill's `dhcp daemon`, not the reference's): {e}",
+                socket.display()
+            )))
+        } else {
+            failed(e)
+        }
+    })?;
     if let Reply::Error { code, msg } = reply {
         return Err(CallError::Failed(Error::new(code, msg, "")));
     }
