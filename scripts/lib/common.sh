@@ -18,7 +18,7 @@ TWILL_DEBIAN_PACKAGES=(
   protobuf-compiler libprotobuf-dev
   etcd-server etcd-client
   podman runc conmon golang-github-containers-common netavark containerd busybox-static
-  conntrack iperf3 hyperfine procps psmisc iputils-ping openssl dnsmasq-base
+  conntrack iperf3 hyperfine procps psmisc iputils-ping openssl dnsmasq-base systemd
   debootstrap help2man
 )
 

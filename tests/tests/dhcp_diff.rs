@@ -515,3 +515,42 @@ fn mixing_halves_with_the_reference_fails_clearly() {
     .assert_any_error();
     assert!(lab.settled(0).is_empty());
 }
+
+/// As under `cni-dhcp.socket`: systemd-socket-activate holds the socket and starts the daemon on the first
+/// connection, handing it over as fd 3; the daemon serves it and leaves the socket file to its owner.
+#[test]
+fn daemon_takes_the_socket_systemd_passes() {
+    bins::require_root();
+    let lab = Lab::new(&[]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("dhcp.sock");
+    let child = std::process::Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .arg(our_dhcp())
+        .arg("daemon")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    let mut activator = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let c = json!({"cniVersion": "1.1.0", "name": "dhcpnet", "type": "macvlan", "master": "up0",
+        "ipam": {"type": "dhcp", "daemonSocketPath": socket}});
+    run(&lab, &our_dhcp(), "STATUS", None, "", &c).assert_success();
+    let pod = Netns::new("dhp");
+    run(&lab, &ours(), "ADD", Some(pod.path()), "activated", &c).assert_success();
+    run(&lab, &ours(), "DEL", Some(pod.path()), "activated", &c).assert_success();
+    assert!(lab.settled(0).is_empty());
+    // systemd-socket-activate execs the daemon: this SIGTERM reaches it.
+    terminate(activator.0.id());
+    let status = activator.0.wait().expect("daemon exit");
+    assert!(status.success(), "{status:?}");
+    assert!(
+        socket.exists(),
+        "the daemon removed a socket it did not create"
+    );
+}
