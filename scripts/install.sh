@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds twill in release mode and installs it:
-#   CNI plugins bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap
+#   CNI plugins bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap dhcp
 #                                                                     -> /opt/cni/bin   (--prefix DIR)
 #   twilld                                                            -> /usr/local/bin (--bindir DIR)
 # DESTDIR, when set, is prepended to both (for packaging). Idempotent: unchanged binaries are left
@@ -14,7 +14,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 cd "$TWILL_ROOT"
 
-PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap)
+PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap dhcp)
 DAEMONS=(twilld)
 prefix=/opt/cni/bin
 bindir=/usr/local/bin

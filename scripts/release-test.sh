@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap)
+PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap dhcp)
 tmp="$(mktemp -d /tmp/twill-release-test.XXXXXX)"
 netns=()
 pids=()

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the release artifacts of the committed HEAD, from a clean clone, into dist/ (--out DIR):
 #   twill-cni-plugins-linux-amd64-v<version>.tgz   bridge loopback portmap bandwidth firewall flannel host-local
-#                                                  ptp tuning static sbr macvlan host-device tap
+#                                                  ptp tuning static sbr macvlan host-device tap dhcp
 #                                                  (flat, as the reference cni-plugins-linux-amd64-*.tgz)
 #   twilld-linux-amd64-v<version>                  the overlay daemon
 #   twilld.service                                 its systemd unit (ExecStart=/usr/local/bin/twilld)
@@ -24,7 +24,7 @@ set -euo pipefail
 . "$TWILL_ROOT/scripts/lib/static.sh"
 cd "$TWILL_ROOT"
 
-PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap)
+PLUGINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap dhcp)
 out="$TWILL_ROOT/dist"
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -19,7 +19,7 @@ TWILL_DEBIAN_PACKAGES=(
   protobuf-compiler libprotobuf-dev
   etcd-server etcd-client
   podman runc conmon golang-github-containers-common netavark containerd busybox-static
-  conntrack iperf3 hyperfine procps psmisc iputils-ping openssl curl netcat-openbsd dash
+  conntrack iperf3 hyperfine procps psmisc iputils-ping openssl curl netcat-openbsd dash dnsmasq-base systemd
   debootstrap help2man
 )
 

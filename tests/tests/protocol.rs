@@ -78,6 +78,10 @@ const PLUGINS: &[Plugin] = &[
         name: "tap",
         opens_netns: true,
     },
+    Plugin {
+        name: "dhcp",
+        opens_netns: false,
+    },
 ];
 
 /// What a row expects.
@@ -249,6 +253,10 @@ fn minimal_config(plugin: &str, scratch: &Path) -> Value {
         "host-device" => {
             // Valid for the config check; every row fails before a device would move.
             conf["device"] = json!("lo");
+        }
+        "dhcp" => {
+            // No daemon listens there: every row must fail before the daemon would be asked.
+            conf["ipam"] = json!({"type": "dhcp", "daemonSocketPath": scratch.join("dhcp.sock")});
         }
         "static" => {
             conf["ipam"] = json!({"type": "static", "addresses": [{"address": "10.250.0.2/24"}]});
