@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use twill_kernel::{
-    random_veth_name, Error, Handle, IpNet, NetNs, Result, Route, VethOptions, VethSpec,
+    random_veth_name, Error, Handle, IpNet, Link, NetNs, Result, Route, VethOptions, VethSpec,
 };
 
 /// Per iteration, in a fresh pod namespace (created outside the timed part), times what a bridge
@@ -122,4 +122,20 @@ mod tests {
         assert!(min <= median && median <= p90);
         eprintln!("kernel floor (debug build): min {min:?} median {median:?} p90 {p90:?}");
     }
+}
+
+/// A fresh pod namespace and a veth `name` (up) in `host`'s namespace whose peer `eth0` is in the pod: the
+/// untimed set-up of the in-process DEL floors. Keep the pod until the series ends (see above).
+pub(crate) fn pod_with_veth(host: &Handle, name: String) -> (NetNs, Link) {
+    let pod = NetNs::create_unnamed().expect("pod netns");
+    let link = host
+        .create_veth(&VethSpec {
+            name,
+            peer_name: "eth0".into(),
+            peer_netns: Some(&pod),
+            up: true,
+            ..Default::default()
+        })
+        .expect("create veth");
+    (pod, link)
 }
