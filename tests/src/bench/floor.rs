@@ -108,22 +108,6 @@ pub fn pod_add_on_bridge(
     Ok(veth.index)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::measure_kernel_floor;
-
-    #[test]
-    fn kernel_floor_measures_every_iteration() {
-        let mut samples = measure_kernel_floor(5).unwrap();
-        assert_eq!(samples.len(), 5);
-        samples.sort();
-        let (min, median, p90) = (samples[0], samples[2], samples[4]);
-        assert!(min > std::time::Duration::ZERO);
-        assert!(min <= median && median <= p90);
-        eprintln!("kernel floor (debug build): min {min:?} median {median:?} p90 {p90:?}");
-    }
-}
-
 /// A fresh pod namespace and a veth `name` (up) in `host`'s namespace whose peer `eth0` is in the pod: the
 /// untimed set-up of the in-process DEL floors. Keep the pod until the series ends (see above).
 pub(crate) fn pod_with_veth(host: &Handle, name: String) -> (NetNs, Link) {
@@ -138,4 +122,20 @@ pub(crate) fn pod_with_veth(host: &Handle, name: String) -> (NetNs, Link) {
         })
         .expect("create veth");
     (pod, link)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::measure_kernel_floor;
+
+    #[test]
+    fn kernel_floor_measures_every_iteration() {
+        let mut samples = measure_kernel_floor(5).unwrap();
+        assert_eq!(samples.len(), 5);
+        samples.sort();
+        let (min, median, p90) = (samples[0], samples[2], samples[4]);
+        assert!(min > std::time::Duration::ZERO);
+        assert!(min <= median && median <= p90);
+        eprintln!("kernel floor (debug build): min {min:?} median {median:?} p90 {p90:?}");
+    }
 }
