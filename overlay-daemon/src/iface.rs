@@ -174,6 +174,21 @@ fn by_default_route(handle: &Handle, all: &[Link], v4: bool) -> Result<Option<Ch
         .map(|l| (l.clone(), None)))
 }
 
+/// One family's public address when that family is wanted: the one given on the command line, else the one
+/// the interface was chosen by, else the interface's first; none of them is an error (`missing`).
+fn public_addr<A>(
+    wanted: bool,
+    given: Option<A>,
+    chosen_by: Option<A>,
+    first: Option<A>,
+    missing: impl FnOnce() -> String,
+) -> Result<Option<A>, String> {
+    if !wanted {
+        return Ok(None);
+    }
+    given.or(chosen_by).or(first).map(Some).ok_or_else(missing)
+}
+
 /// The underlay as `choice` says, and its public address of each family the network runs (`want`): the one
 /// given by flag, else the address the choice matched, else the interface's first address of the family.
 pub fn select(handle: &Handle, choice: &Choice, want: Want) -> Result<Underlay, String> {
@@ -218,47 +233,27 @@ pub fn select(handle: &Handle, choice: &Choice, want: Want) -> Result<Underlay, 
     };
     let name = link.name.clone();
     let networks = v4_addrs(handle, link.index)?;
-    let public_ip = if want.v4 {
-        let by_ip = by_ip.and_then(|a| match a {
+    let public_ip = public_addr(
+        want.v4,
+        want.public_ip,
+        by_ip.and_then(|a| match a {
             IpAddr::V4(a) => Some(a),
             IpAddr::V6(_) => None,
-        });
-        match want
-            .public_ip
-            .or(by_ip)
-            .or_else(|| networks.first().map(|n| n.addr()))
-        {
-            Some(ip) => Some(ip),
-            None => {
-                return Err(format!(
-                    "interface {name} has no IPv4 address; use --public-ip"
-                ))
-            }
-        }
-    } else {
-        None
-    };
+        }),
+        networks.first().map(|n| n.addr()),
+        || format!("interface {name} has no IPv4 address; use --public-ip"),
+    )?;
     let networks_v6 = v6_addrs(handle, link.index)?;
-    let public_ipv6 = if want.v6 {
-        let by_ip = by_ip.and_then(|a| match a {
+    let public_ipv6 = public_addr(
+        want.v6,
+        want.public_ipv6,
+        by_ip.and_then(|a| match a {
             IpAddr::V6(a) => Some(a),
             IpAddr::V4(_) => None,
-        });
-        match want
-            .public_ipv6
-            .or(by_ip)
-            .or_else(|| networks_v6.first().map(|n| n.addr()))
-        {
-            Some(ip) => Some(ip),
-            None => {
-                return Err(format!(
-                    "interface {name} has no global IPv6 address; use --public-ipv6"
-                ))
-            }
-        }
-    } else {
-        None
-    };
+        }),
+        networks_v6.first().map(|n| n.addr()),
+        || format!("interface {name} has no global IPv6 address; use --public-ipv6"),
+    )?;
     let mtu = link.mtu;
     if mtu == 0 {
         return Err(format!("interface {name} reports MTU 0"));

@@ -6,12 +6,21 @@
 # (TWILL_RELEASE_WORK), so the second of them rebuilds nothing that the first built. Sourced after common.sh.
 
 TRIPLE=x86_64-unknown-linux-gnu
+# Every binary that release.sh or image.sh ships. Both build all of them, whatever they ship, so whichever runs
+# second finds everything built: a --bin set of its own would compile and link (fat LTO: minutes) the binaries
+# the first one left out.
+STATIC_BINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan twilld
+  twill-install)
 
-# static_build BIN...: clones HEAD into $work/src and builds the named binaries there. Sets (globals)
-# work, src, commit, version, rel (the directory holding the binaries) and exports SOURCE_DATE_EPOCH.
-# Dies when a binary is not static.
+# static_build BIN...: clones HEAD into $work/src and builds STATIC_BINS there (the named binaries must be
+# among them). Sets (globals) work, src, commit, version, rel (the directory holding the binaries) and exports
+# SOURCE_DATE_EPOCH. Dies when a named binary is not static.
 static_build() {
   ensure_cargo
+  local b
+  for b in "$@"; do
+    [[ " ${STATIC_BINS[*]} " == *" $b "* ]] || die "static_build: $b is not in STATIC_BINS (scripts/lib/static.sh)"
+  done
   work="${TWILL_RELEASE_WORK:-$TWILL_TARGET_DIR/release-build}"
   src="$work/src"
   mkdir -p "$work"
@@ -43,9 +52,9 @@ static_build() {
   export TWILL_COMMIT="$commit"
   export RUSTFLAGS="-C target-feature=+crt-static --remap-path-prefix=$src=/twill \
 --remap-path-prefix=$cargo_home=/cargo --remap-path-prefix=$CARGO_TARGET_DIR=/target"
-  local bins=() b start
-  for b in "$@"; do bins+=(--bin "$b"); done
-  log "building v$version ($commit) for $TRIPLE, static: $*"
+  local bins=() start
+  for b in "${STATIC_BINS[@]}"; do bins+=(--bin "$b"); done
+  log "building v$version ($commit) for $TRIPLE, static: ${STATIC_BINS[*]}"
   start=$(date +%s)
   (cd "$src" && cargo build --release --locked --target "$TRIPLE" --workspace "${bins[@]}")
   log "build took $(($(date +%s) - start)) s"

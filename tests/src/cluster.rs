@@ -350,6 +350,19 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The pod a CNI ADD made in `ns`: its first IPv4 address of `result`.
+    pub fn from_result(ns: Netns, result: &serde_json::Value) -> Pod {
+        let ip = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str())
+            .filter_map(|a| a.split('/').next())
+            .find_map(|a| a.parse::<Ipv4Addr>().ok())
+            .unwrap_or_else(|| panic!("no IPv4 address in {result}"));
+        Pod { ns, ip }
+    }
+
     /// `ping -c <count> -i <interval> -W 1 <ip>`; returns (sent, received).
     pub fn ping(&self, ip: Ipv4Addr, count: u32, interval: f64) -> (u32, u32) {
         let out = self.ns.exec(&[
@@ -392,6 +405,52 @@ impl Pod {
             .unwrap_or_else(|e| panic!("starting ping: {e}"));
         BackgroundPing { child: Some(child) }
     }
+}
+
+/// Every pod pings every other pod within `timeout` each; a failure shows the last ping and `context()` (the
+/// cluster's state or logs).
+pub fn assert_pods_reach(pods: &[&Pod], timeout: Duration, context: impl Fn() -> String) {
+    for a in pods {
+        for b in pods {
+            if a.ip == b.ip {
+                continue;
+            }
+            assert!(
+                wait_until(timeout, || a.can_reach(b.ip)),
+                "pod {} cannot ping pod {}\nlast ping: {}\n{}",
+                a.ip,
+                b.ip,
+                String::from_utf8_lossy(
+                    &a.ns
+                        .exec(&["ping", "-c", "1", "-W", "1", &b.ip.to_string()])
+                        .stdout
+                ),
+                context()
+            );
+        }
+    }
+}
+
+/// GET `path` from a daemon's HTTP port (twilld's health server) inside `node`, the socket opened in the
+/// node's namespace; returns (status code, body), or ("000", "") when nothing answers.
+pub fn http_get(node: &Node, port: u16, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let Ok(mut sock) = node
+        .ns
+        .run_in(|| std::net::TcpStream::connect(("127.0.0.1", port)))
+    else {
+        return ("000".into(), String::new());
+    };
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
+    let mut resp = String::new();
+    let _ = sock.read_to_string(&mut resp);
+    let code = resp.split_whitespace().nth(1).unwrap_or("000").to_string();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
 }
 
 fn parse_ping(out: &str) -> (u32, u32) {

@@ -9,6 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::netns::Netns;
+use crate::pki::Ca;
 
 #[derive(Debug)]
 pub struct Etcd {
@@ -24,7 +25,7 @@ pub struct Etcd {
     tls: Option<EtcdTls>,
 }
 
-/// Certificates for an etcd that serves TLS and requires client certificates (made with `openssl`).
+/// Certificates for an etcd that serves TLS and requires client certificates (made by a test CA).
 #[derive(Debug, Clone)]
 pub struct EtcdTls {
     pub ca: PathBuf,
@@ -37,92 +38,23 @@ pub struct EtcdTls {
 impl EtcdTls {
     /// A fresh CA, a server certificate for 127.0.0.1 and `server_ips`, and a client certificate, in `dir`.
     pub fn generate(dir: &Path, server_ips: &[Ipv4Addr]) -> EtcdTls {
-        let p = |n: &str| dir.join(n);
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap_or_else(|e| panic!("running openssl: {e}"));
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=twill-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]);
-        let mut sans = "subjectAltName=IP:127.0.0.1".to_string();
-        for ip in server_ips {
-            sans.push_str(&format!(",IP:{ip}"));
-        }
-        for (name, usage, san) in [
-            ("server", "serverAuth", sans.as_str()),
-            ("client", "clientAuth", "subjectAltName=DNS:twilld"),
-        ] {
-            openssl(&[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-subj",
-                &format!("/CN=twill-test-{name}"),
-                "-keyout",
-                &format!("{name}.key"),
-                "-out",
-                &format!("{name}.csr"),
-            ]);
-            let ext = format!("{name}.ext");
-            std::fs::write(
-                p(&ext),
-                format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage={usage}\n{san}\n"),
-            )
-            .unwrap_or_else(|e| panic!("writing {ext}: {e}"));
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{name}.csr"),
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-extfile",
-                &ext,
-                "-out",
-                &format!("{name}.crt"),
-            ]);
-        }
+        let ca = Ca::generate(dir, "twill-test-ca");
+        let mut sans = vec!["IP:127.0.0.1".to_string()];
+        sans.extend(server_ips.iter().map(|ip| format!("IP:{ip}")));
+        let (server_cert, server_key) =
+            ca.sign("server", "/CN=twill-test-server", "serverAuth", &sans);
+        let (client_cert, client_key) = ca.sign(
+            "client",
+            "/CN=twill-test-client",
+            "clientAuth",
+            &["DNS:twilld".to_string()],
+        );
         EtcdTls {
-            ca: p("ca.crt"),
-            server_cert: p("server.crt"),
-            server_key: p("server.key"),
-            client_cert: p("client.crt"),
-            client_key: p("client.key"),
+            ca: ca.cert,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
         }
     }
 }

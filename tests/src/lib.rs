@@ -15,5 +15,6 @@ pub mod mixed;
 pub mod netns;
 pub mod overlay_bench;
 pub mod pinger;
+pub mod pki;
 pub mod rng;
 pub mod runtimes;

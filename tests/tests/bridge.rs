@@ -47,16 +47,6 @@ fn assert_no_trace(node: &Node, network: &str, pod: Option<&Netns>, ips: &[Strin
     assert!(masq.is_empty(), "masquerade rules left: {masq:?}");
 }
 
-fn ips_of(result: &Value) -> Vec<String> {
-    result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["address"].as_str())
-        .filter_map(|a| a.split('/').next().map(str::to_string))
-        .collect()
-}
-
 /// A pod `container_id` (its `eth0`) ADDed by our plugin on `node` with network `name`'s config (`extra`
 /// merged in): the pod's namespace (removed on drop), the config and the ADD result.
 fn pod_added(node: &Node, name: &str, extra: Value, container_id: &str) -> (Netns, Value, Value) {
@@ -231,7 +221,7 @@ fn del_after_netns_is_gone(backend: &str) {
     let pod_path = pod.path().to_path_buf();
     let add = node.run(&ours(), "ADD", Some(&pod_path), "leak", "eth0", &conf);
     let result = add.assert_success();
-    let ips = ips_of(&result);
+    let ips = result_addrs(&result);
     let rules: Vec<String> = node
         .masquerade_lines()
         .into_iter()
@@ -307,7 +297,7 @@ fn forty_parallel_adds_then_forty_parallel_dels_on_one_bridge() {
             .map(|h| h.join().expect("ADD thread"))
             .collect()
     });
-    let ips: Vec<String> = results.iter().flat_map(ips_of).collect();
+    let ips: Vec<String> = results.iter().flat_map(result_addrs).collect();
     let distinct: HashSet<&String> = ips.iter().collect();
     assert_eq!(distinct.len(), N, "addresses not distinct: {ips:?}");
     assert_eq!(node.veths().len(), N);
@@ -392,8 +382,8 @@ fn gc_removes_masquerade_and_leases_of_attachments_not_valid() {
             .assert_success()
         })
         .collect();
-    let keep_ips = ips_of(&results[0]);
-    let gone_ips = ips_of(&results[1]);
+    let keep_ips = result_addrs(&results[0]);
+    let gone_ips = result_addrs(&results[1]);
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "gc-0", "ifname": "eth0"}]);
     node.run(&ours(), "GC", None, "", "", &gc).assert_success();
@@ -674,7 +664,7 @@ fn repeated_add_of_a_live_attachment_fails_and_keeps_its_lease() {
         .assert_any_error();
     assert_eq!(
         node.leases("brtwice"),
-        ips_of(&first),
+        result_addrs(&first),
         "the live lease was released"
     );
     assert!(ping(&pod, "10.88.0.1"), "the live attachment was damaged");

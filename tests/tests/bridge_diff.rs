@@ -17,9 +17,12 @@
 //! - VLAN configs need CONFIG_BRIDGE_VLAN_FILTERING: without it both sides must fail ADD, with it both
 //!   must succeed.
 
+#[path = "diff_support/mod.rs"]
+mod diff_support;
 #[path = "bridge_support/mod.rs"]
 mod support;
 
+use diff_support::{add_check_del, Twin, Verbs};
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
@@ -33,17 +36,11 @@ const NET: &str = "diffnet";
 /// Everything one side produced.
 #[derive(Debug)]
 struct Side {
-    add_ok: bool,
-    add_out: String,
-    result: Value,
+    verbs: Verbs,
     pod: Value,
     node: Value,
     pod_mac: Value,
     masq_during: Vec<String>,
-    check_ok: Option<bool>,
-    check_out: String,
-    del_ok: bool,
-    del_out: String,
     pod_links_after: Vec<String>,
     veths_after: Vec<String>,
     leases_after: Vec<String>,
@@ -52,99 +49,44 @@ struct Side {
 
 /// One side's run; `cni_path` is where its IPAM comes from (each side uses its own stack).
 fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
-    let node = Node::new();
-    let pod = Netns::new("brp");
-    let conf = node.conf(NET, extra.clone());
-    let add = node.run_with_path(
-        plugin,
-        "ADD",
-        Some(pod.path()),
-        CID,
-        IFNAME,
-        &conf,
-        cni_path,
-    );
-    add.assert_no_panic();
-    let result = add.json.clone().unwrap_or(Value::Null);
+    let twin = Twin::new("brp");
+    let conf = twin.node.conf(NET, extra.clone());
     let bridge = conf["bridge"].as_str().unwrap_or("cni0").to_string();
-    let pod_ip = |r: &Value| -> Vec<String> {
-        r["ips"]
-            .as_array()
+    let masq_of = |ips: &[String]| -> Vec<String> {
+        twin.node
+            .masquerade_lines()
             .into_iter()
-            .flatten()
-            .filter_map(|i| i["address"].as_str())
-            .filter_map(|a| a.split('/').next().map(str::to_string))
+            .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
             .collect()
     };
-    let ips = if add.success() {
-        pod_ip(&result)
-    } else {
-        vec![]
-    };
-    let masq_during: Vec<String> = node
-        .masquerade_lines()
-        .into_iter()
-        .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
-        .collect();
-    let pod_mac = links(&pod, &["dev", IFNAME])
-        .first()
-        .map(|l| l["address"].clone())
-        .unwrap_or(Value::Null);
-    let (pod_state_v, node_state_v) = if add.success() {
-        (pod_state(&pod, IFNAME), node_state(&node.ns, &bridge))
-    } else {
-        (Value::Null, Value::Null)
-    };
-    let version = conf["cniVersion"].as_str().unwrap_or("1.0.0");
-    let (check_ok, check_out) =
-        if add.success() && !matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1") {
-            let mut c = conf.clone();
-            c["prevResult"] = result.clone();
-            let check =
-                node.run_with_path(plugin, "CHECK", Some(pod.path()), CID, IFNAME, &c, cni_path);
-            check.assert_no_panic();
-            (Some(check.success()), check.describe())
-        } else {
-            (None, String::new())
-        };
-    let mut del_conf = conf.clone();
-    if add.success() {
-        del_conf["prevResult"] = result.clone();
-    }
-    let del = node.run_with_path(
-        plugin,
-        "DEL",
-        Some(pod.path()),
-        CID,
-        IFNAME,
-        &del_conf,
-        cni_path,
+    let (verbs, attached) = add_check_del(
+        &conf,
+        |verb, c| twin.run(plugin, cni_path, verb, (CID, IFNAME), c),
+        |result| {
+            let pod_mac = links(&twin.pod, &["dev", IFNAME])
+                .first()
+                .map(|l| l["address"].clone())
+                .unwrap_or(Value::Null);
+            (
+                masq_of(&result_addrs(result)),
+                pod_mac,
+                pod_state(&twin.pod, IFNAME),
+                node_state(&twin.node.ns, &bridge),
+            )
+        },
     );
-    del.assert_no_panic();
-    let masq_after: Vec<String> = node
-        .masquerade_lines()
-        .into_iter()
-        .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
-        .collect();
+    let (masq_during, pod_mac, pod, node) =
+        attached.unwrap_or((vec![], Value::Null, Value::Null, Value::Null));
     Side {
-        add_ok: add.success(),
-        add_out: add.describe(),
-        result: normalize_result(&result),
-        pod: pod_state_v,
-        node: node_state_v,
+        pod,
+        node,
         pod_mac,
         masq_during,
-        check_ok,
-        check_out,
-        del_ok: del.success(),
-        del_out: del.describe(),
-        pod_links_after: links(&pod, &[])
-            .iter()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-            .collect(),
-        veths_after: node.veths(),
-        leases_after: node.leases(NET),
-        masq_after,
+        pod_links_after: twin.pod_links(),
+        veths_after: twin.node.veths(),
+        leases_after: twin.node.leases(NET),
+        masq_after: masq_of(&result_addrs(&verbs.raw_result)),
+        verbs,
     }
 }
 
@@ -185,7 +127,7 @@ fn differential_with(extra: Value, masq: bool, check: Check, add: Add) {
     // Ours with our host-local (first in CNI_PATH); each reference with its own.
     let ours = run_side(&ours(), &cni_path(), &extra);
     assert_eq!(
-        ours.add_ok,
+        ours.verbs.add_ok,
         add == Add::Succeeds,
         "ours: ADD expected to {} on this kernel\n{}",
         if add == Add::Succeeds {
@@ -193,7 +135,7 @@ fn differential_with(extra: Value, masq: bool, check: Check, add: Add) {
         } else {
             "fail"
         },
-        ours.add_out
+        ours.verbs.add_out
     );
     for r in Reference::ALL {
         let theirs = run_side(&r.bin("bridge"), &r.dir().display().to_string(), &extra);
@@ -202,12 +144,8 @@ fn differential_with(extra: Value, masq: bool, check: Check, add: Add) {
 }
 
 fn compare(ours: &Side, theirs: &Side, r: Reference, extra: &Value, masq: bool, check: Check) {
-    assert_eq!(
-        ours.add_ok, theirs.add_ok,
-        "ADD outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-        ours.add_out, theirs.add_out
-    );
-    if !ours.add_ok {
+    ours.verbs.assert_same_add(&theirs.verbs, r);
+    if !ours.verbs.add_ok {
         // Both refused: both must have left nothing behind.
         for s in [ours, theirs] {
             assert!(
@@ -221,10 +159,6 @@ fn compare(ours: &Side, theirs: &Side, r: Reference, extra: &Value, masq: bool, 
         }
         return;
     }
-    assert_eq!(
-        ours.result, theirs.result,
-        "result JSON differs from {r} (normalised)"
-    );
     assert_eq!(ours.pod, theirs.pod, "pod kernel state differs from {r}");
     assert_eq!(ours.node, theirs.node, "node kernel state differs from {r}");
     if extra.pointer("/runtimeConfig/mac").is_some() {
@@ -252,26 +186,26 @@ fn compare(ours: &Side, theirs: &Side, r: Reference, extra: &Value, masq: bool, 
     match check {
         Check::OursPasses(failing) if failing.contains(&r) => {
             assert_eq!(
-                ours.check_ok,
+                ours.verbs.check_ok,
                 Some(true),
                 "ours must pass CHECK: {}",
-                ours.check_out
+                ours.verbs.check_out
             );
             assert_eq!(
-                theirs.check_ok,
+                theirs.verbs.check_ok,
                 Some(false),
                 "{r} was expected to fail CHECK here: {}",
-                theirs.check_out
+                theirs.verbs.check_out
             );
         }
         _ => assert_eq!(
-            ours.check_ok, theirs.check_ok,
+            ours.verbs.check_ok, theirs.verbs.check_ok,
             "CHECK outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-            ours.check_out, theirs.check_out
+            ours.verbs.check_out, theirs.verbs.check_out
         ),
     }
     for s in [ours, theirs] {
-        assert!(s.del_ok, "DEL failed: {}", s.del_out);
+        assert!(s.verbs.del_ok, "DEL failed: {}", s.verbs.del_out);
         assert_eq!(
             s.pod_links_after,
             vec!["lo".to_string()],

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use twill_tests::bins::{bin, workspace_dir};
-use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
+use twill_tests::cluster::{
+    assert_pods_reach, http_get, wait_until, Node, Pod, Switch, Twilld, TwilldArgs,
+};
 use twill_tests::flanneld;
 use twill_tests::kube::{ControlPlane, Credentials, NodeSpec, Options};
 use twill_tests::libcni::LibCni;
@@ -142,23 +144,7 @@ impl Cluster {
 
 /// GET `path` from the daemon's health port inside the node: (status code, body).
 fn curl(node: &Node, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let Ok(mut sock) = node
-        .ns
-        .run_in(|| std::net::TcpStream::connect(("127.0.0.1", HEALTH_PORT)))
-    else {
-        return ("000".into(), String::new());
-    };
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = sock.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes());
-    let mut resp = String::new();
-    let _ = sock.read_to_string(&mut resp);
-    let code = resp.split_whitespace().nth(1).unwrap_or("000").to_string();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    http_get(node, HEALTH_PORT, path)
 }
 
 /// One node's CNI side: the manifest's conflist with paths of this node, driven through libcni in the node.
@@ -200,31 +186,13 @@ impl CniSite {
             .with_container_id(id)
             .add(&self.net, ns.path())
             .assert_success();
-        let ip: Ipv4Addr = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {result}"));
-        Pod { ns, ip }
+        Pod::from_result(ns, &result)
     }
 }
 
 /// Every pod reaches every other pod (each pair retried for a few seconds).
 fn assert_all_reach(pods: &[&Pod], logs: impl Fn() -> String) {
-    for a in pods {
-        for b in pods {
-            if a.ip == b.ip {
-                continue;
-            }
-            assert!(
-                wait_until(Duration::from_secs(15), || a.can_reach(b.ip)),
-                "pod {} cannot reach pod {}\n{}",
-                a.ip,
-                b.ip,
-                logs()
-            );
-        }
-    }
+    assert_pods_reach(pods, Duration::from_secs(15), logs);
 }
 
 fn subnet_of(node: &Node) -> (Ipv4Addr, u8) {

@@ -8,9 +8,12 @@
 //! Ours only: DEL without the netns, rollback of a failed ADD, `linkInContainer` (against v1.10 only:
 //! 1.1.1 does not have it).
 
+#[path = "diff_support/mod.rs"]
+mod diff_support;
 #[path = "bridge_support/mod.rs"]
 mod support;
 
+use diff_support::{add_check_del, Twin, Verbs};
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
@@ -96,98 +99,62 @@ fn node_state(node: &Netns) -> Value {
 }
 
 struct Side {
-    add_ok: bool,
-    add_out: String,
-    result: Value,
-    raw_result: Value,
+    verbs: Verbs,
     pod: Value,
     node: Value,
-    check_ok: Option<bool>,
-    check_out: String,
-    del_ok: bool,
-    del_out: String,
     pod_links_after: Vec<String>,
     node_before: Value,
     node_after: Value,
     leases_after: Vec<String>,
 }
 
-/// Runs ADD, CHECK and DEL; `master_in_pod` moves `up1` into the pod first (for `linkInContainer`).
+/// Runs ADD, CHECK and DEL; `linkInContainer` moves `up1` into the pod first.
 fn run_side(plugin: &Path, cni_path: &str, extra: &Value, cni_args: Option<&str>) -> Side {
-    let node = node();
-    let pod = Netns::new("mvp");
-    let conf = conf(&node, extra);
+    let twin = Twin::on(node(), "mvp");
+    let conf = conf(&twin.node, extra);
     if conf["linkInContainer"] == json!(true) {
-        node.ns
-            .ip(&["link", "set", "up1", "netns", &pod.path_str()]);
-        pod.ip(&["link", "set", "up1", "up"]);
+        twin.node
+            .ns
+            .ip(&["link", "set", "up1", "netns", &twin.pod.path_str()]);
+        twin.pod.ip(&["link", "set", "up1", "up"]);
     }
-    let node_before = node_state(&node.ns);
+    let node_before = node_state(&twin.node.ns);
     let run = |cmd: &str, c: &Value| {
         let out = Invocation::new(plugin, cmd)
             .libcni_style()
             .container_id(Some(CID))
             .ifname(Some(IFNAME))
-            .netns(Some(pod.path()))
+            .netns(Some(twin.pod.path()))
             .cni_path(Some(cni_path))
             .cni_args(cni_args)
             .stdin_json(c)
-            .in_netns(node.ns.path())
+            .in_netns(twin.node.ns.path())
             .run();
         out.assert_no_panic();
         out
     };
-    let add = run("ADD", &conf);
-    let result = add.json.clone().unwrap_or(Value::Null);
-    let (pod_v, node_v) = if add.success() {
-        (pod_state(&pod), node_state(&node.ns))
-    } else {
-        (Value::Null, Value::Null)
-    };
-    let version = conf["cniVersion"].as_str().unwrap_or("1.0.0");
-    let (check_ok, check_out) =
-        if add.success() && !matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1") {
-            let mut c = conf.clone();
-            c["prevResult"] = result.clone();
-            let check = run("CHECK", &c);
-            (Some(check.success()), check.describe())
-        } else {
-            (None, String::new())
-        };
-    let mut del_conf = conf.clone();
-    if add.success() {
-        del_conf["prevResult"] = result.clone();
-    }
-    let del = run("DEL", &del_conf);
+    let (verbs, attached) = add_check_del(&conf, run, |_| {
+        (pod_state(&twin.pod), node_state(&twin.node.ns))
+    });
+    let (pod, node) = attached.unwrap_or((Value::Null, Value::Null));
     Side {
-        add_ok: add.success(),
-        add_out: add.describe(),
-        result: normalize_result(&result),
-        raw_result: result,
-        pod: pod_v,
-        node: node_v,
-        check_ok,
-        check_out,
-        del_ok: del.success(),
-        del_out: del.describe(),
-        pod_links_after: links(&pod, &[])
-            .iter()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        verbs,
+        pod,
+        node,
+        pod_links_after: twin
+            .pod_links()
+            .into_iter()
             .filter(|n| n != "up1")
             .collect(),
         node_before,
-        node_after: node_state(&node.ns),
-        leases_after: node.leases(NET),
+        node_after: node_state(&twin.node.ns),
+        leases_after: twin.node.leases(NET),
     }
 }
 
 fn compare(ours: &Side, theirs: &Side, r: Reference) {
-    assert_eq!(
-        ours.add_ok, theirs.add_ok,
-        "ADD outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-        ours.add_out, theirs.add_out
-    );
-    if !ours.add_ok {
+    ours.verbs.assert_same_add(&theirs.verbs, r);
+    if !ours.verbs.add_ok {
         return;
     }
     assert_eq!(
@@ -195,7 +162,6 @@ fn compare(ours: &Side, theirs: &Side, r: Reference) {
         "snapshot missed the attachment: {:#}",
         ours.pod
     );
-    assert_eq!(ours.result, theirs.result, "result JSON differs from {r}");
     let mut our_pod = ours.pod.clone();
     let mut their_pod = theirs.pod.clone();
     if r == Reference::Debian {
@@ -205,21 +171,9 @@ fn compare(ours: &Side, theirs: &Side, r: Reference) {
     }
     assert_eq!(our_pod, their_pod, "pod kernel state differs from {r}");
     assert_eq!(ours.node, theirs.node, "node kernel state differs from {r}");
-    assert_eq!(
-        ours.check_ok, theirs.check_ok,
-        "CHECK outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-        ours.check_out, theirs.check_out
-    );
-    if let Some(ok) = ours.check_ok {
-        assert!(ok, "CHECK right after ADD failed: {}", ours.check_out);
-    }
+    ours.verbs.assert_same_check(&theirs.verbs, r);
     for (who, s) in [("ours", ours), ("reference", theirs)] {
-        assert!(s.del_ok, "{who}: DEL failed: {}", s.del_out);
-        assert_eq!(
-            s.pod_links_after,
-            vec!["lo".to_string()],
-            "{who}: pod link left"
-        );
+        s.verbs.assert_deleted(who, &s.pod_links_after);
         assert_eq!(s.node_after, s.node_before, "{who}: node changed");
         assert!(
             s.leases_after.is_empty(),
@@ -276,40 +230,53 @@ fn same_as_reference_mtu() {
 #[test]
 fn same_as_reference_mtu_above_the_masters_fails() {
     let s = differential(json!({"mtu": 9000}));
-    assert!(!s.add_ok);
+    assert!(!s.verbs.add_ok);
 }
 
 #[test]
 fn same_as_reference_unknown_mode_fails() {
     let s = differential(json!({"mode": "source-ish"}));
-    assert!(!s.add_ok);
+    assert!(!s.verbs.add_ok);
 }
 
 #[test]
 fn same_as_reference_missing_master_fails() {
     let s = differential(json!({"master": "nope0"}));
-    assert!(!s.add_ok);
+    assert!(!s.verbs.add_ok);
 }
 
 #[test]
 fn same_as_reference_mac_from_config_runtime_config_and_args() {
     let s = differential(json!({"mac": "02:11:22:33:44:55"}));
-    assert_eq!(s.raw_result["interfaces"][0]["mac"], "02:11:22:33:44:55");
+    assert_eq!(
+        s.verbs.raw_result["interfaces"][0]["mac"],
+        "02:11:22:33:44:55"
+    );
     let s = differential(json!({"mac": "02:11:22:33:44:55",
         "runtimeConfig": {"mac": "02:11:22:33:44:66"}}));
-    assert_eq!(s.raw_result["interfaces"][0]["mac"], "02:11:22:33:44:66");
+    assert_eq!(
+        s.verbs.raw_result["interfaces"][0]["mac"],
+        "02:11:22:33:44:66"
+    );
     let s = differential_with(
         json!({"mac": "02:11:22:33:44:55"}),
         Some("IgnoreUnknown=1;MAC=02:11:22:33:44:77"),
         &Reference::ALL,
     );
-    assert_eq!(s.raw_result["interfaces"][0]["mac"], "02:11:22:33:44:77");
+    assert_eq!(
+        s.verbs.raw_result["interfaces"][0]["mac"],
+        "02:11:22:33:44:77"
+    );
 }
 
 #[test]
 fn same_as_reference_without_ipam() {
     let s = differential(json!({"ipam": null}));
-    assert!(s.raw_result.get("ips").is_none(), "{:#}", s.raw_result);
+    assert!(
+        s.verbs.raw_result.get("ips").is_none(),
+        "{:#}",
+        s.verbs.raw_result
+    );
 }
 
 #[test]
@@ -326,7 +293,7 @@ fn same_as_reference_link_in_container() {
         None,
         &[Reference::Current],
     );
-    assert!(s.add_ok, "{}", s.add_out);
+    assert!(s.verbs.add_ok, "{}", s.verbs.add_out);
 }
 
 #[test]

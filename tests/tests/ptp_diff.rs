@@ -12,9 +12,12 @@
 //! Ours only: DEL without the netns, rollback of a failed ADD, GC of masquerade rules, parallel ADDs,
 //! and traffic pod to node and pod to pod.
 
+#[path = "diff_support/mod.rs"]
+mod diff_support;
 #[path = "bridge_support/mod.rs"]
 mod support;
 
+use diff_support::{add_check_del, Twin, Verbs};
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
@@ -87,18 +90,11 @@ fn node_state(node: &Netns) -> Value {
     })
 }
 
-#[derive(Debug)]
 struct Side {
-    add_ok: bool,
-    add_out: String,
-    result: Value,
+    verbs: Verbs,
     pod: Value,
     node: Value,
     masq_during: Vec<String>,
-    check_ok: Option<bool>,
-    check_out: String,
-    del_ok: bool,
-    del_out: String,
     pod_links_after: Vec<String>,
     veths_after: Vec<String>,
     node_routes_after: Vec<String>,
@@ -106,88 +102,48 @@ struct Side {
     masq_after: Vec<String>,
 }
 
-fn pod_ips(r: &Value) -> Vec<String> {
-    r["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["address"].as_str())
-        .filter_map(|a| a.split('/').next().map(str::to_string))
-        .collect()
-}
-
 fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
-    let node = Node::new();
-    let pod = Netns::new("ptpp");
-    let conf = conf(&node, extra);
-    let run = |cmd: &str, c: &Value| {
-        let out = node.run_with_path(plugin, cmd, Some(pod.path()), CID, IFNAME, c, cni_path);
-        out.assert_no_panic();
-        out
-    };
-    let add = run("ADD", &conf);
-    let result = add.json.clone().unwrap_or(Value::Null);
-    let ips = if add.success() {
-        pod_ips(&result)
-    } else {
-        vec![]
-    };
-    let masq_of = |lines: Vec<String>| -> Vec<String> {
-        lines
+    let twin = Twin::new("ptpp");
+    let conf = conf(&twin.node, extra);
+    let masq_of = |ips: &[String]| -> Vec<String> {
+        twin.node
+            .masquerade_lines()
             .into_iter()
             .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
             .collect()
     };
-    let masq_during = masq_of(node.masquerade_lines());
-    let (pod_v, node_v) = if add.success() {
-        (pod_state(&pod), node_state(&node.ns))
-    } else {
-        (Value::Null, Value::Null)
-    };
-    let version = conf["cniVersion"].as_str().unwrap_or("1.0.0");
-    let (check_ok, check_out) =
-        if add.success() && !matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1") {
-            let mut c = conf.clone();
-            c["prevResult"] = result.clone();
-            let check = run("CHECK", &c);
-            (Some(check.success()), check.describe())
-        } else {
-            (None, String::new())
-        };
-    let mut del_conf = conf.clone();
-    if add.success() {
-        del_conf["prevResult"] = result.clone();
-    }
-    let del = run("DEL", &del_conf);
+    let (verbs, attached) = add_check_del(
+        &conf,
+        |verb, c| twin.run(plugin, cni_path, verb, (CID, IFNAME), c),
+        |result| {
+            (
+                masq_of(&result_addrs(result)),
+                pod_state(&twin.pod),
+                node_state(&twin.node.ns),
+            )
+        },
+    );
+    let (masq_during, pod, node) = attached.unwrap_or((vec![], Value::Null, Value::Null));
     Side {
-        add_ok: add.success(),
-        add_out: add.describe(),
-        result: normalize_result(&result),
-        pod: pod_v,
-        node: node_v,
         masq_during,
-        check_ok,
-        check_out,
-        del_ok: del.success(),
-        del_out: del.describe(),
-        pod_links_after: links(&pod, &[])
-            .iter()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-            .collect(),
-        veths_after: node.veths(),
-        node_routes_after: routes(&node.ns),
-        leases_after: node.leases(NET),
-        masq_after: masq_of(node.masquerade_lines()),
+        pod,
+        node,
+        pod_links_after: twin.pod_links(),
+        veths_after: twin.node.veths(),
+        node_routes_after: routes(&twin.node.ns),
+        leases_after: twin.node.leases(NET),
+        masq_after: masq_of(&result_addrs(&verbs.raw_result)),
+        verbs,
     }
 }
 
 fn compare(ours: &Side, theirs: &Side, r: Reference, masq: bool) {
-    assert_eq!(
-        ours.add_ok, theirs.add_ok,
-        "ADD outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-        ours.add_out, theirs.add_out
+    ours.verbs.assert_same_add(&theirs.verbs, r);
+    assert!(
+        ours.verbs.add_ok,
+        "ADD failed on both sides: {}",
+        ours.verbs.add_out
     );
-    assert!(ours.add_ok, "ADD failed on both sides: {}", ours.add_out);
     // The snapshots saw the attachment (an empty snapshot on both sides would compare equal).
     assert!(
         !ours.pod["addresses"]
@@ -199,17 +155,9 @@ fn compare(ours: &Side, theirs: &Side, r: Reference, masq: bool) {
         ours.pod,
         ours.node
     );
-    assert_eq!(ours.result, theirs.result, "result JSON differs from {r}");
     assert_eq!(ours.pod, theirs.pod, "pod kernel state differs from {r}");
     assert_eq!(ours.node, theirs.node, "node kernel state differs from {r}");
-    assert_eq!(
-        ours.check_ok, theirs.check_ok,
-        "CHECK outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-        ours.check_out, theirs.check_out
-    );
-    if let Some(ok) = ours.check_ok {
-        assert!(ok, "CHECK right after ADD failed: {}", ours.check_out);
-    }
+    ours.verbs.assert_same_check(&theirs.verbs, r);
     for (who, s) in [("ours", ours), ("reference", theirs)] {
         assert_eq!(
             !s.masq_during.is_empty(),
@@ -217,12 +165,7 @@ fn compare(ours: &Side, theirs: &Side, r: Reference, masq: bool) {
             "{who}: masquerade rules {:?}",
             s.masq_during
         );
-        assert!(s.del_ok, "{who}: DEL failed: {}", s.del_out);
-        assert_eq!(
-            s.pod_links_after,
-            vec!["lo".to_string()],
-            "{who}: pod link left"
-        );
+        s.verbs.assert_deleted(who, &s.pod_links_after);
         assert!(
             s.veths_after.is_empty(),
             "{who}: veth left: {:?}",
@@ -347,7 +290,7 @@ fn added(extra: Value) -> (Node, Netns, Value, Value) {
 #[test]
 fn del_succeeds_when_netns_is_gone() {
     let (node, pod, c, r) = added(json!({"ipMasq": true}));
-    let ip = pod_ips(&r)[0].clone();
+    let ip = result_addrs(&r)[0].clone();
     drop(pod);
     let gone = Path::new("/run/netns/ptp-diff-gone");
     node.run(&ours(), "DEL", Some(gone), CID, IFNAME, &c)
@@ -430,7 +373,7 @@ fn gc_removes_masquerade_and_leases_of_stale_attachments() {
                 &c,
             )
             .assert_success();
-        ips.push(pod_ips(&r)[0].clone());
+        ips.push(result_addrs(&r)[0].clone());
     }
     c["cni.dev/valid-attachments"] = json!([{"containerID": "gc0", "ifname": IFNAME}]);
     node.run(&ours(), "GC", None, "", IFNAME, &c)
@@ -467,7 +410,7 @@ fn pods_reach_the_node_and_each_other_through_the_host() {
                 &c,
             )
             .assert_success();
-        ips.push(pod_ips(&r)[0].clone());
+        ips.push(result_addrs(&r)[0].clone());
     }
     assert!(ping(&node.ns, &ips[0]), "node cannot reach pod 0");
     assert!(ping(&pods[0], &ips[1]), "pod 0 cannot reach pod 1");
@@ -512,7 +455,7 @@ fn parallel_adds_and_dels_on_one_node() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let mut ips: Vec<String> = results.iter().flat_map(pod_ips).collect();
+    let mut ips: Vec<String> = results.iter().flat_map(result_addrs).collect();
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), pods.len(), "addresses not distinct: {ips:?}");

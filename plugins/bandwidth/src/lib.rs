@@ -12,7 +12,6 @@ pub mod config;
 pub mod tbf;
 
 use config::Limits;
-use twill_cni::error::code;
 use twill_cni::lock::AttachmentLock;
 use twill_cni::{
     CniResult, Command, Context, Error, Interface, Plugin, Request, Result, Undo, Version,
@@ -53,21 +52,6 @@ fn alias(network: &str, container_id: &str) -> String {
 /// (network, container id) of an alias we wrote.
 fn parse_alias(alias: &str) -> Option<(&str, &str)> {
     alias.strip_prefix(ALIAS_PREFIX)?.split_once(' ')
-}
-
-/// The reference speaks 0.3.0 and later: a chained plugin needs `prevResult`, which 0.1/0.2 lack.
-fn check_version(req: &Request) -> Result<()> {
-    if req.version() < Version::V0_3_0 {
-        return Err(Error::new(
-            code::INCOMPATIBLE_VERSION,
-            "incompatible CNI versions",
-            format!(
-                "config is {:?}, bandwidth supports 0.3.0 and later",
-                req.version().as_str()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn prev_result(req: &Request) -> Result<CniResult> {
@@ -154,8 +138,12 @@ impl Plugin for Bandwidth {
         matches!(command, Command::Add | Command::Check)
     }
 
+    /// 0.3.0 and later, as the reference: a chained plugin needs `prevResult`, which 0.1/0.2 lack.
+    fn oldest_version(&self) -> Version {
+        Version::V0_3_0
+    }
+
     fn add(&self, req: &Request) -> Result<CniResult> {
-        check_version(req)?;
         let limits = limits_or_none(req)?;
         let mut result = prev_result(req)?;
         let Some(limits) = limits else {
@@ -247,7 +235,6 @@ impl Plugin for Bandwidth {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        check_version(req)?;
         let _lock = attachment_lock(req)?;
         let host = Handle::current().context("netlink socket")?;
         let name = ifb_name(req.config.name.as_str(), req.container_id()?.as_str());
@@ -255,7 +242,6 @@ impl Plugin for Bandwidth {
     }
 
     fn check(&self, req: &Request) -> Result<()> {
-        check_version(req)?;
         let limits = limits_or_none(req)?;
         let prev = prev_result(req)?;
         let host = Handle::current().context("netlink socket")?;

@@ -5,6 +5,7 @@
 use crate::pod_worker::PodWorker;
 use twill_cni::{CniResult, Context, Result};
 use twill_kernel::{sysctl, AddressOptions, Handle};
+use twill_veth::pod::{enable_ipv6, KeepAddrOnDown};
 
 /// DAD and ARP-notify sysctls of the container interface, queued on the pod thread; they need only the
 /// interface, so ADD sets them while it attaches the host port and IPAM is still running. Wait on the
@@ -35,25 +36,6 @@ pub fn start_sysctls(
     })
 }
 
-/// IPv6 must be enabled on `lo` and the interface before an IPv6 address is added (`ConfigureIface`).
-fn enable_ipv6(pod: &PodWorker, ifname: &str) -> Result<()> {
-    let ifname = ifname.to_string();
-    pod.run(move || -> Result<()> {
-        for dev in ["lo", ifname.as_str()] {
-            let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
-            match sysctl::read(&key) {
-                Ok(v) if v == "0" => {}
-                Ok(_) => {
-                    sysctl::write(&key, "0").context("failed to enable IPv6")?;
-                }
-                Err(e) => eprintln!("bridge: failed to read sysctl {key}: {e}"),
-            }
-        }
-        let _ = sysctl::write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
-        Ok(())
-    })?
-}
-
 /// Addresses, up, settle, routes. `result` is the final result (IPs already point at the container
 /// interface); route gateways default to the family's gateway, as the reference's `ConfigureIface`.
 pub fn configure(
@@ -65,7 +47,8 @@ pub fn configure(
     enable_dad: bool,
 ) -> Result<()> {
     if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
-        enable_ipv6(pod, ifname)?;
+        let ifname = ifname.to_string();
+        pod.run(move || enable_ipv6(&ifname, KeepAddrOnDown::BestEffort))??;
     }
     for ip in &result.ips {
         // Without DAD the address would be usable at once anyway; IFA_F_NODAD just skips the tentative

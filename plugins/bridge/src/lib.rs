@@ -38,12 +38,6 @@ use twill_cni::{CniResult, Error, Plugin, Request, Result};
 #[derive(Debug, Default)]
 pub struct Bridge;
 
-/// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race: the interface,
-/// its lease and its masquerade rule then always end up all present or all gone.
-fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::of(req)
-}
-
 impl Plugin for Bridge {
     /// ADD and CHECK create and inspect the pod's end of the veth; DEL treats a namespace that is gone (or no
     /// longer a namespace) as nothing to delete there.
@@ -52,12 +46,14 @@ impl Plugin for Bridge {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult> {
-        let _lock = lock_attachment(req)?;
+        // ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race: the
+        // interface, its lease and its masquerade rule then always end up all present or all gone.
+        let _lock = AttachmentLock::of(req)?;
         add::add(req)
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let _lock = lock_attachment(req)?;
+        let _lock = AttachmentLock::of(req)?;
         del::del(req)
     }
 

@@ -56,6 +56,13 @@ pub trait Plugin {
     /// to the reference plugins that never open it: an IPAM plugin, a meta plugin that only passes it on to
     /// its delegate, a DEL that handles a namespace that is already gone, and GC/STATUS, which have none.
     fn enters_netns(&self, command: Command) -> bool;
+    /// The oldest config version the plugin takes: VERSION lists the supported versions from it on, and a
+    /// config older than it is refused for every verb ("incompatible CNI versions", code 1) before the plugin
+    /// runs, as the reference skel does with its plugin's version list. Chained plugins that need
+    /// `prevResult` start at 0.3.0.
+    fn oldest_version(&self) -> Version {
+        Version::V0_1_0
+    }
     fn add(&self, req: &Request) -> Result<CniResult>;
     fn del(&self, req: &Request) -> Result<()>;
     fn check(&self, req: &Request) -> Result<()>;
@@ -69,10 +76,18 @@ pub trait Plugin {
     }
 }
 
+/// The versions a plugin whose oldest accepted version is `oldest` speaks, oldest first.
+fn supported_from(oldest: Version) -> Vec<&'static str> {
+    SUPPORTED
+        .iter()
+        .filter(|v| **v >= oldest)
+        .map(|v| v.as_str())
+        .collect()
+}
+
 /// `{"cniVersion","supportedVersions"}`: skel answers with its own latest version and so do we.
-pub fn version_info() -> Value {
-    let versions: Vec<&str> = SUPPORTED.iter().map(|v| v.as_str()).collect();
-    json!({ "cniVersion": Version::LATEST.as_str(), "supportedVersions": versions })
+pub fn version_info(oldest: Version) -> Value {
+    json!({ "cniVersion": Version::LATEST.as_str(), "supportedVersions": supported_from(oldest) })
 }
 
 /// `v<version>, commit <id>` of this build, for the "about" line. The VERSION answer keeps to the two keys the
@@ -91,11 +106,10 @@ pub fn run<P: Plugin>(plugin: &P, about: &str) -> ExitCode {
     install_panic_hook();
     let verb = std::env::var("CNI_COMMAND").unwrap_or_default();
     if verb.is_empty() {
-        let versions: Vec<&str> = SUPPORTED.iter().map(|v| v.as_str()).collect();
         eprintln!(
             "{about} {}\nCNI protocol versions supported: {}",
             build_version(),
-            versions.join(", ")
+            supported_from(plugin.oldest_version()).join(", ")
         );
         return ExitCode::SUCCESS;
     }
@@ -116,7 +130,7 @@ pub fn run<P: Plugin>(plugin: &P, about: &str) -> ExitCode {
 fn dispatch<P: Plugin>(plugin: &P, verb: &str, version: &mut Version) -> Result<Option<Value>> {
     let command = Command::parse(verb)?;
     if command == Command::Version {
-        return Ok(Some(version_info()));
+        return Ok(Some(version_info(plugin.oldest_version())));
     }
     let env = Env::from_process(command)?;
     let mut stdin = Vec::new();
@@ -130,6 +144,18 @@ fn dispatch<P: Plugin>(plugin: &P, verb: &str, version: &mut Version) -> Result<
     let config = NetConf::parse(&stdin)?;
     *version = config.version;
     check_verb_allowed(command, config.version)?;
+    let oldest = plugin.oldest_version();
+    if config.version < oldest {
+        return Err(Error::new(
+            code::INCOMPATIBLE_VERSION,
+            "incompatible CNI versions",
+            format!(
+                "config is {:?}, plugin supports {:?}",
+                config.version.as_str(),
+                supported_from(oldest)
+            ),
+        ));
+    }
     if plugin.enters_netns(command) {
         if let Some(ns) = &env.netns {
             check_netns(ns)?;
@@ -147,7 +173,7 @@ fn dispatch<P: Plugin>(plugin: &P, verb: &str, version: &mut Version) -> Result<
         Command::Check => plugin.check(&req).map(|_| None),
         Command::Status => plugin.status(&req).map(|_| None),
         Command::Gc => plugin.gc(&req).map(|_| None),
-        Command::Version => Ok(Some(version_info())),
+        Command::Version => Ok(Some(version_info(plugin.oldest_version()))),
     }
 }
 

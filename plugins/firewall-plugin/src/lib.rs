@@ -21,7 +21,6 @@ use std::path::PathBuf;
 
 use config::{Backend, FirewallConf, IngressPolicy};
 use owner::Owner;
-use twill_cni::error::code;
 use twill_cni::lock::FileLock;
 use twill_cni::{CniResult, Command, Error, Plugin, Request, Result, Version};
 use twill_firewall::nft::IpFamily;
@@ -38,22 +37,6 @@ fn lock() -> Result<FileLock> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/run/twill"));
     FileLock::exclusive(&dir.join(LOCK_FILE)).map_err(|e| e.context("firewall lock"))
-}
-
-/// A chained plugin needs `prevResult`, which 0.1.0 and 0.2.0 do not have. (The reference starts at
-/// 0.4.0; 0.3.x chains work the same way, so we take them too.)
-fn check_version(req: &Request) -> Result<()> {
-    if req.version() < Version::V0_3_0 {
-        return Err(Error::new(
-            code::INCOMPATIBLE_VERSION,
-            "incompatible CNI versions",
-            format!(
-                "config is {:?}, firewall supports 0.3.0 and later",
-                req.version().as_str()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// The backend to use: an empty `backend` means firewalld when it is running, else iptables.
@@ -179,8 +162,13 @@ impl Plugin for Firewall {
         false
     }
 
+    /// A chained plugin needs `prevResult`, which 0.1.0 and 0.2.0 do not have. (The reference starts at
+    /// 0.4.0; 0.3.x chains work the same way, so we take them too.)
+    fn oldest_version(&self) -> Version {
+        Version::V0_3_0
+    }
+
     fn add(&self, req: &Request) -> Result<CniResult> {
-        check_version(req)?;
         let conf = FirewallConf::parse(&req.config)?;
         let prev = prev_result(req)?;
         let owner = owner_of(req)?;
@@ -196,7 +184,6 @@ impl Plugin for Firewall {
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        check_version(req)?;
         let conf = FirewallConf::parse(&req.config)?;
         // A prevResult that cannot be read must not stop the owner-keyed cleanup.
         let prev = req.config.prev_result().ok().flatten();
@@ -212,7 +199,6 @@ impl Plugin for Firewall {
     }
 
     fn check(&self, req: &Request) -> Result<()> {
-        check_version(req)?;
         let conf = FirewallConf::parse(&req.config)?;
         let prev = prev_result(req)?;
         let owner = owner_of(req)?;

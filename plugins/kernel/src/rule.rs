@@ -136,20 +136,19 @@ impl Handle {
 
     /// The rules of one family, or of both; the kernel's default rules included.
     pub fn rules(&self, family: Option<Family>) -> Result<Vec<Rule>> {
-        let families = match family {
-            Some(f) => vec![f],
-            None => vec![Family::V4, Family::V6],
-        };
-        let mut out = Vec::new();
-        for family in families {
-            let mut msg = RuleMessage::default();
-            msg.header.family = family.to_af();
-            let msgs = self.dump(RouteNetlinkMessage::GetRule(msg), "list rules", String::new)?;
-            out.extend(msgs.iter().filter_map(|m| match m {
+        let mut msg = RuleMessage::default();
+        // Unspecified, the kernel dumps the rules of every family in one answer (IPv4's, then IPv6's, and
+        // the multicast routing families', which `from_message` leaves out): one round trip, not two.
+        if let Some(f) = family {
+            msg.header.family = f.to_af();
+        }
+        let msgs = self.dump(RouteNetlinkMessage::GetRule(msg), "list rules", String::new)?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
                 RouteNetlinkMessage::NewRule(r) => Rule::from_message(r),
                 _ => None,
-            }));
-        }
-        Ok(out)
+            })
+            .collect())
     }
 }

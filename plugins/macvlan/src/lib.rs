@@ -21,28 +21,21 @@ use twill_ipam::provider as ipam;
 pub struct Macvlan;
 
 /// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
-fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
-}
-
 impl Plugin for Macvlan {
     fn enters_netns(&self, command: Command) -> bool {
         matches!(command, Command::Add | Command::Check)
     }
 
     fn add(&self, req: &Request) -> Result<CniResult> {
-        let _lock = lock_attachment(req)?;
+        // ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
+        let _lock = AttachmentLock::of(req)?;
         add::add(req)
     }
 
     /// As the reference: IPAM first (its error wins), then the device; nothing of the config but
     /// `ipam` is needed, so a master that is gone does not block DEL.
     fn del(&self, req: &Request) -> Result<()> {
-        let _lock = lock_attachment(req)?;
+        let _lock = AttachmentLock::of(req)?;
         let ifname = req.ifname()?.as_str();
         if let Some(t) = req.config.ipam_type() {
             ipam::run(t, Command::Del, req)?;

@@ -6,30 +6,8 @@
 use ipnet::IpNet;
 use std::net::IpAddr;
 use twill_cni::{CniResult, Context, Error, Result};
-use twill_kernel::{sysctl, AddressOptions, Handle, NetNs, Route, RouteScope};
-
-/// IPv6 must be enabled on `lo` and the interface before an IPv6 address is added (the reference's
-/// `ConfigureIface`); `keep_addr_on_down` keeps the addresses if the link is ever taken down.
-fn enable_ipv6(pod: &NetNs, ifname: &str) -> Result<()> {
-    for dev in ["lo", ifname] {
-        let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
-        match sysctl::read_in(pod, &key) {
-            Ok(v) if v == "0" => {}
-            Ok(_) => {
-                sysctl::write_in(pod, &key, "0")
-                    .with_context(|| format!("failed to enable IPv6 for interface {dev:?}"))?;
-            }
-            Err(e) => eprintln!("ptp: failed to read sysctl {key}: {e}"),
-        }
-    }
-    sysctl::write_in(
-        pod,
-        &format!("net/ipv6/conf/{ifname}/keep_addr_on_down"),
-        "1",
-    )
-    .with_context(|| format!("failed to enable keep_addr_on_down for interface {ifname:?}"))?;
-    Ok(())
-}
+use twill_kernel::{AddressOptions, Handle, NetNs, Route, RouteScope};
+use twill_veth::pod::{enable_ipv6_in, KeepAddrOnDown};
 
 fn host_prefix(ip: IpAddr) -> IpNet {
     match ip {
@@ -49,7 +27,7 @@ pub fn configure(
     result: &CniResult,
 ) -> Result<()> {
     if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
-        enable_ipv6(pod, ifname)?;
+        enable_ipv6_in(pod, ifname, KeepAddrOnDown::Required)?;
     }
     for ip in &result.ips {
         // The only other end of this link is the host's veth, so duplicate address detection can find

@@ -27,11 +27,6 @@ use twill_kernel::{Handle, NetNs};
 #[derive(Debug, Default)]
 pub struct Ptp;
 
-/// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
-fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::of(req)
-}
-
 impl Plugin for Ptp {
     /// ADD and CHECK work inside the pod; DEL treats a namespace that is gone as nothing to delete there.
     fn enters_netns(&self, command: Command) -> bool {
@@ -39,12 +34,13 @@ impl Plugin for Ptp {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult> {
-        let _lock = lock_attachment(req)?;
+        // ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
+        let _lock = AttachmentLock::of(req)?;
         add::add(req)
     }
 
     fn del(&self, req: &Request) -> Result<()> {
-        let _lock = lock_attachment(req)?;
+        let _lock = AttachmentLock::of(req)?;
         del::del(req)
     }
 

@@ -35,19 +35,25 @@ fn add_rule<'a>(h: &'a Handle, undo: &mut Undo<'a>, src: IpAddr, table: u32) -> 
     Ok(())
 }
 
-/// Tables in use: named by a rule or holding a route.
-fn used_tables(h: &Handle) -> Result<BTreeSet<u32>> {
+/// Tables in use (named by a rule or holding a route), and the routes of the main table through `oif`: one
+/// dump of every route serves both, so ADD does not list the main table a second time.
+fn used_tables_and_main_routes(h: &Handle, oif: u32) -> Result<(BTreeSet<u32>, Vec<Route>)> {
     let rules = h
         .rules(None)
         .map_err(|e| Error::failed(format!("Failed to list all rules: {e}")))?;
     let routes = h
         .routes(RouteFilter::default())
         .map_err(|e| Error::failed(format!("Failed to list all routes: {e}")))?;
-    Ok(rules
+    let used = rules
         .iter()
         .map(|r| r.table)
         .chain(routes.iter().map(|r| r.table))
-        .collect())
+        .collect();
+    let main = routes
+        .into_iter()
+        .filter(|r| r.table == TABLE_MAIN && r.oif == Some(oif))
+        .collect();
+    Ok((used, main))
 }
 
 fn next_free(used: &BTreeSet<u32>, mut candidate: u32) -> Result<u32> {
@@ -84,18 +90,11 @@ fn belongs(r: &Route, subnet: &IpNet) -> bool {
 }
 
 pub fn with_tables(h: &Handle, ips: &[IpConfig], ifname: &str, conf: &SbrConf) -> Result<()> {
-    let used = used_tables(h)?;
     let link = h
         .link_by_name(ifname)
         .map_err(|e| Error::failed(format!("Cannot find network interface {ifname}: {e}")))?;
     let index = link.index;
-    let main_routes = h
-        .routes(RouteFilter {
-            family: None,
-            table: Some(TABLE_MAIN),
-            oif: Some(index),
-        })
-        .map_err(|e| Error::failed(format!("Unable to list routes: {e}")))?;
+    let (used, main_routes) = used_tables_and_main_routes(h, index)?;
 
     let mut undo = Undo::new();
     let mut table = next_free(&used, FIRST_TABLE)?;

@@ -52,27 +52,35 @@ fn read_allowlist(path: &Path) -> Result<Option<Vec<String>>> {
     }
 }
 
-/// Every key must match a pattern of the allowlist at `path`, when there is one.
+/// Every key must match a pattern of the allowlist at `path`, when there is one. As the reference: the file
+/// is read on every ADD, sysctls or not (an unreadable allowlist fails ADD either way), and a pattern is
+/// compiled only when a key is tried against it, in file order, so a bad pattern fails only the ADD that
+/// reaches it.
 pub fn check_allowed<'a>(keys: impl Iterator<Item = &'a str>, path: &Path) -> Result<()> {
     let Some(patterns) = read_allowlist(path)? else {
         return Ok(());
     };
-    let compiled = patterns
-        .iter()
-        .map(|p| {
-            regex::Regex::new(p).map_err(|e| {
-                Error::invalid_config(format!("{}: bad pattern {p:?}: {e}", path.display()))
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
     for key in keys {
-        if !compiled.iter().any(|r| r.is_match(key)) {
+        if !allowed(key, &patterns, path)? {
             return Err(Error::invalid_config(format!(
                 "Sysctl {key} is not allowed. Only the following sysctls are allowed: {patterns:?}"
             )));
         }
     }
     Ok(())
+}
+
+/// Whether `key` matches one of `patterns`, tried in order up to the first match.
+fn allowed(key: &str, patterns: &[String], path: &Path) -> Result<bool> {
+    for p in patterns {
+        let re = regex::Regex::new(p).map_err(|e| {
+            Error::invalid_config(format!("{}: bad pattern {p:?}: {e}", path.display()))
+        })?;
+        if re.is_match(key) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -134,5 +142,22 @@ mod tests {
                 .code,
             7
         );
+    }
+
+    #[test]
+    fn a_bad_pattern_fails_only_the_keys_that_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("allowlist.conf");
+        std::fs::write(&path, "^net\\.core\\.somaxconn$\n(unclosed\n").unwrap();
+        assert!(check_allowed(std::iter::empty(), &path).is_ok());
+        assert!(check_allowed(["net.core.somaxconn"].into_iter(), &path).is_ok());
+        assert!(check_allowed(["net.ipv4.ip_forward"].into_iter(), &path).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_allowlist_fails_even_without_sysctls() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be: reading it fails, as the reference's read does.
+        assert!(check_allowed(std::iter::empty(), dir.path()).is_err());
     }
 }

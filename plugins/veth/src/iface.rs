@@ -3,26 +3,8 @@
 //! addresses, up, IPv6 addresses settled, routes with the family's gateway by default.
 
 use twill_cni::{CniResult, Context, Result};
-use twill_kernel::{sysctl, Handle, NetNs};
-
-/// IPv6 must be enabled on `lo` and the interface before an IPv6 address is added.
-fn enable_ipv6(pod: &NetNs, ifname: &str) -> Result<()> {
-    for dev in ["lo", ifname] {
-        let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
-        if let Ok(v) = sysctl::read_in(pod, &key) {
-            if v != "0" {
-                sysctl::write_in(pod, &key, "0")
-                    .with_context(|| format!("failed to enable IPv6 for interface {dev:?}"))?;
-            }
-        }
-    }
-    let _ = sysctl::write_in(
-        pod,
-        &format!("net/ipv6/conf/{ifname}/keep_addr_on_down"),
-        "1",
-    );
-    Ok(())
-}
+use twill_kernel::{Handle, NetNs};
+use twill_veth::pod::{enable_ipv6_in, KeepAddrOnDown};
 
 pub fn configure(
     pod: &NetNs,
@@ -32,7 +14,7 @@ pub fn configure(
     result: &CniResult,
 ) -> Result<()> {
     if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
-        enable_ipv6(pod, ifname)?;
+        enable_ipv6_in(pod, ifname, KeepAddrOnDown::BestEffort)?;
     }
     for ip in &result.ips {
         h.add_address(index, ip.address)

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use twill_cni::{Context, Error, Result};
-use twill_kernel::{Family, Handle, NetNs};
+use twill_kernel::{sysctl, Family, Handle, NetNs};
 
 /// A socket in the pod's namespace, or `None` when there is nothing to delete there: no netns given, the
 /// path is gone, or it no longer is a namespace (an unmounted leftover file) — all success for DEL
@@ -29,6 +29,45 @@ pub fn socket_for_del(netns: Option<&Path>) -> Result<Option<Handle>> {
     Handle::in_netns(&pod)
         .map(Some)
         .context("netlink socket in the pod namespace")
+}
+
+/// Whether ADD fails when the pod interface's `keep_addr_on_down` cannot be set: ptp requires it, bridge and
+/// macvlan set it on a best-effort basis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepAddrOnDown {
+    Required,
+    BestEffort,
+}
+
+/// IPv6 must be enabled on `lo` and the interface before an IPv6 address is added (the reference's
+/// `ConfigureIface`); `keep_addr_on_down` keeps the addresses if the link is ever taken down. Runs in the
+/// calling thread's namespace: call it on a thread inside the pod ([`enable_ipv6_in`] from outside).
+pub fn enable_ipv6(ifname: &str, keep_addr: KeepAddrOnDown) -> Result<()> {
+    for dev in ["lo", ifname] {
+        let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
+        match sysctl::read(&key) {
+            Ok(v) if v == "0" => {}
+            Ok(_) => {
+                sysctl::write(&key, "0")
+                    .with_context(|| format!("failed to enable IPv6 for interface {dev:?}"))?;
+            }
+            // The reference only logs an unreadable value and goes on.
+            Err(e) => eprintln!("failed to read sysctl {key}: {e}"),
+        }
+    }
+    let kept = sysctl::write(&format!("net/ipv6/conf/{ifname}/keep_addr_on_down"), "1");
+    if keep_addr == KeepAddrOnDown::Required {
+        kept.with_context(|| {
+            format!("failed to enable keep_addr_on_down for interface {ifname:?}")
+        })?;
+    }
+    Ok(())
+}
+
+/// [`enable_ipv6`] inside `pod`, all its sysctls on one thread that enters the namespace once.
+pub fn enable_ipv6_in(pod: &NetNs, ifname: &str, keep_addr: KeepAddrOnDown) -> Result<()> {
+    pod.run(|| enable_ipv6(ifname, keep_addr))
+        .context("failed to enter the pod namespace")?
 }
 
 /// How long ADD waits for the pod's IPv6 addresses to finish duplicate address detection.

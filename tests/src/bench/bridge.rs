@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::floor::pod_with_veth;
 use super::{interleaved_each, ratio, row, series, CniNode, Options, Report};
-use twill_kernel::{Handle, NetNs, VethSpec};
+use twill_kernel::{Handle, NetNs};
 use twill_tests::netns::Netns;
 
 /// One side: a plugin, its CNI_PATH, its node and IPAM directory.
@@ -107,16 +108,7 @@ pub(crate) fn veth_delete_floor(options: &Options) -> Vec<Duration> {
     let mut pods = Vec::new();
     let samples = series(options, || {
         n += 1;
-        let pod = NetNs::create_unnamed().expect("pod netns");
-        let link = host
-            .create_veth(&VethSpec {
-                name: format!("vfloor{n}"),
-                peer_name: "eth0".into(),
-                peer_netns: Some(&pod),
-                up: true,
-                ..Default::default()
-            })
-            .expect("create veth");
+        let (pod, link) = pod_with_veth(&host, format!("vfloor{n}"));
         let start = Instant::now();
         host.delete_link(link.index).expect("delete veth");
         let d = start.elapsed();

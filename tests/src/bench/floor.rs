@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use twill_kernel::{
-    random_veth_name, Error, Handle, IpNet, NetNs, Result, Route, VethOptions, VethSpec,
+    random_veth_name, Error, Handle, IpNet, Link, NetNs, Result, Route, VethOptions, VethSpec,
 };
 
 /// Per iteration, in a fresh pod namespace (created outside the timed part), times what a bridge
@@ -106,6 +106,22 @@ pub fn pod_add_on_bridge(
     }
     pod_handle.add_route(&Route::default_via(gateway).dev(eth0))?;
     Ok(veth.index)
+}
+
+/// A fresh pod namespace and a veth `name` (up) in `host`'s namespace whose peer `eth0` is in the pod: the
+/// untimed set-up of the in-process DEL floors. Keep the pod until the series ends (see above).
+pub(crate) fn pod_with_veth(host: &Handle, name: String) -> (NetNs, Link) {
+    let pod = NetNs::create_unnamed().expect("pod netns");
+    let link = host
+        .create_veth(&VethSpec {
+            name,
+            peer_name: "eth0".into(),
+            peer_netns: Some(&pod),
+            up: true,
+            ..Default::default()
+        })
+        .expect("create veth");
+    (pod, link)
 }
 
 #[cfg(test)]

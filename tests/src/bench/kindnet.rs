@@ -3,99 +3,48 @@
 //! order with the cached `runtimeConfig`), at kindnet's `cniVersion` 0.3.1. Ours vs each reference build's
 //! three plugins. Each side has a persistent node namespace; every round a fresh pod, outside the timing.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{interleaved_each, ratio, row, CniNode, Options, Report};
-use twill_tests::netns::Netns;
+use super::plugin_pair::{run_chain, Chain};
+use super::{ratio, row, Options, Report};
 
-struct Side {
-    dir: PathBuf,
-    node: CniNode,
-    ipam: tempfile::TempDir,
-    counter: usize,
-    done: Vec<Netns>,
+fn ptp_conf(ipam: &Path) -> Value {
+    json!({
+        "cniVersion": "0.3.1",
+        "name": "benchkind",
+        "type": "ptp",
+        "ipMasq": false,
+        "mtu": 1500,
+        "ipam": {"type": "host-local", "dataDir": ipam,
+                 "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.92.0.0/16"}]]},
+    })
 }
 
-impl Side {
-    fn ptp_conf(&self) -> Value {
-        json!({
-            "cniVersion": "0.3.1",
-            "name": "benchkind",
-            "type": "ptp",
-            "ipMasq": false,
-            "mtu": 1500,
-            "ipam": {"type": "host-local", "dataDir": self.ipam.path(),
-                     "routes": [{"dst": "0.0.0.0/0"}], "ranges": [[{"subnet": "10.92.0.0/16"}]]},
-        })
-    }
-
-    fn exec(
-        &self,
-        plugin: &str,
-        command: &str,
-        pod: &Path,
-        id: &str,
-        conf: &Value,
-    ) -> (Duration, Value) {
-        let out = self
-            .node
-            .exec(&self.dir.join(plugin), command, pod, id, conf);
-        (out.elapsed, out.json.unwrap_or(Value::Null))
-    }
-
-    fn round(&mut self) -> Duration {
-        self.counter += 1;
-        let id = format!("benchkind-{}", self.counter);
-        let pod = Netns::new("benchkpod");
-        let ptp = self.ptp_conf();
-        let (t1, prev) = self.exec("ptp", "ADD", pod.path(), &id, &ptp);
-        let pm = json!({
-            "cniVersion": "0.3.1",
-            "name": "benchkind",
-            "type": "portmap",
-            "capabilities": {"portMappings": true},
-            "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
-            "prevResult": prev,
-        });
-        let (t2, _) = self.exec("portmap", "ADD", pod.path(), &id, &pm);
-        let (t3, _) = self.exec("portmap", "DEL", pod.path(), &id, &pm);
-        let mut ptp_del = ptp.clone();
-        ptp_del["prevResult"] = pm["prevResult"].clone();
-        let (t4, _) = self.exec("ptp", "DEL", pod.path(), &id, &ptp_del);
-        self.done.push(pod);
-        t1 + t2 + t3 + t4
-    }
+fn portmap_conf(prev: &Value) -> Value {
+    json!({
+        "cniVersion": "0.3.1",
+        "name": "benchkind",
+        "type": "portmap",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]},
+        "prevResult": prev,
+    })
 }
 
 pub fn run(options: &Options) -> Report {
-    let mut labels = vec!["twill chain".to_string()];
-    let mut dirs = vec![options.ours.clone()];
-    for reference in &options.references {
-        labels.push(format!("{} chain", reference.label));
-        dirs.push(reference.dir.clone());
-    }
-    for dir in &dirs {
-        for plugin in ["ptp", "host-local", "portmap"] {
-            let p = dir.join(plugin);
-            assert!(p.is_file(), "{} is missing", p.display());
-        }
-    }
-    let mut sides: Vec<Side> = dirs
-        .iter()
-        .map(|d| Side {
-            dir: d.clone(),
-            // Each side with only its own build's plugins.
-            node: CniNode::new("benchkind", d.display().to_string()),
-            ipam: tempfile::tempdir().expect("ipam dir"),
-            counter: 0,
-            done: Vec::new(),
-        })
-        .collect();
-    let t = interleaved_each(options, &mut sides, |_, side| side.round());
-    let notes = (1..sides.len())
+    let times = run_chain(
+        options,
+        &Chain {
+            name: "benchkind",
+            plugins: ["ptp", "portmap"],
+            first: ptp_conf,
+            second: portmap_conf,
+        },
+    );
+    let (labels, t) = (&times.labels, &times.chain);
+    let notes = (1..t.len())
         .map(|r| {
             format!(
                 "vs {}: chain ADD+DEL ratio {:.2} (target <= 0.35)",
@@ -111,7 +60,7 @@ pub fn run(options: &Options) -> Report {
         ours: row(&labels[0], &t[0]),
         references: labels
             .iter()
-            .zip(&t)
+            .zip(t)
             .skip(1)
             .map(|(l, t)| row(l, t))
             .collect(),

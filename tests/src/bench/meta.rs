@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::floor::pod_with_veth;
 use super::{interleaved_each, ratio, row, series, CniNode, Options, Report};
 use std::time::Instant;
 use twill_kernel::tc::{Tbf, TcHandle};
-use twill_kernel::{Handle, NetNs, VethSpec};
+use twill_kernel::{Handle, NetNs};
 use twill_tests::netns::Netns;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,16 +124,7 @@ fn bandwidth_kernel_floor(options: &Options) -> (Vec<Duration>, Vec<Duration>) {
     let mut dels = Vec::new();
     let adds = series(options, || {
         n += 1;
-        let pod = NetNs::create_unnamed().expect("pod netns");
-        let veth = host
-            .create_veth(&VethSpec {
-                name: format!("vbf{n}"),
-                peer_name: "eth0".into(),
-                peer_netns: Some(&pod),
-                up: true,
-                ..Default::default()
-            })
-            .expect("create veth");
+        let (pod, veth) = pod_with_veth(&host, format!("vbf{n}"));
         let start = Instant::now();
         let ifb = host.create_ifb(&format!("bwf{n}"), 1500).expect("ifb");
         host.add_ingress_qdisc(veth.index).expect("ingress");

@@ -2,6 +2,9 @@
 //! `tap`): each side (ours, each reference build that has the plugin) has a persistent node namespace
 //! and runs ADD then DEL of one attachment per round on a fresh pod (prepared outside the timing); ADD and DEL are timed separately, interleaved across sides.
 //! The report's main rows are ADD, the DEL rows follow, and the notes give both ratios per reference.
+//!
+//! The chain variant ([`run_chain`], scenarios `kindnet` and `portmap`) runs two plugins the way libcni runs
+//! a conflist and times the whole ADD+DEL, and the second plugin's part alone.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{interleaved_each, ratio, row, series, CniNode, Options, Report, Stats};
-use twill_tests::exec::Invocation;
+use twill_tests::exec::{Invocation, Outcome};
 use twill_tests::netns::Netns;
 
 /// Measures a floor: the series of an in-process equivalent of part of the plugin's work.
@@ -165,5 +168,100 @@ pub fn run(options: &Options, spec: &Spec) -> Report {
             .collect(),
         floors,
         notes,
+    }
+}
+
+/// A two-plugin chain as libcni runs a conflist: the first plugin's ADD (with host-local), the second's ADD
+/// with the first's result as `prevResult`; then the second's DEL and the first's DEL with that `prevResult`.
+pub struct Chain {
+    /// Network name, and the prefix of the node, the pods and the container ids.
+    pub name: &'static str,
+    pub plugins: [&'static str; 2],
+    /// The first plugin's config, given the side's IPAM state directory.
+    pub first: fn(&Path) -> Value,
+    /// The second plugin's config, given the first's result.
+    pub second: fn(&Value) -> Value,
+}
+
+/// What [`run_chain`] measured, per side (ours first, then each reference build), warm-up rounds left out.
+pub struct ChainTimes {
+    /// `twill chain`, then `<reference> chain`.
+    pub labels: Vec<String>,
+    /// The chain's ADD+DEL.
+    pub chain: Vec<Vec<Duration>>,
+    /// The second plugin's ADD+DEL alone.
+    pub second: Vec<Vec<Duration>>,
+}
+
+struct ChainSide {
+    dir: PathBuf,
+    node: CniNode,
+    ipam: tempfile::TempDir,
+    counter: usize,
+    second: Vec<Duration>,
+    /// Pods of finished rounds, removed at the end (see [`Side::done`]).
+    done: Vec<Netns>,
+}
+
+impl ChainSide {
+    fn exec(&self, plugin: &str, command: &str, pod: &Path, id: &str, conf: &Value) -> Outcome {
+        self.node
+            .exec(&self.dir.join(plugin), command, pod, id, conf)
+    }
+
+    fn round(&mut self, chain: &Chain) -> Duration {
+        self.counter += 1;
+        let id = format!("{}-{}", chain.name, self.counter);
+        let pod = Netns::new(&format!("{}pod", chain.name));
+        let [first, second] = chain.plugins;
+        let conf = (chain.first)(self.ipam.path());
+        let add1 = self.exec(first, "ADD", pod.path(), &id, &conf);
+        let prev = add1.json.unwrap_or(Value::Null);
+        let conf2 = (chain.second)(&prev);
+        let add2 = self.exec(second, "ADD", pod.path(), &id, &conf2);
+        let del2 = self.exec(second, "DEL", pod.path(), &id, &conf2);
+        let mut del_conf = conf;
+        del_conf["prevResult"] = prev;
+        let del1 = self.exec(first, "DEL", pod.path(), &id, &del_conf);
+        self.second.push(add2.elapsed + del2.elapsed);
+        self.done.push(pod);
+        add1.elapsed + add2.elapsed + del2.elapsed + del1.elapsed
+    }
+}
+
+/// Runs `chain` on ours and each reference build (each side with only its own build's plugins), interleaved.
+pub fn run_chain(options: &Options, chain: &Chain) -> ChainTimes {
+    let mut labels = vec!["twill chain".to_string()];
+    let mut dirs = vec![options.ours.clone()];
+    for reference in &options.references {
+        labels.push(format!("{} chain", reference.label));
+        dirs.push(reference.dir.clone());
+    }
+    for dir in &dirs {
+        for plugin in [chain.plugins[0], "host-local", chain.plugins[1]] {
+            let p = dir.join(plugin);
+            assert!(p.is_file(), "{} is missing", p.display());
+        }
+    }
+    let mut sides: Vec<ChainSide> = dirs
+        .iter()
+        .map(|d| ChainSide {
+            dir: d.clone(),
+            node: CniNode::new(chain.name, d.display().to_string()),
+            ipam: tempfile::tempdir().expect("ipam dir"),
+            counter: 0,
+            second: Vec::new(),
+            done: Vec::new(),
+        })
+        .collect();
+    let totals = interleaved_each(options, &mut sides, |_, side| side.round(chain));
+    let second = sides
+        .iter()
+        .map(|s| s.second.iter().skip(options.warmup).copied().collect())
+        .collect();
+    ChainTimes {
+        labels,
+        chain: totals,
+        second,
     }
 }

@@ -366,6 +366,17 @@ pub fn ping(ns: &Netns, addr: &str) -> bool {
     })
 }
 
+/// The addresses (without prefix) of a CNI result's `ips`.
+pub fn result_addrs(result: &Value) -> Vec<String> {
+    result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["address"].as_str())
+        .filter_map(|a| a.split('/').next().map(str::to_string))
+        .collect()
+}
+
 /// The first address of the result's `ips` of the given family, without prefix.
 pub fn result_ip(result: &Value, v6: bool) -> String {
     result["ips"]

@@ -5,7 +5,9 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
+use twill_tests::cluster::{
+    assert_pods_reach, http_get, wait_until, Node, Pod, Switch, Twilld, TwilldArgs,
+};
 use twill_tests::etcd::Etcd;
 
 pub const NET_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
@@ -116,24 +118,8 @@ impl Cluster {
 
     /// Every pod pings every other pod within 10 s each; a failure shows the last ping and the cluster state.
     pub fn assert_pods_reach_each_other(&self, pods: &[Pod]) {
-        for a in pods {
-            for b in pods {
-                if a.ip != b.ip {
-                    assert!(
-                        wait_until(Duration::from_secs(10), || a.can_reach(b.ip)),
-                        "pod {} cannot ping pod {}\nlast ping: {}\n{}",
-                        a.ip,
-                        b.ip,
-                        String::from_utf8_lossy(
-                            &a.ns
-                                .exec(&["ping", "-c", "1", "-W", "1", &b.ip.to_string()])
-                                .stdout
-                        ),
-                        self.dump()
-                    );
-                }
-            }
-        }
+        let pods: Vec<&Pod> = pods.iter().collect();
+        assert_pods_reach(&pods, Duration::from_secs(10), || self.dump());
     }
 
     pub fn dump(&self) -> String {
@@ -169,26 +155,9 @@ impl Cluster {
     }
 }
 
-/// GET `path` from twilld's health server inside the node (socket opened in the node's namespace); returns
-/// (status code, body), or ("000", "") when nothing answers.
+/// GET `path` from twilld's health server inside the node; see [`http_get`].
 pub fn curl(node: &Node, port: u16, path: &str) -> (String, String) {
-    use std::io::{Read, Write};
-    let Ok(mut sock) = node
-        .ns
-        .run_in(|| std::net::TcpStream::connect(("127.0.0.1", port)))
-    else {
-        return ("000".into(), String::new());
-    };
-    let _ = sock.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = sock.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes());
-    let mut resp = String::new();
-    let _ = sock.read_to_string(&mut resp);
-    let code = resp.split_whitespace().nth(1).unwrap_or("000").to_string();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    http_get(node, port, path)
 }
 
 /// A lease exactly as flanneld writes it (no NodeName), for a node that exists only in etcd.
