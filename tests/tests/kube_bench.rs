@@ -23,7 +23,7 @@ use twill_tests::cluster::{wait_until, DaemonProcess, Node, Switch, TwilldArgs};
 use twill_tests::flanneld;
 use twill_tests::kube::api::NodeClient;
 use twill_tests::kube::{ControlPlane, Credentials, Options};
-use twill_tests::overlay_bench::{env_or, percentile, RouteMonitors};
+use twill_tests::overlay_bench::{cpu_ticks, env_or, percentile, proc_field, RouteMonitors};
 
 const FLANNELD_PREFIX: &str = "bench.flanneld.example";
 const NET_CONF: &str =
@@ -36,7 +36,7 @@ fn ms(d: Duration) -> f64 {
 fn summary(what: &str, v: &mut [Duration]) -> String {
     v.sort();
     format!(
-        "{what}: p50 {:.0} ms p99 {:.0} ms max {:.0} ms (n={})",
+        "{what}: p50 {:.1} ms p99 {:.1} ms max {:.1} ms (n={})",
         ms(percentile(v, 0.5)),
         ms(percentile(v, 0.99)),
         ms(v.last().copied().unwrap_or_default()),
@@ -104,6 +104,24 @@ fn add_and_delete(
     (
         added.saturating_duration_since(t0),
         gone.saturating_duration_since(t1),
+    )
+}
+
+/// RSS, CPU time and wake-ups per second of process `pid` over `secs` (the daemon runs under `ip netns exec`,
+/// which execs it: the pid is the daemon's).
+fn idle_cost(pid: u32, secs: u64) -> String {
+    let switches = || {
+        proc_field(pid, "status", "voluntary_ctxt_switches:")
+            + proc_field(pid, "status", "nonvoluntary_ctxt_switches:")
+    };
+    let (c0, w0) = (cpu_ticks(pid), switches());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (c1, w1) = (cpu_ticks(pid), switches());
+    format!(
+        "RSS {:.1} MB, CPU {:.2} s, {:.2} wake-ups/s",
+        proc_field(pid, "status", "VmRSS:") as f64 / 1024.0,
+        (c1 - c0) as f64 / 100.0,
+        (w1 - w0) as f64 / secs as f64
     )
 }
 
@@ -177,7 +195,7 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
             "API requests about nodes at idle, no daemon: {baseline:.1}/min"
         ));
     }
-    let _twillds: Vec<DaemonProcess> = twilld_nodes
+    let twillds: Vec<DaemonProcess> = twilld_nodes
         .iter()
         .map(|n| {
             n.start_twilld(&TwilldArgs {
@@ -200,7 +218,7 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
     } else {
         0.0
     };
-    let _flannelds: Vec<DaemonProcess> = flanneld_nodes
+    let flannelds: Vec<DaemonProcess> = flanneld_nodes
         .iter()
         .map(|n| {
             flanneld::start_kube_with(
@@ -257,6 +275,23 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
             &format!("{size} nodes, Node deleted -> route gone everywhere, {kind}"),
             &mut del[j],
         ));
+    }
+    // One daemon of each group after the samples, both idle at once (the thread counts differ: wake-ups are
+    // per process, all its threads).
+    let rss_secs: u64 = env_or("TWILL_BENCH_RSS_SECS", "30").parse().unwrap_or(30);
+    if rss_secs > 0 {
+        let pids = (twillds[0].pid(), flannelds[0].pid());
+        if let (Some(t), Some(f)) = pids {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(idle_cost(f, rss_secs));
+            });
+            let twilld_cost = idle_cost(t, rss_secs);
+            let flanneld_cost = rx.recv().unwrap_or_default();
+            say(format!(
+                "{size} nodes, one daemon idle {rss_secs} s: twilld {twilld_cost} | flanneld {flanneld_cost}"
+            ));
+        }
     }
     let text = report.join("\n") + "\n";
     println!("\n{text}");
