@@ -107,13 +107,29 @@ fn add_and_delete(
     )
 }
 
-/// RSS, CPU time and wake-ups per second of process `pid` over `secs` (the daemon runs under `ip netns exec`,
-/// which execs it: the pid is the daemon's).
+/// Context switches of every thread of `pid` (flanneld's Go runtime wakes its own threads, not the main one).
+fn context_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_else(|_| Vec::new());
+    tasks
+        .iter()
+        .map(|t| {
+            let file = format!("task/{t}/status");
+            proc_field(pid, &file, "voluntary_ctxt_switches:")
+                + proc_field(pid, &file, "nonvoluntary_ctxt_switches:")
+        })
+        .sum()
+}
+
+/// RSS, CPU time and wake-ups per second (all threads) of process `pid` over `secs` (the daemon runs under
+/// `ip netns exec`, which execs it: the pid is the daemon's).
 fn idle_cost(pid: u32, secs: u64) -> String {
-    let switches = || {
-        proc_field(pid, "status", "voluntary_ctxt_switches:")
-            + proc_field(pid, "status", "nonvoluntary_ctxt_switches:")
-    };
+    let switches = || context_switches(pid);
     let (c0, w0) = (cpu_ticks(pid), switches());
     std::thread::sleep(Duration::from_secs(secs));
     let (c1, w1) = (cpu_ticks(pid), switches());
