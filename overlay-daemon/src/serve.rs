@@ -16,9 +16,10 @@ use crate::flags::Options;
 use crate::lane::{self, Lane};
 use crate::metrics::{Metrics, Slot};
 use crate::reconcile::Reconciler;
-use crate::rules::{RuleOptions, TrafficRules};
+use crate::rules::{fully_random, RuleOptions, TrafficRules};
 use crate::subnet::lease_check::Expect;
 use crate::subnet::{LeaseAttrs, OwnLease, SubnetManager};
+use twill_firewall::nft::IpFamily;
 
 /// One family's backend, ready to serve.
 pub(crate) struct LaneSpec<B: Backend> {
@@ -235,6 +236,15 @@ fn traffic_rules(
         .into_iter()
         .flatten()
         .map(|(network, subnet)| {
+            let mut options = options;
+            // As flanneld: without kernel (nftables) or iptables support, plain masquerade.
+            if options.masquerade && options.fully_random {
+                let family = match network {
+                    IpNet::V4(_) => IpFamily::V4,
+                    IpNet::V6(_) => IpFamily::V6,
+                };
+                options.fully_random = fully_random::supported(opts.rules_backend, family);
+            }
             TrafficRules::new(opts.rules_backend, network, subnet, options).map_err(Fatal::Rules)
         })
         .collect()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # twilld: lease-to-kernel convergence (10 and 30 nodes; IPv4 and the IPv6 half of dual-stack leases), idle RSS/CPU,
-# pod-to-pod iperf3 vs hand-built VXLAN;
+# pod-to-pod iperf3 vs hand-built VXLAN, over IPv4 and over IPv6 (tests/tests/overlay_v6_bench.rs);
 # host-gw: convergence and pod-to-pod iperf3 vs the raw underlay.
 # Called by scripts/bench.sh with TWILL_BIN_DIR set to the release binaries; also runs standalone (builds
 # release twilld itself). Needs root, etcd-server, etcd-client, iproute2 and iperf3. Everything runs in
@@ -49,6 +49,11 @@ echo "==> twilld benchmark (VXLAN and host-gw): sizes $sizes, $samples leases ea
 TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_SIZES="$sizes" TWILL_BENCH_SAMPLES="$samples" \
   TWILL_BENCH_IDLE_SECS="$idle" TWILL_BENCH_IPERF_SECS="$iperf" TWILL_BENCH_OUT="$out" \
   cargo test --release -p twill-tests --test overlay_bench -- --ignored --nocapture --test-threads=1
+if [ "$iperf" -gt 0 ]; then
+  echo "==> IPv6 VXLAN throughput: twilld vs a hand-built IPv6 VXLAN path, iperf3 ${iperf}s" >&2
+  TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_IPERF_SECS="$iperf" TWILL_BENCH_OUT="$out" \
+    cargo test --release -p twill-tests --test overlay_v6_bench -- --ignored --nocapture --test-threads=1
+fi
 if [ "$peers" -gt 0 ]; then
   echo "==> twilld at $peers peers" >&2
   TWILL_BIN_DIR="$TWILL_BIN_DIR" TWILL_BENCH_PEERS="$peers" TWILL_BENCH_OUT="${out:+$out.peers}" \

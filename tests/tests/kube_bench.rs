@@ -4,24 +4,26 @@
 //! nodes under flannel's default annotation prefix, flanneld nodes under another one, so neither group takes the
 //! other's nodes for peers. Measured:
 //!
-//! * node added -> programmed: a Node object carrying a peer's annotations and podCIDR is created (by kubectl, whose
-//!   own start-up is in every sample alike) -> its route (each daemon programs it last, after the neighbour and
-//!   the FDB entry) present on every node of the group, seen through `ip monitor route`; then the Node is deleted
-//!   -> route gone everywhere. p50/p99, samples alternating between the groups;
+//! * node added -> programmed: a Node object carrying a peer's annotations and podCIDR is created through one
+//!   persistent API client (no kubectl start-up in the samples); from the API server's answer (the Node is stored,
+//!   watchers are being told) -> its route (each daemon programs it last, after the neighbour and the FDB entry)
+//!   present on every node of the group, seen through `ip monitor route`; then the Node is deleted -> route gone
+//!   everywhere. p50/p99, samples alternating between the groups;
 //! * API requests per minute per node at idle: the API server's `apiserver_request_total` for nodes, over
 //!   `TWILL_BENCH_IDLE_SECS` (default 600: a watch is counted when it ends, and both daemons renew theirs every
-//!   5 to 10 minutes), with one group running (minus the same window before any daemon ran).
+//!   5 to 10 minutes), with one group running (minus the same window before any daemon ran); 0 skips it.
 //!
 //! Everything runs in namespaces the benchmark creates and removes.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use twill_tests::cluster::{wait_until, DaemonProcess, Node, Switch, TwilldArgs};
 use twill_tests::flanneld;
+use twill_tests::kube::api::NodeClient;
 use twill_tests::kube::{ControlPlane, Credentials, Options};
-use twill_tests::overlay_bench::{env_or, percentile, RouteMonitors};
+use twill_tests::overlay_bench::{cpu_ticks, env_or, percentile, proc_field, RouteMonitors};
 
 const FLANNELD_PREFIX: &str = "bench.flanneld.example";
 const NET_CONF: &str =
@@ -34,7 +36,7 @@ fn ms(d: Duration) -> f64 {
 fn summary(what: &str, v: &mut [Duration]) -> String {
     v.sort();
     format!(
-        "{what}: p50 {:.0} ms p99 {:.0} ms max {:.0} ms (n={})",
+        "{what}: p50 {:.1} ms p99 {:.1} ms max {:.1} ms (n={})",
         ms(percentile(v, 0.5)),
         ms(percentile(v, 0.99)),
         ms(v.last().copied().unwrap_or_default()),
@@ -77,9 +79,10 @@ fn peer_node(name: &str, prefix: &str, third: u32, k: u32) -> String {
     .to_string()
 }
 
-/// Creates a peer Node and deletes it again: (created -> programmed everywhere, deleted -> gone everywhere).
+/// Creates a peer Node and deletes it again: (created -> programmed everywhere, deleted -> gone everywhere), each
+/// from the API server's answer.
 fn add_and_delete(
-    cp: &ControlPlane,
+    api: &NodeClient,
     mon: &RouteMonitors,
     prefix: &str,
     third: u32,
@@ -87,19 +90,11 @@ fn add_and_delete(
 ) -> (Duration, Duration) {
     let name = format!("peer-{third}-{k}");
     mon.drain();
-    let t0 = Instant::now();
-    let out = cp.kubectl_as(
-        cp.admin_kubeconfig(),
-        None,
-        &["create", "-f", "-"],
-        Some(&peer_node(&name, prefix, third, k)),
-    );
-    assert!(out.status.success(), "creating {name}: {out:?}");
+    let t0 = api.create_node(&peer_node(&name, prefix, third, k));
     let added = mon
         .wait_all(&format!("10.244.{third}.0/24 via"), Duration::from_secs(20))
         .unwrap_or_else(|| panic!("{name} not programmed on every node within 20 s"));
-    let t1 = Instant::now();
-    cp.kubectl_ok(&["delete", "node", &name, "--wait=false"]);
+    let t1 = api.delete_node(&name);
     let gone = mon
         .wait_all(
             &format!("Deleted 10.244.{third}.0/24"),
@@ -109,6 +104,40 @@ fn add_and_delete(
     (
         added.saturating_duration_since(t0),
         gone.saturating_duration_since(t1),
+    )
+}
+
+/// Context switches of every thread of `pid` (flanneld's Go runtime wakes its own threads, not the main one).
+fn context_switches(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_else(|_| Vec::new());
+    tasks
+        .iter()
+        .map(|t| {
+            let file = format!("task/{t}/status");
+            proc_field(pid, &file, "voluntary_ctxt_switches:")
+                + proc_field(pid, &file, "nonvoluntary_ctxt_switches:")
+        })
+        .sum()
+}
+
+/// RSS, CPU time and wake-ups per second (all threads) of process `pid` over `secs` (the daemon runs under
+/// `ip netns exec`, which execs it: the pid is the daemon's).
+fn idle_cost(pid: u32, secs: u64) -> String {
+    let switches = || context_switches(pid);
+    let (c0, w0) = (cpu_ticks(pid), switches());
+    std::thread::sleep(Duration::from_secs(secs));
+    let (c1, w1) = (cpu_ticks(pid), switches());
+    format!(
+        "RSS {:.1} MB, CPU {:.2} s, {:.2} wake-ups/s",
+        proc_field(pid, "status", "VmRSS:") as f64 / 1024.0,
+        (c1 - c0) as f64 / 100.0,
+        (w1 - w0) as f64 / secs as f64
     )
 }
 
@@ -171,11 +200,18 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
     join_all(&cp, &twilld_nodes);
     join_all(&cp, &flanneld_nodes);
 
-    let baseline = idle_rate(&cp, idle_secs);
-    say(format!(
-        "API requests about nodes at idle, no daemon: {baseline:.1}/min"
-    ));
-    let _twillds: Vec<DaemonProcess> = twilld_nodes
+    let measure_idle = idle_secs > 0;
+    let baseline = if measure_idle {
+        idle_rate(&cp, idle_secs)
+    } else {
+        0.0
+    };
+    if measure_idle {
+        say(format!(
+            "API requests about nodes at idle, no daemon: {baseline:.1}/min"
+        ));
+    }
+    let twillds: Vec<DaemonProcess> = twilld_nodes
         .iter()
         .map(|n| {
             n.start_twilld(&TwilldArgs {
@@ -193,8 +229,12 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
     wait_ready(&twilld_nodes, "twilld");
     // Past start-up (the first listing, the annotations, NetworkUnavailable).
     std::thread::sleep(Duration::from_secs(5));
-    let twilld_rate = idle_rate(&cp, idle_secs) - baseline;
-    let _flannelds: Vec<DaemonProcess> = flanneld_nodes
+    let twilld_rate = if measure_idle {
+        idle_rate(&cp, idle_secs) - baseline
+    } else {
+        0.0
+    };
+    let flannelds: Vec<DaemonProcess> = flanneld_nodes
         .iter()
         .map(|n| {
             flanneld::start_kube_with(
@@ -207,12 +247,14 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
         .collect();
     wait_ready(&flanneld_nodes, "flanneld");
     std::thread::sleep(Duration::from_secs(5));
-    let flanneld_rate = idle_rate(&cp, idle_secs) - baseline - twilld_rate;
-    say(format!(
-        "API requests about nodes at idle, per node ({idle_secs} s): twilld {:.2}/min, flanneld {:.2}/min",
-        twilld_rate / f64::from(size),
-        flanneld_rate / f64::from(size)
-    ));
+    if measure_idle {
+        let flanneld_rate = idle_rate(&cp, idle_secs) - baseline - twilld_rate;
+        say(format!(
+            "API requests about nodes at idle, per node ({idle_secs} s): twilld {:.2}/min, flanneld {:.2}/min",
+            twilld_rate / f64::from(size),
+            flanneld_rate / f64::from(size)
+        ));
+    }
 
     let groups: [(&str, &[Node], &str, u32); 2] = [
         ("twilld  ", &twilld_nodes, "flannel.alpha.coreos.com", 200),
@@ -222,6 +264,12 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
         .iter()
         .map(|(_, nodes, _, _)| RouteMonitors::start(nodes.iter().map(|n| &n.ns)))
         .collect();
+    // The benchmark's own client: cluster-admin, so it may create and delete Nodes.
+    let admin = cp.kubeconfig_at(
+        &dir.path().join("bench.kubeconfig"),
+        &Credentials::Token(cp.token_with_cluster_role("twill-bench", "bench", "cluster-admin")),
+    );
+    let api = NodeClient::start(&switch.ns, &admin);
     let mut add = [Vec::new(), Vec::new()];
     let mut del = [Vec::new(), Vec::new()];
     for k in 0..samples {
@@ -229,7 +277,7 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
         let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
         for j in order {
             let (_, _, prefix, base) = groups[j];
-            let (a, d) = add_and_delete(&cp, &mons[j], prefix, base + k % 25, k);
+            let (a, d) = add_and_delete(&api, &mons[j], prefix, base + k % 25, k);
             add[j].push(a);
             del[j].push(d);
         }
@@ -243,6 +291,23 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
             &format!("{size} nodes, Node deleted -> route gone everywhere, {kind}"),
             &mut del[j],
         ));
+    }
+    // One daemon of each group after the samples, both idle at once (the thread counts differ: wake-ups are
+    // per process, all its threads).
+    let rss_secs: u64 = env_or("TWILL_BENCH_RSS_SECS", "30").parse().unwrap_or(30);
+    if rss_secs > 0 {
+        let pids = (twillds[0].pid(), flannelds[0].pid());
+        if let (Some(t), Some(f)) = pids {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(idle_cost(f, rss_secs));
+            });
+            let twilld_cost = idle_cost(t, rss_secs);
+            let flanneld_cost = rx.recv().unwrap_or_default();
+            say(format!(
+                "{size} nodes, one daemon idle {rss_secs} s: twilld {twilld_cost} | flanneld {flanneld_cost}"
+            ));
+        }
     }
     let text = report.join("\n") + "\n";
     println!("\n{text}");

@@ -2,8 +2,8 @@
 //! and twilld keeps working and each recognises and replaces the other's rules:
 //!
 //! * masquerade (`--ip-masq`): pod->pod traffic stays un-NATed, pods->outside and host->pods are masqueraded
-//!   (`fully-random` unless `--ip-masq-fully-random-disable`), packets kube-proxy already marked (0x4000) are left
-//!   alone;
+//!   (`fully-random` unless `--ip-masq-fully-random-disable`, or where the kernel or iptables lacks it: see
+//!   [`fully_random`]), packets kube-proxy already marked (0x4000) are left alone;
 //! * forward (`--iptables-forward-rules`, on by default): FORWARD accepts the pod network.
 //!
 //! One [`TrafficRules`] per address family. nftables (default): table `flannel-ipv4` / `flannel-ipv6`, chains
@@ -17,6 +17,7 @@
 //! steady state execs nothing; only legacy (x_tables) iptables, invisible to netlink, costs one `iptables-save`
 //! per check.
 
+pub mod fully_random;
 mod iptables;
 mod nftables;
 

@@ -11,34 +11,38 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
+use twill_kernel::MacAddr;
 
-/// A VXLAN tunnel endpoint MAC address.
+/// A VXLAN tunnel endpoint MAC address: `twill-kernel`'s [`MacAddr`] (its parser and form, which accept what Go's
+/// `net.ParseMAC` accepts in flanneld's colon and dash forms), with what a VTEP MAC adds: derivation from the
+/// node's identity and the unicast check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VtepMac(pub [u8; 6]);
 
 impl fmt::Display for VtepMac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        fmt::Display::fmt(&MacAddr::from(*self), f)
     }
 }
 
 impl std::str::FromStr for VtepMac {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let mut out = [0u8; 6];
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(format!("{s:?} is not a MAC address"));
-        }
-        for (o, p) in out.iter_mut().zip(parts) {
-            *o = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?} is not a MAC address"))?;
-        }
-        Ok(VtepMac(out))
+        s.parse::<MacAddr>()
+            .map(VtepMac::from)
+            .map_err(|_| format!("{s:?} is not a MAC address"))
+    }
+}
+
+impl From<MacAddr> for VtepMac {
+    fn from(m: MacAddr) -> Self {
+        VtepMac(m.0)
+    }
+}
+
+impl From<VtepMac> for MacAddr {
+    fn from(m: VtepMac) -> Self {
+        MacAddr(m.0)
     }
 }
 
@@ -320,6 +324,22 @@ mod tests {
         assert_eq!(parse_subnet_key("/x/subnets/10.5.52.0-24&banana-64"), None);
         assert_eq!(parse_subnet_key("/x/subnets/0.0.0.0-0"), None);
         assert_eq!(parse_subnet_key("/x/subnets/hello"), None);
+    }
+
+    #[test]
+    fn vtep_macs_parse_as_go_parse_mac_in_its_colon_and_dash_forms() {
+        let mac: VtepMac = "C6-D2-32-6F-8F-44".parse().unwrap();
+        assert_eq!(mac.to_string(), "c6:d2:32:6f:8f:44");
+        assert_eq!(MacAddr::from(mac), "c6:d2:32:6f:8f:44".parse().unwrap());
+        for bad in [
+            "c6:d2:32:6f:8f:4",
+            "c6:d2:32:6f:8f",
+            "c6:d2:32:6f:8f:44:00",
+            "",
+            "zz:d2:32:6f:8f:44",
+        ] {
+            assert!(bad.parse::<VtepMac>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! (scheduler, kubelet, kube-proxy) are meant to join the same way: a binary of the same module,
 //! `client_cert` for their identity, `kubeconfig` for their credentials, `spawn` for the process.
 
+pub mod api;
 pub mod cluster;
 pub mod conformance;
 pub mod kubeconfig;

@@ -26,7 +26,7 @@ fn gone_ok(r: Result<()>) -> Result<()> {
 }
 
 fn mac(m: VtepMac) -> MacAddr {
-    MacAddr(m.0)
+    m.into()
 }
 
 /// Our routes carry protocol `static`, as they always have: hand-made (`proto boot`) ones are told apart in
@@ -135,7 +135,7 @@ impl Vxlan {
         let link = self.link_by_name(&spec.name)?;
         Ok(link
             .filter(|l| spec.compatible(l))
-            .and_then(|l| Some((l.index, VtepMac(l.mac?.0)))))
+            .and_then(|l| Some((l.index, l.mac?.into()))))
     }
 
     pub fn set_link_mac(&self, index: u32, m: VtepMac) -> Result<()> {
@@ -257,11 +257,11 @@ impl Vxlan {
         for n in self.handle.neighbours(Some(dev), Some(family))? {
             // Ours are the peers' subnet addresses; IPv6 link-local neighbours are the kernel's business.
             if network.contains(&n.ip) {
-                v.neighbours.insert(n.ip, n.mac.map(|m| VtepMac(m.0)));
+                v.neighbours.insert(n.ip, n.mac.map(VtepMac::from));
             }
         }
         for e in self.handle.fdb_entries(dev)? {
-            v.fdb.push((VtepMac(e.mac.0), e.dst));
+            v.fdb.push((e.mac.into(), e.dst));
         }
         let filter = RouteFilter {
             family: Some(family),
