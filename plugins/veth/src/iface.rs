@@ -2,9 +2,9 @@
 //! plugins that put one device into the pod (macvlan, host-device, tap): IPv6 enabled where needed,
 //! addresses, up, IPv6 addresses settled, routes with the family's gateway by default.
 
+use crate::pod::{enable_ipv6_in, KeepAddrOnDown};
 use twill_cni::{CniResult, Context, Result};
 use twill_kernel::{Handle, NetNs};
-use twill_veth::pod::{enable_ipv6_in, KeepAddrOnDown};
 
 pub fn configure(
     pod: &NetNs,
