@@ -259,7 +259,7 @@ fn check_rules(rules: &mut [TrafficRules], metrics: &Metrics) {
                 metrics.rules_repairs.fetch_add(1, Relaxed);
                 tracing::warn!("traffic rules were damaged: reinstalled");
             }
-            Ok(false) => {}
+            Ok(false) => tracing::debug!(family = ?r.family(), "traffic rules intact"),
             Err(e) => {
                 ok = false;
                 tracing::warn!("traffic rules: {e}");
