@@ -7,7 +7,7 @@ use crate::config::HostDeviceConf;
 use twill_cni::env::Command;
 use twill_cni::{Context, Error, Request, Result};
 use twill_ipam::provider as ipam;
-use twill_kernel::{Handle, NetNs, RouteFilter};
+use twill_kernel::{Handle, NetNs};
 
 pub fn check(req: &Request) -> Result<()> {
     let conf = HostDeviceConf::load(req)?;
@@ -49,32 +49,5 @@ pub fn check(req: &Request) -> Result<()> {
             )));
         }
     }
-    let addrs = h
-        .addresses(Some(link.link.index), None)
-        .with_context(|| format!("failed to list addresses of {ifname:?}"))?;
-    for ip in &prev.ips {
-        if !addrs.iter().any(|a| a.net == ip.address) {
-            return Err(Error::failed(format!(
-                "Failed to match addr {} on interface {ifname}",
-                ip.address
-            )));
-        }
-    }
-    let routes = h
-        .routes(RouteFilter::default())
-        .context("failed to list routes")?;
-    for r in &prev.routes {
-        let found = routes.iter().any(|k| {
-            k.dst == r.dst
-                && (r.gw.is_none() || k.gateway == r.gw)
-                && !matches!(r.table, Some(t) if k.table != t)
-        });
-        if !found {
-            return Err(Error::failed(format!(
-                "Failed to match route {} via {:?}",
-                r.dst, r.gw
-            )));
-        }
-    }
-    Ok(())
+    twill_veth::iface::check(&h, ifname, link.link.index, &prev)
 }
