@@ -235,7 +235,7 @@ fn conformance_cluster_options(prefix: &str) -> ClusterOptions {
 /// Imports the e2e images and CoreDNS on every node, deploys CoreDNS and waits until it is available:
 /// the suite's first step waits for every kube-system pod to be Ready, and the Service specs resolve
 /// Services by name.
-fn prepare_for_conformance(cluster: &KubeCluster, dir: &std::path::Path) {
+fn prepare_for_conformance(cluster: &mut KubeCluster, dir: &std::path::Path) {
     let start = Instant::now();
     cluster.import_image(&images::archive(dir));
     cluster.import_image(&dns::image_archive(dir));
@@ -276,9 +276,9 @@ fn focused_network_conformance_specs_pass_on_twill() {
     require_root();
     let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let start = Instant::now();
-    let cluster = KubeCluster::start_with_twill(conformance_cluster_options("cft"));
+    let mut cluster = KubeCluster::start_with_twill(conformance_cluster_options("cft"));
     let dir = tempfile::tempdir().expect("temp dir");
-    prepare_for_conformance(&cluster, dir.path());
+    prepare_for_conformance(&mut cluster, dir.path());
     eprintln!("twill cluster ready for the suite in {:?}", start.elapsed());
     let outcome = run_focused(&cluster, "twill");
     outcome.assert_all_passed();
@@ -293,7 +293,7 @@ fn focused_network_conformance_specs_pass_on_reference_plugins_and_flanneld() {
     require_root();
     let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let start = Instant::now();
-    let cluster = KubeCluster::start(conformance_cluster_options("cfr"));
+    let mut cluster = KubeCluster::start(conformance_cluster_options("cfr"));
     let dir = tempfile::tempdir().expect("temp dir");
     let cp = cluster.control_plane();
     cp.apply(&control::rbac_manifest());
@@ -317,7 +317,7 @@ fn focused_network_conformance_specs_pass_on_reference_plugins_and_flanneld() {
         ));
     }
     cluster.wait_nodes_ready(Duration::from_secs(120));
-    prepare_for_conformance(&cluster, dir.path());
+    prepare_for_conformance(&mut cluster, dir.path());
     eprintln!(
         "reference cluster ready for the suite in {:?}",
         start.elapsed()
