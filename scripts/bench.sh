@@ -12,6 +12,7 @@
 #   scripts/bench.sh macvlan                  macvlan + host-local, the master from the node's default route
 #   scripts/bench.sh host-device              host-device + host-local, a node device into the pod and back
 #   scripts/bench.sh tap                      tap + host-local (multi-queue, owner and group)
+#   scripts/bench.sh kube-pods [--pods 30] [--rounds 2]   Kubernetes pod start-up, twill vs reference + flanneld
 #
 # Rust scenarios are tests/src/bench/<name>.rs (run by the twill-bench binary); shell scenarios are
 # scripts/bench/<name>.sh and get the same options. Builds release binaries first. Needs root.

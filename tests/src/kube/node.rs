@@ -141,6 +141,8 @@ pub struct NodeOptions {
     /// The kubelet's `clusterDNS` (the cluster DNS Service's address, written into pods'
     /// resolv.conf with the `cluster.local` search domains); empty: pods get the node's resolv.conf.
     pub cluster_dns: Vec<String>,
+    /// containerd's log level on the node (its default when `None`).
+    pub containerd_log_level: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -150,6 +152,7 @@ impl Default for NodeOptions {
             taints: Vec::new(),
             labels: Vec::new(),
             cluster_dns: Vec::new(),
+            containerd_log_level: None,
         }
     }
 }
@@ -192,6 +195,7 @@ impl KubeNode {
                 conf_dir: Some("/etc/cni/net.d".into()),
                 netns: Some(node.net.ns.name().to_string()),
                 mount_ns: Some(node.mounts().file.clone()),
+                log_level: opts.containerd_log_level.clone(),
             },
             None,
         ));

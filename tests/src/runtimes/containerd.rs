@@ -28,6 +28,9 @@ pub struct Placement {
     pub netns: Option<String>,
     /// A mount namespace to run in (a bind-mounted namespace file, as `unshare --mount=FILE` makes).
     pub mount_ns: Option<PathBuf>,
+    /// containerd's log level (`debug` makes the CRI plugin log when each pod's CNI setup begins and
+    /// ends); containerd's default (`info`) when `None`.
+    pub log_level: Option<String>,
 }
 
 impl Containerd {
@@ -76,6 +79,10 @@ impl Containerd {
             placement.bin_dir.display().to_string(),
             netd.display().to_string(),
         );
+        let config = match &placement.log_level {
+            Some(level) => format!("{config}[debug]\n  level = {level:?}\n"),
+            None => config,
+        };
         std::fs::write(d.join("config.toml"), config).expect("write containerd config");
         let log = std::fs::File::create(d.join("containerd.log")).expect("containerd log");
         let mut cmd = if placement.netns.is_none() && placement.mount_ns.is_none() {
