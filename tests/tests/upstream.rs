@@ -6,13 +6,15 @@ use std::process::Command;
 use serde_json::Value;
 use twill_tests::bins::{upstream_bin, upstream_hash, workspace_dir};
 
-const MODULES: [&str; 6] = [
+const MODULES: [&str; 8] = [
     "cni",
     "plugins",
     "flannel",
     "flannel-cni",
     "cri-tools",
     "kubernetes",
+    "kubernetes-e2e",
+    "coredns",
 ];
 
 fn run(cmd: &mut Command) -> (bool, String) {
