@@ -9,8 +9,8 @@ TRIPLE=x86_64-unknown-linux-gnu
 # Every binary that release.sh or image.sh ships. Both build all of them, whatever they ship, so whichever runs
 # second finds everything built: a --bin set of its own would compile and link (fat LTO: minutes) the binaries
 # the first one left out.
-STATIC_BINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan twilld
-  twill-install)
+STATIC_BINS=(bridge loopback portmap bandwidth firewall flannel host-local ptp tuning static sbr macvlan host-device tap
+  dhcp twilld twill-install)
 
 # static_build BIN...: clones HEAD into $work/src and builds STATIC_BINS there (the named binaries must be
 # among them). Sets (globals) work, src, commit, version, rel (the directory holding the binaries) and exports
