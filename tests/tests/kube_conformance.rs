@@ -11,10 +11,8 @@
 use std::time::{Duration, Instant};
 
 use twill_tests::bins::{ref_dir, require_root};
-use twill_tests::cluster::DaemonProcess;
 use twill_tests::kube::cluster::{ClusterOptions, KubeCluster};
 use twill_tests::kube::conformance::{self, control, dns, images, Run, FOCUSED, MORE};
-use twill_tests::kube::Credentials;
 use twill_tests::netns::Netns;
 use twill_tests::runtimes::containerd::Containerd;
 
@@ -295,27 +293,7 @@ fn focused_network_conformance_specs_pass_on_reference_plugins_and_flanneld() {
     let start = Instant::now();
     let mut cluster = KubeCluster::start(conformance_cluster_options("cfr"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let cp = cluster.control_plane();
-    cp.apply(&control::rbac_manifest());
-    let token = cp.token(control::NAMESPACE, control::SERVICE_ACCOUNT);
-    let kubeconfig = cp.kubeconfig("flannel.kubeconfig", &Credentials::Token(token));
-    let net_conf = dir.path().join("net-conf.json");
-    std::fs::write(&net_conf, twill_tests::e2e::NET_CONFIG).expect("write net-conf.json");
-    // Declared after the cluster: the flanneld processes stop before the nodes go.
-    let mut flanneld = Vec::new();
-    for node in cluster.nodes() {
-        control::install(
-            &node.host_path("/opt/cni/bin"),
-            &node.host_path("/etc/cni/net.d"),
-        );
-        let mut cmd = node.command(control::flanneld_bin());
-        cmd.args(control::flanneld_args(&kubeconfig, &net_conf))
-            .env("NODE_NAME", node.name());
-        flanneld.push(DaemonProcess::spawn(
-            cmd,
-            dir.path().join(format!("flanneld-{}.log", node.name())),
-        ));
-    }
+    let flanneld = control::start_network(&cluster, dir.path());
     cluster.wait_nodes_ready(Duration::from_secs(120));
     prepare_for_conformance(&mut cluster, dir.path());
     eprintln!(

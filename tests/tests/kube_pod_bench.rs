@@ -26,10 +26,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use twill_tests::cluster::DaemonProcess;
 use twill_tests::kube::cluster::{ClusterOptions, KubeCluster};
 use twill_tests::kube::conformance::control;
-use twill_tests::kube::{kube_bin, Credentials};
+use twill_tests::kube::kube_bin;
 use twill_tests::overlay_bench::{env_or, percentile};
 use twill_tests::runtimes::image::image_tar;
 
@@ -272,26 +271,7 @@ fn reference_run(count: usize, sample: &mut Sample) {
     let start = Instant::now();
     let mut cluster = KubeCluster::start(options("pbr"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let cp = cluster.control_plane();
-    cp.apply(&control::rbac_manifest());
-    let token = cp.token(control::NAMESPACE, control::SERVICE_ACCOUNT);
-    let kubeconfig = cp.kubeconfig("flannel.kubeconfig", &Credentials::Token(token));
-    let net_conf = dir.path().join("net-conf.json");
-    std::fs::write(&net_conf, twill_tests::e2e::NET_CONFIG).expect("write net-conf.json");
-    let mut flanneld = Vec::new();
-    for node in cluster.nodes() {
-        control::install(
-            &node.host_path("/opt/cni/bin"),
-            &node.host_path("/etc/cni/net.d"),
-        );
-        let mut cmd = node.command(control::flanneld_bin());
-        cmd.args(control::flanneld_args(&kubeconfig, &net_conf))
-            .env("NODE_NAME", node.name());
-        flanneld.push(DaemonProcess::spawn(
-            cmd,
-            dir.path().join(format!("flanneld-{}.log", node.name())),
-        ));
-    }
+    let flanneld = control::start_network(&cluster, dir.path());
     cluster.wait_nodes_ready(Duration::from_secs(120));
     eprintln!("reference cluster Ready in {:?}", start.elapsed());
     measure(&mut cluster, dir.path(), count, sample);

@@ -105,3 +105,36 @@ pub fn flanneld_args(kubeconfig: &Path, net_conf: &Path) -> Vec<String> {
         "--iface=eth0".into(),
     ]
 }
+
+/// Sets up the control run's network on every node of `cluster`: kube-flannel's RBAC, the reference
+/// plugins and conflist, and one flanneld per node (logs and net-conf.json in `dir`). Drop the returned
+/// processes before the cluster, so flanneld stops before its node goes.
+pub fn start_network(
+    cluster: &crate::kube::cluster::KubeCluster,
+    dir: &Path,
+) -> Vec<crate::cluster::DaemonProcess> {
+    let cp = cluster.control_plane();
+    cp.apply(&rbac_manifest());
+    let token = cp.token(NAMESPACE, SERVICE_ACCOUNT);
+    let kubeconfig = cp.kubeconfig(
+        "flannel.kubeconfig",
+        &crate::kube::Credentials::Token(token),
+    );
+    let net_conf = dir.join("net-conf.json");
+    std::fs::write(&net_conf, crate::e2e::NET_CONFIG).expect("write net-conf.json");
+    let mut flanneld = Vec::new();
+    for node in cluster.nodes() {
+        install(
+            &node.host_path("/opt/cni/bin"),
+            &node.host_path("/etc/cni/net.d"),
+        );
+        let mut cmd = node.command(flanneld_bin());
+        cmd.args(flanneld_args(&kubeconfig, &net_conf))
+            .env("NODE_NAME", node.name());
+        flanneld.push(crate::cluster::DaemonProcess::spawn(
+            cmd,
+            dir.join(format!("flanneld-{}.log", node.name())),
+        ));
+    }
+    flanneld
+}
