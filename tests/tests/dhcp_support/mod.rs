@@ -89,6 +89,8 @@ impl Lab {
             "--dhcp-authoritative".into(),
             // No ICMP probe of an address before offering it: the link is ours alone.
             "--no-ping".into(),
+            // Its own pid file: the default /run/dnsmasq.pid is the host's, and two labs would race on it.
+            format!("--pid-file={}", d.join("dnsmasq.pid").display()),
             "--dhcp-range=10.70.0.100,10.70.0.200,255.255.255.0,2m".into(),
             format!("--dhcp-option=option:router,{SERVER_IP}"),
             format!("--dhcp-leasefile={}", d.join("leases").display()),
