@@ -13,6 +13,8 @@
 #   scripts/bench.sh host-device              host-device + host-local, a node device into the pod and back
 #   scripts/bench.sh tap                      tap + host-local (multi-queue, owner and group)
 #   scripts/bench.sh kube-pods [--pods 30] [--rounds 2]   Kubernetes pod start-up, twill vs reference + flanneld
+#   scripts/bench.sh --static ptp ...         ours as shipped (release tarball, .deb, image): statically linked, as
+#                                             the reference binaries are, so neither side pays the dynamic loader
 #
 # Rust scenarios are tests/src/bench/<name>.rs (run by the twill-bench binary); shell scenarios are
 # scripts/bench/<name>.sh and get the same options. Builds release binaries first. Needs root.
@@ -24,19 +26,30 @@ cd "$TWILL_ROOT"
 ensure_cargo
 scenarios=()
 options=()
+static=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds|--warmup|--ours|--reference|--pods)
       [ $# -ge 2 ] || die "$1 needs a value"; options+=("$1" "$2"); shift 2 ;;
+    --static) static=1; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) scenarios+=("$1"); shift ;;
   esac
 done
 
-log "building release binaries"
-cargo build --release --workspace --bins
-release="$TWILL_TARGET_DIR/release"
+if [ "$static" = 1 ]; then
+  # The flags of scripts/lib/static.sh, on the working tree; --target keeps them off build scripts and proc
+  # macros, and gives the build its own directory, so the dynamic release build stays as it is.
+  log "building static release binaries"
+  RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --target x86_64-unknown-linux-gnu --workspace --bins
+  release="$TWILL_TARGET_DIR/x86_64-unknown-linux-gnu/release"
+else
+  log "building release binaries"
+  cargo build --release --workspace --bins
+  release="$TWILL_TARGET_DIR/release"
+fi
 bench=("$release/twill-bench" --ours "$release")
 
 if [ "${#scenarios[@]}" -eq 0 ]; then
