@@ -63,6 +63,16 @@ fn run(cmd: &mut Command) -> String {
 }
 
 /// A node's private mount namespace and the directories bind-mounted in it.
+///
+/// A path the node keeps to itself needs a mount point. When it does not exist on the machine (a fresh
+/// machine has no /opt/cni/bin, /run/flannel, /var/log/pods), it is created inside the node's mount
+/// namespace only: a tmpfs covers its deepest existing ancestor there, holding a bind mount of each entry
+/// the machine has in that directory (so the node still sees and shares the machine's files), and the
+/// missing directories are made in that tmpfs. The machine never sees them, so there is nothing to remove
+/// afterwards, not even after a killed test. Creating them on the machine and removing them at the end
+/// would need a cross-process lock and a shared record of who created what: a directory that is a mount
+/// point in another live node's namespace must not be removed (that detaches the node's mount there), and
+/// the test that created it may not be the last one to finish.
 pub struct MountNs {
     /// The node's directory, bind-mounted onto itself as a private mount (a namespace file can only be
     /// bind-mounted where the mount does not propagate into that namespace).
@@ -70,13 +80,90 @@ pub struct MountNs {
     file: PathBuf,
 }
 
+/// A shell word.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// For each of `paths` missing on the machine, its deepest existing ancestor; shallowest first, each once.
+fn covered_ancestors(paths: &[&str]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        let p = Path::new(p);
+        if p.exists() {
+            continue;
+        }
+        let parent = p
+            .ancestors()
+            .skip(1)
+            .find(|a| a.exists())
+            .unwrap_or(Path::new("/"));
+        assert!(
+            parent != Path::new("/"),
+            "{}: its top-level directory does not exist on this machine; create it (a node covers a \
+             directory below / only)",
+            p.display()
+        );
+        if !out.iter().any(|o| o == parent) {
+            out.push(parent.to_path_buf());
+        }
+    }
+    out.sort_by_key(|p| p.components().count());
+    out
+}
+
+/// Shell lines, run inside the node's mount namespace, that cover `parent` with a tmpfs holding a bind
+/// mount (or a copy of the symlink) of each of its entries; `stage` is an empty directory to build it in.
+fn cover_script(parent: &Path, stage: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(parent).unwrap_or_else(|e| panic!("stat {}: {e}", parent.display()));
+    let stage_q = quote(&stage.display().to_string());
+    let mut script = format!(
+        "mount -t tmpfs -o mode={:o},uid={},gid={} twill-node {stage_q}\n",
+        meta.mode() & 0o7777,
+        meta.uid(),
+        meta.gid()
+    );
+    let entries =
+        std::fs::read_dir(parent).unwrap_or_else(|e| panic!("read {}: {e}", parent.display()));
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let from = quote(&parent.join(&name).display().to_string());
+        let to = quote(&stage.join(&name).display().to_string());
+        match e.file_type() {
+            Ok(t) if t.is_symlink() => {
+                let target = std::fs::read_link(e.path()).unwrap_or_default();
+                let target = quote(&target.display().to_string());
+                script.push_str(&format!("ln -s {target} {to}\n"));
+            }
+            // An entry the machine removed meanwhile is left out.
+            Ok(t) if t.is_dir() => script.push_str(&format!(
+                "mkdir {to}\nmount --rbind {from} {to} || {{ [ ! -e {from} ] && rmdir {to}; }}\n"
+            )),
+            _ => script.push_str(&format!(
+                ": > {to}\nmount --rbind {from} {to} || {{ [ ! -e {from} ] && rm {to}; }}\n"
+            )),
+        }
+    }
+    let parent_q = quote(&parent.display().to_string());
+    script.push_str(&format!("mount --move {stage_q} {parent_q}\n"));
+    script
+}
+
 impl MountNs {
     fn create(dir: &Path) -> MountNs {
-        for p in NODE_PATHS {
-            std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("mkdir {p}: {e}"));
+        Self::create_over(dir, NODE_PATHS)
+    }
+
+    /// A private mount namespace, kept alive by a file in `dir`, in which each of `paths` is a directory of
+    /// `dir`'s own (made inside the namespace when the machine has none, see [`MountNs`]).
+    pub fn create_over(dir: &Path, paths: &[&str]) -> MountNs {
+        for p in paths {
             std::fs::create_dir_all(Self::own(dir, p))
                 .unwrap_or_else(|e| panic!("mkdir in {}: {e}", dir.display()));
         }
+        let covers = covered_ancestors(paths);
         let file = dir.join("mnt.ns");
         std::fs::write(&file, "").unwrap_or_else(|e| panic!("create {}: {e}", file.display()));
         run(Command::new("mount").arg("--bind").arg(dir).arg(dir));
@@ -89,9 +176,15 @@ impl MountNs {
             .arg(format!("--mount={}", file.display()))
             .args(["--propagation", "private", "true"]));
         let mut script = String::from("set -e\n");
-        for p in NODE_PATHS {
+        for (i, parent) in covers.iter().enumerate() {
+            let stage = dir.join(format!("cover-{i}"));
+            std::fs::create_dir_all(&stage)
+                .unwrap_or_else(|e| panic!("mkdir {}: {e}", stage.display()));
+            script.push_str(&cover_script(parent, &stage));
+        }
+        for p in paths {
             script.push_str(&format!(
-                "mount --bind '{}' '{p}'\n",
+                "mkdir -p '{p}'\nmount --bind '{}' '{p}'\n",
                 Self::own(dir, p).display()
             ));
         }
@@ -115,7 +208,7 @@ impl MountNs {
     }
 
     /// `nsenter` into this mount namespace (append the command).
-    fn enter(&self) -> Command {
+    pub fn enter(&self) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--mount={}", self.file.display()));
         c
