@@ -4,8 +4,9 @@
 //! Nodes share one filesystem, real nodes do not: the twill DaemonSet's hostPath volumes
 //! (`/opt/cni/bin`, `/etc/cni/net.d`, `/run/flannel`) and what a kubelet and containerd keep under fixed
 //! paths must land per node. So each node's mount namespace (kept alive by a bind-mounted namespace file,
-//! `unshare --mount=FILE`) bind-mounts a directory of the node's own over each of them; everything the
-//! node's programs exec (CNI plugins, runc, the containers' hostPath mounts) sees the node's files.
+//! `unshare --mount=FILE`) bind-mounts a directory of the node's own over each of them (one the machine
+//! lacks is made inside the namespace only, see [`MountNs`]); everything the node's programs exec (CNI
+//! plugins, runc, the containers' hostPath mounts) sees the node's files.
 //! The mount namespace is private: nothing mounted in it reaches the machine, and it goes when the last
 //! process in it exits and its file is unmounted.
 //!
