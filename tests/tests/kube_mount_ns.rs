@@ -1,10 +1,10 @@
-//! A Kubernetes node's mount namespace (`twill_tests::kube::node::MountNs`) keeps paths to itself that the
+//! A Kubernetes node's mount namespace (`twill_tests::kube::mount_ns::MountNs`) keeps paths to itself that the
 //! machine may not have: they exist inside the node only, so nothing is left on the machine afterwards, and
 //! two nodes alive at once (in one test process or two) never see each other's files.
 
 use std::path::{Path, PathBuf};
 
-use twill_tests::kube::node::MountNs;
+use twill_tests::kube::mount_ns::MountNs;
 
 /// A path under /run of this test only (the machine's /run exists; this does not).
 fn scratch(name: &str) -> PathBuf {
