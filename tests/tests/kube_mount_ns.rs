@@ -61,7 +61,11 @@ fn paths_missing_on_the_machine_exist_only_inside_each_node_and_are_gone_afterwa
 
     let deep = format!("{}/a/b", missing.display());
     let flat = format!("{}/c", missing.display());
-    let paths = [deep.as_str(), flat.as_str()];
+    // A fresh machine has no /etc/cni either: /etc is covered then, its files still the machine's.
+    let etc = PathBuf::from(format!("/etc/twill-mountns-{}", std::process::id()));
+    let _etc_gone = Cleanup(etc.clone());
+    let in_etc = format!("{}/net.d", etc.display());
+    let paths = [deep.as_str(), flat.as_str(), in_etc.as_str()];
     let before: Vec<String> = std::fs::read_dir("/run")
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -94,10 +98,20 @@ fn paths_missing_on_the_machine_exist_only_inside_each_node_and_are_gone_afterwa
         assert!(seen.contains(e), "the node does not see /run/{e}: {seen:?}");
     }
 
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    assert_eq!(sh(&one, "cat /etc/hostname"), hostname.trim());
+    sh(&one, &format!("touch {in_etc}/10-twill.conflist"));
+    assert!(
+        !etc.exists(),
+        "{} was created on the machine",
+        etc.display()
+    );
+
     // One node going away leaves the other as it was.
     drop(one);
     assert_eq!(sh(&two, &format!("cat {deep}/f {flat}/f")), "two\ntwo");
     drop(two);
+    assert!(!etc.exists(), "{} is left on the machine", etc.display());
     assert!(
         !missing.exists(),
         "{} is left on the machine",
