@@ -39,7 +39,7 @@ pub(crate) async fn run_host_gw(mut s: Start) -> Result<(), Fatal> {
             u.name
         )));
     }
-    let attrs = LeaseAttrs::host_gw(u.public_ip, u.public_ipv6, &s.opts.node_name);
+    let attrs = LeaseAttrs::host_gw(u.public_ip, u.public_ipv6, &s.node_name);
     let own = acquire(&mut s, &attrs).await;
     tracing::info!("acquired subnet {} (host-gw){}", own.key, lease_log(&own));
     let lane4 = match (s.cfg.v4, own.key.v4) {
@@ -128,8 +128,7 @@ fn plan_vxlan_device(
             s.underlay.name
         )));
     }
-    let mut identity =
-        MacIdentity::choose(&s.opts.node_name, public, cfg.backend.vni, leases, s.grace);
+    let mut identity = MacIdentity::choose(&s.node_name, public, cfg.backend.vni, leases, s.grace);
     let probe = DeviceSpec {
         name,
         vni: cfg.backend.vni,
@@ -250,7 +249,7 @@ pub(crate) async fn run_vxlan(mut s: Start) -> Result<(), Fatal> {
         v4.as_ref().map(|(_, ip, p)| (*ip, p.probe.mac)),
         v6.as_ref().map(|(_, ip, p)| (*ip, p.probe.mac)),
         cfg.backend.vni,
-        &s.opts.node_name,
+        &s.node_name,
     );
     let own = acquire(&mut s, &attrs).await;
     let macs: Vec<String> = v4

@@ -49,6 +49,8 @@ pub type Fatal = crate::error::Error;
 /// What every backend's start-up shares once the network config is known.
 pub(crate) struct Start {
     pub opts: Options,
+    /// Our node's name (in Kubernetes mode possibly learnt from our Pod at connect).
+    pub node_name: String,
     pub metrics: Arc<Metrics>,
     pub handle: twill_kernel::Handle,
     pub underlay: Underlay,
@@ -106,6 +108,9 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
     }
 
     let handle = twill_kernel::Handle::current().map_err(Fatal::Kernel)?;
+    if let crate::node_name::NodeName::Known { name, from } = &opts.node {
+        tracing::info!("node name {name} (from {from})");
+    }
     // etcd (or the API server) unreachable at start: keep trying, say so (docs/architecture.md, "Health and
     // lifecycle").
     let grace = (opts.resync * 3).clamp(Duration::from_secs(3), Duration::from_secs(60));
@@ -121,6 +126,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
             }
         }
     };
+    let node_name = subnets.node_name(&opts).to_string();
     // In Kubernetes mode an administrator may have stored the node's public addresses in its annotations.
     let public_ip = match opts.public_ip {
         Some(ip) => Some(ip),
@@ -173,6 +179,7 @@ pub async fn run(opts: Options) -> Result<(), Fatal> {
 
     let s = Start {
         opts,
+        node_name,
         metrics,
         handle,
         underlay,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::logging::{LogFormat, LogLevel};
+use crate::node_name::{self, NodeName};
 
 /// Which firewall tool carries the `--ip-masq` rules (docs/architecture.md, "Traffic rules").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,8 @@ pub struct Options {
     pub lease_ttl: Duration,
     pub healthz_ip: IpAddr,
     pub healthz_port: u16,
-    pub node_name: String,
+    /// Which Node this is, or where to learn it ([`crate::node_name`]).
+    pub node: NodeName,
     pub resync: Duration,
     /// Every this many resyncs the kernel is read back even if no notification reported a change.
     pub resync_full_every: u32,
@@ -119,7 +121,7 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
   --subnet-lease-renew-margin=MIN  default 60 (1..1439)
   --subnet-lease-ttl=SECONDS       default 86400 (flannel's 24 h)
   --healthz-ip=IP --healthz-port=N default 0.0.0.0 / 0 (off)
-  --node-name=NAME                 node identity (default: hostname)
+  --node-name=NAME                 node identity (default: hostname; Kubernetes mode: see below)
   --resync=SECONDS                 reconcile period (default 10)
   -v, --v=N                        verbosity as flanneld's: 0 info (default), 1-4 debug, 5+ trace
   --log-level=LEVEL                error|warn|info|debug|trace (overrides -v)
@@ -128,7 +130,8 @@ Usage: twilld [--version | --help | flags]   (each flag also as env FLANNELD_<FL
                                    kernel notification says anything changed (default 10; 1 = always)
 Kubernetes mode (subnets from node.spec.podCIDR, peers from node annotations, as flanneld --kube-subnet-mgr):
   --kube-subnet-mgr                use the Kubernetes API instead of etcd (node name: --node-name, else env
-                                   NODE_NAME, else the hostname)
+                                   NODE_NAME, else spec.nodeName of the pod env POD_NAMESPACE/POD_NAME
+                                   (needs RBAC pods get), else the hostname)
   --kubeconfig-file=FILE           kubeconfig to use (default: in-cluster service account config)
   --kube-api-url=URL               API server URL (overrides the kubeconfig's server)
   --kube-annotation-prefix=P       default flannel.alpha.coreos.com
@@ -372,14 +375,8 @@ where
         }),
     };
     // In Kubernetes mode the node name is the Node object's: the DaemonSet passes it as NODE_NAME (the
-    // downward API's spec.nodeName), as it does to flanneld.
-    let node_name = match one("node-name") {
-        Some(n) => n,
-        None => match env("NODE_NAME").filter(|n| kube.is_some() && !n.is_empty()) {
-            Some(n) => n,
-            None => hostname().ok_or("--node-name not given and the hostname is unknown")?,
-        },
-    };
+    // downward API's spec.nodeName), as it does to flanneld, or as POD_NAME/POD_NAMESPACE.
+    let node = node_name::choose(one("node-name"), kube.is_some(), &env, hostname)?;
     let endpoints = one("etcd-endpoints")
         .unwrap_or_else(|| "http://127.0.0.1:4001,http://127.0.0.1:2379".into());
     let etcd_endpoints: Vec<String> = endpoints
@@ -424,7 +421,7 @@ where
         lease_ttl: Duration::from_secs(ttl),
         healthz_ip,
         healthz_port: num("healthz-port", one("healthz-port"), 0)?,
-        node_name,
+        node,
         resync: Duration::from_secs_f64(resync),
         resync_full_every,
         log_level,
@@ -526,7 +523,7 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(o.node_name, "envnode");
+        assert_eq!(o.node.known(), Some("envnode"));
         assert!(o.ip_masq);
     }
 
@@ -596,9 +593,9 @@ mod tests {
     fn kube_mode_flags_have_flanneld_defaults_and_node_name_from_env() {
         let o = run(&["--node-name=n"], &[("NODE_NAME", "ignored")]).unwrap();
         assert_eq!(o.kube, None);
-        assert_eq!(o.node_name, "n");
+        assert_eq!(o.node.known(), Some("n"));
         let o = run(&["--kube-subnet-mgr"], &[("NODE_NAME", "worker-1")]).unwrap();
-        assert_eq!(o.node_name, "worker-1");
+        assert_eq!(o.node.known(), Some("worker-1"));
         let k = o.kube.unwrap();
         assert_eq!(k.annotation_prefix, "flannel.alpha.coreos.com");
         assert_eq!(
@@ -619,7 +616,7 @@ mod tests {
             &[("NODE_NAME", "b")],
         )
         .unwrap();
-        assert_eq!(o.node_name, "a");
+        assert_eq!(o.node.known(), Some("a"));
         let k = o.kube.unwrap();
         assert_eq!(k.kubeconfig_file, Some(PathBuf::from("/k/config")));
         assert_eq!(k.api_url.as_deref(), Some("https://10.0.0.1:6443"));
@@ -630,7 +627,21 @@ mod tests {
             &[("FLANNELD_KUBE_SUBNET_MGR", "true"), ("NODE_NAME", "c")],
         )
         .unwrap();
-        assert_eq!(o.node_name, "c");
+        assert_eq!(o.node.known(), Some("c"));
         assert!(o.kube.is_some());
+        let o = run(
+            &["--kube-subnet-mgr"],
+            &[("POD_NAME", "twill-x"), ("POD_NAMESPACE", "kube-twill")],
+        )
+        .unwrap();
+        assert_eq!(
+            o.node,
+            NodeName::Pod {
+                namespace: "kube-twill".into(),
+                name: "twill-x".into()
+            }
+        );
+        let e = run(&["--kube-subnet-mgr"], &[("POD_NAME", "twill-x")]).unwrap_err();
+        assert!(e.contains("POD_NAMESPACE is not"), "{e}");
     }
 }

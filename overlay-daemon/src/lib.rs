@@ -22,6 +22,7 @@ pub mod kernel_watch;
 pub mod lane;
 pub mod logging;
 pub mod metrics;
+pub mod node_name;
 pub mod reconcile;
 pub mod rules;
 pub mod serve;

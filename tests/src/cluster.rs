@@ -163,9 +163,33 @@ impl Node {
 
     /// Like `start_twilld`, with `RLIMIT_NOFILE` set to `nofile` (soft and hard) when given.
     pub fn start_twilld_limited(&self, args: &TwilldArgs, nofile: Option<u64>) -> Twilld {
+        let mut cmd = self.twilld_command(nofile);
+        cmd.arg(format!("--node-name={}", self.name()));
+        self.spawn_twilld(cmd, args)
+    }
+
+    /// Like `start_twilld`, without `--node-name` (nor NODE_NAME) and with these environment variables: the
+    /// daemon learns its node's name as it does in a pod (e.g. from POD_NAME and POD_NAMESPACE).
+    pub fn start_twilld_env(&self, args: &TwilldArgs, env: &[(&str, &str)]) -> Twilld {
+        let mut cmd = self.twilld_command(None);
+        cmd.env_remove("NODE_NAME").env_remove("FLANNELD_NODE_NAME");
+        cmd.envs(env.iter().copied());
+        self.spawn_twilld(cmd, args)
+    }
+
+    fn spawn_twilld(&self, mut cmd: Command, args: &TwilldArgs) -> Twilld {
+        cmd.arg(format!("--etcd-endpoints={}", args.etcd))
+            .arg("--iface=eth0")
+            .arg(format!("--subnet-file={}", self.subnet_file().display()))
+            .arg(format!("--resync={}", args.resync_secs))
+            .args(&args.extra);
+        DaemonProcess::spawn(cmd, self.log_file())
+    }
+
+    /// `ip netns exec <node> twilld`, its flags to be appended.
+    fn twilld_command(&self, nofile: Option<u64>) -> Command {
         use std::os::unix::process::CommandExt;
         let bin = crate::bins::bin("twilld");
-        let log = self.log_file();
         let mut cmd = Command::new("ip");
         if let Some(n) = nofile {
             let limit = libc::rlimit {
@@ -182,15 +206,8 @@ impl Node {
                 });
             }
         }
-        cmd.args(["netns", "exec", self.ns.name()])
-            .arg(&bin)
-            .arg(format!("--etcd-endpoints={}", args.etcd))
-            .arg("--iface=eth0")
-            .arg(format!("--node-name={}", self.name()))
-            .arg(format!("--subnet-file={}", self.subnet_file().display()))
-            .arg(format!("--resync={}", args.resync_secs))
-            .args(&args.extra);
-        DaemonProcess::spawn(cmd, log)
+        cmd.args(["netns", "exec", self.ns.name()]).arg(&bin);
+        cmd
     }
 
     /// The node's subnet from subnet.env (`FLANNEL_SUBNET`, e.g. 10.244.7.1/24 -> (10.244.7.0, 24)).

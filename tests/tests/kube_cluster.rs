@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use twill_tests::cluster::wait_until;
 use twill_tests::kube::cluster::{ClusterOptions, KubeCluster};
-use twill_tests::kube::node::task_ids;
+use twill_tests::kube::node::{task_ids, NODE_PATHS};
 use twill_tests::kube::workload::{
     get_from_pod, import_web_image, ready_web_pods, web_deployment, WebPod, WEB_PORT,
 };
@@ -219,11 +219,20 @@ fn dropping_the_cluster_leaves_no_process_mount_cgroup_or_namespace() {
         schedulable_control_plane: true,
         ..ClusterOptions::default()
     };
+    // What the nodes keep to themselves and the machine does not have is never made on the machine.
+    let absent: Vec<&str> = NODE_PATHS
+        .iter()
+        .copied()
+        .filter(|p| !Path::new(p).exists())
+        .collect();
     let mut cluster = KubeCluster::start_with_twill(opts);
     let dir = tempfile::tempdir().expect("temp dir");
     import_web_image(&mut cluster, dir.path());
     cluster.apply(&web_deployment(2));
     ready_web_pods(&cluster, 2);
+    for p in &absent {
+        assert!(!Path::new(p).exists(), "{p} was made on the machine");
+    }
     let mut namespaces = vec![cluster.switch().ns.name().to_string()];
     let mut dirs = vec![cluster.control_plane().dir().to_path_buf()];
     let mut cgroups = Vec::new();
@@ -256,6 +265,9 @@ fn dropping_the_cluster_leaves_no_process_mount_cgroup_or_namespace() {
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             assert!(!cmdline.contains(&d), "process {cmdline} is left");
         }
+    }
+    for p in &absent {
+        assert!(!Path::new(p).exists(), "{p} is left on the machine");
     }
     for c in std::fs::read_dir("/sys/fs/cgroup")
         .expect("cgroups")

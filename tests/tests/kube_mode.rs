@@ -91,6 +91,11 @@ impl Cluster {
     }
 
     fn start_twilld_with(&self, node: &Node, extra: &[String]) -> Twilld {
+        node.start_twilld(&self.twilld_args(node, extra))
+    }
+
+    /// twilld's flags in Kubernetes mode on `node` (the node's name is added by the caller, or learnt).
+    fn twilld_args(&self, node: &Node, extra: &[String]) -> TwilldArgs {
         let mut args = vec![
             "--kube-subnet-mgr".to_string(),
             format!("--kubeconfig-file={}", self.kubeconfig(node).display()),
@@ -102,12 +107,12 @@ impl Cluster {
             "--ip-masq".to_string(),
         ];
         args.extend_from_slice(extra);
-        node.start_twilld(&TwilldArgs {
+        TwilldArgs {
             // Not used in Kubernetes mode: nothing listens there.
             etcd: "http://127.0.0.1:1".into(),
             resync_secs: 2.0,
             extra: args,
-        })
+        }
     }
 
     fn annotations(&self, name: &str) -> BTreeMap<String, String> {
@@ -550,3 +555,5 @@ fn flanneld_and_twilld_nodes_are_peers_and_twilld_publishes_flanneld_bytes() {
 
 #[path = "kube_mode_support/dual_stack.rs"]
 mod dual_stack;
+#[path = "kube_mode_support/pod_name.rs"]
+mod pod_name;

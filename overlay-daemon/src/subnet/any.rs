@@ -25,7 +25,7 @@ impl AnyManager {
     ) -> Result<Self, SubnetError> {
         match &opts.kube {
             Some(k) => Ok(AnyManager::Kube(Box::new(
-                KubeManager::connect(&opts.node_name, k, metrics).await?,
+                KubeManager::connect(&opts.node, k, metrics).await?,
             ))),
             None => EtcdManager::connect(opts, metrics, settle)
                 .await
@@ -36,6 +36,14 @@ impl AnyManager {
                         opts.etcd_endpoints.join(",")
                     ))
                 }),
+        }
+    }
+
+    /// Our node's name: the flags' or, in Kubernetes mode, the one learnt from our Pod.
+    pub fn node_name<'a>(&'a self, opts: &'a Options) -> &'a str {
+        match self {
+            AnyManager::Kube(k) => k.node_name(),
+            AnyManager::Etcd(_) => opts.node.known().unwrap_or_default(),
         }
     }
 

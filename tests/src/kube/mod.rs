@@ -14,6 +14,7 @@ pub mod api;
 pub mod cluster;
 pub mod conformance;
 pub mod kubeconfig;
+pub mod mount_ns;
 pub mod node;
 pub mod pki;
 pub mod twill_image;

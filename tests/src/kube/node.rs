@@ -4,8 +4,9 @@
 //! Nodes share one filesystem, real nodes do not: the twill DaemonSet's hostPath volumes
 //! (`/opt/cni/bin`, `/etc/cni/net.d`, `/run/flannel`) and what a kubelet and containerd keep under fixed
 //! paths must land per node. So each node's mount namespace (kept alive by a bind-mounted namespace file,
-//! `unshare --mount=FILE`) bind-mounts a directory of the node's own over each of them; everything the
-//! node's programs exec (CNI plugins, runc, the containers' hostPath mounts) sees the node's files.
+//! `unshare --mount=FILE`) bind-mounts a directory of the node's own over each of them (one the machine
+//! lacks is made inside the namespace only, see `MountNs`); everything the node's programs exec (CNI
+//! plugins, runc, the containers' hostPath mounts) sees the node's files.
 //! The mount namespace is private: nothing mounted in it reaches the machine, and it goes when the last
 //! process in it exits and its file is unmounted.
 //!
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::mount_ns::MountNs;
 use super::{kube_bin, tail, ControlPlane, Credentials};
 use crate::cluster::{DaemonProcess, Node};
 use crate::runtimes::containerd::{Containerd, Placement};
@@ -36,98 +38,6 @@ pub const NODE_PATHS: &[&str] = &[
     "/var/log/containers",
     "/run/netns",
 ];
-
-/// Kernel settings a kubelet insists on (it rewrites them machine-wide unless told not to, then refuses
-/// to start when they differ). These are not per network namespace: the node's mount namespace shows the
-/// kubelet files holding the values it wants, so the machine's own settings stay untouched.
-const KUBELET_SYSCTLS: &[(&str, &str)] = &[
-    ("vm/overcommit_memory", "1"),
-    ("vm/panic_on_oom", "0"),
-    ("kernel/panic", "10"),
-    ("kernel/panic_on_oops", "1"),
-    ("kernel/keys/root_maxkeys", "1000000"),
-    ("kernel/keys/root_maxbytes", "25000000"),
-];
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A node's private mount namespace and the directories bind-mounted in it.
-pub struct MountNs {
-    /// The node's directory, bind-mounted onto itself as a private mount (a namespace file can only be
-    /// bind-mounted where the mount does not propagate into that namespace).
-    dir: PathBuf,
-    file: PathBuf,
-}
-
-impl MountNs {
-    fn create(dir: &Path) -> MountNs {
-        for p in NODE_PATHS {
-            std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("mkdir {p}: {e}"));
-            std::fs::create_dir_all(Self::own(dir, p))
-                .unwrap_or_else(|e| panic!("mkdir in {}: {e}", dir.display()));
-        }
-        let file = dir.join("mnt.ns");
-        std::fs::write(&file, "").unwrap_or_else(|e| panic!("create {}: {e}", file.display()));
-        run(Command::new("mount").arg("--bind").arg(dir).arg(dir));
-        let ns = MountNs {
-            dir: dir.to_path_buf(),
-            file: file.clone(),
-        };
-        run(Command::new("mount").arg("--make-private").arg(dir));
-        run(Command::new("unshare")
-            .arg(format!("--mount={}", file.display()))
-            .args(["--propagation", "private", "true"]));
-        let mut script = String::from("set -e\n");
-        for p in NODE_PATHS {
-            script.push_str(&format!(
-                "mount --bind '{}' '{p}'\n",
-                Self::own(dir, p).display()
-            ));
-        }
-        for (name, value) in KUBELET_SYSCTLS {
-            let f = dir.join(format!("sysctl-{}", name.replace('/', "-")));
-            std::fs::write(&f, format!("{value}\n"))
-                .unwrap_or_else(|e| panic!("write {}: {e}", f.display()));
-            script.push_str(&format!(
-                "mount --bind -o ro '{}' /proc/sys/{name}\n",
-                f.display()
-            ));
-        }
-        run(ns.enter().args(["sh", "-c", &script]));
-        ns
-    }
-
-    /// The node's own directory standing for `path`.
-    fn own(dir: &Path, path: &str) -> PathBuf {
-        dir.join("fs")
-            .join(path.trim_start_matches('/').replace('/', "-"))
-    }
-
-    /// `nsenter` into this mount namespace (append the command).
-    fn enter(&self) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--mount={}", self.file.display()));
-        c
-    }
-}
-
-impl Drop for MountNs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.file).output();
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
-    }
-}
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -178,7 +88,7 @@ impl KubeNode {
             .prefix(&format!("twill-{}-", net.name()))
             .tempdir()
             .unwrap_or_else(|e| panic!("creating the node's directory: {e}"));
-        let mounts = MountNs::create(dir.path());
+        let mounts = MountNs::create_over(dir.path(), NODE_PATHS);
         let cgroup_root = format!("/twill-{}", net.ns.name());
         let mut node = KubeNode {
             kube_proxy: None,
@@ -194,7 +104,7 @@ impl KubeNode {
                 bin_dir: "/opt/cni/bin".into(),
                 conf_dir: Some("/etc/cni/net.d".into()),
                 netns: Some(node.net.ns.name().to_string()),
-                mount_ns: Some(node.mounts().file.clone()),
+                mount_ns: Some(node.mounts().file().to_path_buf()),
                 log_level: opts.containerd_log_level.clone(),
             },
             None,
@@ -336,7 +246,7 @@ impl KubeNode {
             "cgroupsPerQOS": false,
             "enforceNodeAllocatable": [],
             "cgroupRoot": self.cgroup_root,
-            // Fail rather than rewrite machine-wide kernel settings (see KUBELET_SYSCTLS).
+            // Fail rather than rewrite machine-wide kernel settings (see mount_ns::KUBELET_SYSCTLS).
             "protectKernelDefaults": true,
             // Lowering its own oom_score_adj needs CAP_SYS_RESOURCE, which this machine lacks.
             "oomScoreAdj": 0,

@@ -10,6 +10,7 @@
 pub mod annotations;
 pub mod client;
 pub mod own_node;
+pub mod own_pod;
 pub mod pod_cidr;
 pub mod watcher;
 
@@ -35,6 +36,7 @@ use crate::config::NetworkConfig;
 use crate::daemon::Backoff;
 use crate::flags::KubeOptions;
 use crate::metrics::Metrics;
+use crate::node_name::NodeName;
 
 /// How long a waiting node repeats its reason in the log when nothing changed.
 const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -73,10 +75,10 @@ fn api_error(e: kube::Error) -> String {
 }
 
 impl KubeManager {
-    /// Builds the client (no request yet: an unreachable API server is found, reported and waited out by the
-    /// first calls).
+    /// Builds the client and learns our node's name: no request unless the name is our Pod's `spec.nodeName`
+    /// (an unreachable API server is otherwise found, reported and waited out by the first calls).
     pub async fn connect(
-        node_name: &str,
+        node: &NodeName,
         opts: &KubeOptions,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SubnetError> {
@@ -86,9 +88,17 @@ impl KubeManager {
             .await
             .map_err(SubnetError::Unavailable)?;
         metrics.set_ready(|r| r.store = "the Kubernetes API server");
+        let node_name = match node {
+            NodeName::Known { name, .. } => name.clone(),
+            NodeName::Pod { namespace, name } => {
+                let node = own_pod::node_of_pod(client.clone(), namespace, name, &metrics).await?;
+                tracing::info!("node name {node} (spec.nodeName of pod {namespace}/{name})");
+                node
+            }
+        };
         Ok(KubeManager {
             nodes: Api::all(client),
-            node_name: node_name.to_string(),
+            node_name,
             names,
             net_conf: opts.net_config_path.clone(),
             set_network_unavailable: opts.set_node_network_unavailable,
@@ -96,6 +106,11 @@ impl KubeManager {
             own: None,
             families: Families::default(),
         })
+    }
+
+    /// Our Node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
     }
 
     /// The public IP an administrator stored in our Node's `node-public-ip` annotation, if any (flanneld uses it
