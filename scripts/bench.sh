@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
     --rounds|--warmup|--ours|--reference|--pods)
       [ $# -ge 2 ] || die "$1 needs a value"; options+=("$1" "$2"); shift 2 ;;
     --static) static=1; shift ;;
+    --etcd-tmpfs) options+=("$1"); shift ;; # scripts/bench/overlay.sh
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) scenarios+=("$1"); shift ;;

@@ -15,6 +15,7 @@
 #   --peers N           one daemon with N peer leases: programming, removal, CPU per idle resync
 #                       (default 10000; 0 skips; tests/tests/overlay_peers_bench.rs)
 #   --out FILE          also write the results to FILE
+#   --etcd-tmpfs        etcd's data on /dev/shm: convergence without the disk's fsync (both daemons alike)
 set -euo pipefail
 # shellcheck source=../lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib/common.sh"
@@ -30,7 +31,8 @@ while [ $# -gt 0 ]; do
     --iperf-secs) iperf="$2"; shift 2 ;;
     --peers) peers="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    --etcd-tmpfs) export TWILL_ETCD_DIR=/dev/shm; shift ;;
+    -h|--help) sed -n '2,18s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "overlay.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done

@@ -118,10 +118,15 @@ impl Etcd {
         tls: Option<EtcdTls>,
     ) -> Etcd {
         crate::bins::require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("twill-etcd-")
-            .tempdir()
-            .unwrap_or_else(|e| panic!("creating etcd data dir: {e}"));
+        // TWILL_ETCD_DIR (benchmarks: a tmpfs such as /dev/shm) takes etcd's fsync, a property of the
+        // machine's disk, out of what is measured; by default the data sits in the temp dir like any test's.
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("twill-etcd-");
+        let dir = match std::env::var_os("TWILL_ETCD_DIR").filter(|d| !d.is_empty()) {
+            Some(parent) => builder.tempdir_in(parent),
+            None => builder.tempdir(),
+        }
+        .unwrap_or_else(|e| panic!("creating etcd data dir: {e}"));
         let mut etcd = Etcd {
             child: None,
             dir,
