@@ -251,22 +251,7 @@ fn parallel_adds_and_dels() {
     let c = conf(&node, &json!({"multiQueue": true}));
     let pods: Vec<Netns> = (0..8).map(|_| Netns::new("tpp")).collect();
     for cmd in ["ADD", "DEL"] {
-        std::thread::scope(|s| {
-            for (i, pod) in pods.iter().enumerate() {
-                let (node, c) = (&node, &c);
-                s.spawn(move || {
-                    node.run(
-                        &ours(),
-                        cmd,
-                        Some(pod.path()),
-                        &format!("par{i}"),
-                        IFNAME,
-                        c,
-                    )
-                    .assert_success();
-                });
-            }
-        });
+        node.run_parallel(&ours(), cmd, &pods, "par", IFNAME, &c);
         for pod in &pods {
             let present = !links(pod, &["dev", IFNAME]).is_empty();
             assert_eq!(present, cmd == "ADD");

@@ -73,6 +73,44 @@ impl Twin {
     pub fn pod_links(&self) -> Vec<String> {
         link_names(&self.pod)
     }
+
+    /// What is left of an attachment of `network` whose ADD printed `result`: for after DEL or a failed ADD.
+    pub fn leftovers(&self, network: &str, result: &Value) -> Leftovers {
+        Leftovers {
+            pod_links: self.pod_links(),
+            veths: self.node.veths(),
+            leases: self.node.leases(network),
+            masq: self.node.masquerade_of(result),
+        }
+    }
+}
+
+/// What one side's attachment left in its pod and on its node (see [`Twin::leftovers`]).
+#[derive(Debug)]
+pub struct Leftovers {
+    pub pod_links: Vec<String>,
+    pub veths: Vec<String>,
+    pub leases: Vec<String>,
+    /// Masquerade rules naming ADD's addresses.
+    pub masq: Vec<String>,
+}
+
+impl Leftovers {
+    /// No veth and no lease left (`who` names the side).
+    pub fn assert_no_veth_or_lease(&self, who: &str) {
+        assert!(self.veths.is_empty(), "{who}: veth left: {:?}", self.veths);
+        assert!(
+            self.leases.is_empty(),
+            "{who}: lease left: {:?}",
+            self.leases
+        );
+    }
+
+    /// DEL (`verbs`) succeeded and left only `lo` in the pod, no veth and no lease.
+    pub fn assert_clean_after(&self, verbs: &Verbs, who: &str) {
+        verbs.assert_deleted(who, &self.pod_links);
+        self.assert_no_veth_or_lease(who);
+    }
 }
 
 /// Names of the links in `ns`.
