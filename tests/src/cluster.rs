@@ -3,7 +3,9 @@
 //! "pods" as namespaces wired to a node, and `twilld` running inside a node. Every namespace, link and
 //! process is owned by a guard and removed on drop, even when the test panics.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::{IpNet, Ipv4Net};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -238,17 +240,52 @@ impl Node {
         let (net, len) = self
             .subnet()
             .unwrap_or_else(|| panic!("{} has no subnet.env yet", self.name()));
-        let mtu = self.mtu().unwrap_or(1450).to_string();
-        let gw = Ipv4Addr::from(u32::from(net) + 1);
-        let ip = Ipv4Addr::from(u32::from(net) + u32::from(host));
+        let subnet = Ipv4Net::new(net, len).unwrap_or_else(|e| panic!("{net}/{len}: {e}"));
+        let (ns, ip) = self.add_bridged_pod(subnet.into(), self.mtu().unwrap_or(1450), host.into());
+        match ip {
+            IpAddr::V4(ip) => Pod { ns, ip },
+            IpAddr::V6(_) => unreachable!("an IPv4 subnet gave {ip}"),
+        }
+    }
+
+    /// A pod namespace of `subnet` (IPv4 or IPv6) behind bridge `cni0` on this node (created on first use, with
+    /// the subnet's first address as gateway), wired as the bridge plugin does: a veth `veth<host>` with `mtu`,
+    /// the pod's address the subnet's `host`th, a default route via the gateway; IPv6 addresses skip duplicate
+    /// address detection. Its namespace and address.
+    pub fn add_bridged_pod(&self, subnet: IpNet, mtu: u32, host: u16) -> (Netns, IpAddr) {
+        let (gw, ip) = match subnet.network() {
+            IpAddr::V4(net) => {
+                let base = u32::from(net);
+                (
+                    IpAddr::from(Ipv4Addr::from(base + 1)),
+                    IpAddr::from(Ipv4Addr::from(base + u32::from(host))),
+                )
+            }
+            IpAddr::V6(net) => {
+                let base = u128::from(net);
+                (
+                    IpAddr::from(Ipv6Addr::from(base + 1)),
+                    IpAddr::from(Ipv6Addr::from(base + u128::from(host))),
+                )
+            }
+        };
+        let v6 = ip.is_ipv6();
+        let len = subnet.prefix_len();
+        let mtu = mtu.to_string();
+        let addr_add = |ns: &Netns, addr: String, dev: &str| {
+            let mut args = vec!["addr", "add", addr.as_str(), "dev", dev];
+            if v6 {
+                args.push("nodad");
+            }
+            ns.ip(&args);
+        };
         if self.ns.link_flags("cni0").is_none() {
-            self.ns.ip(&["link", "add", "cni0", "type", "bridge"]);
-            self.ns.ip(&["link", "set", "cni0", "mtu", &mtu]);
             self.ns
-                .ip(&["addr", "add", &format!("{gw}/{len}"), "dev", "cni0"]);
+                .ip(&["link", "add", "cni0", "mtu", &mtu, "type", "bridge"]);
+            addr_add(&self.ns, format!("{gw}/{len}"), "cni0");
             self.ns.ip(&["link", "set", "cni0", "up"]);
         }
-        let pod = Netns::new("pod");
+        let pod = Netns::new(if v6 { "pod6" } else { "pod" });
         let host_if = format!("veth{host}");
         self.ns.ip(&[
             "link",
@@ -269,10 +306,11 @@ impl Node {
         self.ns
             .ip(&["link", "set", &host_if, "master", "cni0", "up"]);
         pod.ip(&["link", "set", "lo", "up"]);
-        pod.ip(&["addr", "add", &format!("{ip}/{len}"), "dev", "eth0"]);
+        addr_add(&pod, format!("{ip}/{len}"), "eth0");
         pod.ip(&["link", "set", "eth0", "up"]);
-        pod.ip(&["route", "add", "default", "via", &gw.to_string()]);
-        Pod { ns: pod, ip }
+        let family = if v6 { "-6" } else { "-4" };
+        pod.ip(&[family, "route", "add", "default", "via", &gw.to_string()]);
+        (pod, ip)
     }
 
     /// `ip -n <node> <args>` output.
