@@ -327,6 +327,91 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// This node's end of a VXLAN path wired by hand the way flannel wires its own (the benchmarks' baseline):
+    /// see [`HandVxlan`].
+    pub fn wire_vxlan_by_hand(&self, vx: &HandVxlan) {
+        let (dev, v6) = (vx.dev, vx.local.is_ipv6());
+        let family = if v6 { "-6" } else { "-4" };
+        let (mtu, local) = (vx.mtu.to_string(), vx.local.to_string());
+        self.ip(&[
+            "link",
+            "add",
+            dev,
+            "address",
+            vx.mac,
+            "mtu",
+            &mtu,
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "8472",
+            "local",
+            &local,
+            "dev",
+            "eth0",
+            "nolearning",
+        ]);
+        let own = IpNet::from(vx.subnet.network()).to_string();
+        let mut addr = vec!["addr", "add", own.as_str(), "dev", dev];
+        if v6 {
+            addr.push("nodad");
+        }
+        self.ip(&addr);
+        self.ip(&["link", "set", dev, "up"]);
+        let peer = vx.peer_subnet.network().to_string();
+        self.ip(&[
+            family,
+            "neigh",
+            "replace",
+            &peer,
+            "lladdr",
+            vx.peer_mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+        let remote = vx.peer_underlay.to_string();
+        self.fdb_append(vx.peer_mac, dev, &remote, &["self", "permanent"]);
+        let peer_subnet = vx.peer_subnet.to_string();
+        self.ip(&[
+            family,
+            "route",
+            "add",
+            &peer_subnet,
+            "via",
+            &peer,
+            "dev",
+            dev,
+            "onlink",
+        ]);
+    }
+
+    /// `bridge fdb append <mac> dev <dev> dst <dst> <extra…>` inside the node; panics when it fails.
+    pub fn fdb_append(&self, mac: &str, dev: &str, dst: &str, extra: &[&str]) {
+        let status = Command::new("bridge")
+            .args([
+                "-n",
+                self.ns.name(),
+                "fdb",
+                "append",
+                mac,
+                "dev",
+                dev,
+                "dst",
+                dst,
+            ])
+            .args(extra)
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "bridge fdb append {mac} dev {dev} dst {dst} {extra:?} in {}: {status:?}",
+            self.name()
+        );
+    }
+
     /// Whether this node has the three entries for a peer (route, permanent neighbour, FDB) on `flannel.1`.
     pub fn has_peer(&self, subnet: Ipv4Addr, len: u8, mac: &str, public_ip: Ipv4Addr) -> bool {
         if self.ns.link_flags("flannel.1").is_none() {
@@ -380,6 +465,21 @@ impl Drop for Node {
         let _ = std::fs::remove_file(self.subnet_file());
         let _ = std::fs::remove_file(self.log_file());
     }
+}
+
+/// One node's end of a hand-wired VXLAN path, as flannel wires one (VNI 42, port 8472, over `eth0`, no
+/// learning): device `dev` with `mac` and `mtu`, from underlay address `local`, holding its subnet's network
+/// address (as a host address); for the peer's subnet a permanent neighbour (its network address, `peer_mac`),
+/// an FDB entry to `peer_underlay` and an onlink route via that neighbour.
+pub struct HandVxlan<'a> {
+    pub dev: &'a str,
+    pub mac: &'a str,
+    pub mtu: u32,
+    pub local: IpAddr,
+    pub subnet: IpNet,
+    pub peer_subnet: IpNet,
+    pub peer_mac: &'a str,
+    pub peer_underlay: IpAddr,
 }
 
 pub struct Pod {

@@ -10,10 +10,10 @@
 //!   and the IP fragment counters (must stay 0).
 
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::Duration;
 
-use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
+use ipnet::{IpNet, Ipv4Net};
+use twill_tests::cluster::{wait_until, HandVxlan, Node, Pod, Switch, Twilld, TwilldArgs};
 use twill_tests::dual_stack::underlay_ip6;
 use twill_tests::etcd::Etcd;
 use twill_tests::netns::Netns;
@@ -149,70 +149,24 @@ fn hand_built_pair(switch: &Switch, mtu: u32) -> (Node, Node, Pod, Pod) {
     let a = switch.add_node(101);
     let b = switch.add_node(102);
     let macs = ["0a:cc:00:00:00:01", "0a:cc:00:00:00:02"];
+    let subnet = |i: usize| -> IpNet {
+        IpNet::from(
+            Ipv4Net::new(Ipv4Addr::new(10, 99, i as u8 + 1, 0), 24)
+                .unwrap_or_else(|_| unreachable!()),
+        )
+    };
     for (i, n) in [&a, &b].into_iter().enumerate() {
-        let mine = Ipv4Addr::new(10, 99, i as u8 + 1, 0);
-        let other = Ipv4Addr::new(10, 99, 2 - i as u8, 0);
-        let other_ip = if i == 0 { b.underlay_ip } else { a.underlay_ip };
-        let local = n.underlay_ip.to_string();
-        n.ip(&[
-            "link",
-            "add",
-            "vx0",
-            "address",
-            macs[i],
-            "mtu",
-            &mtu.to_string(),
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "dstport",
-            "8472",
-            "local",
-            &local,
-            "dev",
-            "eth0",
-            "nolearning",
-        ]);
-        n.ip(&["addr", "add", &format!("{mine}/32"), "dev", "vx0"]);
-        n.ip(&["link", "set", "vx0", "up"]);
-        n.ip(&[
-            "neigh",
-            "replace",
-            &other.to_string(),
-            "lladdr",
-            macs[1 - i],
-            "dev",
-            "vx0",
-            "nud",
-            "permanent",
-        ]);
-        let fdb = Command::new("bridge")
-            .args([
-                "-n",
-                n.ns.name(),
-                "fdb",
-                "append",
-                macs[1 - i],
-                "dev",
-                "vx0",
-                "dst",
-                &other_ip.to_string(),
-                "self",
-                "permanent",
-            ])
-            .status();
-        assert!(fdb.map(|s| s.success()).unwrap_or(false));
-        n.ip(&[
-            "route",
-            "add",
-            &format!("{other}/24"),
-            "via",
-            &other.to_string(),
-            "dev",
-            "vx0",
-            "onlink",
-        ]);
+        let peer = if i == 0 { &b } else { &a };
+        n.wire_vxlan_by_hand(&HandVxlan {
+            dev: "vx0",
+            mac: macs[i],
+            mtu,
+            local: n.underlay_ip.into(),
+            subnet: subnet(i),
+            peer_subnet: subnet(1 - i),
+            peer_mac: macs[1 - i],
+            peer_underlay: peer.underlay_ip.into(),
+        });
         std::fs::write(
             n.subnet_file(),
             format!("FLANNEL_NETWORK=10.99.0.0/16\nFLANNEL_SUBNET=10.99.{}.1/24\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n", i + 1),

@@ -6,11 +6,10 @@
 //! and pod MTUs. Runs ABBA; reports medians and the ratio. Everything runs in namespaces it creates and removes.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::process::Command;
 use std::time::Duration;
 
 use ipnet::Ipv6Net;
-use twill_tests::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
+use twill_tests::cluster::{wait_until, HandVxlan, Node, Switch, Twilld, TwilldArgs};
 use twill_tests::dual_stack::{env_value, underlay_ip6};
 use twill_tests::netns::Netns;
 use twill_tests::overlay_bench::{abba_medians, append_bench_out, env_or, iperf_gbps};
@@ -51,73 +50,16 @@ fn hand_built_pair(
     };
     for (i, n) in nodes.iter().enumerate() {
         let o = 1 - i;
-        let (mine, other) = (subnet(i).network(), subnet(o).network());
-        let local = underlay_ip6(101 + i as u8).to_string();
-        let remote = underlay_ip6(101 + o as u8).to_string();
-        n.ip(&[
-            "link",
-            "add",
-            "vx6",
-            "address",
-            macs[i],
-            "mtu",
-            &dev_mtu.to_string(),
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "dstport",
-            "8472",
-            "local",
-            &local,
-            "dev",
-            "eth0",
-            "nolearning",
-        ]);
-        n.ip(&["addr", "add", &format!("{mine}/128"), "dev", "vx6", "nodad"]);
-        n.ip(&["link", "set", "vx6", "up"]);
-        n.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            &other.to_string(),
-            "lladdr",
-            macs[o],
-            "dev",
-            "vx6",
-            "nud",
-            "permanent",
-        ]);
-        let fdb = Command::new("bridge")
-            .args([
-                "-n",
-                n.ns.name(),
-                "fdb",
-                "append",
-                macs[o],
-                "dev",
-                "vx6",
-                "dst",
-                &remote,
-                "self",
-                "permanent",
-            ])
-            .status();
-        assert!(
-            fdb.map(|s| s.success()).unwrap_or(false),
-            "bridge fdb append"
-        );
-        n.ip(&[
-            "-6",
-            "route",
-            "add",
-            &subnet(o).to_string(),
-            "via",
-            &other.to_string(),
-            "dev",
-            "vx6",
-            "onlink",
-        ]);
+        n.wire_vxlan_by_hand(&HandVxlan {
+            dev: "vx6",
+            mac: macs[i],
+            mtu: dev_mtu,
+            local: underlay_ip6(101 + i as u8).into(),
+            subnet: subnet(i).into(),
+            peer_subnet: subnet(o).into(),
+            peer_mac: macs[o],
+            peer_underlay: underlay_ip6(101 + o as u8).into(),
+        });
     }
     let pods = nodes
         .iter()
