@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
 use twill_tests::bins::{self, Reference};
-use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
 const CID: &str = "macvlan-diff";
@@ -119,19 +118,8 @@ fn run_side(plugin: &Path, cni_path: &str, extra: &Value, cni_args: Option<&str>
         twin.pod.ip(&["link", "set", "up1", "up"]);
     }
     let node_before = node_state(&twin.node.ns);
-    let run = |cmd: &str, c: &Value| {
-        let out = Invocation::new(plugin, cmd)
-            .libcni_style()
-            .container_id(Some(CID))
-            .ifname(Some(IFNAME))
-            .netns(Some(twin.pod.path()))
-            .cni_path(Some(cni_path))
-            .cni_args(cni_args)
-            .stdin_json(c)
-            .in_netns(twin.node.ns.path())
-            .run();
-        out.assert_no_panic();
-        out
+    let run = |verb: &str, c: &Value| {
+        twin.run_with_args(plugin, cni_path, verb, (CID, IFNAME), cni_args, c)
     };
     let (verbs, attached) = add_check_del(&conf, run, |_| {
         (pod_state(&twin.pod), node_state(&twin.node.ns))

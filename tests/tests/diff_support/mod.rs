@@ -21,7 +21,7 @@ pub use verbs::*;
 
 use serde_json::Value;
 use std::path::Path;
-use twill_tests::exec::Outcome;
+use twill_tests::exec::{Invocation, Outcome};
 use twill_tests::netns::Netns;
 
 use crate::support::{links, Node};
@@ -53,18 +53,32 @@ impl Twin {
         plugin: &Path,
         cni_path: &str,
         verb: &str,
-        (container_id, ifname): (&str, &str),
+        attachment: (&str, &str),
         conf: &Value,
     ) -> Outcome {
-        let out = self.node.run_with_path(
-            plugin,
-            verb,
-            Some(self.pod.path()),
-            container_id,
-            ifname,
-            conf,
-            cni_path,
-        );
+        self.run_with_args(plugin, cni_path, verb, attachment, None, conf)
+    }
+
+    /// [`Twin::run`] with `CNI_ARGS`.
+    pub fn run_with_args(
+        &self,
+        plugin: &Path,
+        cni_path: &str,
+        verb: &str,
+        (container_id, ifname): (&str, &str),
+        cni_args: Option<&str>,
+        conf: &Value,
+    ) -> Outcome {
+        let out = Invocation::new(plugin, verb)
+            .libcni_style()
+            .container_id(Some(container_id))
+            .ifname(Some(ifname))
+            .netns(Some(self.pod.path()))
+            .cni_path(Some(cni_path))
+            .cni_args(cni_args)
+            .stdin_json(conf)
+            .in_netns(self.node.ns.path())
+            .run();
         out.assert_no_panic();
         out
     }
