@@ -13,9 +13,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnet::{IpNet, Ipv4Net};
-use twill_tests::cluster::{wait_until, HandVxlan, Node, Pod, Switch, Twilld, TwilldArgs};
+use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
 use twill_tests::dual_stack::underlay_ip6;
 use twill_tests::etcd::Etcd;
+use twill_tests::hand_wired::HandVxlan;
 use twill_tests::netns::Netns;
 use twill_tests::overlay_bench::{
     abba_medians, add_and_delete_keyed, add_and_delete_lease_value, append_bench_out, cpu_ticks,

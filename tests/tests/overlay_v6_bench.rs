@@ -9,8 +9,9 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
 use ipnet::Ipv6Net;
-use twill_tests::cluster::{wait_until, HandVxlan, Node, Switch, Twilld, TwilldArgs};
+use twill_tests::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
 use twill_tests::dual_stack::{env_value, underlay_ip6};
+use twill_tests::hand_wired::HandVxlan;
 use twill_tests::netns::Netns;
 use twill_tests::overlay_bench::{abba_medians, append_bench_out, env_or, iperf_gbps};
 
