@@ -3,40 +3,11 @@
 //! removes the other mode's rules, and that flanneld's own table is replaced. Each test runs on a thread with a
 //! private network namespace (commands it runs inherit it), which vanishes with the thread.
 
-use std::process::Command;
+#[path = "rules_support/mod.rs"]
+mod support;
 
-use ipnet::IpNet;
-use twilld::rules::{RuleOptions, RulesBackend, TrafficRules};
-
-fn in_fresh_netns<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            // SAFETY: unshare affects only this short-lived thread.
-            let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "unshare: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn net(s: &str) -> IpNet {
-    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
+use support::{applied, in_fresh_netns, net, options, sh};
+use twilld::rules::{RulesBackend, TrafficRules};
 
 /// (network, subnet, nft family, nft table, iptables binary, multicast range)
 const FAMILIES: [(&str, &str, &str, &str, &str, &str); 2] = [
@@ -58,14 +29,6 @@ const FAMILIES: [(&str, &str, &str, &str, &str, &str); 2] = [
     ),
 ];
 
-fn options(masquerade: bool, forward: bool, fully_random: bool) -> RuleOptions {
-    RuleOptions {
-        masquerade,
-        forward,
-        fully_random,
-    }
-}
-
 #[test]
 fn nftables_rules_follow_the_flags_in_both_families() {
     in_fresh_netns(|| {
@@ -80,14 +43,7 @@ fn nftables_rules_follow_the_flags_in_both_families() {
                 (true, false, false),
                 (false, true, true),
             ] {
-                let mut r = TrafficRules::new(
-                    RulesBackend::Nftables,
-                    net(n),
-                    net(s),
-                    options(masq, fwd, random),
-                )
-                .unwrap();
-                r.apply().unwrap();
+                let mut r = applied(RulesBackend::Nftables, n, s, options(masq, fwd, random));
                 let text = list();
                 let case = format!("{family} masq={masq} forward={fwd} random={random}:\n{text}");
                 assert_eq!(
@@ -126,14 +82,7 @@ fn nftables_rules_follow_the_flags_in_both_families() {
                 );
             }
             // Damage is noticed and repaired: one rule gone, then the whole table.
-            let mut r = TrafficRules::new(
-                RulesBackend::Nftables,
-                net(n),
-                net(s),
-                options(true, true, true),
-            )
-            .unwrap();
-            r.apply().unwrap();
+            let mut r = applied(RulesBackend::Nftables, n, s, options(true, true, true));
             let handle = sh(&format!("nft -a list chain {family} {table} postrtg"))
                 .lines()
                 .find(|l| l.contains("masquerade"))
@@ -164,14 +113,7 @@ fn iptables_rules_follow_the_flags_in_both_families() {
                 (false, true, false),
                 (true, false, false),
             ] {
-                let mut r = TrafficRules::new(
-                    RulesBackend::Iptables,
-                    net(n),
-                    net(s),
-                    options(masq, fwd, random),
-                )
-                .unwrap();
-                r.apply().unwrap();
+                let mut r = applied(RulesBackend::Iptables, n, s, options(masq, fwd, random));
                 let text = save();
                 let case = format!("{ipt} masq={masq} forward={fwd} random={random}:\n{text}");
                 // Six rules in FLANNEL-POSTRTG plus the jump, two in FLANNEL-FWD plus the jump.
@@ -197,14 +139,7 @@ fn iptables_rules_follow_the_flags_in_both_families() {
                     "intact rules were reinstalled: {case}"
                 );
             }
-            let mut r = TrafficRules::new(
-                RulesBackend::Iptables,
-                net(n),
-                net(s),
-                options(true, true, true),
-            )
-            .unwrap();
-            r.apply().unwrap();
+            let mut r = applied(RulesBackend::Iptables, n, s, options(true, true, true));
             sh(&format!("{ipt} -w -t nat -F FLANNEL-POSTRTG"));
             assert!(!r.intact().unwrap());
             assert!(r.ensure().unwrap());
@@ -222,9 +157,7 @@ fn switching_backend_removes_the_other_modes_rules() {
     in_fresh_netns(|| {
         for (n, s, family, table, ipt, _) in FAMILIES {
             let all = options(true, true, true);
-            let mut ipt_rules =
-                TrafficRules::new(RulesBackend::Iptables, net(n), net(s), all).unwrap();
-            ipt_rules.apply().unwrap();
+            let ipt_rules = applied(RulesBackend::Iptables, n, s, all);
             let mut nft_rules =
                 TrafficRules::new(RulesBackend::Nftables, net(n), net(s), all).unwrap();
             nft_rules.remove_other_backend();
@@ -256,14 +189,12 @@ table ip flannel-ipv4 {
     }
 }
 EOF");
-        let mut r = TrafficRules::new(
+        let _rules = applied(
             RulesBackend::Nftables,
-            net("10.244.0.0/16"),
-            net("10.244.3.0/24"),
+            "10.244.0.0/16",
+            "10.244.3.0/24",
             options(true, true, true),
-        )
-        .unwrap();
-        r.apply().unwrap();
+        );
         let text = sh("nft list table ip flannel-ipv4");
         assert!(!text.contains("10.5."), "{text}");
         assert_eq!(text.matches("flanneld masq").count(), 6, "{text}");
@@ -285,14 +216,12 @@ fn flanneld_iptables_rules_for_another_subnet_are_replaced_not_duplicated() {
         ] {
             sh(cmd);
         }
-        let mut r = TrafficRules::new(
+        let r = applied(
             RulesBackend::Iptables,
-            net("10.244.0.0/16"),
-            net("10.244.3.0/24"),
+            "10.244.0.0/16",
+            "10.244.3.0/24",
             options(true, true, true),
-        )
-        .unwrap();
-        r.apply().unwrap();
+        );
         let text = sh("iptables-save");
         assert!(!text.contains("10.244.9.0"), "{text}");
         assert_eq!(text.matches("-j FLANNEL-POSTRTG").count(), 1, "{text}");

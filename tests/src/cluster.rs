@@ -3,7 +3,9 @@
 //! "pods" as namespaces wired to a node, and `twilld` running inside a node. Every namespace, link and
 //! process is owned by a guard and removed on drop, even when the test panics.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnet::Ipv4Net;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -255,41 +257,12 @@ impl Node {
         let (net, len) = self
             .subnet()
             .unwrap_or_else(|| panic!("{} has no subnet.env yet", self.name()));
-        let mtu = self.mtu().unwrap_or(1450).to_string();
-        let gw = Ipv4Addr::from(u32::from(net) + 1);
-        let ip = Ipv4Addr::from(u32::from(net) + u32::from(host));
-        if self.ns.link_flags("cni0").is_none() {
-            self.ns.ip(&["link", "add", "cni0", "type", "bridge"]);
-            self.ns.ip(&["link", "set", "cni0", "mtu", &mtu]);
-            self.ns
-                .ip(&["addr", "add", &format!("{gw}/{len}"), "dev", "cni0"]);
-            self.ns.ip(&["link", "set", "cni0", "up"]);
+        let subnet = Ipv4Net::new(net, len).unwrap_or_else(|e| panic!("{net}/{len}: {e}"));
+        let (ns, ip) = self.add_bridged_pod(subnet.into(), self.mtu().unwrap_or(1450), host.into());
+        match ip {
+            IpAddr::V4(ip) => Pod { ns, ip },
+            IpAddr::V6(_) => unreachable!("an IPv4 subnet gave {ip}"),
         }
-        let pod = Netns::new("pod");
-        let host_if = format!("veth{host}");
-        self.ns.ip(&[
-            "link",
-            "add",
-            &host_if,
-            "mtu",
-            &mtu,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "mtu",
-            &mtu,
-            "netns",
-            pod.name(),
-        ]);
-        self.ns
-            .ip(&["link", "set", &host_if, "master", "cni0", "up"]);
-        pod.ip(&["link", "set", "lo", "up"]);
-        pod.ip(&["addr", "add", &format!("{ip}/{len}"), "dev", "eth0"]);
-        pod.ip(&["link", "set", "eth0", "up"]);
-        pod.ip(&["route", "add", "default", "via", &gw.to_string()]);
-        Pod { ns: pod, ip }
     }
 
     /// `ip -n <node> <args>` output.

@@ -8,6 +8,7 @@ pub mod e2e;
 pub mod etcd;
 pub mod exec;
 pub mod flanneld;
+pub mod hand_wired;
 pub mod kube;
 pub mod leases;
 pub mod libcni;

@@ -1,8 +1,9 @@
-//! Pieces shared by the overlay benchmarks (`overlay_bench`, `flanneld_bench`): leases written straight into
-//! etcd's JSON gateway, `ip monitor route` in every node to see when they land, and /proc readings of a daemon.
+//! Pieces shared by the overlay benchmarks (`overlay_bench`, `overlay_v6_bench`, `flanneld_bench`): leases
+//! written straight into etcd's JSON gateway, `ip monitor route` in every node to see when they land, /proc
+//! readings of a daemon, and pod-to-pod iperf3 runs compared ABBA.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -246,4 +247,86 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     // Fields 14 and 15 (utime, stime) are at 11 and 12 after the ")".
     f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
         + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// A process killed (and reaped) on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// iperf3 from `client_ns` to a one-shot server bound to `server_ip` in `server_ns`, for `secs` seconds:
+/// Gbit/s received.
+pub fn iperf_gbps(server_ns: &Netns, client_ns: &Netns, server_ip: IpAddr, secs: u32) -> f64 {
+    let ip = server_ip.to_string();
+    let _server = Killed(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                server_ns.name(),
+                "iperf3",
+                "-s",
+                "-1",
+                "-B",
+                &ip,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("iperf3 -s: {e}")),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let out = client_ns.exec(&["iperf3", "-c", &ip, "-t", &secs.to_string(), "-J"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "iperf3 output: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+/// The median of `v` (the mean of the middle two when their number is even).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
+}
+
+/// `a` and `b` measured alternately, 4 rounds each in ABBA order so that neither always runs first: on a
+/// shared machine a single back-to-back pair mostly measures whoever else was busy. Their medians.
+pub fn abba_medians(mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (f64, f64) {
+    let (mut va, mut vb) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        if round % 2 == 0 {
+            va.push(a());
+            vb.push(b());
+        } else {
+            vb.push(b());
+            va.push(a());
+        }
+    }
+    (median(&mut va), median(&mut vb))
+}
+
+/// Appends `text` to the file `TWILL_BENCH_OUT` names, if it is set (the script empties it first: several
+/// benchmarks write).
+pub fn append_bench_out(text: &str) {
+    if let Ok(path) = std::env::var("TWILL_BENCH_OUT") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(text.as_bytes());
+        }
+    }
 }

@@ -272,53 +272,13 @@ fn forty_parallel_adds_then_forty_parallel_dels_on_one_bridge() {
     let node = Node::new();
     let conf = node.conf("brpar", json!({"isGateway": true, "ipMasq": true}));
     let pods: Vec<Netns> = (0..N).map(|_| Netns::new("brp")).collect();
-    let results: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, pod)| {
-                let node = &node;
-                let conf = &conf;
-                s.spawn(move || {
-                    node.run(
-                        &ours(),
-                        "ADD",
-                        Some(pod.path()),
-                        &format!("par-{i}"),
-                        "eth0",
-                        conf,
-                    )
-                    .assert_success()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("ADD thread"))
-            .collect()
-    });
+    let results = node.run_parallel(&ours(), "ADD", &pods, "par-", "eth0", &conf);
     let ips: Vec<String> = results.iter().flat_map(result_addrs).collect();
     let distinct: HashSet<&String> = ips.iter().collect();
     assert_eq!(distinct.len(), N, "addresses not distinct: {ips:?}");
     assert_eq!(node.veths().len(), N);
     assert_eq!(node.leases("brpar").len(), N);
-    std::thread::scope(|s| {
-        for (i, pod) in pods.iter().enumerate() {
-            let node = &node;
-            let conf = &conf;
-            s.spawn(move || {
-                node.run(
-                    &ours(),
-                    "DEL",
-                    Some(pod.path()),
-                    &format!("par-{i}"),
-                    "eth0",
-                    conf,
-                )
-                .assert_success();
-            });
-        }
-    });
+    node.run_parallel(&ours(), "DEL", &pods, "par-", "eth0", &conf);
     for pod in &pods {
         assert_no_trace(&node, "brpar", Some(pod), &ips);
     }
@@ -367,21 +327,7 @@ fn gc_removes_masquerade_and_leases_of_attachments_not_valid() {
         json!({"cniVersion": "1.1.0", "isGateway": true, "ipMasq": true}),
     );
     let pods = [Netns::new("brp"), Netns::new("brp")];
-    let results: Vec<Value> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, pod)| {
-            node.run(
-                &ours(),
-                "ADD",
-                Some(pod.path()),
-                &format!("gc-{i}"),
-                "eth0",
-                &conf,
-            )
-            .assert_success()
-        })
-        .collect();
+    let results = node.run_each(&ours(), "ADD", &pods, "gc-", "eth0", &conf);
     let keep_ips = result_addrs(&results[0]);
     let gone_ips = result_addrs(&results[1]);
     let mut gc = conf.clone();

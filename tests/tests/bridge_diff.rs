@@ -22,7 +22,7 @@ mod diff_support;
 #[path = "bridge_support/mod.rs"]
 mod support;
 
-use diff_support::{add_check_del, Twin, Verbs};
+use diff_support::{add_check_del, Leftovers, Twin, Verbs};
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
@@ -41,10 +41,7 @@ struct Side {
     node: Value,
     pod_mac: Value,
     masq_during: Vec<String>,
-    pod_links_after: Vec<String>,
-    veths_after: Vec<String>,
-    leases_after: Vec<String>,
-    masq_after: Vec<String>,
+    after: Leftovers,
 }
 
 /// One side's run; `cni_path` is where its IPAM comes from (each side uses its own stack).
@@ -52,13 +49,6 @@ fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
     let twin = Twin::new("brp");
     let conf = twin.node.conf(NET, extra.clone());
     let bridge = conf["bridge"].as_str().unwrap_or("cni0").to_string();
-    let masq_of = |ips: &[String]| -> Vec<String> {
-        twin.node
-            .masquerade_lines()
-            .into_iter()
-            .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
-            .collect()
-    };
     let (verbs, attached) = add_check_del(
         &conf,
         |verb, c| twin.run(plugin, cni_path, verb, (CID, IFNAME), c),
@@ -68,7 +58,7 @@ fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
                 .map(|l| l["address"].clone())
                 .unwrap_or(Value::Null);
             (
-                masq_of(&result_addrs(result)),
+                twin.node.masquerade_of(result),
                 pod_mac,
                 pod_state(&twin.pod, IFNAME),
                 node_state(&twin.node.ns, &bridge),
@@ -82,10 +72,7 @@ fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
         node,
         pod_mac,
         masq_during,
-        pod_links_after: twin.pod_links(),
-        veths_after: twin.node.veths(),
-        leases_after: twin.node.leases(NET),
-        masq_after: masq_of(&result_addrs(&verbs.raw_result)),
+        after: twin.leftovers(NET, &verbs.raw_result),
         verbs,
     }
 }
@@ -147,15 +134,9 @@ fn compare(ours: &Side, theirs: &Side, r: Reference, extra: &Value, masq: bool, 
     ours.verbs.assert_same_add(&theirs.verbs, r);
     if !ours.verbs.add_ok {
         // Both refused: both must have left nothing behind.
-        for s in [ours, theirs] {
-            assert!(
-                s.veths_after.is_empty(),
-                "veth left after failed ADD ({r}): {s:?}"
-            );
-            assert!(
-                s.leases_after.is_empty(),
-                "lease left after failed ADD ({r}): {s:?}"
-            );
+        for (who, s) in [("ours", ours), (&*r.to_string(), theirs)] {
+            s.after
+                .assert_no_veth_or_lease(&format!("{who}, after a failed ADD"));
         }
         return;
     }
@@ -204,28 +185,13 @@ fn compare(ours: &Side, theirs: &Side, r: Reference, extra: &Value, masq: bool, 
             ours.verbs.check_out, theirs.verbs.check_out
         ),
     }
-    for s in [ours, theirs] {
-        assert!(s.verbs.del_ok, "DEL failed: {}", s.verbs.del_out);
-        assert_eq!(
-            s.pod_links_after,
-            vec!["lo".to_string()],
-            "pod interface left after DEL"
-        );
-        assert!(
-            s.veths_after.is_empty(),
-            "veth left after DEL: {:?}",
-            s.veths_after
-        );
-        assert!(
-            s.leases_after.is_empty(),
-            "lease left after DEL: {:?}",
-            s.leases_after
-        );
+    for (who, s) in [("ours", ours), (&*r.to_string(), theirs)] {
+        s.after.assert_clean_after(&s.verbs, who);
     }
     assert!(
-        ours.masq_after.is_empty(),
+        ours.after.masq.is_empty(),
         "our masquerade rules left after DEL: {:?}",
-        ours.masq_after
+        ours.after.masq
     );
 }
 

@@ -6,9 +6,12 @@
 //!
 //! Ours only: DEL without the daemon, STATUS and GC, parallel ADDs, a failing ADD without a server.
 
+#[path = "diff_support/verbs.rs"]
+mod diff_support;
 #[path = "dhcp_support/mod.rs"]
 mod support;
 
+use diff_support::{add_check_del, Verbs};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -26,22 +29,6 @@ fn our_dhcp() -> PathBuf {
     bins::bin("dhcp")
 }
 
-/// Path-independent parts of a result: the sandbox path differs per pod.
-fn normalized(result: &Value) -> Value {
-    let mut r = result.clone();
-    if let Some(ifs) = r["interfaces"].as_array_mut() {
-        for i in ifs {
-            i["sandbox"] = json!("<netns>");
-        }
-    }
-    if r.get("dns")
-        .is_some_and(|d| d.as_object().is_some_and(|o| o.is_empty()))
-    {
-        r.as_object_mut().map(|o| o.remove("dns"));
-    }
-    r
-}
-
 fn pod_state(pod: &Netns) -> Value {
     json!({
         "addresses": pod.ip(&["-4", "-br", "addr", "show", "dev", "eth0"])
@@ -51,13 +38,10 @@ fn pod_state(pod: &Netns) -> Value {
 }
 
 struct Side {
-    result: Value,
+    verbs: Verbs,
     pod: Value,
-    check_ok: bool,
-    check_out: String,
     leased: Vec<String>,
     left_after_del: Vec<String>,
-    add_out: String,
 }
 
 /// ADD, CHECK and DEL of one pod through `macvlan` (with its sibling `dhcp`) and `daemon_bin`.
@@ -72,36 +56,23 @@ fn run_side(
     let pod = Netns::new("dhp");
     let mut c = conf(&daemon, json!({"mac": MAC}));
     merge(&mut c, extra.clone());
-    let add = run(&lab, macvlan, "ADD", Some(pod.path()), "dhcp-diff", &c);
-    let result = add.json.clone().unwrap_or(Value::Null);
-    assert!(
-        add.success(),
-        "ADD failed: {}\ndaemon:\n{}\ndnsmasq:\n{}",
-        add.describe(),
-        daemon.log(),
-        lab.log()
-    );
-    let podv = pod_state(&pod);
-    let leased = lab.settled(1);
-    let (check_ok, check_out) = if matches!(c["cniVersion"].as_str(), Some("0.3.1" | "0.3.0")) {
-        (true, String::new())
-    } else {
-        let mut cc = c.clone();
-        cc["prevResult"] = result.clone();
-        let check = run(&lab, macvlan, "CHECK", Some(pod.path()), "dhcp-diff", &cc);
-        (check.success(), check.describe())
+    let run_verb =
+        |verb: &str, c: &Value| run(&lab, macvlan, verb, Some(pod.path()), "dhcp-diff", c);
+    let (verbs, attached) = add_check_del(&c, run_verb, |_| (pod_state(&pod), lab.settled(1)));
+    let Some((pod_v, leased)) = attached else {
+        panic!(
+            "ADD failed: {}\ndaemon:\n{}\ndnsmasq:\n{}",
+            verbs.add_out,
+            daemon.log(),
+            lab.log()
+        );
     };
-    let mut dc = c.clone();
-    dc["prevResult"] = result.clone();
-    run(&lab, macvlan, "DEL", Some(pod.path()), "dhcp-diff", &dc).assert_success();
+    assert!(verbs.del_ok, "DEL failed: {}", verbs.del_out);
     Side {
-        result: normalized(&result),
-        pod: podv,
-        check_ok,
-        check_out,
+        verbs,
+        pod: pod_v,
         leased,
         left_after_del: lab.settled(0),
-        add_out: add.describe(),
     }
 }
 
@@ -120,29 +91,31 @@ fn differential_checking(
     let ours = run_side(&ours(), &our_dhcp(), dnsmasq, &extra);
     for &r in refs {
         let theirs = run_side(&r.bin("macvlan"), &r.bin("dhcp"), dnsmasq, &extra);
+        let (o, t) = (&ours.verbs, &theirs.verbs);
         assert_eq!(
-            ours.result, theirs.result,
+            o.result, t.result,
             "result differs from {r}\nours: {}\ntheirs: {}",
-            ours.add_out, theirs.add_out
+            o.add_out, t.add_out
         );
         assert_eq!(ours.pod, theirs.pod, "pod state differs from {r}");
         assert_eq!(ours.leased, theirs.leased, "dnsmasq leases differ from {r}");
-        assert!(theirs.check_ok || !check_must_pass, "{r}: CHECK failed");
+        assert!(
+            t.check_ok != Some(false) || !check_must_pass,
+            "{r}: CHECK failed"
+        );
         assert_eq!(
-            ours.check_ok, theirs.check_ok,
+            o.check_ok, t.check_ok,
             "CHECK outcome differs from {r}: {}",
-            ours.check_out
+            o.check_out
         );
         assert!(
             theirs.left_after_del.is_empty(),
             "{r}: lease left after DEL"
         );
     }
-    assert!(
-        ours.check_ok || !check_must_pass,
-        "CHECK after ADD failed: {}",
-        ours.check_out
-    );
+    if check_must_pass {
+        ours.verbs.assert_check_passed();
+    }
     assert_eq!(ours.leased.len(), 1, "{:?}", ours.leased);
     assert!(
         ours.left_after_del.is_empty(),
@@ -155,9 +128,9 @@ fn differential_checking(
 #[test]
 fn same_as_reference_router_and_subnet_mask() {
     let s = differential_with(&[], json!({}), &Reference::ALL);
-    assert_eq!(s.result["ips"][0]["gateway"], SERVER_IP);
+    assert_eq!(s.verbs.result["ips"][0]["gateway"], SERVER_IP);
     assert_eq!(
-        s.result["routes"],
+        s.verbs.result["routes"],
         json!([{"dst": "0.0.0.0/0", "gw": SERVER_IP}])
     );
 }
@@ -173,13 +146,13 @@ fn same_as_reference_classless_static_routes_when_requested() {
         &Reference::ALL,
     );
     assert_eq!(
-        s.result["routes"],
+        s.verbs.result["routes"],
         json!([{"dst": "10.80.0.0/16", "gw": "10.70.0.254"}, {"dst": "0.0.0.0/0", "gw": SERVER_IP}])
     );
     // Not asked for: the router's default route only.
     let s = differential_with(&[routes], json!({}), &[Reference::Current]);
     assert_eq!(
-        s.result["routes"],
+        s.verbs.result["routes"],
         json!([{"dst": "0.0.0.0/0", "gw": SERVER_IP}])
     );
 }
@@ -194,7 +167,11 @@ fn same_as_reference_classless_route_without_router_is_link_scope() {
         &[Reference::Current],
         false,
     );
-    assert_eq!(s.result["routes"][0]["scope"], 253, "{:#}", s.result);
+    assert_eq!(
+        s.verbs.result["routes"][0]["scope"], 253,
+        "{:#}",
+        s.verbs.result
+    );
 }
 
 #[test]
@@ -205,7 +182,7 @@ fn same_as_reference_static_routes_and_priority() {
         &[Reference::Current],
     );
     assert_eq!(
-        s.result["routes"],
+        s.verbs.result["routes"],
         json!([{"dst": "172.16.0.0/16", "gw": "10.70.0.254", "priority": 300},
             {"dst": "0.0.0.0/0", "gw": SERVER_IP, "priority": 300}])
     );

@@ -9,104 +9,57 @@
 //! Not testable here: DPDK-bound PCI devices and auxiliary-bus devices (no such hardware), and a successful
 //! `pciBusID` move (the only PCI NIC is the machine's own uplink).
 
+#[path = "diff_support/mod.rs"]
+mod diff_support;
 #[path = "host_device_support/mod.rs"]
 mod support;
 
+use diff_support::{add_check_del_seeing, Twin, Verbs};
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
 use twill_tests::bins::{self, Reference};
-use twill_tests::exec::{Invocation, Outcome};
+use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
 struct Side {
-    add: Outcome,
-    result: Value,
-    raw_result: Value,
+    verbs: Verbs,
     pod: Value,
     node: Value,
-    check: Option<Outcome>,
-    del: Outcome,
-    pod_after: Vec<Value>,
+    pod_links_after: Vec<String>,
     node_after: Vec<Value>,
     leases_after: Vec<String>,
 }
 
-fn invoke(
-    plugin: &Path,
-    cni_path: &str,
-    cmd: &str,
-    node: &Node,
-    pod: &Netns,
-    c: &Value,
-) -> Outcome {
-    let out = Invocation::new(plugin, cmd)
-        .libcni_style()
-        .container_id(Some(CID))
-        .ifname(Some(IFNAME))
-        .netns(Some(pod.path()))
-        .cni_path(Some(cni_path))
-        .stdin_json(c)
-        .in_netns(node.ns.path())
-        .run();
-    out.assert_no_panic();
-    out
-}
-
 fn run_side(plugin: &Path, cni_path: &str, extra: &Value, setup: &dyn Fn(&Node)) -> Side {
-    let node = node();
-    setup(&node);
-    let pod = Netns::new("hdp");
-    let conf = conf(&node, extra);
-    let add = invoke(plugin, cni_path, "ADD", &node, &pod, &conf);
-    let result = add.json.clone().unwrap_or(Value::Null);
-    let (pod_v, node_v) = if add.success() {
-        (pod_state(&pod), json!(link_state(&node.ns)))
-    } else {
-        (Value::Null, json!(link_state(&node.ns)))
-    };
-    let version = conf["cniVersion"].as_str().unwrap_or("1.0.0");
-    let check = (add.success() && !matches!(version, "0.3.0" | "0.3.1")).then(|| {
-        let mut c = conf.clone();
-        c["prevResult"] = result.clone();
-        invoke(plugin, cni_path, "CHECK", &node, &pod, &c)
+    let twin = Twin::on(node(), "hdp");
+    setup(&twin.node);
+    let conf = conf(&twin.node, extra);
+    let run = |verb: &str, c: &Value| twin.run(plugin, cni_path, verb, (CID, IFNAME), c);
+    let (verbs, (pod, node)) = add_check_del_seeing(&conf, run, |added, _| {
+        let pod = if added {
+            pod_state(&twin.pod)
+        } else {
+            Value::Null
+        };
+        (pod, json!(link_state(&twin.node.ns)))
     });
-    let mut del_conf = conf.clone();
-    if add.success() {
-        del_conf["prevResult"] = result.clone();
-    }
-    let del = invoke(plugin, cni_path, "DEL", &node, &pod, &del_conf);
     Side {
-        result: normalize_result(&result),
-        raw_result: result,
-        pod: pod_v,
-        node: node_v,
-        check,
-        pod_after: link_state(&pod),
-        node_after: link_state(&node.ns),
-        leases_after: node.leases(NET),
-        add,
-        del,
+        verbs,
+        pod,
+        node,
+        pod_links_after: twin.pod_links(),
+        node_after: link_state(&twin.node.ns),
+        leases_after: twin.node.leases(NET),
     }
 }
 
 fn compare(ours: &Side, theirs: &Side, r: Reference) {
-    assert_eq!(
-        ours.add.success(),
-        theirs.add.success(),
-        "ADD outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-        ours.add.describe(),
-        theirs.add.describe()
-    );
-    if !ours.add.success() {
+    let (o, t) = (&ours.verbs, &theirs.verbs);
+    o.assert_same_add(t, r);
+    if !o.add_ok {
         if r == Reference::Current {
-            let (o, t) = (ours.add.json.clone(), theirs.add.json.clone());
-            let (o, t) = (o.unwrap_or_default(), t.unwrap_or_default());
-            assert_eq!(
-                (&o["code"], &o["msg"]),
-                (&t["code"], &t["msg"]),
-                "error differs"
-            );
+            o.assert_same_error(t, r, &["code", "msg"]);
         }
         assert_eq!(
             ours.node, theirs.node,
@@ -114,40 +67,23 @@ fn compare(ours: &Side, theirs: &Side, r: Reference) {
         );
         return;
     }
-    assert_eq!(ours.result, theirs.result, "result JSON differs from {r}");
     assert_eq!(ours.pod, theirs.pod, "pod kernel state differs from {r}");
     assert_eq!(ours.node, theirs.node, "node kernel state differs from {r}");
-    let ok = |c: &Option<Outcome>| c.as_ref().map(|c| c.success());
-    let said = |c: &Option<Outcome>| c.as_ref().map(|c| c.describe()).unwrap_or_default();
     // 1.1.1's CHECK wants a route's recorded gateway to be absent in the kernel too, and so fails every
     // IPAM route without `gw`; v1.10's looks for every route in the main table only, and so fails its
     // own result when `useInterfaceNetwork` copied a route of another table. Ours checks each route in
     // its table.
-    let other_table = ours.raw_result["routes"].as_array().is_some_and(|rs| {
+    let other_table = o.raw_result["routes"].as_array().is_some_and(|rs| {
         rs.iter()
             .any(|r| !r["table"].is_null() && r["table"] != 254)
     });
-    assert!(
-        r == Reference::Debian || other_table || ok(&ours.check) == ok(&theirs.check),
-        "CHECK outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-        said(&ours.check),
-        said(&theirs.check)
-    );
-    if let Some(c) = &ours.check {
-        assert!(
-            c.success(),
-            "CHECK right after ADD failed: {}",
-            c.describe()
-        );
+    if r == Reference::Current && !other_table {
+        o.assert_same_check(t, r);
+    } else {
+        o.assert_check_passed();
     }
     for (who, s) in [("ours", ours), (&*r.to_string(), theirs)] {
-        assert!(s.del.success(), "{who}: DEL failed: {}", s.del.describe());
-        assert_eq!(
-            s.pod_after.len(),
-            1,
-            "{who}: pod link left: {:?}",
-            s.pod_after
-        );
+        s.verbs.assert_deleted(who, &s.pod_links_after);
         assert!(s.leases_after.is_empty(), "{who}: lease left");
     }
     let mut their_after = theirs.node_after.clone();
@@ -193,7 +129,7 @@ fn assert_returned(s: &Side) {
 #[test]
 fn same_as_reference_by_device_name() {
     let s = differential(json!({}));
-    assert_eq!(s.raw_result["interfaces"][0]["mac"], DEV_MAC);
+    assert_eq!(s.verbs.raw_result["interfaces"][0]["mac"], DEV_MAC);
     let net1 = s.pod["links"]
         .as_array()
         .and_then(|l| l.iter().find(|l| l[0] == IFNAME))
@@ -209,15 +145,19 @@ fn same_as_reference_by_device_name() {
 #[test]
 fn same_as_reference_by_hwaddr() {
     let s = differential(json!({"device": null, "hwaddr": DEV_MAC}));
-    assert!(s.add.success(), "{}", s.add.describe());
+    assert!(s.verbs.add_ok, "{}", s.verbs.add_out);
     let s = differential(json!({"device": null, "hwaddr": "02-4D-00-00-00-01"}));
-    assert!(s.add.success(), "{}", s.add.describe());
+    assert!(s.verbs.add_ok, "{}", s.verbs.add_out);
 }
 
 #[test]
 fn same_as_reference_without_ipam_with_dns_and_old_versions() {
     let s = differential(json!({"ipam": null}));
-    assert!(s.raw_result.get("ips").is_none(), "{:#}", s.raw_result);
+    assert!(
+        s.verbs.raw_result.get("ips").is_none(),
+        "{:#}",
+        s.verbs.raw_result
+    );
     differential(json!({"dns": {"nameservers": ["10.96.0.10"]}}));
     differential(json!({"cniVersion": "0.3.1"}));
     differential(json!({"cniVersion": "0.4.0"}));
@@ -256,10 +196,10 @@ fn same_as_reference_use_interface_network() {
         &setup,
     );
     assert_eq!(
-        s.raw_result["ips"].as_array().map(Vec::len),
+        s.verbs.raw_result["ips"].as_array().map(Vec::len),
         Some(2),
         "{:#}",
-        s.raw_result
+        s.verbs.raw_result
     );
     differential_with(
         json!({"useInterfaceNetwork": true}),
@@ -293,7 +233,7 @@ fn same_errors_as_reference_for_every_way_of_naming_the_device() {
     }
     for extra in rows {
         let s = differential_with(extra.clone(), &[Reference::Current], &|_| {});
-        assert!(!s.add.success(), "{extra}: {}", s.add.describe());
+        assert!(!s.verbs.add_ok, "{extra}: {}", s.verbs.add_out);
     }
 }
 

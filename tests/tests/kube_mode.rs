@@ -226,6 +226,71 @@ fn logs(c: &Cluster, nodes: &[&Node]) -> String {
     s
 }
 
+/// Registers `nodes` as a kubelet does, with an annotation of its own: flanneld needs some annotation there (on a
+/// Node without any it panics, "assignment to entry in nil map"), where twilld just adds its own.
+fn join_as_kubelet(c: &Cluster, nodes: &[Node]) {
+    for n in nodes {
+        c.cp.join(n);
+        c.cp.kubectl_ok(&[
+            "annotate",
+            "node",
+            &n.name(),
+            "volumes.kubernetes.io/controller-managed-attach-detach=true",
+        ]);
+    }
+}
+
+/// [`logs`], then flanneld's on `flanneld_node`.
+fn logs_with_flanneld(c: &Cluster, nodes: &[&Node], flanneld_node: &Node) -> String {
+    format!(
+        "{}\n--- flanneld ---\n{}",
+        logs(c, nodes),
+        std::fs::read_to_string(flanneld::log_file(flanneld_node)).unwrap_or_default()
+    )
+}
+
+/// Every node of `nodes` writes its subnet.env within [`READY`].
+fn assert_subnets_written(nodes: &[Node], logs: impl Fn() -> String) {
+    for n in nodes {
+        assert!(
+            wait_until(READY, || n.subnet().is_some()),
+            "{} wrote no subnet.env\n{}",
+            n.name(),
+            logs()
+        );
+    }
+}
+
+/// node1's annotations (flanneld's), whose keys twilld on node2 publishes too.
+fn flanneld_annotations_matched_by_twilld(c: &Cluster) -> BTreeMap<String, String> {
+    let flanneld_annotations = c.annotations("node1");
+    assert_eq!(
+        flanneld_annotations.keys().collect::<Vec<_>>(),
+        c.annotations("node2").keys().collect::<Vec<_>>(),
+        "flanneld and twilld publish different annotations"
+    );
+    flanneld_annotations
+}
+
+/// twilld (with `extra`) takes `node` over from flanneld `fl`, ready within [`READY`].
+fn twilld_takes_over(
+    c: &Cluster,
+    fl: &mut flanneld::Flanneld,
+    node: &Node,
+    extra: &[String],
+    all: &[&Node],
+) -> Twilld {
+    fl.terminate();
+    let twilld = c.start_twilld_with(node, extra);
+    assert!(
+        wait_until(READY, || curl(node, "/readyz").0 == "200"),
+        "{:?}\n{}",
+        curl(node, "/readyz"),
+        logs(c, all)
+    );
+    twilld
+}
+
 /// The peer entries `node` holds for `peer` (route, neighbour, FDB), read from the peer's annotations.
 fn has_peer(c: &Cluster, node: &Node, peer: &Node) -> bool {
     let a = c.annotations(&peer.name());
@@ -493,61 +558,25 @@ fn flanneld_and_twilld_nodes_are_peers_and_twilld_publishes_flanneld_bytes() {
         v["EnableNFTables"] = json!(true)
     });
     let nodes: Vec<Node> = (1..=3).map(|i| switch.add_node(i)).collect();
-    for n in &nodes {
-        c.cp.join(n);
-        // What a kubelet sets when it registers. flanneld needs some annotation there: on a Node without any
-        // it panics ("assignment to entry in nil map"), where twilld just adds its own.
-        c.cp.kubectl_ok(&[
-            "annotate",
-            "node",
-            &n.name(),
-            "volumes.kubernetes.io/controller-managed-attach-detach=true",
-        ]);
-    }
+    join_as_kubelet(&c, &nodes);
     let all: Vec<&Node> = nodes.iter().collect();
     // node1 runs flanneld, the others twilld.
     let mut fl = flanneld::start_kube(&nodes[0], &c.kubeconfig(&nodes[0]), &flannel_conf);
     let twillds: Vec<Twilld> = nodes[1..].iter().map(|n| c.start_twilld(n)).collect();
-    for n in &nodes {
-        assert!(
-            wait_until(READY, || n.subnet().is_some()),
-            "{} wrote no subnet.env\n{}\n--- flanneld ---\n{}",
-            n.name(),
-            logs(&c, &all),
-            std::fs::read_to_string(flanneld::log_file(&nodes[0])).unwrap_or_default()
-        );
-    }
-    let flanneld_annotations = c.annotations("node1");
-    assert_eq!(
-        flanneld_annotations.keys().collect::<Vec<_>>(),
-        c.annotations("node2").keys().collect::<Vec<_>>(),
-        "flanneld and twilld publish different annotations"
-    );
+    let flanneld_log = || logs_with_flanneld(&c, &all, &nodes[0]);
+    assert_subnets_written(&nodes, flanneld_log);
+    let flanneld_annotations = flanneld_annotations_matched_by_twilld(&c);
     let sites: Vec<CniSite> = nodes.iter().map(|n| CniSite::new(n, &c.conflist)).collect();
     let pods: Vec<Pod> = sites
         .iter()
         .enumerate()
         .map(|(i, s)| s.add_pod(&format!("mpod{i}")))
         .collect();
-    let flanneld_log = || {
-        format!(
-            "{}\n--- flanneld ---\n{}",
-            logs(&c, &all),
-            std::fs::read_to_string(flanneld::log_file(&nodes[0])).unwrap_or_default()
-        )
-    };
     assert_all_reach(&pods.iter().collect::<Vec<_>>(), flanneld_log);
 
     // twilld takes over node1 from flanneld: it keeps the device's MAC, so what it publishes must be
     // flanneld's bytes exactly; nothing is patched, and the pods keep talking.
-    fl.terminate();
-    let _t1 = c.start_twilld(&nodes[0]);
-    assert!(
-        wait_until(READY, || curl(&nodes[0], "/readyz").0 == "200"),
-        "{:?}\n{}",
-        curl(&nodes[0], "/readyz"),
-        logs(&c, &all)
-    );
+    let _t1 = twilld_takes_over(&c, &mut fl, &nodes[0], &[], &all);
     assert_eq!(c.annotations("node1"), flanneld_annotations);
     assert_all_reach(&pods.iter().collect::<Vec<_>>(), || logs(&c, &all));
     drop(twillds);

@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
 use twill_tests::bins::{self, Reference};
-use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
 const CID: &str = "macvlan-diff";
@@ -119,19 +118,8 @@ fn run_side(plugin: &Path, cni_path: &str, extra: &Value, cni_args: Option<&str>
         twin.pod.ip(&["link", "set", "up1", "up"]);
     }
     let node_before = node_state(&twin.node.ns);
-    let run = |cmd: &str, c: &Value| {
-        let out = Invocation::new(plugin, cmd)
-            .libcni_style()
-            .container_id(Some(CID))
-            .ifname(Some(IFNAME))
-            .netns(Some(twin.pod.path()))
-            .cni_path(Some(cni_path))
-            .cni_args(cni_args)
-            .stdin_json(c)
-            .in_netns(twin.node.ns.path())
-            .run();
-        out.assert_no_panic();
-        out
+    let run = |verb: &str, c: &Value| {
+        twin.run_with_args(plugin, cni_path, verb, (CID, IFNAME), cni_args, c)
     };
     let (verbs, attached) = add_check_del(&conf, run, |_| {
         (pod_state(&twin.pod), node_state(&twin.node.ns))
@@ -371,32 +359,10 @@ fn pods_on_one_master_reach_each_other_in_bridge_mode() {
     let node = node();
     let pods: Vec<Netns> = (0..2).map(|_| Netns::new("mvp")).collect();
     let c = conf(&node, &json!({}));
-    let mut ips = Vec::new();
-    for (i, pod) in pods.iter().enumerate() {
-        let r = node
-            .run(
-                &ours(),
-                "ADD",
-                Some(pod.path()),
-                &format!("ping{i}"),
-                IFNAME,
-                &c,
-            )
-            .assert_success();
-        ips.push(first_ip(&r));
-    }
+    let results = node.run_each(&ours(), "ADD", &pods, "ping", IFNAME, &c);
+    let ips: Vec<String> = results.iter().map(first_ip).collect();
     assert!(ping(&pods[0], &ips[1]), "pod 0 cannot reach pod 1");
-    for (i, pod) in pods.iter().enumerate() {
-        node.run(
-            &ours(),
-            "DEL",
-            Some(pod.path()),
-            &format!("ping{i}"),
-            IFNAME,
-            &c,
-        )
-        .assert_success();
-    }
+    node.run_each(&ours(), "DEL", &pods, "ping", IFNAME, &c);
 }
 
 #[test]
@@ -405,20 +371,8 @@ fn gc_and_status_go_to_ipam() {
     let node = node();
     let pods: Vec<Netns> = (0..2).map(|_| Netns::new("mvp")).collect();
     let mut c = conf(&node, &json!({"cniVersion": "1.1.0"}));
-    let mut ips = Vec::new();
-    for (i, pod) in pods.iter().enumerate() {
-        let r = node
-            .run(
-                &ours(),
-                "ADD",
-                Some(pod.path()),
-                &format!("gc{i}"),
-                IFNAME,
-                &c,
-            )
-            .assert_success();
-        ips.push(first_ip(&r));
-    }
+    let results = node.run_each(&ours(), "ADD", &pods, "gc", IFNAME, &c);
+    let ips: Vec<String> = results.iter().map(first_ip).collect();
     c["cni.dev/valid-attachments"] = json!([{"containerID": "gc0", "ifname": IFNAME}]);
     node.run(&ours(), "GC", None, "", IFNAME, &c)
         .assert_success();
@@ -433,31 +387,8 @@ fn parallel_adds_and_dels_on_one_master() {
     let node = node();
     let c = conf(&node, &json!({}));
     let pods: Vec<Netns> = (0..8).map(|_| Netns::new("mvp")).collect();
-    let ips: Vec<String> = std::thread::scope(|s| {
-        let jobs: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, pod)| {
-                let (node, c) = (&node, &c);
-                s.spawn(move || {
-                    let r = node
-                        .run(
-                            &ours(),
-                            "ADD",
-                            Some(pod.path()),
-                            &format!("par{i}"),
-                            IFNAME,
-                            c,
-                        )
-                        .assert_success();
-                    first_ip(&r)
-                })
-            })
-            .collect();
-        jobs.into_iter()
-            .map(|j| j.join().expect("ADD thread"))
-            .collect()
-    });
+    let results = node.run_parallel(&ours(), "ADD", &pods, "par", IFNAME, &c);
+    let ips: Vec<String> = results.iter().map(first_ip).collect();
     let mut unique = ips.clone();
     unique.sort();
     unique.dedup();
@@ -465,22 +396,7 @@ fn parallel_adds_and_dels_on_one_master() {
     for pod in &pods {
         assert_eq!(pod_state(pod)["kind"], "macvlan");
     }
-    std::thread::scope(|s| {
-        for (i, pod) in pods.iter().enumerate() {
-            let (node, c) = (&node, &c);
-            s.spawn(move || {
-                node.run(
-                    &ours(),
-                    "DEL",
-                    Some(pod.path()),
-                    &format!("par{i}"),
-                    IFNAME,
-                    c,
-                )
-                .assert_success();
-            });
-        }
-    });
+    node.run_parallel(&ours(), "DEL", &pods, "par", IFNAME, &c);
     assert!(node.leases(NET).is_empty(), "{:?}", node.leases(NET));
     for pod in &pods {
         assert!(pod_state(pod)["kind"].is_null());

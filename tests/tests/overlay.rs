@@ -211,21 +211,7 @@ fn hand_deleted_device_and_bogus_route_or_fdb_are_repaired_within_one_resync() {
         "nud",
         "permanent",
     ]);
-    let fdb = std::process::Command::new("bridge")
-        .args([
-            "-n",
-            n.ns.name(),
-            "fdb",
-            "append",
-            "02:00:00:00:00:99",
-            "dev",
-            "flannel.1",
-            "dst",
-            "10.250.0.99",
-        ])
-        .status()
-        .map(|s| s.success());
-    assert_eq!(fdb.ok(), Some(true));
+    n.fdb_append("02:00:00:00:00:99", "flannel.1", "10.250.0.99", &[]);
     assert!(
         wait_until(within, || !n.has_any_trace_of(
             Ipv4Addr::new(10, 244, 250, 0),

@@ -9,18 +9,18 @@
 //! * pod-to-pod iperf3 over twilld's overlay vs a hand-built VXLAN path with the same MTU vs the raw underlay,
 //!   and the IP fragment counters (must stay 0).
 
-use std::io::Write as _;
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use ipnet::{IpNet, Ipv4Net};
 use twill_tests::cluster::{wait_until, Node, Pod, Switch, Twilld, TwilldArgs};
 use twill_tests::dual_stack::underlay_ip6;
 use twill_tests::etcd::Etcd;
+use twill_tests::hand_wired::HandVxlan;
 use twill_tests::netns::Netns;
 use twill_tests::overlay_bench::{
-    add_and_delete_keyed, add_and_delete_lease_value, cpu_ticks, dual_stack_lease, env_or,
-    percentile, proc_field, vxlan_lease, RouteMonitors,
+    abba_medians, add_and_delete_keyed, add_and_delete_lease_value, append_bench_out, cpu_ticks,
+    dual_stack_lease, env_or, iperf_gbps, percentile, proc_field, vxlan_lease, RouteMonitors,
 };
 
 // Nodes allocate from 10.244.1-100; benchmark leases use 10.244.200+ (inside Network, never allocated).
@@ -129,56 +129,6 @@ fn idle_cost(pid: u32, secs: u64) -> String {
     )
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// iperf3 from `client` to `server_ip` (a server started in `server_ns`); returns Gbit/s received.
-fn iperf(server_ns: &Netns, client_ns: &Netns, server_ip: Ipv4Addr, secs: u32) -> f64 {
-    let _server = Server(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                server_ns.name(),
-                "iperf3",
-                "-s",
-                "-1",
-                "-B",
-                &server_ip.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("iperf3 -s: {e}")),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let out = client_ns.exec(&[
-        "iperf3",
-        "-c",
-        &server_ip.to_string(),
-        "-t",
-        &secs.to_string(),
-        "-J",
-    ]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "iperf3 output: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9
-}
-
 fn frag_counters(ns: &Netns) -> u64 {
     let snmp = String::from_utf8_lossy(&ns.exec(&["cat", "/proc/net/snmp"]).stdout).into_owned();
     let ip: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Ip:")).collect();
@@ -200,70 +150,24 @@ fn hand_built_pair(switch: &Switch, mtu: u32) -> (Node, Node, Pod, Pod) {
     let a = switch.add_node(101);
     let b = switch.add_node(102);
     let macs = ["0a:cc:00:00:00:01", "0a:cc:00:00:00:02"];
+    let subnet = |i: usize| -> IpNet {
+        IpNet::from(
+            Ipv4Net::new(Ipv4Addr::new(10, 99, i as u8 + 1, 0), 24)
+                .unwrap_or_else(|_| unreachable!()),
+        )
+    };
     for (i, n) in [&a, &b].into_iter().enumerate() {
-        let mine = Ipv4Addr::new(10, 99, i as u8 + 1, 0);
-        let other = Ipv4Addr::new(10, 99, 2 - i as u8, 0);
-        let other_ip = if i == 0 { b.underlay_ip } else { a.underlay_ip };
-        let local = n.underlay_ip.to_string();
-        n.ip(&[
-            "link",
-            "add",
-            "vx0",
-            "address",
-            macs[i],
-            "mtu",
-            &mtu.to_string(),
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "dstport",
-            "8472",
-            "local",
-            &local,
-            "dev",
-            "eth0",
-            "nolearning",
-        ]);
-        n.ip(&["addr", "add", &format!("{mine}/32"), "dev", "vx0"]);
-        n.ip(&["link", "set", "vx0", "up"]);
-        n.ip(&[
-            "neigh",
-            "replace",
-            &other.to_string(),
-            "lladdr",
-            macs[1 - i],
-            "dev",
-            "vx0",
-            "nud",
-            "permanent",
-        ]);
-        let fdb = Command::new("bridge")
-            .args([
-                "-n",
-                n.ns.name(),
-                "fdb",
-                "append",
-                macs[1 - i],
-                "dev",
-                "vx0",
-                "dst",
-                &other_ip.to_string(),
-                "self",
-                "permanent",
-            ])
-            .status();
-        assert!(fdb.map(|s| s.success()).unwrap_or(false));
-        n.ip(&[
-            "route",
-            "add",
-            &format!("{other}/24"),
-            "via",
-            &other.to_string(),
-            "dev",
-            "vx0",
-            "onlink",
-        ]);
+        let peer = if i == 0 { &b } else { &a };
+        n.wire_vxlan_by_hand(&HandVxlan {
+            dev: "vx0",
+            mac: macs[i],
+            mtu,
+            local: n.underlay_ip.into(),
+            subnet: subnet(i),
+            peer_subnet: subnet(1 - i),
+            peer_mac: macs[1 - i],
+            peer_underlay: peer.underlay_ip.into(),
+        });
         std::fs::write(
             n.subnet_file(),
             format!("FLANNEL_NETWORK=10.99.0.0/16\nFLANNEL_SUBNET=10.99.{}.1/24\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n", i + 1),
@@ -333,28 +237,16 @@ fn overlay_benchmark() {
         let frags0: u64 = all.iter().map(|n| frag_counters(n)).sum();
         // Alternate the two paths (4 rounds each, ABBA) and compare medians: the machine is shared, and a single
         // back-to-back pair mostly measures whoever else was busy at the time.
-        let (mut twill, mut hand, mut raw) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..4 {
-            // ABBA order, so neither path always runs first.
-            if round % 2 == 0 {
-                twill.push(iperf(&pb.ns, &pa.ns, pb.ip, iperf_secs));
-                hand.push(iperf(&hpb.ns, &hpa.ns, hpb.ip, iperf_secs));
-            } else {
-                hand.push(iperf(&hpb.ns, &hpa.ns, hpb.ip, iperf_secs));
-                twill.push(iperf(&pb.ns, &pa.ns, pb.ip, iperf_secs));
-            }
-        }
-        raw.push(iperf(
+        let (twill, hand) = abba_medians(
+            || iperf_gbps(&pb.ns, &pa.ns, pb.ip.into(), iperf_secs),
+            || iperf_gbps(&hpb.ns, &hpa.ns, hpb.ip.into(), iperf_secs),
+        );
+        let raw = iperf_gbps(
             &c.nodes[1].ns,
             &c.nodes[0].ns,
-            c.nodes[1].underlay_ip,
+            c.nodes[1].underlay_ip.into(),
             iperf_secs,
-        ));
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
-        };
-        let (twill, hand, raw) = (median(&mut twill), median(&mut hand), median(&mut raw));
+        );
         let frags: u64 = all.iter().map(|n| frag_counters(n)).sum::<u64>() - frags0;
         report.push(format!(
             "iperf3 {iperf_secs} s x4 ABBA (medians), pod MTU {mtu}: twilld overlay {twill:.2} Gbit/s, hand-built VXLAN {hand:.2} Gbit/s \
@@ -371,15 +263,7 @@ fn overlay_benchmark() {
 fn write_report(report: &[String]) {
     let text = report.join("\n") + "\n";
     println!("\n{text}");
-    if let Ok(path) = std::env::var("TWILL_BENCH_OUT") {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = f.write_all(text.as_bytes());
-        }
-    }
+    append_bench_out(&text);
 }
 
 /// The host-gw backend: lease-to-route convergence, and pod-to-pod throughput against the raw underlay
@@ -418,22 +302,11 @@ fn host_gw_benchmark() {
         let pa = c.nodes[0].add_pod(2);
         let pb = c.nodes[1].add_pod(2);
         assert!(wait_until(Duration::from_secs(5), || pa.can_reach(pb.ip)));
-        let (mut pods, mut raw) = (Vec::new(), Vec::new());
-        for round in 0..4 {
-            let (na, nb) = (&c.nodes[0], &c.nodes[1]);
-            if round % 2 == 0 {
-                pods.push(iperf(&pb.ns, &pa.ns, pb.ip, iperf_secs));
-                raw.push(iperf(&nb.ns, &na.ns, nb.underlay_ip, iperf_secs));
-            } else {
-                raw.push(iperf(&nb.ns, &na.ns, nb.underlay_ip, iperf_secs));
-                pods.push(iperf(&pb.ns, &pa.ns, pb.ip, iperf_secs));
-            }
-        }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.total_cmp(b));
-            (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
-        };
-        let (pods, raw) = (median(&mut pods), median(&mut raw));
+        let (na, nb) = (&c.nodes[0], &c.nodes[1]);
+        let (pods, raw) = abba_medians(
+            || iperf_gbps(&pb.ns, &pa.ns, pb.ip.into(), iperf_secs),
+            || iperf_gbps(&nb.ns, &na.ns, nb.underlay_ip.into(), iperf_secs),
+        );
         report.push(format!(
             "host-gw iperf3 {iperf_secs} s x4 ABBA (medians), pod MTU {}: pod to pod {pods:.2} Gbit/s, raw underlay {raw:.2} Gbit/s (ratio {:.3})",
             c.nodes[0].mtu().unwrap_or(0),

@@ -420,21 +420,7 @@ fn idle_resyncs_skip_the_read_back_but_hand_made_changes_are_still_repaired() {
         c.dump()
     );
     // A bogus FDB entry: the same through the AF_BRIDGE neighbour notifications.
-    let fdb = std::process::Command::new("bridge")
-        .args([
-            "-n",
-            c.nodes[0].ns.name(),
-            "fdb",
-            "append",
-            "02:00:00:00:00:99",
-            "dev",
-            "flannel.1",
-            "dst",
-            "10.250.0.99",
-        ])
-        .status()
-        .map(|s| s.success());
-    assert_eq!(fdb.ok(), Some(true));
+    c.nodes[0].fdb_append("02:00:00:00:00:99", "flannel.1", "10.250.0.99", &[]);
     assert!(
         wait_until(Duration::from_secs_f64(resync * 2.0 + 0.5), || !c.nodes[0]
             .fdb("flannel.1")

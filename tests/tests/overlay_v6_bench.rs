@@ -6,65 +6,16 @@
 //! and pod MTUs. Runs ABBA; reports medians and the ratio. Everything runs in namespaces it creates and removes.
 
 use std::net::{IpAddr, Ipv6Addr};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ipnet::Ipv6Net;
 use twill_tests::cluster::{wait_until, Node, Switch, Twilld, TwilldArgs};
 use twill_tests::dual_stack::{env_value, underlay_ip6};
+use twill_tests::hand_wired::HandVxlan;
 use twill_tests::netns::Netns;
-use twill_tests::overlay_bench::env_or;
+use twill_tests::overlay_bench::{abba_medians, append_bench_out, env_or, iperf_gbps};
 
 const DUAL: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.100.0","EnableIPv6":true,"IPv6Network":"fd00:42::/56","IPv6SubnetMin":"fd00:42:0:1::","IPv6SubnetMax":"fd00:42:0:64::"}"#;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// iperf3 from `client` to `server_ip` (a server started in `server_ns`); returns Gbit/s received.
-fn iperf(server_ns: &Netns, client_ns: &Netns, server_ip: IpAddr, secs: u32) -> f64 {
-    let ip = server_ip.to_string();
-    let _server = Server(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                server_ns.name(),
-                "iperf3",
-                "-s",
-                "-1",
-                "-B",
-                &ip,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("iperf3 -s: {e}")),
-    );
-    std::thread::sleep(Duration::from_millis(500));
-    let out = client_ns.exec(&["iperf3", "-c", &ip, "-t", &secs.to_string(), "-J"]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "iperf3 output: {e}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    json["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e9
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 /// A node of the switch with its IPv6 underlay address and IPv6 forwarding.
 fn v6_node(switch: &Switch, index: u8) -> Node {
@@ -78,54 +29,10 @@ fn v6_node(switch: &Switch, index: u8) -> Node {
 /// A pod of `subnet` behind bridge `cni0` (gateway `::1`), wired as the bridge plugin does; returns its
 /// namespace and address (`::<host>`).
 fn add_pod6(node: &Node, subnet: Ipv6Net, mtu: u32, host: u16) -> (Netns, Ipv6Addr) {
-    let base = u128::from(subnet.network());
-    let gw = Ipv6Addr::from(base + 1);
-    let ip = Ipv6Addr::from(base + u128::from(host));
-    let len = subnet.prefix_len();
-    let mtu = mtu.to_string();
-    if node.ns.link_flags("cni0").is_none() {
-        node.ip(&["link", "add", "cni0", "mtu", &mtu, "type", "bridge"]);
-        node.ip(&[
-            "addr",
-            "add",
-            &format!("{gw}/{len}"),
-            "dev",
-            "cni0",
-            "nodad",
-        ]);
-        node.ip(&["link", "set", "cni0", "up"]);
+    match node.add_bridged_pod(subnet.into(), mtu, host) {
+        (ns, IpAddr::V6(ip)) => (ns, ip),
+        (_, ip) => unreachable!("an IPv6 subnet gave {ip}"),
     }
-    let pod = Netns::new("pod6");
-    let host_if = format!("veth{host}");
-    node.ip(&[
-        "link",
-        "add",
-        &host_if,
-        "mtu",
-        &mtu,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "mtu",
-        &mtu,
-        "netns",
-        pod.name(),
-    ]);
-    node.ip(&["link", "set", &host_if, "master", "cni0", "up"]);
-    pod.ip(&["link", "set", "lo", "up"]);
-    pod.ip(&[
-        "addr",
-        "add",
-        &format!("{ip}/{len}"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    pod.ip(&["link", "set", "eth0", "up"]);
-    pod.ip(&["-6", "route", "add", "default", "via", &gw.to_string()]);
-    (pod, ip)
 }
 
 /// Nodes 101 and 102 wired by hand like flannel's IPv6 VXLAN: device `vx6` over the IPv6 underlay with MTU
@@ -144,73 +51,16 @@ fn hand_built_pair(
     };
     for (i, n) in nodes.iter().enumerate() {
         let o = 1 - i;
-        let (mine, other) = (subnet(i).network(), subnet(o).network());
-        let local = underlay_ip6(101 + i as u8).to_string();
-        let remote = underlay_ip6(101 + o as u8).to_string();
-        n.ip(&[
-            "link",
-            "add",
-            "vx6",
-            "address",
-            macs[i],
-            "mtu",
-            &dev_mtu.to_string(),
-            "type",
-            "vxlan",
-            "id",
-            "42",
-            "dstport",
-            "8472",
-            "local",
-            &local,
-            "dev",
-            "eth0",
-            "nolearning",
-        ]);
-        n.ip(&["addr", "add", &format!("{mine}/128"), "dev", "vx6", "nodad"]);
-        n.ip(&["link", "set", "vx6", "up"]);
-        n.ip(&[
-            "-6",
-            "neigh",
-            "replace",
-            &other.to_string(),
-            "lladdr",
-            macs[o],
-            "dev",
-            "vx6",
-            "nud",
-            "permanent",
-        ]);
-        let fdb = Command::new("bridge")
-            .args([
-                "-n",
-                n.ns.name(),
-                "fdb",
-                "append",
-                macs[o],
-                "dev",
-                "vx6",
-                "dst",
-                &remote,
-                "self",
-                "permanent",
-            ])
-            .status();
-        assert!(
-            fdb.map(|s| s.success()).unwrap_or(false),
-            "bridge fdb append"
-        );
-        n.ip(&[
-            "-6",
-            "route",
-            "add",
-            &subnet(o).to_string(),
-            "via",
-            &other.to_string(),
-            "dev",
-            "vx6",
-            "onlink",
-        ]);
+        n.wire_vxlan_by_hand(&HandVxlan {
+            dev: "vx6",
+            mac: macs[i],
+            mtu: dev_mtu,
+            local: underlay_ip6(101 + i as u8).into(),
+            subnet: subnet(i).into(),
+            peer_subnet: subnet(o).into(),
+            peer_mac: macs[o],
+            peer_underlay: underlay_ip6(101 + o as u8).into(),
+        });
     }
     let pods = nodes
         .iter()
@@ -290,32 +140,13 @@ fn ipv6_vxlan_throughput_against_a_hand_built_ipv6_vxlan_path() {
         "the hand-built IPv6 path does not carry pings"
     );
 
-    let (mut twill, mut hand) = (Vec::new(), Vec::new());
-    let run = |p: &[(Netns, Ipv6Addr)]| iperf(&p[1].0, &p[0].0, IpAddr::V6(p[1].1), secs);
-    for round in 0..4 {
-        if round % 2 == 0 {
-            twill.push(run(&twill_pods));
-            hand.push(run(&hand_pods));
-        } else {
-            hand.push(run(&hand_pods));
-            twill.push(run(&twill_pods));
-        }
-    }
-    let (twill, hand) = (median(&mut twill), median(&mut hand));
+    let run = |p: &[(Netns, Ipv6Addr)]| iperf_gbps(&p[1].0, &p[0].0, IpAddr::V6(p[1].1), secs);
+    let (twill, hand) = abba_medians(|| run(&twill_pods), || run(&hand_pods));
     let line = format!(
         "IPv6 VXLAN iperf3 {secs} s x4 ABBA (medians), device MTU {dev_mtu}, pod MTU {pod_mtu}: twilld overlay \
          {twill:.2} Gbit/s, hand-built IPv6 VXLAN {hand:.2} Gbit/s (ratio {:.3})",
         twill / hand
     );
     eprintln!("{line}");
-    if let Ok(path) = std::env::var("TWILL_BENCH_OUT") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{line}");
-        }
-    }
+    append_bench_out(&format!("{line}\n"));
 }

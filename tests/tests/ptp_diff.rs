@@ -17,7 +17,7 @@ mod diff_support;
 #[path = "bridge_support/mod.rs"]
 mod support;
 
-use diff_support::{add_check_del, Twin, Verbs};
+use diff_support::{add_check_del, Leftovers, Twin, Verbs};
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
@@ -95,29 +95,19 @@ struct Side {
     pod: Value,
     node: Value,
     masq_during: Vec<String>,
-    pod_links_after: Vec<String>,
-    veths_after: Vec<String>,
+    after: Leftovers,
     node_routes_after: Vec<String>,
-    leases_after: Vec<String>,
-    masq_after: Vec<String>,
 }
 
 fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
     let twin = Twin::new("ptpp");
     let conf = conf(&twin.node, extra);
-    let masq_of = |ips: &[String]| -> Vec<String> {
-        twin.node
-            .masquerade_lines()
-            .into_iter()
-            .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
-            .collect()
-    };
     let (verbs, attached) = add_check_del(
         &conf,
         |verb, c| twin.run(plugin, cni_path, verb, (CID, IFNAME), c),
         |result| {
             (
-                masq_of(&result_addrs(result)),
+                twin.node.masquerade_of(result),
                 pod_state(&twin.pod),
                 node_state(&twin.node.ns),
             )
@@ -128,11 +118,8 @@ fn run_side(plugin: &Path, cni_path: &str, extra: &Value) -> Side {
         masq_during,
         pod,
         node,
-        pod_links_after: twin.pod_links(),
-        veths_after: twin.node.veths(),
+        after: twin.leftovers(NET, &verbs.raw_result),
         node_routes_after: routes(&twin.node.ns),
-        leases_after: twin.node.leases(NET),
-        masq_after: masq_of(&result_addrs(&verbs.raw_result)),
         verbs,
     }
 }
@@ -165,27 +152,17 @@ fn compare(ours: &Side, theirs: &Side, r: Reference, masq: bool) {
             "{who}: masquerade rules {:?}",
             s.masq_during
         );
-        s.verbs.assert_deleted(who, &s.pod_links_after);
-        assert!(
-            s.veths_after.is_empty(),
-            "{who}: veth left: {:?}",
-            s.veths_after
-        );
+        s.after.assert_clean_after(&s.verbs, who);
         assert!(
             s.node_routes_after.is_empty(),
             "{who}: node routes left: {:?}",
             s.node_routes_after
         );
-        assert!(
-            s.leases_after.is_empty(),
-            "{who}: lease left: {:?}",
-            s.leases_after
-        );
     }
     assert!(
-        ours.masq_after.is_empty(),
+        ours.after.masq.is_empty(),
         "our masquerade left: {:?}",
-        ours.masq_after
+        ours.after.masq
     );
 }
 
@@ -361,20 +338,8 @@ fn gc_removes_masquerade_and_leases_of_stale_attachments() {
     let node = Node::new();
     let pods: Vec<Netns> = (0..2).map(|_| Netns::new("ptpp")).collect();
     let mut c = conf(&node, &json!({"cniVersion": "1.1.0", "ipMasq": true}));
-    let mut ips = Vec::new();
-    for (i, pod) in pods.iter().enumerate() {
-        let r = node
-            .run(
-                &ours(),
-                "ADD",
-                Some(pod.path()),
-                &format!("gc{i}"),
-                IFNAME,
-                &c,
-            )
-            .assert_success();
-        ips.push(result_addrs(&r)[0].clone());
-    }
+    let results = node.run_each(&ours(), "ADD", &pods, "gc", IFNAME, &c);
+    let ips: Vec<String> = results.iter().map(|r| result_addrs(r)[0].clone()).collect();
     c["cni.dev/valid-attachments"] = json!([{"containerID": "gc0", "ifname": IFNAME}]);
     node.run(&ours(), "GC", None, "", IFNAME, &c)
         .assert_success();
@@ -398,33 +363,11 @@ fn pods_reach_the_node_and_each_other_through_the_host() {
     let node = Node::new();
     let pods: Vec<Netns> = (0..2).map(|_| Netns::new("ptpp")).collect();
     let c = conf(&node, &json!({}));
-    let mut ips = Vec::new();
-    for (i, pod) in pods.iter().enumerate() {
-        let r = node
-            .run(
-                &ours(),
-                "ADD",
-                Some(pod.path()),
-                &format!("ping{i}"),
-                IFNAME,
-                &c,
-            )
-            .assert_success();
-        ips.push(result_addrs(&r)[0].clone());
-    }
+    let results = node.run_each(&ours(), "ADD", &pods, "ping", IFNAME, &c);
+    let ips: Vec<String> = results.iter().map(|r| result_addrs(r)[0].clone()).collect();
     assert!(ping(&node.ns, &ips[0]), "node cannot reach pod 0");
     assert!(ping(&pods[0], &ips[1]), "pod 0 cannot reach pod 1");
-    for (i, pod) in pods.iter().enumerate() {
-        node.run(
-            &ours(),
-            "DEL",
-            Some(pod.path()),
-            &format!("ping{i}"),
-            IFNAME,
-            &c,
-        )
-        .assert_success();
-    }
+    node.run_each(&ours(), "DEL", &pods, "ping", IFNAME, &c);
     assert!(node.veths().is_empty());
 }
 
@@ -434,48 +377,13 @@ fn parallel_adds_and_dels_on_one_node() {
     let node = Node::new();
     let pods: Vec<Netns> = (0..8).map(|_| Netns::new("ptpp")).collect();
     let c = conf(&node, &json!({"ipMasq": true}));
-    let results: Vec<Value> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, pod)| {
-                let (node, c) = (&node, &c);
-                s.spawn(move || {
-                    node.run(
-                        &ours(),
-                        "ADD",
-                        Some(pod.path()),
-                        &format!("par{i}"),
-                        IFNAME,
-                        c,
-                    )
-                    .assert_success()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = node.run_parallel(&ours(), "ADD", &pods, "par", IFNAME, &c);
     let mut ips: Vec<String> = results.iter().flat_map(result_addrs).collect();
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), pods.len(), "addresses not distinct: {ips:?}");
     assert_eq!(node.veths().len(), pods.len());
-    std::thread::scope(|s| {
-        for (i, pod) in pods.iter().enumerate() {
-            let (node, c) = (&node, &c);
-            s.spawn(move || {
-                node.run(
-                    &ours(),
-                    "DEL",
-                    Some(pod.path()),
-                    &format!("par{i}"),
-                    IFNAME,
-                    c,
-                )
-                .assert_success();
-            });
-        }
-    });
+    node.run_parallel(&ours(), "DEL", &pods, "par", IFNAME, &c);
     assert!(node.veths().is_empty(), "veths left: {:?}", node.veths());
     assert!(node.leases(NET).is_empty());
     assert!(!node

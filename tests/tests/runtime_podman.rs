@@ -14,6 +14,20 @@ fn conflist(name: &str, subnet: &str, data_dir: &Path) -> serde_json::Value {
     bridge_portmap_conflist(name, "twpod0", subnet, data_dir)
 }
 
+/// A one-shot container on `pm`'s network fetches the web container's page with `get_web` (the web server may
+/// take a moment to listen).
+fn assert_a_container_reaches(pm: &Podman, get_web: &str) {
+    let mut fetched = (false, String::new());
+    for _ in 0..20 {
+        fetched = pm.oneshot(&[], &["/bin/sh", "-c", get_web]);
+        if fetched.1.contains("twill") {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("container reaches container: {fetched:?}");
+}
+
 #[test]
 fn podman_containers_get_twill_networking_and_rm_releases_everything() {
     let node = Netns::new("pmn");
@@ -45,18 +59,7 @@ fn podman_containers_get_twill_networking_and_rm_releases_everything() {
 
     // Container to container, by address.
     let get_web = http_get_cmd(&web_ip, 80);
-    let mut fetched = (false, String::new());
-    for _ in 0..20 {
-        fetched = pm.oneshot(&[], &["/bin/sh", "-c", &get_web]);
-        if fetched.1.contains("twill") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(
-        fetched.1.contains("twill"),
-        "container reaches container: {fetched:?}"
-    );
+    assert_a_container_reaches(&pm, &get_web);
     // Container to its host (the bridge gateway).
     let (ok, out) = pm.oneshot(
         &["--cap-add", "NET_RAW"],
@@ -190,18 +193,7 @@ fn podman_default_conflist_runs_wholly_on_twill_binaries() {
     let web_ip = pm.ip("web");
     assert!(web_ip.starts_with("10.98.0."), "got {web_ip:?}");
     let get_web = http_get_cmd(&web_ip, 80);
-    let mut fetched = (false, String::new());
-    for _ in 0..20 {
-        fetched = pm.oneshot(&[], &["/bin/sh", "-c", &get_web]);
-        if fetched.1.contains("twill") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(
-        fetched.1.contains("twill"),
-        "container reaches container: {fetched:?}"
-    );
+    assert_a_container_reaches(&pm, &get_web);
     let (ok, out, err) = pm.host(&["busybox", "sh", "-c", &http_get_cmd("127.0.0.1", 18091)]);
     assert!(
         ok && out.contains("twill"),

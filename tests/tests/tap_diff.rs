@@ -10,14 +10,16 @@
 //! netlink path never applies them); ours applies them. `selinuxContext` cannot succeed here (no SELinux
 //! on this kernel): both refuse it. macvtap is not what the reference's tap makes, so it is not tested.
 
+#[path = "diff_support/mod.rs"]
+mod diff_support;
 #[path = "bridge_support/mod.rs"]
 mod support;
 
+use diff_support::{add_check_del, Twin, Verbs};
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
 use twill_tests::bins::{self, Reference};
-use twill_tests::exec::{Invocation, Outcome};
 use twill_tests::netns::Netns;
 
 const CID: &str = "tap-diff";
@@ -61,81 +63,33 @@ fn pod_state(pod: &Netns, mac_set: bool) -> Value {
 }
 
 struct Side {
-    add: Outcome,
-    result: Value,
-    raw_result: Value,
+    verbs: Verbs,
     pod: Value,
-    check: Option<Outcome>,
-    del: Outcome,
-    pod_after: Vec<String>,
+    pod_links_after: Vec<String>,
     leases_after: Vec<String>,
 }
 
 fn run_side(plugin: &Path, cni_path: &str, extra: &Value, setup: &dyn Fn(&Netns)) -> Side {
-    let node = Node::new();
-    let pod = Netns::new("tpp");
-    setup(&pod);
-    let conf = conf(&node, extra);
-    let run = |cmd: &str, c: &Value| {
-        let out = Invocation::new(plugin, cmd)
-            .libcni_style()
-            .container_id(Some(CID))
-            .ifname(Some(IFNAME))
-            .netns(Some(pod.path()))
-            .cni_path(Some(cni_path))
-            .stdin_json(c)
-            .in_netns(node.ns.path())
-            .run();
-        out.assert_no_panic();
-        out
-    };
-    let add = run("ADD", &conf);
-    let result = add.json.clone().unwrap_or(Value::Null);
-    let pod_v = if add.success() {
-        pod_state(&pod, !conf["mac"].is_null())
-    } else {
-        Value::Null
-    };
-    let version = conf["cniVersion"].as_str().unwrap_or("1.0.0");
-    let check = (add.success() && !matches!(version, "0.3.0" | "0.3.1")).then(|| {
-        let mut c = conf.clone();
-        c["prevResult"] = result.clone();
-        run("CHECK", &c)
-    });
-    let mut del_conf = conf.clone();
-    if add.success() {
-        del_conf["prevResult"] = result.clone();
-    }
-    let del = run("DEL", &del_conf);
+    let twin = Twin::new("tpp");
+    setup(&twin.pod);
+    let conf = conf(&twin.node, extra);
+    let mac_set = !conf["mac"].is_null();
+    let run = |verb: &str, c: &Value| twin.run(plugin, cni_path, verb, (CID, IFNAME), c);
+    let (verbs, pod) = add_check_del(&conf, run, |_| pod_state(&twin.pod, mac_set));
     Side {
-        result: normalize_result(&result),
-        raw_result: result,
-        pod: pod_v,
-        check,
-        pod_after: links(&pod, &[])
-            .iter()
-            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
-            .collect(),
-        leases_after: node.leases(NET),
-        add,
-        del,
+        verbs,
+        pod: pod.unwrap_or(Value::Null),
+        pod_links_after: twin.pod_links(),
+        leases_after: twin.node.leases(NET),
     }
 }
 
 fn compare(ours: &Side, theirs: &Side, ignore: &[&str]) {
-    assert_eq!(
-        ours.add.success(),
-        theirs.add.success(),
-        "ADD outcome differs\n=== ours ===\n{}\n=== reference ===\n{}",
-        ours.add.describe(),
-        theirs.add.describe()
-    );
-    if !ours.add.success() {
-        let (o, t) = (
-            ours.add.json.clone().unwrap_or_default(),
-            theirs.add.json.clone().unwrap_or_default(),
-        );
-        assert_eq!(o["code"], t["code"], "error code differs: {o} vs {t}");
+    let r = Reference::Current;
+    let (o, t) = (&ours.verbs, &theirs.verbs);
+    o.assert_same_add(t, r);
+    if !o.add_ok {
+        o.assert_same_error(t, r, &["code"]);
         return;
     }
     assert_eq!(
@@ -143,29 +97,15 @@ fn compare(ours: &Side, theirs: &Side, ignore: &[&str]) {
         "snapshot missed the tap: {:#}",
         ours.pod
     );
-    assert_eq!(ours.result, theirs.result, "result JSON differs");
-    let (mut o, mut t) = (ours.pod.clone(), theirs.pod.clone());
+    let (mut op, mut tp) = (ours.pod.clone(), theirs.pod.clone());
     for key in ignore {
-        o[*key] = Value::Null;
-        t[*key] = Value::Null;
+        op[*key] = Value::Null;
+        tp[*key] = Value::Null;
     }
-    assert_eq!(o, t, "pod kernel state differs");
-    let ok = |c: &Option<Outcome>| c.as_ref().map(|c| c.success());
-    assert_eq!(ok(&ours.check), ok(&theirs.check), "CHECK outcome differs");
-    if let Some(c) = &ours.check {
-        assert!(
-            c.success(),
-            "CHECK right after ADD failed: {}",
-            c.describe()
-        );
-    }
+    assert_eq!(op, tp, "pod kernel state differs");
+    o.assert_same_check(t, r);
     for (who, s) in [("ours", ours), ("reference", theirs)] {
-        assert!(s.del.success(), "{who}: DEL failed: {}", s.del.describe());
-        assert!(
-            s.pod_after.iter().all(|n| n != IFNAME),
-            "{who}: tap left: {:?}",
-            s.pod_after
-        );
+        s.verbs.assert_removed(who, &s.pod_links_after, IFNAME);
         assert!(s.leases_after.is_empty(), "{who}: lease left");
     }
 }
@@ -194,7 +134,10 @@ fn same_as_reference_defaults() {
 fn same_as_reference_mtu_mac_multi_queue_and_one_owner() {
     let s = differential(json!({"mtu": 1400, "mac": "02:11:22:33:44:55"}));
     assert_eq!(s.pod["mtu"], 1400);
-    assert_eq!(s.raw_result["interfaces"][0]["mac"], "02:11:22:33:44:55");
+    assert_eq!(
+        s.verbs.raw_result["interfaces"][0]["mac"],
+        "02:11:22:33:44:55"
+    );
     let s = differential(json!({"multiQueue": true, "owner": 1000}));
     assert_eq!(s.pod["data"]["multi_queue"], true);
     differential(json!({"group": 1000}));
@@ -219,7 +162,10 @@ fn same_as_reference_owner_and_group_except_mtu_and_mac_which_ours_applies() {
 fn same_as_reference_mac_from_runtime_config_and_args() {
     let s = differential(json!({"mac": "02:11:22:33:44:55",
         "runtimeConfig": {"mac": "02:11:22:33:44:66"}}));
-    assert_eq!(s.raw_result["interfaces"][0]["mac"], "02:11:22:33:44:66");
+    assert_eq!(
+        s.verbs.raw_result["interfaces"][0]["mac"],
+        "02:11:22:33:44:66"
+    );
 }
 
 #[test]
@@ -230,13 +176,17 @@ fn same_as_reference_bridge_in_the_pod() {
     let s = differential_with(json!({"bridge": "br0"}), &[], &setup);
     assert_eq!(s.pod["master"], "br0");
     let s = differential_with(json!({"bridge": "nobr0"}), &[], &|_| {});
-    assert!(!s.add.success());
+    assert!(!s.verbs.add_ok);
 }
 
 #[test]
 fn same_as_reference_without_ipam_dns_and_old_versions() {
     let s = differential(json!({"ipam": null}));
-    assert!(s.raw_result.get("ips").is_none(), "{:#}", s.raw_result);
+    assert!(
+        s.verbs.raw_result.get("ips").is_none(),
+        "{:#}",
+        s.verbs.raw_result
+    );
     differential(json!({"dns": {"nameservers": ["10.96.0.10"]}}));
     differential(json!({"cniVersion": "0.3.1"}));
     differential(json!({"cniVersion": "0.4.0"}));
@@ -247,7 +197,7 @@ fn selinux_context_is_refused_without_selinux_like_the_reference() {
     let s = differential(json!({"selinuxContext": "system_u:system_r:container_t:s0"}));
     // On an SELinux host both create the tap under the label (not this machine's case).
     if !Path::new("/sys/fs/selinux/enforce").exists() {
-        assert!(!s.add.success());
+        assert!(!s.verbs.add_ok);
     }
 }
 
@@ -301,22 +251,7 @@ fn parallel_adds_and_dels() {
     let c = conf(&node, &json!({"multiQueue": true}));
     let pods: Vec<Netns> = (0..8).map(|_| Netns::new("tpp")).collect();
     for cmd in ["ADD", "DEL"] {
-        std::thread::scope(|s| {
-            for (i, pod) in pods.iter().enumerate() {
-                let (node, c) = (&node, &c);
-                s.spawn(move || {
-                    node.run(
-                        &ours(),
-                        cmd,
-                        Some(pod.path()),
-                        &format!("par{i}"),
-                        IFNAME,
-                        c,
-                    )
-                    .assert_success();
-                });
-            }
-        });
+        node.run_parallel(&ours(), cmd, &pods, "par", IFNAME, &c);
         for pod in &pods {
             let present = !links(pod, &["dev", IFNAME]).is_empty();
             assert_eq!(present, cmd == "ADD");

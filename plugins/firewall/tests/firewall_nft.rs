@@ -163,6 +163,30 @@ fn builders_render_as_intended_nft_rules() {
     );
 }
 
+/// The rules the listing test reads back from chain `c` of table `t`: an accept with a comment, a return, and
+/// a goto to `c2` inserted before them.
+fn add_listed_rules(batch: &mut Batch) {
+    batch
+        .add_rule(
+            "t",
+            "c",
+            &Rule::new(Family::Ip)
+                .match_saddr(CmpOp::Eq, ip("10.9.9.9"))
+                .unwrap()
+                .accept()
+                .comment("first"),
+        )
+        .unwrap()
+        .add_rule("t", "c", &Rule::new(Family::Ip).return_())
+        .unwrap()
+        .insert_rule(
+            "t",
+            "c",
+            &Rule::new(Family::Ip).goto("c2").comment("zeroth"),
+        )
+        .unwrap();
+}
+
 #[test]
 fn list_rules_returns_handles_comments_and_expressions() {
     let ns = TestNetns::new("list");
@@ -171,26 +195,9 @@ fn list_rules_returns_handles_comments_and_expressions() {
         let mut batch = Batch::new();
         batch
             .add_table(Family::Ip, "t")
-            .add_chain(Family::Ip, "t", "c")
-            .add_rule(
-                "t",
-                "c",
-                &Rule::new(Family::Ip)
-                    .match_saddr(CmpOp::Eq, ip("10.9.9.9"))
-                    .unwrap()
-                    .accept()
-                    .comment("first"),
-            )
-            .unwrap()
-            .add_rule("t", "c", &Rule::new(Family::Ip).return_())
-            .unwrap()
-            .insert_rule(
-                "t",
-                "c",
-                &Rule::new(Family::Ip).goto("c2").comment("zeroth"),
-            )
-            .unwrap()
-            .add_chain(Family::Ip, "t", "c2");
+            .add_chain(Family::Ip, "t", "c");
+        add_listed_rules(&mut batch);
+        batch.add_chain(Family::Ip, "t", "c2");
         // c2 is created after the rule that references it, in the same transaction: the kernel
         // resolves chain names at commit, so order inside a batch matters. Expect a clean error.
         let err = nft.commit(&batch).unwrap_err();
@@ -205,25 +212,8 @@ fn list_rules_returns_handles_comments_and_expressions() {
         batch
             .add_table(Family::Ip, "t")
             .add_chain(Family::Ip, "t", "c")
-            .add_chain(Family::Ip, "t", "c2")
-            .add_rule(
-                "t",
-                "c",
-                &Rule::new(Family::Ip)
-                    .match_saddr(CmpOp::Eq, ip("10.9.9.9"))
-                    .unwrap()
-                    .accept()
-                    .comment("first"),
-            )
-            .unwrap()
-            .add_rule("t", "c", &Rule::new(Family::Ip).return_())
-            .unwrap()
-            .insert_rule(
-                "t",
-                "c",
-                &Rule::new(Family::Ip).goto("c2").comment("zeroth"),
-            )
-            .unwrap();
+            .add_chain(Family::Ip, "t", "c2");
+        add_listed_rules(&mut batch);
         nft.commit(&batch).unwrap();
 
         let rules = nft.list_rules(Family::Ip, "t", "c").unwrap();

@@ -16,6 +16,7 @@ use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, Interface, Request, Result, Undo};
 use twill_ipam::provider as ipam;
 use twill_kernel::{Handle, NetNs};
+use twill_veth::iface;
 
 pub fn add(req: &Request) -> Result<CniResult> {
     let conf = HostDeviceConf::load(req)?;
@@ -129,13 +130,9 @@ pub fn add(req: &Request) -> Result<CniResult> {
     if !conf.use_interface_network && ipam_result.ips.is_empty() {
         return Err(Error::failed("IPAM plugin returned missing IP config"));
     }
-    result.ips = ipam_result.ips;
-    result.routes = ipam_result.routes;
-    for ip in &mut result.ips {
-        ip.interface = Some(0);
-    }
+    iface::take_ipam(&mut result, ipam_result);
     if let Some((h, index)) = &pod_h {
-        twill_veth::iface::configure(&pod, h, ifname, *index, &result)?;
+        iface::configure(&pod, h, ifname, *index, &result)?;
     }
     state.merge_into(&mut result);
     result.dns = conf.dns;

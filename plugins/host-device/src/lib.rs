@@ -20,20 +20,11 @@ use config::HostDeviceConf;
 use twill_cni::env::Command;
 use twill_cni::lock::AttachmentLock;
 use twill_cni::{CniResult, Context, Error, Plugin, Request, Result};
-use twill_ipam::provider as ipam;
 use twill_kernel::{Handle, NetNs};
+use twill_veth::iface;
 
 #[derive(Debug, Default)]
 pub struct HostDevice;
-
-/// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
-fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
-}
 
 /// The pod's namespace for DEL, `None` when it is gone (or was never given): nothing to return.
 fn pod_for_del(req: &Request) -> Result<Option<NetNs>> {
@@ -52,12 +43,10 @@ fn pod_for_del(req: &Request) -> Result<Option<NetNs>> {
 
 /// The MAC that ADD reported for `ifname` in this sandbox (DEL's prevResult), if any.
 fn reported_mac(req: &Request, ifname: &str) -> Option<String> {
-    let sandbox = req.env.netns.as_deref()?.display().to_string();
     let prev = req.config.prev_result().ok()??;
-    prev.interfaces
-        .into_iter()
-        .find(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox.as_str()))?
+    iface::find_recorded(&prev, ifname, req.env.netns.as_deref()?)?
         .mac
+        .clone()
         .filter(|m| !m.is_empty())
 }
 
@@ -83,7 +72,8 @@ impl Plugin for HostDevice {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult> {
-        let _lock = lock_attachment(req)?;
+        // ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
+        let _lock = AttachmentLock::of(req)?;
         add::add(req)
     }
 
@@ -91,23 +81,15 @@ impl Plugin for HostDevice {
     /// returned.
     fn del(&self, req: &Request) -> Result<()> {
         let conf = HostDeviceConf::load(req)?;
-        let _lock = lock_attachment(req)?;
+        let _lock = AttachmentLock::of(req)?;
         let ifname = req.ifname()?.as_str();
-        // IPAM is released while the device moves (a namespace move waits for the kernel's RCU grace
-        // periods); its error wins, as in the reference, which releases it first.
-        let pending = match conf.ipam_type.as_deref() {
-            Some(t) => Some(ipam::spawn(t, Command::Del, req)?),
-            None => None,
-        };
-        let returned = if conf.dpdk {
-            Ok(())
-        } else {
-            return_device(req, ifname)
-        };
-        if let Some(p) = pending {
-            p.wait()?;
-        }
-        returned
+        iface::release_ipam_while(req, conf.ipam_type.as_deref(), || {
+            if conf.dpdk {
+                Ok(())
+            } else {
+                return_device(req, ifname)
+            }
+        })
     }
 
     fn check(&self, req: &Request) -> Result<()> {
@@ -115,17 +97,11 @@ impl Plugin for HostDevice {
     }
 
     fn status(&self, req: &Request) -> Result<()> {
-        match req.config.ipam_type() {
-            Some(t) => ipam::run(t, Command::Status, req),
-            None => Ok(()),
-        }
+        iface::ipam_only(Command::Status, req)
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
         let _ = HostDeviceConf::load(req)?;
-        match req.config.ipam_type() {
-            Some(t) => ipam::run(t, Command::Gc, req),
-            None => Ok(()),
-        }
+        iface::ipam_only(Command::Gc, req)
     }
 }

@@ -2,10 +2,9 @@
 //! the node), then IPAM runs; every step registers its undo and a failure rolls back in reverse.
 
 use crate::config::{MacvlanConf, Resolved};
-use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, Interface, Request, Result, Undo};
-use twill_ipam::provider as ipam;
 use twill_kernel::{sysctl, Handle, MacvlanSpec, NetNs};
+use twill_veth::iface;
 
 pub fn add(req: &Request) -> Result<CniResult> {
     let conf = MacvlanConf::load(req)?;
@@ -39,10 +38,7 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let mut undo = Undo::new();
     undo.push(format!("delete {ifname}"), {
         let pod_h = &pod_h;
-        move || match pod_h.delete_link_by_name(ifname) {
-            Err(e) if !e.is_not_found() => Err(Error::failed(e.to_string())),
-            _ => Ok(()),
-        }
+        move || iface::delete(pod_h, ifname).map_err(|e| Error::failed(e.to_string()))
     });
     let link = pod_h
         .link_by_name(ifname)
@@ -60,24 +56,11 @@ pub fn add(req: &Request) -> Result<CniResult> {
 
     match conf.ipam_type.as_deref() {
         Some(t) => {
-            let ipam_result = ipam::spawn(t, Command::Add, req)?.wait_result(req)?;
-            undo.push(format!("release IPAM ({t})"), move || {
-                ipam::run(t, Command::Del, req)
-            });
-            if ipam_result.ips.is_empty() {
-                return Err(Error::failed("IPAM plugin returned missing IP config"));
-            }
-            result.ips = ipam_result.ips;
-            result.routes = ipam_result.routes;
-            for ip in &mut result.ips {
-                ip.interface = Some(0);
-            }
-            // Best effort, as the reference: neighbours learn the new MAC as soon as the link is up.
-            if pod_h.enable_arp_notify(link.index).is_err() {
-                let _ = sysctl::write_in(&pod, &format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
-            }
+            iface::add_ipam(req, t, &mut undo, &mut result)?;
+            iface::arp_notify(&pod, &pod_h, ifname, link.index);
+            // Best effort too: IPv6 neighbours learn it likewise.
             let _ = sysctl::write_in(&pod, &format!("net/ipv6/conf/{ifname}/ndisc_notify"), "1");
-            twill_veth::iface::configure(&pod, &pod_h, ifname, link.index, &result)?;
+            iface::configure(&pod, &pod_h, ifname, link.index, &result)?;
         }
         None => pod_h
             .set_link_up(link.index)

@@ -1,37 +1,18 @@
 //! CHECK, as the reference: IPAM's CHECK, the prevResult's interface in this sandbox, the master still
 //! there, the device a macvlan of the configured mode with the recorded MAC, and the recorded addresses
-//! and routes present in the pod.
+//! and routes present in the pod (each in its table).
 
 use crate::config::{MacvlanConf, Resolved};
-use twill_cni::env::Command;
 use twill_cni::{Context, Error, Request, Result};
-use twill_ipam::provider as ipam;
-use twill_kernel::{Handle, NetNs, RouteFilter};
+use twill_kernel::Handle;
+use twill_veth::iface::{self, Wording};
 
 pub fn check(req: &Request) -> Result<()> {
     let conf = MacvlanConf::load(req)?;
     let ifname = req.ifname()?.as_str();
-    let netns_path = req.netns()?;
-    let pod = NetNs::open(netns_path)
-        .with_context(|| format!("failed to open netns {:?}", netns_path.display()))?;
+    let (pod, prev) = iface::check_start(req, conf.ipam_type.as_deref(), Wording::Lowercase)?;
+    let intf = iface::recorded(&prev, ifname, req.netns()?, Wording::Lowercase)?;
     let pod_h = Handle::in_netns(&pod).context("netlink socket in the pod namespace")?;
-    if let Some(t) = conf.ipam_type.as_deref() {
-        ipam::run(t, Command::Check, req)?;
-    }
-    let prev = req
-        .config
-        .prev_result()?
-        .ok_or_else(|| Error::failed("required prevResult missing"))?;
-    let sandbox = netns_path.display().to_string();
-    let intf = prev
-        .interfaces
-        .iter()
-        .find(|i| i.name == ifname && i.sandbox.as_deref() == Some(sandbox.as_str()))
-        .ok_or_else(|| {
-            Error::failed(format!(
-                "sandbox in prevResult  doesn't match configured netns: {sandbox}"
-            ))
-        })?;
     if conf.link_in_container {
         Resolved::resolve(&conf, &pod_h)?;
     } else {
@@ -67,35 +48,5 @@ pub fn check(req: &Request) -> Result<()> {
             )));
         }
     }
-
-    let addrs = pod_h
-        .addresses(Some(link.index), None)
-        .with_context(|| format!("failed to list addresses of {ifname:?}"))?;
-    for ip in &prev.ips {
-        if !addrs.iter().any(|a| a.net == ip.address) {
-            return Err(Error::failed(format!(
-                "Failed to match addr {} on interface {ifname}",
-                ip.address
-            )));
-        }
-    }
-    let routes = pod_h
-        .routes(RouteFilter {
-            family: None,
-            table: None,
-            oif: None,
-        })
-        .context("failed to list routes")?;
-    for r in &prev.routes {
-        let found = routes
-            .iter()
-            .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw));
-        if !found {
-            return Err(Error::failed(format!(
-                "Failed to match route {} via {:?}",
-                r.dst, r.gw
-            )));
-        }
-    }
-    Ok(())
+    iface::check(&pod_h, ifname, link.index, &prev)
 }

@@ -14,13 +14,13 @@ pub mod config;
 use config::MacvlanConf;
 use twill_cni::env::Command;
 use twill_cni::lock::AttachmentLock;
-use twill_cni::{CniResult, Error, Plugin, Request, Result};
+use twill_cni::{CniResult, Plugin, Request, Result};
 use twill_ipam::provider as ipam;
+use twill_veth::iface;
 
 #[derive(Debug, Default)]
 pub struct Macvlan;
 
-/// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
 impl Plugin for Macvlan {
     fn enters_netns(&self, command: Command) -> bool {
         matches!(command, Command::Add | Command::Check)
@@ -40,15 +40,7 @@ impl Plugin for Macvlan {
         if let Some(t) = req.config.ipam_type() {
             ipam::run(t, Command::Del, req)?;
         }
-        match twill_veth::pod::socket_for_del(req.env.netns.as_deref())? {
-            Some(h) => match h.delete_link_by_name(ifname) {
-                Err(e) if !e.is_not_found() => {
-                    Err(Error::failed(format!("failed to delete {ifname:?}: {e}")))
-                }
-                _ => Ok(()),
-            },
-            None => Ok(()),
-        }
+        iface::delete_in_pod(req, ifname)
     }
 
     fn check(&self, req: &Request) -> Result<()> {
@@ -56,17 +48,11 @@ impl Plugin for Macvlan {
     }
 
     fn status(&self, req: &Request) -> Result<()> {
-        match req.config.ipam_type() {
-            Some(t) => ipam::run(t, Command::Status, req),
-            None => Ok(()),
-        }
+        iface::ipam_only(Command::Status, req)
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
         let _ = MacvlanConf::load(req)?;
-        match req.config.ipam_type() {
-            Some(t) => ipam::run(t, Command::Gc, req),
-            None => Ok(()),
-        }
+        iface::ipam_only(Command::Gc, req)
     }
 }

@@ -8,10 +8,9 @@
 
 use crate::config::TapConf;
 use crate::selinux;
-use twill_cni::env::Command;
 use twill_cni::{CniResult, Context, Error, Interface, Request, Result, Undo};
-use twill_ipam::provider as ipam;
-use twill_kernel::{sysctl, Handle, LinkChange, NetNs, TapSpec};
+use twill_kernel::{Handle, LinkChange, NetNs, TapSpec};
+use twill_veth::iface;
 
 pub fn add(req: &Request) -> Result<CniResult> {
     let conf = TapConf::load(req)?;
@@ -43,10 +42,7 @@ pub fn add(req: &Request) -> Result<CniResult> {
     let mut undo = Undo::new();
     undo.push(format!("delete {ifname}"), {
         let h = &h;
-        move || match h.delete_link_by_name(ifname) {
-            Err(e) if !e.is_not_found() => Err(Error::failed(e.to_string())),
-            _ => Ok(()),
-        }
+        move || iface::delete(h, ifname).map_err(|e| Error::failed(e.to_string()))
     });
     let link = h
         .link_by_name(ifname)
@@ -85,23 +81,9 @@ pub fn add(req: &Request) -> Result<CniResult> {
         ..Default::default()
     };
     if let Some(t) = conf.ipam_type.as_deref() {
-        let ipam_result = ipam::spawn(t, Command::Add, req)?.wait_result(req)?;
-        undo.push(format!("release IPAM ({t})"), move || {
-            ipam::run(t, Command::Del, req)
-        });
-        if ipam_result.ips.is_empty() {
-            return Err(Error::failed("IPAM plugin returned missing IP config"));
-        }
-        result.ips = ipam_result.ips;
-        result.routes = ipam_result.routes;
-        for ip in &mut result.ips {
-            ip.interface = Some(0);
-        }
-        // Best effort, as the reference.
-        if h.enable_arp_notify(link.index).is_err() {
-            let _ = sysctl::write_in(&pod, &format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
-        }
-        twill_veth::iface::configure(&pod, &h, ifname, link.index, &result)?;
+        iface::add_ipam(req, t, &mut undo, &mut result)?;
+        iface::arp_notify(&pod, &h, ifname, link.index);
+        iface::configure(&pod, &h, ifname, link.index, &result)?;
     }
     result.dns = conf.dns;
     undo.commit();

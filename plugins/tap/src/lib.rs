@@ -15,20 +15,11 @@ mod selinux;
 use config::TapConf;
 use twill_cni::env::Command;
 use twill_cni::lock::AttachmentLock;
-use twill_cni::{CniResult, Error, Plugin, Request, Result};
-use twill_ipam::provider as ipam;
+use twill_cni::{CniResult, Plugin, Request, Result};
+use twill_veth::iface;
 
 #[derive(Debug, Default)]
 pub struct Tap;
-
-/// ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
-fn lock_attachment(req: &Request) -> Result<AttachmentLock> {
-    AttachmentLock::acquire(
-        req.config.name.as_str(),
-        req.container_id()?.as_str(),
-        req.ifname()?.as_str(),
-    )
-}
 
 impl Plugin for Tap {
     fn enters_netns(&self, command: Command) -> bool {
@@ -36,7 +27,8 @@ impl Plugin for Tap {
     }
 
     fn add(&self, req: &Request) -> Result<CniResult> {
-        let _lock = lock_attachment(req)?;
+        // ADD and DEL of one attachment never overlap, even when a runtime's retry makes them race.
+        let _lock = AttachmentLock::of(req)?;
         add::add(req)
     }
 
@@ -44,26 +36,11 @@ impl Plugin for Tap {
     /// the kernel's RCU grace periods); IPAM's error wins, as in the reference, which releases it first.
     fn del(&self, req: &Request) -> Result<()> {
         let conf = TapConf::load(req)?;
-        let _lock = lock_attachment(req)?;
+        let _lock = AttachmentLock::of(req)?;
         let ifname = req.ifname()?.as_str();
-        let pending = match conf.ipam_type.as_deref() {
-            Some(t) => Some(ipam::spawn(t, Command::Del, req)?),
-            None => None,
-        };
-        let deleted = match twill_veth::pod::socket_for_del(req.env.netns.as_deref()) {
-            Ok(Some(h)) => match h.delete_link_by_name(ifname) {
-                Err(e) if !e.is_not_found() => {
-                    Err(Error::failed(format!("failed to delete {ifname:?}: {e}")))
-                }
-                _ => Ok(()),
-            },
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Some(p) = pending {
-            p.wait()?;
-        }
-        deleted
+        iface::release_ipam_while(req, conf.ipam_type.as_deref(), || {
+            iface::delete_in_pod(req, ifname)
+        })
     }
 
     fn check(&self, req: &Request) -> Result<()> {
@@ -71,17 +48,11 @@ impl Plugin for Tap {
     }
 
     fn status(&self, req: &Request) -> Result<()> {
-        match req.config.ipam_type() {
-            Some(t) => ipam::run(t, Command::Status, req),
-            None => Ok(()),
-        }
+        iface::ipam_only(Command::Status, req)
     }
 
     fn gc(&self, req: &Request) -> Result<()> {
         let _ = TapConf::load(req)?;
-        match req.config.ipam_type() {
-            Some(t) => ipam::run(t, Command::Gc, req),
-            None => Ok(()),
-        }
+        iface::ipam_only(Command::Gc, req)
     }
 }

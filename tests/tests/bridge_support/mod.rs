@@ -111,6 +111,64 @@ impl Node {
             .run()
     }
 
+    /// `command` of `plugin` for each of `pods` in turn (container ids `<id_prefix><i>`), each required to
+    /// succeed: what each printed (ADD's results).
+    pub fn run_each(
+        &self,
+        plugin: &Path,
+        command: &str,
+        pods: &[Netns],
+        id_prefix: &str,
+        ifname: &str,
+        conf: &Value,
+    ) -> Vec<Value> {
+        pods.iter()
+            .enumerate()
+            .map(|(i, pod)| {
+                let id = format!("{id_prefix}{i}");
+                self.run(plugin, command, Some(pod.path()), &id, ifname, conf)
+                    .assert_success()
+            })
+            .collect()
+    }
+
+    /// [`Node::run_each`] with every pod's `command` at once, each on its own thread.
+    pub fn run_parallel(
+        &self,
+        plugin: &Path,
+        command: &str,
+        pods: &[Netns],
+        id_prefix: &str,
+        ifname: &str,
+        conf: &Value,
+    ) -> Vec<Value> {
+        std::thread::scope(|s| {
+            let jobs: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, pod)| {
+                    s.spawn(move || {
+                        let id = format!("{id_prefix}{i}");
+                        self.run(plugin, command, Some(pod.path()), &id, ifname, conf)
+                            .assert_success()
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .map(|j| j.join().expect("plugin thread"))
+                .collect()
+        })
+    }
+
+    /// The masquerade rules that name one of `result`'s addresses.
+    pub fn masquerade_of(&self, result: &Value) -> Vec<String> {
+        let ips = result_addrs(result);
+        self.masquerade_lines()
+            .into_iter()
+            .filter(|l| ips.iter().any(|ip| l.contains(ip.as_str())))
+            .collect()
+    }
+
     /// Leases of `network` in the host-local directory (file names that are IP addresses).
     pub fn leases(&self, network: &str) -> Vec<String> {
         twill_tests::leases::held(&self.ipam_dir.path().join(network))

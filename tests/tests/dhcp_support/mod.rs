@@ -243,6 +243,23 @@ pub fn conf(daemon: &Daemon, extra: Value) -> Value {
     c
 }
 
+/// Path-independent parts of a result (what diff_support compares): the sandbox path differs per pod; the
+/// MAC is fixed, so it is kept.
+pub fn normalize_result(result: &Value) -> Value {
+    let mut r = result.clone();
+    if let Some(ifs) = r["interfaces"].as_array_mut() {
+        for i in ifs {
+            i["sandbox"] = json!("<netns>");
+        }
+    }
+    if r.get("dns")
+        .is_some_and(|d| d.as_object().is_some_and(|o| o.is_empty()))
+    {
+        r.as_object_mut().map(|o| o.remove("dns"));
+    }
+    r
+}
+
 pub fn merge(base: &mut Value, extra: Value) {
     match (base, extra) {
         (Value::Object(b), Value::Object(e)) => {

@@ -1,7 +1,8 @@
-//! What the differential tests of the plugins that attach a pod share (bridge, ptp, macvlan): twin namespaces
-//! per side (the node the plugin runs in, the pod it attaches), a runtime's ADD, CHECK and DEL of one attachment
-//! ([`add_check_del`]), and the comparisons of those verbs with a reference's. Include it next to
-//! `bridge_support`, named `support`:
+//! What the differential tests of the plugins that attach a pod share (bridge, ptp, macvlan, host-device,
+//! tap): twin namespaces per side (the node the plugin runs in, the pod it attaches), and (from
+//! [`verbs`]) a runtime's ADD, CHECK and DEL of one attachment ([`add_check_del`]) and the comparisons of
+//! those verbs with a reference's. Include it next to `bridge_support` (or a support module that
+//! re-exports it), named `support`:
 //!
 //! ```ignore
 //! #[path = "bridge_support/mod.rs"]
@@ -9,16 +10,21 @@
 //! #[path = "diff_support/mod.rs"]
 //! mod diff_support;
 //! ```
+//!
+//! A test without a bridge_support node (dhcp_diff) includes `diff_support/verbs.rs` alone.
 
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod verbs;
+
+pub use verbs::*;
+
 use serde_json::Value;
 use std::path::Path;
-use twill_tests::bins::Reference;
-use twill_tests::exec::Outcome;
+use twill_tests::exec::{Invocation, Outcome};
 use twill_tests::netns::Netns;
 
-use crate::support::{links, normalize_result, Node};
+use crate::support::{links, Node};
 
 /// One side's namespaces: a fresh node and a pod, both removed on drop.
 pub struct Twin {
@@ -47,18 +53,32 @@ impl Twin {
         plugin: &Path,
         cni_path: &str,
         verb: &str,
-        (container_id, ifname): (&str, &str),
+        attachment: (&str, &str),
         conf: &Value,
     ) -> Outcome {
-        let out = self.node.run_with_path(
-            plugin,
-            verb,
-            Some(self.pod.path()),
-            container_id,
-            ifname,
-            conf,
-            cni_path,
-        );
+        self.run_with_args(plugin, cni_path, verb, attachment, None, conf)
+    }
+
+    /// [`Twin::run`] with `CNI_ARGS`.
+    pub fn run_with_args(
+        &self,
+        plugin: &Path,
+        cni_path: &str,
+        verb: &str,
+        (container_id, ifname): (&str, &str),
+        cni_args: Option<&str>,
+        conf: &Value,
+    ) -> Outcome {
+        let out = Invocation::new(plugin, verb)
+            .libcni_style()
+            .container_id(Some(container_id))
+            .ifname(Some(ifname))
+            .netns(Some(self.pod.path()))
+            .cni_path(Some(cni_path))
+            .cni_args(cni_args)
+            .stdin_json(conf)
+            .in_netns(self.node.ns.path())
+            .run();
         out.assert_no_panic();
         out
     }
@@ -66,6 +86,44 @@ impl Twin {
     /// Names of the pod's links (after DEL, only `lo` is left).
     pub fn pod_links(&self) -> Vec<String> {
         link_names(&self.pod)
+    }
+
+    /// What is left of an attachment of `network` whose ADD printed `result`: for after DEL or a failed ADD.
+    pub fn leftovers(&self, network: &str, result: &Value) -> Leftovers {
+        Leftovers {
+            pod_links: self.pod_links(),
+            veths: self.node.veths(),
+            leases: self.node.leases(network),
+            masq: self.node.masquerade_of(result),
+        }
+    }
+}
+
+/// What one side's attachment left in its pod and on its node (see [`Twin::leftovers`]).
+#[derive(Debug)]
+pub struct Leftovers {
+    pub pod_links: Vec<String>,
+    pub veths: Vec<String>,
+    pub leases: Vec<String>,
+    /// Masquerade rules naming ADD's addresses.
+    pub masq: Vec<String>,
+}
+
+impl Leftovers {
+    /// No veth and no lease left (`who` names the side).
+    pub fn assert_no_veth_or_lease(&self, who: &str) {
+        assert!(self.veths.is_empty(), "{who}: veth left: {:?}", self.veths);
+        assert!(
+            self.leases.is_empty(),
+            "{who}: lease left: {:?}",
+            self.leases
+        );
+    }
+
+    /// DEL (`verbs`) succeeded and left only `lo` in the pod, no veth and no lease.
+    pub fn assert_clean_after(&self, verbs: &Verbs, who: &str) {
+        verbs.assert_deleted(who, &self.pod_links);
+        self.assert_no_veth_or_lease(who);
     }
 }
 
@@ -75,105 +133,4 @@ pub fn link_names(ns: &Netns) -> Vec<String> {
         .iter()
         .filter_map(|l| l["ifname"].as_str().map(str::to_string))
         .collect()
-}
-
-/// What a runtime saw of one plugin's ADD, CHECK and DEL of one attachment.
-#[derive(Debug)]
-pub struct Verbs {
-    pub add_ok: bool,
-    pub add_out: String,
-    /// ADD's result as printed (null when ADD failed).
-    pub raw_result: Value,
-    /// The result with what differs by chance (MACs, sandbox paths) normalised away.
-    pub result: Value,
-    /// `None` when CHECK was not run: ADD failed, or the config's version has no CHECK (before 0.4.0).
-    pub check_ok: Option<bool>,
-    pub check_out: String,
-    pub del_ok: bool,
-    pub del_out: String,
-}
-
-/// Whether a config of this `cniVersion` may be CHECKed (0.4.0 and later).
-pub fn has_check(conf: &Value) -> bool {
-    let version = conf["cniVersion"].as_str().unwrap_or("1.0.0");
-    !matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1")
-}
-
-/// The runtime's sequence: ADD with `conf`; when it succeeded, `attached(result)` (snapshots taken while the
-/// attachment exists) and CHECK with the result as `prevResult` if the version has CHECK; then DEL (with
-/// `prevResult` when there is one). `run(verb, conf)` drives the plugin.
-pub fn add_check_del<T>(
-    conf: &Value,
-    run: impl Fn(&str, &Value) -> Outcome,
-    attached: impl FnOnce(&Value) -> T,
-) -> (Verbs, Option<T>) {
-    let add = run("ADD", conf);
-    let result = add.json.clone().unwrap_or(Value::Null);
-    let snapshot = add.success().then(|| attached(&result));
-    let with_prev = || {
-        let mut c = conf.clone();
-        c["prevResult"] = result.clone();
-        c
-    };
-    let (check_ok, check_out) = if add.success() && has_check(conf) {
-        let check = run("CHECK", &with_prev());
-        (Some(check.success()), check.describe())
-    } else {
-        (None, String::new())
-    };
-    let del = run(
-        "DEL",
-        &if add.success() {
-            with_prev()
-        } else {
-            conf.clone()
-        },
-    );
-    let verbs = Verbs {
-        add_ok: add.success(),
-        add_out: add.describe(),
-        result: normalize_result(&result),
-        raw_result: result,
-        check_ok,
-        check_out,
-        del_ok: del.success(),
-        del_out: del.describe(),
-    };
-    (verbs, snapshot)
-}
-
-impl Verbs {
-    /// ADD turned out as the reference's: both failed, or both succeeded with the same (normalised) result.
-    pub fn assert_same_add(&self, theirs: &Verbs, r: Reference) {
-        assert_eq!(
-            self.add_ok, theirs.add_ok,
-            "ADD outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-            self.add_out, theirs.add_out
-        );
-        if self.add_ok {
-            assert_eq!(self.result, theirs.result, "result JSON differs from {r}");
-        }
-    }
-
-    /// CHECK right after ADD turned out as the reference's, and ours passed it.
-    pub fn assert_same_check(&self, theirs: &Verbs, r: Reference) {
-        assert_eq!(
-            self.check_ok, theirs.check_ok,
-            "CHECK outcome differs\n=== ours ===\n{}\n=== {r} ===\n{}",
-            self.check_out, theirs.check_out
-        );
-        if let Some(ok) = self.check_ok {
-            assert!(ok, "CHECK right after ADD failed: {}", self.check_out);
-        }
-    }
-
-    /// DEL succeeded and left only `lo` in the pod (`pod_links_after`); `who` names the side.
-    pub fn assert_deleted(&self, who: &str, pod_links_after: &[String]) {
-        assert!(self.del_ok, "{who}: DEL failed: {}", self.del_out);
-        assert_eq!(
-            pod_links_after,
-            ["lo".to_string()],
-            "{who}: pod link left after DEL"
-        );
-    }
 }

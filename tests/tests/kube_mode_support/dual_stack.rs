@@ -166,44 +166,17 @@ fn dual_stack_flanneld_and_twilld_nodes_are_peers_over_both_families_with_flanne
     };
     let conf = c.net_conf_file("net-conf-dual-mixed.json", dual);
     let nodes = dual_stack_nodes(&switch, 2);
-    for n in &nodes {
-        c.cp.join(n);
-        // As a kubelet does; flanneld panics on a Node without any annotation.
-        c.cp.kubectl_ok(&[
-            "annotate",
-            "node",
-            &n.name(),
-            "volumes.kubernetes.io/controller-managed-attach-detach=true",
-        ]);
-    }
+    join_as_kubelet(&c, &nodes);
     let all: Vec<&Node> = nodes.iter().collect();
     let mut fl = flanneld::start_kube(&nodes[0], &c.kubeconfig(&nodes[0]), &conf);
     let twilld_args = [format!("--net-config-path={}", conf.display())];
     let _t2 = c.start_twilld_with(&nodes[1], &twilld_args);
-    let flanneld_log = || {
-        format!(
-            "{}\n--- flanneld ---\n{}",
-            logs(&c, &all),
-            std::fs::read_to_string(flanneld::log_file(&nodes[0])).unwrap_or_default()
-        )
-    };
-    for n in &nodes {
-        assert!(
-            wait_until(READY, || n.subnet().is_some()),
-            "{} wrote no subnet.env\n{}",
-            n.name(),
-            flanneld_log()
-        );
-    }
-    let flanneld_annotations = c.annotations("node1");
+    let flanneld_log = || logs_with_flanneld(&c, &all, &nodes[0]);
+    assert_subnets_written(&nodes, flanneld_log);
+    let flanneld_annotations = flanneld_annotations_matched_by_twilld(&c);
     assert!(
         flanneld_annotations.contains_key(&format!("{PREFIX}backend-v6-data")),
         "{flanneld_annotations:?}"
-    );
-    assert_eq!(
-        flanneld_annotations.keys().collect::<Vec<_>>(),
-        c.annotations("node2").keys().collect::<Vec<_>>(),
-        "flanneld and twilld publish different annotations"
     );
     let sites: Vec<CniSite> = nodes.iter().map(|n| CniSite::new(n, &c.conflist)).collect();
     let pods: Vec<DualPod> = sites
@@ -214,14 +187,7 @@ fn dual_stack_flanneld_and_twilld_nodes_are_peers_over_both_families_with_flanne
     assert_all_reach_dual(&pods, flanneld_log);
 
     // twilld takes over node1: it keeps both devices' MACs, so it publishes flanneld's bytes exactly.
-    fl.terminate();
-    let _t1 = c.start_twilld_with(&nodes[0], &twilld_args);
-    assert!(
-        wait_until(READY, || curl(&nodes[0], "/readyz").0 == "200"),
-        "{:?}\n{}",
-        curl(&nodes[0], "/readyz"),
-        logs(&c, &all)
-    );
+    let _t1 = twilld_takes_over(&c, &mut fl, &nodes[0], &twilld_args, &all);
     assert_eq!(c.annotations("node1"), flanneld_annotations);
     assert_all_reach_dual(&pods, || logs(&c, &all));
 }
