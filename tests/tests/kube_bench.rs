@@ -8,7 +8,9 @@
 //!   persistent API client (no kubectl start-up in the samples); from the API server's answer (the Node is stored,
 //!   watchers are being told) -> its route (each daemon programs it last, after the neighbour and the FDB entry)
 //!   present on every node of the group, seen through `ip monitor route`; then the Node is deleted -> route gone
-//!   everywhere. p50/p99, samples alternating between the groups;
+//!   everywhere. p50/p99, one group at a time (the other's daemons not running: each daemon sees every Node
+//!   event, so running both would make each group's samples pay the other's CPU); and the CPU each daemon
+//!   spent per Node event;
 //! * API requests per minute per node at idle: the API server's `apiserver_request_total` for nodes, over
 //!   `TWILL_BENCH_IDLE_SECS` (default 600: a watch is counted when it ends, and both daemons renew theirs every
 //!   5 to 10 minutes), with one group running (minus the same window before any daemon ran); 0 skips it.
@@ -105,6 +107,41 @@ fn add_and_delete(
         added.saturating_duration_since(t0),
         gone.saturating_duration_since(t1),
     )
+}
+
+/// One kind of daemon's samples: created and deleted Nodes, and the CPU its daemons spent per event.
+struct Phase {
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    cpu_per_event_ms: f64,
+}
+
+/// `samples` Nodes created and deleted (each with `prefix`'s annotations, its subnet in `10.244.<base+k>.0`),
+/// timed until `nodes` all have (then lack) the route.
+fn samples_of(
+    api: &NodeClient,
+    nodes: &[Node],
+    daemons: &[DaemonProcess],
+    prefix: &str,
+    base: u32,
+    samples: u32,
+) -> Phase {
+    let mon = RouteMonitors::start(nodes.iter().map(|n| &n.ns));
+    let ticks = || -> u64 { daemons.iter().filter_map(|d| d.pid()).map(cpu_ticks).sum() };
+    let t0 = ticks();
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for k in 0..samples {
+        let (a, d) = add_and_delete(api, &mon, prefix, base + k % 25, k);
+        add.push(a);
+        del.push(d);
+    }
+    // Two events (created, deleted) per sample, seen by every daemon; a tick is 10 ms.
+    let events = f64::from(samples) * 2.0 * daemons.len().max(1) as f64;
+    Phase {
+        add,
+        del,
+        cpu_per_event_ms: (ticks() - t0) as f64 * 10.0 / events,
+    }
 }
 
 /// Context switches of every thread of `pid` (flanneld's Go runtime wakes its own threads, not the main one).
@@ -234,6 +271,33 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
     } else {
         0.0
     };
+    // The benchmark's own client: cluster-admin, so it may create and delete Nodes.
+    let admin = cp.kubeconfig_at(
+        &dir.path().join("bench.kubeconfig"),
+        &Credentials::Token(cp.token_with_cluster_role("twill-bench", "bench", "cluster-admin")),
+    );
+    let api = NodeClient::start(&switch.ns, &admin);
+    // One kind of daemon at a time, as in a real cluster where each machine runs one: every daemon watches every
+    // Node, so with both kinds running each sample would also pay the other kind's CPU (on 2 cores that is most
+    // of the tail). twilld's phase runs before any flanneld starts; its daemons are gone before flanneld's starts.
+    let rss_secs: u64 = env_or("TWILL_BENCH_RSS_SECS", "30").parse().unwrap_or(30);
+    let idle_of = |daemons: &[DaemonProcess]| {
+        daemons
+            .first()
+            .and_then(|d| d.pid())
+            .filter(|_| rss_secs > 0)
+            .map(|pid| idle_cost(pid, rss_secs))
+    };
+    let twilld_phase = samples_of(
+        &api,
+        &twilld_nodes,
+        &twillds,
+        "flannel.alpha.coreos.com",
+        200,
+        samples,
+    );
+    let twilld_idle = idle_of(&twillds);
+    drop(twillds);
     let flannelds: Vec<DaemonProcess> = flanneld_nodes
         .iter()
         .map(|n| {
@@ -248,66 +312,41 @@ fn kube_mode_twilld_against_flanneld_benchmark() {
     wait_ready(&flanneld_nodes, "flanneld");
     std::thread::sleep(Duration::from_secs(5));
     if measure_idle {
-        let flanneld_rate = idle_rate(&cp, idle_secs) - baseline - twilld_rate;
+        // The twillds are gone: they make no requests now.
+        let flanneld_rate = idle_rate(&cp, idle_secs) - baseline;
         say(format!(
             "API requests about nodes at idle, per node ({idle_secs} s): twilld {:.2}/min, flanneld {:.2}/min",
             twilld_rate / f64::from(size),
             flanneld_rate / f64::from(size)
         ));
     }
-
-    let groups: [(&str, &[Node], &str, u32); 2] = [
-        ("twilld  ", &twilld_nodes, "flannel.alpha.coreos.com", 200),
-        ("flanneld", &flanneld_nodes, FLANNELD_PREFIX, 225),
-    ];
-    let mons: Vec<RouteMonitors> = groups
-        .iter()
-        .map(|(_, nodes, _, _)| RouteMonitors::start(nodes.iter().map(|n| &n.ns)))
-        .collect();
-    // The benchmark's own client: cluster-admin, so it may create and delete Nodes.
-    let admin = cp.kubeconfig_at(
-        &dir.path().join("bench.kubeconfig"),
-        &Credentials::Token(cp.token_with_cluster_role("twill-bench", "bench", "cluster-admin")),
+    let flanneld_phase = samples_of(
+        &api,
+        &flanneld_nodes,
+        &flannelds,
+        FLANNELD_PREFIX,
+        225,
+        samples,
     );
-    let api = NodeClient::start(&switch.ns, &admin);
-    let mut add = [Vec::new(), Vec::new()];
-    let mut del = [Vec::new(), Vec::new()];
-    for k in 0..samples {
-        // ABBA: neither daemon always goes first.
-        let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
-        for j in order {
-            let (_, _, prefix, base) = groups[j];
-            let (a, d) = add_and_delete(&api, &mons[j], prefix, base + k % 25, k);
-            add[j].push(a);
-            del[j].push(d);
-        }
-    }
-    for (j, (kind, ..)) in groups.iter().enumerate() {
+    let flanneld_idle = idle_of(&flannelds);
+    for (kind, mut phase) in [("twilld  ", twilld_phase), ("flanneld", flanneld_phase)] {
         say(summary(
             &format!("{size} nodes, Node created -> route on every node, {kind}"),
-            &mut add[j],
+            &mut phase.add,
         ));
         say(summary(
             &format!("{size} nodes, Node deleted -> route gone everywhere, {kind}"),
-            &mut del[j],
+            &mut phase.del,
+        ));
+        say(format!(
+            "{size} nodes, {kind} CPU per Node event, each daemon: {:.2} ms",
+            phase.cpu_per_event_ms
         ));
     }
-    // One daemon of each group after the samples, both idle at once (the thread counts differ: wake-ups are
-    // per process, all its threads).
-    let rss_secs: u64 = env_or("TWILL_BENCH_RSS_SECS", "30").parse().unwrap_or(30);
-    if rss_secs > 0 {
-        let pids = (twillds[0].pid(), flannelds[0].pid());
-        if let (Some(t), Some(f)) = pids {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let _ = tx.send(idle_cost(f, rss_secs));
-            });
-            let twilld_cost = idle_cost(t, rss_secs);
-            let flanneld_cost = rx.recv().unwrap_or_default();
-            say(format!(
-                "{size} nodes, one daemon idle {rss_secs} s: twilld {twilld_cost} | flanneld {flanneld_cost}"
-            ));
-        }
+    if let (Some(t), Some(f)) = (twilld_idle, flanneld_idle) {
+        say(format!(
+            "{size} nodes, one daemon idle {rss_secs} s after its samples: twilld {t} | flanneld {f}"
+        ));
     }
     let text = report.join("\n") + "\n";
     println!("\n{text}");
