@@ -494,15 +494,27 @@ fn iperf3_rate_is_within_ten_percent_of_the_configured_rate_each_way() {
     let conf = twin.conf(json!({"ingressRate": 8_000_000, "ingressBurst": 80_000,
         "egressRate": 4_000_000, "egressBurst": 40_000}));
     twin.add(&ours(), &conf).assert_success();
-    let (got_egress, got_ingress) = measured_rates(&twin);
-    eprintln!("measured egress {got_egress:.0} bit/s (want {egress}), ingress {got_ingress:.0} bit/s (want {ingress})");
-    for (what, got, want) in [
-        ("egress", got_egress, egress),
-        ("ingress", got_ingress, ingress),
-    ] {
-        assert!(
-            (got - want).abs() <= want * 0.10,
-            "{what}: measured {got:.0} bit/s, configured {want} (±10%)"
-        );
+    // Shaping above the rate is a failure at once. Below it, a TCP flow on a machine busy with other tests may
+    // simply not have had the CPU to fill the bucket: measure again, up to three times.
+    let mut last = String::new();
+    for _ in 0..3 {
+        let (got_egress, got_ingress) = measured_rates(&twin);
+        last = format!("measured egress {got_egress:.0} bit/s (want {egress}), ingress {got_ingress:.0} bit/s (want {ingress})");
+        eprintln!("{last}");
+        let mut within = true;
+        for (what, got, want) in [
+            ("egress", got_egress, egress),
+            ("ingress", got_ingress, ingress),
+        ] {
+            assert!(
+                got <= want * 1.10,
+                "{what}: measured {got:.0} bit/s, above the configured {want} (+10%)"
+            );
+            within &= got >= want * 0.90;
+        }
+        if within {
+            return;
+        }
     }
+    panic!("below the configured rates (-10%) in three runs; last: {last}");
 }
