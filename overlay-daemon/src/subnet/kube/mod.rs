@@ -43,6 +43,28 @@ const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
 /// How often a node waiting for its podCIDR looks again (flanneld polls every 3 s).
 const WAIT_POLL: Duration = Duration::from_secs(2);
 
+/// A wait for something another component gives (our podCIDR, our Pod's node): its reason is logged when it
+/// changes and once every [`WAIT_LOG_EVERY`] otherwise, shown by /readyz, and looked at again after [`WAIT_POLL`].
+#[derive(Default)]
+struct Waiting {
+    last: Option<(String, Instant)>,
+}
+
+impl Waiting {
+    async fn wait(&mut self, why: String, metrics: &Metrics) {
+        let repeat = match &self.last {
+            Some((w, at)) => *w != why || at.elapsed() >= WAIT_LOG_EVERY,
+            None => true,
+        };
+        if repeat {
+            tracing::warn!("{why}");
+            self.last = Some((why.clone(), Instant::now()));
+        }
+        metrics.set_ready(|r| r.lease_wait = Some(why));
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
 pub struct KubeManager {
     nodes: Api<Node>,
     node_name: String,
@@ -134,7 +156,7 @@ impl KubeManager {
         v6_network: Option<Ipv6Net>,
     ) -> Result<PodCidrs, SubnetError> {
         let mut backoff = Backoff::new();
-        let mut last: Option<(String, Instant)> = None;
+        let mut waiting = Waiting::default();
         loop {
             let node = match self.nodes.get_opt(&self.node_name).await {
                 Ok(n) => n,
@@ -162,18 +184,7 @@ impl KubeManager {
                     return Ok(c);
                 }
                 OwnSubnet::Fatal(e) => return Err(SubnetError::ConfigInvalid(e)),
-                OwnSubnet::Wait(why) => {
-                    let repeat = match &last {
-                        Some((w, at)) => *w != why || at.elapsed() >= WAIT_LOG_EVERY,
-                        None => true,
-                    };
-                    if repeat {
-                        tracing::warn!("{why}");
-                        last = Some((why.clone(), Instant::now()));
-                    }
-                    self.metrics.set_ready(|r| r.lease_wait = Some(why));
-                    tokio::time::sleep(WAIT_POLL).await;
-                }
+                OwnSubnet::Wait(why) => waiting.wait(why, &self.metrics).await,
             }
         }
     }

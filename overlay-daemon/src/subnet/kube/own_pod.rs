@@ -4,8 +4,6 @@
 //! process (a static or hand-made pod) or bound later. A refusal (403) is not a moment's state: the
 //! ServiceAccount's role lacks `pods: get`, which the operator must add (or pass NODE_NAME instead).
 
-use std::time::{Duration, Instant};
-
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 
@@ -13,10 +11,7 @@ use crate::daemon::Backoff;
 use crate::metrics::Metrics;
 use crate::subnet::SubnetError;
 
-/// How often a missing or unbound Pod is looked at again (as a missing podCIDR).
-const WAIT_POLL: Duration = Duration::from_secs(2);
-/// How long a waiting node repeats its reason in the log when nothing changed.
-const WAIT_LOG_EVERY: Duration = Duration::from_secs(60);
+use super::Waiting;
 
 /// What one GET of our Pod says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +64,7 @@ pub async fn node_of_pod(
 ) -> Result<String, SubnetError> {
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let mut backoff = Backoff::new();
-    let mut last: Option<(String, Instant)> = None;
+    let mut waiting = Waiting::default();
     loop {
         match judge(namespace, name, pods.get_opt(name).await) {
             Lookup::Node(node) => {
@@ -86,16 +81,7 @@ pub async fn node_of_pod(
             Lookup::Wait(why) => {
                 metrics.etcd_ok();
                 backoff.reset();
-                let repeat = match &last {
-                    Some((w, at)) => *w != why || at.elapsed() >= WAIT_LOG_EVERY,
-                    None => true,
-                };
-                if repeat {
-                    tracing::warn!("{why}");
-                    last = Some((why.clone(), Instant::now()));
-                }
-                metrics.set_ready(|r| r.lease_wait = Some(why));
-                tokio::time::sleep(WAIT_POLL).await;
+                waiting.wait(why, metrics).await;
             }
         }
     }
