@@ -1,16 +1,31 @@
-//! Generated device names.
+//! Generated device names, and the random bytes behind them.
 
 use std::io;
 
-/// A random host-side veth name, `veth` + 8 hex digits (as the reference plugins), from
-/// getrandom(2): 4 random bytes, no userspace RNG state to seed.
+/// A random host-side veth name, `veth` + 8 hex digits (as the reference plugins).
 pub fn random_veth_name() -> io::Result<String> {
     let mut bytes = [0u8; 4];
+    random_bytes(&mut bytes)?;
+    Ok(format!("veth{:08x}", u32::from_ne_bytes(bytes)))
+}
+
+/// Fills `buf` from getrandom(2): no userspace RNG state to seed.
+///
+/// The system call itself, not libc's wrapper: in the static musl build, `std` refers to `getrandom` weakly,
+/// fat LTO merges that with a reference of ours, and the linker does not pull a weakly referenced member out
+/// of `libc.a`, so the wrapper's address was null (a crash in every ptp, bridge and tap ADD).
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
     let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: writes at most the remaining length into our buffer.
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: writes at most `rest.len()` bytes into `rest`.
         let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+            libc::syscall(
+                libc::SYS_getrandom,
+                rest.as_mut_ptr(),
+                rest.len(),
+                0 as libc::c_uint,
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -21,7 +36,7 @@ pub fn random_veth_name() -> io::Result<String> {
         }
         filled += n as usize;
     }
-    Ok(format!("veth{:08x}", u32::from_ne_bytes(bytes)))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -207,9 +207,7 @@ fn older_overlap(keys: &[(SubnetKey, i64)], ours: &SubnetKey, created: i64) -> b
 
 pub fn random_u64() -> u64 {
     let mut buf = [0u8; 8];
-    // SAFETY: getrandom writes at most buf.len() bytes into the valid buffer.
-    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n != 8 {
+    if twill_kernel::names::random_bytes(&mut buf).is_err() {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
