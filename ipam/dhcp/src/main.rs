@@ -11,9 +11,17 @@
 use std::process::ExitCode;
 
 #[cfg(not(test))]
+/// # Safety
+/// Called by the C runtime only, with its `argc` and `argv`.
 #[no_mangle]
-pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+pub unsafe extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
+    // From main's own arguments: without Rust's `main`, `std::env::args()` is empty under musl (the static
+    // release build); only glibc hands the arguments to std before `main`.
+    let args: Vec<String> = (1..usize::try_from(argc).unwrap_or(0))
+        // SAFETY: the C runtime passes `argc` valid, NUL-terminated strings in `argv`.
+        .map(|i| unsafe { std::ffi::CStr::from_ptr(*argv.add(i)) })
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if args.first().map(String::as_str) == Some("daemon") {
         std::process::exit(twill_dhcp::daemon::main(&args[1..]));
     }
