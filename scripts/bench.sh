@@ -14,14 +14,16 @@
 #   scripts/bench.sh tap                      tap + host-local (multi-queue, owner and group)
 #   scripts/bench.sh kube-pods [--pods 30] [--rounds 2]   Kubernetes pod start-up, twill vs reference + flanneld
 #   scripts/bench.sh --etcd-tmpfs overlay     etcd's data on /dev/shm: convergence without the disk's fsync
-#   scripts/bench.sh --static ptp ...         ours as shipped (release tarball, .deb, image): statically linked, as
-#                                             the reference binaries are, so neither side pays the dynamic loader
+#   scripts/bench.sh --static ptp ...         ours as shipped (release tarball, .deb, image): static musl binaries;
+#                                             the reference binaries are static too, so neither side pays a loader
 #
 # Rust scenarios are tests/src/bench/<name>.rs (run by the twill-bench binary); shell scenarios are
 # scripts/bench/<name>.sh and get the same options. Builds release binaries first. Needs root.
 set -euo pipefail
 # shellcheck source=lib/common.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+# shellcheck source=lib/static.sh
+. "$TWILL_ROOT/scripts/lib/static.sh"
 cd "$TWILL_ROOT"
 
 ensure_cargo
@@ -41,12 +43,13 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$static" = 1 ]; then
-  # The flags of scripts/lib/static.sh, on the working tree; --target keeps them off build scripts and proc
-  # macros, and gives the build its own directory, so the dynamic release build stays as it is.
-  log "building static release binaries"
-  RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --target x86_64-unknown-linux-gnu --workspace --bins
-  release="$TWILL_TARGET_DIR/x86_64-unknown-linux-gnu/release"
+  # The target of scripts/lib/static.sh (musl), on the working tree; --target gives the build its own
+  # directory, so the dynamic release build stays as it is.
+  ensure_rust_target "$TRIPLE"
+  ensure_packages musl-tools
+  log "building static release binaries ($TRIPLE)"
+  cargo build --release --target "$TRIPLE" --workspace --bins
+  release="$TWILL_TARGET_DIR/$TRIPLE/release"
 else
   log "building release binaries"
   cargo build --release --workspace --bins

@@ -3,7 +3,7 @@
 #   1. scripts/release.sh builds them from a clean clone; every .sha256/.sha512 checks out.
 #   2. The tarball unpacked into an empty directory passes the libcni conformance tests (loopback,
 #      bridge + host-local + portmap, flannel) with CNI_PATH pointing there and nowhere else.
-#   3. In a Debian 11 (bullseye) root filesystem (older glibc than the build machine's) the binaries answer
+#   3. In a Debian 11 (bullseye) root filesystem (another, older C library than the build machine's) the binaries answer
 #      VERSION, twilld --version, and a bridge ADD/DEL attaches and detaches a pod in a test namespace.
 #   4. In a Debian 12 root filesystem with containernetworking-plugins installed: `dpkg -i` of the .deb
 #      replaces it, a lease the reference host-local made stays taken and is released by ours, `dpkg -r`
@@ -141,8 +141,8 @@ cni DEL >/dev/null || fail "bridge DEL in bullseye"
 ! find "$root/var/lib/cni/networks/relnet" -name '10.*' | grep -- . >/dev/null || fail "lease left after DEL"
 pass "bridge ADD/DEL from bullseye"
 
-# twilld from the chroot reaches an etcd named by host name: the static glibc resolves `localhost` through
-# /etc/hosts (a node has one; debootstrap makes none) without loading NSS modules of another glibc.
+# twilld from the chroot reaches an etcd named by host name: its static musl resolves `localhost` through
+# /etc/hosts (a node has one; debootstrap makes none) without loading the chroot's NSS modules.
 printf '127.0.0.1 localhost\n' >"$root/etc/hosts"
 ip -n "$node" link add und0 type veth peer name und1
 ip -n "$node" link set und1 up

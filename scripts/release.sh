@@ -8,8 +8,7 @@
 #   twill_<version>-1_amd64.deb                    all of it for Debian/Ubuntu (cargo-deb)
 # each with .sha256 and .sha512 files. Uncommitted changes are not part of a release: commit first.
 #
-# Binaries are static (glibc linked in, -C target-feature=+crt-static), so they run on distributions older
-# than the build machine. The build is reproducible: file times are SOURCE_DATE_EPOCH (the commit's time),
+# Binaries are static (musl, see lib/static.sh), so they run on distributions older than the build machine. The build is reproducible: file times are SOURCE_DATE_EPOCH (the commit's time),
 # archives are sorted with owner root, and build paths are remapped out of the binaries (lib/static.sh).
 #
 # The clone and its target directory are kept under target/release-build (TWILL_RELEASE_WORK), so a second

@@ -71,6 +71,15 @@ ensure_rust_components() {
   fi
 }
 
+# Adds the standard library of a compilation target (e.g. x86_64-unknown-linux-musl) when rustup manages the
+# toolchain and it is missing.
+ensure_rust_target() {
+  [ -d "$(rustc --print sysroot)/lib/rustlib/$1/lib" ] && return 0
+  command -v rustup >/dev/null 2>&1 || die "the Rust target $1 is missing and rustup is not available"
+  log "adding the Rust target $1"
+  rustup target add "$1"
+}
+
 package_installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
