@@ -11,6 +11,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 # shellcheck source=lib/host.sh
 . "$TWILL_ROOT/scripts/lib/host.sh"
+# shellcheck source=lib/static.sh
+. "$TWILL_ROOT/scripts/lib/static.sh"
 cd "$TWILL_ROOT"
 
 need_root "scripts/test.sh"
@@ -23,6 +25,7 @@ clean_stale_namespaces
 
 LOG_DIR="$TWILL_TARGET_DIR/test-logs"
 mkdir -p "$LOG_DIR"
+rm -f "$LOG_DIR"/*.log # the summary reads only this run's logs
 # Tests mostly wait on the kernel and child processes, so a few more threads than the 2 cores help;
 # more would make timing-sensitive cluster tests flaky.
 THREADS="${TWILL_TEST_THREADS:-4}"
@@ -57,14 +60,15 @@ summary() {
   for i in "${!STEPS[@]}"; do
     printf '  %-8s %s\n' "${STEPS[$i]}" "${RESULTS[$i]}"
   done
-  if [ -f "$LOG_DIR/test.log" ]; then
-    local passed fails
+  local name passed fails
+  for name in test shipped; do
+    [ -f "$LOG_DIR/$name.log" ] || continue
     # A log without result lines (the tests did not build) counts 0: grep's "no match" must not end the summary.
-    passed=$({ grep -Eo '[0-9]+ passed' "$LOG_DIR/test.log" || true; } | awk '{s+=$1} END {print s+0}')
-    fails=$({ grep -Eo '[0-9]+ failed' "$LOG_DIR/test.log" || true; } | awk '{s+=$1} END {print s+0}')
-    echo "  tests: $passed passed, $fails failed"
-    grep -E '^test .* FAILED$' "$LOG_DIR/test.log" | sed 's/^/    /' || true
-  fi
+    passed=$({ grep -Eo '[0-9]+ passed' "$LOG_DIR/$name.log" || true; } | awk '{s+=$1} END {print s+0}')
+    fails=$({ grep -Eo '[0-9]+ failed' "$LOG_DIR/$name.log" || true; } | awk '{s+=$1} END {print s+0}')
+    echo "  $name: $passed passed, $fails failed"
+    grep -E '^test .* FAILED$' "$LOG_DIR/$name.log" | sed 's/^/    /' || true
+  done
   if [ "$failed" -eq 0 ]; then echo "  RESULT: PASS"; else echo "  RESULT: FAIL"; fi
   echo "===================================================="
 }
@@ -115,6 +119,25 @@ kube_demo_round() {
   return "$rc"
 }
 
+# The tests of the plugins and of twilld, on the binaries users get: the static musl build that the release
+# step made (lib/static.sh), so a difference between musl and the debug build's glibc fails here rather than on
+# a node. Helpers that are not shipped (twill-tun-attach) come from the debug build.
+SHIPPED_TESTS=(protocol loopback bridge bridge_diff bridge_race portmap host_local host_local_interop static_ipam
+  ptp_diff tuning_diff tuning_libcni bandwidth_diff firewall_diff macvlan_diff sbr_diff tap_diff host_device_diff
+  dhcp_diff kindnet flannel libcni_upstream upstream_integration overlay overlay_dual_stack kube_mode)
+shipped_round() {
+  local rel="${TWILL_RELEASE_WORK:-$TWILL_TARGET_DIR/release-build}/target/$TRIPLE/release"
+  local dir="$TWILL_TARGET_DIR/shipped-bin" b t args=()
+  rm -rf "$dir" && mkdir -p "$dir" || return 1
+  for b in "${STATIC_BINS[@]}"; do
+    [ -x "$rel/$b" ] || { echo "$rel/$b is missing: the release step builds it"; return 1; }
+    ln -s "$rel/$b" "$dir/$b" || return 1
+  done
+  ln -s "$TWILL_TARGET_DIR/debug/twill-tun-attach" "$dir/twill-tun-attach" || return 1
+  for t in "${SHIPPED_TESTS[@]}"; do args+=(--test "$t"); done
+  TWILL_BIN_DIR="$dir" cargo test -p twill-tests "${args[@]}" --no-fail-fast -- --test-threads="$THREADS"
+}
+
 # Formatting and lints do not stop the run, so one pass shows every problem.
 step fmt cargo fmt --all -- --check || true
 step clippy cargo clippy --workspace --all-targets -- -D warnings || true
@@ -129,6 +152,8 @@ step kube-demo kube_demo_round || true
 step test cargo test --workspace --no-fail-fast -- --test-threads="$THREADS" || true
 # The release artifacts from a clean clone: tarball conformance, Debian 11 chroot, .deb in a Debian 12 chroot.
 step release scripts/release-test.sh || true
+# The plugin and twilld tests again, on the static musl binaries of that build (see shipped_round).
+step shipped shipped_round || true
 # The Kubernetes image from the same clean-clone build: its files, static binaries, entrypoint, and its
 # init containers' commands run from it by podman.
 step image scripts/image-test.sh || true
