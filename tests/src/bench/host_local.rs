@@ -54,7 +54,7 @@ fn exec(plugin: &Path, command: &str, id: &str, conf: &Value, pod: &Path) -> Out
         .container_id(Some(id))
         .netns(Some(pod))
         .stdin_json(conf)
-        .run();
+        .run_lean();
     assert!(
         outcome.success(),
         "{} {command} {id} failed: {}",

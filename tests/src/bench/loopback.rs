@@ -128,7 +128,7 @@ fn add_del(plugin: &Path, ns: &Netns) -> Duration {
             .container_id(Some("twill-bench"))
             .netns(Some(ns.path()))
             .stdin_json(&config)
-            .run();
+            .run_lean();
         assert!(
             outcome.success(),
             "{} {command} failed: {}",
@@ -143,7 +143,7 @@ fn add_del(plugin: &Path, ns: &Netns) -> Duration {
 fn exec_floor() -> Duration {
     (0..2)
         .map(|_| {
-            let outcome = Invocation::bare("/bin/true").run();
+            let outcome = Invocation::bare("/bin/true").run_lean();
             assert!(
                 outcome.success(),
                 "/bin/true failed: {}",

@@ -361,7 +361,7 @@ impl CniNode {
             .cni_path(Some(&self.cni_path))
             .stdin_json(conf)
             .in_netns(self.netns.path())
-            .run();
+            .run_lean();
         assert!(
             out.success(),
             "{} {command} {id} failed: {}",

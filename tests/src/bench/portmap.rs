@@ -49,7 +49,7 @@ fn portmap_conf(prev: &Value) -> Value {
 fn exec_floor() -> Duration {
     (0..4)
         .map(|_| {
-            let outcome = Invocation::bare("/bin/true").run();
+            let outcome = Invocation::bare("/bin/true").run_lean();
             assert!(
                 outcome.success(),
                 "/bin/true failed: {}",
