@@ -289,17 +289,8 @@ pub(crate) fn run_command(
     });
     let status = status?;
     let elapsed = started.elapsed();
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    let json = serde_json::from_str(stdout.trim()).ok();
-    Ok(Outcome {
-        code: status.code(),
-        signal: status.signal(),
-        stdout,
-        stderr: String::from_utf8_lossy(&stderr).into_owned(),
-        json,
-        elapsed,
-        timed_out: elapsed >= timeout && status.signal() == Some(libc::SIGKILL),
-    })
+    let timed_out = elapsed >= timeout && status.signal() == Some(libc::SIGKILL);
+    Ok(Outcome::of(status, &stdout, &stderr, elapsed, timed_out))
 }
 
 /// The calling thread in another network namespace until dropped; then back where it was.
@@ -439,18 +430,7 @@ fn run_command_lean(
     }
     drop((child_stdin, child_stdout, child_stderr));
     let status = child.wait()?;
-    let elapsed = started.elapsed();
-    let stdout = String::from_utf8_lossy(&out).into_owned();
-    let json = serde_json::from_str(stdout.trim()).ok();
-    Ok(Outcome {
-        code: status.code(),
-        signal: status.signal(),
-        stdout,
-        stderr: String::from_utf8_lossy(&err).into_owned(),
-        json,
-        elapsed,
-        timed_out: killed,
-    })
+    Ok(Outcome::of(status, &out, &err, started.elapsed(), killed))
 }
 
 /// What a plugin run produced.
@@ -468,6 +448,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    fn of(
+        status: std::process::ExitStatus,
+        stdout: &[u8],
+        stderr: &[u8],
+        elapsed: Duration,
+        timed_out: bool,
+    ) -> Outcome {
+        let stdout = String::from_utf8_lossy(stdout).into_owned();
+        Outcome {
+            code: status.code(),
+            signal: status.signal(),
+            json: serde_json::from_str(stdout.trim()).ok(),
+            stdout,
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
+            elapsed,
+            timed_out,
+        }
+    }
+
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
