@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 use twill_kernel::{Handle, NetNs};
 
-use super::{interleaved_each, Options, Report, Row, Stats};
+use super::{exec_floor, interleaved_each, Options, Report, Row, Stats};
 use twill_tests::exec::Invocation;
 use twill_tests::netns::Netns;
 
@@ -47,7 +47,7 @@ impl Side {
 
     fn round(&mut self) -> Duration {
         if let Work::ExecFloor = self.work {
-            return exec_floor();
+            return exec_floor(2);
         }
         let ns = self
             .pool
@@ -138,20 +138,6 @@ fn add_del(plugin: &Path, ns: &Netns) -> Duration {
         total += outcome.elapsed;
     }
     total
-}
-
-fn exec_floor() -> Duration {
-    (0..2)
-        .map(|_| {
-            let outcome = Invocation::bare("/bin/true").run_lean();
-            assert!(
-                outcome.success(),
-                "/bin/true failed: {}",
-                outcome.describe()
-            );
-            outcome.elapsed
-        })
-        .sum()
 }
 
 const KERNEL_FLOOR_LABEL: &str = "kernel floor: lo up+down via netlink";

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{interleaved_each, ratio, row, series, CniNode, Options, Report, Stats};
-use twill_tests::exec::{Invocation, Outcome};
+use super::{exec_floor, interleaved_each, ratio, row, series, CniNode, Options, Report, Stats};
+use twill_tests::exec::Outcome;
 use twill_tests::netns::Netns;
 
 /// Measures a floor: the series of an in-process equivalent of part of the plugin's work.
@@ -33,14 +33,6 @@ pub struct Spec {
     pub target: f64,
     /// The kernel's share of DEL that no plugin can avoid, measured in-process, if there is one.
     pub del_floor: Option<(&'static str, Floor)>,
-}
-
-/// Exec'ing a process that does nothing, through the same harness: what a dynamically linked glibc program
-/// costs at least (a static musl one starts faster: no loader, no CPUID queries of glibc's start-up).
-fn exec_floor() -> Duration {
-    let out = Invocation::bare("/bin/true").run_lean();
-    assert!(out.success(), "/bin/true failed: {}", out.describe());
-    out.elapsed
 }
 
 /// `(a - floor) / (b - floor)` of the medians: the ratio of the work above the floor; "under it" when `a`'s
@@ -138,7 +130,7 @@ pub fn run(options: &Options, spec: &Spec) -> Report {
         .iter()
         .map(|s| s.dels.iter().skip(options.warmup).copied().collect())
         .collect();
-    let exec = series(options, exec_floor);
+    let exec = series(options, || exec_floor(1));
     let del_floor = spec.del_floor.map(|(label, f)| (label, f(options)));
     for r in 1..sides.len() {
         notes.push(format!(

@@ -8,13 +8,11 @@
 //! Extra rows: the portmap part alone (its ADD+DEL), and the floor of exec'ing four processes.
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use super::plugin_pair::{run_chain, Chain};
-use super::{ratio, row, series, Options, Report};
-use twill_tests::exec::Invocation;
+use super::{exec_floor, ratio, row, series, Options, Report};
 
 fn mappings() -> Value {
     json!([
@@ -46,20 +44,6 @@ fn portmap_conf(prev: &Value) -> Value {
     })
 }
 
-fn exec_floor() -> Duration {
-    (0..4)
-        .map(|_| {
-            let outcome = Invocation::bare("/bin/true").run_lean();
-            assert!(
-                outcome.success(),
-                "/bin/true failed: {}",
-                outcome.describe()
-            );
-            outcome.elapsed
-        })
-        .sum()
-}
-
 pub fn run(options: &Options) -> Report {
     let times = run_chain(
         options,
@@ -71,7 +55,7 @@ pub fn run(options: &Options) -> Report {
         },
     );
     let (labels, t, pm) = (&times.labels, &times.chain, &times.second);
-    let exec = series(options, exec_floor);
+    let exec = series(options, || exec_floor(4));
     let mut notes = Vec::new();
     for r in 1..t.len() {
         notes.push(format!(
