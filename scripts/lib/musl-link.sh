@@ -22,6 +22,7 @@ order="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/overlay-daemon/link-o
 case "${out##*/}" in twilld-*) ;; *) exec cc "$@" "$relocs" ;; esac
 [[ " $* " != *" @"* ]] || exec cc "$@" "$relocs"
 [ -f "$order" ] || exec cc "$@" "$relocs"
+command -v rustc >/dev/null || exec cc "$@" "$relocs"
 host="$(rustc -vV | sed -n 's/^host: //p')"
 gcc_ld="$(rustc --print sysroot)/lib/rustlib/$host/bin/gcc-ld"
 [ -x "$gcc_ld/ld.lld" ] || exec cc "$@" "$relocs"
