@@ -98,12 +98,12 @@ for p in "${PLUGINS[@]}"; do [ -x "$plugins/$p" ] || fail "$p missing from the t
 # How they are linked (scripts/lib/musl-link.sh): static, stripped, relocations packed; twilld by lld, with the
 # function order of overlay-daemon/link-order.txt (the linker script refuses a list that no longer matches).
 for b in "${PLUGINS[@]/#/$plugins/}" "$twilld"; do
-  sections="$(readelf -SW "$b")"
-  ! readelf -lW "$b" | grep -q 'program interpreter' || fail "$(basename "$b") is not static"
+  sections="$(readelf -SW "$b")" segments="$(readelf -lW "$b")"
+  ! grep -q 'program interpreter' <<<"$segments" || fail "$(basename "$b") is not static"
   ! grep -q ' \.symtab ' <<<"$sections" || fail "$(basename "$b") is not stripped"
   grep -q ' \.relr\.dyn ' <<<"$sections" || fail "$(basename "$b") has no packed relocations"
 done
-readelf -p .comment "$twilld" | grep -q 'Linker: LLD' || fail "twilld was not linked by lld (no function order)"
+grep -q 'Linker: LLD' <<<"$(readelf -p .comment "$twilld")" || fail "twilld was not linked by lld (no function order)"
 pass "static, stripped, packed relocations; twilld linked in function order"
 build_cnitool
 TWILL_BIN_DIR="$plugins" TWILL_BRIDGE_CNI_PATH="$plugins" \
