@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates overlay-daemon/link-order.txt, the functions a running twilld executes, which
 # scripts/lib/musl-link.sh places next to each other when it links the static twilld (docs/architecture.md,
-# "Design decisions"). Run it after changes that move twilld's work to other functions; a stale list only costs
-# memory, never correctness.
+# "Design decisions"). Run it after changes that move twilld's work to other functions: stale entries only cost
+# memory, and a list mostly gone stale fails twilld's link.
 #
 # How: a twilld with symbols, from an ext4 image mounted with readahead off and a cold page cache, so the
 # program pages it maps are exactly those it touches (fault-around maps only pages already cached). It starts

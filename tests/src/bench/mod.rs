@@ -315,7 +315,6 @@ pub fn row(label: &str, samples: &[Duration]) -> Row {
     }
 }
 
-/// Runs `f` `warmup` + `rounds` times and returns the measured timings.
 /// `n` executions of `/bin/true` through the plugins' runner, summed: the exec floor of a scenario that execs
 /// `n` plugins. What a dynamically linked glibc program costs at least; a static musl one starts faster (no
 /// loader, none of glibc's start-up CPUID queries).
@@ -333,6 +332,7 @@ pub fn exec_floor(n: usize) -> Duration {
         .sum()
 }
 
+/// Runs `f` `warmup` + `rounds` times and returns the measured timings.
 pub fn series(options: &Options, mut f: impl FnMut() -> Duration) -> Vec<Duration> {
     (0..options.warmup + options.rounds)
         .map(|_| f())
