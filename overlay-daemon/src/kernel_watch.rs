@@ -123,7 +123,7 @@ fn scan<'a>(
                 link = true;
             }
             Notification::Link { .. } => {}
-            Notification::Route { dst, oif } => {
+            Notification::Route { dst, oif, .. } => {
                 ours |= oif.is_some_and(|o| dev == 0 || o == dev)
                     || dst.is_some_and(|d| network.contains(&d));
             }
@@ -145,6 +145,7 @@ mod tests {
         Notification::Route {
             dst: Some(dst.parse().unwrap()),
             oif: Some(oif),
+            removed: false,
         }
     }
 

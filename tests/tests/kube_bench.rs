@@ -20,6 +20,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde_json::json;
 use twill_tests::cluster::{wait_until, DaemonProcess, Node, Switch, TwilldArgs};
 use twill_tests::flanneld;
@@ -93,15 +94,15 @@ fn add_and_delete(
     let name = format!("peer-{third}-{k}");
     mon.drain();
     let t0 = api.create_node(&peer_node(&name, prefix, third, k));
+    let dst: IpNet = format!("10.244.{third}.0/24")
+        .parse()
+        .unwrap_or_else(|e| panic!("peer subnet: {e}"));
     let added = mon
-        .wait_all(&format!("10.244.{third}.0/24 via"), Duration::from_secs(20))
+        .wait_all(dst, false, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("{name} not programmed on every node within 20 s"));
     let t1 = api.delete_node(&name);
     let gone = mon
-        .wait_all(
-            &format!("Deleted 10.244.{third}.0/24"),
-            Duration::from_secs(20),
-        )
+        .wait_all(dst, true, Duration::from_secs(20))
         .unwrap_or_else(|| panic!("{name} not removed from every node within 20 s"));
     (
         added.saturating_duration_since(t0),

@@ -45,7 +45,8 @@ pub fn subscribe(groups: u32) -> io::Result<Socket> {
     Ok(socket)
 }
 
-/// What one notification is about. Added and removed objects look the same: a watcher re-reads.
+/// What one notification is about. Only a route says whether it was removed (a benchmark times additions and
+/// removals apart); for the rest a watcher re-reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notification<'a> {
     /// A device was added, changed or removed.
@@ -55,6 +56,8 @@ pub enum Notification<'a> {
         /// `None` for a default route.
         dst: Option<IpNet>,
         oif: Option<u32>,
+        /// `RTM_DELROUTE` rather than `RTM_NEWROUTE` (which also announces a replaced route).
+        removed: bool,
     },
     /// A neighbour or FDB entry (an AF_BRIDGE neighbour) on device `index` was added or removed.
     Neighbour { index: u32 },
@@ -97,7 +100,11 @@ pub fn notifications(datagram: &[u8]) -> impl Iterator<Item = Notification<'_>> 
                         _ => {}
                     }
                 }
-                Some(Notification::Route { dst, oif })
+                Some(Notification::Route {
+                    dst,
+                    oif,
+                    removed: frame.kind == RTM_DELROUTE,
+                })
             }
             RTM_NEWNEIGH | RTM_DELNEIGH if body.len() >= NDMSG_LEN => {
                 Some(Notification::Neighbour {
@@ -163,11 +170,13 @@ mod tests {
                 },
                 Notification::Route {
                     dst: Some("10.244.9.0/24".parse().unwrap()),
-                    oif: Some(3)
+                    oif: Some(3),
+                    removed: false
                 },
                 Notification::Route {
                     dst: Some("fd00:42::/64".parse().unwrap()),
-                    oif: None
+                    oif: None,
+                    removed: true
                 },
                 Notification::Neighbour { index: 9 },
             ]
