@@ -13,7 +13,7 @@
 #   scripts/bench.sh host-device              host-device + host-local, a node device into the pod and back
 #   scripts/bench.sh tap                      tap + host-local (multi-queue, owner and group)
 #   scripts/bench.sh kube-pods [--pods 30] [--rounds 2]   Kubernetes pod start-up, twill vs reference + flanneld
-#   scripts/bench.sh --etcd-tmpfs overlay     etcd's data on /dev/shm: convergence without the disk's fsync
+#   scripts/bench.sh --etcd-tmpfs overlay     etcd's data and the daemons' logs on /dev/shm: convergence without the disk
 #   scripts/bench.sh --static ptp ...         ours as shipped (release tarball, .deb, image): static musl binaries;
 #                                             the reference binaries are static too, so neither side pays a loader
 #
@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --rounds|--warmup|--ours|--reference|--pods)
       [ $# -ge 2 ] || die "$1 needs a value"; options+=("$1" "$2"); shift 2 ;;
     --static) static=1; shift ;;
-    --etcd-tmpfs) export TWILL_ETCD_DIR=/dev/shm; shift ;; # benchmark etcds keep their data on a tmpfs
+    --etcd-tmpfs) export TWILL_ETCD_DIR=/dev/shm TMPDIR=/dev/shm; shift ;; # see scripts/bench/overlay.sh
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
     *) scenarios+=("$1"); shift ;;

@@ -26,6 +26,12 @@ pub fn env_or(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_string())
 }
 
+/// Leases written per cluster size: `TWILL_BENCH_SAMPLES`, default 200. A p99 needs enough samples to be one:
+/// of 40 it is the single slowest sample, so one scheduling hiccup on a 2-core machine decides it.
+pub fn bench_samples() -> u32 {
+    env_or("TWILL_BENCH_SAMPLES", "200").parse().unwrap_or(200)
+}
+
 /// Standard base64 with padding, as etcd's JSON gateway wants keys and values.
 pub fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -309,8 +315,23 @@ impl Drop for Killed {
     }
 }
 
-/// iperf3 from `client_ns` to a one-shot server bound to `server_ip` in `server_ns`, for `secs` seconds:
-/// Gbit/s received.
+/// The CPUs iperf3's client and server are pinned to (`-A client,server`): the last two. Left to the scheduler,
+/// the two processes share a CPU in some runs and not in others, and whichever path is measured then pays
+/// for it: on the 2-core development machine that alone moved host-gw's pod-to-pod ratio between 0.86 and
+/// 1.0. The sender carries the whole forwarding path in its softirq work, so it gets the CPU that takes
+/// fewer device interrupts (CPU 0 takes most of them by default). None with a single CPU.
+pub fn iperf_affinity() -> Option<String> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    (cpus >= 2).then(|| format!("{},{}", cpus - 1, cpus - 2))
+}
+
+/// How the reports name the iperf3 runs' pinning.
+pub fn iperf_pinning() -> String {
+    iperf_affinity().map_or_else(|| "unpinned".to_string(), |a| format!("-A {a}"))
+}
+
+/// iperf3 from `client_ns` to a one-shot server bound to `server_ip` in `server_ns`, for `secs` seconds, the
+/// two pinned to CPUs of their own ([`iperf_affinity`]): Gbit/s received.
 pub fn iperf_gbps(server_ns: &Netns, client_ns: &Netns, server_ip: IpAddr, secs: u32) -> f64 {
     let ip = server_ip.to_string();
     let _server = Killed(
@@ -331,7 +352,13 @@ pub fn iperf_gbps(server_ns: &Netns, client_ns: &Netns, server_ip: IpAddr, secs:
             .unwrap_or_else(|e| panic!("iperf3 -s: {e}")),
     );
     std::thread::sleep(Duration::from_millis(500));
-    let out = client_ns.exec(&["iperf3", "-c", &ip, "-t", &secs.to_string(), "-J"]);
+    let secs = secs.to_string();
+    let mut args = vec!["iperf3", "-c", &ip, "-t", &secs, "-J"];
+    let affinity = iperf_affinity();
+    if let Some(a) = &affinity {
+        args.extend(["-A", a]);
+    }
+    let out = client_ns.exec(&args);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "iperf3 output: {e}: {}{}",

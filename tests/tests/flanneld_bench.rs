@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use twill_tests::mixed::{Daemon, Kind, MixedCluster};
 use twill_tests::overlay_bench::{
-    add_and_delete_lease, cpu_ticks, env_or, percentile, proc_field, RouteMonitors,
+    add_and_delete_lease, bench_samples, cpu_ticks, env_or, percentile, proc_field, RouteMonitors,
 };
 
 // Nodes allocate from 10.244.1-100; benchmark leases use 10.244.200+ (inside Network, never allocated).
@@ -113,7 +113,7 @@ fn twilld_against_flanneld_benchmark() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let samples: u32 = env_or("TWILL_BENCH_SAMPLES", "40").parse().unwrap_or(40);
+    let samples = bench_samples();
     let idle_secs: u64 = env_or("TWILL_BENCH_IDLE_SECS", "60").parse().unwrap_or(60);
     let starts: u32 = env_or("TWILL_BENCH_STARTS", "5").parse().unwrap_or(5);
     let mut report = Vec::new();

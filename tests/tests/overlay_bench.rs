@@ -19,8 +19,9 @@ use twill_tests::etcd::Etcd;
 use twill_tests::hand_wired::HandVxlan;
 use twill_tests::netns::Netns;
 use twill_tests::overlay_bench::{
-    abba_medians, add_and_delete_keyed, add_and_delete_lease_value, append_bench_out, cpu_ticks,
-    dual_stack_lease, env_or, iperf_gbps, percentile, proc_field, vxlan_lease, RouteMonitors,
+    abba_medians, add_and_delete_keyed, add_and_delete_lease_value, append_bench_out,
+    bench_samples, cpu_ticks, dual_stack_lease, env_or, iperf_gbps, iperf_pinning, percentile,
+    proc_field, vxlan_lease, RouteMonitors,
 };
 
 // Nodes allocate from 10.244.1-100; benchmark leases use 10.244.200+ (inside Network, never allocated).
@@ -186,7 +187,7 @@ fn overlay_benchmark() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let samples: u32 = env_or("TWILL_BENCH_SAMPLES", "40").parse().unwrap_or(40);
+    let samples = bench_samples();
     let idle_secs: u64 = env_or("TWILL_BENCH_IDLE_SECS", "60").parse().unwrap_or(60);
     let iperf_secs: u32 = env_or("TWILL_BENCH_IPERF_SECS", "5").parse().unwrap_or(5);
     let mut report = Vec::new();
@@ -249,8 +250,9 @@ fn overlay_benchmark() {
         );
         let frags: u64 = all.iter().map(|n| frag_counters(n)).sum::<u64>() - frags0;
         report.push(format!(
-            "iperf3 {iperf_secs} s x4 ABBA (medians), pod MTU {mtu}: twilld overlay {twill:.2} Gbit/s, hand-built VXLAN {hand:.2} Gbit/s \
+            "iperf3 {iperf_secs} s x4 ABBA (medians, {}), pod MTU {mtu}: twilld overlay {twill:.2} Gbit/s, hand-built VXLAN {hand:.2} Gbit/s \
              (ratio {:.3}), raw underlay {raw:.2} Gbit/s; IP fragments created/reassembled: {frags}",
+            iperf_pinning(),
             twill / hand
         ));
         eprintln!("{}", report.last().unwrap_or(&String::new()));
@@ -276,24 +278,26 @@ fn host_gw_benchmark() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let samples: u32 = env_or("TWILL_BENCH_SAMPLES", "40").parse().unwrap_or(40);
+    let samples = bench_samples();
     let iperf_secs: u32 = env_or("TWILL_BENCH_IPERF_SECS", "5").parse().unwrap_or(5);
     let mut report = Vec::new();
     for &size in &sizes {
         let c = cluster_with(size, 10.0, HOST_GW);
         // Peers on the nodes' segment (10.250.0.101-200: no node uses them; a route's gateway need not answer).
-        let (add, del, _) = convergence_of(&c, samples, |k| {
+        let (add, del, put) = convergence_of(&c, samples, |k| {
             format!(
                 r#"{{"PublicIP":"10.250.0.{}","PublicIPv6":null,"BackendType":"host-gw"}}"#,
                 k % 100 + 101
             )
         });
         report.push(format!(
-            "host-gw convergence {size} nodes ({samples} leases): add p50 {:.1} ms p99 {:.1} ms | delete p50 {:.1} ms p99 {:.1} ms",
+            "host-gw convergence {size} nodes ({samples} leases): add p50 {:.1} ms p99 {:.1} ms | delete p50 {:.1} ms p99 {:.1} ms | etcd put ack p50 {:.1} ms p99 {:.1} ms",
             percentile(&add, 0.5).as_secs_f64() * 1e3,
             percentile(&add, 0.99).as_secs_f64() * 1e3,
             percentile(&del, 0.5).as_secs_f64() * 1e3,
             percentile(&del, 0.99).as_secs_f64() * 1e3,
+            percentile(&put, 0.5).as_secs_f64() * 1e3,
+            percentile(&put, 0.99).as_secs_f64() * 1e3,
         ));
         eprintln!("{}", report.last().unwrap_or(&String::new()));
     }
@@ -308,7 +312,8 @@ fn host_gw_benchmark() {
             || iperf_gbps(&nb.ns, &na.ns, nb.underlay_ip.into(), iperf_secs),
         );
         report.push(format!(
-            "host-gw iperf3 {iperf_secs} s x4 ABBA (medians), pod MTU {}: pod to pod {pods:.2} Gbit/s, raw underlay {raw:.2} Gbit/s (ratio {:.3})",
+            "host-gw iperf3 {iperf_secs} s x4 ABBA (medians, {}), pod MTU {}: pod to pod {pods:.2} Gbit/s, raw underlay {raw:.2} Gbit/s (ratio {:.3})",
+            iperf_pinning(),
             c.nodes[0].mtu().unwrap_or(0),
             pods / raw
         ));
@@ -327,7 +332,7 @@ fn ipv6_benchmark() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let samples: u32 = env_or("TWILL_BENCH_SAMPLES", "40").parse().unwrap_or(40);
+    let samples = bench_samples();
     let mut report = Vec::new();
     for &size in &sizes {
         let switch = Switch::new();
