@@ -378,11 +378,16 @@ pub fn median(v: &mut [f64]) -> f64 {
     (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
 }
 
-/// `a` and `b` measured alternately, 4 rounds each in ABBA order so that neither always runs first: on a
-/// shared machine a single back-to-back pair mostly measures whoever else was busy. Their medians.
+/// Rounds of each side in [`abba_medians`]. With 4 the median of one run still moved by ±3 % between runs of
+/// the same two paths on the 2-core machine; 8 narrow it (by about a factor 1.4 if rounds are independent)
+/// at 40 s more per comparison.
+pub const ABBA_ROUNDS: usize = 8;
+
+/// `a` and `b` measured alternately, [`ABBA_ROUNDS`] rounds each in ABBA order so that neither always runs
+/// first: on a shared machine a single back-to-back pair mostly measures whoever else was busy. Their medians.
 pub fn abba_medians(mut a: impl FnMut() -> f64, mut b: impl FnMut() -> f64) -> (f64, f64) {
     let (mut va, mut vb) = (Vec::new(), Vec::new());
-    for round in 0..4 {
+    for round in 0..ABBA_ROUNDS {
         if round % 2 == 0 {
             va.push(a());
             vb.push(b());

@@ -21,7 +21,7 @@ use twill_tests::netns::Netns;
 use twill_tests::overlay_bench::{
     abba_medians, add_and_delete_keyed, add_and_delete_lease_value, append_bench_out,
     bench_samples, cpu_ticks, dual_stack_lease, env_or, iperf_gbps, iperf_pinning, percentile,
-    proc_field, vxlan_lease, RouteMonitors,
+    proc_field, vxlan_lease, RouteMonitors, ABBA_ROUNDS,
 };
 
 // Nodes allocate from 10.244.1-100; benchmark leases use 10.244.200+ (inside Network, never allocated).
@@ -236,7 +236,7 @@ fn overlay_benchmark() {
             &hb.ns,
         ];
         let frags0: u64 = all.iter().map(|n| frag_counters(n)).sum();
-        // Alternate the two paths (4 rounds each, ABBA) and compare medians: the machine is shared, and a single
+        // Alternate the two paths (ABBA) and compare medians: the machine is shared, and a single
         // back-to-back pair mostly measures whoever else was busy at the time.
         let (twill, hand) = abba_medians(
             || iperf_gbps(&pb.ns, &pa.ns, pb.ip.into(), iperf_secs),
@@ -250,7 +250,7 @@ fn overlay_benchmark() {
         );
         let frags: u64 = all.iter().map(|n| frag_counters(n)).sum::<u64>() - frags0;
         report.push(format!(
-            "iperf3 {iperf_secs} s x4 ABBA (medians, {}), pod MTU {mtu}: twilld overlay {twill:.2} Gbit/s, hand-built VXLAN {hand:.2} Gbit/s \
+            "iperf3 {iperf_secs} s x{ABBA_ROUNDS} ABBA (medians, {}), pod MTU {mtu}: twilld overlay {twill:.2} Gbit/s, hand-built VXLAN {hand:.2} Gbit/s \
              (ratio {:.3}), raw underlay {raw:.2} Gbit/s; IP fragments created/reassembled: {frags}",
             iperf_pinning(),
             twill / hand
@@ -312,7 +312,7 @@ fn host_gw_benchmark() {
             || iperf_gbps(&nb.ns, &na.ns, nb.underlay_ip.into(), iperf_secs),
         );
         report.push(format!(
-            "host-gw iperf3 {iperf_secs} s x4 ABBA (medians, {}), pod MTU {}: pod to pod {pods:.2} Gbit/s, raw underlay {raw:.2} Gbit/s (ratio {:.3})",
+            "host-gw iperf3 {iperf_secs} s x{ABBA_ROUNDS} ABBA (medians, {}), pod MTU {}: pod to pod {pods:.2} Gbit/s, raw underlay {raw:.2} Gbit/s (ratio {:.3})",
             iperf_pinning(),
             c.nodes[0].mtu().unwrap_or(0),
             pods / raw

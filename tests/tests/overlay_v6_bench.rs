@@ -14,7 +14,7 @@ use twill_tests::dual_stack::{env_value, underlay_ip6};
 use twill_tests::hand_wired::HandVxlan;
 use twill_tests::netns::Netns;
 use twill_tests::overlay_bench::{
-    abba_medians, append_bench_out, env_or, iperf_gbps, iperf_pinning,
+    abba_medians, append_bench_out, env_or, iperf_gbps, iperf_pinning, ABBA_ROUNDS,
 };
 
 const DUAL: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.100.0","EnableIPv6":true,"IPv6Network":"fd00:42::/56","IPv6SubnetMin":"fd00:42:0:1::","IPv6SubnetMax":"fd00:42:0:64::"}"#;
@@ -145,7 +145,7 @@ fn ipv6_vxlan_throughput_against_a_hand_built_ipv6_vxlan_path() {
     let run = |p: &[(Netns, Ipv6Addr)]| iperf_gbps(&p[1].0, &p[0].0, IpAddr::V6(p[1].1), secs);
     let (twill, hand) = abba_medians(|| run(&twill_pods), || run(&hand_pods));
     let line = format!(
-        "IPv6 VXLAN iperf3 {secs} s x4 ABBA (medians, {}), device MTU {dev_mtu}, pod MTU {pod_mtu}: twilld overlay \
+        "IPv6 VXLAN iperf3 {secs} s x{ABBA_ROUNDS} ABBA (medians, {}), device MTU {dev_mtu}, pod MTU {pod_mtu}: twilld overlay \
          {twill:.2} Gbit/s, hand-built IPv6 VXLAN {hand:.2} Gbit/s (ratio {:.3})",
         iperf_pinning(),
         twill / hand
