@@ -331,6 +331,7 @@ impl Drop for Node {
             .output();
         let _ = std::fs::remove_file(self.subnet_file());
         let _ = std::fs::remove_file(self.log_file());
+        let _ = std::fs::remove_file(crate::flanneld::log_file(self));
     }
 }
 

@@ -9,7 +9,8 @@
 //! (`<tmp>/integration` as working directory, `<tmp>/bin` holding links to our plugins); and a Go
 //! module around it, because the suite builds its echo server and client with `go build` when it
 //! starts. They create their own namespaces (`cni-test-*`), bridges inside them and host-local state
-//! under `/tmp/{foo,bar,basic-ptp-test,chained-ptp-bandwidth-test}`, and remove them.
+//! under `/tmp/{foo,bar,basic-ptp-test,chained-ptp-bandwidth-test}`; they remove the namespaces, and the test
+//! process removes the directories it saw them create.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,23 +54,53 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// The scratch layout with the compiled suite; built once per test process.
+/// The host-local data directories the suite's configurations name (`testdata/`); it leaves them behind.
+const SUITE_DATA_DIRS: [&str; 4] = [
+    "/tmp/foo",
+    "/tmp/bar",
+    "/tmp/basic-ptp-test",
+    "/tmp/chained-ptp-bandwidth-test",
+];
+
+/// The scratch layout with the compiled suite (16 MB); built once per test process.
 struct Suite {
-    _dir: tempfile::TempDir,
+    root: PathBuf,
     workdir: PathBuf,
     binary: PathBuf,
+    /// Those of [`SUITE_DATA_DIRS`] that did not exist before: the suite's to remove, nobody else's.
+    created: Vec<PathBuf>,
+}
+
+static SUITE: OnceLock<Suite> = OnceLock::new();
+
+/// Removes the scratch layout and the data directories the suite created, when the test process exits: a
+/// static is never dropped, and the tests that share it run in parallel, so no single test may remove it.
+extern "C" fn remove_suite() {
+    if let Some(s) = SUITE.get() {
+        let _ = std::fs::remove_dir_all(&s.root);
+        for d in &s.created {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 fn suite() -> &'static Suite {
-    static SUITE: OnceLock<Suite> = OnceLock::new();
     SUITE.get_or_init(|| {
         let go = go_bin();
         let module_dir = workspace_dir().join("tests/upstream/plugins");
-        let dir = tempfile::Builder::new()
+        let created = SUITE_DATA_DIRS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|d| !d.exists())
+            .collect();
+        let root = tempfile::Builder::new()
             .prefix("twill-upstream-integration-")
             .tempdir()
-            .expect("scratch dir");
-        let root = dir.path();
+            .expect("scratch dir")
+            .keep();
+        // SAFETY: registers a plain function; it only reads the initialised static and removes files.
+        unsafe { libc::atexit(remove_suite) };
+        let root = root.as_path();
         for f in ["go.mod", "go.sum"] {
             std::fs::copy(module_dir.join(f), root.join(f)).expect("copy go.mod/go.sum");
         }
@@ -99,9 +130,10 @@ fn suite() -> &'static Suite {
             String::from_utf8_lossy(&out.stderr)
         );
         Suite {
-            _dir: dir,
+            root: root.to_path_buf(),
             workdir,
             binary,
+            created,
         }
     })
 }

@@ -154,6 +154,11 @@ impl Run {
         let _ = std::fs::remove_dir_all(&self.report_dir);
         std::fs::create_dir_all(&self.report_dir)
             .unwrap_or_else(|e| panic!("create {}: {e}", self.report_dir.display()));
+        // The suite's temporary files go under the report directory, which the next run replaces: building its
+        // spec tree, every e2e.test process creates a `test-kuberc*` directory it cannot remove (`os.Remove` of
+        // a directory it wrote a file into), whichever specs are focused.
+        let tmp = self.report_dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
         let log_path = self.report_dir.join("e2e.log");
         let log = std::fs::File::create(&log_path)
             .unwrap_or_else(|e| panic!("create {}: {e}", log_path.display()));
@@ -165,7 +170,8 @@ impl Run {
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
             // The suite reads KUBECONFIG when --kubeconfig is empty; never the caller's.
-            .env_remove("KUBECONFIG");
+            .env_remove("KUBECONFIG")
+            .env("TMPDIR", &tmp);
         let start = Instant::now();
         let mut child = cmd
             .spawn()
