@@ -320,7 +320,7 @@ impl Drop for Killed {
 /// for it: on the 2-core development machine that alone moved host-gw's pod-to-pod ratio between 0.86 and
 /// 1.0. The sender carries the whole forwarding path in its softirq work, so it gets the CPU that takes
 /// fewer device interrupts (CPU 0 takes most of them by default). None with a single CPU.
-pub fn iperf_affinity() -> Option<String> {
+fn iperf_affinity() -> Option<String> {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     (cpus >= 2).then(|| format!("{},{}", cpus - 1, cpus - 2))
 }

@@ -93,14 +93,12 @@ fn suite() -> &'static Suite {
             .map(PathBuf::from)
             .filter(|d| !d.exists())
             .collect();
-        let root = tempfile::Builder::new()
+        // A TempDir while the suite is built, so a failed build removes it; kept (and removed at exit) after.
+        let dir = tempfile::Builder::new()
             .prefix("twill-upstream-integration-")
             .tempdir()
-            .expect("scratch dir")
-            .keep();
-        // SAFETY: registers a plain function; it only reads the initialised static and removes files.
-        unsafe { libc::atexit(remove_suite) };
-        let root = root.as_path();
+            .expect("scratch dir");
+        let root = dir.path();
         for f in ["go.mod", "go.sum"] {
             std::fs::copy(module_dir.join(f), root.join(f)).expect("copy go.mod/go.sum");
         }
@@ -129,8 +127,10 @@ fn suite() -> &'static Suite {
             "go test -c {PACKAGE}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // SAFETY: registers a plain function; it only reads the initialised static and removes files.
+        unsafe { libc::atexit(remove_suite) };
         Suite {
-            root: root.to_path_buf(),
+            root: dir.keep(),
             workdir,
             binary,
             created,
